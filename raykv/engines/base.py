@@ -1,0 +1,441 @@
+"""The ``KVStore`` contract shared by every engine.
+
+Lifecycle: ``open -> (get | set | delete | multi_get | multi_set | items | seal)* -> close``.
+
+Contract (every engine keeps it; ``tests/engines/contract.py`` checks it):
+
+* Keys and values are ``bytes``. A key is 1..``max_key_len`` bytes; a value is
+  0..``max_value_len`` bytes. Setting a value of ``b""`` deletes the key (thesis API).
+* ``get`` of a missing key returns ``b""``; mapping-style ``store[key]`` raises ``KeyError``.
+* A call with a bad argument (wrong type, empty or oversized key, oversized value) raises
+  ``TypeError`` or ``ValueError`` naming the problem and the limit, and changes nothing:
+  ``multi_set`` validates the whole batch before applying any pair.
+* ``seal()`` makes the current state durable in immutable run files in ``data_dir`` and
+  returns the names of all live files (run files plus the engine manifest), sorted. A file
+  name, once returned, never names different content (see ``filename.py``). An idle seal
+  (no writes since the previous one) writes nothing and returns the same list.
+* ``close()`` seals and releases the directory. Reopening the same ``data_dir`` returns
+  exactly the state at close. After a crash (the process killed), reopening returns at
+  least the state at the last ``seal()``; never garbage: a damaged file raises
+  ``CorruptionError`` naming it.
+* Engines are not thread-safe: one thread (one Ray actor) drives an engine. A data
+  directory is locked (``LOCK``) against a second engine opening it.
+
+Engine implementers provide ``_open``, ``_seal``, ``_release``, ``get``, ``set``,
+``multi_get``, ``multi_set``, ``items`` and ``__sizeof__``; the rest is built here. Files
+are written through ``self._new_file(kind)`` names; ``_commit(state, files)`` writes a new
+engine manifest and deletes the files the previous manifest listed that are no longer live.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from raykv.engines.filename import MANIFEST_KIND, TMP_SUFFIX, FileNumbers, parse_file_name
+from raykv.engines.fileio import fsync_dir, fsync_files
+from raykv.engines.manifest import Manifest, find_latest_manifest, write_manifest
+from raykv.errors import CorruptionError, StoreClosedError
+
+DEFAULT_MAX_KEY_LEN = 1024
+DEFAULT_MAX_VALUE_LEN = 16 * 1024 * 1024
+KEY_LEN_CEILING = 1024 * 1024
+VALUE_LEN_CEILING = 1024 * 1024 * 1024
+
+Pairs = Iterable[tuple[bytes, bytes]] | Mapping[bytes, bytes]
+
+
+@dataclass
+class EngineStats:
+    """Counters for amplification figures; cheap to keep, reset only by reopening.
+
+    Attributes:
+        app_bytes: key + value bytes the application passed to ``set``/``multi_set``.
+        disk_bytes: bytes the engine wrote to files (runs, indexes, manifests).
+        seals: number of non-idle seals.
+        merges: number of merges/compactions performed.
+    """
+
+    app_bytes: int = 0
+    disk_bytes: int = 0
+    seals: int = 0
+    merges: int = 0
+
+    @property
+    def write_amplification(self) -> float:
+        """Bytes written to disk per byte written by the application (0.0 before any write)."""
+        return self.disk_bytes / self.app_bytes if self.app_bytes else 0.0
+
+
+class KVStore(ABC):
+    """A key-value engine holding one shard's state in a local directory.
+
+    Args:
+        data_dir: directory owned by this engine; created if missing.
+        max_key_len: largest key accepted, in bytes.
+        max_value_len: largest value accepted, in bytes.
+        remote: optional checkpoint store URL (``file://``, ``s3://``, ``memory://``, or a
+            plain path). With a remote, ``snapshot(epoch)`` and ``restore(epoch)`` work,
+            and opening an empty ``data_dir`` restores the latest committed epoch.
+        storage_options: passed to fsspec for ``remote`` (e.g. ``endpoint_url``, ``key``).
+    """
+
+    engine_name: ClassVar[str] = "kvstore"
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        max_key_len: int = DEFAULT_MAX_KEY_LEN,
+        max_value_len: int = DEFAULT_MAX_VALUE_LEN,
+        remote: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        _check_limit("max_key_len", max_key_len, 1, KEY_LEN_CEILING)
+        _check_limit("max_value_len", max_value_len, 0, VALUE_LEN_CEILING)
+        self.max_key_len = max_key_len
+        self.max_value_len = max_value_len
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.stats = EngineStats()
+        self._closed = True
+        self._lock_fd: int | None = _lock_dir(self.data_dir)
+        self._remote = None
+        try:
+            if remote is not None:
+                from raykv.checkpointing.engine_remote import EngineRemote
+
+                self._remote = EngineRemote(self, remote, storage_options)
+                if find_latest_manifest(self.data_dir) is None:
+                    self._remote.restore_into_empty_dir()
+            self._load()
+        except BaseException:
+            self._unlock()
+            raise
+
+    # ------------------------------------------------------------------ engine hooks
+
+    @abstractmethod
+    def _open(self, manifest: Manifest | None) -> None:
+        """Build in-memory structures from ``manifest`` (``None``: empty store)."""
+
+    @abstractmethod
+    def _seal(self) -> bool:
+        """Persist all unsealed state to new run files and ``_commit`` a manifest.
+
+        Return ``False`` (having written nothing) when nothing changed since the last
+        commit. Must not run merges: a seal right after many writes stays cheap.
+        """
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Close open file handles; in-memory state may be dropped."""
+
+    @abstractmethod
+    def get(self, key: bytes) -> bytes:
+        """Return the value of ``key``, or ``b""`` if it is missing."""
+
+    @abstractmethod
+    def set(self, key: bytes, value: bytes) -> None:
+        """Insert or update ``key``; ``value == b""`` deletes it."""
+
+    @abstractmethod
+    def multi_get(self, keys: Sequence[bytes]) -> list[bytes]:
+        """Return the values of ``keys`` in order (``b""`` for missing ones)."""
+
+    @abstractmethod
+    def multi_set(self, pairs: Pairs) -> None:
+        """Apply ``(key, value)`` pairs in order (later pairs win); validated as a whole first."""
+
+    @abstractmethod
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Iterate over all live ``(key, value)`` pairs (order is engine-specific).
+
+        The store must not be modified while the iterator is in use.
+        """
+
+    @abstractmethod
+    def __sizeof__(self) -> int:
+        """Bytes of memory the engine holds (indexes, buffers, filters), estimated in O(1)."""
+
+    def _check(self) -> None:  # noqa: B027 - optional hook
+        """Assert internal invariants (tests call this); engines override."""
+
+    # ------------------------------------------------------------------ built on the hooks
+
+    def delete(self, key: bytes) -> None:
+        """Delete ``key``; deleting a missing key is not an error."""
+        self.set(key, b"")
+
+    def __getitem__(self, key: bytes) -> bytes:
+        value = self.get(key)
+        if not value:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.set(key, value)
+
+    def __delitem__(self, key: bytes) -> None:
+        self.set(key, b"")
+
+    def __contains__(self, key: object) -> bool:
+        return bool(self.get(key))  # type: ignore[arg-type]
+
+    def keys(self) -> Iterator[bytes]:
+        """Iterate over all live keys."""
+        return (k for k, _ in self.items())
+
+    def seal(self) -> list[str]:
+        """Make the current state durable in immutable run files; return the live file names.
+
+        Cost: writes only what changed since the previous seal (plus a small manifest);
+        never merges. The returned names are relative to ``data_dir``, sorted by number.
+        """
+        self._ensure_open()
+        if self._seal():
+            self.stats.seals += 1
+        return self.live_files()
+
+    def live_files(self) -> list[str]:
+        """Names of the files of the last committed state (runs + manifest), sorted."""
+        if self._manifest_name is None:
+            return []
+        return sorted([*self._live_files, self._manifest_name])
+
+    def close(self) -> None:
+        """Seal, release files and the directory lock. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.seal()
+        finally:
+            self._release()
+            self._closed = True
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"{type(self).__name__}({str(self.data_dir)!r}, {state})"
+
+    # ------------------------------------------------------------------ checkpoint parity
+
+    def snapshot(self, epoch: int) -> list[str]:
+        """Seal, upload the files the remote store lacks, and commit ``epoch`` there.
+
+        Requires ``remote=``. Returns the live file names of the snapshot.
+        """
+        return self._require_remote().snapshot(epoch)
+
+    def restore(self, epoch: int | None = None) -> int:
+        """Replace the local state with committed ``epoch`` (latest when ``None``).
+
+        Requires ``remote=``. Downloads only the files missing locally and verifies them
+        before the local state is dropped. Returns the epoch restored.
+
+        Raises:
+            CheckpointNotFoundError: the epoch does not exist (the message lists those that do).
+        """
+        return self._require_remote().restore(epoch)
+
+    def _require_remote(self) -> Any:
+        self._ensure_open()
+        if self._remote is None:
+            msg = (
+                f"{type(self).__name__} at {self.data_dir} was opened without remote=; "
+                "pass remote='file:///path' or 's3://bucket/prefix' to snapshot or restore"
+            )
+            raise ValueError(msg)
+        return self._remote
+
+    # ------------------------------------------------------------------ helpers for engines
+
+    def _load(self) -> None:
+        """(Re)open from the newest manifest in ``data_dir``; delete unreferenced files."""
+        manifest = find_latest_manifest(self.data_dir)
+        live = set(manifest.files) if manifest else set()
+        for name in live:
+            if not (self.data_dir / name).is_file():
+                raise CorruptionError(
+                    self.data_dir / name, "missing file",
+                    detail=f"listed in manifest {manifest.name if manifest else ''} but absent",
+                )
+        self._files = FileNumbers(self.data_dir, manifest.next_number if manifest else 0)
+        keep = live | ({manifest.name} if manifest else set())
+        for entry in os.listdir(self.data_dir):
+            base = entry.removesuffix(TMP_SUFFIX)
+            if parse_file_name(base) is not None and entry not in keep:
+                os.unlink(self.data_dir / entry)
+        self._manifest_name = manifest.name if manifest else None
+        self._live_files: list[str] = list(manifest.files) if manifest else []
+        self._unsynced: set[str] = set()
+        self._open(manifest)
+        self._closed = False
+
+    def _reload(self) -> None:
+        """Drop in-memory state and reopen from the directory (used by restore)."""
+        self._release()
+        self._load()
+
+    def _new_file(self, kind: str) -> str:
+        """Reserve a new unique file name of ``kind``; the engine writes it under that name.
+
+        Files written with ``sync=False`` must be registered with ``_written(name, n)``;
+        ``_commit`` fsyncs them before the manifest that references them.
+        """
+        return self._files.new_name(kind)
+
+    def _written(self, name: str, nbytes: int, *, synced: bool = False) -> None:
+        """Account for a file the engine has just written in full."""
+        self.stats.disk_bytes += nbytes
+        if not synced:
+            self._unsynced.add(name)
+
+    def _commit(self, files: list[str], state: dict[str, Any]) -> None:
+        """Durably make ``files`` (plus ``state``) the engine's live set.
+
+        Steps: fsync unsynced files among ``files``; write a new manifest (temporary name,
+        fsync, rename); fsync the directory; delete files of the previous live set that
+        are no longer listed (and the previous manifest). A crash before the rename
+        leaves the previous manifest in force; after it, the new one.
+        """
+        live = set(files)
+        fsync_files(self.data_dir / n for n in self._unsynced if n in live)
+        name = self._new_file(MANIFEST_KIND)
+        write_manifest(self.data_dir / name, self.engine_name, self._files.next_number,
+                       list(files), state)
+        self.stats.disk_bytes += (self.data_dir / name).stat().st_size
+        fsync_dir(self.data_dir)
+        obsolete = [n for n in self._live_files if n not in live]
+        if self._manifest_name is not None:
+            obsolete.append(self._manifest_name)
+        obsolete.extend(n for n in self._unsynced if n not in live)
+        for n in obsolete:
+            try:
+                os.unlink(self.data_dir / n)
+            except FileNotFoundError:
+                pass
+        self._unsynced.clear()
+        self._live_files = list(files)
+        self._manifest_name = name
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            msg = f"{type(self).__name__} at {self.data_dir} is closed; open a new one"
+            raise StoreClosedError(msg)
+
+    # validation: fast checks inline in engines, these raise the precise error
+
+    def _reject_key(self, key: object) -> None:
+        """Raise the error that explains why ``key`` is not acceptable."""
+        if not isinstance(key, bytes):
+            msg = f"key must be bytes, got {type(key).__name__}; encode it first (e.g. str.encode())"
+            raise TypeError(msg)
+        if not key:
+            msg = "key must not be empty (1.." + f"{self.max_key_len} bytes)"
+            raise ValueError(msg)
+        if len(key) > self.max_key_len:
+            msg = (
+                f"key of {len(key)} bytes exceeds max_key_len={self.max_key_len} "
+                f"(key starts {key[:32]!r}); raise max_key_len or shorten the key"
+            )
+            raise ValueError(msg)
+
+    def _reject_value(self, key: bytes, value: object) -> None:
+        """Raise the error that explains why ``value`` is not acceptable."""
+        if not isinstance(value, bytes):
+            msg = (
+                f"value for key {key[:32]!r} must be bytes, got {type(value).__name__}; "
+                "serialize it first"
+            )
+            raise TypeError(msg)
+        msg = (
+            f"value of {len(value)} bytes for key {key[:32]!r} exceeds "
+            f"max_value_len={self.max_value_len}; raise max_value_len or store less"
+        )
+        raise ValueError(msg)
+
+    def _check_kv(self, key: object, value: object) -> None:
+        """Validate one pair (raises on the first problem)."""
+        if type(key) is not bytes or not 0 < len(key) <= self.max_key_len:
+            self._reject_key(key)
+        if type(value) is not bytes or len(value) > self.max_value_len:
+            self._reject_value(key, value)  # type: ignore[arg-type]
+
+    def _check_keys(self, keys: Sequence[bytes]) -> None:
+        """Validate a batch of keys with C-speed passes; raise on the first bad key."""
+        if not keys:
+            return
+        if set(map(type, keys)) != {bytes}:
+            for k in keys:
+                if type(k) is not bytes:
+                    self._reject_key(k)
+        lens = list(map(len, keys))
+        if min(lens) == 0 or max(lens) > self.max_key_len:
+            for k in keys:
+                self._reject_key(k)
+
+    def _split_pairs(self, pairs: Pairs) -> tuple[Sequence[bytes], Sequence[bytes]]:
+        """Validate a whole batch and return ``(keys, values)``; raises before any change."""
+        keys: Sequence[bytes]
+        values: Sequence[bytes]
+        if isinstance(pairs, Mapping):
+            keys, values = list(pairs.keys()), list(pairs.values())
+        else:
+            seq = pairs if isinstance(pairs, list | tuple) else list(pairs)
+            if not seq:
+                return (), ()
+            try:
+                keys, values = zip(*seq, strict=True)
+            except (TypeError, ValueError):
+                msg = "multi_set expects (key, value) pairs or a mapping of bytes to bytes"
+                raise TypeError(msg) from None
+        if not keys:
+            return (), ()
+        self._check_keys(keys)
+        if set(map(type, values)) != {bytes} or max(map(len, values)) > self.max_value_len:
+            for k, v in zip(keys, values, strict=True):
+                if type(v) is not bytes or len(v) > self.max_value_len:
+                    self._reject_value(k, v)
+        self.stats.app_bytes += sum(map(len, keys)) + sum(map(len, values))
+        return keys, values
+
+
+def _check_limit(name: str, value: object, low: int, high: int) -> None:
+    if type(value) is not int:
+        msg = f"{name} must be an int, got {type(value).__name__}"
+        raise TypeError(msg)
+    if not low <= value <= high:
+        msg = f"{name}={value} is out of range; allowed {low}..{high}"
+        raise ValueError(msg)
+
+
+def _lock_dir(data_dir: Path) -> int:
+    """Take an exclusive advisory lock on ``data_dir/LOCK``; fail fast if held."""
+    fd = os.open(data_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        msg = (
+            f"data directory {data_dir} is in use by another open engine; "
+            "close it first or use another directory"
+        )
+        raise RuntimeError(msg) from None
+    return fd

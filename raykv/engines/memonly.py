@@ -1,0 +1,123 @@
+"""MemOnly: the whole state in a dict; ``seal()`` writes all of it (the thesis baseline).
+
+Every seal writes one ``.snap`` file holding the entire state as a kv block (FORMAT.md),
+so snapshot cost grows with the state, not with the changes: the naive baseline the
+log-structured engines are measured against.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from typing import Any
+
+from raykv.engines.base import KVStore, Pairs
+from raykv.engines.kvblock import decode_kv_block, encode_kv_block
+from raykv.engines.manifest import Manifest
+
+SNAP_MAGIC = b"RKMO"
+SNAP_KIND = "snap"
+
+
+class MemOnly(KVStore):
+    """A dict-backed engine.
+
+    Cost: ``get``/``set`` are one dict operation; ``seal()`` writes the whole state, O(state).
+    Memory: the whole state. ``items()`` iterates in insertion order.
+    """
+
+    engine_name = "memonly"
+
+    def __init__(self, data_dir: Any, **kwargs: Any) -> None:
+        self._data: dict[bytes, bytes] = {}
+        self._dirty = False
+        super().__init__(data_dir, **kwargs)
+
+    def _open(self, manifest: Manifest | None) -> None:
+        self._data = {}
+        self._dirty = False
+        if manifest is not None and manifest.files:
+            path = self.data_dir / manifest.files[0]
+            keys, values = decode_kv_block(SNAP_MAGIC, path.read_bytes(), path)
+            self._data = dict(zip(keys, values, strict=True))
+
+    def _seal(self) -> bool:
+        if not self._dirty:
+            return False
+        name = self._new_file(SNAP_KIND)
+        data = encode_kv_block(SNAP_MAGIC, list(self._data), list(self._data.values()))
+        (self.data_dir / name).write_bytes(data)
+        self._written(name, len(data))
+        self._commit([name], {})
+        self._dirty = False
+        return True
+
+    def _release(self) -> None:
+        self._data = {}
+
+    def get(self, key: bytes) -> bytes:
+        """Return the value of ``key`` or ``b""``. Cost: one dict lookup."""
+        value = self._data.get(key)
+        if value is None:
+            if type(key) is not bytes or not 0 < len(key) <= self.max_key_len:
+                self._reject_key(key)
+            self._ensure_open()
+            return b""
+        return value
+
+    def set(self, key: bytes, value: bytes) -> None:
+        """Insert, update or (``value == b""``) delete ``key``. Cost: one dict operation."""
+        if (
+            type(key) is not bytes
+            or not 0 < len(key) <= self.max_key_len
+            or type(value) is not bytes
+            or len(value) > self.max_value_len
+        ):
+            self._check_kv(key, value)
+        if self._closed:
+            self._ensure_open()
+        self.stats.app_bytes += len(key) + len(value)
+        data = self._data
+        if value:
+            data[key] = value
+        else:
+            data.pop(key, None)
+        self._dirty = True
+
+    def multi_get(self, keys: Sequence[bytes]) -> list[bytes]:
+        """Return values for ``keys`` in order. Cost: one C-level map over the batch."""
+        self._ensure_open()
+        self._check_keys(keys)
+        return list(map(self._data.get, keys, [b""] * len(keys)))
+
+    def multi_set(self, pairs: Pairs) -> None:
+        """Apply a validated batch of pairs; ``b""`` values delete."""
+        self._ensure_open()
+        keys, values = self._split_pairs(pairs)
+        if not keys:
+            return
+        data = self._data
+        if all(values):
+            data.update(zip(keys, values, strict=True))
+        else:
+            for k, v in zip(keys, values, strict=True):
+                if v:
+                    data[k] = v
+                else:
+                    data.pop(k, None)
+        self._dirty = True
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Iterate over live pairs in insertion order."""
+        self._ensure_open()
+        return iter(list(self._data.items()))
+
+    def __sizeof__(self) -> int:
+        """Dict table plus two bytes objects per entry, sized from a 64-entry sample. O(1)."""
+        n = len(self._data)
+        sample = list(islice(self._data.items(), 64))
+        per_entry = (
+            sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in sample) / len(sample) if sample else 0
+        )
+        return object.__sizeof__(self) + sys.getsizeof(self._data) + int(n * per_entry)
