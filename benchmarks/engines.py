@@ -1,0 +1,265 @@
+"""Thesis section 4.2: the engines side by side, next to a dict and RocksDB (rocksdict).
+
+Workload (thesis 4.2): 5-byte keys and values, 100,000 unique keys, 300,000 sets then
+300,000 gets, keys drawn uniform or zipf (s=0.99); thesis parameters for every engine.
+Each (store, distribution) runs in a fresh subprocess so that resident memory is its own.
+
+    python -m benchmarks.engines                 # full run, prints a markdown table
+    python -m benchmarks.engines --quick         # small sizes (seconds)
+    python -m benchmarks.engines --lsm-memory    # 2,000,000 keys x 100-byte values in LSMTree
+
+Results go to benchmarks/results/engines.json (and lsm_memory.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+
+THESIS_PARAMS: dict[str, dict[str, Any]] = {
+    "lsm": {"max_runs_per_level": 10, "density_factor": 10, "memtable_bytes_limit": 100_000},
+    "hybridlog": {
+        "mem_segment_len": 210_000,
+        "ro_lag_interval": 10_000,
+        "flush_interval": 10_000,
+        "max_runs_per_level": 10,
+    },
+    "appendlog": {"threshold": 100_000, "max_runs_per_level": 10},
+    "memonly": {},
+}
+STORES = ["dict", "rocksdb", "memonly", "lsm", "hybridlog", "appendlog"]
+BATCH = 10_000
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, from /proc (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def make_workload(dist: str, n_keys: int, n_ops: int, seed: int = 42) -> tuple[list[bytes], ...]:
+    """Return (set_keys, set_values, get_keys) for the thesis workload."""
+    rng = np.random.default_rng(seed)
+    ids = np.unique(rng.integers(0, 1 << 40, n_keys * 2))
+    rng.shuffle(ids)
+    universe = [int(i).to_bytes(5, "big") for i in ids[:n_keys]]
+    if dist == "uniform":
+        set_ids = rng.integers(0, n_keys, n_ops)
+        get_ids = rng.integers(0, n_keys, n_ops)
+    else:
+        p = 1.0 / np.arange(1, n_keys + 1) ** 0.99
+        p /= p.sum()
+        set_ids = rng.choice(n_keys, n_ops, p=p)
+        get_ids = rng.choice(n_keys, n_ops, p=p)
+    values = [bytes(v) for v in rng.integers(1, 256, (n_ops, 5), dtype=np.uint8)]
+    return [universe[i] for i in set_ids], values, [universe[i] for i in get_ids]
+
+
+def open_store(name: str, path: str) -> Any:
+    if name == "dict":
+        return {}
+    if name == "rocksdb":
+        from rocksdict import Rdict
+
+        return Rdict(path)
+    from raykv.engines import open_engine
+
+    return open_engine(name, path, **THESIS_PARAMS[name])
+
+
+def run_one(name: str, dist: str, n_keys: int, n_ops: int) -> dict[str, Any]:
+    """Measure one store on one distribution (called in a fresh subprocess)."""
+    keys, values, get_keys = make_workload(dist, n_keys, n_ops)
+    out: dict[str, Any] = {"store": name, "dist": dist, "n_keys": n_keys, "n_ops": n_ops}
+    with tempfile.TemporaryDirectory() as tmp:
+        gc.collect()
+        rss0 = rss_bytes()
+        store = open_store(name, os.path.join(tmp, "single"))
+        if name in ("dict", "rocksdb"):
+            setter, getter = store.__setitem__, store.get
+        else:
+            setter, getter = store.set, store.get
+        t = time.perf_counter()
+        for k, v in zip(keys, values, strict=True):
+            setter(k, v)
+        out["set_ops_s"] = n_ops / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for k in get_keys:
+            getter(k)
+        out["get_ops_s"] = n_ops / (time.perf_counter() - t)
+        gc.collect()
+        out["rss_growth_mib"] = (rss_bytes() - rss0) / 2**20
+        if name not in ("dict", "rocksdb"):
+            out["sizeof_mib"] = store.__sizeof__() / 2**20
+            t = time.perf_counter()
+            store.seal()
+            out["seal_ms"] = (time.perf_counter() - t) * 1e3
+            out["disk_mib"] = sum(
+                f.stat().st_size for f in Path(tmp, "single").iterdir()
+            ) / 2**20
+            out["write_amp"] = store.stats.write_amplification
+            store.close()
+        elif name == "rocksdb":
+            store.close()
+
+        # batched calls on a fresh store
+        store = open_store(name, os.path.join(tmp, "multi"))
+        batches = [
+            (keys[i : i + BATCH], values[i : i + BATCH]) for i in range(0, n_ops, BATCH)
+        ]
+        get_batches = [get_keys[i : i + BATCH] for i in range(0, n_ops, BATCH)]
+        if name == "dict":
+            t = time.perf_counter()
+            for ks, vs in batches:
+                store.update(zip(ks, vs, strict=True))
+            out["multi_set_keys_s"] = n_ops / (time.perf_counter() - t)
+            t = time.perf_counter()
+            for ks in get_batches:
+                list(map(store.get, ks))
+            out["multi_get_keys_s"] = n_ops / (time.perf_counter() - t)
+        elif name == "rocksdb":
+            from rocksdict import WriteBatch
+
+            t = time.perf_counter()
+            for ks, vs in batches:
+                wb = WriteBatch()
+                for k, v in zip(ks, vs, strict=True):
+                    wb.put(k, v)
+                store.write(wb)
+            out["multi_set_keys_s"] = n_ops / (time.perf_counter() - t)
+            t = time.perf_counter()
+            for ks in get_batches:
+                store.get(ks)
+            out["multi_get_keys_s"] = n_ops / (time.perf_counter() - t)
+            store.close()
+        else:
+            t = time.perf_counter()
+            for ks, vs in batches:
+                store.multi_set(list(zip(ks, vs, strict=True)))
+            out["multi_set_keys_s"] = n_ops / (time.perf_counter() - t)
+            t = time.perf_counter()
+            for ks in get_batches:
+                store.multi_get(ks)
+            out["multi_get_keys_s"] = n_ops / (time.perf_counter() - t)
+            store.close()
+    return out
+
+
+def lsm_memory(n_keys: int) -> dict[str, Any]:
+    """Insert ``n_keys`` keys with 100-byte values into LSMTree; report RSS growth."""
+    from raykv.engines import open_engine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gc.collect()
+        rss0 = rss_bytes()
+        store = open_engine("lsm", tmp)
+        value = b"v" * 100
+        t = time.perf_counter()
+        for i in range(0, n_keys, BATCH):
+            store.multi_set([(b"key%010d" % j, value) for j in range(i, min(i + BATCH, n_keys))])
+        elapsed = time.perf_counter() - t
+        store.seal()
+        gc.collect()
+        growth = rss_bytes() - rss0
+        out = {
+            "n_keys": n_keys,
+            "rss_growth_mib": growth / 2**20,
+            "sizeof_mib": store.__sizeof__() / 2**20,
+            "write_s": elapsed,
+            "disk_mib": sum(f.stat().st_size for f in Path(tmp).iterdir()) / 2**20,
+        }
+        store.close()
+    return out
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores, {cpu}, {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def subprocess_json(args: list[str]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.engines", *args],
+        capture_output=True, text=True, check=False, cwd=Path(__file__).parent.parent,
+    )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fmt(x: Any, scale: float = 1.0, digits: int = 0) -> str:
+    return "-" if x is None else f"{x / scale:,.{digits}f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes")
+    ap.add_argument("--stores", default=",".join(STORES))
+    ap.add_argument("--dists", default="uniform,zipf")
+    ap.add_argument("--lsm-memory", action="store_true")
+    ap.add_argument("--one", nargs=4, metavar=("STORE", "DIST", "NKEYS", "NOPS"),
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        name, dist, nk, no = args.one
+        print(json.dumps(run_one(name, dist, int(nk), int(no))))
+        return
+    RESULTS.mkdir(exist_ok=True)
+    if args.lsm_memory:
+        n = 100_000 if args.quick else 2_000_000
+        res = lsm_memory(n)
+        res["machine"] = machine()
+        (RESULTS / "lsm_memory.json").write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
+        return
+    n_keys, n_ops = (10_000, 30_000) if args.quick else (100_000, 300_000)
+    rows = []
+    for dist in args.dists.split(","):
+        for name in args.stores.split(","):
+            res = subprocess_json(["--one", name, dist, str(n_keys), str(n_ops)])
+            res.update(store=name, dist=dist)
+            rows.append(res)
+            print(f"# {name} {dist}: {res}", file=sys.stderr)
+    report = {"machine": machine(), "n_keys": n_keys, "n_ops": n_ops, "rows": rows}
+    (RESULTS / ("engines_quick.json" if args.quick else "engines.json")).write_text(
+        json.dumps(report, indent=1)
+    )
+    print(f"Machine: {report['machine']}; {n_keys:,} keys, {n_ops:,} ops\n")
+    print("| store | dist | set ops/s | get ops/s | multi_set keys/s | multi_get keys/s "
+          "| sizeof MiB | RSS growth MiB | seal ms | disk MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['store']} | {r['dist']} | error: {r['error']} |||||||| |")
+            continue
+        print(
+            f"| {r['store']} | {r['dist']} | {fmt(r['set_ops_s'])} | {fmt(r['get_ops_s'])} "
+            f"| {fmt(r['multi_set_keys_s'])} | {fmt(r['multi_get_keys_s'])} "
+            f"| {fmt(r.get('sizeof_mib'), digits=1)} | {fmt(r['rss_growth_mib'], digits=1)} "
+            f"| {fmt(r.get('seal_ms'), digits=1)} | {fmt(r.get('disk_mib'), digits=2)} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
