@@ -24,7 +24,12 @@ class CorruptionError(RaykvError):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], check: str, *, offset: int | None = None, detail: str = ""
+        self,
+        path: str | os.PathLike[str],
+        check: str,
+        *,
+        offset: int | None = None,
+        detail: str = "",
     ) -> None:
         self.path = os.fspath(path)
         self.check = check

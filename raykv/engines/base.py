@@ -29,6 +29,7 @@ engine manifest and deletes the files the previous manifest listed that are no l
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from abc import ABC, abstractmethod
@@ -37,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from raykv.engines.filename import MANIFEST_KIND, TMP_SUFFIX, FileNumbers, parse_file_name
 from raykv.engines.fileio import fsync_dir, fsync_files
+from raykv.engines.filename import MANIFEST_KIND, TMP_SUFFIX, FileNumbers, parse_file_name
 from raykv.engines.manifest import Manifest, find_latest_manifest, write_manifest
 from raykv.errors import CorruptionError, StoreClosedError
 
@@ -327,10 +328,8 @@ class KVStore(ABC):
             obsolete.append(self._manifest_name)
         obsolete.extend(n for n in self._unsynced if n not in live)
         for n in obsolete:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.data_dir / n)
-            except FileNotFoundError:
-                pass
         self._unsynced.clear()
         self._live_files = list(files)
         self._manifest_name = name
@@ -345,7 +344,10 @@ class KVStore(ABC):
     def _reject_key(self, key: object) -> None:
         """Raise the error that explains why ``key`` is not acceptable."""
         if not isinstance(key, bytes):
-            msg = f"key must be bytes, got {type(key).__name__}; encode it first (e.g. str.encode())"
+            msg = (
+                f"key must be bytes, got {type(key).__name__}; "
+                "encode it first (e.g. str.encode())"
+            )
             raise TypeError(msg)
         if not key:
             msg = "key must not be empty (1.." + f"{self.max_key_len} bytes)"

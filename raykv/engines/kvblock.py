@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from array import array
 from collections.abc import Sequence
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from pathlib import Path
 
 from raykv.engines.fileio import crc32
@@ -74,6 +74,6 @@ def decode_kv_block(
     voffs = list(accumulate(vlens, initial=vstart))
     if voffs[-1] != len(data) - _CRC.size:
         raise CorruptionError(path, "length", detail="lengths do not match the block size")
-    keys = [data[a:b] for a, b in zip(koffs, koffs[1:], strict=False)]
-    values = [data[a:b] for a, b in zip(voffs, voffs[1:], strict=False)]
+    keys = [data[a:b] for a, b in pairwise(koffs)]
+    values = [data[a:b] for a, b in pairwise(voffs)]
     return keys, values

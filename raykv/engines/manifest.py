@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raykv.engines.filename import MANIFEST_KIND, parse_file_name
 from raykv.engines.fileio import crc32, write_file
+from raykv.engines.filename import MANIFEST_KIND, parse_file_name
 from raykv.errors import CorruptionError, FormatVersionError
 
 MANIFEST_FORMAT = 1
@@ -39,7 +39,9 @@ class Manifest:
     state: dict[str, Any] = field(default_factory=dict)
 
 
-def encode_manifest(engine: str, next_number: int, files: list[str], state: dict[str, Any]) -> bytes:
+def encode_manifest(
+    engine: str, next_number: int, files: list[str], state: dict[str, Any]
+) -> bytes:
     """Serialize a manifest body with its checksum line."""
     body = json.dumps(
         {

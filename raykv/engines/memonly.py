@@ -15,6 +15,7 @@ from typing import Any
 from raykv.engines.base import KVStore, Pairs
 from raykv.engines.kvblock import decode_kv_block, encode_kv_block
 from raykv.engines.manifest import Manifest
+from raykv.errors import StoreClosedError
 
 SNAP_MAGIC = b"RKMO"
 SNAP_KIND = "snap"
@@ -31,30 +32,30 @@ class MemOnly(KVStore):
 
     def __init__(self, data_dir: Any, **kwargs: Any) -> None:
         self._data: dict[bytes, bytes] = {}
-        self._dirty = False
+        self._sealed_at = 0  # stats.app_bytes at the last seal: any write since changes it
         super().__init__(data_dir, **kwargs)
 
     def _open(self, manifest: Manifest | None) -> None:
         self._data = {}
-        self._dirty = False
+        self._sealed_at = self.stats.app_bytes
         if manifest is not None and manifest.files:
             path = self.data_dir / manifest.files[0]
             keys, values = decode_kv_block(SNAP_MAGIC, path.read_bytes(), path)
             self._data = dict(zip(keys, values, strict=True))
 
     def _seal(self) -> bool:
-        if not self._dirty:
+        if self.stats.app_bytes == self._sealed_at:
             return False
         name = self._new_file(SNAP_KIND)
         data = encode_kv_block(SNAP_MAGIC, list(self._data), list(self._data.values()))
         (self.data_dir / name).write_bytes(data)
         self._written(name, len(data))
         self._commit([name], {})
-        self._dirty = False
+        self._sealed_at = self.stats.app_bytes
         return True
 
     def _release(self) -> None:
-        self._data = {}
+        self._data = _Closed()
 
     def get(self, key: bytes) -> bytes:
         """Return the value of ``key`` or ``b""``. Cost: one dict lookup."""
@@ -62,7 +63,6 @@ class MemOnly(KVStore):
         if value is None:
             if type(key) is not bytes or not 0 < len(key) <= self.max_key_len:
                 self._reject_key(key)
-            self._ensure_open()
             return b""
         return value
 
@@ -75,15 +75,11 @@ class MemOnly(KVStore):
             or len(value) > self.max_value_len
         ):
             self._check_kv(key, value)
-        if self._closed:
-            self._ensure_open()
-        self.stats.app_bytes += len(key) + len(value)
-        data = self._data
         if value:
-            data[key] = value
+            self._data[key] = value
         else:
-            data.pop(key, None)
-        self._dirty = True
+            self._data.pop(key, None)
+        self.stats.app_bytes += len(key) + len(value)
 
     def multi_get(self, keys: Sequence[bytes]) -> list[bytes]:
         """Return values for ``keys`` in order. Cost: one C-level map over the batch."""
@@ -106,7 +102,6 @@ class MemOnly(KVStore):
                     data[k] = v
                 else:
                     data.pop(k, None)
-        self._dirty = True
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Iterate over live pairs in insertion order."""
@@ -118,6 +113,21 @@ class MemOnly(KVStore):
         n = len(self._data)
         sample = list(islice(self._data.items(), 64))
         per_entry = (
-            sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in sample) / len(sample) if sample else 0
+            sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in sample) / len(sample)
+            if sample
+            else 0
         )
         return object.__sizeof__(self) + sys.getsizeof(self._data) + int(n * per_entry)
+
+
+class _Closed(dict):  # type: ignore[type-arg]
+    """Stands in for the data dict after close: every access raises ``StoreClosedError``.
+
+    Lets the hot paths skip an "is it open?" test on every call.
+    """
+
+    def _closed(self, *_: object) -> None:
+        msg = "MemOnly engine is closed; open a new one"
+        raise StoreClosedError(msg)
+
+    get = __setitem__ = pop = update = items = __getitem__ = _closed  # type: ignore[assignment]

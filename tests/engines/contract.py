@@ -316,10 +316,9 @@ class KVStoreContract:
             else:
                 data = data[: len(data) // 2]
             (work / name).write_bytes(bytes(data))
-            with pytest.raises(CorruptionError, match=name.split(".")[0]):
-                with self.open(work) as s:
-                    dict(s.items())
-                    s.multi_get(list(model))
+            with pytest.raises(CorruptionError, match=name.split(".")[0]), self.open(work) as s:
+                dict(s.items())
+                s.multi_get(list(model))
 
     def test_flipped_byte_is_reported_naming_the_file(self, tmp_path: Path) -> None:
         self._corrupt_each_file(tmp_path, "flip")
