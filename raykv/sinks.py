@@ -1,0 +1,284 @@
+"""Sinks: where committed output goes, exactly once.
+
+Output of the last stage arrives at the driver per epoch and per shard (the changelog
+the operators emit at each barrier, and their final values at the end of bounded input).
+A sink sees it in two phases, driven by the coordinator::
+
+    start(epoch, new_run)  (stage(e, part, table)*  publish(e))*  close()
+
+* ``stage`` keeps the output of an epoch that is not committed yet (on disk for
+  :class:`ParquetSink`, in memory for :class:`CollectSink`).
+* ``publish(e)`` makes it visible; the coordinator calls it only after the epoch
+  manifest of ``e`` is written (the commit), in epoch order.
+* ``start(e)`` reconciles with the checkpoint store at the start of a run and after
+  every recovery: staged output of epochs ``<= e`` is published (the driver may have died
+  between commit and publish), staged output of epochs ``> e`` is discarded (never
+  committed), and published output of epochs ``> e`` is removed (a rollback with
+  ``restore_epoch``). Names are deterministic per (epoch, stage, shard), so publishing
+  twice is harmless. After any sequence of failures, published output holds every
+  committed epoch's output exactly once and nothing else.
+
+Sinks are driver-side objects; they are not sent to shard actors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from abc import ABC, abstractmethod
+from typing import Any
+
+import pyarrow as pa
+
+_PART_RE = re.compile(r"^part-e(\d{10})-(.+)\.parquet$")
+
+
+def part_file_name(epoch: int, part: str) -> str:
+    """Deterministic file name of one (epoch, stage-shard) output: ``part-e<epoch>-<part>.parquet``.
+
+    Names sort in epoch order.
+    """
+    return f"part-e{epoch:010d}-{part}.parquet"
+
+
+def parse_part_file_name(name: str) -> tuple[int, str] | None:
+    """Inverse of :func:`part_file_name`; ``None`` for any other name."""
+    m = _PART_RE.match(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+class Sink(ABC):
+    """Two-phase output: stage per epoch, publish on commit (see the module docstring)."""
+
+    @abstractmethod
+    def start(self, epoch: int | None, *, new_run: bool) -> None:
+        """Reconcile with committed epoch ``epoch`` (``None``: nothing committed).
+
+        ``new_run`` is true for a run that starts from empty state: previous output is
+        not part of this run's result.
+        """
+
+    @abstractmethod
+    def stage(self, epoch: int, part: str, table: pa.Table) -> None:
+        """Keep ``table``, the output of shard ``part`` in ``epoch``, until it commits."""
+
+    @abstractmethod
+    def publish(self, epoch: int) -> None:
+        """Make the staged output of committed ``epoch`` visible; idempotent."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources at the end of a run."""
+
+    def result(self) -> pa.Table | None:
+        """The published output, for sinks that collect it (``None`` otherwise)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description stored in epoch manifests."""
+        return {"type": type(self).__name__}
+
+
+class CollectSink(Sink):
+    """Gather committed output in the driver; ``RunSummary.output`` returns it as a table.
+
+    Holds every published row in driver memory, so it suits tests and small results.
+    Output of a run is what that ``run()`` call published: after ``resume=True`` in a new
+    process, earlier epochs' output is not in it (it was in the dead driver's memory).
+
+    Example:
+        >>> import pyarrow as pa
+        >>> s = CollectSink()
+        >>> s.start(None, new_run=True)
+        >>> s.stage(1, "agg-0000", pa.table({"k": [1]}))
+        >>> s.result() is None
+        True
+        >>> s.publish(1)
+        >>> s.result().to_pydict()
+        {'k': [1]}
+    """
+
+    def __init__(self) -> None:
+        self._staged: dict[int, dict[str, pa.Table]] = {}
+        self._published: dict[int, dict[str, pa.Table]] = {}
+
+    def start(self, epoch: int | None, *, new_run: bool) -> None:
+        """Publish staged epochs ``<= epoch``, drop everything later."""
+        if new_run:
+            self._published.clear()
+        for e in sorted(self._staged):
+            if epoch is not None and e <= epoch:
+                self._published.setdefault(e, {}).update(self._staged[e])
+        self._staged.clear()
+        for e in [e for e in self._published if epoch is None or e > epoch]:
+            del self._published[e]
+
+    def stage(self, epoch: int, part: str, table: pa.Table) -> None:
+        """Keep ``table`` in memory until ``publish(epoch)``."""
+        self._staged.setdefault(epoch, {})[part] = table
+
+    def publish(self, epoch: int) -> None:
+        """Move the staged tables of ``epoch`` to the result."""
+        parts = self._staged.pop(epoch, None)
+        if parts:
+            self._published.setdefault(epoch, {}).update(parts)
+
+    def epochs(self) -> dict[int, pa.Table]:
+        """Published output per epoch (parts in shard order)."""
+        return {
+            e: _concat([parts[p] for p in sorted(parts)])
+            for e, parts in sorted(self._published.items())
+        }
+
+    def result(self) -> pa.Table | None:
+        """All published output in epoch order (``None`` before any output)."""
+        tables = [t for t in self.epochs().values() if t is not None]
+        return _concat(tables)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table | None:
+    tables = [t for t in tables if t is not None]
+    if not tables:
+        return None
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+class ParquetSink(Sink):
+    """Write each epoch's output as Parquet files, published only when the epoch commits.
+
+    Args:
+        path: output directory (local path or fsspec URL). Published files are
+            ``<path>/part-e<epoch>-<stage>-<shard>.parquet``; staged ones live in
+            ``<path>/_staging/`` (ignored by ``pyarrow.dataset``/``pq.read_table(path)``
+            because of the leading underscore).
+        storage_options: fsspec options for remote paths.
+        overwrite: on a new run, delete earlier ``part-*.parquet`` files instead of
+            refusing to start. Only files with raykv's part names are touched.
+
+    Cost: one Parquet write per (epoch, last-stage shard) with output, then one rename
+    (local: atomic ``os.replace``; object stores: copy + delete) at commit.
+    """
+
+    STAGING = "_staging"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        storage_options: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.storage_options = dict(storage_options or {})
+        self.overwrite = overwrite
+        self._fs: Any = None
+        self._root = ""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_fs"] = None
+        return state
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem of ``path``."""
+        if self._fs is None:
+            import fsspec
+
+            self._fs, root = fsspec.core.url_to_fs(self.path, **self.storage_options)
+            self._root = root.rstrip("/")
+        return self._fs
+
+    def _dir(self, staging: bool = False) -> str:
+        _ = self.fs
+        return f"{self._root}/{self.STAGING}" if staging else self._root
+
+    def _list(self, staging: bool) -> dict[str, tuple[int, str]]:
+        """Map full path -> (epoch, part) of raykv part files in the (staging) dir."""
+        d = self._dir(staging)
+        fs = self.fs
+        if not fs.exists(d):
+            return {}
+        out: dict[str, tuple[int, str]] = {}
+        for p in fs.ls(d, detail=False):
+            parsed = parse_part_file_name(p.rstrip("/").rsplit("/", 1)[-1])
+            if parsed is not None:
+                out[p] = parsed
+        return out
+
+    def start(self, epoch: int | None, *, new_run: bool) -> None:
+        """Reconcile the directory with committed ``epoch`` (see the module docstring).
+
+        Raises:
+            FileExistsError: a new run found part files of an earlier run and
+                ``overwrite`` is false.
+        """
+        fs = self.fs
+        fs.makedirs(self._dir(), exist_ok=True)
+        published = self._list(staging=False)
+        if new_run and published:
+            if not self.overwrite:
+                msg = (
+                    f"ParquetSink {self.path!r} already holds {len(published)} part files of an "
+                    "earlier run; resume that run (run(resume=True)), choose an empty directory, "
+                    "or pass ParquetSink(..., overwrite=True) to delete them"
+                )
+                raise FileExistsError(msg)
+            for p in published:
+                fs.rm(p)
+            published = {}
+        for p, (e, _part) in self._list(staging=True).items():
+            if epoch is not None and e <= epoch:
+                self._move(p, f"{self._dir()}/{part_file_name(e, _part)}")
+            else:
+                fs.rm(p)
+        for p, (e, _part) in published.items():
+            if epoch is None or e > epoch:
+                fs.rm(p)
+
+    def stage(self, epoch: int, part: str, table: pa.Table) -> None:
+        """Write ``table`` to ``_staging/<name>`` (via a temporary name)."""
+        import pyarrow.parquet as pq
+
+        fs = self.fs
+        d = self._dir(staging=True)
+        fs.makedirs(d, exist_ok=True)
+        final = f"{d}/{part_file_name(epoch, part)}"
+        tmp = f"{d}/.{uuid.uuid4().hex}.tmp"
+        with fs.open(tmp, "wb") as f:
+            pq.write_table(table, f)
+        self._move(tmp, final)
+
+    def publish(self, epoch: int) -> None:
+        """Move the staged files of ``epoch`` next to the published ones."""
+        for p, (e, part) in self._list(staging=True).items():
+            if e == epoch:
+                self._move(p, f"{self._dir()}/{part_file_name(e, part)}")
+
+    def _move(self, src: str, dst: str) -> None:
+        fs = self.fs
+        if type(fs).__name__ == "LocalFileSystem":
+            os.replace(src, dst)
+        else:
+            fs.mv(src, dst)
+
+    def read(self) -> pa.Table:
+        """Read all published output, in epoch order."""
+        import pyarrow.parquet as pq
+
+        files = sorted(self._list(staging=False))
+        if not files:
+            msg = f"ParquetSink {self.path!r} has no published output"
+            raise FileNotFoundError(msg)
+        return pa.concat_tables(
+            [pq.read_table(p, filesystem=self.fs) for p in files], promote_options="permissive"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Type and path."""
+        return {"type": type(self).__name__, "path": self.path}
+
+
+__all__ = ["CollectSink", "ParquetSink", "Sink", "parse_part_file_name", "part_file_name"]
