@@ -1,0 +1,132 @@
+"""A blocked bloom filter: all ``BLOOM_K`` bits of a key live in one 64-bit word.
+
+A key is hashed once with 128-bit MurmurHash3 (``mmh3``, seed 0) into two unsigned 64-bit
+halves ``h1, h2``. The word is ``h1 % nwords``; the mask sets bit ``(h2 >> 6*j) & 63``
+for ``j < BLOOM_K``. A probe is one index and one AND, so a ``get`` hashes the key once and
+reuses ``(h1, mask)`` for the filter of every run. At 10 bits per key the measured false
+positive rate is about 1.8 % (a classic bloom would give 0.8 %; the blocked layout trades
+that for a probe that touches one word). Building is vectorised with numpy.
+
+The filter is stored as ``nwords`` little-endian u64 words (FORMAT.md, "LSM run file").
+``nwords == 1`` with all bits set means "no filter" (``bits_per_key=0``).
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from collections.abc import Sequence
+from itertools import repeat
+
+import mmh3
+import numpy as np
+import numpy.typing as npt
+
+from raykv.engines.lsm.run_format import BLOOM_K
+
+hash_pair = mmh3.mmh3_x64_128_utupledigest
+"""``hash_pair(key, 0) -> (h1, h2)``: the two unsigned 64-bit hash halves of ``key``."""
+
+_digest = mmh3.mmh3_x64_128_digest
+_U64 = np.dtype("<u8")
+ALL_ONES = (1 << 64) - 1
+
+# TABLE12[x] = mask of the two bits encoded by the 12-bit chunk x (two 6-bit positions)
+TABLE12: list[int] = [(1 << (x & 63)) | (1 << (x >> 6)) for x in range(4096)]
+
+
+def mask_of(h2: int) -> int:
+    """Return the ``BLOOM_K``-bit probe mask for hash half ``h2`` (``BLOOM_K == 5``).
+
+    Same function as ``masks_of`` below, written with two 12-bit table lookups so that a
+    ``get`` computes it in a handful of bytecodes.
+    """
+    return TABLE12[h2 & 4095] | TABLE12[(h2 >> 12) & 4095] | (1 << ((h2 >> 24) & 63))
+
+
+def masks_of(h2: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """Vectorised ``mask_of`` for an array of ``h2`` values."""
+    one = np.uint64(1)
+    m = np.zeros_like(h2)
+    for j in range(BLOOM_K):
+        m |= one << ((h2 >> np.uint64(6 * j)) & np.uint64(63))
+    return m
+
+
+def hash_many(keys: Sequence[bytes]) -> npt.NDArray[np.uint64]:
+    """Return an ``(n, 2)`` uint64 array of ``(h1, h2)`` for ``keys``. Cost: C speed."""
+    buf = b"".join(map(_digest, keys, repeat(0)))
+    return np.frombuffer(buf, dtype=_U64).reshape(-1, 2)
+
+
+def nwords_for(nkeys: int, bits_per_key: int) -> int:
+    """Number of 64-bit words for ``nkeys`` keys at ``bits_per_key`` (at least one)."""
+    return max(1, (nkeys * bits_per_key + 63) // 64)
+
+
+class BloomFilter:
+    """An immutable blocked bloom filter over the keys of one run.
+
+    Attributes:
+        words: the filter words (``array('Q')``, fast scalar indexing for ``get``).
+        nwords: ``len(words)``.
+    """
+
+    __slots__ = ("_np", "nwords", "words")
+
+    def __init__(self, words: array[int]) -> None:
+        self.words = words
+        self.nwords = len(words)
+        self._np = np.frombuffer(words, dtype=np.uint64) if self.nwords else np.zeros(1, np.uint64)
+
+    @classmethod
+    def build(cls, hashes: npt.NDArray[np.uint64], bits_per_key: int) -> BloomFilter:
+        """Build a filter from an ``(n, 2)`` hash array (``hash_many``). Cost: O(n), numpy."""
+        n = len(hashes)
+        if bits_per_key == 0:
+            return cls(array("Q", [ALL_ONES]))
+        nwords = nwords_for(n, bits_per_key)
+        words = np.zeros(nwords, dtype=np.uint64)
+        if n:
+            idx = (hashes[:, 0] % np.uint64(nwords)).astype(np.intp)
+            np.bitwise_or.at(words, idx, masks_of(hashes[:, 1]))
+        out = array("Q")
+        out.frombytes(words.tobytes())
+        return cls(out)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BloomFilter:
+        """Load the on-disk form (little-endian u64 words)."""
+        words = array("Q")
+        words.frombytes(data)
+        if sys.byteorder == "big":  # pragma: no cover - little-endian hosts only in CI
+            words.byteswap()
+        return cls(words)
+
+    def to_bytes(self) -> bytes:
+        """Return the on-disk form (little-endian u64 words)."""
+        if sys.byteorder == "big":  # pragma: no cover
+            swapped = array("Q", self.words)
+            swapped.byteswap()
+            return swapped.tobytes()
+        return self.words.tobytes()
+
+    def may_contain(self, key: bytes) -> bool:
+        """False if ``key`` is certainly absent; True if it may be present. Cost: one hash."""
+        h1, h2 = hash_pair(key, 0)
+        mask = mask_of(h2)
+        return self.words[h1 % self.nwords] & mask == mask
+
+    def may_contain_hashed(self, h1: int, mask: int) -> bool:
+        """``may_contain`` for a key already hashed to ``(h1, mask_of(h2))``."""
+        return self.words[h1 % self.nwords] & mask == mask
+
+    def may_contain_many(
+        self, h1: npt.NDArray[np.uint64], masks: npt.NDArray[np.uint64]
+    ) -> npt.NDArray[np.bool_]:
+        """Vectorised probe: a boolean array, True where the key may be present."""
+        w = self._np[(h1 % np.uint64(self.nwords)).astype(np.intp)]
+        return (w & masks) == masks  # type: ignore[no-any-return]
+
+    def __sizeof__(self) -> int:
+        return object.__sizeof__(self) + 8 * self.nwords + 64

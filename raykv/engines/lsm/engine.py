@@ -1,0 +1,474 @@
+"""LSMTree: a log-structured merge-tree engine (thesis chapter 3.2).
+
+Writes go to a sorted memtable (``memtable.py``). When its payload exceeds
+``memtable_bytes_limit`` it is flushed to a new immutable run in level 0, and levels that
+became full are merged into the next level, cascading (``compaction.py``). A run file
+holds data blocks of ``density_factor`` entries, a blocked bloom filter, fence pointers
+and a footer (``run_format.py``, FORMAT.md); only the filter and the fences are kept in
+memory. A read checks the memtable, then every run from newest to oldest: one bloom probe
+per run, and at most one block read per run whose filter says the key may be there.
+
+Lifecycle: ``open -> (get | set | multi_get | multi_set | items | seal)* -> close``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Sequence
+from itertools import compress, repeat
+from operator import is_
+from typing import Any
+
+import numpy as np
+
+from raykv.engines.base import KVStore, Pairs
+from raykv.engines.lsm.bloom import TABLE12, hash_many, hash_pair, masks_of
+from raykv.engines.lsm.compaction import (
+    Chunk,
+    MergePlan,
+    chunked,
+    merge_into,
+    merge_sorted_chunks,
+    pick_merge,
+)
+from raykv.engines.lsm.memtable import Memtable, dict_setitem
+from raykv.engines.lsm.run_format import MAX_DENSITY_FACTOR, RUN_KIND
+from raykv.engines.lsm.run_reader import RunReader
+from raykv.engines.lsm.run_writer import RunWriter
+from raykv.engines.manifest import Manifest
+from raykv.errors import CorruptionError
+
+# Estimated bytes per memtable entry beyond the key and value payload: two bytes objects'
+# headers, the dict slot and the sorted-list slot (measured on CPython 3.11).
+_MEMTABLE_ENTRY_OVERHEAD = 130
+# Below this many memtable misses, multi_get probes run by run per key (no numpy setup).
+_VECTOR_MIN = 32
+
+Probe = tuple[Any, int, list[bytes], Callable[[int, bytes], bytes | None]]
+
+
+class LSMTree(KVStore):
+    """A log-structured merge-tree: sorted memtable, tiered (or leveled) immutable runs.
+
+    Args:
+        data_dir: directory owned by the engine.
+        max_runs_per_level: tiering fan-out ``R``: when a level holds ``R`` runs they merge
+            into one run in the next level. ``R = 1`` selects leveling (one run per level,
+            merged into the next level's run when the level exceeds its capacity).
+            Default 4: write-optimised tiering (each entry is rewritten about once per
+            level) while a read probes at most ``R`` bloom filters per level.
+        density_factor: entries per data block, i.e. the gap between fence pointers.
+            Default 16: a read scans at most 16 entries (in C) and the fences of two million
+            keys take about 8 MiB.
+        memtable_bytes_limit: flush the memtable when the sum of its keys' and values'
+            lengths exceeds this. Default 4 MiB.
+        size_ratio: leveling only: level ``i`` holds up to
+            ``memtable_bytes_limit * size_ratio ** (i + 1)`` data bytes. Default 10.
+        bloom_bits_per_key: bloom filter budget; 10 gives about 1.8 % false positives
+            (0 disables the filter). Default 10.
+        **kwargs: ``max_key_len``, ``max_value_len``, ``remote``, ``storage_options``
+            (see ``KVStore``).
+
+    Cost: ``set`` is one memtable insert (O(log n)) plus, amortised, the flushes and merges
+    (each entry is rewritten about once per level). ``get`` is a dict lookup when the key
+    is in the memtable, otherwise one hash, one bloom probe per run and at most one block
+    read per run whose filter passes. ``seal()`` writes only the memtable, never merges.
+    Memory: the memtable, the fences (one key per block) and the bloom filters.
+    ``items()`` iterates in key order.
+
+    Example:
+        >>> import tempfile
+        >>> with LSMTree(tempfile.mkdtemp(), memtable_bytes_limit=1000) as db:
+        ...     db.multi_set([(b"k%03d" % i, b"v") for i in range(300)])
+        ...     db.set(b"k001", b"")
+        ...     (db.get(b"k000"), db.get(b"k001"), len(list(db.items())))
+        (b'v', b'', 299)
+    """
+
+    engine_name = "lsm"
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        max_runs_per_level: int = 4,
+        density_factor: int = 16,
+        memtable_bytes_limit: int = 4 * 1024 * 1024,
+        size_ratio: int = 10,
+        bloom_bits_per_key: int = 10,
+        **kwargs: Any,
+    ) -> None:
+        _check_param("max_runs_per_level", max_runs_per_level, 1, 1000)
+        _check_param("density_factor", density_factor, 1, MAX_DENSITY_FACTOR)
+        _check_param("memtable_bytes_limit", memtable_bytes_limit, 1, 1 << 40)
+        _check_param("size_ratio", size_ratio, 2, 1000)
+        _check_param("bloom_bits_per_key", bloom_bits_per_key, 0, 64)
+        self.max_runs_per_level = max_runs_per_level
+        self.density_factor = density_factor
+        self.memtable_bytes_limit = memtable_bytes_limit
+        self.size_ratio = size_ratio
+        self.bloom_bits_per_key = bloom_bits_per_key
+        self._mem = Memtable()
+        self._levels: list[list[RunReader]] = []
+        self._probes: list[Probe] = []
+        self._newest_first: list[RunReader] = []
+        self._run_memory: dict[str, int] = {}
+        self._runs_memory = 0
+        self._uncommitted = False
+        # set() calls _after_write() when the memtable size exceeds this; -1 forces the
+        # next write to run the merges a seal left pending
+        self._flush_at = memtable_bytes_limit
+        super().__init__(data_dir, **kwargs)
+
+    # ------------------------------------------------------------------ KVStore hooks
+
+    def _open(self, manifest: Manifest | None) -> None:
+        self._mem = Memtable()
+        self._levels = []
+        self._run_memory = {}
+        self._uncommitted = False
+        if manifest is not None:
+            names = _levels_from_state(self.data_dir / manifest.name, manifest)
+            try:
+                for level in names:
+                    self._levels.append([])
+                    for name in level:
+                        self._levels[-1].append(self._open_run(name))
+            except BaseException:
+                self._close_runs([r for level in self._levels for r in level])
+                self._levels = []
+                raise
+        self._levels_changed()
+        self._flush_at = -1 if self._merge_pending() else self.memtable_bytes_limit
+
+    def _seal(self) -> bool:
+        if self._mem:
+            self._flush()
+        if not self._uncommitted:
+            return False
+        self._commit_levels()
+        if self._merge_pending():
+            self._flush_at = -1
+        return True
+
+    def _release(self) -> None:
+        self._close_runs([r for level in self._levels for r in level])
+        self._levels = []
+        self._levels_changed()
+        self._mem.clear()
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, key: bytes) -> bytes:
+        """Return the value of ``key`` or ``b""`` if it is missing or deleted.
+
+        Cost: one dict lookup if the key is in the memtable; otherwise one 128-bit hash,
+        one bloom probe per run (newest first) and, for runs whose filter passes, one
+        bisect of the fences and one block read (crc verified, at most ``density_factor``
+        entries scanned). Stops at the newest run holding the key.
+        """
+        value = self._mem.get(key)
+        if value is not None:
+            return value  # type: ignore[no-any-return]
+        if type(key) is not bytes or not 0 < len(key) <= self.max_key_len:
+            self._reject_key(key)
+        if self._closed:
+            self._ensure_open()
+        probes = self._probes
+        if probes:
+            h1, h2 = hash_pair(key, 0)
+            # bloom.mask_of(h2), inlined
+            mask = TABLE12[h2 & 4095] | TABLE12[(h2 >> 12) & 4095] | (1 << ((h2 >> 24) & 63))
+            for words, nwords, fences, lookup in probes:
+                if words[h1 % nwords] & mask == mask:
+                    i = bisect_right(fences, key)
+                    if i:
+                        value = lookup(i - 1, key)
+                        if value is not None:
+                            return value  # type: ignore[no-any-return]
+        return b""
+
+    def multi_get(self, keys: Sequence[bytes]) -> list[bytes]:
+        """Return the values of ``keys`` in order (``b""`` for missing keys).
+
+        Cost: one C-level pass over the memtable; the misses are hashed in one batch,
+        each run's filter is probed for all of them at once (numpy), and each block is
+        read once for all the keys it may hold.
+        """
+        self._ensure_open()
+        self._check_keys(keys)
+        out: list[Any] = list(map(self._mem.get, keys))
+        if None not in out:
+            return out
+        miss = list(compress(range(len(out)), map(is_, out, repeat(None))))
+        if not self._probes:
+            for i in miss:
+                out[i] = b""
+            return out
+        if len(miss) < _VECTOR_MIN:
+            get = self.get
+            for i in miss:
+                out[i] = get(keys[i])
+            return out
+        mkeys = list(map(keys.__getitem__, miss))
+        hashes = hash_many(mkeys)
+        h1 = hashes[:, 0]
+        masks = masks_of(hashes[:, 1])
+        pending = np.arange(len(mkeys))
+        for run in self._newest_first:
+            cand = pending[run.bloom.may_contain_many(h1[pending], masks[pending])].tolist()
+            if not cand:
+                continue
+            cand.sort(key=mkeys.__getitem__)
+            found = []
+            for j, value in zip(cand, run.multi_lookup([mkeys[j] for j in cand]), strict=True):
+                if value is not None:
+                    out[miss[j]] = value
+                    found.append(j)
+            if found:
+                pending = np.setdiff1d(pending, found, assume_unique=True)
+                if not len(pending):
+                    break
+        for j in pending.tolist():
+            out[miss[j]] = b""
+        return out
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Iterate over live ``(key, value)`` pairs in increasing key order.
+
+        A chunked k-way merge of the runs and a snapshot of the memtable; the newest value
+        of a key wins and tombstones are skipped. Memory: one chunk per run. The store
+        must not be modified while the iterator is in use.
+        """
+        self._ensure_open()
+        keys, values = self._mem.sorted_items()
+        sources: list[Iterator[Chunk]] = [
+            r.iter_chunks() for level in reversed(self._levels) for r in level
+        ]
+        sources.append(iter(chunked(keys, values)))
+        return _live_pairs(merge_sorted_chunks(sources))
+
+    # ------------------------------------------------------------------ writes
+
+    def set(self, key: bytes, value: bytes) -> None:
+        """Insert, update or (``value == b""``) delete ``key``.
+
+        Cost: one memtable insert, O(log n); when the memtable exceeds
+        ``memtable_bytes_limit`` the write also flushes it and runs the merges that
+        became due (synchronously).
+        """
+        if (
+            type(key) is not bytes
+            or not 0 < len(key) <= self.max_key_len
+            or type(value) is not bytes
+            or len(value) > self.max_value_len
+        ):
+            self._check_kv(key, value)
+        if self._closed:
+            self._ensure_open()
+        mem = self._mem
+        size = len(key) + len(value)
+        self.stats.app_bytes += size
+        old = mem.get(key)
+        if old is None:
+            mem.add_key(key)
+        else:
+            size = len(value) - len(old)
+        dict_setitem(mem, key, value)
+        mem.nbytes += size
+        if mem.nbytes > self._flush_at:
+            self._after_write()
+
+    def multi_set(self, pairs: Pairs) -> None:
+        """Apply ``(key, value)`` pairs in order (later pairs win; ``b""`` deletes).
+
+        The batch is validated as a whole first. Cost: C-level passes over the batch plus
+        one sorted insert per new key; then at most one flush and its merges.
+        """
+        self._ensure_open()
+        keys, values = self._split_pairs(pairs)
+        if not keys:
+            return
+        self._mem.put_many(keys, values)
+        if self._mem.nbytes > self._flush_at:
+            self._after_write()
+
+    def _after_write(self) -> None:
+        """Flush a full memtable, then run every merge that is due (cascading)."""
+        if self._mem.nbytes > self.memtable_bytes_limit:
+            self._flush()
+        while (plan := self._next_merge()) is not None:
+            self._merge(plan)
+        self._flush_at = self.memtable_bytes_limit
+
+    def _flush(self) -> None:
+        """Write the memtable to a new level-0 run (no merge, no commit)."""
+        mem = self._mem
+        keys, values = mem.sorted_items()
+        older = self._newest_first
+        run = self._write_run([iter(chunked(keys, values))], older, len(keys))
+        mem.clear()
+        if run is not None:
+            if not self._levels:
+                self._levels.append([])
+            self._levels[0].append(run)
+            self._levels_changed()
+
+    def _merge(self, plan: MergePlan) -> None:
+        """Carry out one merge and commit the new level layout (deletes the inputs)."""
+        levels = self._levels
+        while len(levels) <= plan.target:
+            levels.append([])
+        if plan.source == plan.target:
+            inputs = list(levels[plan.source])
+        elif plan.include_target:
+            inputs = levels[plan.target] + levels[plan.source]
+        else:
+            inputs = list(levels[plan.source])
+        older = [r for level in levels[plan.source + 1 :] for r in level if r not in inputs]
+        run = self._write_run(
+            [r.iter_chunks() for r in inputs], older, sum(r.entry_count for r in inputs)
+        )
+        levels[plan.source] = []
+        if plan.include_target or plan.source == plan.target:
+            levels[plan.target] = []
+        if run is not None:
+            levels[plan.target].append(run)
+        while levels and not levels[-1]:
+            levels.pop()
+        self.stats.merges += 1
+        self._levels_changed()
+        self._commit_levels()
+        self._close_runs(inputs)
+
+    def _write_run(
+        self, sources: list[Iterator[Chunk]], older: Sequence[RunReader], expected: int
+    ) -> RunReader | None:
+        """Merge ``sources`` (oldest first) into a new run file; ``None`` if it is empty."""
+        name = self._new_file(RUN_KIND)
+        path = self.data_dir / name
+        writer = RunWriter(path, density_factor=self.density_factor,
+                           bits_per_key=self.bloom_bits_per_key, expected_keys=expected)
+        try:
+            merge_into(sources, [r.bloom for r in older], writer.add)
+            if not writer.entry_count:
+                writer.abort()
+                return None
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        self._written(name, writer.file_size)
+        self._uncommitted = True
+        return self._open_run(name)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _open_run(self, name: str) -> RunReader:
+        run = RunReader(self.data_dir / name)
+        self._run_memory[name] = sys.getsizeof(run)
+        return run
+
+    def _close_runs(self, runs: list[RunReader]) -> None:
+        for r in runs:
+            self._run_memory.pop(r.name, None)
+            r.close()
+
+    def _levels_changed(self) -> None:
+        """Rebuild the newest-first probe list after the set of runs changed."""
+        newest = [r for level in self._levels for r in reversed(level)]
+        self._newest_first = newest
+        self._probes = [(r.bloom.words, r.bloom.nwords, r.fences, r.lookup) for r in newest]
+        self._runs_memory = sum(self._run_memory.get(r.name, 0) for r in newest)
+
+    def _next_merge(self) -> MergePlan | None:
+        return pick_merge(
+            [[r.data_bytes for r in level] for level in self._levels],
+            self.max_runs_per_level, self.memtable_bytes_limit, self.size_ratio,
+        )
+
+    def _merge_pending(self) -> bool:
+        return self._next_merge() is not None
+
+    def _commit_levels(self) -> None:
+        names = [[r.name for r in level] for level in self._levels]
+        self._commit([n for level in names for n in level], {"levels": names})
+        self._uncommitted = False
+
+    @property
+    def levels(self) -> list[list[str]]:
+        """Run file names by level (level 0 first; oldest run of a level first)."""
+        return [[r.name for r in level] for level in self._levels]
+
+    @property
+    def block_reads(self) -> int:
+        """Data blocks read from the currently live runs since they were opened."""
+        return sum(r.block_reads for r in self._newest_first)
+
+    def __sizeof__(self) -> int:
+        """Estimated bytes held: memtable, and every run's fences, offsets and filter.
+
+        Run sizes are computed once when a run is opened, so this is O(1).
+        """
+        mem = self._mem
+        return (
+            object.__sizeof__(self)
+            + mem.nbytes
+            + len(mem) * _MEMTABLE_ENTRY_OVERHEAD
+            + self._runs_memory
+        )
+
+    def _check(self) -> None:
+        """Assert every invariant; reads all runs (tests call it).
+
+        Checks the memtable's order and size, every run sorted with increasing fences and
+        no bloom false negative (all keys of small runs, a sample of big ones), the level
+        shape, and that live files exist and match the manifest.
+        """
+        self._mem.check()
+        runs = [r for level in self._levels for r in level]
+        for r in runs:
+            r.check(sample_every=1 if r.entry_count <= 200_000 else 13)
+        assert len(self._probes) == len(runs) == len(set(r.name for r in runs))
+        if self._flush_at != -1:
+            assert not self._merge_pending(), f"levels need a merge at rest: {self.levels}"
+        else:
+            extra = 1 if self.max_runs_per_level == 1 else 0
+            for level in self._levels:
+                assert len(level) <= self.max_runs_per_level + extra, self.levels
+        if not self._uncommitted:
+            assert sorted(r.name for r in runs) == sorted(self._live_files)
+        for name in self._live_files:
+            assert (self.data_dir / name).is_file(), f"live file {name} missing"
+
+
+def _live_pairs(chunks: Iterator[Chunk]) -> Iterator[tuple[bytes, bytes]]:
+    for keys, values in chunks:
+        if all(values):
+            yield from zip(keys, values, strict=True)
+        else:
+            yield from zip(compress(keys, values), filter(None, values), strict=True)
+
+
+def _levels_from_state(path: os.PathLike[str], manifest: Manifest) -> list[list[str]]:
+    """Validate the manifest's ``levels`` against its file list."""
+    levels = manifest.state.get("levels", [])
+    if not (
+        isinstance(levels, list)
+        and all(isinstance(lv, list) and all(isinstance(n, str) for n in lv) for lv in levels)
+        and sorted(n for lv in levels for n in lv) == sorted(manifest.files)
+    ):
+        raise CorruptionError(path, "manifest state",
+                              detail="LSM levels do not match the manifest's file list")
+    return levels
+
+
+def _check_param(name: str, value: object, low: int, high: int) -> None:
+    if type(value) is not int:
+        msg = f"LSMTree {name} must be an int, got {type(value).__name__}"
+        raise TypeError(msg)
+    if not low <= value <= high:
+        msg = f"LSMTree {name}={value} is out of range; allowed {low}..{high}"
+        raise ValueError(msg)
