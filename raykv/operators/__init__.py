@@ -1,0 +1,41 @@
+"""Keyed stateful operators over ``pyarrow.RecordBatch`` (no Ray in here).
+
+A stage is a picklable config (a frozen dataclass validated on construction); the shard
+actor calls ``op.build(store)`` on its open ``KVStore`` and then drives the returned logic:
+``(process* on_barrier)* finish?``. See ``docs/operators.md``.
+
+* :class:`Aggregate`: running count/sum/mean/min/max/first/last per key (vectorized).
+* :class:`Reduce`: ``fn(acc, value)`` per key over one column.
+* :class:`StatefulMap`: ``fn(state, row) -> (state, output)`` per event.
+* :class:`TumblingWindow`: aggregations per key and event-time window, closed by watermark.
+
+All are thin layers over :class:`KeyedStateLogic` (``base.py``), which owns input checks,
+state keys, the changed-key set and emission.
+"""
+
+from raykv.operators.aggregate import Aggregate, AggregateLogic
+from raykv.operators.base import KeyedOperator, KeyedStateLogic, OperatorLogic, PyStateLogic
+from raykv.operators.codecs import Codec, JsonCodec, PickleCodec, RawCodec, get_codec
+from raykv.operators.reduce import Reduce, ReduceLogic
+from raykv.operators.stateful_map import StatefulMap, StatefulMapLogic
+from raykv.operators.window import TumblingWindow, TumblingWindowLogic
+
+__all__ = [
+    "Aggregate",
+    "AggregateLogic",
+    "Codec",
+    "JsonCodec",
+    "KeyedOperator",
+    "KeyedStateLogic",
+    "OperatorLogic",
+    "PickleCodec",
+    "PyStateLogic",
+    "RawCodec",
+    "Reduce",
+    "ReduceLogic",
+    "StatefulMap",
+    "StatefulMapLogic",
+    "TumblingWindow",
+    "TumblingWindowLogic",
+    "get_codec",
+]

@@ -1,0 +1,115 @@
+"""``Reduce``: fold one column per key with a user function."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from raykv.engines.base import KVStore
+from raykv.operators.base import KeyedOperator, PyStateLogic
+from raykv.operators.codecs import Codec, get_codec
+
+
+@dataclass(frozen=True)
+class Reduce(KeyedOperator):
+    """Running ``acc = fn(acc, value)`` per key over one value column.
+
+    The first non-null value of a key becomes its accumulator; each later non-null value
+    ``v`` replaces it with ``fn(acc, v)``. Null values are skipped. If ``fn`` returns
+    ``None`` the key's state is deleted (its next value starts over) and it is left out of
+    the output. Values reach ``fn`` as Python objects (``to_pylist``).
+
+    Output (changelog at each barrier, all keys at ``finish``): the key column and a
+    column named ``column`` holding the accumulators (the input column's type when they
+    fit it, otherwise the type Arrow infers).
+
+    Cost per batch: one ``multi_get`` + one ``multi_set`` of the batch's distinct keys, one
+    codec decode/encode per distinct key, one ``fn`` call per row.
+
+    Example:
+        >>> import pyarrow as pa, tempfile
+        >>> from raykv.engines import MemOnly
+        >>> op = Reduce("k", max, "v")
+        >>> with MemOnly(tempfile.mkdtemp()) as store:
+        ...     logic = op.build(store)
+        ...     logic.process(pa.record_batch({"k": [1, 2, 1], "v": [5, 7, 9]}))
+        ...     logic.finish().to_pydict()
+        {'k': [1, 2], 'v': [9, 7]}
+
+    Attributes:
+        fn: ``fn(acc, value) -> acc``; must be picklable by cloudpickle (Ray).
+        column: the value column.
+        codec: how accumulators are stored: ``"json"`` (default), ``"pickle"``, ``"raw"``
+            or an object with ``encode``/``decode`` (see ``codecs.py``).
+    """
+
+    fn: Callable[[Any, Any], Any]
+    column: str
+    codec: str | Codec = "json"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not callable(self.fn):
+            msg = f"Reduce.fn must be callable fn(acc, value) -> acc, got {type(self.fn).__name__}"
+            raise TypeError(msg)
+        if not isinstance(self.column, str) or not self.column:
+            msg = f"Reduce.column must be a non-empty column name, got {self.column!r}"
+            raise TypeError(msg)
+        if self.column == self.key:
+            msg = f"Reduce.column must differ from the key column {self.key!r}"
+            raise ValueError(msg)
+        get_codec(self.codec)
+
+    def build(self, store: KVStore) -> ReduceLogic:
+        """Create the shard logic on ``store`` (resumes the state the store holds)."""
+        return ReduceLogic(self, store)
+
+
+class ReduceLogic(PyStateLogic):
+    """Running logic of :class:`Reduce` on one shard."""
+
+    op: Reduce
+
+    def __init__(self, op: Reduce, store: KVStore) -> None:
+        self._value_type: pa.DataType | None = None
+        super().__init__(op, store, get_codec(op.codec))
+
+    def _setup(self, schema: pa.Schema) -> None:
+        if self.op.column not in schema.names:
+            msg = (
+                f"{self._name()}: value column {self.op.column!r} is missing; "
+                f"the columns are {schema.names}"
+            )
+            raise ValueError(msg)
+        self._value_type = schema.field(self.op.column).type
+
+    def _fold(self, batch: pa.RecordBatch, index: list[int], states: list[Any]) -> None:
+        fn = self.op.fn
+        for i, v in zip(index, batch.column(self.op.column).to_pylist(), strict=True):
+            if v is None:
+                continue
+            acc = states[i]
+            states[i] = v if acc is None else fn(acc, v)
+
+    def _render(
+        self, state_keys: Sequence[bytes], values: Sequence[bytes]
+    ) -> list[tuple[str, pa.Array]]:
+        decode = self.codec.decode
+        accs = [decode(v) for v in values]
+        try:
+            arr = pa.array(accs, type=self._value_type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            arr = pa.array(accs)
+        if self._out_schema is not None and arr.type != self._out_schema.field(1).type:
+            try:
+                arr = arr.cast(self._out_schema.field(1).type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
+                msg = (
+                    f"{self._name()}: accumulators of type {arr.type} do not fit the type "
+                    f"{self._out_schema.field(1).type} emitted before ({err})"
+                )
+                raise TypeError(msg) from err
+        return [(self.op.column, arr)]
