@@ -4,19 +4,21 @@ Output of the last stage arrives at the driver per epoch and per shard (the chan
 the operators emit at each barrier, and their final values at the end of bounded input).
 A sink sees it in two phases, driven by the coordinator::
 
-    start(epoch, new_run)  (stage(e, part, table)*  publish(e))*  close()
+    start(epoch, new_run, abandoned)  (stage(e, part, table)*  publish(e))*  close()
 
 * ``stage`` keeps the output of an epoch that is not committed yet (on disk for
   :class:`ParquetSink`, in memory for :class:`CollectSink`).
 * ``publish(e)`` makes it visible; the coordinator calls it only after the epoch
   manifest of ``e`` is written (the commit), in epoch order.
-* ``start(e)`` reconciles with the checkpoint store at the start of a run and after
-  every recovery: staged output of epochs ``<= e`` is published (the driver may have died
-  between commit and publish), staged output of epochs ``> e`` is discarded (never
-  committed), and published output of epochs ``> e`` is removed (a rollback with
-  ``restore_epoch``). Names are deterministic per (epoch, stage, shard), so publishing
-  twice is harmless. After any sequence of failures, published output holds every
-  committed epoch's output exactly once and nothing else.
+* ``start(e, abandoned=ranges)`` reconciles with the committed lineage ending at epoch
+  ``e``, at the start of a run and after every recovery: staged output of epochs ``<= e``
+  is published (the driver may have died between commit and publish), staged output of
+  epochs ``> e`` is discarded (never committed), and published output of epochs ``> e``
+  or inside an ``abandoned`` range ``[lo, hi]`` is removed (epochs a rollback with
+  ``restore_epoch`` left behind; the ranges are stored in every later epoch manifest).
+  Names are deterministic per (epoch, stage, shard), so publishing twice is harmless.
+  After any sequence of failures, published output holds every committed epoch's output
+  of the lineage exactly once and nothing else.
 
 Sinks are driver-side objects; they are not sent to shard actors.
 """
@@ -27,6 +29,7 @@ import os
 import re
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -52,11 +55,14 @@ class Sink(ABC):
     """Two-phase output: stage per epoch, publish on commit (see the module docstring)."""
 
     @abstractmethod
-    def start(self, epoch: int | None, *, new_run: bool) -> None:
-        """Reconcile with committed epoch ``epoch`` (``None``: nothing committed).
+    def start(
+        self, epoch: int | None, *, new_run: bool, abandoned: Sequence[Sequence[int]] = ()
+    ) -> None:
+        """Reconcile with the lineage ending at committed ``epoch`` (``None``: nothing).
 
         ``new_run`` is true for a run that starts from empty state: previous output is
-        not part of this run's result.
+        not part of this run's result. ``abandoned`` lists inclusive ``[lo, hi]`` epoch
+        ranges that are not part of the lineage.
         """
 
     @abstractmethod
@@ -102,15 +108,17 @@ class CollectSink(Sink):
         self._staged: dict[int, dict[str, pa.Table]] = {}
         self._published: dict[int, dict[str, pa.Table]] = {}
 
-    def start(self, epoch: int | None, *, new_run: bool) -> None:
-        """Publish staged epochs ``<= epoch``, drop everything later."""
+    def start(
+        self, epoch: int | None, *, new_run: bool, abandoned: Sequence[Sequence[int]] = ()
+    ) -> None:
+        """Publish staged epochs ``<= epoch``, drop later and abandoned ones."""
         if new_run:
             self._published.clear()
         for e in sorted(self._staged):
-            if epoch is not None and e <= epoch:
+            if _kept(e, epoch, abandoned):
                 self._published.setdefault(e, {}).update(self._staged[e])
         self._staged.clear()
-        for e in [e for e in self._published if epoch is None or e > epoch]:
+        for e in [e for e in self._published if not _kept(e, epoch, abandoned)]:
             del self._published[e]
 
     def stage(self, epoch: int, part: str, table: pa.Table) -> None:
@@ -134,6 +142,13 @@ class CollectSink(Sink):
         """All published output in epoch order (``None`` before any output)."""
         tables = [t for t in self.epochs().values() if t is not None]
         return _concat(tables)
+
+
+def _kept(e: int, epoch: int | None, abandoned: Sequence[Sequence[int]]) -> bool:
+    """True if epoch ``e`` is in the lineage ending at ``epoch``."""
+    if epoch is None or e > epoch:
+        return False
+    return not any(lo <= e <= hi for lo, hi in abandoned)
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table | None:
@@ -208,7 +223,9 @@ class ParquetSink(Sink):
                 out[p] = parsed
         return out
 
-    def start(self, epoch: int | None, *, new_run: bool) -> None:
+    def start(
+        self, epoch: int | None, *, new_run: bool, abandoned: Sequence[Sequence[int]] = ()
+    ) -> None:
         """Reconcile the directory with committed ``epoch`` (see the module docstring).
 
         Raises:
@@ -229,13 +246,13 @@ class ParquetSink(Sink):
             for p in published:
                 fs.rm(p)
             published = {}
-        for p, (e, _part) in self._list(staging=True).items():
-            if epoch is not None and e <= epoch:
-                self._move(p, f"{self._dir()}/{part_file_name(e, _part)}")
+        for p, (e, part) in self._list(staging=True).items():
+            if _kept(e, epoch, abandoned):
+                self._move(p, f"{self._dir()}/{part_file_name(e, part)}")
             else:
                 fs.rm(p)
         for p, (e, _part) in published.items():
-            if epoch is None or e > epoch:
+            if not _kept(e, epoch, abandoned):
                 fs.rm(p)
 
     def stage(self, epoch: int, part: str, table: pa.Table) -> None:

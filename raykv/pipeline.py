@@ -1,0 +1,349 @@
+"""The user-facing pipeline: a source, keyed stages, a sink, and how to checkpoint them.
+
+Example (the API in ``docs/runtime.md``)::
+
+    pipeline = raykv.Pipeline(
+        source=raykv.sources.ParquetSource("events/", batch_size=65_536),
+        stages=[raykv.operators.Aggregate(key="user", aggs={"amount": ["sum", "count"]})],
+        sink=raykv.sinks.ParquetSink("out/"),
+        num_shards=4, engine="hybridlog", engine_params={},
+        checkpoint="file:///tmp/ckpt", checkpoint_interval=1.0, retain=3,
+    )
+    summary = pipeline.run()              # a new run
+    summary = pipeline.run(resume=True)   # continue from the latest committed epoch
+    summary = pipeline.run(restore_epoch=12)  # roll back to a retained epoch
+
+``Pipeline`` is a plain config: constructing it validates the values and touches
+nothing (no Ray, no files). ``run`` drives everything from the calling process (the
+driver) through :mod:`raykv.coordinator`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from raykv.sinks import CollectSink, Sink
+from raykv.sources import Source
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """What the driver reports to ``Pipeline(on_progress=...)``.
+
+    ``kind`` is one of ``"started"`` (actors ready; ``detail`` has ``restored_from``),
+    ``"barrier"`` (barrier ``epoch`` sent), ``"acked"`` (every shard uploaded ``epoch``;
+    called just before the commit), ``"committed"``, ``"failure"`` (``error`` set;
+    recovery follows), ``"recovered"``, ``"finished"``.
+
+    Attributes:
+        kind: the event.
+        epoch: the epoch concerned (``None`` for run-level events).
+        rows_in: rows of committed epochs so far in this run.
+        rows_out: output rows published so far.
+        epochs_committed: epochs committed so far in this run.
+        restarts: recoveries so far.
+        elapsed: seconds since ``run`` started.
+        shards: shard name -> its Ray actor handle in the current attempt (tools and
+            tests use it, e.g. to kill one).
+        error: the failure for ``"failure"`` events.
+        detail: event-specific extras.
+    """
+
+    kind: str
+    epoch: int | None
+    rows_in: int
+    rows_out: int
+    epochs_committed: int
+    restarts: int
+    elapsed: float
+    shards: dict[str, Any] = field(default_factory=dict)
+    error: BaseException | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    """What a ``run`` did.
+
+    Attributes:
+        rows_in: source rows in the epochs this run committed (each counted once, however
+            often it was replayed).
+        rows_out: output rows published to the sink by this run.
+        epochs_committed: epochs this run committed, ascending.
+        bytes_uploaded: bytes of engine files uploaded by this run (committed epochs).
+        files_uploaded: engine files uploaded by this run (committed epochs).
+        restarts: recoveries performed.
+        wall_time: seconds from ``run`` to return, actor start-up included.
+        processing_time: seconds from the first batch sent to the last commit.
+        restored_from: the epoch the run started from (``None``: empty state).
+        last_epoch: the newest committed epoch at the end (``None``: none).
+        finished: the input ended and its final epoch (``finish()`` output) is committed.
+        stopped: the run was stopped (``Pipeline.stop()`` / ``StopSource``) before the end.
+        shards: per-shard counters and engine stats of the last attempt.
+        output: the published output (``CollectSink`` only) as one table.
+        output_by_epoch: the published output per epoch (``CollectSink`` only).
+    """
+
+    rows_in: int = 0
+    rows_out: int = 0
+    epochs_committed: list[int] = field(default_factory=list)
+    bytes_uploaded: int = 0
+    files_uploaded: int = 0
+    restarts: int = 0
+    wall_time: float = 0.0
+    processing_time: float = 0.0
+    restored_from: int | None = None
+    last_epoch: int | None = None
+    finished: bool = False
+    stopped: bool = False
+    shards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    output: pa.Table | None = None
+    output_by_epoch: dict[int, pa.Table] = field(default_factory=dict)
+
+    @property
+    def events_per_s(self) -> float:
+        """``rows_in / processing_time`` (0.0 when nothing ran)."""
+        return self.rows_in / self.processing_time if self.processing_time > 0 else 0.0
+
+    def __str__(self) -> str:
+        state = "finished" if self.finished else "stopped" if self.stopped else "ended"
+        return (
+            f"raykv run {state}: {self.rows_in:,} rows in, {self.rows_out:,} out, "
+            f"{len(self.epochs_committed)} epochs committed (last {self.last_epoch}), "
+            f"{self.bytes_uploaded / 2**20:.1f} MiB uploaded, {self.restarts} restarts, "
+            f"{self.wall_time:.2f}s ({self.events_per_s:,.0f} events/s)"
+        )
+
+
+@dataclass
+class Pipeline:
+    """A keyed dataflow: ``source -> stages[0] -> ... -> stages[-1] -> sink``.
+
+    Every stage runs as ``num_shards`` Ray actors, each holding the state of a range of
+    key groups in an engine on local disk. Data between stages is re-partitioned by the
+    next stage's key; barriers flow through (aligned), so every epoch is a consistent cut.
+
+    Args:
+        source: a replayable :class:`raykv.sources.Source`.
+        stages: keyed operators (``raykv.operators``), each with its key column and
+            optional per-stage ``name``, ``engine``, ``engine_params``, ``num_shards``.
+        sink: where output goes (default: a new :class:`raykv.sinks.CollectSink`,
+            returned as ``RunSummary.output``).
+        num_shards: default shards per stage.
+        engine: default engine (``"hybridlog"``, ``"lsm"``, ``"appendlog"``, ``"memonly"``).
+        engine_params: default engine parameters (JSON-able; stored in every epoch).
+        checkpoint: checkpoint store URL (``file:///path``, a plain path, ``s3://bucket/
+            prefix``, ``memory://name``), or ``None``: no checkpoints (no recovery once
+            output was published; no resume).
+        storage_options: fsspec options for ``checkpoint`` (e.g. S3 endpoint, keys).
+        checkpoint_interval: seconds between epochs (``None``: only the final epoch).
+            An epoch ends after the first batch read once the interval has passed.
+        epoch_every_batches: end an epoch every this many source batches instead, so
+            epochs are identical run to run (tests, drills, benchmarks).
+        retain: committed epochs kept by garbage collection (plus pinned ones).
+        num_key_groups: key groups (default 4096 for a new pipeline; a restore uses the
+            checkpoint's; giving another value than the checkpoint's is an error).
+        max_restarts: recoveries allowed in one ``run`` before it gives up.
+        max_inflight: ``process`` calls in flight per shard before the sender waits
+            (backpressure).
+        max_pending_epochs: epochs sealed but not committed before new barriers wait.
+        local_dir: root of the shards' engine directories on each node (default: the
+            system temp dir + ``/raykv``). Stable per checkpoint URL, so a restore on the
+            same node downloads only missing files.
+        actor_options: extra ``ActorClass.options`` for shard actors (default
+            ``{"num_cpus": 0, "scheduling_strategy": "SPREAD"}``).
+        on_progress: called with a :class:`ProgressEvent` from the driver (main or
+            commit thread, one call at a time); an exception in it fails the run.
+        clock: time source for ``checkpoint_interval`` (default ``time.monotonic``;
+            ``raykv.testing.FakeClock`` in tests).
+        faults: ``raykv.testing.Faults`` to inject delays/crashes in shards (tests only).
+    """
+
+    source: Source
+    stages: Sequence[Any]
+    sink: Sink | None = None
+    num_shards: int = 2
+    engine: str = "hybridlog"
+    engine_params: dict[str, Any] | None = None
+    checkpoint: str | None = None
+    storage_options: dict[str, Any] | None = None
+    checkpoint_interval: float | None = 1.0
+    epoch_every_batches: int | None = None
+    retain: int = 3
+    num_key_groups: int | None = None
+    max_restarts: int = 10
+    max_inflight: int = 4
+    max_pending_epochs: int = 4
+    local_dir: str | None = None
+    actor_options: dict[str, Any] | None = None
+    on_progress: Callable[[ProgressEvent], None] | None = None
+    clock: Callable[[], float] | None = None
+    faults: Any = None
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, Source):
+            msg = (
+                f"source must be a raykv.sources.Source (TableSource, ParquetSource, ...), "
+                f"got {type(self.source).__name__}"
+            )
+            raise TypeError(msg)
+        if isinstance(self.stages, str | bytes) or not isinstance(self.stages, Sequence):
+            msg = f"stages must be a list of keyed operators, got {type(self.stages).__name__}"
+            raise TypeError(msg)
+        self.stages = list(self.stages)
+        if not self.stages:
+            msg = "a pipeline needs at least one keyed stage (e.g. raykv.operators.Aggregate)"
+            raise ValueError(msg)
+        for i, op in enumerate(self.stages):
+            if not callable(getattr(op, "build", None)) or not isinstance(
+                getattr(op, "key", None), str
+            ):
+                msg = (
+                    f"stages[{i}] must be a keyed operator with a key column and build(store), "
+                    f"got {type(op).__name__}"
+                )
+                raise TypeError(msg)
+        names = self.stage_names()
+        for name in names:
+            if not _NAME_RE.match(name):
+                msg = (
+                    f"stage name {name!r} is not allowed: use 1-64 letters, digits, '_', '-' "
+                    "or '.' (it becomes part of checkpoint and file names)"
+                )
+                raise ValueError(msg)
+        if len(set(names)) != len(names):
+            msg = f"stage names must be unique, got {names}"
+            raise ValueError(msg)
+        if self.sink is None:
+            self.sink = CollectSink()
+        elif not isinstance(self.sink, Sink):
+            msg = f"sink must be a raykv.sinks.Sink, got {type(self.sink).__name__}"
+            raise TypeError(msg)
+        _positive_int("num_shards", self.num_shards)
+        _positive_int("retain", self.retain)
+        _positive_int("max_inflight", self.max_inflight)
+        _positive_int("max_pending_epochs", self.max_pending_epochs)
+        if type(self.max_restarts) is not int or self.max_restarts < 0:
+            msg = f"max_restarts must be an int >= 0, got {self.max_restarts!r}"
+            raise ValueError(msg)
+        if self.epoch_every_batches is not None:
+            _positive_int("epoch_every_batches", self.epoch_every_batches)
+        if self.checkpoint_interval is not None and (
+            not isinstance(self.checkpoint_interval, int | float) or self.checkpoint_interval <= 0
+        ):
+            msg = (
+                "checkpoint_interval must be a positive number of seconds or None, "
+                f"got {self.checkpoint_interval!r}"
+            )
+            raise ValueError(msg)
+        if self.num_key_groups is not None:
+            _positive_int("num_key_groups", self.num_key_groups)
+        if not isinstance(self.engine, str) or not self.engine:
+            msg = f"engine must be an engine name, got {self.engine!r}"
+            raise TypeError(msg)
+        for i, op in enumerate(self.stages):
+            params = self.stage_engine_params(i)
+            try:
+                json.dumps(params)
+            except TypeError as err:
+                msg = f"engine_params of stage {names[i]!r} must be JSON-able ({err})"
+                raise TypeError(msg) from None
+            n = self.stage_num_shards(i)
+            groups = self.num_key_groups or 4096
+            if n > groups:
+                msg = f"stage {names[i]!r} has {n} shards but only {groups} key groups"
+                raise ValueError(msg)
+            _ = op
+        if self.checkpoint is not None and not isinstance(self.checkpoint, str):
+            self.checkpoint = str(self.checkpoint)
+
+    # ------------------------------------------------------------------ per-stage settings
+
+    def stage_names(self) -> list[str]:
+        """Stage names: each operator's ``name``, else its class name + position."""
+        return [
+            getattr(op, "name", None) or f"{type(op).__name__}{i}"
+            for i, op in enumerate(self.stages)
+        ]
+
+    def stage_num_shards(self, i: int) -> int:
+        """Shard count of stage ``i`` (its own, else the pipeline's)."""
+        return getattr(self.stages[i], "num_shards", None) or self.num_shards
+
+    def stage_engine(self, i: int) -> str:
+        """Engine of stage ``i`` (its own, else the pipeline's)."""
+        return getattr(self.stages[i], "engine", None) or self.engine
+
+    def stage_engine_params(self, i: int) -> dict[str, Any]:
+        """Engine parameters of stage ``i`` (its own, else the pipeline's)."""
+        params = getattr(self.stages[i], "engine_params", None)
+        if params is None:
+            params = self.engine_params
+        return dict(params or {})
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, *, resume: bool = False, restore_epoch: int | None = None) -> RunSummary:
+        """Run the pipeline until its input ends (or ``stop()``); return a summary.
+
+        Args:
+            resume: continue from the latest committed epoch of ``checkpoint`` (after a
+                driver crash, a ``stop()``, or to read input added since). With nothing
+                committed yet it starts from the beginning.
+            restore_epoch: continue from this retained epoch instead, abandoning later
+                ones (their sink output is removed).
+
+        A new run (neither argument) refuses a checkpoint location that already holds
+        committed epochs. Shard failures are recovered from the last committed epoch up
+        to ``max_restarts`` times; the result equals a run without failures.
+
+        Raises:
+            ValueError / TypeError: bad input (missing key column, schema change, null
+                key, oversized key), naming the column or value; the last committed
+                epoch stays restorable.
+            CheckpointNotFoundError: ``restore_epoch`` is not retained (lists those that are).
+            RuntimeError: more than ``max_restarts`` failures, or a failure after output
+                was published without a checkpoint to recover from.
+        """
+        if resume and restore_epoch is not None:
+            msg = "pass either resume=True or restore_epoch=..., not both"
+            raise ValueError(msg)
+        if (resume or restore_epoch is not None) and self.checkpoint is None:
+            msg = "resume/restore_epoch need a checkpoint store: set Pipeline(checkpoint=...)"
+            raise ValueError(msg)
+        from raykv.coordinator import Coordinator
+
+        self._stop.clear()
+        return Coordinator(self, resume=resume, restore_epoch=restore_epoch).run()
+
+    def stop(self) -> None:
+        """Ask a running ``run`` (another thread, or ``on_progress``) to stop gracefully.
+
+        The driver ends the current epoch, waits for it to commit and returns; the input
+        is not finished (no ``finish()``), so ``run(resume=True)`` continues the stream.
+        """
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once ``stop()`` was called during the current run."""
+        return self._stop.is_set()
+
+
+def _positive_int(name: str, value: object) -> None:
+    if type(value) is not int or value < 1:
+        msg = f"{name} must be a positive int, got {value!r}"
+        raise ValueError(msg)
+
+
+__all__ = ["Pipeline", "ProgressEvent", "RunSummary"]
