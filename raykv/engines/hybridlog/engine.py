@@ -1,0 +1,599 @@
+"""HybridLog: a FASTER-style hybrid log with a hash index (thesis 3.4, Chandramouli et al. 2018).
+
+The log is split by age into regions (newest first):
+
+* **mutable** (``_mut``): the newest ``ro_lag_interval`` records. Updating a key whose
+  latest record is here overwrites it in place: no new record, no memory growth.
+* **read-only** (``_ro``): older records still only in memory. Updating such a key is a
+  read-copy-update: the new record is appended to the mutable region and the old one
+  leaves memory (superseded records are never kept). Records enter this region a page
+  at a time (``page = max(1, min(ro_lag_interval, flush_interval) // 16)`` records);
+  when it holds ``flush_interval`` records they are flushed as one run file.
+* **cached** (``_cache``): records that are durable in a run file and still in memory;
+  they serve reads, and are evicted oldest first beyond ``mem_segment_len -
+  ro_lag_interval - flush_interval`` records, so that the three regions together never
+  hold more than ``mem_segment_len`` records.
+* **disk**: immutable run files; the hash index ``_index`` maps every key with a durable
+  record to one packed int (run slot, value offset, value length).
+
+Records in the mutable and read-only regions are the *dirty* ones (not durable yet).
+``seal()`` writes exactly those as one new run (FASTER's fold-over checkpoint: the whole
+in-memory log becomes read-only and clean), so an incremental checkpoint holds only what
+changed since the previous seal. Merges (``merge.py``) and optional compaction run on
+the write path, never inside ``seal()``.
+
+Lifecycle: ``open -> (get | set | multi_get | multi_set | items | seal)* -> close``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from itertools import compress, islice, repeat
+from operator import eq, is_
+from typing import Any
+
+from raykv.engines.base import KVStore, Pairs
+from raykv.engines.fileio import write_file
+from raykv.engines.hybridlog.merge import is_prefix, pick_merge, run_level
+from raykv.engines.hybridlog.runfile import (
+    LEN_SHIFT,
+    MAX_SLOTS,
+    PAGE_SIZE,
+    RUN_KIND,
+    RUN_VERSION,
+    SLOT_BITS,
+    SLOT_MASK,
+    START_MASK,
+    RunFile,
+    encode_run,
+    pack_locs,
+)
+from raykv.engines.manifest import Manifest
+from raykv.errors import StoreClosedError
+
+_MISSING: Any = object()
+MAX_RUNS_PER_LEVEL_CEILING = 1024
+
+
+class _Closed(dict):  # type: ignore[type-arg]
+    """Stands in for every region dict after close: any access raises ``StoreClosedError``.
+
+    Lets the hot paths skip an "is it open?" test on every call.
+    """
+
+    def _closed(self, *_: object) -> Any:
+        msg = "HybridLog engine is closed; open a new one"
+        raise StoreClosedError(msg)
+
+    get = __contains__ = __setitem__ = __getitem__ = __delitem__ = _closed  # type: ignore[assignment]
+    pop = update = keys = items = values = _closed  # type: ignore[assignment]
+
+
+_CLOSED = _Closed()
+
+
+def _check_param(name: str, value: object, low: int) -> int:
+    if type(value) is not int:
+        msg = f"{name} must be an int, got {type(value).__name__}"
+        raise TypeError(msg)
+    if value < low:
+        msg = f"{name}={value} must be >= {low}"
+        raise ValueError(msg)
+    return value
+
+
+class HybridLog(KVStore):
+    """FASTER-style HybridLog engine: in-place updates in memory, immutable runs on disk.
+
+    Args:
+        data_dir: directory owned by the engine.
+        mem_segment_len: most records kept in memory (mutable + read-only + cached);
+            must be >= ``ro_lag_interval + flush_interval`` (thesis 4.1.2). The part
+            beyond the two intervals caches flushed records for reads.
+        ro_lag_interval: size of the mutable region, in records: how many of the newest
+            records can still be updated in place.
+        flush_interval: records in the read-only region that trigger a flush to a run.
+        max_runs_per_level: runs a size tier may hold before its runs are merged
+            (1..1024; see ``merge.py``).
+        compaction_enabled: also rewrite any run whose live fraction fell below one
+            half (FASTER log compaction; thesis 4.1.2 found it not worth it).
+        **kwargs: ``max_key_len``, ``max_value_len``, ``remote``, ``storage_options``
+            (see ``KVStore``).
+
+    Memory: O(live keys) for the index plus at most ``mem_segment_len`` records; an
+    overwrite never adds memory. ``items()`` yields pairs in no particular order.
+    Not thread-safe (one thread drives an engine).
+
+    Example:
+        >>> import tempfile
+        >>> with HybridLog(tempfile.mkdtemp(), ro_lag_interval=2, flush_interval=2,
+        ...                mem_segment_len=4) as db:
+        ...     db.set(b"k", b"v1"); db.set(b"k", b"v2")
+        ...     db.get(b"k"), db.region_sizes()["mutable"]
+        (b'v2', 1)
+    """
+
+    engine_name = "hybridlog"
+
+    def __init__(
+        self,
+        data_dir: Any,
+        *,
+        mem_segment_len: int = 40_000,
+        ro_lag_interval: int = 10_000,
+        flush_interval: int = 10_000,
+        max_runs_per_level: int = 10,
+        compaction_enabled: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.ro_lag_interval = _check_param("ro_lag_interval", ro_lag_interval, 1)
+        self.flush_interval = _check_param("flush_interval", flush_interval, 1)
+        self.mem_segment_len = _check_param("mem_segment_len", mem_segment_len, 2)
+        if mem_segment_len < ro_lag_interval + flush_interval:
+            msg = (
+                f"mem_segment_len={mem_segment_len} must be >= ro_lag_interval + "
+                f"flush_interval = {ro_lag_interval + flush_interval}; raise mem_segment_len "
+                "or lower the intervals"
+            )
+            raise ValueError(msg)
+        self.max_runs_per_level = _check_param("max_runs_per_level", max_runs_per_level, 1)
+        if max_runs_per_level > MAX_RUNS_PER_LEVEL_CEILING:
+            msg = (f"max_runs_per_level={max_runs_per_level} exceeds "
+                   f"{MAX_RUNS_PER_LEVEL_CEILING}")
+            raise ValueError(msg)
+        if type(compaction_enabled) is not bool:
+            msg = f"compaction_enabled must be a bool, got {type(compaction_enabled).__name__}"
+            raise TypeError(msg)
+        self.compaction_enabled = compaction_enabled
+        self._page = max(1, min(ro_lag_interval, flush_interval) // 16)
+        self._cache_cap = mem_segment_len - ro_lag_interval - flush_interval
+        self._reset_memory()
+        super().__init__(data_dir, **kwargs)
+
+    # ------------------------------------------------------------------ lifecycle hooks
+
+    def _reset_memory(self) -> None:
+        self._mut: dict[bytes, bytes] = {}
+        self._ro: dict[bytes, bytes] = {}
+        self._cache: dict[bytes, bytes] = {}
+        self._index: dict[bytes, int] = {}
+        self._runs: list[RunFile] = []
+        self._slots: list[RunFile | None] = []
+        self._free_slots: list[int] = []
+        self._maintenance = False  # merges/compaction to check on the next write
+
+    def _open(self, manifest: Manifest | None) -> None:
+        self._release_runs()
+        self._reset_memory()
+        if manifest is None:
+            return
+        if manifest.engine != self.engine_name:
+            msg = (
+                f"{self.data_dir} holds a {manifest.engine!r} engine, not {self.engine_name!r}; "
+                "open it with that engine or use another directory"
+            )
+            raise ValueError(msg)
+        index = self._index
+        try:
+            for name in manifest.files:
+                run = self._open_run(name)
+                self._runs.append(run)
+                keys, ends = run.index()
+                index.update(zip(keys, pack_locs(run.slot, ends), strict=True))
+        except BaseException:
+            self._release_runs()
+            raise
+        self._maintenance = True
+
+    def _release(self) -> None:
+        self._release_runs()
+        self._mut = self._ro = self._cache = _CLOSED
+        self._index = _CLOSED  # type: ignore[assignment]
+
+    def _release_runs(self) -> None:
+        for run in getattr(self, "_slots", ()):
+            if run is not None:
+                run.close()
+        self._runs = []
+        self._slots = []
+        self._free_slots = []
+
+    def _seal(self) -> bool:
+        """Write the dirty records (mutable + read-only regions) as one run; commit.
+
+        Cost: O(records changed since the last seal): one run file, one manifest. After
+        it every in-memory record is clean (cached). Never merges.
+        """
+        ro, mut = self._ro, self._mut
+        if ro or mut:
+            self._write_run([*ro, *mut], [*ro.values(), *mut.values()])
+            cache = self._cache
+            cache.update(ro)
+            cache.update(mut)
+            self._ro = {}
+            self._mut = {}
+            self._evict()
+            self._maintenance = True
+        names = [r.name for r in self._runs]
+        if names == self._live_files:
+            return False
+        self._commit(names, {"format": RUN_VERSION})
+        return True
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, key: bytes) -> bytes:
+        """Return the value of ``key`` or ``b""``.
+
+        Cost: up to three dict lookups (mutable, read-only, cached regions) and one index
+        lookup; a key found only on disk costs one mmap slice, plus a crc32 of its 4 KiB
+        page the first time that page is read.
+        """
+        try:
+            value = self._mut.get(key)
+            if value is None:
+                value = self._ro.get(key)
+                if value is None:
+                    value = self._cache.get(key)
+                    if value is None:
+                        loc = self._index.get(key)
+                        if loc is None:
+                            if type(key) is not bytes or not 0 < len(key) <= self.max_key_len:
+                                self._reject_key(key)
+                            return b""
+                        start = loc >> SLOT_BITS & START_MASK
+                        return self._slots[loc & SLOT_MASK].read(  # type: ignore[union-attr]
+                            start, start + (loc >> LEN_SHIFT)
+                        )
+        except TypeError:
+            if type(key) is not bytes:
+                self._reject_key(key)
+            raise
+        return value
+
+    def _read_loc(self, loc: int) -> bytes:
+        start = loc >> SLOT_BITS & START_MASK
+        return self._slots[loc & SLOT_MASK].read(start, start + (loc >> LEN_SHIFT))  # type: ignore[union-attr]
+
+    def multi_get(self, keys: Sequence[bytes]) -> list[bytes]:
+        """Return the values of ``keys`` in order (``b""`` for missing keys).
+
+        Cost: one C-level ``map`` per region over the keys not found in a newer one,
+        then one index lookup and one read per key that only the disk holds.
+        """
+        self._ensure_open()
+        self._check_keys(keys)
+        n = len(keys)
+        if not n:
+            return []
+        res: list[bytes | None] = list(map(self._mut.get, keys))
+        todo = list(compress(range(n), map(is_, res, repeat(None))))
+        getitem = keys.__getitem__
+        for region in (self._ro, self._cache):
+            if todo and region:
+                left = []
+                for i, value in zip(todo, map(region.get, map(getitem, todo)), strict=True):
+                    if value is None:
+                        left.append(i)
+                    else:
+                        res[i] = value
+                todo = left
+        if todo:
+            read = self._read_loc
+            for i, loc in zip(todo, map(self._index.get, map(getitem, todo)), strict=True):
+                res[i] = b"" if loc is None else read(loc)
+        return res  # type: ignore[return-value]
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Iterate over all live pairs, in no particular order.
+
+        Verifies every value page of every run first (a full scan, so a damaged page is
+        reported even if no live value sits on it). The store must not be modified while
+        the iterator is in use. Cost: O(keys) plus one read per key held only on disk.
+        """
+        self._ensure_open()
+        return self._iter_items()
+
+    def _iter_items(self) -> Iterator[tuple[bytes, bytes]]:
+        for run in self._runs:
+            run.verify_all()
+        mut, ro, cache = self._mut, self._ro, self._cache
+        for region in (mut, ro, cache):
+            for key, value in region.items():
+                if value:
+                    yield key, value
+        read = self._read_loc
+        for key, loc in self._index.items():
+            if key in mut or key in ro or key in cache:
+                continue
+            value = read(loc)
+            if value:
+                yield key, value
+
+    # ------------------------------------------------------------------ writes
+
+    def set(self, key: bytes, value: bytes) -> None:
+        """Insert, update or (``value == b""``) delete ``key``.
+
+        Cost: a key in the mutable region is updated in place (two dict operations);
+        otherwise one record is appended to the mutable region (read-copy-update), and
+        every ``page`` appends move a page of records to the read-only region, which is
+        flushed to a run (and merges run) every ``flush_interval`` records.
+        """
+        mut = self._mut
+        try:
+            hit = key in mut
+        except TypeError:
+            hit = False
+        if hit and type(value) is bytes and len(value) <= self.max_value_len:
+            mut[key] = value
+            self.stats.app_bytes += len(key) + len(value)
+            return
+        self._append(key, value)
+
+    def _append(self, key: bytes, value: bytes) -> None:
+        """Slow path of ``set``: validate, run deferred merges, append one record."""
+        if (
+            type(key) is not bytes
+            or not 0 < len(key) <= self.max_key_len
+            or type(value) is not bytes
+            or len(value) > self.max_value_len
+        ):
+            self._check_kv(key, value)
+        mut = self._mut
+        if key in mut:  # raises StoreClosedError when closed
+            mut[key] = value
+            self.stats.app_bytes += len(key) + len(value)
+            return
+        self.stats.app_bytes += len(key) + len(value)
+        if self._maintenance:
+            self._maintain()
+        if self._ro.pop(key, _MISSING) is _MISSING:
+            self._cache.pop(key, None)
+        mut[key] = value
+        if len(mut) > self.ro_lag_interval:
+            self._shift()
+
+    def multi_set(self, pairs: Pairs) -> None:
+        """Apply ``(key, value)`` pairs in order (later pairs win); validated as a whole first.
+
+        Cost: C-level passes over the batch (keys already in the mutable region are
+        updated in place, the others appended in batch order), then the same region
+        moves, flushes and merges as ``set``.
+        """
+        self._ensure_open()
+        keys, values = self._split_pairs(pairs)
+        if not keys:
+            return
+        if self._maintenance:
+            self._maintain()
+        batch = set(keys)
+        for region in (self._ro, self._cache):
+            if region:
+                hit = region.keys() & batch
+                if hit:
+                    deque(map(region.__delitem__, hit), maxlen=0)
+        mut = self._mut
+        mut.update(zip(keys, values, strict=True))
+        if len(mut) > self.ro_lag_interval:
+            self._shift()
+
+    # ------------------------------------------------------------------ region moves
+
+    def _shift(self) -> None:
+        """Move the oldest records of the mutable region to the read-only one, a page at a time.
+
+        Flushes the read-only region each time it reaches ``flush_interval`` records.
+        """
+        mut, lag, page, flush = self._mut, self.ro_lag_interval, self._page, self.flush_interval
+        while len(mut) > lag:
+            ro = self._ro
+            n = min(len(mut) - lag + page - 1, flush - len(ro), len(mut))
+            old = list(islice(mut, n))
+            ro.update(zip(old, map(mut.pop, old), strict=True))
+            if len(ro) >= flush:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Write the read-only region as one run; its records become cached (clean)."""
+        ro = self._ro
+        self._write_run(list(ro), list(ro.values()))
+        self._cache.update(ro)
+        self._ro = {}
+        self._evict()
+        self._maintain()
+
+    def _evict(self) -> None:
+        """Drop the oldest cached records beyond ``mem_segment_len - ro_lag - flush``.
+
+        The mutable region never exceeds ``ro_lag_interval`` records and the read-only one
+        stays below ``flush_interval``, so memory never holds more than ``mem_segment_len``.
+        """
+        cache = self._cache
+        excess = len(cache) - self._cache_cap
+        if excess > 0:
+            deque(map(cache.__delitem__, list(islice(cache, excess))), maxlen=0)
+
+    # ------------------------------------------------------------------ runs
+
+    def _open_run(self, name: str) -> RunFile:
+        if self._free_slots:
+            slot = self._free_slots.pop()
+        else:
+            slot = len(self._slots)
+            if slot >= MAX_SLOTS:  # pragma: no cover - bounded by max_runs_per_level
+                msg = f"HybridLog at {self.data_dir} has {slot} runs; lower max_runs_per_level"
+                raise RuntimeError(msg)
+            self._slots.append(None)
+        run = RunFile(self.data_dir / name, slot)
+        self._slots[slot] = run
+        return run
+
+    def _drop_run(self, run: RunFile) -> None:
+        run.close()
+        self._slots[run.slot] = None
+        self._free_slots.append(run.slot)
+
+    def _new_run(self, keys: list[bytes], values: list[bytes]) -> tuple[RunFile, list[int]]:
+        """Write ``keys``/``values`` as a new run file; return it and the packed locations."""
+        name = self._new_file(RUN_KIND)
+        data, ends = encode_run(keys, values)
+        write_file(self.data_dir / name, data, sync=False)
+        self._written(name, len(data))
+        run = self._open_run(name)
+        return run, pack_locs(run.slot, ends)
+
+    def _write_run(self, keys: list[bytes], values: list[bytes]) -> None:
+        """Append a run of dirty records (newest in age order) and point the index at it.
+
+        A tombstone for a key with no durable record is not written: nothing to shadow.
+        """
+        index = self._index
+        if b"" in values:
+            kept = [(k, v) for k, v in zip(keys, values, strict=True) if v or k in index]
+            keys = [k for k, _ in kept]
+            values = [v for _, v in kept]
+        if not keys:
+            return
+        run, locs = self._new_run(keys, values)
+        self._runs.append(run)
+        index.update(zip(keys, locs, strict=True))
+
+    def _maintain(self) -> None:
+        """Merge over-full levels (and compact sparse runs if enabled); commit if any changed."""
+        self._maintenance = False
+        changed = False
+        while True:
+            group = pick_merge([r.count for r in self._runs], self.max_runs_per_level)
+            if group is None and self.compaction_enabled:
+                group = self._sparse_run()
+            if group is None:
+                break
+            self._merge(group)
+            changed = True
+        if changed:
+            self._commit([r.name for r in self._runs], {"format": RUN_VERSION})
+
+    def _live_counts(self) -> Counter[int]:
+        """Live records per run slot. Cost: one C-level pass over the index."""
+        return Counter(map(SLOT_MASK.__and__, self._index.values()))
+
+    def _sparse_run(self) -> list[int] | None:
+        """Position of the first run whose live fraction is below one half, if any."""
+        live = self._live_counts()
+        for pos, run in enumerate(self._runs):
+            if live.get(run.slot, 0) * 2 < run.count:
+                return [pos]
+        return None
+
+    def _merge(self, group: list[int]) -> None:
+        """Rewrite the live records of the runs at ``group`` (ascending) into one run.
+
+        The new run takes the place of the newest member. Tombstones are dropped only
+        when ``group`` is a prefix (holds the oldest run and every run up to its newest
+        member). Cost: reads every member once (verifying its pages), writes the live
+        records once.
+        """
+        runs, index = self._runs, self._index
+        members = [runs[pos] for pos in group]
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        for run in members:
+            run.verify_all()
+            run_keys, ends = run.index()
+            live = list(map(eq, map(index.get, run_keys), pack_locs(run.slot, ends)))
+            if not any(live):
+                continue
+            stops = ends.tolist()
+            starts = [0, *stops[:-1]]
+            blob = run.mm[: run.values_len]
+            keys.extend(compress(run_keys, live))
+            values.extend(
+                blob[a:b] for a, b, ok in zip(starts, stops, live, strict=True) if ok
+            )
+        dropped: list[bytes] = []
+        if is_prefix(group) and b"" in values:
+            dropped = [k for k, v in zip(keys, values, strict=True) if not v]
+            kept = [(k, v) for k, v in zip(keys, values, strict=True) if v]
+            keys = [k for k, _ in kept]
+            values = [v for _, v in kept]
+        where = group[-1] - (len(group) - 1)
+        for pos in reversed(group):
+            del runs[pos]
+        if keys:
+            run, locs = self._new_run(keys, values)
+            runs.insert(where, run)
+            index.update(zip(keys, locs, strict=True))
+        for key in dropped:
+            del index[key]
+        for run in members:
+            self._drop_run(run)
+        self.stats.merges += 1
+
+    # ------------------------------------------------------------------ introspection
+
+    def region_sizes(self) -> dict[str, int]:
+        """Record counts per region plus index entries and run files. Cost: O(runs)."""
+        self._ensure_open()
+        return {
+            "mutable": len(self._mut),
+            "read_only": len(self._ro),
+            "cached": len(self._cache),
+            "index": len(self._index),
+            "runs": len(self._runs),
+            "disk_records": sum(r.count for r in self._runs),
+        }
+
+    def __sizeof__(self) -> int:
+        """Estimate of the engine's memory, in O(1) (samples up to 32 entries per region)."""
+        total = object.__sizeof__(self)
+        for region in (self._mut, self._ro, self._cache):
+            total += sys.getsizeof(region)
+            sample = list(islice(region.items(), 32))
+            if sample:
+                per = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in sample) / len(sample)
+                total += int(per * len(region))
+        index = self._index
+        total += sys.getsizeof(index)
+        sample_i = list(islice(index.items(), 32))
+        if sample_i:
+            per = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in sample_i) / len(sample_i)
+            total += int(per * len(index))
+        for run in self._runs:
+            total += 5 * (-(-run.values_len // PAGE_SIZE)) + 256
+        return total
+
+    def _check(self) -> None:
+        """Assert the engine's invariants (for tests; O(state))."""
+        self._ensure_open()
+        mut, ro, cache, index = self._mut, self._ro, self._cache, self._index
+        assert len(mut) <= self.ro_lag_interval, "mutable region over ro_lag_interval"
+        assert len(ro) < self.flush_interval, "read-only region not flushed"
+        assert len(mut) + len(ro) + len(cache) <= self.mem_segment_len, "memory over bound"
+        assert not (mut.keys() & ro.keys()), "key in mutable and read-only regions"
+        assert not ((mut.keys() | ro.keys()) & cache.keys()), "dirty key also cached"
+        slots = {r.slot for r in self._runs}
+        assert len(slots) == len(self._runs), "two runs share a slot"
+        for run in self._runs:
+            assert self._slots[run.slot] is run, "slot table out of date"
+        assert len({r.name for r in self._runs}) == len(self._runs), "duplicate run"
+        for loc in index.values():
+            run = self._slots[loc & SLOT_MASK]
+            assert run is not None and run.slot in slots, "index points to a dropped run"
+            start = loc >> SLOT_BITS & START_MASK
+            assert start + (loc >> LEN_SHIFT) <= run.values_len, "index points past values"
+        for key, value in islice(cache.items(), 2000):
+            loc = index.get(key)
+            if loc is None:
+                assert value == b"", "cached record without a durable copy"
+            else:
+                assert self._read_loc(loc) == value, "cached record differs from disk"
+        if not self._maintenance:
+            assert pick_merge([r.count for r in self._runs], self.max_runs_per_level) is None
+        base = max(2, self.max_runs_per_level)
+        assert all(run_level(r.count, base) >= 0 for r in self._runs)
+        live = set(self._live_files)
+        for name in live:
+            assert (self.data_dir / name).is_file(), f"live file {name} missing"
