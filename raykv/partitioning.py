@@ -417,10 +417,10 @@ def split_batch(
     if partitioning.num_shards == 1:
         return {0: batch}
     col = canonical_key_array(col)
-    if pa.types.is_boolean(col.type):
-        col = col.cast(pa.int8())  # dictionary_encode does not take bool
-    encoded = col.dictionary_encode()
-    distinct = encode_keys(encoded.dictionary, key)
+    is_bool = pa.types.is_boolean(col.type)
+    encoded = (col.cast(pa.int8()) if is_bool else col).dictionary_encode()  # no bool dicts
+    values = encoded.dictionary.cast(pa.bool_()) if is_bool else encoded.dictionary
+    distinct = encode_keys(values, key)
     shard_of_distinct = partitioning.shard_of_keys(distinct)
     shards = shard_of_distinct[encoded.indices.to_numpy(zero_copy_only=False)]
     first = int(shards[0])
