@@ -8,8 +8,9 @@ every other protocol (``memory://``, ``s3://`` through s3fs, any registered fssp
 filesystem) goes through the generic fsspec calls, where a single PUT is atomic.
 
 For ``s3://`` the store asks s3fs for short timeouts and no retries of its own (this
-module retries), its own filesystem instance, and no listings cache; the caller's
-``storage_options`` override any of it.
+module retries) and no listings cache; the caller's ``storage_options`` override any of
+it. Stores with equal options share one s3fs instance (fsspec's instance cache), so a
+second store on the same bucket does not pay for a new client (~0.5 s).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from raykv.errors import StoreUnavailableError
 T = TypeVar("T")
 
 S3_DEFAULTS: dict[str, Any] = {
-    "skip_instance_cache": True,
     "use_listings_cache": False,
     "config_kwargs": {
         "connect_timeout": 2,
