@@ -68,7 +68,7 @@ def _is_intact(path: Path, entry: FileEntry) -> bool:
 def swap_in(
     data_dir: str | os.PathLike[str], entries: Sequence[FileEntry], fetch: Fetch
 ) -> SwapResult:
-    """Make ``data_dir`` hold exactly the engine files ``entries`` (one of them a manifest).
+    """Make ``data_dir`` hold exactly the engine files ``entries`` (at most one a manifest).
 
     The old local state is dropped only after every new file is present and verified; a
     crash at any step leaves a directory that opens as either the old or the new state.
@@ -77,16 +77,17 @@ def swap_in(
     downloads of missing files, a few directory fsyncs.
 
     Raises:
-        ValueError: ``entries`` holds no engine manifest or more than one.
+        ValueError: ``entries`` holds more than one engine manifest (none means an
+            engine that never sealed: the directory ends up with no engine files).
         CorruptionError: from ``fetch``; the local directory is unchanged then.
     """
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True)
     manifests = [e for e in entries if (p := parse_file_name(e.name)) and p.kind == MANIFEST_KIND]
-    if len(manifests) != 1:
-        msg = f"a shard state must list exactly one engine manifest, found {len(manifests)}"
+    if len(manifests) > 1:
+        msg = f"a shard state lists at most one engine manifest, found {len(manifests)}"
         raise ValueError(msg)
-    manifest = manifests[0]
+    manifest = manifests[0] if manifests else None  # None: an empty engine (no seal yet)
 
     # 1. leftovers of a crashed restore
     for entry in os.listdir(data):
@@ -104,24 +105,25 @@ def swap_in(
 
         # 3. run files into place
         for e in missing:
-            if e.name != manifest.name:
+            if manifest is None or e.name != manifest.name:
                 os.replace(staging / e.name, data / e.name)
         fsync_dir(data)
 
         # 4. stale manifests (all but the one in force and the restored one)
         current = _manifests(data)
+        keep = manifest.name if manifest is not None else None
         for _, name in current[:-1]:
-            if name != manifest.name:
+            if name != keep:
                 os.unlink(data / name)
 
         # 5. the restored manifest
-        if manifest in missing:
+        if manifest is not None and manifest in missing:
             os.replace(staging / manifest.name, data / manifest.name)
         fsync_dir(data)
 
         # 6. drop every other manifest: the restored state is now the only one
         for _, name in _manifests(data):
-            if name != manifest.name:
+            if name != keep:
                 os.unlink(data / name)
         fsync_dir(data)
 
