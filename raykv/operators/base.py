@@ -257,13 +257,13 @@ class KeyedStateLogic(OperatorLogic):
             )
             raise TypeError(msg)
         schema = batch.schema
+        if self.key not in schema.names:
+            msg = (
+                f"key column {self.key!r} of {self._name()} is missing from the batch; "
+                f"its columns are {schema.names}"
+            )
+            raise ValueError(msg)
         if self._schema is None:
-            if self.key not in schema.names:
-                msg = (
-                    f"key column {self.key!r} of {self._name()} is missing from the batch; "
-                    f"its columns are {schema.names}"
-                )
-                raise ValueError(msg)
             check_key_type(schema.field(self.key).type, self.key)
             self._adopt(schema)
             self._pending_meta = [(META_KEY, self._meta_value())]

@@ -23,8 +23,8 @@ class Reduce(KeyedOperator):
     the output. Values reach ``fn`` as Python objects (``to_pylist``).
 
     Output (changelog at each barrier, all keys at ``finish``): the key column and a
-    column named ``column`` holding the accumulators (the input column's type when they
-    fit it, otherwise the type Arrow infers).
+    column named ``column`` holding the accumulators: of the input column's type (that is
+    ``output_schema()``) when they fit it, otherwise of the type Arrow infers for them.
 
     Cost per batch: one ``multi_get`` + one ``multi_set`` of the batch's distinct keys, one
     codec decode/encode per distinct key, one ``fn`` call per row.
@@ -85,6 +85,8 @@ class ReduceLogic(PyStateLogic):
             )
             raise ValueError(msg)
         self._value_type = schema.field(self.op.column).type
+        key_field = pa.field(self.key, schema.field(self.key).type)
+        self._out_schema = pa.schema([key_field, pa.field(self.op.column, self._value_type)])
 
     def _fold(self, batch: pa.RecordBatch, index: list[int], states: list[Any]) -> None:
         fn = self.op.fn
@@ -102,14 +104,8 @@ class ReduceLogic(PyStateLogic):
         try:
             arr = pa.array(accs, type=self._value_type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-            arr = pa.array(accs)
-        if self._out_schema is not None and arr.type != self._out_schema.field(1).type:
-            try:
-                arr = arr.cast(self._out_schema.field(1).type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
-                msg = (
-                    f"{self._name()}: accumulators of type {arr.type} do not fit the type "
-                    f"{self._out_schema.field(1).type} emitted before ({err})"
-                )
-                raise TypeError(msg) from err
+            arr = pa.array(accs)  # the accumulators are not of the input column's type
+        assert self._out_schema is not None
+        if arr.type != self._out_schema.field(1).type:
+            self._out_schema = self._out_schema.set(1, pa.field(self.op.column, arr.type))
         return [(self.op.column, arr)]
