@@ -39,7 +39,7 @@ S3_DEFAULTS: dict[str, Any] = {
     "config_kwargs": {
         "connect_timeout": 2,
         "read_timeout": 20,
-        "retries": {"max_attempts": 1, "mode": "standard"},
+        "retries": {"total_max_attempts": 1, "mode": "standard"},
     },
 }
 PROBE_RETRIES = 2
@@ -173,6 +173,11 @@ class ObjectStore:
         except PermissionError as err:
             msg = (f"checkpoint store {self.display}: access denied ({err}); check the "
                    "credentials and permissions in storage_options")
+            raise StoreUnavailableError(msg) from err
+        except OSError as err:
+            if not self.is_local:
+                raise
+            msg = f"checkpoint store {self.display}: cannot use the directory ({err})"
             raise StoreUnavailableError(msg) from err
         except Exception as err:
             if type(err).__name__ in ("NoCredentialsError", "PartialCredentialsError",
