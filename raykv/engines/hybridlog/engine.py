@@ -4,17 +4,22 @@ The log is split by age into regions (newest first):
 
 * **mutable** (``_mut``): the newest ``ro_lag_interval`` records. Updating a key whose
   latest record is here overwrites it in place: no new record, no memory growth.
-* **read-only** (``_ro``): older records still only in memory. Updating such a key is a
+* **read-only**: older records still only in memory. Updating such a key is a
   read-copy-update: the new record is appended to the mutable region and the old one
   leaves memory (superseded records are never kept). Records enter this region a page
   at a time (``page = max(1, min(ro_lag_interval, flush_interval) // 16)`` records);
   when it holds ``flush_interval`` records they are flushed as one run file.
-* **cached** (``_cache``): records that are durable in a run file and still in memory;
-  they serve reads, and are evicted oldest first beyond ``mem_segment_len -
-  ro_lag_interval - flush_interval`` records, so that the three regions together never
-  hold more than ``mem_segment_len`` records.
+* **cached**: records that are durable in a run file and still in memory; they serve
+  reads, and are evicted oldest first beyond ``mem_segment_len - ro_lag_interval -
+  flush_interval`` records, so the three regions never hold more than
+  ``mem_segment_len`` records.
 * **disk**: immutable run files; the hash index ``_index`` maps every key with a durable
   record to one packed int (run slot, value offset, value length).
+
+In memory, the read-only and cached regions share one dict, ``_frozen`` (log order: the
+cached records first, then the read-only ones), and ``_ro`` is the set of its keys that
+are read-only. So a lookup costs at most two dict probes before the index, and a batch
+lookup is two C-level ``map`` calls (the regions are disjoint: a key lives in one).
 
 Records in the mutable and read-only regions are the *dirty* ones (not durable yet).
 ``seal()`` writes exactly those as one new run (FASTER's fold-over checkpoint: the whole
@@ -30,13 +35,15 @@ from __future__ import annotations
 import sys
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
-from itertools import compress, islice, repeat
+from itertools import accumulate, compress, islice, repeat
 from operator import eq, is_
 from typing import Any
 
+import numpy as np
+
 from raykv.engines.base import KVStore, Pairs
 from raykv.engines.fileio import write_file
-from raykv.engines.hybridlog.merge import is_prefix, pick_merge, run_level
+from raykv.engines.hybridlog.merge import is_prefix, pick_merge
 from raykv.engines.hybridlog.runfile import (
     LEN_SHIFT,
     MAX_SLOTS,
@@ -48,6 +55,7 @@ from raykv.engines.hybridlog.runfile import (
     START_MASK,
     RunFile,
     encode_run,
+    gather_values,
     pack_locs,
 )
 from raykv.engines.manifest import Manifest
@@ -156,8 +164,8 @@ class HybridLog(KVStore):
 
     def _reset_memory(self) -> None:
         self._mut: dict[bytes, bytes] = {}
-        self._ro: dict[bytes, bytes] = {}
-        self._cache: dict[bytes, bytes] = {}
+        self._frozen: dict[bytes, bytes] = {}  # cached (oldest) then read-only records
+        self._ro: set[bytes] = set()  # keys of _frozen that are read-only (dirty)
         self._index: dict[bytes, int] = {}
         self._runs: list[RunFile] = []
         self._slots: list[RunFile | None] = []
@@ -189,8 +197,9 @@ class HybridLog(KVStore):
 
     def _release(self) -> None:
         self._release_runs()
-        self._mut = self._ro = self._cache = _CLOSED
+        self._mut = self._frozen = _CLOSED
         self._index = _CLOSED  # type: ignore[assignment]
+        self._ro = set()
 
     def _release_runs(self) -> None:
         for run in getattr(self, "_slots", ()):
@@ -206,13 +215,12 @@ class HybridLog(KVStore):
         Cost: O(records changed since the last seal): one run file, one manifest. After
         it every in-memory record is clean (cached). Never merges.
         """
-        ro, mut = self._ro, self._mut
+        ro, mut, frozen = self._ro, self._mut, self._frozen
         if ro or mut:
-            self._write_run([*ro, *mut], [*ro.values(), *mut.values()])
-            cache = self._cache
-            cache.update(ro)
-            cache.update(mut)
-            self._ro = {}
+            keys = [*ro, *mut]
+            self._write_run(keys, [*map(frozen.__getitem__, ro), *mut.values()])
+            ro.clear()
+            frozen.update(mut)
             self._mut = {}
             self._evict()
             self._maintenance = True
@@ -227,26 +235,24 @@ class HybridLog(KVStore):
     def get(self, key: bytes) -> bytes:
         """Return the value of ``key`` or ``b""``.
 
-        Cost: up to three dict lookups (mutable, read-only, cached regions) and one index
+        Cost: up to two dict lookups (mutable region, then read-only/cached) and one index
         lookup; a key found only on disk costs one mmap slice, plus a crc32 of its 4 KiB
         page the first time that page is read.
         """
         try:
             value = self._mut.get(key)
             if value is None:
-                value = self._ro.get(key)
+                value = self._frozen.get(key)
                 if value is None:
-                    value = self._cache.get(key)
-                    if value is None:
-                        loc = self._index.get(key)
-                        if loc is None:
-                            if type(key) is not bytes or not 0 < len(key) <= self.max_key_len:
-                                self._reject_key(key)
-                            return b""
-                        start = loc >> SLOT_BITS & START_MASK
-                        return self._slots[loc & SLOT_MASK].read(  # type: ignore[union-attr]
-                            start, start + (loc >> LEN_SHIFT)
-                        )
+                    loc = self._index.get(key)
+                    if loc is None:
+                        if type(key) is not bytes or not 0 < len(key) <= self.max_key_len:
+                            self._reject_key(key)
+                        return b""
+                    start = loc >> SLOT_BITS & START_MASK
+                    return self._slots[loc & SLOT_MASK].read(  # type: ignore[union-attr]
+                        start, start + (loc >> LEN_SHIFT)
+                    )
         except TypeError:
             if type(key) is not bytes:
                 self._reject_key(key)
@@ -255,34 +261,24 @@ class HybridLog(KVStore):
 
     def _read_loc(self, loc: int) -> bytes:
         start = loc >> SLOT_BITS & START_MASK
-        return self._slots[loc & SLOT_MASK].read(start, start + (loc >> LEN_SHIFT))  # type: ignore[union-attr]
+        return self._slots[loc & SLOT_MASK].read(  # type: ignore[union-attr]
+            start, start + (loc >> LEN_SHIFT)
+        )
 
     def multi_get(self, keys: Sequence[bytes]) -> list[bytes]:
         """Return the values of ``keys`` in order (``b""`` for missing keys).
 
-        Cost: one C-level ``map`` per region over the keys not found in a newer one,
-        then one index lookup and one read per key that only the disk holds.
+        Cost: two C-level ``map`` passes over the batch (the mutable region's answer is
+        the default of the frozen region's lookup), then one index lookup and one read
+        per key that only the disk holds.
         """
         self._ensure_open()
         self._check_keys(keys)
-        n = len(keys)
-        if not n:
-            return []
-        res: list[bytes | None] = list(map(self._mut.get, keys))
-        todo = list(compress(range(n), map(is_, res, repeat(None))))
-        getitem = keys.__getitem__
-        for region in (self._ro, self._cache):
-            if todo and region:
-                left = []
-                for i, value in zip(todo, map(region.get, map(getitem, todo)), strict=True):
-                    if value is None:
-                        left.append(i)
-                    else:
-                        res[i] = value
-                todo = left
-        if todo:
-            read = self._read_loc
-            for i, loc in zip(todo, map(self._index.get, map(getitem, todo)), strict=True):
+        res: list[bytes | None] = list(map(self._frozen.get, keys, map(self._mut.get, keys)))
+        if None in res:
+            read, index = self._read_loc, self._index
+            for i in compress(range(len(res)), list(map(is_, res, repeat(None)))):
+                loc = index.get(keys[i])
                 res[i] = b"" if loc is None else read(loc)
         return res  # type: ignore[return-value]
 
@@ -299,14 +295,14 @@ class HybridLog(KVStore):
     def _iter_items(self) -> Iterator[tuple[bytes, bytes]]:
         for run in self._runs:
             run.verify_all()
-        mut, ro, cache = self._mut, self._ro, self._cache
-        for region in (mut, ro, cache):
+        mut, frozen = self._mut, self._frozen
+        for region in (mut, frozen):
             for key, value in region.items():
                 if value:
                     yield key, value
         read = self._read_loc
         for key, loc in self._index.items():
-            if key in mut or key in ro or key in cache:
+            if key in mut or key in frozen:
                 continue
             value = read(loc)
             if value:
@@ -334,7 +330,7 @@ class HybridLog(KVStore):
         self._append(key, value)
 
     def _append(self, key: bytes, value: bytes) -> None:
-        """Slow path of ``set``: validate, run deferred merges, append one record."""
+        """Slow path of ``set`` (the key is not in the mutable region): append a record."""
         if (
             type(key) is not bytes
             or not 0 < len(key) <= self.max_key_len
@@ -342,16 +338,12 @@ class HybridLog(KVStore):
             or len(value) > self.max_value_len
         ):
             self._check_kv(key, value)
-        mut = self._mut
-        if key in mut:  # raises StoreClosedError when closed
-            mut[key] = value
-            self.stats.app_bytes += len(key) + len(value)
-            return
         self.stats.app_bytes += len(key) + len(value)
         if self._maintenance:
             self._maintain()
-        if self._ro.pop(key, _MISSING) is _MISSING:
-            self._cache.pop(key, None)
+        if self._frozen.pop(key, None) is not None and self._ro:
+            self._ro.discard(key)
+        mut = self._mut
         mut[key] = value
         if len(mut) > self.ro_lag_interval:
             self._shift()
@@ -369,12 +361,13 @@ class HybridLog(KVStore):
             return
         if self._maintenance:
             self._maintain()
-        batch = set(keys)
-        for region in (self._ro, self._cache):
-            if region:
-                hit = region.keys() & batch
-                if hit:
-                    deque(map(region.__delitem__, hit), maxlen=0)
+        frozen = self._frozen
+        if frozen:
+            hit = frozen.keys() & set(keys)
+            if hit:
+                deque(map(frozen.__delitem__, hit), maxlen=0)
+                if self._ro:
+                    self._ro.difference_update(hit)
         mut = self._mut
         mut.update(zip(keys, values, strict=True))
         if len(mut) > self.ro_lag_interval:
@@ -388,33 +381,36 @@ class HybridLog(KVStore):
         Flushes the read-only region each time it reaches ``flush_interval`` records.
         """
         mut, lag, page, flush = self._mut, self.ro_lag_interval, self._page, self.flush_interval
+        frozen, ro = self._frozen, self._ro
         while len(mut) > lag:
-            ro = self._ro
             n = min(len(mut) - lag + page - 1, flush - len(ro), len(mut))
             old = list(islice(mut, n))
-            ro.update(zip(old, map(mut.pop, old), strict=True))
+            frozen.update(zip(old, map(mut.pop, old), strict=True))
+            ro.update(old)
             if len(ro) >= flush:
                 self._flush()
 
     def _flush(self) -> None:
         """Write the read-only region as one run; its records become cached (clean)."""
         ro = self._ro
-        self._write_run(list(ro), list(ro.values()))
-        self._cache.update(ro)
-        self._ro = {}
+        keys = list(ro)
+        self._write_run(keys, list(map(self._frozen.__getitem__, keys)))
+        ro.clear()
         self._evict()
         self._maintain()
 
     def _evict(self) -> None:
         """Drop the oldest cached records beyond ``mem_segment_len - ro_lag - flush``.
 
-        The mutable region never exceeds ``ro_lag_interval`` records and the read-only one
-        stays below ``flush_interval``, so memory never holds more than ``mem_segment_len``.
+        Called only when the read-only region is empty, so the oldest records of
+        ``_frozen`` are clean. The mutable region never exceeds ``ro_lag_interval``
+        records and the read-only one stays below ``flush_interval``, so memory never
+        holds more than ``mem_segment_len`` records.
         """
-        cache = self._cache
-        excess = len(cache) - self._cache_cap
+        frozen = self._frozen
+        excess = len(frozen) - self._cache_cap
         if excess > 0:
-            deque(map(cache.__delitem__, list(islice(cache, excess))), maxlen=0)
+            deque(map(frozen.__delitem__, list(islice(frozen, excess))), maxlen=0)
 
     # ------------------------------------------------------------------ runs
 
@@ -436,17 +432,18 @@ class HybridLog(KVStore):
         self._slots[run.slot] = None
         self._free_slots.append(run.slot)
 
-    def _new_run(self, keys: list[bytes], values: list[bytes]) -> tuple[RunFile, list[int]]:
-        """Write ``keys``/``values`` as a new run file; return it and the packed locations."""
+    def _new_run(self, keys: list[bytes], blob: bytes, ends: Sequence[int] | np.ndarray
+                 ) -> tuple[RunFile, list[int]]:
+        """Write a new run file; return it and the packed locations of its values."""
         name = self._new_file(RUN_KIND)
-        data, ends = encode_run(keys, values)
+        data = encode_run(keys, blob, ends)
         write_file(self.data_dir / name, data, sync=False)
         self._written(name, len(data))
         run = self._open_run(name)
         return run, pack_locs(run.slot, ends)
 
     def _write_run(self, keys: list[bytes], values: list[bytes]) -> None:
-        """Append a run of dirty records (newest in age order) and point the index at it.
+        """Append a run of dirty records and point the index at it.
 
         A tombstone for a key with no durable record is not written: nothing to shadow.
         """
@@ -457,7 +454,7 @@ class HybridLog(KVStore):
             values = [v for _, v in kept]
         if not keys:
             return
-        run, locs = self._new_run(keys, values)
+        run, locs = self._new_run(keys, b"".join(values), list(accumulate(map(len, values))))
         self._runs.append(run)
         index.update(zip(keys, locs, strict=True))
 
@@ -494,36 +491,38 @@ class HybridLog(KVStore):
         The new run takes the place of the newest member. Tombstones are dropped only
         when ``group`` is a prefix (holds the oldest run and every run up to its newest
         member). Cost: reads every member once (verifying its pages), writes the live
-        records once.
+        records once; vectorized over records.
         """
         runs, index = self._runs, self._index
         members = [runs[pos] for pos in group]
+        drop_tombstones = is_prefix(group)
         keys: list[bytes] = []
-        values: list[bytes] = []
+        blobs: list[bytes] = []
+        lens: list[np.ndarray] = []
+        dropped: list[bytes] = []
         for run in members:
             run.verify_all()
             run_keys, ends = run.index()
-            live = list(map(eq, map(index.get, run_keys), pack_locs(run.slot, ends)))
-            if not any(live):
-                continue
-            stops = ends.tolist()
-            starts = [0, *stops[:-1]]
-            blob = run.mm[: run.values_len]
-            keys.extend(compress(run_keys, live))
-            values.extend(
-                blob[a:b] for a, b, ok in zip(starts, stops, live, strict=True) if ok
+            live = np.array(
+                list(map(eq, map(index.get, run_keys), pack_locs(run.slot, ends))), dtype=bool
             )
-        dropped: list[bytes] = []
-        if is_prefix(group) and b"" in values:
-            dropped = [k for k, v in zip(keys, values, strict=True) if not v]
-            kept = [(k, v) for k, v in zip(keys, values, strict=True) if v]
-            keys = [k for k, _ in kept]
-            values = [v for _, v in kept]
+            run_lens = np.diff(ends, prepend=np.uint64(0))
+            if drop_tombstones:
+                dead = live & (run_lens == 0)
+                if dead.any():
+                    dropped.extend(compress(run_keys, dead.tolist()))
+                    live &= ~dead
+            if not live.any():
+                continue
+            keys.extend(compress(run_keys, live.tolist()))
+            blobs.append(gather_values(run.mm, ends, live))
+            lens.append(run_lens[live])
         where = group[-1] - (len(group) - 1)
         for pos in reversed(group):
             del runs[pos]
         if keys:
-            run, locs = self._new_run(keys, values)
+            ends_all = np.cumsum(np.concatenate(lens), dtype=np.uint64)
+            run, locs = self._new_run(keys, b"".join(blobs), ends_all)
             runs.insert(where, run)
             index.update(zip(keys, locs, strict=True))
         for key in dropped:
@@ -540,27 +539,21 @@ class HybridLog(KVStore):
         return {
             "mutable": len(self._mut),
             "read_only": len(self._ro),
-            "cached": len(self._cache),
+            "cached": len(self._frozen) - len(self._ro),
             "index": len(self._index),
             "runs": len(self._runs),
             "disk_records": sum(r.count for r in self._runs),
         }
 
     def __sizeof__(self) -> int:
-        """Estimate of the engine's memory, in O(1) (samples up to 32 entries per region)."""
-        total = object.__sizeof__(self)
-        for region in (self._mut, self._ro, self._cache):
-            total += sys.getsizeof(region)
-            sample = list(islice(region.items(), 32))
+        """Estimate of the engine's memory, in O(1) (samples up to 32 entries per dict)."""
+        total = object.__sizeof__(self) + sys.getsizeof(self._ro)
+        for table in (self._mut, self._frozen, self._index):
+            total += sys.getsizeof(table)
+            sample = list(islice(table.items(), 32))
             if sample:
                 per = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in sample) / len(sample)
-                total += int(per * len(region))
-        index = self._index
-        total += sys.getsizeof(index)
-        sample_i = list(islice(index.items(), 32))
-        if sample_i:
-            per = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in sample_i) / len(sample_i)
-            total += int(per * len(index))
+                total += int(per * len(table))
         for run in self._runs:
             total += 5 * (-(-run.values_len // PAGE_SIZE)) + 256
         return total
@@ -568,12 +561,15 @@ class HybridLog(KVStore):
     def _check(self) -> None:
         """Assert the engine's invariants (for tests; O(state))."""
         self._ensure_open()
-        mut, ro, cache, index = self._mut, self._ro, self._cache, self._index
+        mut, ro, frozen, index = self._mut, self._ro, self._frozen, self._index
         assert len(mut) <= self.ro_lag_interval, "mutable region over ro_lag_interval"
         assert len(ro) < self.flush_interval, "read-only region not flushed"
-        assert len(mut) + len(ro) + len(cache) <= self.mem_segment_len, "memory over bound"
-        assert not (mut.keys() & ro.keys()), "key in mutable and read-only regions"
-        assert not ((mut.keys() | ro.keys()) & cache.keys()), "dirty key also cached"
+        assert len(frozen) - len(ro) <= self._cache_cap, "cached region over its bound"
+        assert len(mut) + len(frozen) <= self.mem_segment_len, "memory over bound"
+        assert ro <= frozen.keys(), "read-only key missing from the frozen dict"
+        assert not (mut.keys() & frozen.keys()), "key in the mutable and another region"
+        if ro:  # read-only records are the newest of _frozen
+            assert set(islice(reversed(frozen), len(ro))) == ro, "read-only records out of order"
         slots = {r.slot for r in self._runs}
         assert len(slots) == len(self._runs), "two runs share a slot"
         for run in self._runs:
@@ -584,7 +580,9 @@ class HybridLog(KVStore):
             assert run is not None and run.slot in slots, "index points to a dropped run"
             start = loc >> SLOT_BITS & START_MASK
             assert start + (loc >> LEN_SHIFT) <= run.values_len, "index points past values"
-        for key, value in islice(cache.items(), 2000):
+        for key, value in islice(frozen.items(), 2000):
+            if key in ro:
+                continue
             loc = index.get(key)
             if loc is None:
                 assert value == b"", "cached record without a durable copy"
@@ -592,8 +590,5 @@ class HybridLog(KVStore):
                 assert self._read_loc(loc) == value, "cached record differs from disk"
         if not self._maintenance:
             assert pick_merge([r.count for r in self._runs], self.max_runs_per_level) is None
-        base = max(2, self.max_runs_per_level)
-        assert all(run_level(r.count, base) >= 0 for r in self._runs)
-        live = set(self._live_files)
-        for name in live:
+        for name in self._live_files:
             assert (self.data_dir / name).is_file(), f"live file {name} missing"

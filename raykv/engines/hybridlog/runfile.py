@@ -78,32 +78,63 @@ def _packed(width: int, items: Sequence[int]) -> bytes:
     return arr.tobytes()
 
 
-def encode_run(keys: Sequence[bytes], values: Sequence[bytes]) -> tuple[bytes, list[int]]:
-    """Encode one run; return ``(file bytes, value ends)``.
+def encode_run(keys: Sequence[bytes], blob: bytes, ends: Sequence[int] | np.ndarray) -> bytes:
+    """Encode one run file from its keys, their values concatenated, and the value ends.
 
-    Cost: a few C-level passes over the records (joins, ``array``), one crc32 per 4 KiB
-    of values and one over the index section.
+    ``ends[i]`` is the offset in ``blob`` where value ``i`` ends (value ``i`` starts where
+    value ``i - 1`` ends). Cost: a few C-level passes over the records (joins,
+    ``array``), one crc32 per 4 KiB of values and one over the index section.
     """
     n = len(keys)
-    blob = b"".join(values)
     vlen = len(blob)
     if vlen >= MAX_VALUES_LEN:
         msg = f"a HybridLog run holds at most {MAX_VALUES_LEN} value bytes, got {vlen}"
         raise ValueError(msg)
-    ends = list(accumulate(map(len, values)))
+    if len(ends) != n or (n and int(ends[-1]) != vlen):
+        msg = "value ends do not match the keys and the values blob"
+        raise ValueError(msg)
     view = memoryview(blob)
     pages = array("I", [crc32(view[i : i + PAGE_SIZE]) for i in range(0, vlen, PAGE_SIZE)])
     if not _LITTLE:  # pragma: no cover
         pages.byteswap()
     key_width = _width_for(max(map(len, keys), default=0))
     end_width = 4 if vlen < 1 << 32 else 8
+    if isinstance(ends, np.ndarray):
+        ends_bytes = ends.astype(f"<u{end_width}").tobytes()
+    else:
+        ends_bytes = _packed(end_width, ends)
     index = b"".join(
-        (pages.tobytes(), _packed(key_width, list(map(len, keys))), b"".join(keys),
-         _packed(end_width, ends))
+        (pages.tobytes(), _packed(key_width, list(map(len, keys))), b"".join(keys), ends_bytes)
     )
     head = _FOOTER_HEAD.pack(n, vlen, key_width, end_width, 0, RUN_VERSION)
     crc = crc32(head, crc32(index))
-    return b"".join((blob, index, head, struct.pack("<I4s", crc, RUN_MAGIC))), ends
+    return b"".join((blob, index, head, struct.pack("<I4s", crc, RUN_MAGIC)))
+
+
+def gather_values(mm: mmap.mmap | bytes, ends: np.ndarray, keep: np.ndarray) -> bytes:
+    """Concatenate the values whose ``keep`` flag is set (``ends`` as in the index section).
+
+    Cost: vectorized (numpy gather) for small values, one slice per kept value otherwise.
+    The caller has verified the pages.
+    """
+    total = int(ends[-1]) if len(ends) else 0
+    if keep.all():
+        return bytes(mm[:total])
+    starts = np.concatenate((np.zeros(1, np.uint64), ends[:-1])).astype(np.int64)
+    lens = ends.astype(np.int64) - starts
+    sel_starts, sel_lens = starts[keep], lens[keep]
+    kept_bytes = int(sel_lens.sum())
+    if kept_bytes == 0:
+        return b""
+    if kept_bytes > 64 * len(sel_lens):  # large values: slicing beats a byte-index gather
+        return b"".join([mm[a : a + b] for a, b in zip(sel_starts.tolist(), sel_lens.tolist(),
+                                                       strict=True)])
+    buf = np.frombuffer(mm, dtype=np.uint8, count=total)
+    try:
+        shift = np.repeat(sel_starts - (np.cumsum(sel_lens) - sel_lens), sel_lens)
+        return buf[shift + np.arange(kept_bytes)].tobytes()  # type: ignore[no-any-return]
+    finally:
+        del buf  # release the buffer export so the mmap can close
 
 
 def pack_locs(slot: int, ends: Sequence[int] | np.ndarray) -> list[int]:
