@@ -243,7 +243,7 @@ class TumblingWindowLogic(KeyedStateLogic):
         return self._close(sorted(self._open))
 
     def _close(self, starts: list[int]) -> pa.RecordBatch | None:
-        keys = [k for s in starts for k in sorted(self._open[s])]
+        keys = [k for s in starts for k in sorted(self._open[s], key=_user_part)]
         if not keys:
             return None
         values = self.store.multi_get(keys)
@@ -277,6 +277,11 @@ def _int64(col: pa.Array) -> np.ndarray:
 def _time_array(values: np.ndarray, t: pa.DataType) -> pa.Array:
     arr = pa.array(values, pa.int64())
     return arr.view(t) if pa.types.is_timestamp(t) else arr.cast(t)
+
+
+def _user_part(state_key: bytes) -> bytes:
+    """The encoded user key of a window state key (sort key within one window)."""
+    return state_key[:-8]
 
 
 def _window_start(state_key: bytes) -> int:

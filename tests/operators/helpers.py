@@ -52,7 +52,9 @@ def random_batch(
             "k": key_values(rng, key_kind, n, space),
             "i": pa.array([maybe(rng.randrange(-1000, 1000)) for _ in range(n)], pa.int32()),
             "f": pa.array([maybe(rng.uniform(-10, 10)) for _ in range(n)], pa.float64()),
-            "s": pa.array([maybe(rng.choice(["", "a", "b", "ab", "zz", "é"])) for _ in range(n)]),
+            "s": pa.array(
+                [maybe(rng.choice(["", "a", "b", "ab", "zz", "é"])) for _ in range(n)], pa.string()
+            ),
             "t": pa.array([maybe(rng.randrange(10**6)) for _ in range(n)], pa.int64()).view(
                 pa.timestamp("us")
             ),
