@@ -1,0 +1,140 @@
+"""The ``raykv`` command line against real stores (file:// and the moto S3 server)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raykv.checkpointing import CheckpointStore
+from raykv.cli import main
+from raykv.engines import MemOnly
+
+
+def make_store(tmp_path: Path, epochs: int = 4) -> tuple[str, dict[int, dict[bytes, bytes]]]:
+    """Commit ``epochs`` epochs of two MemOnly shards; return the URL and each epoch's state."""
+    url = f"file://{tmp_path / 'ckpt'}"
+    store = CheckpointStore(url)
+    states: dict[int, dict[bytes, bytes]] = {}
+    engines = {f"agg/{i:04d}": MemOnly(tmp_path / f"shard{i}") for i in range(2)}
+    for e in range(1, epochs + 1):
+        manifests = {}
+        for i, (name, eng) in enumerate(engines.items()):
+            eng.set(b"key-%d" % i, b"value-%d-%d" % (i, e))
+            manifests[name] = store.upload_shard(e, name, eng.data_dir, eng.seal())
+        store.commit_epoch(e, manifests, offsets={"source": e * 100})
+        states[e] = {b"key-0": b"value-0-%d" % e}
+    for eng in engines.values():
+        eng.close()
+    return url, states
+
+
+def test_list_show_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url, _ = make_store(tmp_path)
+    assert main(["checkpoints", "list", url]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["1", "2", "3", "4"]
+    assert main(["checkpoints", "show", url, "3"]) == 0
+    out = capsys.readouterr().out
+    assert '"source": 300' in out and "agg/0000" in out and "agg/0001" in out
+    assert main(["checkpoints", "verify", url]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+def test_missing_epoch_and_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url, _ = make_store(tmp_path, epochs=2)
+    assert main(["checkpoints", "show", url, "9"]) == 2
+    err = capsys.readouterr().err
+    assert "epoch 9" in err and "1, 2" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["checkpoints", "list", str(empty)]) == 2
+    assert "no committed checkpoints" in capsys.readouterr().err
+
+
+def test_verify_names_the_corrupt_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url, _ = make_store(tmp_path)
+    root = Path(url.removeprefix("file://"))
+    victim = sorted((root / "files").rglob("*.snap"))[-1]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert main(["checkpoints", "verify", url]) == 1
+    assert victim.name in capsys.readouterr().err
+
+
+def test_gc_is_a_dry_run_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url, _ = make_store(tmp_path, epochs=5)
+    root = Path(url.removeprefix("file://"))
+    before = sorted(p for p in root.rglob("*") if p.is_file())
+    assert main(["checkpoints", "gc", url, "--retain", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "would delete: 3 epoch(s)" in out and "nothing was deleted" in out
+    assert sorted(p for p in root.rglob("*") if p.is_file()) == before
+    assert main(["checkpoints", "gc", url, "--retain", "2", "--yes"]) == 0
+    assert CheckpointStore(url).epochs() == [4, 5]
+    assert main(["checkpoints", "verify", url]) == 0
+    assert main(["checkpoints", "gc", url, "--retain", "0"]) == 2
+
+
+def test_restore_local(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url, states = make_store(tmp_path)
+    out_dir = tmp_path / "restored"
+    assert main(["checkpoints", "restore-local", url, "2", "--shard", "agg/0000",
+                 str(out_dir)]) == 0
+    with MemOnly(out_dir) as eng:
+        assert dict(eng.items()) == states[2]
+    assert main(["checkpoints", "restore-local", url, "2", "--shard", "nope", str(out_dir)]) == 2
+    assert "agg/0000" in capsys.readouterr().err
+
+
+@pytest.mark.s3
+def test_s3_store_via_flags(tmp_path: Path, s3_bucket: tuple[str, dict[str, Any]],
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    url, options = s3_bucket
+    store = CheckpointStore(f"{url}/ckpt", options)
+    with MemOnly(tmp_path / "s") as eng:
+        eng.set(b"a", b"1")
+        store.commit_epoch(7, {"engine": store.upload_shard(7, "engine", eng.data_dir, eng.seal())})
+    env = {"AWS_ACCESS_KEY_ID": options["key"], "AWS_SECRET_ACCESS_KEY": options["secret"]}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        assert main(["checkpoints", "list", f"{url}/ckpt",
+                     "--endpoint-url", options["endpoint_url"]]) == 0
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    out = capsys.readouterr()
+    assert out.out.splitlines()[1].split()[0] == "7"
+    assert "testing" not in out.out + out.err  # secrets never printed
+
+
+def test_unreachable_endpoint_fails_fast() -> None:
+    t = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "raykv.cli", "checkpoints", "list", "s3://bucket/x",
+         "--endpoint-url", "http://127.0.0.1:9"],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s3cr3t"},
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert time.monotonic() - t < 15
+    assert "127.0.0.1:9" in proc.stderr and "s3cr3t" not in proc.stderr
+
+
+def test_help_on_every_command() -> None:
+    for args in (["--help"], ["demo", "--help"], ["checkpoints", "--help"],
+                 *[["checkpoints", c, "--help"] for c in
+                   ("list", "show", "verify", "gc", "export", "restore-local")]):
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        assert exc.value.code == 0
