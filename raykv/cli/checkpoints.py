@@ -1,4 +1,4 @@
-"""``raykv checkpoints ...``: list, show, verify, garbage-collect, export and restore checkpoints."""
+"""``raykv checkpoints ...``: list, show, verify, gc, export and restore checkpoints."""
 
 from __future__ import annotations
 
@@ -77,6 +77,7 @@ def _when(ts: float) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """List committed epochs with time, shard count, size and new bytes."""
     store = _open(args)
     epochs = _require_epochs(store, args.url)
     pins = set(store.pins())
@@ -95,6 +96,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    """Print one epoch manifest: offsets, stages and per-shard files."""
     store = _open(args)
     _require_epochs(store, args.url)
     em = store.read_epoch(args.epoch)
@@ -117,6 +119,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every referenced file of one or all epochs (size and checksum)."""
     store = _open(args)
     epochs = _require_epochs(store, args.url)
     store.verify(args.epoch)
@@ -126,6 +129,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    """Expire epochs beyond ``--retain`` (dry run unless ``--yes``)."""
     if args.retain < 1:
         return fail(EXIT_USAGE, f"--retain must be >= 1, got {args.retain}")
     store = _open(args)
@@ -158,6 +162,7 @@ def _shard_name(em: Any, shard: str) -> str:
 
 
 def cmd_restore_local(args: argparse.Namespace) -> int:
+    """Restore one shard of an epoch into a local directory."""
     store = _open(args)
     _require_epochs(store, args.url)
     em = store.read_epoch(args.epoch)
@@ -168,6 +173,7 @@ def cmd_restore_local(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """Write the state of one stage at an epoch as Parquet."""
     from raykv.export import export_stage
 
     store = _open(args)
