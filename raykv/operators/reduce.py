@@ -104,7 +104,14 @@ class ReduceLogic(PyStateLogic):
         try:
             arr = pa.array(accs, type=self._value_type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-            arr = pa.array(accs)  # the accumulators are not of the input column's type
+            try:  # the accumulators are not of the input column's type
+                arr = pa.array(accs)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as err:
+                msg = (
+                    f"{self._name()}: the accumulators do not form one Arrow column ({err}); "
+                    "make fn return values of one type"
+                )
+                raise TypeError(msg) from err
         assert self._out_schema is not None
         if arr.type != self._out_schema.field(1).type:
             self._out_schema = self._out_schema.set(1, pa.field(self.op.column, arr.type))
