@@ -36,7 +36,8 @@ class Shards:
                    offsets: dict | None = None) -> EpochManifest | None:
         sms = {}
         for name, kv in self.engines.items():
-            sms[name] = store.upload_shard(epoch, name, kv.data_dir, kv.seal(), {"engine": "memonly"})
+            sms[name] = store.upload_shard(epoch, name, kv.data_dir, kv.seal(),
+                                           {"engine": "memonly"})
         if not commit:
             return None
         em = store.commit_epoch(epoch, sms, offsets=offsets or {"src": epoch},
@@ -49,7 +50,8 @@ class Shards:
             kv.close()
 
 
-def restored_state(store: CheckpointStore, epoch: int, shard: str, into: Path) -> dict[bytes, bytes]:
+def restored_state(store: CheckpointStore, epoch: int, shard: str,
+                   into: Path) -> dict[bytes, bytes]:
     store.restore_shard(epoch, shard, into)
     with MemOnly(into) as kv:
         return dict(kv.items())

@@ -3,6 +3,7 @@ leaves the previous epoch restorable; unreachable stores fail fast and clearly."
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -161,10 +162,8 @@ class DroppingProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self) -> None:
         self.sock.close()

@@ -11,8 +11,8 @@ from raykv.checkpointing import CheckpointStore
 from raykv.checkpointing._format import epoch_key, file_key
 from raykv.checkpointing.gc import INFLIGHT
 from tests.checkpointing.conftest import Backend, FakeEngine
-from tests.checkpointing.helpers import Shards, restored_state
 from tests.checkpointing.flaky import Crash
+from tests.checkpointing.helpers import Shards, restored_state
 
 
 def referenced(store: CheckpointStore, epochs: list[int]) -> dict[str, int]:
@@ -120,7 +120,7 @@ def test_sweep_orphans(backend: Backend, tmp_path: Path) -> None:
     assert store.sweep_orphans(grace_seconds=3600) == []  # too young
     time.sleep(1.1 if backend.name == "s3" else 0.05)
     dry = store.sweep_orphans(grace_seconds=0, dry_run=True)
-    assert dry == sorted(orphans + ["shards/a/000000000002.json", "shards/b/000000000002.json"])
+    assert dry == sorted([*orphans, "shards/a/000000000002.json", "shards/b/000000000002.json"])
     assert store.sweep_orphans(grace_seconds=0) == dry
     assert backend.objects("files") == committed
     assert backend.objects("shards") == {k: v for k, v in backend.objects("shards").items()

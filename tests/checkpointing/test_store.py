@@ -332,7 +332,8 @@ def test_parallel_uploads_from_threads(backend: Backend, tmp_path: Path) -> None
         results: dict[str, ShardManifest] = {}
         errors: list[BaseException] = []
 
-        def run(n: str, epoch: int = epoch, files: dict = files) -> None:
+        def run(n: str, epoch: int = epoch, files: dict = files,
+                results: dict = results, errors: list = errors) -> None:
             try:
                 results[n] = store.upload_shard(epoch, n, shards.engines[n].data_dir, files[n])
             except BaseException as err:  # pragma: no cover - reported below
