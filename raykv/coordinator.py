@@ -289,7 +289,7 @@ class Coordinator:
         self._t0 = time.perf_counter()
         self._t_first: float | None = None
         self._attempt_no = 0
-        self._next_epoch = 1
+        self._next_epoch = self._first_epoch = 1
         self._num_key_groups = pipeline.num_key_groups or DEFAULT_NUM_KEY_GROUPS
         self._stages: list[StageSpec] = []
         self._generations: list[int] = []
@@ -325,8 +325,11 @@ class Coordinator:
                     stopped = self._attempt(base)
                     break
                 except BaseException as err:
+                    fatal = classify(err) != "recover"
+                    if fatal and _is_user_error(root_cause(err)):
+                        self._settle()
                     self._teardown()
-                    if classify(err) != "recover":
+                    if fatal:
                         self._raise_fatal(err)
                     base = self._recover(err)
             self.summary.stopped = stopped
@@ -349,6 +352,19 @@ class Coordinator:
         epochs = getattr(sink, "epochs", None)
         s.output_by_epoch = epochs() if callable(epochs) else {}
         return s
+
+    def _settle(self, timeout: float = 60.0) -> None:
+        """Commit every epoch whose shards all acknowledge it; give up at the first that fails.
+
+        Used before raising a bad-input error: the epochs before the bad batch are complete
+        and valid, so they are committed and the run can resume from the last of them.
+        """
+        committer = self._committer
+        if committer is None:
+            return
+        deadline = time.monotonic() + timeout
+        while committer.pending and committer.error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _raise_fatal(self, err: BaseException) -> None:
         root = root_cause(err)
@@ -381,6 +397,9 @@ class Coordinator:
             )
             raise RuntimeError(msg) from root
         base = self._committed if self._committed is not None else self._base
+        # the replay gets the epoch numbers the lost epochs had: a run with failures
+        # commits the same epochs as one without
+        self._next_epoch = base.epoch + 1 if self._committed is not None else self._first_epoch
         if self.store is not None:
             self._open_store()  # fresh caches: files of uncommitted uploads are rewritten
         sink = self.p.sink
@@ -428,7 +447,7 @@ class Coordinator:
                 )
                 raise ValueError(msg)
             manifest, epoch = None, None
-        self._next_epoch = (latest or 0) + 1
+        self._next_epoch = self._first_epoch = (latest or 0) + 1
         if manifest is None:
             return _Base(), None, [], True
         self._check_compatible(manifest)
@@ -580,6 +599,7 @@ class Coordinator:
             for row_a, row_p in zip(self._actors, plans, strict=True)
             for a, plan in zip(row_a, row_p, strict=True)
         ]
+        self._emit("starting", attempt=attempt)
         infos = _shard_get(refs)
         for s in range(len(stages) - 1):
             for a in self._actors[s]:
@@ -700,8 +720,9 @@ class Coordinator:
             if batch is None:
                 return False
             if batch.num_rows:
+                parts = split_batch(batch, first.key, first.partitioning)  # key checks first
                 self._check_schema(batch)
-                for i, sub in split_batch(batch, first.key, first.partitioning).items():
+                for i, sub in parts.items():
                     q = inflight[i]
                     q.append(actors[i].process.remote(sub))
                     if len(q) > p.max_inflight:

@@ -39,7 +39,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 class ProgressEvent:
     """What the driver reports to ``Pipeline(on_progress=...)``.
 
-    ``kind`` is one of ``"started"`` (actors ready; ``detail`` has ``restored_from``),
+    ``kind`` is one of ``"starting"`` (shard actors created, restoring their state),
+    ``"started"`` (actors ready; ``detail`` has ``restored_from``),
     ``"barrier"`` (barrier ``epoch`` sent), ``"acked"`` (every shard uploaded ``epoch``;
     called just before the commit), ``"committed"``, ``"failure"`` (``error`` set;
     recovery follows), ``"recovered"``, ``"finished"``.

@@ -291,6 +291,8 @@ class ShardWorker:
         self._aligning: tuple[int, int] | None = None  # (kind, epoch) being aligned
         self._blocked: list[tuple[int, int, Any]] = []
         self._failure: BaseException | None = None
+        self._upload_failure: BaseException | None = None
+        self._queued: set[int] = set()  # epochs sealed and handed to the upload thread
         self._cond = threading.Condition()
         self._acks: dict[int, Ack] = {}
         self._uploads: queue.Queue[Any] = queue.Queue()
@@ -347,6 +349,11 @@ class ShardWorker:
             self.engine = open_engine(spec.stage.engine, data_dir, **spec.stage.engine_params)
             rebuilt = self._rebuild(plan)
         self.logic = spec.stage.operator.build(self.engine)
+        if spec.checkpoint is not None:
+            from raykv.checkpointing import link_files  # noqa: F401 - import before epoch 1
+
+            if not spec.driver_io:
+                self._get_store()  # connect now: fail fast, keep the first upload cheap
         self._cleanup_siblings()
         self._start_uploader()
         self.stats_["restore_seconds"] = time.perf_counter() - t0
@@ -532,6 +539,8 @@ class ShardWorker:
         link_files(self.spec.data_dir, files, staging)
         seconds = time.perf_counter() - t0
         self.stats_["seal_seconds"] += seconds
+        with self._cond:
+            self._queued.add(epoch)
         self._uploads.put(Ack(epoch, self.name, output=out, staging=str(staging), files=files,
                               metadata=meta, seal_seconds=seconds))
 
@@ -589,28 +598,33 @@ class ShardWorker:
                     ack.staging = None
                 self._post(ack)
             except BaseException as err:
+                with self._cond:
+                    self._upload_failure = err
                 self._fail(err)
                 return
 
     def _post(self, ack: Ack) -> None:
         with self._cond:
             self._acks[ack.epoch] = ack
+            self._queued.discard(ack.epoch)
             self._cond.notify_all()
 
     @ray.method(concurrency_group="io")
     def wait_uploaded(self, epoch: int) -> Ack:
         """Block until ``epoch`` is sealed and uploaded here; return its :class:`Ack`.
 
-        Runs in the ``"io"`` group: it never waits behind data processing. Raises the
-        shard's failure if the shard failed before the epoch was acknowledged.
+        Runs in the ``"io"`` group: it never waits behind data processing. An epoch sealed
+        before the shard failed is still acknowledged once its upload is durable; any
+        other epoch raises the shard's failure.
         """
         with self._cond:
-            while epoch not in self._acks and self._failure is None:
+            while epoch not in self._acks:
+                if self._upload_failure is not None:
+                    raise self._upload_failure
+                if self._failure is not None and epoch not in self._queued:
+                    raise self._failure
                 self._cond.wait()
-            if epoch in self._acks:
-                return self._acks.pop(epoch)
-            assert self._failure is not None
-            raise self._failure
+            return self._acks.pop(epoch)
 
     @ray.method(concurrency_group="io")
     def stats(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@
   requires every shard on the driver's node, which a local Ray is.
 * :class:`Faults`: delays and crash points injected into shard actors, to widen the
   windows a test kills an actor in (mid-batch, mid-upload, mid-restore).
+* :func:`zipf_events`: a deterministic synthetic event table with skewed keys.
 """
 
 from __future__ import annotations
@@ -163,6 +164,39 @@ def memory_checkpoint_url(name: str | None = None) -> str:
     return f"memory://raykv-{name or uuid.uuid4().hex[:12]}"
 
 
+def zipf_events(
+    n: int, num_keys: int, *, s: float = 0.99, seed: int = 0, countries: int = 20,
+    key_type: str = "int64",
+) -> pa.Table:
+    """A synthetic event table: ``user`` drawn zipf(``s``) over ``num_keys`` keys.
+
+    Columns: ``user`` (int64, or string ``"u<n>"`` with ``key_type="string"``),
+    ``amount`` (float64), ``qty`` (int64 1..9), ``country`` (string, a function of the
+    user), ``t`` (int64 event time, increasing). Deterministic per ``seed``.
+
+    Example:
+        >>> zipf_events(5, 3).column_names
+        ['user', 'amount', 'qty', 'country', 't']
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ranks = np.arange(1, num_keys + 1, dtype=np.float64)
+    p = ranks**-s
+    users = rng.choice(num_keys, size=n, p=p / p.sum()).astype(np.int64)
+    user_col: pa.Array = pa.array(users)
+    if key_type == "string":
+        user_col = pa.array(np.char.add("u", users.astype(str)))
+    country_names = np.array([f"c{i:02d}" for i in range(countries)])
+    return pa.table({
+        "user": user_col,
+        "amount": rng.random(n).round(6),
+        "qty": rng.integers(1, 10, n, dtype=np.int64),
+        "country": pa.array(country_names[users % countries]),
+        "t": np.arange(n, dtype=np.int64) * 10 + rng.integers(0, 10, n),
+    })
+
+
 @dataclass(frozen=True)
 class Faults:
     """Faults injected into shard actors (tests and drills only).
@@ -208,4 +242,5 @@ __all__ = [
     "TestingAbort",
     "TestingSource",
     "memory_checkpoint_url",
+    "zipf_events",
 ]
