@@ -479,14 +479,14 @@ class PyStateLogic(KeyedStateLogic):
         result = self._fold(batch, index, states)
         encode = self.codec.encode
         new = [b"" if s is None else encode(s) for s in states]
-        for k, v, s in zip(keys, new, states, strict=True):
+        for k, v, s in zip(keys, new, states, strict=False):  # equal lengths
             if s is not None and (type(v) is not bytes or not v):
                 msg = (
                     f"codec {codec_name(self.codec)!r} returned {v!r:.40} for the state of key "
                     f"{k[:32]!r}; an encoder must return non-empty bytes"
                 )
                 raise TypeError(msg)
-        changed = [i for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
+        changed = [i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b]
         track = self.track_changes
         if len(changed) == len(keys):
             self._write(keys, new, track=track)

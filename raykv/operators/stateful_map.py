@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import pyarrow as pa
@@ -101,10 +102,11 @@ class StatefulMapLogic(PyStateLogic):
         fn = self.op.fn
         names = batch.schema.names
         columns = [c.to_pylist() for c in batch.columns]
-        rows: list[int] = []
-        outputs: list[Any] = []
-        for r, (i, values) in enumerate(zip(index, zip(*columns, strict=True), strict=True)):
-            result = fn(states[i], dict(zip(names, values, strict=True)))
+        results: list[Any] = []
+        append = results.append
+        # hot loop: one fn call per row; zips are not strict (lengths are equal by construction)
+        for i, values in zip(index, zip(*columns, strict=False), strict=False):
+            result = fn(states[i], dict(zip(names, values, strict=False)))
             try:
                 states[i], output = result
             except (TypeError, ValueError):
@@ -113,35 +115,51 @@ class StatefulMapLogic(PyStateLogic):
                     f"got {result!r:.80}"
                 )
                 raise TypeError(msg) from None
-            if output is not None:
-                rows.append(r)
-                outputs.append(output)
+            append(output)
+        rows = [r for r, o in enumerate(results) if o is not None]
         if not rows:
             return None
+        outputs = results if len(rows) == len(results) else [results[r] for r in rows]
         return self._to_batch(batch.column(self.key).take(rows), outputs)
 
     def _to_batch(self, keys: pa.Array, outputs: list[Any]) -> pa.RecordBatch:
         """Convert outputs to a batch, widening the output schema if they need it."""
-        as_dicts = isinstance(outputs[0], dict)
-        if any(isinstance(o, dict) != as_dicts for o in outputs):
+        n_dicts = sum(map(isinstance, outputs, repeat(dict)))
+        if 0 < n_dicts < len(outputs):
             msg = f"{self._name()}: fn must return dict outputs always or never, not a mix"
             raise TypeError(msg)
-        rows = outputs if as_dicts else [{"value": o} for o in outputs]
-        try:
-            body = pa.RecordBatch.from_pylist(rows, schema=self._fields)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as err:
-            if self.op.output_fields is not None:
-                msg = f"{self._name()}: outputs do not match output_fields ({err})"
-                raise TypeError(msg) from err
-            body = pa.RecordBatch.from_pylist(rows)
-        if self.key in body.schema.names:
-            msg = f"{self._name()}: fn outputs must not contain the key column {self.key!r}"
-            raise ValueError(msg)
-        if self._fields is not None and body.schema != self._fields:
+        fields = self._fields
+        if n_dicts:
+            names = fields.names if fields is not None else list(outputs[0])
+            if self.key in names:
+                msg = f"{self._name()}: fn outputs must not contain the key column {self.key!r}"
+                raise ValueError(msg)
+            columns = [[o.get(n) for o in outputs] for n in names]
+        else:
+            names = fields.names if fields is not None else ["value"]
+            if len(names) != 1:
+                msg = f"{self._name()}: output_fields has {len(names)} fields; fn must return dicts"
+                raise TypeError(msg)
+            columns = [outputs]
+        arrays = []
+        for name, values in zip(names, columns, strict=True):
+            want = fields.field(name).type if fields is not None else None
             try:
-                fields = pa.unify_schemas(
-                    [self._fields, body.schema], promote_options="permissive"
-                )
+                arrays.append(pa.array(values, want))
+                continue
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as err:
+                if self.op.output_fields is not None:
+                    msg = f"{self._name()}: output {name!r} does not match output_fields ({err})"
+                    raise TypeError(msg) from err
+            try:
+                arrays.append(pa.array(values))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as err:
+                msg = f"{self._name()}: outputs {name!r} do not form one Arrow column ({err})"
+                raise TypeError(msg) from err
+        body = pa.RecordBatch.from_arrays(arrays, names=names)
+        if fields is not None and body.schema != fields:
+            try:
+                fields = pa.unify_schemas([fields, body.schema], promote_options="permissive")
                 body = body.cast(fields)
                 self._buffer = [
                     b.cast(pa.schema([b.schema.field(0), *fields])) for b in self._buffer
@@ -149,7 +167,7 @@ class StatefulMapLogic(PyStateLogic):
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
                 msg = (
                     f"{self._name()}: outputs with schema {body.schema} do not fit the earlier "
-                    f"outputs' schema {self._fields} ({err}); pass output_fields= to fix it"
+                    f"outputs' schema {fields} ({err}); pass output_fields= to fix it"
                 )
                 raise TypeError(msg) from err
         self._fields = body.schema

@@ -1,0 +1,113 @@
+"""Operator throughput on one core, without Ray (not collected by pytest).
+
+Usage::
+
+    python -m tests.operators.bench_operators [--engine memonly] [--batches 60]
+        [--rows 65536] [--keys 100000] [--zipf 1.2] [--only aggregate,stateful_map,window]
+
+Workloads (events = input rows):
+
+* ``aggregate``: ``Aggregate(key, {"v": ["sum", "count"]})`` over zipf-distributed int64 keys
+  (the end-to-end benchmark's operator), ``process`` per batch plus one barrier every
+  ~1,000,000 events (changelog emission included in the total).
+* ``stateful_map``: a running count per key with a dict output per event (JSON state).
+* ``window``: ``TumblingWindow`` sum+count with increasing event time.
+
+Prints events/s over the whole run (barriers included) by wall clock and by the process's
+CPU time (robust when other jobs share the cores), and the median/best CPU time per
+``process`` call after a warm-up quarter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from raykv.engines import open_engine
+from raykv.operators import Aggregate, KeyedOperator, StatefulMap, TumblingWindow
+
+
+def count_events(state: Any, row: dict[str, Any]) -> tuple[Any, Any]:
+    n = (state or 0) + 1
+    return n, {"n": n}
+
+
+def make_batches(args: argparse.Namespace, rows: int) -> list[pa.RecordBatch]:
+    rng = np.random.default_rng(42)
+    out = []
+    for i in range(args.batches):
+        keys = (rng.zipf(args.zipf, rows) - 1) % args.keys
+        out.append(pa.record_batch({
+            "k": pa.array(keys, pa.int64()),
+            "v": pa.array(rng.integers(0, 1000, rows), pa.int64()),
+            "t": pa.array(np.arange(i * rows, (i + 1) * rows), pa.int64()),
+        }))
+    return out
+
+
+def run(name: str, op: KeyedOperator, batches: list[pa.RecordBatch], engine: str,
+        barrier_every: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_engine(engine, tmp)
+        logic = op.build(store)
+        per_call: list[float] = []
+        events = since_barrier = 0
+        epoch = 0
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        for b in batches:
+            t = time.process_time()
+            logic.process(b)
+            per_call.append(time.process_time() - t)
+            events += b.num_rows
+            since_barrier += b.num_rows
+            if since_barrier >= barrier_every:
+                epoch += 1
+                logic.on_barrier(epoch)
+                since_barrier = 0
+        epoch += 1
+        logic.on_barrier(epoch)
+        total = time.perf_counter() - t0
+        cpu = time.process_time() - c0
+        store.close()
+    rows = batches[0].num_rows
+    steady = per_call[len(per_call) // 4:]  # skip the warm-up (state still growing)
+    print(
+        f"{name:13s} engine={engine:9s} rows/batch={rows:6d} events={events:9d} "
+        f"wall={events / total:11,.0f} ev/s cpu={events / cpu:11,.0f} ev/s  "
+        f"process (cpu) median={rows / statistics.median(steady):11,.0f} ev/s "
+        f"best={rows / min(steady):11,.0f} ev/s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--engine", default="memonly")
+    parser.add_argument("--batches", type=int, default=60)
+    parser.add_argument("--rows", type=int, default=65_536)
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--zipf", type=float, default=1.2)
+    parser.add_argument("--only", default="aggregate,stateful_map,window")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    work: dict[str, Callable[[], tuple[KeyedOperator, int, int]]] = {
+        "aggregate": lambda: (Aggregate("k", {"v": ["sum", "count"]}), args.rows, 1_000_000),
+        "stateful_map": lambda: (StatefulMap("k", count_events), 10_000, 200_000),
+        "window": lambda: (TumblingWindow("k", "t", 100_000, {"v": ["sum", "count"]}),
+                           args.rows, 1_000_000),
+    }
+    for name, make in work.items():
+        if name in only:
+            op, rows, barrier_every = make()
+            run(name, op, make_batches(args, rows), args.engine, barrier_every)
+
+
+if __name__ == "__main__":
+    main()
