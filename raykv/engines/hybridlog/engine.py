@@ -16,10 +16,13 @@ The log is split by age into regions (newest first):
 * **disk**: immutable run files; the hash index ``_index`` maps every key with a durable
   record to one packed int (run slot, value offset, value length).
 
-In memory, the read-only and cached regions share one dict, ``_frozen`` (log order: the
-cached records first, then the read-only ones), and ``_ro`` is the set of its keys that
-are read-only. So a lookup costs at most two dict probes before the index, and a batch
-lookup is two C-level ``map`` calls (the regions are disjoint: a key lives in one).
+In memory, the read-only and cached regions share one dict, ``_frozen``, in log order:
+the cached records, then a watermark entry (``_WATERMARK``), then the read-only records.
+So a lookup costs at most two dict probes before the index, a batch lookup is two
+C-level ``map`` calls (the regions are disjoint: a key lives in one), and a flush finds
+the read-only records by a sequential scan back to the watermark, with no per-key set.
+Like FASTER's, the read-only region is counted in log records (``_n_ro``, records shifted
+in since the last flush): a record superseded there leaves memory but still counts.
 
 Records in the mutable and read-only regions are the *dirty* ones (not durable yet).
 ``seal()`` writes exactly those as one new run (FASTER's fold-over checkpoint: the whole
@@ -35,7 +38,7 @@ from __future__ import annotations
 import sys
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
-from itertools import accumulate, compress, islice, repeat
+from itertools import compress, islice, repeat
 from operator import eq, is_
 from typing import Any
 
@@ -57,6 +60,7 @@ from raykv.engines.hybridlog.runfile import (
     encode_run,
     gather_values,
     pack_locs,
+    value_ends,
 )
 from raykv.engines.manifest import Manifest
 from raykv.errors import StoreClosedError
@@ -80,6 +84,7 @@ class _Closed(dict):  # type: ignore[type-arg]
 
 
 _CLOSED = _Closed()
+_WATERMARK: Any = type("_Watermark", (), {"__repr__": lambda self: "<watermark>"})()
 
 
 def _check_param(name: str, value: object, low: int) -> int:
@@ -164,8 +169,9 @@ class HybridLog(KVStore):
 
     def _reset_memory(self) -> None:
         self._mut: dict[bytes, bytes] = {}
-        self._frozen: dict[bytes, bytes] = {}  # cached (oldest) then read-only records
-        self._ro: set[bytes] = set()  # keys of _frozen that are read-only (dirty)
+        # cached records, the watermark, then read-only records (see the module docstring)
+        self._frozen: dict[bytes, bytes | None] = {_WATERMARK: None}  # type: ignore[dict-item]
+        self._n_ro = 0  # log records shifted into the read-only region since the last flush
         self._index: dict[bytes, int] = {}
         self._runs: list[RunFile] = []
         self._slots: list[RunFile | None] = []
@@ -199,7 +205,7 @@ class HybridLog(KVStore):
         self._release_runs()
         self._mut = self._frozen = _CLOSED
         self._index = _CLOSED  # type: ignore[assignment]
-        self._ro = set()
+        self._n_ro = 0
 
     def _release_runs(self) -> None:
         for run in getattr(self, "_slots", ()):
@@ -215,12 +221,15 @@ class HybridLog(KVStore):
         Cost: O(records changed since the last seal): one run file, one manifest. After
         it every in-memory record is clean (cached). Never merges.
         """
-        ro, mut, frozen = self._ro, self._mut, self._frozen
-        if ro or mut:
-            keys = [*ro, *mut]
-            self._write_run(keys, [*map(frozen.__getitem__, ro), *mut.values()])
-            ro.clear()
+        mut, frozen = self._mut, self._frozen
+        if self._n_ro or mut:
+            keys, values = self._take_read_only()
+            keys.extend(mut)
+            values.extend(mut.values())
+            self._write_run(keys, values)
+            del frozen[_WATERMARK]
             frozen.update(mut)
+            frozen[_WATERMARK] = None
             self._mut = {}
             self._evict()
             self._maintenance = True
@@ -314,36 +323,30 @@ class HybridLog(KVStore):
         """Insert, update or (``value == b""``) delete ``key``.
 
         Cost: a key in the mutable region is updated in place (two dict operations);
-        otherwise one record is appended to the mutable region (read-copy-update), and
-        every ``page`` appends move a page of records to the read-only region, which is
-        flushed to a run (and merges run) every ``flush_interval`` records.
+        otherwise one record is appended to the mutable region (read-copy-update: the
+        superseded in-memory copy, if any, is dropped), every ``page`` appends move a
+        page of records to the read-only region, and every ``flush_interval`` of those
+        are flushed to a run (then over-full levels are merged).
         """
         mut = self._mut
         try:
             hit = key in mut
         except TypeError:
             hit = False
-        if hit and type(value) is bytes and len(value) <= self.max_value_len:
-            mut[key] = value
-            self.stats.app_bytes += len(key) + len(value)
-            return
-        self._append(key, value)
-
-    def _append(self, key: bytes, value: bytes) -> None:
-        """Slow path of ``set`` (the key is not in the mutable region): append a record."""
         if (
-            type(key) is not bytes
-            or not 0 < len(key) <= self.max_key_len
-            or type(value) is not bytes
+            type(value) is not bytes
             or len(value) > self.max_value_len
+            or (not hit
+            and (type(key) is not bytes or not 0 < len(key) <= self.max_key_len))
         ):
             self._check_kv(key, value)
         self.stats.app_bytes += len(key) + len(value)
+        if hit:
+            mut[key] = value
+            return
         if self._maintenance:
             self._maintain()
-        if self._frozen.pop(key, None) is not None and self._ro:
-            self._ro.discard(key)
-        mut = self._mut
+        self._frozen.pop(key, None)
         mut[key] = value
         if len(mut) > self.ro_lag_interval:
             self._shift()
@@ -363,11 +366,9 @@ class HybridLog(KVStore):
             self._maintain()
         frozen = self._frozen
         if frozen:
-            hit = frozen.keys() & set(keys)
+            hit = frozen.keys() & keys
             if hit:
                 deque(map(frozen.__delitem__, hit), maxlen=0)
-                if self._ro:
-                    self._ro.difference_update(hit)
         mut = self._mut
         mut.update(zip(keys, values, strict=True))
         if len(mut) > self.ro_lag_interval:
@@ -378,37 +379,50 @@ class HybridLog(KVStore):
     def _shift(self) -> None:
         """Move the oldest records of the mutable region to the read-only one, a page at a time.
 
-        Flushes the read-only region each time it reaches ``flush_interval`` records.
+        Flushes the read-only region each time ``flush_interval`` records entered it.
         """
         mut, lag, page, flush = self._mut, self.ro_lag_interval, self._page, self.flush_interval
-        frozen, ro = self._frozen, self._ro
+        frozen = self._frozen
         while len(mut) > lag:
-            n = min(len(mut) - lag + page - 1, flush - len(ro), len(mut))
+            n = min(len(mut) - lag + page - 1, flush - self._n_ro, len(mut))
             old = list(islice(mut, n))
             frozen.update(zip(old, map(mut.pop, old), strict=True))
-            ro.update(old)
-            if len(ro) >= flush:
+            self._n_ro += n
+            if self._n_ro >= flush:
                 self._flush()
+
+    def _take_read_only(self) -> tuple[list[bytes], list[bytes]]:
+        """Return the read-only records (newest first) and mark them clean.
+
+        Cost: a sequential scan of the newest ``_n_ro + 1`` entries; no hashing.
+        """
+        frozen = self._frozen
+        n = self._n_ro + 1
+        keys = list(islice(reversed(frozen), n))
+        values = list(islice(reversed(frozen.values()), n))
+        cut = keys.index(_WATERMARK)
+        del keys[cut:], values[cut:]
+        del frozen[_WATERMARK]
+        frozen[_WATERMARK] = None
+        self._n_ro = 0
+        return keys, values  # type: ignore[return-value]
 
     def _flush(self) -> None:
         """Write the read-only region as one run; its records become cached (clean)."""
-        ro = self._ro
-        keys = list(ro)
-        self._write_run(keys, list(map(self._frozen.__getitem__, keys)))
-        ro.clear()
+        self._write_run(*self._take_read_only())
         self._evict()
         self._maintain()
 
     def _evict(self) -> None:
         """Drop the oldest cached records beyond ``mem_segment_len - ro_lag - flush``.
 
-        Called only when the read-only region is empty, so the oldest records of
-        ``_frozen`` are clean. The mutable region never exceeds ``ro_lag_interval``
-        records and the read-only one stays below ``flush_interval``, so memory never
-        holds more than ``mem_segment_len`` records.
+        Called right after the watermark moved to the end of ``_frozen``, so every record
+        before it is clean. The mutable region never exceeds ``ro_lag_interval`` records
+        and the read-only one stays below ``flush_interval``, so memory never holds more
+        than ``mem_segment_len`` records.
         """
         frozen = self._frozen
-        excess = len(frozen) - self._cache_cap
+        excess = len(frozen) - 1 - self._cache_cap
         if excess > 0:
             deque(map(frozen.__delitem__, list(islice(frozen, excess))), maxlen=0)
 
@@ -454,7 +468,7 @@ class HybridLog(KVStore):
             values = [v for _, v in kept]
         if not keys:
             return
-        run, locs = self._new_run(keys, b"".join(values), list(accumulate(map(len, values))))
+        run, locs = self._new_run(keys, b"".join(values), value_ends(values))
         self._runs.append(run)
         index.update(zip(keys, locs, strict=True))
 
@@ -538,16 +552,20 @@ class HybridLog(KVStore):
         self._ensure_open()
         return {
             "mutable": len(self._mut),
-            "read_only": len(self._ro),
-            "cached": len(self._frozen) - len(self._ro),
+            "read_only": self._read_only_count(),
+            "cached": len(self._frozen) - 1 - self._read_only_count(),
             "index": len(self._index),
             "runs": len(self._runs),
             "disk_records": sum(r.count for r in self._runs),
         }
 
+    def _read_only_count(self) -> int:
+        """Records in memory after the watermark. Cost: O(read-only region)."""
+        return list(islice(reversed(self._frozen), self._n_ro + 1)).index(_WATERMARK)
+
     def __sizeof__(self) -> int:
         """Estimate of the engine's memory, in O(1) (samples up to 32 entries per dict)."""
-        total = object.__sizeof__(self) + sys.getsizeof(self._ro)
+        total = object.__sizeof__(self)
         for table in (self._mut, self._frozen, self._index):
             total += sys.getsizeof(table)
             sample = list(islice(table.items(), 32))
@@ -561,15 +579,15 @@ class HybridLog(KVStore):
     def _check(self) -> None:
         """Assert the engine's invariants (for tests; O(state))."""
         self._ensure_open()
-        mut, ro, frozen, index = self._mut, self._ro, self._frozen, self._index
+        mut, frozen, index = self._mut, self._frozen, self._index
+        n_ro = self._read_only_count()
         assert len(mut) <= self.ro_lag_interval, "mutable region over ro_lag_interval"
-        assert len(ro) < self.flush_interval, "read-only region not flushed"
-        assert len(frozen) - len(ro) <= self._cache_cap, "cached region over its bound"
-        assert len(mut) + len(frozen) <= self.mem_segment_len, "memory over bound"
-        assert ro <= frozen.keys(), "read-only key missing from the frozen dict"
+        assert n_ro <= self._n_ro < self.flush_interval, "read-only region not flushed"
+        assert len(frozen) - 1 - n_ro <= self._cache_cap, "cached region over its bound"
+        assert len(mut) + len(frozen) - 1 <= self.mem_segment_len, "memory over bound"
         assert not (mut.keys() & frozen.keys()), "key in the mutable and another region"
-        if ro:  # read-only records are the newest of _frozen
-            assert set(islice(reversed(frozen), len(ro))) == ro, "read-only records out of order"
+        assert sum(type(k) is not bytes for k in frozen) == 1, "watermark lost or doubled"
+        ro = set(islice(reversed(frozen), n_ro))
         slots = {r.slot for r in self._runs}
         assert len(slots) == len(self._runs), "two runs share a slot"
         for run in self._runs:
@@ -581,7 +599,7 @@ class HybridLog(KVStore):
             start = loc >> SLOT_BITS & START_MASK
             assert start + (loc >> LEN_SHIFT) <= run.values_len, "index points past values"
         for key, value in islice(frozen.items(), 2000):
-            if key in ro:
+            if key in ro or key is _WATERMARK:
                 continue
             loc = index.get(key)
             if loc is None:

@@ -69,21 +69,12 @@ def _width_for(largest: int) -> int:
     return 4 if largest < 1 << 32 else 8
 
 
-def _packed(width: int, items: Sequence[int]) -> bytes:
-    arr = array(_WIDTH_CODES[width], items)
-    if arr.itemsize != width:  # pragma: no cover - exotic platforms
-        arr = array("Q" if width == 8 else "L", items)
-    if not _LITTLE:  # pragma: no cover - big-endian hosts
-        arr.byteswap()
-    return arr.tobytes()
-
-
 def encode_run(keys: Sequence[bytes], blob: bytes, ends: Sequence[int] | np.ndarray) -> bytes:
     """Encode one run file from its keys, their values concatenated, and the value ends.
 
     ``ends[i]`` is the offset in ``blob`` where value ``i`` ends (value ``i`` starts where
-    value ``i - 1`` ends). Cost: a few C-level passes over the records (joins,
-    ``array``), one crc32 per 4 KiB of values and one over the index section.
+    value ``i - 1`` ends). Cost: a few C-level passes over the records (joins, numpy),
+    one crc32 per 4 KiB of values and one over the index section.
     """
     n = len(keys)
     vlen = len(blob)
@@ -94,21 +85,26 @@ def encode_run(keys: Sequence[bytes], blob: bytes, ends: Sequence[int] | np.ndar
         msg = "value ends do not match the keys and the values blob"
         raise ValueError(msg)
     view = memoryview(blob)
-    pages = array("I", [crc32(view[i : i + PAGE_SIZE]) for i in range(0, vlen, PAGE_SIZE)])
-    if not _LITTLE:  # pragma: no cover
-        pages.byteswap()
-    key_width = _width_for(max(map(len, keys), default=0))
+    pages = np.array([crc32(view[i : i + PAGE_SIZE]) for i in range(0, vlen, PAGE_SIZE)],
+                     dtype="<u4")
+    klens = np.fromiter(map(len, keys), dtype=np.int64, count=n)
+    key_width = _width_for(int(klens.max()) if n else 0)
     end_width = 4 if vlen < 1 << 32 else 8
-    if isinstance(ends, np.ndarray):
-        ends_bytes = ends.astype(f"<u{end_width}").tobytes()
-    else:
-        ends_bytes = _packed(end_width, ends)
-    index = b"".join(
-        (pages.tobytes(), _packed(key_width, list(map(len, keys))), b"".join(keys), ends_bytes)
-    )
+    index = b"".join((
+        pages.tobytes(),
+        klens.astype(f"<u{key_width}").tobytes(),
+        b"".join(keys),
+        np.asarray(ends, dtype=np.uint64).astype(f"<u{end_width}").tobytes(),
+    ))
     head = _FOOTER_HEAD.pack(n, vlen, key_width, end_width, 0, RUN_VERSION)
     crc = crc32(head, crc32(index))
     return b"".join((blob, index, head, struct.pack("<I4s", crc, RUN_MAGIC)))
+
+
+def value_ends(values: Sequence[bytes]) -> np.ndarray:
+    """Return the end offsets of ``values`` laid end to end (a uint64 array)."""
+    return np.cumsum(np.fromiter(map(len, values), dtype=np.uint64, count=len(values)),
+                     dtype=np.uint64)
 
 
 def gather_values(mm: mmap.mmap | bytes, ends: np.ndarray, keep: np.ndarray) -> bytes:
