@@ -203,11 +203,10 @@ class KeyedStateLogic(OperatorLogic):
                 key, or a key longer than the engine's ``max_key_len``. State is unchanged.
         """
         fresh = self._schema is None
-        self._check_batch(batch)
-        if batch.num_rows == 0:
-            return
         try:
-            self._process(batch)
+            self._check_batch(batch)
+            if batch.num_rows:
+                self._process(batch)
         except BaseException:
             if fresh and self._pending_meta:  # the first batch failed: forget its schema
                 self._schema = self._key_type = self._out_schema = None
@@ -225,11 +224,12 @@ class KeyedStateLogic(OperatorLogic):
             return None
         keys = sorted(self._changed)
         values = self.store.multi_get(keys)
-        self._changed = set()
         if not all(values):
             keys = list(compress(keys, values))
             values = [v for v in values if v]
-        return self._emit(keys, values)
+        out = self._emit(keys, values)
+        self._changed = set()
+        return out
 
     def finish(self) -> pa.RecordBatch | None:
         """Return the values of all keys (bounded input has ended).

@@ -84,11 +84,14 @@ def test_bad_input_names_the_problem_and_changes_nothing(
             assert keys <= {"a", "b", "c", "d"} and "d" in keys and "c" in keys
 
 
-def test_first_batch_errors_leave_no_schema(tmp_path: Path, op: KeyedOperator) -> None:
+@pytest.mark.parametrize("bad_keys", [["ok", "y" * 50], ["ok", None]], ids=["long", "null"])
+def test_first_batch_errors_leave_no_schema(
+    tmp_path: Path, op: KeyedOperator, bad_keys: list[Any]
+) -> None:
     with MemOnly(tmp_path, max_key_len=32) as store:
         logic = op.build(store)
-        with pytest.raises(ValueError, match="max_key_len"):
-            logic.process(batch(["ok", "y" * 50]))
+        with pytest.raises(ValueError, match=r"max_key_len|null"):
+            logic.process(batch(bad_keys))
         assert state(store) == {} and logic.output_schema() is None
         other = batch([1, 2], key_type=pa.int32())  # another schema is fine now
         logic.process(other)
