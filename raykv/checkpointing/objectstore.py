@@ -189,11 +189,21 @@ class ObjectStore:
     # ------------------------------------------------------------------ primitives
 
     def put_file(self, local: str | os.PathLike[str], key: str) -> None:
-        """Upload a local file to ``key``; atomic: readers see no object or the whole one."""
+        """Upload a local file to ``key``; atomic: readers see no object or the whole one.
+
+        Local directories: the file is fsynced, its directory entry is made durable only
+        by ``sync_dirs`` (one directory fsync for a batch of uploads).
+        """
         if self.is_local:
             self._run("upload", key, lambda: self._local_put(Path(local), key))
         else:
             self._run("upload", key, lambda: self.fs.put_file(os.fspath(local), self.full(key)))
+
+    def sync_dirs(self, keys: Iterable[str]) -> None:
+        """Make the directory entries of uploaded ``keys`` durable (local: fsync each parent)."""
+        if self.is_local:
+            for parent in sorted({os.path.dirname(self.full(k)) for k in keys}):
+                fsync_dir(Path(parent))
 
     def get_file(self, key: str, local: str | os.PathLike[str]) -> None:
         """Download ``key`` to a local path (overwritten).
@@ -286,7 +296,6 @@ class ObjectStore:
         except BaseException:
             _unlink(str(tmp))
             raise
-        fsync_dir(dst.parent)
 
     def _local_write(self, key: str, data: bytes) -> None:
         dst = Path(self.full(key))

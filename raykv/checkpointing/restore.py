@@ -30,13 +30,13 @@ from pathlib import Path
 
 from raykv.checkpointing.checksums import file_checksum
 from raykv.checkpointing.manifests import FileEntry
-from raykv.engines.fileio import fsync_dir, fsync_files
+from raykv.engines.fileio import fsync_dir
 from raykv.engines.filename import MANIFEST_KIND, TMP_SUFFIX, parse_file_name
 
 STAGING_PREFIX = ".raykv-restore-"
 
 Fetch = Callable[[Sequence[FileEntry], Path], None]
-"""Download the given entries into the directory, verified; raise on any failure."""
+"""Download the given entries into the directory, verified and fsynced; raise on any failure."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,6 @@ def swap_in(
     try:
         if missing:
             fetch(missing, staging)
-            fsync_files(staging / e.name for e in missing)
 
         # 3. run files into place
         for e in missing:
@@ -116,7 +115,7 @@ def swap_in(
             if name != keep:
                 os.unlink(data / name)
 
-        # 5. the restored manifest
+        # 5. the restored manifest (one fsync covers steps 4 and 5)
         if manifest is not None and manifest in missing:
             os.replace(staging / manifest.name, data / manifest.name)
         fsync_dir(data)
@@ -135,7 +134,7 @@ def swap_in(
                 os.unlink(data / entry)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    fsync_dir(data)
+    # no fsync for step 7: stale files that reappear after a crash are deleted at open
     return SwapResult(
         reused_files=len(entries) - len(missing),
         downloaded_files=len(missing),

@@ -249,7 +249,6 @@ class CheckpointStore:
             raise ValueError(msg)
         meta = normalize_json(metadata or {}, "shard metadata")
         local_dir = Path(data_dir)
-        pool = self._pool() if len(names) > 1 else None
 
         def entry_of(name: str) -> FileEntry:
             try:
@@ -264,7 +263,7 @@ class CheckpointStore:
             return FileEntry(name, size, checksum)
 
         with _gc.INFLIGHT.reserve(self._objects.identity, [(shard, n) for n in names]):
-            entries = run_parallel(pool, entry_of, names)
+            entries = [entry_of(n) for n in names]  # crc32 at GB/s; cached per process
             sf = self._shard_files(shard)
             missing: list[FileEntry] = []
             with self._lock:
@@ -291,7 +290,8 @@ class CheckpointStore:
                     if sf.present is not None:
                         sf.present[e.name] = e.size
 
-            run_parallel(pool if len(missing) > 1 else None, put, missing)
+            run_parallel(self._pool() if len(missing) > 1 else None, put, missing)
+            self._objects.sync_dirs(file_key(shard, e.name) for e in missing)
             sm = ShardManifest(
                 epoch=epoch,
                 shard=shard,
@@ -422,6 +422,11 @@ class CheckpointStore:
                         f"older epoch (committed: {summarize_epochs(self.epochs())})"),
             )
         remember(dest, checksum)
+        fd = os.open(dest, os.O_RDONLY)  # durable before the swap renames it into place
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self.stats.add(downloaded_files=1, downloaded_bytes=size)
 
     def restore_shard(self, epoch: int, shard: str, data_dir: str | os.PathLike[str]) -> None:
