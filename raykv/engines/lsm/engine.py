@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 import sys
 from bisect import bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import compress, repeat
-from operator import is_
+from operator import is_, is_not
 from typing import Any
+from zlib import crc32
 
 import numpy as np
 
@@ -34,7 +35,13 @@ from raykv.engines.lsm.compaction import (
     pick_merge,
 )
 from raykv.engines.lsm.memtable import Memtable, dict_setitem
-from raykv.engines.lsm.run_format import MAX_DENSITY_FACTOR, RUN_KIND
+from raykv.engines.lsm.run_format import (
+    CRC_RESIDUE,
+    MAX_DENSITY_FACTOR,
+    RUN_KIND,
+    UNPACK_OFFSETS,
+    scan_block,
+)
 from raykv.engines.lsm.run_reader import RunReader
 from raykv.engines.lsm.run_writer import RunWriter
 from raykv.engines.manifest import Manifest
@@ -46,7 +53,8 @@ _MEMTABLE_ENTRY_OVERHEAD = 130
 # Below this many memtable misses, multi_get probes run by run per key (no numpy setup).
 _VECTOR_MIN = 32
 
-Probe = tuple[Any, int, list[bytes], Callable[[int, bytes], bytes | None]]
+# (bloom words, bloom word count, (fences, block offsets, mmap, reader)), newest run first
+Probe = tuple[Any, int, tuple[list[bytes], list[int], Any, RunReader]]
 
 
 class LSMTree(KVStore):
@@ -110,7 +118,10 @@ class LSMTree(KVStore):
         self.memtable_bytes_limit = memtable_bytes_limit
         self.size_ratio = size_ratio
         self.bloom_bits_per_key = bloom_bits_per_key
-        self._mem = Memtable()
+        self._mem = Memtable()  # the same object for the engine's lifetime (cleared, not replaced)
+        self._mem_get = self._mem.get
+        # data blocks read by get and multi_get (each one crc-checked) since the engine opened
+        self.point_block_reads = 0
         self._levels: list[list[RunReader]] = []
         self._probes: list[Probe] = []
         self._newest_first: list[RunReader] = []
@@ -125,7 +136,7 @@ class LSMTree(KVStore):
     # ------------------------------------------------------------------ KVStore hooks
 
     def _open(self, manifest: Manifest | None) -> None:
-        self._mem = Memtable()
+        self._mem.clear()
         self._levels = []
         self._run_memory = {}
         self._uncommitted = False
@@ -169,7 +180,7 @@ class LSMTree(KVStore):
         bisect of the fences and one block read (crc verified, at most ``density_factor``
         entries scanned). Stops at the newest run holding the key.
         """
-        value = self._mem.get(key)
+        value = self._mem_get(key)
         if value is not None:
             return value  # type: ignore[no-any-return]
         if type(key) is not bytes or not 0 < len(key) <= self.max_key_len:
@@ -178,16 +189,32 @@ class LSMTree(KVStore):
             self._ensure_open()
         probes = self._probes
         if probes:
+            # One hash for all runs; the rest inlines bloom.mask_of, RunReader.read_block and
+            # run_format.find_in_block: a get is the hot path and Python calls are costly.
             h1, h2 = hash_pair(key, 0)
-            # bloom.mask_of(h2), inlined
             mask = TABLE12[h2 & 4095] | TABLE12[(h2 >> 12) & 4095] | (1 << ((h2 >> 24) & 63))
-            for words, nwords, fences, lookup in probes:
+            for words, nwords, run in probes:
                 if words[h1 % nwords] & mask == mask:
+                    fences, offsets, mm, reader = run
                     i = bisect_right(fences, key)
                     if i:
-                        value = lookup(i - 1, key)
-                        if value is not None:
-                            return value  # type: ignore[no-any-return]
+                        block = mm[offsets[i - 1] : offsets[i]]
+                        self.point_block_reads += 1
+                        if crc32(block) != CRC_RESIDUE:
+                            raise reader.block_error(i - 1)
+                        j = block.find(key, 2)
+                        if j >= 0:
+                            n = block[0] | block[1] << 8
+                            off = UNPACK_OFFSETS[n](block, 2)
+                            try:
+                                e = off.index(j, 0, n)
+                            except ValueError:
+                                e = -1
+                            if e >= 0 and off[e + 1] - j == len(key):
+                                return block[off[n + e] : off[n + e + 1]]
+                            value = scan_block(block, key)  # the match was not an entry
+                            if value is not None:
+                                return value
         return b""
 
     def multi_get(self, keys: Sequence[bytes]) -> list[bytes]:
@@ -216,22 +243,25 @@ class LSMTree(KVStore):
         hashes = hash_many(mkeys)
         h1 = hashes[:, 0]
         masks = masks_of(hashes[:, 1])
-        pending = np.arange(len(mkeys))
+        pending = np.ones(len(mkeys), dtype=bool)
+        left = len(mkeys)
         for run in self._newest_first:
-            cand = pending[run.bloom.may_contain_many(h1[pending], masks[pending])].tolist()
+            cand = np.flatnonzero(pending & run.bloom.may_contain_many(h1, masks)).tolist()
             if not cand:
                 continue
-            cand.sort(key=mkeys.__getitem__)
-            found = []
-            for j, value in zip(cand, run.multi_lookup([mkeys[j] for j in cand]), strict=True):
-                if value is not None:
-                    out[miss[j]] = value
-                    found.append(j)
+            reads = run.block_reads
+            values = run.multi_lookup(list(map(mkeys.__getitem__, cand)))
+            self.point_block_reads += run.block_reads - reads
+            present = list(map(is_not, values, repeat(None)))
+            found = list(compress(cand, present))
             if found:
-                pending = np.setdiff1d(pending, found, assume_unique=True)
-                if not len(pending):
+                for j, value in zip(found, compress(values, present), strict=True):
+                    out[miss[j]] = value
+                pending[found] = False
+                left -= len(found)
+                if not left:
                     break
-        for j in pending.tolist():
+        for j in np.flatnonzero(pending).tolist():
             out[miss[j]] = b""
         return out
 
@@ -380,7 +410,9 @@ class LSMTree(KVStore):
         """Rebuild the newest-first probe list after the set of runs changed."""
         newest = [r for level in self._levels for r in reversed(level)]
         self._newest_first = newest
-        self._probes = [(r.bloom.words, r.bloom.nwords, r.fences, r.lookup) for r in newest]
+        self._probes = [
+            (r.bloom.words, r.bloom.nwords, (r.fences, r.block_offsets, r.mm, r)) for r in newest
+        ]
         self._runs_memory = sum(self._run_memory.get(r.name, 0) for r in newest)
 
     def _next_merge(self) -> MergePlan | None:
@@ -401,11 +433,6 @@ class LSMTree(KVStore):
     def levels(self) -> list[list[str]]:
         """Run file names by level (level 0 first; oldest run of a level first)."""
         return [[r.name for r in level] for level in self._levels]
-
-    @property
-    def block_reads(self) -> int:
-        """Data blocks read from the currently live runs since they were opened."""
-        return sum(r.block_reads for r in self._newest_first)
 
     def __sizeof__(self) -> int:
         """Estimated bytes held: memtable, and every run's fences, offsets and filter.

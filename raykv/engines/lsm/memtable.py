@@ -63,8 +63,8 @@ class Memtable(SortedDict):  # type: ignore[misc]
 
     def sorted_items(self) -> tuple[list[bytes], list[bytes]]:
         """Return ``(keys, values)`` in key order (a snapshot). Cost: O(n), C-level."""
-        keys = list(self.keys())
-        return keys, list(map(self.__getitem__, keys))
+        keys = list(self)  # SortedDict.__iter__ walks the sorted key list at C speed
+        return keys, list(map(self.get, keys))
 
     def chunks(self, size: int = 4096) -> Iterator[tuple[list[bytes], list[bytes]]]:
         """Yield a snapshot of the entries as sorted ``(keys, values)`` chunks."""

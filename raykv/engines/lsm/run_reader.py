@@ -13,9 +13,12 @@ import sys
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
-from itertools import accumulate, pairwise
+from itertools import accumulate, pairwise, repeat
 from pathlib import Path
 from zlib import crc32
+
+import numpy as np
+import numpy.typing as npt
 
 from raykv.engines.lsm.bloom import BloomFilter, hash_pair, mask_of
 from raykv.engines.lsm.run_format import (
@@ -26,8 +29,11 @@ from raykv.engines.lsm.run_format import (
     FOOTER_SIZE,
     RUN_MAGIC,
     RUN_VERSION,
+    UNPACK_OFFSETS,
     decode_block,
+    decode_blocks,
     find_in_block,
+    scan_block,
 )
 from raykv.errors import CorruptionError, FormatVersionError
 
@@ -42,13 +48,14 @@ class RunReader:
         data_bytes: sum of key and value lengths (the size used by leveling).
         file_size: bytes on disk.
         fences: first key of every data block, increasing (a plain list for ``bisect``).
-        block_offsets: start offset of every block plus the end of the last one.
+        block_offsets: start offset of every block plus the end of the last one (a list).
         bloom: the run's bloom filter.
-        block_reads: data blocks read so far (each read verifies the block's crc).
+        block_reads: data blocks read so far through this object (each read verifies the
+            block's crc). ``LSMTree.get`` reads blocks inline and counts them itself.
+        mm: the read-only memory map of the file.
     """
 
     __slots__ = (
-        "_mm",
         "block_offsets",
         "block_reads",
         "bloom",
@@ -56,6 +63,7 @@ class RunReader:
         "entry_count",
         "fences",
         "file_size",
+        "mm",
         "name",
         "path",
     )
@@ -71,18 +79,18 @@ class RunReader:
                 raise CorruptionError(
                     path, "length", detail=f"{size} bytes is shorter than the run footer"
                 )
-            self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            self.mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
         self.file_size = size
         try:
             self._load_index(size)
         except BaseException:
-            self._mm.close()
+            self.mm.close()
             raise
 
     def _load_index(self, size: int) -> None:
-        mm = self._mm
+        mm = self.mm
         path = self.path
         footer_at = size - FOOTER_SIZE
         footer = mm[footer_at:size]
@@ -123,7 +131,7 @@ class RunReader:
                                   detail="block offsets or fence lengths are inconsistent")
         get = sections.__getitem__
         self.fences = list(map(get, map(slice, key_ends[:-1], key_ends[1:])))
-        self.block_offsets = offsets
+        self.block_offsets = offsets.tolist()  # a list: indexing it is cheaper than an array
         self.bloom = BloomFilter.from_bytes(sections[bloom_off - index_off :])
         self.entry_count = entries
         self.data_bytes = data_bytes
@@ -134,12 +142,16 @@ class RunReader:
         """Return data block ``i`` after verifying its crc32. Cost: one mmap slice + crc."""
         offs = self.block_offsets
         start = offs[i]
-        block = self._mm[start : offs[i + 1]]
+        block = self.mm[start : offs[i + 1]]
         self.block_reads += 1
         if crc32(block) != CRC_RESIDUE:
-            raise CorruptionError(self.path, "block crc", offset=start,
-                                  detail=f"data block {i} of {len(self.fences)}")
+            raise self.block_error(i)
         return block
+
+    def block_error(self, i: int) -> CorruptionError:
+        """The error to raise when block ``i`` fails its crc check."""
+        return CorruptionError(self.path, "block crc", offset=self.block_offsets[i],
+                               detail=f"data block {i} of {len(self.fences)}")
 
     def lookup(self, i: int, key: bytes) -> bytes | None:
         """Return ``key``'s value from block ``i`` (``b""`` for a tombstone) or ``None``.
@@ -147,14 +159,7 @@ class RunReader:
         Cost: one block read (crc verified) and a scan of at most ``density_factor``
         entries in C (``run_format.find_in_block``).
         """
-        offs = self.block_offsets
-        start = offs[i]
-        block = self._mm[start : offs[i + 1]]
-        self.block_reads += 1
-        if crc32(block) != CRC_RESIDUE:
-            raise CorruptionError(self.path, "block crc", offset=start,
-                                  detail=f"data block {i} of {len(self.fences)}")
-        return find_in_block(block, key)
+        return find_in_block(self.read_block(i), key)
 
     def get(self, key: bytes) -> bytes | None:
         """Return ``key``'s value in this run (``b""``: tombstone), or ``None`` if absent.
@@ -168,24 +173,45 @@ class RunReader:
         return self.lookup(i - 1, key) if i else None
 
     def multi_lookup(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        """Look up sorted ``keys`` (bloom already passed); each needed block is read once.
+        """Look up ``keys`` (in any order); each block that may hold one is read once.
 
-        Returns values (``b""`` for tombstones) or ``None`` for keys not in the run.
+        Returns values (``b""`` for tombstones) or ``None`` for keys not in the run. Cost:
+        one bisect per key, then ``read_blocks_at`` and a dict of the decoded entries.
         """
+        positions = list(map(bisect_right, repeat(self.fences), keys))  # block index + 1
+        wanted = dict.fromkeys(positions)
+        wanted.pop(0, None)  # keys before the first fence
+        if not wanted:
+            return [None] * len(keys)
+        if len(keys) >= _DECODE_WHEN_KEYS_PER_BLOCK * len(wanted):
+            found, values = self.read_blocks_at(list(map(_minus1, wanted)))
+            return list(map(dict(zip(found, values, strict=True)).get, keys))
+        # sparse: read each block once, then find each key in its block (find_in_block inlined)
+        offs = self.block_offsets
+        mm = self.mm
+        blocks = list(map(mm.__getitem__, map(
+            slice, map(offs.__getitem__, map(_minus1, wanted)), map(offs.__getitem__, wanted)
+        )))
+        self._verify(list(map(crc32, blocks)), list(map(_minus1, wanted)))
+        by_position = dict(zip(wanted, blocks, strict=True))
+        by_position[0] = b""
         out: list[bytes | None] = []
-        fences = self.fences
-        blocks = [bisect_right(fences, k) - 1 for k in keys]
-        cached = -1
-        table: dict[bytes, bytes] = {}
-        for k, b in zip(keys, blocks, strict=True):
-            if b < 0:
-                out.append(None)
+        append = out.append
+        for key, block in zip(keys, map(by_position.__getitem__, positions), strict=True):
+            j = block.find(key, 2)
+            if j < 0:
+                append(None)
                 continue
-            if b != cached:
-                ks, vs = decode_block(self.read_block(b))
-                table = dict(zip(ks, vs, strict=True))
-                cached = b
-            out.append(table.get(k))
+            n = block[0] | block[1] << 8
+            off = UNPACK_OFFSETS[n](block, 2)
+            try:
+                e = off.index(j, 0, n)
+            except ValueError:
+                e = -1
+            if e >= 0 and off[e + 1] - j == len(key):
+                append(block[off[n + e] : off[n + e + 1]])
+            else:
+                append(scan_block(block, key))
         return out
 
     def iter_chunks(self, min_entries: int = 4096) -> Iterator[tuple[list[bytes], list[bytes]]]:
@@ -194,17 +220,45 @@ class RunReader:
         Each chunk holds whole blocks, at least ``min_entries`` entries except the last.
         Every block's crc is verified. Memory: one chunk.
         """
-        keys: list[bytes] = []
-        values: list[bytes] = []
-        for i in range(len(self.fences)):
-            ks, vs = decode_block(self.read_block(i))
-            keys += ks
-            values += vs
-            if len(keys) >= min_entries:
-                yield keys, values
-                keys, values = [], []
-        if keys:
-            yield keys, values
+        nblocks = len(self.fences)
+        per = max(1, min_entries * nblocks // max(1, self.entry_count))
+        offsets = np.array(self.block_offsets, dtype=np.int64)
+        for first in range(0, nblocks, per):
+            last = min(first + per, nblocks)
+            yield self._read_blocks(first, last, offsets[first : last + 1])
+
+    def _read_blocks(
+        self, first: int, last: int, offsets: npt.NDArray[np.int64]
+    ) -> tuple[list[bytes], list[bytes]]:
+        """Read, verify and decode blocks ``first..last-1`` with one mmap slice."""
+        base = int(offsets[0])
+        data = self.mm[base : int(offsets[-1])]
+        rel = (offsets - base).tolist()
+        view = memoryview(data)
+        crcs = list(map(crc32, map(view.__getitem__, map(slice, rel[:-1], rel[1:]))))
+        view.release()
+        self._verify(crcs, range(first, last))
+        return _decode_joined(data, rel)
+
+    def read_blocks_at(self, indices: Sequence[int]) -> tuple[list[bytes], list[bytes]]:
+        """Read, verify and decode the blocks ``indices`` (any order, no duplicates).
+
+        Cost: C-level ``map``s over the blocks plus numpy decoding; no Python per entry.
+        """
+        offs = self.block_offsets
+        mm = self.mm
+        blocks = list(map(mm.__getitem__, map(
+            slice, map(offs.__getitem__, indices), map(offs.__getitem__, map(_plus1, indices))
+        )))
+        self._verify(list(map(crc32, blocks)), indices)
+        return _decode_joined(b"".join(blocks), list(accumulate(map(len, blocks), initial=0)))
+
+    def _verify(self, crcs: list[int], indices: Sequence[int]) -> None:
+        """Count the block reads; raise for the first block whose crc check failed."""
+        self.block_reads += len(crcs)
+        if crcs.count(CRC_RESIDUE) != len(crcs):
+            bad = next(j for j, c in enumerate(crcs) if c != CRC_RESIDUE)
+            raise self.block_error(indices[bad])
 
     def may_contain(self, key: bytes) -> bool:
         """Bloom probe only: False means ``key`` is certainly not in this run."""
@@ -241,7 +295,7 @@ class RunReader:
 
     def close(self) -> None:
         """Unmap the file (idempotent)."""
-        self._mm.close()
+        self.mm.close()
 
     def __sizeof__(self) -> int:
         """Memory held for this run: fences, offsets and bloom words (computed in O(blocks))."""
@@ -251,8 +305,33 @@ class RunReader:
             + sys.getsizeof(fences)
             + sum(map(sys.getsizeof, fences))
             + sys.getsizeof(self.block_offsets)
+            + 32 * len(self.block_offsets)
             + sys.getsizeof(self.bloom)
         )
 
     def __repr__(self) -> str:
         return f"RunReader({self.name!r}, entries={self.entry_count}, blocks={len(self.fences)})"
+
+
+# multi_lookup decodes whole blocks when they serve at least this many keys each on average
+_DECODE_WHEN_KEYS_PER_BLOCK = 4
+_plus1 = (1).__add__
+_minus1 = (-1).__add__
+
+
+def _decode_joined(data: bytes, rel: list[int]) -> tuple[list[bytes], list[bytes]]:
+    """Decode verified blocks laid back to back in ``data``; block ``j`` is ``rel[j]:rel[j+1]``.
+
+    Vectorised over each stretch of consecutive blocks with equal entry counts.
+    """
+    raw = np.frombuffer(data, dtype=np.uint8)
+    starts = np.asarray(rel[:-1], dtype=np.int64)
+    counts = raw[starts].astype(np.int64) | raw[starts + 1].astype(np.int64) << 8
+    cuts = [0, *(np.flatnonzero(np.diff(counts)) + 1).tolist(), len(rel) - 1]
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    for a, b in pairwise(cuts):
+        ks, vs = decode_blocks(data, rel[a:b], int(counts[a]))
+        keys += ks
+        values += vs
+    return keys, values

@@ -15,7 +15,7 @@ import os
 import sys
 from array import array
 from collections.abc import Sequence
-from itertools import chain
+from itertools import accumulate, chain
 from pathlib import Path
 from zlib import crc32
 
@@ -31,6 +31,7 @@ from raykv.engines.lsm.run_format import (
     RUN_MAGIC,
     RUN_VERSION,
     encode_block,
+    encode_blocks,
 )
 
 _WRITE_BUFFER = 1 << 20
@@ -105,7 +106,29 @@ class RunWriter:
         self._pending_values = list(values[full:])
 
     def _emit_blocks(self, keys: Sequence[bytes], values: Sequence[bytes], end: int) -> None:
-        d = self._density
+        """Write the first ``end`` entries as blocks of ``density_factor`` entries.
+
+        ``end`` is a multiple of the density factor, or the whole (final) tail.
+        """
+        if not end:
+            return
+        d = min(self._density, end)
+        if end < len(keys):
+            keys, values = keys[:end], values[:end]
+        encoded = encode_blocks(keys, values, d)
+        if encoded is not None:
+            data, sizes = encoded
+            self._fences += keys[0:end:d]
+            self._block_offsets.extend(accumulate(sizes[:-1], initial=self._offset))
+            size = sum(sizes)
+            self._offset += size
+            self._parts.append(data)
+            self._buffered += size
+            if self._buffered >= _WRITE_BUFFER:
+                self._f.write(b"".join(self._parts))
+                self._parts.clear()
+                self._buffered = 0
+            return
         for i in range(0, end, d):
             ks = keys[i : i + d]
             vs = values[i : i + d]
