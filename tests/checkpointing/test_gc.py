@@ -24,9 +24,9 @@ def referenced(store: CheckpointStore, epochs: list[int]) -> dict[str, int]:
 
 
 def test_retain_3_over_many_epochs(backend: Backend, tmp_path: Path) -> None:
-    n_epochs = 30 if backend.name == "s3" else 100
+    n_epochs = 20 if backend.name == "s3" else 100  # moto answers in ~20-40 ms a request
     store = backend.store()
-    shards = Shards(tmp_path / "live", ["g/0", "g/1"], seed=1)
+    shards = Shards(tmp_path / "live", ["g/0"], seed=1)
     for epoch in range(1, n_epochs + 1):
         shards.write(20, space=300)
         shards.checkpoint(store, epoch)
@@ -38,13 +38,13 @@ def test_retain_3_over_many_epochs(backend: Backend, tmp_path: Path) -> None:
     files = backend.objects("files")
     assert files == referenced(store, kept)
     assert sorted(backend.objects("epochs")) == [epoch_key(e) for e in kept]
-    assert len(backend.objects("shards")) == 3 * 2
+    assert len(backend.objects("shards")) == 3
     largest = max(store.read_epoch(e).total_bytes for e in kept)
     assert sum(files.values()) <= 3 * largest
     assert store.store_bytes() == sum(files.values())
     store.verify()
     for e in kept:
-        for name in ["g/0", "g/1"]:
+        for name in ["g/0"]:
             assert restored_state(store, e, name, tmp_path / f"r{e}" / name) == \
                 shards.history[e][name]
 
