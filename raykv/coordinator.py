@@ -568,9 +568,10 @@ class Coordinator:
 
     # ------------------------------------------------------------------ actors
 
-    def _start_actors(self, stages: list[StageSpec], plans: list[list[RestorePlan]]) -> None:
+    def _start_actors(
+        self, stages: list[StageSpec], plans: list[list[RestorePlan]], attempt: int
+    ) -> None:
         root = self._local_root()
-        attempt = self._attempt_no
         specs: list[list[ShardSpec]] = []
         for s, stage in enumerate(stages):
             row = []
@@ -677,12 +678,13 @@ class Coordinator:
 
     def _attempt(self, base: _Base) -> bool:
         """Run from ``base`` until the input ends (False) or the run is stopped (True)."""
+        attempt = self._attempt_no
+        self._attempt_no += 1
         stages, plans, changed = self._layout(base)
         self._stages = stages
-        self._start_actors(stages, plans)
-        self._attempt_no += 1
+        self._start_actors(stages, plans, attempt)
         self._committer = committer = _Committer(self)
-        self._emit("started", restored_from=base.epoch, attempt=self._attempt_no - 1)
+        self._emit("started", restored_from=base.epoch, attempt=attempt)
         if self._t_first is None:
             self._t_first = time.perf_counter()
         reader = self.p.source.open(base.offset)

@@ -1,0 +1,367 @@
+"""Failures, recovery, driver restart, rescaling and rollback (docs/runtime.md, "Recovery").
+
+The workload: ``Aggregate(user: sum, count)`` over 12,000 zipf events in 8 batches, an
+epoch every 2 batches, so every run commits epochs 1-4 (changelogs) and 5 (final values).
+:func:`expected_epochs` is that output computed with plain pyarrow; a run with failures
+must publish exactly it: each epoch once, with the same content as without failures.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+import raykv
+from raykv.checkpointing import CheckpointStore
+from raykv.operators import Aggregate, TumblingWindow
+from raykv.sinks import ParquetSink, parse_part_file_name
+from raykv.sources import TableSource
+from raykv.testing import Faults, memory_checkpoint_url, zipf_events
+from tests.test_pipeline import assert_tables_close, group_model
+
+pytestmark = pytest.mark.ray
+
+N, KEYS, BATCH, EVERY = 12_000, 300, 1_500, 2
+AGGS = [("amount", "sum"), ("amount", "count")]
+
+
+def table(seed: int = 11) -> pa.Table:
+    return zipf_events(N, KEYS, seed=seed)
+
+
+def expected_epochs(t: pa.Table) -> dict[int, pa.Table]:
+    """Per-epoch output of the workload: changelogs of epochs 1-4, final values in 5."""
+    rows = BATCH * EVERY
+    out = {}
+    for e in range(1, N // rows + 1):
+        model = group_model(t.slice(0, rows * e), "user", AGGS)
+        recent = pc.unique(t.slice(rows * (e - 1), rows)["user"])
+        out[e] = model.filter(pc.is_in(model["user"], value_set=recent))
+    out[N // rows + 1] = group_model(t, "user", AGGS)
+    return out
+
+
+def assert_exact(by_epoch: dict[int, pa.Table], t: pa.Table, shift: int = 0) -> None:
+    """``by_epoch`` (epoch -> output) is exactly the failure-free output (epochs + shift)."""
+    expected = expected_epochs(t)
+    assert sorted(by_epoch) == [e + shift for e in sorted(expected)]
+    for e, model in expected.items():
+        got = by_epoch[e + shift].select(["user", "amount_sum", "amount_count"])
+        assert_tables_close(got, model.rename_columns(got.column_names), "user")
+
+
+def make(tmp_path: Path, t: pa.Table, **kw: Any) -> raykv.Pipeline:
+    kw.setdefault("engine", "hybridlog")
+    kw.setdefault("num_shards", 2)
+    kw.setdefault("checkpoint", str(tmp_path / "ckpt"))
+    kw.setdefault("local_dir", str(tmp_path / "local"))
+    kw.setdefault("retain", 10)
+    return raykv.Pipeline(
+        source=TableSource(t, batch_size=BATCH),
+        stages=[Aggregate("user", {"amount": ["sum", "count"]})],
+        epoch_every_batches=EVERY, **kw,
+    )
+
+
+class Killer:
+    """on_progress hook: kill shard ``index`` at the first event ``kind`` of ``epoch``."""
+
+    def __init__(self, kind: str, epoch: int | None, index: int = 0, delay: float = 0.0,
+                 times: int = 1) -> None:
+        self.kind, self.epoch, self.index, self.delay = kind, epoch, index, delay
+        self.left = times
+        self.killed: list[str] = []
+
+    def __call__(self, ev: raykv.ProgressEvent) -> None:
+        if self.left and ev.kind == self.kind and (self.epoch is None or ev.epoch == self.epoch):
+            self.left -= 1
+            import ray
+
+            name = sorted(ev.shards)[self.index]
+            self.killed.append(name)
+            handle = ev.shards[name]
+            if self.delay:
+                threading.Timer(self.delay, ray.kill, [handle]).start()
+            else:
+                ray.kill(handle)
+
+
+# ---------------------------------------------------------------------------- kills
+
+
+def test_kill_mid_batch(ray_session: Any, tmp_path: Path) -> None:
+    t = table()
+    kill = Killer("barrier", 2)
+    s = make(tmp_path, t, faults=Faults(process_delay=0.05), on_progress=kill).run()
+    assert kill.killed and s.restarts == 1
+    assert_exact(s.output_by_epoch, t)
+    CheckpointStore(str(tmp_path / "ckpt")).verify()
+
+
+def test_kill_mid_upload(ray_session: Any, tmp_path: Path) -> None:
+    t = table(12)
+    kill = Killer("barrier", 2, index=1, delay=0.3)
+    s = make(tmp_path, t, engine="lsm", faults=Faults(upload_delay=0.8), on_progress=kill).run()
+    assert kill.killed and s.restarts == 1
+    assert_exact(s.output_by_epoch, t)
+
+
+def test_kill_between_upload_and_commit(ray_session: Any, tmp_path: Path) -> None:
+    """All shard manifests of epoch 2 are durable; a shard dies before the epoch manifest."""
+    t = table(13)
+    kill = Killer("acked", 2)
+    s = make(tmp_path, t, on_progress=kill).run()
+    assert kill.killed and s.restarts == 1
+    assert_exact(s.output_by_epoch, t)
+    assert 2 in CheckpointStore(str(tmp_path / "ckpt")).epochs()
+
+
+def test_kill_during_recovery(ray_session: Any, tmp_path: Path) -> None:
+    """A replacement shard dies while restoring; the next attempt finishes the run."""
+    t = table(14)
+    first = Killer("barrier", 3)
+    second = Killer("starting", None, index=1, delay=0.3)
+    attempts: list[int] = []
+
+    def on_progress(ev: raykv.ProgressEvent) -> None:
+        first(ev)
+        if ev.kind == "starting":
+            attempts.append(ev.detail["attempt"])
+            if ev.detail["attempt"] == 1:
+                second(ev)
+
+    s = make(tmp_path, t, faults=Faults(restore_delay=1.0), on_progress=on_progress).run()
+    assert first.killed and second.killed
+    assert s.restarts == 2 and attempts == [0, 1, 2]
+    assert_exact(s.output_by_epoch, t)
+
+
+@pytest.mark.parametrize("point", ["process", "upload"])
+def test_shard_process_exits(ray_session: Any, tmp_path: Path, point: str) -> None:
+    """A shard process dies on its own (os._exit) at its 3rd process call / upload."""
+    t = table(15)
+    faults = Faults(crash_at=("Aggregate0-1", point, 3))
+    s = make(tmp_path, t, engine="memonly", faults=faults).run()
+    assert s.restarts == 1
+    assert_exact(s.output_by_epoch, t)
+
+
+def test_failure_before_the_first_commit_restarts_from_scratch(
+    ray_session: Any, tmp_path: Path
+) -> None:
+    t = table(16)
+    kill = Killer("barrier", 1)
+    s = make(tmp_path, t, faults=Faults(upload_delay=0.5), on_progress=kill).run()
+    assert s.restarts == 1 and s.restored_from is None
+    assert_exact(s.output_by_epoch, t)
+
+
+def test_too_many_failures_give_up(ray_session: Any, tmp_path: Path) -> None:
+    t = table(17)
+    faults = Faults(crash_at=("Aggregate0-0", "process", 1), crash_attempts=(0, 1, 2))
+    with pytest.raises(RuntimeError, match=r"gave up after 2 restarts"):
+        make(tmp_path, t, engine="memonly", faults=faults, max_restarts=2).run()
+
+
+def test_memory_checkpoint_runs_io_in_the_driver(ray_session: Any, tmp_path: Path) -> None:
+    t = table(18)
+    url = memory_checkpoint_url()
+    kill = Killer("barrier", 3)
+    s = make(tmp_path, t, checkpoint=url, on_progress=kill).run()
+    assert s.restarts == 1
+    assert_exact(s.output_by_epoch, t)
+    store = CheckpointStore(url)
+    assert store.latest_epoch() == 5
+    store.verify()
+
+
+@pytest.mark.s3
+def test_s3_checkpoint_with_a_kill(ray_session: Any, tmp_path: Path,
+                                   s3_bucket: tuple[str, dict[str, Any]]) -> None:
+    url, options = s3_bucket
+    t = table(19)
+    kill = Killer("committed", 2)
+    s = make(tmp_path, t, checkpoint=f"{url}/ckpt", storage_options=options,
+             on_progress=kill).run()
+    assert s.restarts == 1
+    assert_exact(s.output_by_epoch, t)
+    CheckpointStore(f"{url}/ckpt", options).verify()
+
+
+# ---------------------------------------------------------------------------- driver restart
+
+
+DRIVER = textwrap.dedent("""
+    import sys, time
+    import ray
+    import raykv
+    from raykv.operators import Aggregate
+    from raykv.sinks import ParquetSink
+    from raykv.sources import GeneratorSource
+    from raykv.testing import zipf_events
+
+    address, ckpt, out, local = sys.argv[1:5]
+    ray.init(address=address, log_to_driver=False, configure_logging=False)
+    table = zipf_events({n}, {keys}, seed=20)
+
+    def batch(i):
+        time.sleep(0.4)  # slow source: the test kills this driver mid-run
+        return table.slice(i * {batch}, {batch}).to_batches()[0] if i * {batch} < {n} else None
+
+    p = raykv.Pipeline(
+        source=GeneratorSource(batch), stages=[Aggregate("user", {{"amount": ["sum", "count"]}})],
+        sink=ParquetSink(out), engine="lsm", checkpoint=ckpt, local_dir=local,
+        epoch_every_batches={every}, retain=10,
+    )
+    p.run(resume=True)
+    print("finished")
+""").format(n=N, keys=KEYS, batch=BATCH, every=EVERY)
+
+
+def published_by_epoch(out: Path) -> dict[int, pa.Table]:
+    import pyarrow.parquet as pq
+
+    parts: dict[int, list[pa.Table]] = {}
+    for f in sorted(out.glob("part-*.parquet")):
+        parsed = parse_part_file_name(f.name)
+        assert parsed is not None
+        parts.setdefault(parsed[0], []).append(pq.read_table(f))
+    return {e: pa.concat_tables(ts) for e, ts in parts.items()}
+
+
+def test_driver_killed_then_resume(ray_session: Any, tmp_path: Path) -> None:
+    """SIGKILL a real driver process after 2 commits; resume here; output exactly once."""
+    ray = ray_session
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    ckpt, out, local = tmp_path / "ckpt", tmp_path / "out", tmp_path / "local"
+    address = ray.get_runtime_context().gcs_address
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), address, str(ckpt), str(out), str(local)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (ckpt / "epochs").is_dir() and len(list((ckpt / "epochs").iterdir())) >= 2:
+                break
+            assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+            time.sleep(0.05)
+        else:
+            pytest.fail("the driver committed nothing in 120 s")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    store = CheckpointStore(str(ckpt))
+    committed = store.epochs()
+    assert 2 <= len(committed) < 5  # killed mid-run
+    assert not store.read_epoch(committed[-1]).metadata["final"]
+    t = zipf_events(N, KEYS, seed=20)
+    p = raykv.Pipeline(  # the same pipeline, without the sleep (same batches and offsets)
+        source=raykv.sources.GeneratorSource(
+            lambda i: t.slice(i * BATCH, BATCH).to_batches()[0] if i * BATCH < N else None),
+        stages=[Aggregate("user", {"amount": ["sum", "count"]})], sink=ParquetSink(out),
+        engine="lsm", checkpoint=str(ckpt), local_dir=str(local), epoch_every_batches=EVERY,
+        retain=10,
+    )
+    s = p.run(resume=True)
+    assert s.finished and s.restored_from == committed[-1]
+    assert_exact(published_by_epoch(out), t)
+    assert not list((out / "_staging").glob("*"))
+
+
+# ---------------------------------------------------------------------------- rescaling
+
+
+def _stop_after(epoch: int, holder: dict[str, raykv.Pipeline]) -> Any:
+    def on_progress(ev: raykv.ProgressEvent) -> None:
+        if ev.kind == "committed" and ev.epoch == epoch:
+            holder["p"].stop()
+    return on_progress
+
+
+def test_rescale_2_to_3_with_windows(ray_session: Any, tmp_path: Path) -> None:
+    """TumblingWindow state (key + window suffix, watermark metadata) split over 3 shards."""
+    t = table(21)
+    op = TumblingWindow("user", "t", 5_000, {"amount": ["sum", "count"]})
+    holder: dict[str, raykv.Pipeline] = {}
+
+    def make_w(n: int, **kw: Any) -> raykv.Pipeline:
+        return raykv.Pipeline(
+            source=TableSource(t, batch_size=BATCH), stages=[op], num_shards=n,
+            engine="hybridlog", checkpoint=str(tmp_path / "ckpt"),
+            local_dir=str(tmp_path / "local"), epoch_every_batches=EVERY, max_pending_epochs=1,
+            **kw,
+        )
+
+    holder["p"] = make_w(2, on_progress=_stop_after(2, holder))
+    first = holder["p"].run()
+    assert first.stopped
+    second = make_w(3).run(resume=True)
+    assert second.finished and second.restored_from == first.last_epoch
+    assert sorted(second.shards) == [f"TumblingWindow0-{i}of3-g1" for i in range(3)]
+    out = pa.concat_tables([x for x in (first.output, second.output) if x is not None])
+    starts = pc.multiply(pc.divide(t["t"], 5_000), 5_000)
+    model = group_model(t.append_column("window_start", starts), ["user", "window_start"], AGGS)
+    key = [("user", "ascending"), ("window_start", "ascending")]
+    got = out.select(["user", "window_start", "amount_sum", "amount_count"]).sort_by(key)
+    assert got["user"].equals(model["user"]) and got["window_start"].equals(model["window_start"])
+    assert got["amount_count"].equals(model["amount_count"])
+
+
+def test_rescale_4_to_2_and_change_engine(ray_session: Any, tmp_path: Path) -> None:
+    t = table(22)
+    holder: dict[str, raykv.Pipeline] = {}
+    holder["p"] = make(tmp_path, t, num_shards=4, engine="memonly",
+                       on_progress=_stop_after(2, holder), max_pending_epochs=1)
+    first = holder["p"].run()
+    assert first.stopped
+    second = make(tmp_path, t, num_shards=2, engine="lsm").run(resume=True)
+    assert sorted(second.shards) == [f"Aggregate0-{i}of2-g1" for i in range(2)]
+    assert all(st["engine"]["name"] == "lsm" for st in second.shards.values())
+    final = second.output_by_epoch[second.last_epoch]
+    assert_tables_close(final.select(["user", "amount_sum", "amount_count"]),
+                        group_model(t, "user", AGGS).rename_columns(final.column_names), "user")
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    meta = store.read_epoch(second.last_epoch).metadata["stages"][0]
+    assert meta["num_shards"] == 2 and meta["engine"] == "lsm" and meta["generation"] == 1
+    store.verify()
+
+
+# ---------------------------------------------------------------------------- rollback
+
+
+def test_restore_an_older_epoch(ray_session: Any, tmp_path: Path) -> None:
+    """Roll back to epoch 2: epochs 3-5 are abandoned, their published files removed."""
+    t = table(23)
+    out = tmp_path / "out"
+    p = make(tmp_path, t, sink=ParquetSink(out))
+    s1 = p.run()
+    assert s1.epochs_committed == [1, 2, 3, 4, 5]
+    assert_exact(published_by_epoch(out), t)
+    s2 = p.run(restore_epoch=2)
+    assert s2.restored_from == 2
+    # epoch 6 makes the rollback durable (no input); 7-9 replay epochs 3-5 of the first run
+    assert s2.epochs_committed == [6, 7, 8, 9]
+    published = published_by_epoch(out)
+    assert sorted(published) == [1, 2, 7, 8, 9]
+    assert_exact({e if e < 3 else e - 4: tb for e, tb in published.items()}, t)
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    assert store.read_epoch(9).metadata["abandoned"] == [[3, 5]]
+    with pytest.raises(raykv.errors.CheckpointNotFoundError, match="committed epochs"):
+        p.run(restore_epoch=42)
+    s3 = p.run(resume=True)
+    assert s3.finished and s3.epochs_committed == []
+    assert sorted(published_by_epoch(out)) == [1, 2, 7, 8, 9]
