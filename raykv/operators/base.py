@@ -122,6 +122,22 @@ class KeyedOperator(ABC):
             return b""
         return state_key[: len(state_key) - self.key_suffix_len]
 
+    def merge_metadata(self, key: bytes, values: Sequence[bytes]) -> bytes:
+        """Combine one metadata key's values from several old shards (rescaling).
+
+        ``key`` is a state key with ``routing_key(key) is None``; ``values`` are its
+        values in the old shards that had it. The result goes into every new shard.
+        Operator metadata must be identical everywhere (``ValueError`` otherwise).
+        """
+        distinct = set(values)
+        if len(distinct) != 1:
+            msg = (
+                f"{type(self).__name__}: shards disagree on metadata key {key!r} "
+                f"({len(distinct)} different values); they were not written by one stage"
+            )
+            raise ValueError(msg)
+        return values[0]
+
 
 def _check_name(attr: str, value: object, owner: str) -> None:
     if not isinstance(value, str) or not value:

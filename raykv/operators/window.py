@@ -92,6 +92,18 @@ class TumblingWindow(KeyedOperator):
         """Create the shard logic on ``store`` (resumes the windows and watermark it holds)."""
         return TumblingWindowLogic(self, store)
 
+    def merge_metadata(self, key: bytes, values: Sequence[bytes]) -> bytes:
+        """Merge old shards' watermarks: the largest event time, the sum of late events.
+
+        Taking the largest watermark means no window closed by any old shard can re-open
+        (which would emit it twice); windows of other shards that it passes close at the
+        next barrier.
+        """
+        if key != WATERMARK_KEY:
+            return super().merge_metadata(key, values)
+        marks = [_WATERMARK.unpack(v) for v in values]
+        return _WATERMARK.pack(max(m[0] for m in marks), sum(m[1] for m in marks))
+
 
 def _check_span(owner: str, name: str, value: object, *, positive: bool) -> None:
     if isinstance(value, timedelta):

@@ -246,3 +246,30 @@ def test_routing_key_strips_the_window_suffix(tmp_path: Path) -> None:
 def test_doctests() -> None:
     result = doctest.testmod(window_module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_merge_metadata_for_rescaling(tmp_path: Path) -> None:
+    op = TumblingWindow("k", "t", 10, {"v": "sum"})
+    stores = []
+    for i, times in enumerate([[5, 40], [12, 30], [3]]):
+        store = MemOnly(tmp_path / str(i))
+        logic = op.build(store)
+        logic.process(pa.record_batch({"k": [i] * len(times), "t": times, "v": [1] * len(times)}))
+        stores.append(store)
+    logic.process(pa.record_batch({"k": [9], "t": [1], "v": [1]}))  # window [0, 10) still open
+    assert logic.late_events == 0
+    marks = [s.get(WATERMARK_KEY) for s in stores]
+    merged = op.merge_metadata(WATERMARK_KEY, marks)
+    metas = [s.get(b"\xff\xffM") for s in stores]
+    assert op.merge_metadata(b"\xff\xffM", metas) == metas[0]
+    with pytest.raises(ValueError, match="disagree"):
+        op.merge_metadata(b"\xff\xffM", [metas[0], metas[0] + b" "])
+    # a new shard with the merged watermark: the highest one wins, late counts add up
+    target = MemOnly(tmp_path / "new")
+    target.multi_set({WATERMARK_KEY: merged, b"\xff\xffM": metas[0]})
+    logic = op.build(target)
+    assert logic.watermark == 40
+    logic.process(pa.record_batch({"k": [1], "t": [35], "v": [1]}))  # window [30, 40): late
+    assert logic.late_events == 1
+    for s in [*stores, target]:
+        s.close()
