@@ -10,6 +10,7 @@ cannot fix (missing file, permission denied, bad argument, corruption) propagate
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import random
 import shutil
@@ -33,7 +34,9 @@ _PERMANENT_ERRNOS = frozenset(
 )
 
 
+@functools.cache
 def _optional_transient_types() -> tuple[type[BaseException], ...]:
+    """botocore/aiohttp error types, imported on first use (they cost ~0.2 s to import)."""
     types: list[type[BaseException]] = []
     try:
         from botocore import exceptions as bx
@@ -51,8 +54,6 @@ def _optional_transient_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-_TRANSIENT_EXTRA = _optional_transient_types()
-
 
 def is_transient(err: BaseException) -> bool:
     """Whether retrying the operation that raised ``err`` may succeed.
@@ -66,7 +67,8 @@ def is_transient(err: BaseException) -> bool:
         return False
     if isinstance(err, ConnectionError | TimeoutError):
         return True
-    if _TRANSIENT_EXTRA and isinstance(err, _TRANSIENT_EXTRA):
+    extra = _optional_transient_types()
+    if extra and isinstance(err, extra):
         return True
     if isinstance(err, OSError):
         return err.errno not in _PERMANENT_ERRNOS and not isinstance(
