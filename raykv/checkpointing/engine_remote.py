@@ -112,6 +112,10 @@ class EngineRemote:
         if latest is not None:
             self.store.restore_shard(self._resolve(latest), ENGINE_SHARD, self.engine.data_dir)
 
+    def close(self) -> None:
+        """Stop the store's transfer threads (idempotent; the store restarts them if used)."""
+        self.store.close()
+
     def epochs(self) -> list[int]:
         """Committed epochs of this engine's store."""
         return self.store.epochs()
