@@ -1,0 +1,135 @@
+"""Sinks: output is visible only after its epoch commits, and exactly once after failures."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import raykv
+from raykv.operators import Aggregate
+from raykv.sinks import CollectSink, ParquetSink, parse_part_file_name, part_file_name
+from raykv.sources import ParquetSource
+from raykv.testing import zipf_events
+from tests.test_recovery import BATCH, EVERY, Killer, N, assert_exact, published_by_epoch
+
+
+def t(v: int) -> pa.Table:
+    return pa.table({"k": [v]})
+
+
+def test_part_names_sort_by_epoch_and_parse_back() -> None:
+    names = [part_file_name(e, "Agg0-0001") for e in (2, 10, 1)]
+    assert sorted(names) == [names[2], names[0], names[1]]
+    assert parse_part_file_name(names[1]) == (10, "Agg0-0001")
+    assert parse_part_file_name("part-0.parquet") is None
+
+
+def test_collect_sink_publishes_only_committed_epochs() -> None:
+    s = CollectSink()
+    s.start(None, new_run=True)
+    s.stage(1, "a", t(1))
+    s.stage(1, "b", t(2))
+    s.stage(2, "a", t(3))
+    assert s.result() is None
+    s.publish(1)
+    assert s.result().column("k").to_pylist() == [1, 2]
+    s.start(1, new_run=False)  # recovery to epoch 1: staged epoch 2 is dropped
+    s.publish(2)
+    assert s.result().column("k").to_pylist() == [1, 2]
+    s.stage(2, "a", t(4))
+    s.publish(2)
+    s.stage(3, "a", t(5))
+    s.publish(3)
+    s.start(3, new_run=False, abandoned=[[2, 2]])  # epoch 2 abandoned by a rollback
+    assert {e: tb.column("k").to_pylist() for e, tb in s.epochs().items()} == {1: [1, 2], 3: [5]}
+    s.start(None, new_run=True)
+    assert s.result() is None
+
+
+def _files(path: Path) -> list[str]:
+    return sorted(p.name for p in path.glob("part-*.parquet"))
+
+
+def test_parquet_sink_two_phase(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    s = ParquetSink(out)
+    s.start(None, new_run=True)
+    s.stage(1, "agg-0000", t(1))
+    s.stage(2, "agg-0000", t(2))
+    assert _files(out) == []  # staged output is invisible to readers of the directory
+    s.publish(1)
+    assert _files(out) == [part_file_name(1, "agg-0000")]
+    assert pq.read_table(out).column("k").to_pylist() == [1]
+    s.publish(1)  # idempotent
+    # the driver died after committing epoch 2 but before publishing it: start(2) publishes
+    s2 = ParquetSink(out)
+    s2.start(2, new_run=False)
+    assert s2.read().column("k").to_pylist() == [1, 2]
+    # a failure before epoch 3 committed: start(2) discards its staged output
+    s2.stage(3, "agg-0000", t(3))
+    s2.start(2, new_run=False)
+    assert not list((out / "_staging").glob("*"))
+    assert _files(out) == [part_file_name(1, "agg-0000"), part_file_name(2, "agg-0000")]
+    # rollback to epoch 1 removes what later epochs published
+    s2.start(1, new_run=False)
+    assert s2.read().column("k").to_pylist() == [1]
+
+
+def test_parquet_sink_refuses_to_mix_runs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    s = ParquetSink(out)
+    s.start(None, new_run=True)
+    s.stage(1, "p", t(1))
+    s.publish(1)
+    (out / "notes.txt").write_text("kept")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        ParquetSink(out).start(None, new_run=True)
+    ParquetSink(out, overwrite=True).start(None, new_run=True)
+    assert _files(out) == [] and (out / "notes.txt").read_text() == "kept"
+    with pytest.raises(FileNotFoundError, match="no published output"):
+        ParquetSink(out).read()
+
+
+def test_parquet_sink_on_an_fsspec_url() -> None:
+    url = f"memory://raykv-sink-{uuid.uuid4().hex[:8]}/out"
+    s = ParquetSink(url)
+    s.start(None, new_run=True)
+    s.stage(1, "p", t(7))
+    fs = fsspec.filesystem("memory")
+    assert not [p for p in fs.ls(url[len("memory://"):], detail=False) if "part-" in p]
+    s.publish(1)
+    assert s.read().column("k").to_pylist() == [7]
+    s.stage(2, "p", t(8))
+    s.start(1, new_run=False)
+    s.publish(2)
+    assert s.read().column("k").to_pylist() == [7]
+
+
+@pytest.mark.ray
+def test_parquet_in_parquet_out_exactly_once_after_a_kill(ray_session: Any,
+                                                          tmp_path: Path) -> None:
+    """ParquetSource -> Aggregate -> ParquetSink; a shard dies mid-run."""
+    table = zipf_events(N, 300, seed=31)
+    src_dir = tmp_path / "in"
+    src_dir.mkdir()
+    for i in range(0, N, 3_000):
+        pq.write_table(table.slice(i, 3_000), src_dir / f"events-{i:06d}.parquet")
+    out = tmp_path / "out"
+    kill = Killer("barrier", 3, index=1)
+    p = raykv.Pipeline(
+        source=ParquetSource(src_dir, batch_size=BATCH),
+        stages=[Aggregate("user", {"amount": ["sum", "count"]})], sink=ParquetSink(out),
+        engine="lsm", checkpoint=str(tmp_path / "ckpt"), local_dir=str(tmp_path / "local"),
+        epoch_every_batches=EVERY, retain=10, on_progress=kill,
+    )
+    s = p.run()
+    assert kill.killed and s.restarts == 1
+    assert s.output is None  # ParquetSink does not collect
+    assert_exact(published_by_epoch(out), table)
+    assert not list((out / "_staging").glob("*"))
