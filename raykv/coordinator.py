@@ -588,9 +588,17 @@ class Coordinator:
             specs.append(row)
         if self.driver_io:
             plans = self._materialize(specs, plans)
-        options: dict[str, Any] = {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
+        options: dict[str, Any] = {"num_cpus": 0}
         options.update(self.p.actor_options or {})
-        self._actors = [[ShardActor.options(**options).remote(sp) for sp in row] for row in specs]
+        placement = _placements(sum(len(row) for row in specs), options)
+        self._actors = []
+        k = 0
+        for row in specs:
+            actors = []
+            for sp in row:
+                actors.append(ShardActor.options(**options, **placement[k]).remote(sp))
+                k += 1
+            self._actors.append(actors)
         self._handles = {
             sp.name: a for row_s, row_a in zip(specs, self._actors, strict=True)
             for sp, a in zip(row_s, row_a, strict=True)
@@ -870,6 +878,29 @@ class Coordinator:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _placements(n: int, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Scheduling options for ``n`` shard actors: round-robin over the alive nodes.
+
+    Shards take no CPU reservation, and Ray packs such actors on one node even with
+    ``SPREAD``; a soft node affinity per shard spreads them evenly (a node that died
+    meanwhile is skipped by Ray). A ``scheduling_strategy`` in ``actor_options`` wins.
+    """
+    if "scheduling_strategy" in options:
+        return [{} for _ in range(n)]
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = sorted(
+        node["NodeID"] for node in ray.nodes()
+        if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0
+    )
+    if len(nodes) < 2:
+        return [{} for _ in range(n)]
+    return [
+        {"scheduling_strategy": NodeAffinitySchedulingStrategy(nodes[k % len(nodes)], soft=True)}
+        for k in range(n)
+    ]
 
 
 def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:

@@ -161,7 +161,8 @@ class Pipeline:
             system temp dir + ``/raykv``). Stable per checkpoint URL, so a restore on the
             same node downloads only missing files.
         actor_options: extra ``ActorClass.options`` for shard actors (default
-            ``{"num_cpus": 0, "scheduling_strategy": "SPREAD"}``).
+            ``{"num_cpus": 0}``, placed round-robin over the alive nodes that have CPUs;
+            a ``scheduling_strategy`` here replaces that placement).
         on_progress: called with a :class:`ProgressEvent` from the driver (main or
             commit thread, one call at a time); an exception in it fails the run.
         clock: time source for ``checkpoint_interval`` (default ``time.monotonic``;

@@ -298,6 +298,7 @@ class ShardWorker:
         self._uploads: queue.Queue[Any] = queue.Queue()
         self._uploader: threading.Thread | None = None
         self._counts = {"process": 0, "barrier": 0, "upload": 0}
+        self._node_id: str | None = None
         self.stats_: dict[str, float] = {
             "rows_in": 0, "batches_in": 0, "rows_out": 0, "epochs": 0, "seal_seconds": 0.0,
             "upload_seconds": 0.0, "bytes_uploaded": 0, "files_uploaded": 0,
@@ -357,9 +358,10 @@ class ShardWorker:
         self._cleanup_siblings()
         self._start_uploader()
         self.stats_["restore_seconds"] = time.perf_counter() - t0
+        self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         return {
             "shard": self.name,
-            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+            "node_id": self._node_id,
             "pid": os.getpid(),
             "restore_seconds": self.stats_["restore_seconds"],
             "rebuilt_keys": rebuilt,
@@ -632,6 +634,8 @@ class ShardWorker:
         out: dict[str, Any] = dict(self.stats_)
         out["shard"] = self.name
         out["stage"] = self.spec.stage.name
+        out["node_id"] = self._node_id
+        out["pid"] = os.getpid()
         engine = self.engine
         if engine is not None:
             s = engine.stats

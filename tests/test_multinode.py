@@ -1,0 +1,85 @@
+"""A two-node Ray cluster (``ray.cluster_utils.Cluster``) in a subprocess.
+
+The session fixture already runs a local Ray in the test process, and a process can
+drive only one Ray instance, so the cluster, its driver and the checks run in a child
+Python process that prints a JSON verdict. Two nodes with one CPU each stay within the
+2-CPU budget (shards take no CPU reservation).
+
+What it shows: shards of one stage land on different nodes (``SPREAD``); when the worker
+node is removed mid-run, its shard dies, the coordinator replaces every shard on the
+remaining node (which restores from the checkpoint), and the output is exactly the
+output of a run without failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, threading
+    import ray
+    from ray.cluster_utils import Cluster
+
+    import raykv
+    from raykv.operators import Aggregate
+    from raykv.sources import TableSource
+    from raykv.testing import zipf_events
+    from tests.test_recovery import BATCH, EVERY, N, KEYS, assert_exact
+
+    tmp = sys.argv[1]
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 1, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    cluster.wait_for_nodes()
+    t = zipf_events(N, KEYS, seed=41)
+    seen = {}
+
+    def on_progress(ev):
+        if ev.kind == "started":
+            stats = ray.get([h.stats.remote() for h in ev.shards.values()])
+            seen.setdefault("nodes", []).append(sorted(s["node_id"] for s in stats))
+        if ev.kind == "committed" and ev.epoch == 2 and "removed" not in seen:
+            seen["removed"] = worker.node_id
+            cluster.remove_node(worker)   # the node dies with its shard
+
+    p = raykv.Pipeline(
+        source=TableSource(t, batch_size=BATCH),
+        stages=[Aggregate("user", {"amount": ["sum", "count"]})],
+        num_shards=2, engine="lsm", checkpoint=tmp + "/ckpt", local_dir=tmp + "/local",
+        epoch_every_batches=EVERY, retain=10, on_progress=on_progress,
+        faults=raykv.testing.Faults(process_delay=0.1),
+    )
+    s = p.run()
+    assert_exact(s.output_by_epoch, t)
+    print(json.dumps({"nodes": seen["nodes"], "removed": seen["removed"],
+                      "head": cluster.head_node.node_id, "restarts": s.restarts,
+                      "final_nodes": sorted(st["node_id"] for st in s.shards.values())}))
+    ray.shutdown()
+    cluster.shutdown()
+""")
+
+
+def test_shards_on_two_nodes_survive_a_node_failure(tmp_path: Path) -> None:
+    script = tmp_path / "multinode.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    verdict = json.loads(proc.stdout.strip().splitlines()[-1])
+    first = verdict["nodes"][0]
+    assert len(set(first)) == 2  # one shard per node
+    assert verdict["removed"] in first and verdict["removed"] != verdict["head"]
+    assert verdict["restarts"] >= 1
+    assert verdict["final_nodes"] == [verdict["head"], verdict["head"]]
