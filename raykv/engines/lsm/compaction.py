@@ -10,7 +10,12 @@ already-sorted pieces). Memory is one chunk per source. The result is the same a
 Policy (``pick_merge``):
 
 * Tiering (``max_runs_per_level = R >= 2``): when a level holds ``R`` runs, all of them
-  merge into one new run appended to the next level (cascading level by level).
+  merge into one new run appended to the next level (cascading level by level). A level
+  ``i`` run is meant to hold about ``memtable_bytes_limit * R ** i`` bytes; when overwrites
+  or deletes shrank the merged run to at most that, it stays in level ``i`` instead
+  (``output_level``). Without this, updating a fixed set of keys would add a level every
+  ``R ** i`` flushes, so memory, disk and read cost would keep growing with the number of
+  writes; with it they are bounded by the number of live keys.
 * Leveling (``R == 1``): a level holds one run. When a level's data bytes exceed its
   capacity ``memtable_bytes_limit * size_ratio ** (level + 1)`` its run merges with the
   next level's run into one run there; a level that holds two runs (a memtable flush
@@ -64,6 +69,24 @@ def pick_merge(
             if len(sizes) > 1:
                 return MergePlan(level, level, include_target=False)
     return None
+
+
+def output_level(
+    plan: MergePlan, out_bytes: int, max_runs_per_level: int, memtable_bytes_limit: int
+) -> int:
+    """Level that receives the run a tiering merge produced (see the module docstring).
+
+    ``plan.target`` normally; ``plan.source`` when the merged run (``out_bytes`` of data)
+    is no bigger than one run of the source level is meant to be.
+    """
+    if (
+        max_runs_per_level >= 2
+        and plan.target == plan.source + 1
+        and not plan.include_target
+        and out_bytes <= memtable_bytes_limit * max_runs_per_level**plan.source
+    ):
+        return plan.source
+    return plan.target
 
 
 def merge_sorted_chunks(sources: Sequence[Iterator[Chunk]]) -> Iterator[Chunk]:

@@ -32,6 +32,7 @@ from raykv.engines.lsm.compaction import (
     chunked,
     merge_into,
     merge_sorted_chunks,
+    output_level,
     pick_merge,
 )
 from raykv.engines.lsm.memtable import Memtable, dict_setitem
@@ -71,7 +72,8 @@ class LSMTree(KVStore):
             Default 16: a read scans at most 16 entries (in C) and the fences of two million
             keys take about 8 MiB.
         memtable_bytes_limit: flush the memtable when the sum of its keys' and values'
-            lengths exceeds this. Default 4 MiB.
+            lengths exceeds this. Default 1 MiB: ``seal()`` flushes at most this much (tens
+            of milliseconds), and the memtable's Python objects stay a few MiB.
         size_ratio: leveling only: level ``i`` holds up to
             ``memtable_bytes_limit * size_ratio ** (i + 1)`` data bytes. Default 10.
         bloom_bits_per_key: bloom filter budget; 10 gives about 1.8 % false positives
@@ -103,7 +105,7 @@ class LSMTree(KVStore):
         *,
         max_runs_per_level: int = 4,
         density_factor: int = 16,
-        memtable_bytes_limit: int = 4 * 1024 * 1024,
+        memtable_bytes_limit: int = 1024 * 1024,
         size_ratio: int = 10,
         bloom_bits_per_key: int = 10,
         **kwargs: Any,
@@ -365,7 +367,8 @@ class LSMTree(KVStore):
         if plan.include_target or plan.source == plan.target:
             levels[plan.target] = []
         if run is not None:
-            levels[plan.target].append(run)
+            levels[output_level(plan, run.data_bytes, self.max_runs_per_level,
+                                self.memtable_bytes_limit)].append(run)
         while levels and not levels[-1]:
             levels.pop()
         self.stats.merges += 1
