@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raykv.cli import checkpoints
+from raykv.cli import checkpoints, drill
 from raykv.cli.common import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE
 
 
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="instead, run the engine-only demo (no Ray) on these comma-separated "
                       "engines")
     checkpoints.add_parser(sub)
+    drill.add_parser(sub)
     return parser
 
 
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK if ok else EXIT_CHECK_FAILED
     if args.command == "checkpoints":
         return checkpoints.run(args)
+    if args.command == "drill":
+        return drill.run(args)
     return EXIT_USAGE
 
 
