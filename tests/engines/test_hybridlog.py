@@ -388,3 +388,43 @@ def test_damaged_value_page_is_reported_on_get(tmp_path: Path) -> None:
         assert err.value.check == "crc" and err.value.offset == PAGE_SIZE
         with pytest.raises(CorruptionError, match="value page 1"):
             s.multi_get([in_page_1])
+
+
+def test_failed_flush_or_merge_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    import raykv.engines.hybridlog.engine as engine_module
+
+    real_write = engine_module.write_file
+    calls = {"n": 0, "fail_at": {3, 7}}
+
+    def flaky_write(path: Path, data: bytes, *, sync: bool = True) -> None:
+        calls["n"] += 1
+        if calls["n"] in calls["fail_at"]:
+            msg = "disk full (injected)"
+            raise OSError(msg)
+        real_write(path, data, sync=sync)
+
+    monkeypatch.setattr(engine_module, "write_file", flaky_write)
+    model: dict[bytes, bytes] = {}
+    params = {"ro_lag_interval": 20, "flush_interval": 20, "mem_segment_len": 40,
+              "max_runs_per_level": 2}
+    failures = 0
+    with HybridLog(tmp_path, **params) as s:
+        for i in range(400):
+            k, v = b"k%03d" % (i % 150), b"v%d" % i
+            try:
+                s.set(k, v)
+            except OSError:
+                failures += 1  # the write itself is in memory; the flush will be retried
+            model[k] = v
+            if i % 97 == 0:
+                try:
+                    s.seal()
+                except OSError:
+                    failures += 1
+            assert s.get(k) == v
+        assert failures == 2
+        assert dict(s.items()) == model
+        s._check()
+    with HybridLog(tmp_path, **params) as s:
+        assert dict(s.items()) == model

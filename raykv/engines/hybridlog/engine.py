@@ -223,13 +223,14 @@ class HybridLog(KVStore):
         """
         mut, frozen = self._mut, self._frozen
         if self._n_ro or mut:
-            keys, values = self._take_read_only()
+            keys, values = self._read_only_records()
             keys.extend(mut)
             values.extend(mut.values())
-            self._write_run(keys, values)
+            self._write_run(keys, values)  # on failure every record stays dirty
             del frozen[_WATERMARK]
             frozen.update(mut)
             frozen[_WATERMARK] = None
+            self._n_ro = 0
             self._mut = {}
             self._evict()
             self._maintenance = True
@@ -391,8 +392,8 @@ class HybridLog(KVStore):
             if self._n_ro >= flush:
                 self._flush()
 
-    def _take_read_only(self) -> tuple[list[bytes], list[bytes]]:
-        """Return the read-only records (newest first) and mark them clean.
+    def _read_only_records(self) -> tuple[list[bytes], list[bytes]]:
+        """Return the read-only records (newest first): the entries after the watermark.
 
         Cost: a sequential scan of the newest ``_n_ro + 1`` entries; no hashing.
         """
@@ -402,14 +403,15 @@ class HybridLog(KVStore):
         values = list(islice(reversed(frozen.values()), n))
         cut = keys.index(_WATERMARK)
         del keys[cut:], values[cut:]
-        del frozen[_WATERMARK]
-        frozen[_WATERMARK] = None
-        self._n_ro = 0
         return keys, values  # type: ignore[return-value]
 
     def _flush(self) -> None:
         """Write the read-only region as one run; its records become cached (clean)."""
-        self._write_run(*self._take_read_only())
+        self._write_run(*self._read_only_records())  # on failure the records stay dirty
+        frozen = self._frozen
+        del frozen[_WATERMARK]
+        frozen[_WATERMARK] = None
+        self._n_ro = 0
         self._evict()
         self._maintain()
 
@@ -474,7 +476,6 @@ class HybridLog(KVStore):
 
     def _maintain(self) -> None:
         """Merge over-full levels (and compact sparse runs if enabled); commit if any changed."""
-        self._maintenance = False
         changed = False
         while True:
             group = pick_merge([r.count for r in self._runs], self.max_runs_per_level)
@@ -486,6 +487,7 @@ class HybridLog(KVStore):
             changed = True
         if changed:
             self._commit([r.name for r in self._runs], {"format": RUN_VERSION})
+        self._maintenance = False  # only now: a failed merge is retried on the next write
 
     def _live_counts(self) -> Counter[int]:
         """Live records per run slot. Cost: one C-level pass over the index."""
@@ -531,13 +533,15 @@ class HybridLog(KVStore):
             keys.extend(compress(run_keys, live.tolist()))
             blobs.append(gather_values(run.mm, ends, live))
             lens.append(run_lens[live])
+        new_run = None
+        if keys:  # written before anything changes: a failure leaves the runs as they were
+            ends_all = np.cumsum(np.concatenate(lens), dtype=np.uint64)
+            new_run, locs = self._new_run(keys, b"".join(blobs), ends_all)
         where = group[-1] - (len(group) - 1)
         for pos in reversed(group):
             del runs[pos]
-        if keys:
-            ends_all = np.cumsum(np.concatenate(lens), dtype=np.uint64)
-            run, locs = self._new_run(keys, b"".join(blobs), ends_all)
-            runs.insert(where, run)
+        if new_run is not None:
+            runs.insert(where, new_run)
             index.update(zip(keys, locs, strict=True))
         for key in dropped:
             del index[key]
@@ -566,6 +570,8 @@ class HybridLog(KVStore):
     def __sizeof__(self) -> int:
         """Estimate of the engine's memory, in O(1) (samples up to 32 entries per dict)."""
         total = object.__sizeof__(self)
+        if self._closed:
+            return total
         for table in (self._mut, self._frozen, self._index):
             total += sys.getsizeof(table)
             sample = list(islice(table.items(), 32))
