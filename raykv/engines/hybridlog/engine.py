@@ -8,7 +8,7 @@ The log is split by age into regions (newest first):
   read-copy-update: the new record is appended to the mutable region and the old one
   leaves memory (superseded records are never kept). Records enter this region a page
   at a time (``page = max(1, min(ro_lag_interval, flush_interval) // 16)`` records);
-  when it holds ``flush_interval`` records they are flushed as one run file.
+  once ``flush_interval`` records have entered it, its records are flushed as one run.
 * **cached**: records that are durable in a run file and still in memory; they serve
   reads, and are evicted oldest first beyond ``mem_segment_len - ro_lag_interval -
   flush_interval`` records, so the three regions never hold more than
@@ -26,9 +26,11 @@ in since the last flush): a record superseded there leaves memory but still coun
 
 Records in the mutable and read-only regions are the *dirty* ones (not durable yet).
 ``seal()`` writes exactly those as one new run (FASTER's fold-over checkpoint: the whole
-in-memory log becomes read-only and clean), so an incremental checkpoint holds only what
-changed since the previous seal. Merges (``merge.py``) and optional compaction run on
-the write path, never inside ``seal()``.
+in-memory log becomes read-only and clean, and stays in memory as cached records), so an
+incremental checkpoint holds only what changed since the previous seal. After a seal the
+first update of a key is a read-copy-update; later ones are in place again. Merges
+(``merge.py``) and optional compaction run on the write path (the first write after a
+seal, or right after a flush), never inside ``seal()``, and commit a manifest.
 
 Lifecycle: ``open -> (get | set | multi_get | multi_set | items | seal)* -> close``.
 """
