@@ -46,6 +46,8 @@ from operator import add, and_, eq, getitem, itemgetter, lshift, not_, or_, rshi
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from raykv.engines.base import KVStore, Pairs
 from raykv.engines.fileio import crc32, decode_varint, encode_varint
 from raykv.engines.manifest import Manifest
@@ -399,7 +401,9 @@ class AppendLog(KVStore):
         """Apply ``(key, value)`` pairs in order (later pairs win; ``b""`` deletes).
 
         The whole batch is validated before anything is applied. Cost: the records are
-        built, checksummed and appended with C-level passes over the batch.
+        built, checksummed and appended with C-level passes over the batch; when every key
+        has one length and every value one length (under 128 bytes), numpy assembles the
+        records and the locations are a ``range``.
         """
         if self._slow:
             self._before_write()
@@ -408,13 +412,53 @@ class AppendLog(KVStore):
             return
         klens = list(map(len, keys))
         vlens = list(map(len, values))
-        if max(klens) < 128 and max(vlens) < 128:
+        kmax = max(klens)
+        vmax = max(vlens)
+        if kmax < 128 and vmax < 128 and min(klens) == kmax and min(vlens) == vmax:
+            self._append_fixed(keys, values, kmax, vmax)
+            return
+        if kmax < 128 and vmax < 128:
             heads: Any = map(_PACK_HDR2, klens, vlens)
         else:
             heads = map(add, map(encode_varint, klens), map(encode_varint, vlens))
         bodies = list(map(add, map(add, heads, keys), values))
         recs = list(map(add, bodies, map(_PACK_CRC, map(crc32, bodies))))
         self._append_many(keys, recs)
+
+    def _append_fixed(
+        self, keys: Sequence[bytes], values: Sequence[bytes], kl: int, vl: int
+    ) -> None:
+        """Append records whose keys all have ``kl`` bytes and values ``vl`` (< 128 each)."""
+        count = len(keys)
+        n = kl + vl + 6
+        head = _PACK_HDR2(kl, vl)
+        crcs = map(crc32, values, map(crc32, keys, repeat(crc32(head))))
+        recs = np.empty((count, n), dtype=np.uint8)
+        recs[:, :2] = np.frombuffer(head, dtype=np.uint8)
+        recs[:, 2 : 2 + kl] = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(count, kl)
+        recs[:, 2 + kl : n - 4] = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(
+            count, vl)
+        recs[:, n - 4 :] = np.fromiter(crcs, dtype="<u4", count=count).view(np.uint8).reshape(
+            count, 4)
+        data = memoryview(recs).cast("B")
+        index = self._index
+        step = n << _N_BITS
+        i = 0
+        while i < count:
+            pos = self._pos
+            take = min(count - i, -(-(self.threshold - pos) // n))  # up to the threshold
+            end = pos + take * n
+            if end > self._acap:
+                self._grow(end)
+            self._amm[pos:end] = data[i * n : (i + take) * n]  # type: ignore[index]
+            first = self._abase | pos << _N_BITS | n
+            chunk = keys if take == count else keys[i : i + take]
+            index.update(zip(chunk, range(first, first + step * take, step), strict=True))
+            self._alens.extend(repeat(n, take))
+            self._pos = end
+            i += take
+            if end >= self._flush_at:
+                self._after_append()
 
     def _append_many(self, keys: Sequence[bytes], recs: list[bytes]) -> None:
         """Append records, closing the active run each time it reaches ``threshold``."""
@@ -622,7 +666,11 @@ class AppendLog(KVStore):
                 new.append(_Run(name, slot, writer.data_len,
                                 size - writer.data_len - _FOOTER.size, len(keys), size,
                                 writer.crc, verified=True))
-                offs = list(accumulate(ns[:-1], initial=0))
+                offs: Sequence[int]
+                if min(ns) == max(ns):
+                    offs = range(0, ns[0] * len(ns), ns[0])
+                else:
+                    offs = list(accumulate(ns[:-1], initial=0))
                 index.update(zip(keys, _pack(slot, offs, ns), strict=True))
         except BaseException:
             writer.abort()
