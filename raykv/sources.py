@@ -493,7 +493,8 @@ class GeneratorSource(Source):
     Args:
         fn: ``fn(offset: int) -> RecordBatch | Table | None``; must return the same rows
             for the same offset every time (seed any randomness with the offset). ``None``
-            ends the stream. Must be picklable if the pipeline is.
+            ends the stream; raising :class:`StopSource` pauses the run and consumes that
+            offset (a resume calls ``fn(offset + 1)`` next).
         limit: stop after this many batches (``None``: unbounded; stop the run with
             ``Pipeline.stop()``).
 
@@ -537,7 +538,11 @@ class _GeneratorReader(SourceReader):
     def read(self) -> pa.RecordBatch | None:
         if self._limit is not None and self._next >= self._limit:
             return None
-        out = self._fn(self._next)
+        try:
+            out = self._fn(self._next)
+        except StopSource:
+            self._next += 1  # the stop consumes its offset: a resume continues after it
+            raise
         if out is None:
             return None
         if isinstance(out, pa.Table):
