@@ -409,7 +409,8 @@ class HybridLog(KVStore):
 
     def _flush(self) -> None:
         """Write the read-only region as one run; its records become cached (clean)."""
-        self._write_run(*self._read_only_records())  # on failure the records stay dirty
+        keys, values = self._read_only_records()
+        self._write_run(keys, values, sync=True)  # on failure the records stay dirty
         frozen = self._frozen
         del frozen[_WATERMARK]
         frozen[_WATERMARK] = None
@@ -450,17 +451,21 @@ class HybridLog(KVStore):
         self._slots[run.slot] = None
         self._free_slots.append(run.slot)
 
-    def _new_run(self, keys: list[bytes], blob: bytes, ends: Sequence[int] | np.ndarray
-                 ) -> tuple[RunFile, list[int]]:
-        """Write a new run file; return it and the packed locations of its values."""
+    def _new_run(self, keys: list[bytes], blob: bytes, ends: Sequence[int] | np.ndarray,
+                 *, sync: bool = False) -> tuple[RunFile, list[int]]:
+        """Write a new run file; return it and the packed locations of its values.
+
+        ``sync=True`` fsyncs it now (flushes do, on the write path, so that the next
+        ``seal()`` only has to fsync its own run); otherwise the next commit does.
+        """
         name = self._new_file(RUN_KIND)
         data = encode_run(keys, blob, ends)
-        write_file(self.data_dir / name, data, sync=False)
-        self._written(name, len(data))
+        write_file(self.data_dir / name, data, sync=sync)
+        self._written(name, len(data), synced=sync)
         run = self._open_run(name)
         return run, pack_locs(run.slot, ends)
 
-    def _write_run(self, keys: list[bytes], values: list[bytes]) -> None:
+    def _write_run(self, keys: list[bytes], values: list[bytes], *, sync: bool = False) -> None:
         """Append a run of dirty records and point the index at it.
 
         A tombstone for a key with no durable record is not written: nothing to shadow.
@@ -472,7 +477,7 @@ class HybridLog(KVStore):
             values = [v for _, v in kept]
         if not keys:
             return
-        run, locs = self._new_run(keys, b"".join(values), value_ends(values))
+        run, locs = self._new_run(keys, b"".join(values), value_ends(values), sync=sync)
         self._runs.append(run)
         index.update(zip(keys, locs, strict=True))
 
