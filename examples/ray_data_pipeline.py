@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         msg = "--events, --keys and --blocks must be >= 1"
         raise ValueError(msg)
     try:
-        import ray.data  # noqa: F401 - Ray Data needs pandas (the ray[data] extra)
+        import ray.data  # Ray Data needs pandas (the ray[data] extra)
     except ImportError as err:
         msg = (f"this example needs Ray Data, which failed to import ({err}); install it with "
                "pip install 'ray[data]'")
