@@ -301,6 +301,13 @@ class Coordinator:
         self._abandon_on_commit = False
         self._last_gc = 0.0
         self._schema: pa.Schema | None = None
+        # engine dirs live under local_dir/<ident>: stable per checkpoint URL, so a restore
+        # on the same node finds the files it already has
+        url = pipeline.checkpoint
+        self._local_ident = (
+            hashlib.sha1(str(url).encode()).hexdigest()[:12] if url is not None
+            else "nockpt-" + uuid.uuid4().hex[:12]
+        )
 
     # ------------------------------------------------------------------ entry
 
@@ -340,6 +347,8 @@ class Coordinator:
         finally:
             self._teardown()
             sink.close()
+            if self.store is not None:
+                self.store.close()
 
     def _finish_summary(self, stats: dict[str, dict[str, Any]]) -> RunSummary:
         s = self.summary
@@ -401,6 +410,7 @@ class Coordinator:
         # commits the same epochs as one without
         self._next_epoch = base.epoch + 1 if self._committed is not None else self._first_epoch
         if self.store is not None:
+            self.store.close()
             self._open_store()  # fresh caches: files of uncommitted uploads are rewritten
         sink = self.p.sink
         assert sink is not None
@@ -558,13 +568,7 @@ class Coordinator:
 
     def _local_root(self) -> Path:
         root = Path(self.p.local_dir or Path(tempfile.gettempdir()) / "raykv")
-        if self.p.checkpoint is not None:
-            ident = hashlib.sha1(str(self.p.checkpoint).encode()).hexdigest()[:12]
-        else:
-            ident = "nockpt-" + uuid.uuid4().hex[:12]
-            self.__dict__.setdefault("_nockpt_ident", ident)
-            ident = self.__dict__["_nockpt_ident"]
-        return root / ident
+        return root / self._local_ident
 
     # ------------------------------------------------------------------ actors
 
@@ -841,7 +845,7 @@ class Coordinator:
             "num_key_groups": self._num_key_groups,
             "final": pending.final,
             "rows_total": rows_total,
-            "parent": base.epoch,
+            "parent": base.epoch,  # the previous epoch of this lineage
             "abandoned": base.abandoned,
             "stages": [
                 {
