@@ -37,11 +37,14 @@ Lifecycle: ``open -> (get | set | multi_get | multi_set | items | seal)* -> clos
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from itertools import compress, islice, repeat
 from operator import eq, is_
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,6 +90,20 @@ class _Closed(dict):  # type: ignore[type-arg]
 
 _CLOSED = _Closed()
 _WATERMARK: Any = type("_Watermark", (), {"__repr__": lambda self: "<watermark>"})()
+
+
+def _presync(path: Path) -> None:
+    """Fsync ``path`` ahead of the commit that must sync it (best effort, background)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # merged away and deleted already
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # the commit's own fsync will report it
+    finally:
+        os.close(fd)
 
 
 def _check_param(name: str, value: object, low: int) -> int:
@@ -162,6 +179,7 @@ class HybridLog(KVStore):
             msg = f"compaction_enabled must be a bool, got {type(compaction_enabled).__name__}"
             raise TypeError(msg)
         self.compaction_enabled = compaction_enabled
+        self._presyncer: ThreadPoolExecutor | None = None  # background fsync of flushed runs
         self._page = max(1, min(ro_lag_interval, flush_interval) // 16)
         self._cache_cap = mem_segment_len - ro_lag_interval - flush_interval
         self._reset_memory()
@@ -204,6 +222,9 @@ class HybridLog(KVStore):
         self._maintenance = True
 
     def _release(self) -> None:
+        if self._presyncer is not None:
+            self._presyncer.shutdown(wait=True)
+            self._presyncer = None
         self._release_runs()
         self._mut = self._frozen = _CLOSED
         self._index = _CLOSED  # type: ignore[assignment]
@@ -410,7 +431,7 @@ class HybridLog(KVStore):
     def _flush(self) -> None:
         """Write the read-only region as one run; its records become cached (clean)."""
         keys, values = self._read_only_records()
-        self._write_run(keys, values, sync=True)  # on failure the records stay dirty
+        self._write_run(keys, values, presync=True)  # on failure the records stay dirty
         frozen = self._frozen
         del frozen[_WATERMARK]
         frozen[_WATERMARK] = None
@@ -452,20 +473,27 @@ class HybridLog(KVStore):
         self._free_slots.append(run.slot)
 
     def _new_run(self, keys: list[bytes], blob: bytes, ends: Sequence[int] | np.ndarray,
-                 *, sync: bool = False) -> tuple[RunFile, list[int]]:
+                 *, presync: bool = False) -> tuple[RunFile, list[int]]:
         """Write a new run file; return it and the packed locations of its values.
 
-        ``sync=True`` fsyncs it now (flushes do, on the write path, so that the next
-        ``seal()`` only has to fsync its own run); otherwise the next commit does.
+        The next commit fsyncs the file (durability never depends on anything else).
+        ``presync=True`` (flushes) also starts that fsync now on a background thread, so
+        neither the write path nor the next ``seal()`` waits for the disk.
         """
         name = self._new_file(RUN_KIND)
         data = encode_run(keys, blob, ends)
-        write_file(self.data_dir / name, data, sync=sync)
-        self._written(name, len(data), synced=sync)
+        path = self.data_dir / name
+        write_file(path, data, sync=False)
+        self._written(name, len(data))
+        if presync:
+            if self._presyncer is None:
+                self._presyncer = ThreadPoolExecutor(1, thread_name_prefix="hybridlog-fsync")
+            self._presyncer.submit(_presync, path)
         run = self._open_run(name)
         return run, pack_locs(run.slot, ends)
 
-    def _write_run(self, keys: list[bytes], values: list[bytes], *, sync: bool = False) -> None:
+    def _write_run(self, keys: list[bytes], values: list[bytes], *, presync: bool = False
+                   ) -> None:
         """Append a run of dirty records and point the index at it.
 
         A tombstone for a key with no durable record is not written: nothing to shadow.
@@ -477,7 +505,7 @@ class HybridLog(KVStore):
             values = [v for _, v in kept]
         if not keys:
             return
-        run, locs = self._new_run(keys, b"".join(values), value_ends(values), sync=sync)
+        run, locs = self._new_run(keys, b"".join(values), value_ends(values), presync=presync)
         self._runs.append(run)
         index.update(zip(keys, locs, strict=True))
 
