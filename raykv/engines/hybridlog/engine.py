@@ -70,7 +70,6 @@ from raykv.engines.hybridlog.runfile import (
 from raykv.engines.manifest import Manifest
 from raykv.errors import StoreClosedError
 
-_MISSING: Any = object()
 MAX_RUNS_PER_LEVEL_CEILING = 1024
 
 
