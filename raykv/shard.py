@@ -335,6 +335,9 @@ class ShardWorker:
         data_dir = Path(spec.data_dir)
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         wait_dir_free(data_dir)
+        # staged links of a previous incarnation: never needed again (epochs it did not
+        # upload are replayed)
+        shutil.rmtree(data_dir.parent / f".staging-{self.name}", ignore_errors=True)
         if spec.faults is not None and spec.faults.restore_delay and plan.epoch is not None:
             time.sleep(spec.faults.restore_delay)
         rebuilt = 0
@@ -431,7 +434,10 @@ class ShardWorker:
         except FileNotFoundError:
             return
         for d in entries:
-            if d.is_dir() and not d.name.startswith(".") and d.name not in current:
+            if not d.is_dir():
+                continue
+            name = d.name.removeprefix(".staging-") if d.name.startswith(".staging-") else d.name
+            if not name.startswith(".") and name not in current:
                 shutil.rmtree(d, ignore_errors=True)
 
     def set_downstream(self, handles: list[Any]) -> None:
