@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from array import array
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -69,7 +70,7 @@ def test_bloom_false_positive_rate_and_no_false_negatives() -> None:
     present = [b"present-%07d" % i for i in range(100_000)]
     absent = [b"absent-%07d" % i for i in range(100_000)]
     bloom = BloomFilter.build(hash_many(present), bits_per_key=10)
-    assert bloom.nwords == (100_000 * 10 + 63) // 64
+    assert bloom.nwords == 16_384  # 15,625 words rounded up to a power of two
     hp = hash_many(present)
     assert bloom.may_contain_many(hp[:, 0], masks_of(hp[:, 1])).all()  # no false negative
     assert all(bloom.may_contain(k) for k in present[::97])
@@ -89,7 +90,7 @@ def test_bloom_masks_agree_and_round_trip() -> None:
     h = hash_many(keys)
     assert [hash_pair(k, 0) for k in keys[:50]] == [(int(a), int(b)) for a, b in h[:50]]
     assert [mask_of(int(x)) for x in h[:, 1]] == masks_of(h[:, 1]).tolist()
-    assert all(bin(mask_of(int(x))).count("1") <= 5 for x in h[:, 1])
+    assert all(1 <= bin(mask_of(int(x))).count("1") <= 4 for x in h[:, 1])
     bloom = BloomFilter.build(h, 8)
     again = BloomFilter.from_bytes(bloom.to_bytes())
     assert again.words == bloom.words
@@ -170,7 +171,7 @@ def test_run_open_detects_damage(tmp_path: Path) -> None:
     with pytest.raises(FormatVersionError, match="format version 2"):
         RunReader(path)
     path.write_bytes(good)
-    _rewrite_footer(path, bloom_k=7)
+    _rewrite_footer(path, bloom_k=5)
     with pytest.raises(CorruptionError, match="bloom k"):
         RunReader(path)
     path.write_bytes(good)
@@ -407,13 +408,11 @@ def test_check_detects_broken_invariants(tmp_path: Path) -> None:
         with pytest.raises(AssertionError, match="fence"):
             s._check()
         run.fences[:] = saved
-        words = run.bloom.words
-        saved_words = words.tobytes()
-        for i in range(len(words)):
-            words[i] = 0
+        bloom = run.bloom
+        run.bloom = BloomFilter(array("Q", bytes(8 * bloom.nwords)))  # an empty filter
         with pytest.raises(AssertionError, match="bloom false negative"):
             s._check()
-        words[:] = type(words)("Q", saved_words)
+        run.bloom = bloom
         s._check()
 
 

@@ -161,7 +161,7 @@ def drop_tombstones(
             continue
         h1, h2 = hash_pair(k, 0)
         m = mask_of(h2)
-        keep.append(any(b.words[h1 % b.nwords] & m == m for b in older))
+        keep.append(not all(b.absent[h1 & b.word_mask] & m for b in older))
     return list(compress(keys, keep)), list(compress(values, keep))
 
 

@@ -54,8 +54,8 @@ _MEMTABLE_ENTRY_OVERHEAD = 130
 # Below this many memtable misses, multi_get probes run by run per key (no numpy setup).
 _VECTOR_MIN = 32
 
-# (bloom words, bloom word count, (fences, block offsets, mmap, reader)), newest run first
-Probe = tuple[Any, int, tuple[list[bytes], list[int], Any, RunReader]]
+# (bloom's complemented words, word mask, (fences, block offsets, mmap, reader)), newest first
+Probe = tuple[Any, int, tuple[list[bytes], Any, Any, RunReader]]
 
 
 class LSMTree(KVStore):
@@ -76,7 +76,7 @@ class LSMTree(KVStore):
             of milliseconds), and the memtable's Python objects stay a few MiB.
         size_ratio: leveling only: level ``i`` holds up to
             ``memtable_bytes_limit * size_ratio ** (i + 1)`` data bytes. Default 10.
-        bloom_bits_per_key: bloom filter budget; 10 gives about 1.8 % false positives
+        bloom_bits_per_key: bloom filter budget; 10 gives about 1.7 % false positives
             (0 disables the filter). Default 10.
         **kwargs: ``max_key_len``, ``max_value_len``, ``remote``, ``storage_options``
             (see ``KVStore``).
@@ -194,9 +194,9 @@ class LSMTree(KVStore):
             # One hash for all runs; the rest inlines bloom.mask_of, RunReader.read_block and
             # run_format.find_in_block: a get is the hot path and Python calls are costly.
             h1, h2 = hash_pair(key, 0)
-            mask = TABLE12[h2 & 4095] | TABLE12[(h2 >> 12) & 4095] | (1 << ((h2 >> 24) & 63))
-            for words, nwords, run in probes:
-                if words[h1 % nwords] & mask == mask:
+            mask = TABLE12[h2 & 4095] | TABLE12[(h2 >> 12) & 4095]
+            for absent, word_mask, run in probes:
+                if not absent[h1 & word_mask] & mask:
                     fences, offsets, mm, reader = run
                     i = bisect_right(fences, key)
                     if i:
@@ -414,7 +414,8 @@ class LSMTree(KVStore):
         newest = [r for level in self._levels for r in reversed(level)]
         self._newest_first = newest
         self._probes = [
-            (r.bloom.words, r.bloom.nwords, (r.fences, r.block_offsets, r.mm, r)) for r in newest
+            (r.bloom.absent, r.bloom.word_mask, (r.fences, r.block_offsets, r.mm, r))
+            for r in newest
         ]
         self._runs_memory = sum(self._run_memory.get(r.name, 0) for r in newest)
 

@@ -28,7 +28,7 @@ RUN_MAGIC = b"RKLS"
 RUN_VERSION = 1
 """Format version written into the footer; readers reject newer versions."""
 
-BLOOM_K = 5
+BLOOM_K = 4
 """Bits set per key in the blocked bloom filter (all in one 64-bit word). Part of format v1."""
 
 BLOCK_MAX_BYTES = 64 * 1024
@@ -98,13 +98,14 @@ def encode_block(keys: Sequence[bytes], values: Sequence[bytes]) -> list[bytes]:
 
 def encode_blocks(
     keys: Sequence[bytes], values: Sequence[bytes], n: int
-) -> tuple[bytes, list[int]] | None:
+) -> tuple[bytes, list[int], int] | None:
     """Encode ``len(keys) // n`` consecutive blocks of exactly ``n`` entries in one go.
 
-    Returns the encoded blocks back to back (each with its crc) and each block's size, or
-    ``None`` if some block would exceed ``BLOCK_MAX_BYTES`` (the caller then encodes
-    block by block). Same bytes as ``encode_block`` per block, but every step is a numpy
-    or C-level ``map`` over the whole batch: no Python code runs per block or per entry.
+    Returns the encoded blocks back to back (each with its crc), each block's size and
+    the sum of the key and value lengths, or ``None`` if some block would exceed
+    ``BLOCK_MAX_BYTES`` (the caller then encodes block by block). Same bytes as
+    ``encode_block`` per block, but every step is a numpy or C-level ``map`` over the whole
+    batch: no Python code runs per block or per entry.
     """
     total = len(keys)
     count = total // n
@@ -148,7 +149,7 @@ def encode_blocks(
                                                    range(4, 4 * count + 4, 4))), strict=True)
         )
     )
-    return data, (sizes + CRC.size).tolist()
+    return data, (sizes + CRC.size).tolist(), int(lens[:, 1:].sum())
 
 
 def decode_blocks(data: bytes, starts: Sequence[int], n: int) -> tuple[list[bytes], list[bytes]]:

@@ -29,7 +29,6 @@ from raykv.engines.lsm.run_format import (
     FOOTER_SIZE,
     RUN_MAGIC,
     RUN_VERSION,
-    UNPACK_OFFSETS,
     decode_block,
     decode_blocks,
     find_in_block,
@@ -48,7 +47,7 @@ class RunReader:
         data_bytes: sum of key and value lengths (the size used by leveling).
         file_size: bytes on disk.
         fences: first key of every data block, increasing (a plain list for ``bisect``).
-        block_offsets: start offset of every block plus the end of the last one (a list).
+        block_offsets: start offset of every block plus the end of the last one.
         bloom: the run's bloom filter.
         block_reads: data blocks read so far through this object (each read verifies the
             block's crc). ``LSMTree.get`` reads blocks inline and counts them itself.
@@ -111,6 +110,7 @@ class RunReader:
             0 < block_count <= entries
             and index_off + index_size <= bloom_off
             and bloom_off + 8 * nwords == footer_at
+            and nwords & (nwords - 1) == 0
         ):
             raise CorruptionError(path, "footer", offset=footer_at,
                                   detail="section offsets do not fit the file size")
@@ -131,7 +131,7 @@ class RunReader:
                                   detail="block offsets or fence lengths are inconsistent")
         get = sections.__getitem__
         self.fences = list(map(get, map(slice, key_ends[:-1], key_ends[1:])))
-        self.block_offsets = offsets.tolist()  # a list: indexing it is cheaper than an array
+        self.block_offsets = offsets  # an array: in a random read mix as fast as a list
         self.bloom = BloomFilter.from_bytes(sections[bloom_off - index_off :])
         self.entry_count = entries
         self.data_bytes = data_bytes
@@ -176,7 +176,9 @@ class RunReader:
         """Look up ``keys`` (in any order); each block that may hold one is read once.
 
         Returns values (``b""`` for tombstones) or ``None`` for keys not in the run. Cost:
-        one bisect per key, then ``read_blocks_at`` and a dict of the decoded entries.
+        one bisect per key and C-level ``map``s and numpy passes over the batch: blocks
+        that serve several keys each are decoded whole, otherwise each key is found in its
+        block with ``bytes.find`` and its entry located in the block's offset table.
         """
         positions = list(map(bisect_right, repeat(self.fences), keys))  # block index + 1
         wanted = dict.fromkeys(positions)
@@ -186,32 +188,63 @@ class RunReader:
         if len(keys) >= _DECODE_WHEN_KEYS_PER_BLOCK * len(wanted):
             found, values = self.read_blocks_at(list(map(_minus1, wanted)))
             return list(map(dict(zip(found, values, strict=True)).get, keys))
-        # sparse: read each block once, then find each key in its block (find_in_block inlined)
+        return self._lookup_sparse(keys, positions, list(wanted))
+
+    def _lookup_sparse(
+        self, keys: Sequence[bytes], positions: list[int], wanted: list[int]
+    ) -> list[bytes | None]:
+        """``multi_lookup`` when blocks serve few keys: vectorised ``find_in_block``."""
         offs = self.block_offsets
+        indices = list(map(_minus1, wanted))
         mm = self.mm
         blocks = list(map(mm.__getitem__, map(
-            slice, map(offs.__getitem__, map(_minus1, wanted)), map(offs.__getitem__, wanted)
+            slice, map(offs.__getitem__, indices), map(offs.__getitem__, wanted)
         )))
-        self._verify(list(map(crc32, blocks)), list(map(_minus1, wanted)))
-        by_position = dict(zip(wanted, blocks, strict=True))
-        by_position[0] = b""
-        out: list[bytes | None] = []
-        append = out.append
-        for key, block in zip(keys, map(by_position.__getitem__, positions), strict=True):
-            j = block.find(key, 2)
-            if j < 0:
-                append(None)
-                continue
-            n = block[0] | block[1] << 8
-            off = UNPACK_OFFSETS[n](block, 2)
-            try:
-                e = off.index(j, 0, n)
-            except ValueError:
-                e = -1
-            if e >= 0 and off[e + 1] - j == len(key):
-                append(block[off[n + e] : off[n + e + 1]])
-            else:
-                append(scan_block(block, key))
+        self._verify(list(map(crc32, blocks)), indices)
+        data = b"".join(blocks)
+        starts = np.fromiter(accumulate(map(len, blocks), initial=0), np.int64, len(blocks) + 1)
+        row_of = dict(zip(wanted, range(len(wanted)), strict=True))
+        rows = np.fromiter(map(row_of.get, positions, repeat(-1)), np.int64, len(positions))
+        out: list[bytes | None] = [None] * len(keys)
+        todo = np.flatnonzero(rows >= 0)  # keys whose fence range holds them
+        rows = rows[todo]
+        todo_keys = list(map(keys.__getitem__, todo.tolist()))
+        # where each key occurs first in its block (absolute offsets in data), -1 if absent
+        found_at = np.fromiter(
+            map(data.find, todo_keys, (starts[rows] + 2).tolist(), starts[rows + 1].tolist()),
+            np.int64, len(todo_keys),
+        )
+        raw = np.frombuffer(data, dtype=np.uint8)
+        counts = raw[starts[:-1]].astype(np.int64) | raw[starts[:-1] + 1].astype(np.int64) << 8
+        n = int(np.bincount(counts).argmax())  # the usual entry count (density_factor)
+        usual = np.flatnonzero(counts == n)
+        table_row = np.full(len(blocks), -1, dtype=np.int64)
+        table_row[usual] = np.arange(len(usual))
+        width = 2 * n + 1
+        gather = starts[usual][:, None] + (2 + np.arange(4 * width))
+        tables = raw[gather].view("<u4").astype(np.int64) + starts[usual][:, None]
+        fast = np.flatnonzero((found_at >= 0) & (table_row[rows] >= 0))
+        t = tables[table_row[rows[fast]]]  # (k, 2n+1) offset tables of those keys' blocks
+        at = found_at[fast]
+        match = t[:, :n] == at[:, None]
+        entry = match.argmax(axis=1)
+        lens = np.fromiter(map(len, map(todo_keys.__getitem__, fast.tolist())), np.int64, len(fast))
+        pick = np.arange(len(fast))
+        good = match.any(axis=1) & (t[pick, entry + 1] - at == lens)
+        for i, value in zip(
+            todo[fast[good]].tolist(),
+            map(data.__getitem__, map(slice, t[pick, n + entry][good].tolist(),
+                                      t[pick, n + entry + 1][good].tolist())),
+            strict=True,
+        ):
+            out[i] = value
+        # the rest: the key's bytes occur elsewhere first, or its block has another count
+        slow = np.ones(len(todo), dtype=bool)
+        slow[fast[good]] = False
+        slow &= found_at >= 0
+        for j in np.flatnonzero(slow).tolist():
+            r = int(rows[j])
+            out[int(todo[j])] = scan_block(data[starts[r] : starts[r + 1]], todo_keys[j])
         return out
 
     def iter_chunks(self, min_entries: int = 4096) -> Iterator[tuple[list[bytes], list[bytes]]]:
@@ -222,7 +255,7 @@ class RunReader:
         """
         nblocks = len(self.fences)
         per = max(1, min_entries * nblocks // max(1, self.entry_count))
-        offsets = np.array(self.block_offsets, dtype=np.int64)
+        offsets = np.frombuffer(self.block_offsets, dtype=np.uint64).astype(np.int64)
         for first in range(0, nblocks, per):
             last = min(first + per, nblocks)
             yield self._read_blocks(first, last, offsets[first : last + 1])
@@ -305,7 +338,6 @@ class RunReader:
             + sys.getsizeof(fences)
             + sum(map(sys.getsizeof, fences))
             + sys.getsizeof(self.block_offsets)
-            + 32 * len(self.block_offsets)
             + sys.getsizeof(self.bloom)
         )
 

@@ -50,7 +50,7 @@ class RunWriter:
 
     Attributes:
         entry_count: entries written so far (tombstones included).
-        data_bytes: sum of key and value lengths written so far.
+        data_bytes: sum of key and value lengths of the blocks written so far.
         file_size: total bytes of the finished file (0 before ``finish``).
     """
 
@@ -95,7 +95,6 @@ class RunWriter:
             self._hashes = grown
         self._hashes[pos : pos + n] = hash_many(keys)
         self.entry_count = pos + n
-        self.data_bytes += sum(map(len, keys)) + sum(map(len, values))
         if self._pending_keys:
             keys = self._pending_keys + list(keys)
             values = self._pending_values + list(values)
@@ -117,7 +116,8 @@ class RunWriter:
             keys, values = keys[:end], values[:end]
         encoded = encode_blocks(keys, values, d)
         if encoded is not None:
-            data, sizes = encoded
+            data, sizes, data_bytes = encoded
+            self.data_bytes += data_bytes
             self._fences += keys[0:end:d]
             self._block_offsets.extend(accumulate(sizes[:-1], initial=self._offset))
             size = sum(sizes)
@@ -151,6 +151,7 @@ class RunWriter:
 
     def _emit(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
         payload, crc = encode_block(keys, values)
+        self.data_bytes += sum(map(len, keys)) + sum(map(len, values))
         self._fences.append(keys[0])
         self._block_offsets.append(self._offset)
         size = len(payload) + len(crc)
