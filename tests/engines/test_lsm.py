@@ -35,14 +35,40 @@ class TestLSMTree(KVStoreContract):
     small_params: ClassVar[dict[str, Any]] = SMALL
 
 
-class TestLSMTreeLeveling(KVStoreContract):
-    """The contract again with leveling (one run per level, size ratio 3)."""
+LEVELING: dict[str, Any] = {
+    "max_runs_per_level": 1, "size_ratio": 3, "density_factor": 5, "memtable_bytes_limit": 1500,
+}
 
-    engine_cls = LSMTree
-    small_params: ClassVar[dict[str, Any]] = {
-        "max_runs_per_level": 1, "size_ratio": 3, "density_factor": 5,
-        "memtable_bytes_limit": 1500,
-    }
+
+def test_leveling_random_ops_against_dict_with_seals_and_reopens(tmp_path: Path) -> None:
+    """The contract's model test, with leveling (one run per level, size ratio 3)."""
+    seed = random.randrange(1 << 30)
+    print("seed", seed)
+    rng = random.Random(seed)
+    model: dict[bytes, bytes] = {}
+    s = LSMTree(tmp_path, **LEVELING)
+    merges = 0
+    try:
+        for round_ in range(10):
+            KVStoreContract.apply_random(s, model, rng, 700, space=3000)
+            KVStoreContract.assert_state(s, model)
+            assert all(len(level) <= 1 for level in s._levels[1:])
+            if round_ % 3 == 0:
+                s.seal()
+                s.set(b"after-seal", b"1")  # runs the merge the seal left pending
+                model[b"after-seal"] = b"1"
+            if round_ % 4 == 1:
+                merges += s.stats.merges
+                s.close()
+                s = LSMTree(tmp_path, **LEVELING)
+                KVStoreContract.assert_state(s, model)
+        merges += s.stats.merges
+        print("leveling merges:", merges, "levels:", [len(level) for level in s._levels])
+        assert merges > 20 and len(s._levels) >= 3
+    finally:
+        s.close()
+    with LSMTree(tmp_path, **LEVELING) as s:
+        KVStoreContract.assert_state(s, model)
 
 
 # ---------------------------------------------------------------------- helpers
