@@ -87,7 +87,9 @@ def guarded(name: str, body: Callable[[], int]) -> int:
     Exit codes: 0 ok, 1 wrong result or corrupt store, 2 bad input (no checkpoints, unknown
     epoch, a location already in use), 3 the checkpoint store cannot be reached.
     """
-    logging.getLogger("raykv").setLevel(logging.ERROR)  # recovery warnings are expected here
+    logger = logging.getLogger("raykv")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the examples kill shards: recovery warnings are expected
     try:
         return run_guarded(body)
     except FileExistsError as err:  # e.g. ParquetSink refusing to overwrite a run's output
@@ -96,6 +98,8 @@ def guarded(name: str, body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logger.setLevel(level)
 
 
 def table_diff(got: pa.Table | None, want: pa.Table, key: str | list[str],

@@ -95,8 +95,9 @@ def model(input_dir: Path) -> pa.Table:
 def run(args: argparse.Namespace) -> int:
     resuming = args.resume or args.restore_epoch is not None
     if resuming:
-        if not (args.work or args.checkpoint):
-            msg = "--resume/--restore-epoch need the --work folder (or --checkpoint) of a run"
+        if not (args.work or (args.checkpoint and args.input and args.output)):
+            msg = ("--resume/--restore-epoch need the --work folder of a run (or its "
+                   "--checkpoint, --input and --output)")
             raise ValueError(msg)
         work = Path(args.work) if args.work else None
         ckpt = args.checkpoint or f"file://{Path(args.work).resolve() / 'checkpoints'}"

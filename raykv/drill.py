@@ -451,7 +451,7 @@ class _Killer:
         if nxt.moment == "recovery":
             when = f"{nxt.delay:.2f} s into restore"
             if ev.detail.get("attempt") is not None:
-                when += f" (attempt {ev.detail['attempt']})"
+                when += f" #{ev.detail['attempt']}"
         elif nxt.delay:
             when = f"{nxt.delay:.2f} s after {ev.kind} {ev.epoch}"
         else:

@@ -87,8 +87,10 @@ def _run(cfg: Any, args: argparse.Namespace) -> int:
 
     from raykv.drill import format_table, run_drill, summarize
 
+    logger = logging.getLogger("raykv")
+    level = logger.level
     if not args.verbose:
-        logging.getLogger("raykv").setLevel(logging.ERROR)
+        logger.setLevel(logging.ERROR)  # one warning per kill is expected
     started = False
     if args.address and not ray.is_initialized():
         ray.init(address=args.address, configure_logging=False, log_to_driver=False)
@@ -105,6 +107,7 @@ def _run(cfg: Any, args: argparse.Namespace) -> int:
     try:
         result = run_drill(cfg, on_round=on_round)
     finally:
+        logger.setLevel(level)
         if started:
             ray.shutdown()
     if args.json:
