@@ -54,8 +54,10 @@ _MEMTABLE_ENTRY_OVERHEAD = 130
 # Below this many memtable misses, multi_get probes run by run per key (no numpy setup).
 _VECTOR_MIN = 32
 
-# (bloom's complemented words, word mask, (fences, block offsets, mmap, reader)), newest first
-Probe = tuple[Any, int, tuple[list[bytes], Any, Any, RunReader]]
+# What get() walks, newest run first: runs in a row whose filters have the same number of
+# words share one word index. A run is (bloom's complemented words, (fences, block offsets,
+# mmap, reader)).
+ProbeGroup = tuple[int, list[tuple[Any, tuple[list[bytes], Any, Any, RunReader]]]]
 
 
 class LSMTree(KVStore):
@@ -125,7 +127,7 @@ class LSMTree(KVStore):
         # data blocks read by get and multi_get (each one crc-checked) since the engine opened
         self.point_block_reads = 0
         self._levels: list[list[RunReader]] = []
-        self._probes: list[Probe] = []
+        self._probes: list[ProbeGroup] = []
         self._newest_first: list[RunReader] = []
         self._run_memory: dict[str, int] = {}
         self._runs_memory = 0
@@ -195,28 +197,32 @@ class LSMTree(KVStore):
             # run_format.find_in_block: a get is the hot path and Python calls are costly.
             h1, h2 = hash_pair(key, 0)
             mask = TABLE12[h2 & 4095] | TABLE12[(h2 >> 12) & 4095]
-            for absent, word_mask, run in probes:
-                if not absent[h1 & word_mask] & mask:
+            for word_mask, group in probes:  # runs in a row with equally sized filters
+                word = h1 & word_mask
+                for absent, run in group:
+                    if absent[word] & mask:
+                        continue  # the filter says the key is not in this run
                     fences, offsets, mm, reader = run
                     i = bisect_right(fences, key)
-                    if i:
-                        block = mm[offsets[i - 1] : offsets[i]]
-                        self.point_block_reads += 1
-                        if crc32(block) != CRC_RESIDUE:
-                            raise reader.block_error(i - 1)
-                        j = block.find(key, 2)
-                        if j >= 0:
-                            n = block[0] | block[1] << 8
-                            off = UNPACK_OFFSETS[n](block, 2)
-                            try:
-                                e = off.index(j, 0, n)
-                            except ValueError:
-                                e = -1
-                            if e >= 0 and off[e + 1] - j == len(key):
-                                return block[off[n + e] : off[n + e + 1]]
-                            value = scan_block(block, key)  # the match was not an entry
-                            if value is not None:
-                                return value
+                    if not i:
+                        continue
+                    block = mm[offsets[i - 1] : offsets[i]]
+                    self.point_block_reads += 1
+                    if crc32(block) != CRC_RESIDUE:
+                        raise reader.block_error(i - 1)
+                    j = block.find(key, 2)
+                    if j >= 0:
+                        n = block[0] | block[1] << 8
+                        off = UNPACK_OFFSETS[n](block, 2)
+                        try:
+                            e = off.index(j, 0, n)
+                        except ValueError:
+                            e = -1
+                        if e >= 0 and off[e + 1] - j == len(key):
+                            return block[off[n + e] : off[n + e + 1]]
+                        value = scan_block(block, key)  # the match was not an entry
+                        if value is not None:
+                            return value
         return b""
 
     def multi_get(self, keys: Sequence[bytes]) -> list[bytes]:
@@ -413,10 +419,14 @@ class LSMTree(KVStore):
         """Rebuild the newest-first probe list after the set of runs changed."""
         newest = [r for level in self._levels for r in reversed(level)]
         self._newest_first = newest
-        self._probes = [
-            (r.bloom.absent, r.bloom.word_mask, (r.fences, r.block_offsets, r.mm, r))
-            for r in newest
-        ]
+        groups: list[ProbeGroup] = []
+        for r in newest:
+            probe = (r.bloom.absent, (r.fences, r.block_offsets, r.mm, r))
+            if groups and groups[-1][0] == r.bloom.word_mask:
+                groups[-1][1].append(probe)
+            else:
+                groups.append((r.bloom.word_mask, [probe]))
+        self._probes = groups
         self._runs_memory = sum(self._run_memory.get(r.name, 0) for r in newest)
 
     def _next_merge(self) -> MergePlan | None:
@@ -462,7 +472,7 @@ class LSMTree(KVStore):
         runs = [r for level in self._levels for r in level]
         for r in runs:
             r.check(sample_every=1 if r.entry_count <= 200_000 else 13)
-        assert len(self._probes) == len(runs) == len(set(r.name for r in runs))
+        assert sum(len(g) for _, g in self._probes) == len(runs) == len({r.name for r in runs})
         if self._flush_at != -1:
             assert not self._merge_pending(), f"levels need a merge at rest: {self.levels}"
         else:
