@@ -10,12 +10,12 @@ already-sorted pieces). Memory is one chunk per source. The result is the same a
 Policy (``pick_merge``):
 
 * Tiering (``max_runs_per_level = R >= 2``): when a level holds ``R`` runs, all of them
-  merge into one new run appended to the next level (cascading level by level). A level
-  ``i`` run is meant to hold about ``memtable_bytes_limit * R ** i`` bytes; when overwrites
-  or deletes shrank the merged run to at most that, it stays in level ``i`` instead
-  (``output_level``). Without this, updating a fixed set of keys would add a level every
-  ``R ** i`` flushes, so memory, disk and read cost would keep growing with the number of
-  writes; with it they are bounded by the number of live keys.
+  merge into one new run appended to the next level (cascading level by level). When the
+  merge dropped at least half of its input data (overwritten values, deleted keys), the
+  merged run stays in its level instead (``output_level``): the inputs held mostly the
+  same keys, so the run is no bigger than that level's runs. Without this, updating a fixed
+  set of keys would add a level every ``R ** i`` flushes, so memory, disk and read cost
+  would grow with the number of writes; with it they are bounded by the live keys.
 * Leveling (``R == 1``): a level holds one run. When a level's data bytes exceed its
   capacity ``memtable_bytes_limit * size_ratio ** (level + 1)`` its run merges with the
   next level's run into one run there; a level that holds two runs (a memtable flush
@@ -71,19 +71,17 @@ def pick_merge(
     return None
 
 
-def output_level(
-    plan: MergePlan, out_bytes: int, max_runs_per_level: int, memtable_bytes_limit: int
-) -> int:
-    """Level that receives the run a tiering merge produced (see the module docstring).
+def output_level(plan: MergePlan, in_bytes: int, out_bytes: int, max_runs_per_level: int) -> int:
+    """Level that receives the run a merge produced (see the module docstring).
 
-    ``plan.target`` normally; ``plan.source`` when the merged run (``out_bytes`` of data)
-    is no bigger than one run of the source level is meant to be.
+    ``plan.target``, except for a tiering merge whose output (``out_bytes`` of key and
+    value data) is at most half of its inputs' (``in_bytes``): then ``plan.source``.
     """
     if (
         max_runs_per_level >= 2
         and plan.target == plan.source + 1
         and not plan.include_target
-        and out_bytes <= memtable_bytes_limit * max_runs_per_level**plan.source
+        and 2 * out_bytes <= in_bytes
     ):
         return plan.source
     return plan.target

@@ -17,8 +17,10 @@ import os
 import sys
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from itertools import compress, repeat
 from operator import is_, is_not
+from pathlib import Path
 from typing import Any
 from zlib import crc32
 
@@ -74,8 +76,9 @@ class LSMTree(KVStore):
             Default 16: a read scans at most 16 entries (in C) and the fences of two million
             keys take about 8 MiB.
         memtable_bytes_limit: flush the memtable when the sum of its keys' and values'
-            lengths exceeds this. Default 1 MiB: ``seal()`` flushes at most this much (tens
-            of milliseconds), and the memtable's Python objects stay a few MiB.
+            lengths exceeds this. Default 256 KiB: ``seal()`` writes at most this much, and
+            its cost grows with the entry count (about 10,000 small entries, tens of
+            milliseconds); the memtable's Python objects stay a few MiB.
         size_ratio: leveling only: level ``i`` holds up to
             ``memtable_bytes_limit * size_ratio ** (i + 1)`` data bytes. Default 10.
         bloom_bits_per_key: bloom filter budget; 10 gives about 1.7 % false positives
@@ -107,7 +110,7 @@ class LSMTree(KVStore):
         *,
         max_runs_per_level: int = 4,
         density_factor: int = 16,
-        memtable_bytes_limit: int = 1024 * 1024,
+        memtable_bytes_limit: int = 256 * 1024,
         size_ratio: int = 10,
         bloom_bits_per_key: int = 10,
         **kwargs: Any,
@@ -132,6 +135,7 @@ class LSMTree(KVStore):
         self._run_memory: dict[str, int] = {}
         self._runs_memory = 0
         self._uncommitted = False
+        self._syncer: ThreadPoolExecutor | None = None
         # set() calls _after_write() when the memtable size exceeds this; -1 forces the
         # next write to run the merges a seal left pending
         self._flush_at = memtable_bytes_limit
@@ -169,6 +173,9 @@ class LSMTree(KVStore):
         return True
 
     def _release(self) -> None:
+        if self._syncer is not None:
+            self._syncer.shutdown(wait=True)
+            self._syncer = None
         self._close_runs([r for level in self._levels for r in level])
         self._levels = []
         self._levels_changed()
@@ -373,8 +380,9 @@ class LSMTree(KVStore):
         if plan.include_target or plan.source == plan.target:
             levels[plan.target] = []
         if run is not None:
-            levels[output_level(plan, run.data_bytes, self.max_runs_per_level,
-                                self.memtable_bytes_limit)].append(run)
+            in_bytes = sum(r.data_bytes for r in inputs)
+            level = output_level(plan, in_bytes, run.data_bytes, self.max_runs_per_level)
+            levels[level].append(run)
         while levels and not levels[-1]:
             levels.pop()
         self.stats.merges += 1
@@ -401,7 +409,19 @@ class LSMTree(KVStore):
             raise
         self._written(name, writer.file_size)
         self._uncommitted = True
+        self._sync_in_background(path)
         return self._open_run(name)
+
+    def _sync_in_background(self, path: Path) -> None:
+        """Start fsyncing a new run on a helper thread (fsync releases the GIL).
+
+        The manifest commit still fsyncs every file it lists; this only makes that fsync
+        cheap, so ``seal()`` after many writes does not wait for all their data to reach
+        the disk at once.
+        """
+        if self._syncer is None:
+            self._syncer = ThreadPoolExecutor(1, thread_name_prefix="raykv-lsm-fsync")
+        self._syncer.submit(_fsync_if_present, path)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -483,6 +503,17 @@ class LSMTree(KVStore):
             assert sorted(r.name for r in runs) == sorted(self._live_files)
         for name in self._live_files:
             assert (self.data_dir / name).is_file(), f"live file {name} missing"
+
+
+def _fsync_if_present(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # merged away and deleted before its turn came
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _live_pairs(chunks: Iterator[Chunk]) -> Iterator[tuple[bytes, bytes]]:
