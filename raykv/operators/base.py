@@ -254,6 +254,15 @@ class KeyedStateLogic(OperatorLogic):
         whole state, so call it for bounded inputs only.
         """
         self._changed = set()
+        return self.export_state()
+
+    def export_state(self) -> pa.RecordBatch | None:
+        """Render the state of every key as output rows, changing nothing.
+
+        The same rows ``finish`` would emit for Aggregate/Reduce/windows (open windows with
+        their current aggregates); StatefulMap renders each key's state (``state`` column,
+        JSON text). Used by ``raykv checkpoints export``. Cost: one ``items()`` pass + sort.
+        """
         pairs = sorted((k, v) for k, v in self.store.items() if k not in META_KEYS)
         if not pairs:
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -10,8 +11,9 @@ from typing import Any
 import pyarrow as pa
 
 from raykv.engines.base import KVStore
-from raykv.operators.base import KeyedOperator, PyStateLogic
+from raykv.operators.base import META_KEYS, KeyedOperator, PyStateLogic
 from raykv.operators.codecs import Codec, get_codec
+from raykv.partitioning import decode_keys
 
 
 @dataclass(frozen=True)
@@ -198,3 +200,13 @@ class StatefulMapLogic(PyStateLogic):
         self, state_keys: Sequence[bytes], values: Sequence[bytes]
     ) -> list[tuple[str, pa.Array]]:
         raise NotImplementedError  # StatefulMap emits outputs, never its state
+
+    def export_state(self) -> pa.RecordBatch | None:
+        """Each key's state as JSON text: columns ``<key>`` and ``state``."""
+        pairs = sorted((k, v) for k, v in self.store.items() if k not in META_KEYS)
+        if not pairs or self._key_type is None:
+            return None
+        decode = self.codec.decode
+        keys = decode_keys(self._user_keys([k for k, _ in pairs]), self._key_type)
+        texts = [json.dumps(decode(v), default=repr, sort_keys=True) for _, v in pairs]
+        return pa.record_batch([keys, pa.array(texts, pa.string())], names=[self.key, "state"])
