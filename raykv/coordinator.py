@@ -888,8 +888,10 @@ def _placements(n: int, options: dict[str, Any]) -> list[dict[str, Any]]:
     """Scheduling options for ``n`` shard actors: round-robin over the alive nodes.
 
     Shards take no CPU reservation, and Ray packs such actors on one node even with
-    ``SPREAD``; a soft node affinity per shard spreads them evenly (a node that died
-    meanwhile is skipped by Ray). A ``scheduling_strategy`` in ``actor_options`` wins.
+    ``SPREAD`` (a *soft* node affinity falls back to another node now and then, too), so
+    each shard gets a hard node affinity. If that node died since the listing, Ray fails
+    the actor at once (``ActorUnschedulableError``), which is a recoverable failure: the
+    next attempt lists the nodes again. A ``scheduling_strategy`` in ``actor_options`` wins.
     """
     if "scheduling_strategy" in options:
         return [{} for _ in range(n)]
@@ -902,7 +904,7 @@ def _placements(n: int, options: dict[str, Any]) -> list[dict[str, Any]]:
     if len(nodes) < 2:
         return [{} for _ in range(n)]
     return [
-        {"scheduling_strategy": NodeAffinitySchedulingStrategy(nodes[k % len(nodes)], soft=True)}
+        {"scheduling_strategy": NodeAffinitySchedulingStrategy(nodes[k % len(nodes)], soft=False)}
         for k in range(n)
     ]
 

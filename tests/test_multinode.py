@@ -25,7 +25,7 @@ import pytest
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 SCRIPT = textwrap.dedent("""
-    import json, sys, threading
+    import json, sys, time
     import ray
     from ray.cluster_utils import Cluster
 
@@ -41,6 +41,12 @@ SCRIPT = textwrap.dedent("""
     worker = cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
     cluster.wait_for_nodes()
+    deadline = time.monotonic() + 60  # the scheduler's view of the new node may lag
+    while ray.cluster_resources().get("CPU", 0) < 2 or len(
+            [n for n in ray.nodes() if n["Alive"]]) < 2:
+        assert time.monotonic() < deadline, "the second node never joined"
+        time.sleep(0.2)
+    time.sleep(1.0)
     t = zipf_events(N, KEYS, seed=41)
     seen = {}
 
