@@ -17,6 +17,7 @@ from raykv.engines.lsm.compaction import (
     MergePlan,
     drop_tombstones,
     merge_sorted_chunks,
+    output_level,
     pick_merge,
 )
 from raykv.engines.lsm.run_format import BLOCK_MAX_BYTES, FOOTER, FOOTER_CRC_SPAN, FOOTER_SIZE
@@ -273,6 +274,11 @@ def test_pick_merge_policies() -> None:
     assert pick_merge([[1001], [9000]], 1, 100, 10) == MergePlan(0, 1, include_target=True)
     assert pick_merge([[100, 50]], 1, 100, 10) == MergePlan(0, 0, include_target=False)
     assert pick_merge([[], [10_001]], 1, 100, 10) == MergePlan(1, 2, include_target=True)
+    # a tiering merge that dropped half its input (overwrites) keeps its run in the level
+    tier = MergePlan(1, 2, include_target=False)
+    assert output_level(tier, in_bytes=300, out_bytes=290, max_runs_per_level=3) == 2
+    assert output_level(tier, in_bytes=300, out_bytes=150, max_runs_per_level=3) == 1
+    assert output_level(MergePlan(0, 1, True), 300, 10, max_runs_per_level=1) == 1
 
 
 # ---------------------------------------------------------------------- engine behaviour
