@@ -50,8 +50,8 @@ def test_leveling_random_ops_against_dict_with_seals_and_reopens(tmp_path: Path)
     s = LSMTree(tmp_path, **LEVELING)
     merges = 0
     try:
-        for round_ in range(10):
-            KVStoreContract.apply_random(s, model, rng, 700, space=3000)
+        for round_ in range(8):
+            KVStoreContract.apply_random(s, model, rng, 600, space=3000)
             KVStoreContract.assert_state(s, model)
             assert all(len(level) <= 1 for level in s._levels[1:])
             if round_ % 3 == 0:
@@ -451,15 +451,15 @@ def test_check_detects_broken_invariants(tmp_path: Path) -> None:
 def test_memory_does_not_grow_with_overwrites(tmp_path: Path) -> None:
     """Updating a fixed key set: levels, run data, disk and memory stay bounded.
 
-    Pure tiering would add a level every R**i flushes (6 levels and 6x the live data after
-    these 120,000 writes); merged runs that did not grow stay in their level instead.
+    Pure tiering would add a level every R**i flushes (5 levels and 5x the live data after
+    these 90,000 writes); merged runs that lost half their data stay in their level instead.
     """
     rng = random.Random(6)
     keys = [b"key%06d" % i for i in range(3000)]
     live = 3000 * (9 + 16)
     sizes = []
     with LSMTree(tmp_path, max_runs_per_level=3, memtable_bytes_limit=10_000) as s:
-        for round_ in range(40):
+        for round_ in range(30):
             for i in range(0, 3000, 300):
                 s.multi_set([(k, rng.randbytes(16)) for k in keys[i : i + 300]])
             sizes.append(s.__sizeof__())
@@ -471,7 +471,7 @@ def test_memory_does_not_grow_with_overwrites(tmp_path: Path) -> None:
         disk = sum(f.stat().st_size for f in tmp_path.iterdir())
         s._check()
     print("sizeof every 5 rounds of 3000 overwrites:", sizes[::5], "disk:", disk)
-    assert max(sizes[20:]) <= 1.1 * max(sizes[:20])
+    assert max(sizes[15:]) <= 1.1 * max(sizes[:15])
     assert s.stats.merges > 50
     assert disk < 4 * 3000 * (9 + 16 + 8) + 20_000
 
