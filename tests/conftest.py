@@ -6,9 +6,12 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _free_port() -> int:
@@ -28,7 +31,9 @@ def ray_session() -> Iterator[Any]:
             include_dashboard=False,
             configure_logging=False,
             log_to_driver=False,
-            runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}},
+            # workers import the package and the examples the tests load as modules
+            runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                [str(ROOT), str(ROOT / "examples")])}},
         )
     yield ray
     ray.shutdown()
