@@ -88,9 +88,11 @@ class Sink(ABC):
 class CollectSink(Sink):
     """Gather committed output in the driver; ``RunSummary.output`` returns it as a table.
 
-    Holds every published row in driver memory, so it suits tests and small results.
-    Output of a run is what that ``run()`` call published: after ``resume=True`` in a new
-    process, earlier epochs' output is not in it (it was in the dead driver's memory).
+    Holds every published row in driver memory, so it suits tests and small results. It
+    holds the output of the lineage this sink object has seen: a ``run(resume=True)`` of
+    the same pipeline object adds to it (a rollback drops the abandoned epochs), a new run
+    clears it. In a new process (after a driver crash) it starts with what that run
+    publishes; earlier output was in the dead driver's memory.
 
     Example:
         >>> import pyarrow as pa
