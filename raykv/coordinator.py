@@ -52,6 +52,7 @@ import pyarrow as pa
 import ray
 
 from raykv.errors import CheckpointNotFoundError, CorruptionError
+from raykv.export import encode_operator
 from raykv.partitioning import DEFAULT_NUM_KEY_GROUPS, Partitioning, split_batch
 from raykv.pipeline import Pipeline, ProgressEvent, RunSummary
 from raykv.shard import (
@@ -292,6 +293,7 @@ class Coordinator:
         self._next_epoch = self._first_epoch = 1
         self._num_key_groups = pipeline.num_key_groups or DEFAULT_NUM_KEY_GROUPS
         self._stages: list[StageSpec] = []
+        self._operator_configs: dict[str, str] = {}
         self._generations: list[int] = []
         self._actors: list[list[Any]] = []
         self._handles: dict[str, Any] = {}
@@ -694,6 +696,8 @@ class Coordinator:
         self._attempt_no += 1
         stages, plans, changed = self._layout(base)
         self._stages = stages
+        # stored in every epoch so `raykv checkpoints export` can rebuild the operators
+        self._operator_configs = {st.name: encode_operator(st.operator) for st in stages}
         self._start_actors(stages, plans, attempt)
         self._committer = committer = _Committer(self)
         self._emit("started", restored_from=base.epoch, attempt=attempt)
@@ -829,7 +833,8 @@ class Coordinator:
                 epoch=e, manifest=em, offset=pending.offset, rollback=False,
                 abandoned=abandoned, rows_total=rows_total,
             )
-        self._emit("committed", e, final=pending.final, rows_out=rows_out)
+        self._emit("committed", e, final=pending.final, rows_out=rows_out,
+                   bytes_uploaded_total=s.bytes_uploaded)
         if store is not None and (pending.final or time.monotonic() - self._last_gc > GC_INTERVAL):
             self._last_gc = time.monotonic()
             try:
@@ -850,6 +855,7 @@ class Coordinator:
             "stages": [
                 {
                     "name": st.name, "key": st.key, "operator": type(st.operator).__name__,
+                    "operator_config": self._operator_configs[st.name],
                     "engine": st.engine, "engine_params": st.engine_params,
                     "num_shards": st.num_shards, "generation": gen,
                     "partitioning": st.partitioning.to_dict(), "shards": list(st.shard_names),

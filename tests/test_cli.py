@@ -138,3 +138,37 @@ def test_help_on_every_command() -> None:
         with pytest.raises(SystemExit) as exc:
             main(args)
         assert exc.value.code == 0
+
+
+@pytest.mark.ray
+def test_export_stage_state_as_parquet(ray_session: Any, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import raykv
+
+    rng = __import__("random").Random(4)
+    table = pa.table({"user": [rng.randrange(50) for _ in range(3000)],
+                      "amount": [rng.randrange(100) for _ in range(3000)]})
+    url = f"file://{tmp_path / 'ckpt'}"
+    summary = raykv.Pipeline(
+        source=raykv.sources.TableSource(table, batch_size=500),
+        stages=[raykv.operators.Aggregate(key="user", aggs={"amount": ["sum", "count"]},
+                                          name="totals")],
+        num_shards=2, engine="lsm", checkpoint=url, epoch_every_batches=2,
+        local_dir=str(tmp_path / "state"),
+    ).run()
+    epoch = summary.last_epoch
+    assert main(["checkpoints", "export", url, str(epoch), "--stage", "totals",
+                 "--out", str(tmp_path / "out")]) == 0
+    got = pq.read_table(tmp_path / "out" / f"totals-epoch{epoch}.parquet").sort_by("user")
+    want = table.group_by("user").aggregate([("amount", "sum"), ("amount", "count")])
+    want = want.sort_by("user")
+    assert got.column("user").to_pylist() == want.column("user").to_pylist()
+    assert got.column("amount_sum").to_pylist() == want.column("amount_sum").to_pylist()
+    assert got.column("amount_count").to_pylist() == want.column("amount_count").to_pylist()
+    assert main(["checkpoints", "export", url, str(epoch), "--stage", "nope",
+                 "--out", str(tmp_path / "out2")]) == 2
+    assert "totals" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
