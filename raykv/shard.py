@@ -380,6 +380,7 @@ class ShardWorker:
         route = routing_key_fn(spec.stage.operator)
         groups_n = part.num_key_groups
         copied = 0
+        meta: dict[bytes, list[bytes]] = {}  # metadata key -> its value in each old shard
         for src in plan.rebuild:
             if src.local_dir is not None:
                 tmp = Path(src.local_dir)
@@ -396,31 +397,40 @@ class ShardWorker:
                     keys.append(k)
                     values.append(v)
                     if len(keys) >= REBUILD_CHUNK:
-                        copied += self._copy_owned(keys, values, route, lo, hi, groups_n)
+                        copied += self._copy_owned(keys, values, route, lo, hi, groups_n, meta)
                         keys, values = [], []
-                copied += self._copy_owned(keys, values, route, lo, hi, groups_n)
+                copied += self._copy_owned(keys, values, route, lo, hi, groups_n, meta)
             finally:
                 old.close()
             shutil.rmtree(tmp, ignore_errors=True)
+        if meta:  # combined by the operator (e.g. windows keep the highest watermark)
+            op = spec.stage.operator
+            self.engine.multi_set([(k, op.merge_metadata(k, vs)) for k, vs in meta.items()])
+            copied += len(meta)
         self.engine.seal()
         return copied
 
     def _copy_owned(
         self, keys: list[bytes], values: list[bytes], route: Any, lo: int, hi: int,
-        groups_n: int,
+        groups_n: int, meta: dict[bytes, list[bytes]],
     ) -> int:
-        """``multi_set`` the pairs whose key group is in ``[lo, hi)`` (and metadata keys)."""
+        """``multi_set`` the pairs whose key group is in ``[lo, hi)``; collect metadata keys.
+
+        Metadata keys (``route(k) is None``) belong to every shard; their values from all
+        old shards are gathered in ``meta`` and merged by the operator at the end.
+        """
         if not keys:
             return 0
         routed = [route(k) for k in keys]
         everywhere = [r is None for r in routed]
         g = key_groups_of([b"" if r is None else r for r in routed], groups_n)
         keep = ((g >= lo) & (g < hi)).tolist()
-        pairs = [
-            (k, v)
-            for k, v, ok, meta in zip(keys, values, keep, everywhere, strict=True)
-            if ok or meta
-        ]
+        pairs = []
+        for k, v, ok, is_meta in zip(keys, values, keep, everywhere, strict=True):
+            if is_meta:
+                meta.setdefault(k, []).append(v)
+            elif ok:
+                pairs.append((k, v))
         if pairs:
             self.engine.multi_set(pairs)
         return len(pairs)
