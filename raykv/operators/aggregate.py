@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import compress
 
 import pyarrow as pa
@@ -11,6 +11,10 @@ import pyarrow as pa
 from raykv.engines.base import KVStore
 from raykv.operators.aggstate import AggLayout, normalize_aggs
 from raykv.operators.base import KeyedOperator, KeyedStateLogic
+from raykv.partitioning import is_fixed_width
+
+#: Default bound on buffered partial rows (``Aggregate.max_buffered_rows``).
+DEFAULT_MAX_BUFFERED_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -21,11 +25,25 @@ class Aggregate(KeyedOperator):
     at each barrier, all keys at ``finish``): the key column, then ``{column}_{op}`` for
     each op in ``aggs`` order. Output types: count and integer sums int64, float sums and
     means float64, min/max/first/last the column's type (dictionaries decoded). Nulls are
-    skipped; an int64 sum that would overflow raises ``OverflowError`` and the batch is not
-    applied. State: a fixed binary layout per key (``aggstate.py``), never pickle.
+    skipped; an int64 sum that would overflow raises ``OverflowError`` (see below). State:
+    a fixed binary layout per key (``aggstate.py``), never pickle.
 
-    Cost per batch: one Arrow group_by, one ``multi_get`` and one ``multi_set`` of the
-    distinct keys, numpy work per distinct key; no Python call per row.
+    Epoch-level partial combining: ``process`` checks the batch (schema, keys) and keeps
+    its per-key partial aggregates (one Arrow group_by) in memory; they are folded into
+    the engine at ``on_barrier``, ``finish``, ``export_state``, and whenever more than
+    ``max_buffered_rows`` partial rows (distinct keys per batch, summed) are buffered. A
+    fold is one group_by-like pass over the buffered partials, one ``multi_get`` and one
+    ``multi_set`` of the distinct keys since the last fold, and vectorized numpy. The
+    engine state after each fold, hence at every barrier, is bit-identical to applying the
+    batches one by one (float sums are added in arrival order). Bad input is refused by
+    ``process`` as before; an int64 overflow is found at the fold: it raises
+    ``OverflowError`` naming column and key, writes nothing, and drops the buffered input
+    since the previous fold (the runtime then restores the last checkpoint). Buffered
+    partials are not in the engine: a logic dropped mid-epoch loses them, and the runtime
+    replays the epoch from the last checkpoint.
+
+    Cost: per batch one Arrow group_by (no engine call, no Python per row); per fold
+    O(buffered rows) Arrow/numpy work plus one engine read and write per distinct key.
 
     Example:
         >>> import pyarrow as pa, tempfile
@@ -40,12 +58,23 @@ class Aggregate(KeyedOperator):
     Attributes:
         aggs: ``{column: [ops]}`` (a single op may be a string); ops from
             ``count, sum, mean, min, max, first, last``.
+        max_buffered_rows: fold the buffered partials into the engine once more than this
+            many partial rows are buffered (bounds memory when barriers are rare; about
+            ``8 * (1 + stored fields)`` bytes per row plus the key). ``0`` folds every
+            batch (no buffering: one ``multi_get`` + one ``multi_set`` per batch).
     """
 
     aggs: dict[str, tuple[str, ...]]
+    max_buffered_rows: int = field(default=DEFAULT_MAX_BUFFERED_ROWS, kw_only=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if type(self.max_buffered_rows) is not int or self.max_buffered_rows < 0:
+            msg = (
+                "Aggregate.max_buffered_rows must be an int >= 0 (0: no buffering), "
+                f"got {self.max_buffered_rows!r}"
+            )
+            raise ValueError(msg)
         object.__setattr__(self, "aggs", normalize_aggs(self.aggs, type(self).__name__))
         names = [f"{c}_{op}" for c, ops in self.aggs.items() for op in ops]
         if self.key in names:
@@ -58,13 +87,22 @@ class Aggregate(KeyedOperator):
 
 
 class AggregateLogic(KeyedStateLogic):
-    """Running logic of :class:`Aggregate` on one shard."""
+    """Running logic of :class:`Aggregate` on one shard (buffers partials between folds)."""
 
     op: Aggregate
 
     def __init__(self, op: Aggregate, store: KVStore) -> None:
         self.layout: AggLayout | None = None
+        self._parts: list[pa.Table] = []
+        self._buffered_rows = 0
+        # configs pickled before the field existed lack it (cloudpickled in epoch metadata)
+        self._max_rows: int = getattr(op, "max_buffered_rows", DEFAULT_MAX_BUFFERED_ROWS)
         super().__init__(op, store)
+
+    @property
+    def buffered_rows(self) -> int:
+        """Partial rows buffered since the last fold (not yet in the engine)."""
+        return self._buffered_rows
 
     def _setup(self, schema: pa.Schema) -> None:
         self.layout = AggLayout(self.op.aggs, schema, self._name())
@@ -79,15 +117,74 @@ class AggregateLogic(KeyedStateLogic):
         layout = self.layout
         assert layout is not None
         batch = self._canonical(batch)
-        part = layout.partials(batch, [self.key])
+        part = layout.partials(batch, [self.key])  # OverflowError within the batch
         key_col = part.column(self.key)
-        keys = self._state_keys(key_col)
-        old = self.store.multi_get(keys)
-        new, changed = layout.combine(old, part, lambda i: f"key {key_col[i].as_py()!r}")
+        assert self._key_type is not None
+        if is_fixed_width(self._key_type):
+            self._state_keys(key_col.slice(0, 1))  # only the width is checked
+        else:
+            self._state_keys(key_col)  # too long / reserved: refused before buffering
+        fold = self._buffered_rows + part.num_rows > self._max_rows
+        if self._pending_meta and not fold:  # the first batch passed: store the schema now
+            self._write((), (), track=False)
+        self._parts.append(part)
+        self._buffered_rows += part.num_rows
+        if fold:
+            self.fold()
+
+    def fold(self) -> None:
+        """Fold the buffered partials into the engine (no-op when nothing is buffered).
+
+        One pass over the buffered partial rows, one ``multi_get`` and one ``multi_set``
+        of their distinct keys; the keys whose stored value changed join the changelog.
+        The buffer is emptied whether or not the fold succeeds.
+
+        Raises:
+            OverflowError: an int64 sum leaves int64 for some key (named); the engine and
+                the changelog are unchanged and the buffered input is dropped.
+        """
+        parts = self._parts
+        if not parts:
+            return
+        self._parts = []
+        self._buffered_rows = 0
+        layout = self.layout
+        assert layout is not None
+        if len(parts) == 1:  # the partials of one batch: the per-batch path
+            part = parts[0]
+            key_col: pa.Array | pa.ChunkedArray = part.column(self.key)
+            keys = self._state_keys(key_col)
+            old = self.store.multi_get(keys)
+            new, changed = layout.combine(old, part, lambda i: f"key {key_col[i].as_py()!r}")
+        else:
+            part = pa.concat_tables(parts)
+            both = pa.concat_arrays([c for p in parts for c in p.column(self.key).chunks])
+            is_bool = pa.types.is_boolean(both.type)
+            encoded = (both.cast(pa.int8()) if is_bool else both).dictionary_encode()
+            key_col = encoded.dictionary.cast(pa.bool_()) if is_bool else encoded.dictionary
+            index = encoded.indices.to_numpy(zero_copy_only=False)
+            keys = self._state_keys(key_col)
+            old = self.store.multi_get(keys)
+            new, changed = layout.fold(old, part, index, lambda i: f"key {key_col[i].as_py()!r}")
         if not changed.all():
             keys = list(compress(keys, changed))
             new = list(compress(new, changed))
         self._write(keys, new)
+
+    def on_barrier(self, epoch: int) -> pa.RecordBatch | None:
+        """Fold the buffered partials, then emit the changelog (see ``KeyedStateLogic``)."""
+        self.fold()
+        return super().on_barrier(epoch)
+
+    def finish(self) -> pa.RecordBatch | None:
+        """Fold the buffered partials, then return the values of all keys."""
+        self.fold()
+        return super().finish()
+
+    def export_state(self) -> pa.RecordBatch | None:
+        """Fold the buffered partials, then render the state of every key."""
+        self.fold()
+        return super().export_state()
 
     def _render(
         self, state_keys: Sequence[bytes], values: Sequence[bytes]

@@ -8,6 +8,8 @@ Usage::
 Workloads (events = input rows):
 
 * ``aggregate``: ``Aggregate(key, {"v": ["sum", "count"]})`` over zipf-distributed int64 keys
+  (``--zipf`` s > 1: numpy's unbounded zipf modulo ``--keys``; s <= 1: the bounded zipf law
+  over ``--keys`` keys, as ``raykv.testing.zipf_events`` and the pipeline benchmark)
   (the end-to-end benchmark's operator), ``process`` per batch plus one barrier every
   ~1,000,000 events (changelog emission included in the total).
 * ``stateful_map``: a running count per key with a dict output per event (JSON state).
@@ -41,9 +43,16 @@ def count_events(state: Any, row: dict[str, Any]) -> tuple[Any, Any]:
 
 def make_batches(args: argparse.Namespace, rows: int) -> list[pa.RecordBatch]:
     rng = np.random.default_rng(42)
+    probs = None
+    if args.zipf <= 1:  # numpy's zipf needs s > 1: draw from the bounded law (as zipf_events)
+        probs = np.arange(1, args.keys + 1, dtype=np.float64) ** -args.zipf
+        probs /= probs.sum()
     out = []
     for i in range(args.batches):
-        keys = (rng.zipf(args.zipf, rows) - 1) % args.keys
+        if probs is None:
+            keys = (rng.zipf(args.zipf, rows) - 1) % args.keys
+        else:
+            keys = rng.choice(args.keys, size=rows, p=probs)
         out.append(pa.record_batch({
             "k": pa.array(keys, pa.int64()),
             "v": pa.array(rng.integers(0, 1000, rows), pa.int64()),

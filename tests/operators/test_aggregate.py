@@ -13,6 +13,7 @@ import raykv.operators.aggregate as aggregate_module
 from raykv.engines import ENGINES, MemOnly
 from raykv.engines.base import KVStore
 from raykv.operators import Aggregate
+from raykv.operators.aggregate import DEFAULT_MAX_BUFFERED_ROWS
 from raykv.partitioning import encode_keys
 from tests.operators.helpers import (
     KEY_TYPES,
@@ -25,6 +26,11 @@ from tests.operators.helpers import (
     rows_by_key,
 )
 
+
+def state_keys(store: KVStore) -> list[bytes]:
+    """User-state keys of ``store`` (metadata keys left out)."""
+    return [k for k, _ in store.items() if not k.startswith(b"\xff\xffM")]
+
 AGGS: dict[str, list[str]] = {
     "i": ["sum", "count", "mean", "min", "max", "first", "last"],
     "f": ["sum", "mean", "min", "max", "first"],
@@ -36,7 +42,7 @@ AGGS: dict[str, list[str]] = {
 
 
 class CountingMemOnly(MemOnly):
-    """MemOnly that counts batch calls (to check one multi_get/multi_set per batch)."""
+    """MemOnly that counts batch calls (to check the engine calls per fold)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.gets = self.sets = 0
@@ -109,18 +115,28 @@ def test_every_engine_with_restart(tmp_path: Path, engine: str) -> None:
     store.close()
 
 
-def test_state_survives_mid_epoch_seal_close_reopen(tmp_path: Path) -> None:
+def test_reopen_mid_epoch_loses_the_buffer_and_replay_gives_the_same_result(
+    tmp_path: Path,
+) -> None:
+    """A restart between barriers drops the buffered partials; replaying the epoch's input
+    (what the runtime does from the last checkpoint) gives the uninterrupted result."""
     rng = random.Random(7)
-    batches = [random_batch(rng, 200, key_kind="int") for _ in range(6)]
+    epochs = [[random_batch(rng, 200, key_kind="int") for _ in range(3)] for _ in range(3)]
     op = Aggregate("k", AGGS)
     store = MemOnly(tmp_path)
     logic = op.build(store)
-    for i, b in enumerate(batches):
-        logic.process(b)
-        if i in (1, 3):
-            store, logic = reopen(store, MemOnly, op)
-    assert logic.output_schema() is not None  # restored from the stored metadata
-    assert_rows_equal(rows_by_key(logic.finish()), model_aggregate(batches, "k", AGGS))
+    for e, batches in enumerate(epochs, 1):
+        committed = dict(store.items())
+        for b in batches[:2]:
+            logic.process(b)
+        assert dict(store.items()) == committed or e == 1  # epoch 1 stores the schema
+        store, logic = reopen(store, MemOnly, op)  # the buffered partials are gone
+        assert logic.output_schema() is not None  # the schema was stored by the 1st batch
+        for b in batches:  # replay the whole epoch
+            logic.process(b)
+        logic.on_barrier(e)
+    seen = [b for batches in epochs for b in batches]
+    assert_rows_equal(rows_by_key(logic.finish()), model_aggregate(seen, "k", AGGS))
     store.close()
 
 
@@ -128,7 +144,9 @@ def test_finish_right_after_restore_knows_the_key_type(tmp_path: Path) -> None:
     op = Aggregate("k", {"v": ["sum"]})
     batch = pa.record_batch({"k": pa.array([3, 1, 2], pa.int16()), "v": [1, 2, 3]})
     with MemOnly(tmp_path) as store:
-        op.build(store).process(batch)
+        logic = op.build(store)
+        logic.process(batch)
+        logic.on_barrier(1)  # folds the buffered partials into the engine
     with MemOnly(tmp_path) as store:
         out = op.build(store).finish()
     assert out is not None
@@ -136,16 +154,110 @@ def test_finish_right_after_restore_knows_the_key_type(tmp_path: Path) -> None:
     assert out.to_pydict() == {"k": [1, 2, 3], "v_sum": [2, 3, 1]}  # sorted by key
 
 
-def test_one_multi_get_and_one_multi_set_per_batch(tmp_path: Path) -> None:
+def test_engine_calls_at_most_one_read_and_write_per_fold(tmp_path: Path) -> None:
     rng = random.Random(3)
-    with CountingMemOnly(tmp_path) as store:
+    batches = [random_batch(rng, 500, key_kind="str") for _ in range(4)]
+    with CountingMemOnly(tmp_path / "buffered") as store:
         logic = Aggregate("k", AGGS).build(store)
+        logic.process(batches[0])
+        assert (store.gets, store.sets) == (0, 1)  # the first batch stores the schema
+        for b in batches[1:]:
+            logic.process(b)
+        assert (store.gets, store.sets) == (0, 1)  # buffered: no engine call
+        logic.on_barrier(1)
+        assert (store.gets, store.sets) == (2, 2)  # fold: 1 get + 1 set; changelog: 1 get
+        assert logic.on_barrier(2) is None and (store.gets, store.sets) == (2, 2)
+    with CountingMemOnly(tmp_path / "unbuffered") as store:
+        logic = Aggregate("k", AGGS, max_buffered_rows=0).build(store)
         store.gets = store.sets = 0
-        for _ in range(4):
-            logic.process(random_batch(rng, 500, key_kind="str"))
-        assert (store.gets, store.sets) == (4, 4)
+        for b in batches:
+            logic.process(b)
+        assert (store.gets, store.sets) == (4, 4)  # one fold per batch
         logic.on_barrier(1)
         assert (store.gets, store.sets) == (5, 4)
+
+
+@pytest.mark.parametrize("key_kind", KEY_TYPES)
+def test_buffered_state_is_identical_to_unbuffered_at_every_barrier(
+    tmp_path: Path, key_kind: str
+) -> None:
+    """Random batches and barriers: the engine bytes and the changelogs of a buffered run
+    (default bound, and a small bound that folds mid-epoch) equal those of a run that
+    folds every batch, and both match a plain pyarrow group_by."""
+    seed = random.randrange(1 << 30)
+    print("seed", seed)
+    rng = random.Random(seed)
+    aggs = {**AGGS, "f": ["sum", "mean", "min", "max", "first", "last", "count"]}
+    bounds = (0, 60, DEFAULT_MAX_BUFFERED_ROWS)
+    stores = [MemOnly(tmp_path / str(b)) for b in bounds]
+    logics = [Aggregate("k", aggs, max_buffered_rows=b).build(s) for b, s in zip(
+        bounds, stores, strict=True)]
+    seen: list[pa.RecordBatch] = []
+    for epoch in range(1, 7):
+        for _ in range(rng.randrange(0, 6)):
+            b = random_batch(rng, rng.randrange(1, 120), key_kind=key_kind, space=30)
+            if rng.random() < 0.3:  # NaN and -0.0 values: float sums must add in order
+                f = b.column("f").to_pylist()
+                f[rng.randrange(len(f))] = rng.choice([float("nan"), -0.0, 1e300, -1e-300])
+                b = b.set_column(2, "f", pa.array(f, pa.float64()))
+            seen.append(b)
+            for logic in logics:
+                logic.process(b)
+        outs = [logic.on_barrier(epoch) for logic in logics]
+        reference = dict(stores[0].items())
+        for s, out in zip(stores[1:], outs[1:], strict=True):
+            assert dict(s.items()) == reference  # bit-identical state
+            if out is None or outs[0] is None:
+                assert out is None and outs[0] is None
+                continue
+            assert out.schema == outs[0].schema and out.column("k").equals(outs[0].column("k"))
+            assert_rows_equal(rows_by_key(out), rows_by_key(outs[0]))  # NaN-aware
+    want = model_aggregate(seen, "k", aggs)
+    for logic in logics:
+        assert_rows_equal(rows_by_key(logic.finish()), want)
+    for s in stores:
+        s.close()
+
+
+def test_the_bound_triggers_a_fold(tmp_path: Path) -> None:
+    op = Aggregate("k", {"v": ["sum", "count"]}, max_buffered_rows=5)
+    with CountingMemOnly(tmp_path) as store:
+        logic = op.build(store)
+        logic.process(pa.record_batch({"k": [1, 2, 3], "v": [1, 1, 1]}))  # 3 rows buffered
+        assert logic.buffered_rows == 3 and state_keys(store) == []
+        logic.process(pa.record_batch({"k": [1, 2], "v": [1, 1]}))  # 5: not more than 5
+        assert logic.buffered_rows == 5 and store.sets == 1  # only the schema
+        logic.process(pa.record_batch({"k": [4], "v": [7]}))  # 6 > 5: fold
+        assert logic.buffered_rows == 0 and (store.gets, store.sets) == (1, 2)
+        assert len([k for k in state_keys(store)]) == 4
+        logic.process(pa.record_batch({"k": [1], "v": [10]}))  # buffered again
+        assert logic.on_barrier(1).to_pydict() == {
+            "k": [1, 2, 3, 4], "v_sum": [12, 2, 1, 7], "v_count": [3, 2, 1, 1]
+        }
+    with pytest.raises(ValueError, match="max_buffered_rows"):
+        Aggregate("k", {"v": "sum"}, max_buffered_rows=-1)
+    with pytest.raises(ValueError, match="max_buffered_rows"):
+        Aggregate("k", {"v": "sum"}, max_buffered_rows=1.5)  # type: ignore[arg-type]
+
+
+def test_finish_and_export_include_buffered_partials(tmp_path: Path) -> None:
+    op = Aggregate("k", {"v": ["sum", "last"], "s": ["max"]})
+    with MemOnly(tmp_path) as store:
+        logic = op.build(store)
+        logic.process(pa.record_batch({"k": ["a", "b"], "v": [1, 2], "s": ["x", "y"]}))
+        logic.on_barrier(1)
+        logic.process(pa.record_batch({"k": ["b", "c"], "v": [3, 4], "s": ["z", None]}))
+        logic.process(pa.record_batch({"k": ["c", "a"], "v": [5, None], "s": ["w", "a"]}))
+        want = {
+            "k": ["a", "b", "c"], "v_sum": [1, 5, 9], "v_last": [1, 3, 5],
+            "s_max": ["x", "z", "w"],
+        }
+        assert logic.export_state().to_pydict() == want  # folds: the state is in the engine
+        assert logic.buffered_rows == 0 and len(state_keys(store)) == 3
+        logic.process(pa.record_batch({"k": ["d"], "v": [6], "s": ["q"]}))
+        want = {k: [*v, x] for (k, v), x in zip(want.items(), ["d", 6, 6, "q"], strict=True)}
+        assert logic.finish().to_pydict() == want
+        assert logic.on_barrier(2) is None  # finish emitted everything
 
 
 def test_changelog_lists_only_keys_changed_in_the_epoch(tmp_path: Path) -> None:
@@ -162,25 +274,58 @@ def test_changelog_lists_only_keys_changed_in_the_epoch(tmp_path: Path) -> None:
         assert logic.on_barrier(3).to_pydict() == {"k": [3], "v_sum": [3], "v_count": [2]}
 
 
-def test_int_sum_overflow_raises_and_changes_nothing(tmp_path: Path) -> None:
+def test_int_sum_overflow_is_found_at_the_fold_and_changes_nothing(tmp_path: Path) -> None:
     big = 2**62
-    op = Aggregate("k", {"v": ["sum"]})
+    op = Aggregate("k", {"v": ["sum"], "w": ["count"]})
+    with MemOnly(tmp_path) as store:
+        logic = op.build(store)
+        logic.process(pa.record_batch({"k": [1, 2], "v": [big, 5], "w": [1, 1]}))
+        logic.on_barrier(1)
+        snapshot = dict(store.items())
+        # across batches: big + big overflows int64, found when the epoch is folded
+        logic.process(pa.record_batch({"k": [2, 1], "v": [1, big - 1], "w": [1, 1]}))
+        logic.process(pa.record_batch({"k": [2, 1], "v": [1, 1], "w": [1, 1]}))
+        assert dict(store.items()) == snapshot
+        with pytest.raises(OverflowError, match=r"column 'v'.*key 1"):
+            logic.on_barrier(2)
+        assert dict(store.items()) == snapshot  # nothing written
+        assert logic.buffered_rows == 0  # the epoch's buffered input was dropped
+        assert logic.on_barrier(2) is None
+        # within one batch (Arrow's own sum would wrap silently): refused by process
+        with pytest.raises(OverflowError, match="column 'v'"):
+            logic.process(pa.record_batch({"k": [3, 3, 3], "v": [big, big, big], "w": [1] * 3}))
+        assert logic.buffered_rows == 0
+        # a running total that leaves int64 and comes back is refused, as batch by batch
+        logic.process(pa.record_batch({"k": [5], "v": [big], "w": [1]}))
+        logic.process(pa.record_batch({"k": [5], "v": [big], "w": [1]}))
+        logic.process(pa.record_batch({"k": [5], "v": [-big], "w": [1]}))
+        with pytest.raises(OverflowError, match=r"column 'v'.*key 5"):
+            logic.finish()
+        assert dict(store.items()) == snapshot
+        # large values that do fit use the exact paths (in a batch and across batches)
+        logic.process(pa.record_batch({"k": [4, 4], "v": [big, big - 1], "w": [1, 1]}))
+        logic.process(pa.record_batch({"k": [1, 6], "v": [big - 1, -big], "w": [1, 1]}))
+        logic.process(pa.record_batch({"k": [6, 6], "v": [1 - big, -1], "w": [1, 1]}))
+        rows = {r["k"]: r["v_sum"] for r in logic.finish().to_pylist()}
+        assert rows == {1: 2 * big - 1, 2: 5, 4: 2 * big - 1, 6: -2 * big}  # -2**63 fits
+
+
+@pytest.mark.parametrize("bound", [0, DEFAULT_MAX_BUFFERED_ROWS])
+def test_overflow_without_buffering_refuses_only_the_batch(tmp_path: Path, bound: int) -> None:
+    big = 2**62
+    op = Aggregate("k", {"v": ["sum"]}, max_buffered_rows=bound)
     with MemOnly(tmp_path) as store:
         logic = op.build(store)
         logic.process(pa.record_batch({"k": [1, 2], "v": [big, 5]}))
+        if bound:
+            logic.on_barrier(1)
         snapshot = dict(store.items())
-        # across batches: big + big overflows int64
         with pytest.raises(OverflowError, match=r"column 'v'.*key 1"):
             logic.process(pa.record_batch({"k": [2, 1], "v": [1, big]}))
+            logic.on_barrier(2)
         assert dict(store.items()) == snapshot
-        # within one batch (Arrow's own sum would wrap silently)
-        with pytest.raises(OverflowError, match="column 'v'"):
-            logic.process(pa.record_batch({"k": [3, 3, 3], "v": [big, big, big]}))
-        assert dict(store.items()) == snapshot
-        # large values that do fit use the exact path
-        logic.process(pa.record_batch({"k": [4, 4], "v": [big, big - 1]}))
-        rows = {r["k"]: r["v_sum"] for r in logic.finish().to_pylist()}
-        assert rows == {1: big, 2: 5, 4: 2 * big - 1}
+        logic.process(pa.record_batch({"k": [2], "v": [1]}))  # goes on
+        assert logic.finish().to_pylist() == [{"k": 1, "v_sum": big}, {"k": 2, "v_sum": 6}]
 
 
 def test_uint64_sums_and_extremes(tmp_path: Path) -> None:
@@ -188,8 +333,10 @@ def test_uint64_sums_and_extremes(tmp_path: Path) -> None:
     with MemOnly(tmp_path / "sum") as store:
         logic = Aggregate("k", {"u": ["sum"]}).build(store)
         logic.process(pa.record_batch({"k": [1, 1], "u": pa.array([2**63 - 10, 3], u64)}))
+        logic.on_barrier(1)
+        logic.process(pa.record_batch({"k": [1], "u": pa.array([10], u64)}))
         with pytest.raises(OverflowError, match="column 'u'"):
-            logic.process(pa.record_batch({"k": [1], "u": pa.array([10], u64)}))
+            logic.on_barrier(2)
         with pytest.raises(OverflowError, match="column 'u'"):  # a uint64 beyond int64
             logic.process(pa.record_batch({"k": [2], "u": pa.array([2**64 - 1], u64)}))
         assert logic.finish().to_pylist() == [{"k": 1, "u_sum": 2**63 - 7}]
