@@ -124,8 +124,9 @@ def pipeline_table() -> list[str]:
                 if x:
                     out.append(f"| {int(keys):,} keys ({kind} local dir) "
                                f"| {x['restore_s']:.2f} "
-                               f"| {x['first_batch_s']:.2f} | "
-                               f"{x['restore_plus_first_batch_s']:.2f} | {x['actor_start_s']:.2f} |")
+                               f"| {x['first_batch_s']:.2f} "
+                               f"| {x['restore_plus_first_batch_s']:.2f} "
+                               f"| {x['actor_start_s']:.2f} |")
     dr = rep.get("drill")
     if dr:
         out += ["", f"Recovery drill (kill one shard at 50 %): detected in {dr['detect_s']:.2f} s, "
