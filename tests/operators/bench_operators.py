@@ -4,14 +4,16 @@ Usage::
 
     python -m tests.operators.bench_operators [--engine memonly] [--batches 60]
         [--rows 65536] [--keys 100000] [--zipf 1.2] [--only aggregate,stateful_map,window]
+        [--max-buffered-rows 1000000]
 
 Workloads (events = input rows):
 
-* ``aggregate``: ``Aggregate(key, {"v": ["sum", "count"]})`` over zipf-distributed int64 keys
-  (``--zipf`` s > 1: numpy's unbounded zipf modulo ``--keys``; s <= 1: the bounded zipf law
-  over ``--keys`` keys, as ``raykv.testing.zipf_events`` and the pipeline benchmark)
-  (the end-to-end benchmark's operator), ``process`` per batch plus one barrier every
-  ~1,000,000 events (changelog emission included in the total).
+* ``aggregate``: ``Aggregate(key, {"v": ["sum", "count"]})`` (the end-to-end benchmark's
+  operator) over zipf-distributed int64 keys (``--zipf`` s > 1: numpy's unbounded zipf
+  modulo ``--keys``; s <= 1: the bounded zipf law over ``--keys`` keys, as
+  ``raykv.testing.zipf_events`` and the pipeline benchmark), ``process`` per batch plus one
+  barrier every ~1,000,000 events (the fold and the changelog are included in the total;
+  ``--max-buffered-rows 0`` folds every batch, the behaviour before partial combining).
 * ``stateful_map``: a running count per key with a dict output per event (JSON state).
 * ``window``: ``TumblingWindow`` sum+count with increasing event time.
 
@@ -34,6 +36,7 @@ import pyarrow as pa
 
 from raykv.engines import open_engine
 from raykv.operators import Aggregate, KeyedOperator, StatefulMap, TumblingWindow
+from raykv.operators.aggregate import DEFAULT_MAX_BUFFERED_ROWS
 
 
 def count_events(state: Any, row: dict[str, Any]) -> tuple[Any, Any]:
@@ -124,10 +127,14 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--zipf", type=float, default=1.2)
     parser.add_argument("--only", default="aggregate,stateful_map,window")
+    parser.add_argument("--max-buffered-rows", type=int, default=DEFAULT_MAX_BUFFERED_ROWS,
+                        help="Aggregate's bound on buffered partial rows (0: fold every batch)")
     args = parser.parse_args()
     only = set(args.only.split(","))
     work: dict[str, Callable[[], tuple[KeyedOperator, int, int]]] = {
-        "aggregate": lambda: (Aggregate("k", {"v": ["sum", "count"]}), args.rows, 1_000_000),
+        "aggregate": lambda: (Aggregate("k", {"v": ["sum", "count"]},
+                                        max_buffered_rows=args.max_buffered_rows),
+                              args.rows, 1_000_000),
         "stateful_map": lambda: (StatefulMap("k", count_events), 10_000, 200_000),
         "window": lambda: (TumblingWindow("k", "t", 100_000, {"v": ["sum", "count"]}),
                            args.rows, 1_000_000),
