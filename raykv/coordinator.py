@@ -53,6 +53,7 @@ import ray
 
 from raykv.errors import CheckpointNotFoundError, CorruptionError
 from raykv.export import encode_operator
+from raykv.operators.base import describe_schema_change
 from raykv.partitioning import DEFAULT_NUM_KEY_GROUPS, Partitioning, split_batch
 from raykv.pipeline import Pipeline, ProgressEvent, RunSummary
 from raykv.shard import (
@@ -928,22 +929,8 @@ def _copy_json(value: Any) -> Any:
 
 
 def _schema_diff(expected: pa.Schema, got: pa.Schema) -> str:
-    exp = {f.name: f.type for f in expected}
-    new = {f.name: f.type for f in got}
-    parts = []
-    missing = [n for n in exp if n not in new]
-    extra = [n for n in new if n not in exp]
-    changed = [f"{n!r} {exp[n]} -> {new[n]}" for n in exp if n in new and exp[n] != new[n]]
-    if missing:
-        parts.append(f"missing column(s) {missing}")
-    if extra:
-        parts.append(f"new column(s) {extra}")
-    if changed:
-        parts.append("column type changed: " + ", ".join(changed))
-    if not parts:
-        parts.append(f"column order or metadata changed: {got.names} vs {expected.names}")
     return (
-        "; ".join(parts)
+        describe_schema_change(expected, got)
         + f" (expected {expected.names} as in the first batch); every batch must have one schema"
     )
 

@@ -528,8 +528,8 @@ def _same_columns(a: pa.Schema, b: pa.Schema) -> bool:
     return a.names == b.names and all(x.type == y.type for x, y in zip(a, b, strict=True))
 
 
-def _schema_diff(expected: pa.Schema, got: pa.Schema) -> str:
-    """Describe how ``got`` differs from ``expected`` (for error messages)."""
+def describe_schema_change(expected: pa.Schema, got: pa.Schema) -> str:
+    """Say how ``got`` differs from ``expected``: missing, extra, retyped or reordered columns."""
     parts = []
     exp = {f.name: f.type for f in expected}
     new = {f.name: f.type for f in got}
@@ -544,9 +544,13 @@ def _schema_diff(expected: pa.Schema, got: pa.Schema) -> str:
         parts.append("column " + ", ".join(changed))
     if not parts:
         parts.append(f"columns in another order {got.names} (was {expected.names})")
+    return "; ".join(parts)
+
+
+def _schema_diff(expected: pa.Schema, got: pa.Schema) -> str:
     return (
         "the batch has another schema than the first batch of this stage: "
-        + "; ".join(parts)
+        + describe_schema_change(expected, got)
         + "; every batch of a stage must have the same columns and types"
     )
 
