@@ -93,6 +93,10 @@ class AggregateLogic(KeyedStateLogic):
     op: Aggregate
 
     def __init__(self, op: Aggregate, store: KVStore) -> None:
+        # Table.group_by imports pyarrow.acero (-> pyarrow.dataset -> pandas) on first use,
+        # ~0.4 s of CPU; pay it when the shard builds its logic, not on its first batch
+        import pyarrow.acero  # noqa: F401
+
         self.layout: AggLayout | None = None
         self._parts: list[pa.Table] = []
         self._buffered_rows = 0
