@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-import numpy as np
-
 from raykv.engines.fileio import fsync_dir, fsync_files
 from raykv.engines.filename import MANIFEST_KIND, TMP_SUFFIX, FileNumbers, parse_file_name
 from raykv.engines.manifest import Manifest, find_latest_manifest, write_manifest
@@ -387,7 +385,9 @@ class KVStore(ABC):
     def _check_keys(self, keys: Sequence[bytes]) -> int:
         """Validate a batch of keys with C-speed passes; return their total length.
 
-        Raises the precise error for the first bad key. Cost: three C-level passes.
+        Raises the precise error for the first bad key. Cost: a type pass, a length pass
+        and a count of the first length (``min``/``max``/``sum`` too when lengths vary),
+        all C-level.
         """
         if not keys:
             return 0
@@ -395,20 +395,28 @@ class KVStore(ABC):
             for k in keys:
                 if type(k) is not bytes:
                     self._reject_key(k)
-        lens = np.fromiter(map(len, keys), np.int64, len(keys))
-        if lens.min() == 0 or lens.max() > self.max_key_len:
+        lens = list(map(len, keys))
+        first = lens[0]
+        if lens.count(first) == len(lens):  # one length (common): no comparisons
+            if not 0 < first <= self.max_key_len:
+                self._reject_key(next(iter(keys)))
+            return first * len(lens)
+        if min(lens) == 0 or max(lens) > self.max_key_len:
             for k in keys:
                 self._reject_key(k)
-        return int(lens.sum())
+        return sum(lens)
 
-    def _split_pairs(self, pairs: Pairs) -> tuple[Sequence[bytes], Sequence[bytes]]:
-        """Validate a whole batch and return ``(keys, values)``; raises before any change.
+    def _check_batch(self, pairs: Pairs) -> dict[bytes, bytes]:
+        """Validate a whole batch and return it as a dict; raises before any change.
 
         Pairs are folded into a dict first (one C-level pass that also checks that every
         item is a pair), so a key repeated in the batch appears once with its last value:
-        the same result as applying the pairs in order.
+        the same result as applying the pairs in order. A ``dict`` argument is returned
+        as is (not copied): callers must not modify it. Engines that apply a batch to
+        their own dicts do it with ``dict.update(batch)``, the cheapest C-level merge.
+        Cost: the fold, then a type and a length pass over the keys and the values.
         """
-        if isinstance(pairs, dict):
+        if type(pairs) is dict:
             batch = pairs
         else:
             try:
@@ -424,21 +432,32 @@ class KVStore(ABC):
                     self._check_kv(item[0], item[1])
                 raise
         if not batch:
-            return (), ()
-        keys = list(batch)
-        values = list(batch.values())
-        key_bytes = self._check_keys(keys)
+            return batch
+        key_bytes = self._check_keys(batch.keys())  # type: ignore[arg-type]
+        values = batch.values()
         if set(map(type, values)) != _BYTES_ONLY:
             for k, v in batch.items():
                 if type(v) is not bytes:
                     self._reject_value(k, v)
-        vlens = np.fromiter(map(len, values), np.int64, len(values))
-        if vlens.max() > self.max_value_len:
+        vlens = list(map(len, values))
+        vmax = vlens[0] if vlens.count(vlens[0]) == len(vlens) else max(vlens)
+        if vmax > self.max_value_len:
             for k, v in batch.items():
                 if len(v) > self.max_value_len:
                     self._reject_value(k, v)
-        self.stats.app_bytes += key_bytes + int(vlens.sum())
-        return keys, values
+        self.stats.app_bytes += key_bytes + sum(vlens)
+        return batch
+
+    def _split_pairs(self, pairs: Pairs) -> tuple[Sequence[bytes], Sequence[bytes]]:
+        """Validate a whole batch and return ``(keys, values)``; raises before any change.
+
+        Same checks and folding as ``_check_batch`` (a key repeated in the batch appears
+        once, with its last value), plus two C-level passes to list keys and values.
+        """
+        batch = self._check_batch(pairs)
+        if not batch:
+            return (), ()
+        return list(batch), list(batch.values())
 
 
 _BYTES_ONLY = {bytes}

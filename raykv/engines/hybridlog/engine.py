@@ -105,6 +105,24 @@ def _presync(path: Path) -> None:
         os.close(fd)
 
 
+_NO_LOC = (1 << 64) - 1  # never a location: its start + length pass MAX_VALUES_LEN
+
+
+def _live_mask(index: dict[bytes, int], keys: list[bytes], slot: int, ends: np.ndarray,
+               lens: np.ndarray) -> np.ndarray:
+    """Which records of the run in ``slot`` the index points to (a bool array).
+
+    Cost: one C-level pass of index lookups; the comparison is vectorized when every
+    value is shorter than 256 bytes (locations fit a uint64), else one ``==`` per record.
+    """
+    n = len(keys)
+    if n and int(lens.max()) < 256:
+        found = np.fromiter(map(index.get, keys, repeat(_NO_LOC)), np.uint64, n)
+        packed = ((ends - lens) << np.uint64(SLOT_BITS)) | (lens << np.uint64(LEN_SHIFT))
+        return found == (packed | np.uint64(slot))  # type: ignore[no-any-return]
+    return np.array(list(map(eq, map(index.get, keys), pack_locs(slot, ends))), dtype=bool)
+
+
 def _check_param(name: str, value: object, low: int) -> int:
     if type(value) is not int:
         msg = f"{name} must be an int, got {type(value).__name__}"
@@ -382,18 +400,16 @@ class HybridLog(KVStore):
         moves, flushes and merges as ``set``.
         """
         self._ensure_open()
-        keys, values = self._split_pairs(pairs)
-        if not keys:
+        batch = self._check_batch(pairs)
+        if not batch:
             return
         if self._maintenance:
             self._maintain()
         frozen = self._frozen
-        if frozen:
-            hit = frozen.keys() & keys
-            if hit:
-                deque(map(frozen.__delitem__, hit), maxlen=0)
+        if len(frozen) > 1:  # drop superseded in-memory copies (read-copy-update)
+            deque(map(frozen.pop, batch, repeat(None)), maxlen=0)
         mut = self._mut
-        mut.update(zip(keys, values, strict=True))
+        mut.update(batch)
         if len(mut) > self.ro_lag_interval:
             self._shift()
 
@@ -553,10 +569,8 @@ class HybridLog(KVStore):
         for run in members:
             run.verify_all()
             run_keys, ends = run.index()
-            live = np.array(
-                list(map(eq, map(index.get, run_keys), pack_locs(run.slot, ends))), dtype=bool
-            )
             run_lens = np.diff(ends, prepend=np.uint64(0))
+            live = _live_mask(index, run_keys, run.slot, ends, run_lens)
             if drop_tombstones:
                 dead = live & (run_lens == 0)
                 if dead.any():
