@@ -14,7 +14,7 @@ from raykv.engines import ENGINES, MemOnly
 from raykv.engines.base import KVStore
 from raykv.operators import Aggregate
 from raykv.operators.aggregate import DEFAULT_MAX_BUFFERED_ROWS
-from raykv.operators.base import EMPTY_KEY, KeyedStateLogic
+from raykv.operators.base import EMPTY_KEY, META_KEYS, KeyedStateLogic
 from raykv.partitioning import encode_keys
 from tests.operators.helpers import (
     KEY_TYPES,
@@ -30,7 +30,7 @@ from tests.operators.helpers import (
 
 def state_keys(store: KVStore) -> list[bytes]:
     """User-state keys of ``store`` (metadata keys left out)."""
-    return [k for k, _ in store.items() if not k.startswith(b"\xff\xffM")]
+    return [k for k, _ in store.items() if k not in META_KEYS]
 
 AGGS: dict[str, list[str]] = {
     "i": ["sum", "count", "mean", "min", "max", "first", "last"],
