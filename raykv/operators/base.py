@@ -8,8 +8,10 @@ of them share, so it is written and tested once:
   fit the engine's ``max_key_len``; an error names the column/value and changes nothing;
 * state keys: ``encode_keys`` of the key (plus a fixed-size suffix for windows), with the
   empty string/binary key mapped to a reserved key (engines need 1+ byte keys);
-* writes: exactly one ``multi_set`` per batch (state + operator metadata), which the
-  engine validates as a whole before applying, so a failed batch leaves no trace;
+* writes: at most one ``multi_set`` per batch (state + operator metadata), which the
+  engine validates as a whole before applying, so a failed batch leaves no trace
+  (Aggregate buffers its vectorized partials and writes once per fold: at a barrier,
+  at ``finish``/``export_state``, or when its buffer is full; see ``aggregate.py``);
 * the changed-key set and emission: ``on_barrier`` returns the new values of the keys
   whose state changed since the previous barrier (one ``multi_get``), ``finish`` the
   values of all keys (one ``items()`` pass), both sorted by encoded key.
@@ -157,7 +159,7 @@ class OperatorLogic(ABC):
 
     @abstractmethod
     def process(self, batch: pa.RecordBatch) -> None:
-        """Validate ``batch`` and update state (one ``multi_get`` + one ``multi_set``)."""
+        """Validate ``batch`` and update state (at most one ``multi_get`` + ``multi_set``)."""
 
     @abstractmethod
     def on_barrier(self, epoch: int) -> pa.RecordBatch | None:
