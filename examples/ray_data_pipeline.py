@@ -19,9 +19,11 @@ The final aggregates are checked against a ``pyarrow`` ``group_by`` over the sam
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,10 +77,17 @@ def run(args: argparse.Namespace) -> int:
         killed: list[str] = []
 
         def kill_once(ev: raykv.ProgressEvent) -> None:
-            if not args.no_kill and ev.kind == "acked" and ev.epoch == 2 and not killed:
+            # right after barrier 2 is sent (the driver's loop waits for this callback), so
+            # the batches of later epochs are certain to meet the dead actor
+            if not args.no_kill and ev.kind == "barrier" and ev.epoch == 2 and not killed:
                 name = sorted(ev.shards)[0]
                 killed.append(name)
-                ray.kill(ev.shards[name])  # the run detects it and recovers from epoch 2
+                handle = ev.shards[name]
+                ray.kill(handle)
+                with contextlib.suppress(ray.exceptions.RayActorError):
+                    while True:  # until Ray reports it dead
+                        ray.get(handle.__ray_ready__.remote(), timeout=10)
+                        time.sleep(0.01)
 
         pipeline = raykv.Pipeline(
             source=RayDataSource(ds, batch_size=args.batch_size),
@@ -90,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         summary = pipeline.run()
         print(summary)
         if killed:
-            print(f"killed {killed[0]} after epoch 2 was acknowledged; "
+            print(f"killed {killed[0]} right after barrier 2; "
                   f"{summary.restarts} recovery, the dataset replayed from the last commit")
         final = summary.output_by_epoch.get(summary.last_epoch) if summary.last_epoch else None
         rows = pa.concat_tables(ray.get(ds.to_arrow_refs()))
