@@ -49,6 +49,26 @@ def connect_ray(address: str | None = None) -> bool:
     return True
 
 
+def kill_and_wait(handle: Any) -> None:
+    """``ray.kill`` a shard actor and return once Ray reports it dead.
+
+    Call it from an ``on_progress`` callback on the driver's "barrier" event: the driver
+    waits for the callback, so the batches of the next epochs are certain to meet the dead
+    actor and the run recovers (a kill that lands after the shard finished all its work
+    would leave nothing to recover).
+    """
+    import contextlib
+    import time
+
+    import ray
+
+    ray.kill(handle)
+    with contextlib.suppress(ray.exceptions.RayActorError):
+        while True:
+            ray.get(handle.__ray_ready__.remote(), timeout=10)
+            time.sleep(0.01)
+
+
 def require_checkpoints(url: str, storage_options: dict[str, Any] | None = None,
                         epoch: int | None = None) -> int:
     """Check that ``url`` holds committed epochs (and ``epoch``) and that they are intact.

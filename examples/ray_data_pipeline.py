@@ -19,16 +19,14 @@ The final aggregates are checked against a ``pyarrow`` ``group_by`` over the sam
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from _common import EXIT_CHECK_FAILED, EXIT_OK, connect_ray, guarded, table_diff
+from _common import EXIT_CHECK_FAILED, EXIT_OK, connect_ray, guarded, kill_and_wait, table_diff
 
 import raykv
 from raykv.operators import Aggregate
@@ -77,17 +75,10 @@ def run(args: argparse.Namespace) -> int:
         killed: list[str] = []
 
         def kill_once(ev: raykv.ProgressEvent) -> None:
-            # right after barrier 2 is sent (the driver's loop waits for this callback), so
-            # the batches of later epochs are certain to meet the dead actor
             if not args.no_kill and ev.kind == "barrier" and ev.epoch == 2 and not killed:
                 name = sorted(ev.shards)[0]
                 killed.append(name)
-                handle = ev.shards[name]
-                ray.kill(handle)
-                with contextlib.suppress(ray.exceptions.RayActorError):
-                    while True:  # until Ray reports it dead
-                        ray.get(handle.__ray_ready__.remote(), timeout=10)
-                        time.sleep(0.01)
+                kill_and_wait(ev.shards[name])
 
         pipeline = raykv.Pipeline(
             source=RayDataSource(ds, batch_size=args.batch_size),

@@ -42,6 +42,7 @@ from _common import (
     EXIT_OK,
     connect_ray,
     guarded,
+    kill_and_wait,
     require_checkpoints,
     table_diff,
 )
@@ -124,12 +125,10 @@ def run(args: argparse.Namespace) -> int:
         killed: list[str] = []
 
         def kill_once(ev: raykv.ProgressEvent) -> None:
-            if not args.no_kill and ev.kind == "committed" and ev.epoch == 2 and not killed:
-                import ray
-
+            if not args.no_kill and ev.kind == "barrier" and ev.epoch == 2 and not killed:
                 name = sorted(ev.shards)[-1]
                 killed.append(name)
-                ray.kill(ev.shards[name])
+                kill_and_wait(ev.shards[name])
 
         pipeline = raykv.Pipeline(
             source=GeneratorSource(gen, limit=gen.num_batches),

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from _common import EXIT_CHECK_FAILED, EXIT_OK, connect_ray, guarded, table_diff
+from _common import EXIT_CHECK_FAILED, EXIT_OK, connect_ray, guarded, kill_and_wait, table_diff
 
 import raykv
 from raykv.operators import TumblingWindow
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             if not args.no_kill and ev.kind == "barrier" and ev.epoch == kill_at and not killed:
                 name = sorted(ev.shards)[0]
                 killed.append(name)
-                ray.kill(ev.shards[name])
+                kill_and_wait(ev.shards[name])
 
         pipeline = raykv.Pipeline(
             source=TableSource(events, batch_size=args.batch_size),
