@@ -49,6 +49,22 @@ def connect_ray(address: str | None = None) -> bool:
     return True
 
 
+def verdict(problem: str | None, exact: str, *, killed: bool = False,
+            restarts: int = 0) -> int:
+    """Print the example's verdict and return its exit code.
+
+    ``problem`` is the first difference found (``None``: none); with ``killed``, the run
+    must also have recovered exactly once. ``exact`` says what matched.
+    """
+    if problem is None and killed and restarts != 1:
+        problem = f"expected one recovery after the kill, got {restarts}"
+    if problem is not None:
+        print(f"MISMATCH: {problem}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    print(f"exact: {exact}")
+    return EXIT_OK
+
+
 def kill_and_wait(handle: Any) -> None:
     """``ray.kill`` a shard actor and return once Ray reports it dead.
 

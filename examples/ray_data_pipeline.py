@@ -26,7 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from _common import EXIT_CHECK_FAILED, EXIT_OK, connect_ray, guarded, kill_and_wait, table_diff
+from _common import (
+    connect_ray,
+    guarded,
+    kill_and_wait,
+    table_diff,
+    verdict,
+)
 
 import raykv
 from raykv.operators import Aggregate
@@ -97,14 +103,10 @@ def run(args: argparse.Namespace) -> int:
         aggs = [(c, op) for c, ops in AGGS.items() for op in ops]
         want = pa.TableGroupBy(rows, "user", use_threads=False).aggregate(aggs)
         problem = table_diff(final, want, "user")
-        if problem is None and not args.no_kill and summary.restarts != 1:
-            problem = f"expected one recovery after the kill, got {summary.restarts}"
-        if problem is not None:
-            print(f"MISMATCH: {problem}", file=sys.stderr)
-            return EXIT_CHECK_FAILED
-        print(f"exact: {want.num_rows:,} users match pyarrow group_by over the dataset's "
-              f"{rows.num_rows:,} rows")
-        return EXIT_OK
+        exact = (f"{want.num_rows:,} users match pyarrow group_by over the dataset's "
+                 f"{rows.num_rows:,} rows")
+        return verdict(problem, exact, killed=bool(killed),
+                       restarts=summary.restarts)
     finally:
         if started:
             ray.shutdown()

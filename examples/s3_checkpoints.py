@@ -38,13 +38,13 @@ from typing import Any
 
 import pyarrow as pa
 from _common import (
-    EXIT_CHECK_FAILED,
     EXIT_OK,
     connect_ray,
     guarded,
     kill_and_wait,
     require_checkpoints,
     table_diff,
+    verdict,
 )
 
 import raykv
@@ -154,14 +154,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"the run in {url} had already finished at epoch {summary.last_epoch}")
             return EXIT_OK
         problem = table_diff(final, want, "user")
-        if problem is None and killed and summary.restarts != 1:
-            problem = f"expected one recovery after the kill, got {summary.restarts}"
-        if problem is not None:
-            print(f"MISMATCH: {problem}", file=sys.stderr)
-            return EXIT_CHECK_FAILED
-        print(f"exact: {want.num_rows:,} users match pyarrow group_by over "
-              f"{args.events:,} events")
-        return EXIT_OK
+        return verdict(problem, f"{want.num_rows:,} users match pyarrow group_by over "
+                       f"{args.events:,} events", killed=bool(killed),
+                       restarts=summary.restarts)
     finally:
         if started:
             import ray
