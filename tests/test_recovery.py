@@ -8,6 +8,7 @@ must publish exactly it: each epoch once, with the same content as without failu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -78,9 +79,10 @@ class Killer:
     """on_progress hook: kill shard ``index`` at the first event ``kind`` of ``epoch``."""
 
     def __init__(self, kind: str, epoch: int | None, index: int = 0, delay: float = 0.0,
-                 times: int = 1) -> None:
+                 times: int = 1, wait_dead: bool = False) -> None:
         self.kind, self.epoch, self.index, self.delay = kind, epoch, index, delay
         self.left = times
+        self.wait_dead = wait_dead  # return only once Ray reports the actor dead
         self.killed: list[str] = []
 
     def __call__(self, ev: raykv.ProgressEvent) -> None:
@@ -95,6 +97,11 @@ class Killer:
                 threading.Timer(self.delay, ray.kill, [handle]).start()
             else:
                 ray.kill(handle)
+                if self.wait_dead:
+                    with contextlib.suppress(ray.exceptions.RayActorError):
+                        while True:
+                            ray.get(handle.__ray_ready__.remote(), timeout=10)
+                            time.sleep(0.01)
 
 
 # ---------------------------------------------------------------------------- kills
@@ -120,8 +127,9 @@ def test_kill_mid_upload(ray_session: Any, tmp_path: Path) -> None:
 def test_kill_between_upload_and_commit(ray_session: Any, tmp_path: Path) -> None:
     """All shard manifests of epoch 2 are durable; a shard dies before the epoch manifest."""
     t = table(13)
-    kill = Killer("acked", 2)
-    s = make(tmp_path, t, on_progress=kill).run()
+    # slowed shards still have work after epoch 2, so the kill cannot land too late
+    kill = Killer("acked", 2, wait_dead=True)
+    s = make(tmp_path, t, faults=Faults(process_delay=0.05), on_progress=kill).run()
     assert kill.killed and s.restarts == 1
     assert_exact(s.output_by_epoch, t)
     assert 2 in CheckpointStore(str(tmp_path / "ckpt")).epochs()
@@ -190,7 +198,9 @@ def test_s3_checkpoint_with_a_kill(ray_session: Any, tmp_path: Path,
                                    s3_bucket: tuple[str, dict[str, Any]]) -> None:
     url, options = s3_bucket
     t = table(19)
-    kill = Killer("committed", 2)
+    # right after barrier 2, waiting for the death: later batches must meet the dead actor
+    # (a kill after a commit can land when the shard has no work left: no recovery)
+    kill = Killer("barrier", 2, wait_dead=True)
     s = make(tmp_path, t, checkpoint=f"{url}/ckpt", storage_options=options,
              on_progress=kill).run()
     assert s.restarts == 1
