@@ -264,7 +264,8 @@ def test_driver_killed_then_resume(ray_session: Any, tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if (ckpt / "epochs").is_dir() and len(list((ckpt / "epochs").iterdir())) >= 2:
+            # committed epoch manifests only (a commit in progress has a hidden temp file)
+            if (ckpt / "epochs").is_dir() and len(list((ckpt / "epochs").glob("[0-9]*.json"))) >= 2:
                 break
             assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
             time.sleep(0.05)
