@@ -48,9 +48,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import ray
 
+from raykv import rebalance
 from raykv.errors import CheckpointNotFoundError, CorruptionError
 from raykv.export import encode_operator
 from raykv.operators.base import describe_schema_change
@@ -303,6 +305,12 @@ class Coordinator:
         self._base: _Base = _Base()
         self._abandon_on_commit = False
         self._last_gc = 0.0
+        # skew: per stage, key-group loads summed since the last decision, and plans
+        # decided by the commit thread for the feed loop to carry out (under _lock)
+        self._loads: dict[int, np.ndarray] = {}
+        self._load_rows: dict[int, int] = {}
+        self._since_rebalance: dict[int, int] = {}
+        self._plans: dict[int, rebalance.Plan] = {}
         self._schema: pa.Schema | None = None
         # engine dirs live under local_dir/<ident>: stable per checkpoint URL, so a restore
         # on the same node finds the files it already has
@@ -542,9 +550,13 @@ class Coordinator:
                 old_n, old_engine = int(old["num_shards"]), str(old["engine"])
                 old_params = dict(old.get("engine_params") or {})
                 old_names = list(old["shards"])
+                old_part = Partitioning.from_dict(
+                    old.get("partitioning") or {"num_shards": old_n, "num_key_groups": groups})
                 same = old_n == n and old_engine == engine
                 gen = int(old["generation"]) + (0 if same and not base.rollback else 1)
                 changed |= not same
+                if old_n == n:
+                    part = old_part  # the epoch's assignment, rebalanced groups included
                 if same:
                     stage_plans = [
                         RestorePlan(epoch=base.epoch,
@@ -552,15 +564,11 @@ class Coordinator:
                         for j in range(n)
                     ]
                 else:
-                    old_part = Partitioning(num_shards=old_n, num_key_groups=groups)
                     stage_plans = []
                     for j in range(n):
-                        lo, hi = part.group_range(j)
+                        holders = np.unique(old_part.owners[part.owned_mask(j)]).tolist()
                         sources = tuple(
-                            RestoreSource(old_names[k], old_engine, old_params)
-                            for k in range(old_n)
-                            if _overlap(old_part.group_range(k), (lo, hi))
-                        )
+                            RestoreSource(old_names[k], old_engine, old_params) for k in holders)
                         stage_plans.append(RestorePlan(epoch=base.epoch, rebuild=sources))
             shard_names = tuple(f"{names[i]}-{j}of{n}-g{gen}" for j in range(n))
             stages.append(StageSpec(i, names[i], op.key, op, engine, params, part, shard_names))
@@ -590,7 +598,8 @@ class Coordinator:
                     downstream=stages[s + 1] if s + 1 < len(stages) else None,
                     checkpoint=self.p.checkpoint, storage_options=self.p.storage_options,
                     driver_io=self.driver_io, max_inflight=self.p.max_inflight,
-                    faults=self.p.faults, attempt=attempt,
+                    faults=self.p.faults, attempt=attempt, hot_keys=self.p.hot_keys,
+                    track_groups=self._rebalances(stage),
                 ))
             specs.append(row)
         if self.driver_io:
@@ -647,16 +656,23 @@ class Coordinator:
                     self.store.restore_shard(plan.epoch, plan.direct.shard, data_dir)
                     plan = replace(plan, materialized=True)
                 elif plan.epoch is not None and plan.rebuild:
-                    sources = []
-                    for src in plan.rebuild:
-                        tmp = data_dir.parent / f".rebuild-{sp.name}-{src.shard}"
-                        wipe_dir(tmp)
-                        self.store.restore_shard(plan.epoch, src.shard, tmp)
-                        sources.append(replace(src, local_dir=str(tmp)))
-                    plan = replace(plan, rebuild=tuple(sources))
+                    plan = replace(plan, rebuild=self._materialize_sources(
+                        plan.epoch, plan.rebuild, data_dir.parent, sp.name))
                 row.append(plan)
             out.append(row)
         return out
+
+    def _materialize_sources(
+        self, epoch: int, sources: tuple[RestoreSource, ...], parent: Path, name: str
+    ) -> tuple[RestoreSource, ...]:
+        """Driver I/O: restore each old shard of ``sources`` into a dir next to ``name``'s."""
+        out = []
+        for src in sources:
+            tmp = parent / f".rebuild-{name}-{src.shard}"
+            wipe_dir(tmp)
+            self.store.restore_shard(epoch, src.shard, tmp)
+            out.append(replace(src, local_dir=str(tmp)))
+        return tuple(out)
 
     def _teardown(self) -> None:
         """Stop the commit thread, kill every shard actor and wait until they are gone."""
@@ -697,6 +713,8 @@ class Coordinator:
         self._attempt_no += 1
         stages, plans, changed = self._layout(base)
         self._stages = stages
+        with self._lock:  # loads and plans of a failed attempt do not carry over
+            self._loads, self._load_rows, self._since_rebalance, self._plans = {}, {}, {}, {}
         # stored in every epoch so `raykv checkpoints export` can rebuild the operators
         self._operator_configs = {st.name: encode_operator(st.operator) for st in stages}
         self._start_actors(stages, plans, attempt)
@@ -721,7 +739,6 @@ class Coordinator:
 
     def _feed(self, reader: Any, committer: _Committer) -> bool:
         p = self.p
-        first = self._stages[0]
         actors = self._actors[0]
         inflight: list[deque[Any]] = [deque() for _ in actors]
         every = p.epoch_every_batches
@@ -732,12 +749,18 @@ class Coordinator:
             committer.check()
             if p.stop_requested:
                 return True
+            if self._plans and not self._batches_epoch:  # right after a barrier
+                for q in inflight:
+                    _shard_get(list(q))
+                    q.clear()
+                self._apply_rebalance(committer)
             try:
                 batch = reader.read()
             except StopSource:
                 return True
             if batch is None:
                 return False
+            first = self._stages[0]
             if batch.num_rows:
                 parts = split_batch(batch, first.key, first.partitioning)  # key checks first
                 self._check_schema(batch)
@@ -810,12 +833,14 @@ class Coordinator:
         base = self._committed or self._base
         rows_total = base.rows_total + pending.rows
         abandoned = base.abandoned
+        load = self._account_load(acks)
         em = None
         if store is not None:
-            em = store.commit_epoch(
-                e, manifests, offsets={"source": pending.offset},
-                metadata=self._metadata(pending, base, rows_total),
-            )
+            metadata = self._metadata(pending, base, rows_total)
+            if load:
+                metadata["load"] = load
+            em = store.commit_epoch(e, manifests, offsets={"source": pending.offset},
+                                    metadata=metadata)
         if self._abandon_on_commit:
             sink.start(e, new_run=False, abandoned=abandoned)
             self._abandon_on_commit = False
@@ -836,6 +861,8 @@ class Coordinator:
             )
         self._emit("committed", e, final=pending.final, rows_out=rows_out,
                    bytes_uploaded_total=s.bytes_uploaded)
+        if self.p.rebalance is not None and not pending.final:
+            self._decide(acks)
         if store is not None and (pending.final or time.monotonic() - self._last_gc > GC_INTERVAL):
             self._last_gc = time.monotonic()
             try:
@@ -866,6 +893,118 @@ class Coordinator:
             "source": self.p.source.describe(),
             "sink": sink.describe(),
         }
+
+    # ------------------------------------------------------------------ skew
+
+    def _rebalances(self, stage: StageSpec) -> bool:
+        """Whether ``stage`` is rebalanced (configured, >1 shard, operator allows it)."""
+        return (self.p.rebalance is not None and stage.num_shards > 1
+                and getattr(stage.operator, "rebalance_safe", True))
+
+    def _account_load(self, acks: list[Ack]) -> dict[str, dict[str, Any]]:
+        """Fold an epoch's load reports into the summary and the rebalancer's sums.
+
+        Returns the epoch manifest's ``load`` entry: per stage, per shard, the epoch's
+        ``updates``, the run's ``updates_total``, ``hot_keys`` and ``write_amplification``.
+        """
+        out: dict[str, dict[str, Any]] = {}
+        index = {st.name: i for i, st in enumerate(self._stages)}
+        with self._lock:
+            for ack in acks:
+                rep = ack.load
+                if rep is None:
+                    continue
+                stage = str(ack.metadata["stage"])
+                entry = self.summary.load.setdefault(ack.shard, {"stage": stage, "updates": 0})
+                entry["updates"] += int(rep["rows"])
+                entry["hot_keys"] = rep["hot_keys"]
+                entry["write_amplification"] = float(rep["write_amplification"])
+                out.setdefault(stage, {})[ack.shard] = {
+                    "updates": int(rep["rows"]), "updates_total": entry["updates"],
+                    "hot_keys": rep["hot_keys"],
+                    "write_amplification": round(float(rep["write_amplification"]), 4),
+                }
+                i = index.get(stage)
+                if i is not None and "groups" in rep:
+                    acc = self._loads.setdefault(
+                        i, np.zeros(self._num_key_groups, dtype=np.float64))
+                    np.add.at(acc, rep["groups"], rep["group_counts"])
+                    self._load_rows[i] = self._load_rows.get(i, 0) + int(rep["rows"])
+        return out
+
+    def _decide(self, acks: list[Ack]) -> None:
+        """Commit thread: plan a rebalance of each stage whose summed loads call for one."""
+        cfg = self.p.rebalance
+        stages_seen = {str(a.metadata["stage"]) for a in acks}
+        with self._lock:
+            for i, stage in enumerate(self._stages):
+                if stage.name not in stages_seen or not self._rebalances(stage):
+                    continue
+                self._since_rebalance[i] = self._since_rebalance.get(i, 0) + 1
+                if i in self._plans or self._since_rebalance[i] <= cfg.cooldown_epochs:
+                    continue
+                if self._load_rows.get(i, 0) < cfg.min_rows:
+                    continue
+                decided = rebalance.plan(self._loads[i], stage.partitioning, cfg)
+                self._loads[i][:] = 0
+                self._load_rows[i] = 0
+                if decided is not None:
+                    self._plans[i] = decided
+
+    def _apply_rebalance(self, committer: _Committer) -> None:
+        """Feed loop, right after a barrier: carry out the planned rebalances.
+
+        1. Wait until every epoch is committed: the latest epoch ``F`` holds all input
+           so far under the old assignment, and no data is in flight. (Epoch boundaries
+           stay where they would be without rebalancing.)
+        2. Every shard of the stage takes the key groups it gains from the givers'
+           checkpoint of ``F`` and deletes those it loses (``ShardWorker.rebalance``).
+        3. The senders (the driver, or the previous stage's shards) route by the new
+           assignment; the next commit writes it into its epoch manifest.
+
+        A failure anywhere restores ``F``, whose manifest has the old assignment.
+        """
+        committer.drain()
+        with self._lock:
+            plans, self._plans = self._plans, {}
+        assert self._committed is not None
+        epoch = self._committed.epoch
+        assert epoch is not None
+        root = self._local_root()
+        for i, decided in sorted(plans.items()):
+            t0 = time.perf_counter()
+            stage = self._stages[i]
+            new = decided.partitioning
+            old_owners, new_owners = stage.partitioning.owners, new.owners
+            refs = []
+            for j, actor in enumerate(self._actors[i]):
+                givers = np.unique(old_owners[(new_owners == j) & (old_owners != j)]).tolist()
+                sources = tuple(RestoreSource(stage.shard_names[k], stage.engine,
+                                              stage.engine_params) for k in givers)
+                if self.driver_io:
+                    sources = self._materialize_sources(
+                        epoch, sources, root / stage.name, stage.shard_names[j])
+                refs.append(actor.rebalance.remote(epoch, new, sources))
+            infos = _shard_get(refs)
+            if i > 0:
+                _shard_get([a.set_downstream_partitioning.remote(new)
+                            for a in self._actors[i - 1]])
+            self._stages[i] = replace(stage, partitioning=new)
+            with self._lock:
+                self._since_rebalance[i] = 0
+                self._loads.pop(i, None)
+                self._load_rows[i] = 0
+            record = {
+                "epoch": epoch, "stage": stage.name, "moved_groups": len(decided.moves),
+                "before": [round(x, 4) for x in decided.before],
+                "after": [round(x, 4) for x in decided.after],
+                "copied_keys": sum(int(x["copied"]) for x in infos),
+                "dropped_keys": sum(int(x["dropped"]) for x in infos),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            self.summary.rebalances.append(record)
+            log.info("raykv: rebalanced stage %s at epoch %d: %s", stage.name, epoch, record)
+            self._emit("rebalanced", epoch, **{k: v for k, v in record.items() if k != "epoch"})
 
     # ------------------------------------------------------------------ progress
 
@@ -914,10 +1053,6 @@ def _placements(n: int, options: dict[str, Any]) -> list[dict[str, Any]]:
         {"scheduling_strategy": NodeAffinitySchedulingStrategy(nodes[k % len(nodes)], soft=False)}
         for k in range(n)
     ]
-
-
-def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
-    return a[0] < b[1] and b[0] < a[1]
 
 
 def _copy_json(value: Any) -> Any:

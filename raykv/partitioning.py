@@ -4,8 +4,10 @@ Every keyed stage turns its key column into canonical bytes with :func:`encode_k
 (the engine keys of its state), hashes those bytes with mmh3 (32-bit, seed 0, unsigned)
 into one of ``num_key_groups`` key groups, and sends each key group to the shard that
 owns it. Shards own contiguous key-group ranges, so a restore with another shard count
-only reassigns ranges (DESIGN.md invariant 7); ``num_key_groups`` is fixed when the
-pipeline is first created and stored in every epoch manifest (``Partitioning.to_dict``).
+only reassigns ranges (DESIGN.md invariant 7); the skew rebalancer may move single key
+groups to other shards (``Partitioning.moved``, an exception list). ``num_key_groups`` is
+fixed when the pipeline is first created; it and the assignment are stored in every epoch
+manifest (``Partitioning.to_dict``).
 
 Encoding (``decode_keys`` is its inverse; the formats are part of the checkpoint format,
 DO NOT CHANGE them without a new ``HASH``/format name):
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import repeat
 from typing import Any
 
@@ -311,18 +314,24 @@ def key_groups_of(keys: Sequence[bytes], num_key_groups: int) -> np.ndarray:
 class Partitioning:
     """Key groups and their assignment to shards (stored in every epoch manifest).
 
-    Shard ``s`` owns the contiguous key groups ``group_range(s)``; group ``g`` belongs to
-    shard ``g * num_shards // num_key_groups``. ``num_key_groups`` must never change for
-    an existing pipeline (the state's key groups depend on it); ``num_shards`` may change
-    between restores (use ``dataclasses.replace``).
+    By default shard ``s`` owns the contiguous key groups ``group_range(s)``: group ``g``
+    belongs to shard ``g * num_shards // num_key_groups``. ``moved`` is an exception list
+    of ``(group, shard)`` pairs that override that default; the skew rebalancer
+    (:mod:`raykv.rebalance`) writes it, and it travels with the epoch manifest, so a
+    restore routes every key exactly as the epoch was written. ``num_key_groups`` must
+    never change for an existing pipeline (the state's key groups depend on it);
+    ``num_shards`` may change between restores (use :meth:`rescaled`).
 
     Attributes:
         num_shards: number of shards, 1..num_key_groups.
         num_key_groups: number of key groups (default 4096).
+        moved: sorted ``(group, shard)`` exceptions to the contiguous ranges (no group
+            twice; a pair equal to the default is dropped).
     """
 
     num_shards: int
     num_key_groups: int = DEFAULT_NUM_KEY_GROUPS
+    moved: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("num_shards", "num_key_groups"):
@@ -342,6 +351,35 @@ class Partitioning:
                 f"1..num_key_groups={self.num_key_groups} (each shard owns at least one key group)"
             )
             raise ValueError(msg)
+        moved: dict[int, int] = {}
+        for pair in self.moved:
+            try:
+                g, s = (int(x) for x in pair)
+            except (TypeError, ValueError):
+                msg = f"Partitioning.moved must hold (group, shard) pairs, got {pair!r}"
+                raise ValueError(msg) from None
+            if not (0 <= g < self.num_key_groups and 0 <= s < self.num_shards) or g in moved:
+                msg = (
+                    f"Partitioning.moved has a bad or repeated pair ({g}, {s}); groups are "
+                    f"0..{self.num_key_groups - 1}, shards 0..{self.num_shards - 1}"
+                )
+                raise ValueError(msg)
+            moved[g] = s
+        default = self._default_shards(np.fromiter(moved, np.int64, len(moved))).tolist()
+        norm = sorted((g, s) for (g, s), d in zip(moved.items(), default, strict=True) if s != d)
+        object.__setattr__(self, "moved", tuple(norm))
+
+    def _default_shards(self, groups: np.ndarray) -> np.ndarray:
+        return groups * self.num_shards // self.num_key_groups
+
+    @cached_property
+    def owners(self) -> np.ndarray:
+        """The shard of every key group (int64 array). Cost: O(groups), once."""
+        owners = self._default_shards(np.arange(self.num_key_groups, dtype=np.int64))
+        for g, s in self.moved:
+            owners[g] = s
+        owners.flags.writeable = False
+        return owners
 
     def shard_of_groups(self, groups: np.ndarray | Sequence[int]) -> np.ndarray:
         """Return the shard owning each key group. Cost: one vectorized pass."""
@@ -349,23 +387,48 @@ class Partitioning:
         if g.size and (g.min() < 0 or g.max() >= self.num_key_groups):
             msg = f"key groups must be in 0..{self.num_key_groups - 1}"
             raise ValueError(msg)
-        return g * self.num_shards // self.num_key_groups
+        return self.owners[g] if self.moved else self._default_shards(g)
 
     def shard_of_keys(self, keys: Sequence[bytes]) -> np.ndarray:
         """Return the shard owning each encoded key. Cost: one mmh3 call per key."""
         return self.shard_of_groups(key_groups_of(keys, self.num_key_groups))
 
     def group_range(self, shard: int) -> tuple[int, int]:
-        """Return the key groups ``[lo, hi)`` owned by ``shard``."""
+        """Return the default contiguous key groups ``[lo, hi)`` of ``shard`` (not ``moved``)."""
         if not 0 <= shard < self.num_shards:
             msg = f"shard {shard} is out of range 0..{self.num_shards - 1}"
             raise ValueError(msg)
         g, s = self.num_key_groups, self.num_shards
         return (shard * g + s - 1) // s, ((shard + 1) * g + s - 1) // s
 
+    def owned_mask(self, shard: int) -> np.ndarray:
+        """Boolean array over key groups: True where ``shard`` owns the group (``moved`` too)."""
+        self.group_range(shard)  # range check
+        return self.owners == shard
+
+    def with_owners(self, owners: np.ndarray | Sequence[int]) -> Partitioning:
+        """The same key groups and shards with group ``g`` assigned to ``owners[g]``."""
+        arr = np.asarray(owners, dtype=np.int64)
+        if arr.shape != (self.num_key_groups,):
+            msg = f"owners must have one shard per key group ({self.num_key_groups})"
+            raise ValueError(msg)
+        default = self._default_shards(np.arange(self.num_key_groups, dtype=np.int64))
+        diff = np.flatnonzero(arr != default)
+        return Partitioning(self.num_shards, self.num_key_groups,
+                            tuple(zip(diff.tolist(), arr[diff].tolist(), strict=True)))
+
+    def rescaled(self, num_shards: int) -> Partitioning:
+        """The same key groups over ``num_shards`` contiguous ranges (``moved`` is dropped)."""
+        return Partitioning(num_shards, self.num_key_groups)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description (stored in the epoch manifest's metadata)."""
-        return {"num_key_groups": self.num_key_groups, "num_shards": self.num_shards, "hash": HASH}
+        out: dict[str, Any] = {
+            "num_key_groups": self.num_key_groups, "num_shards": self.num_shards, "hash": HASH,
+        }
+        if self.moved:
+            out["moved"] = [list(p) for p in self.moved]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Partitioning:
@@ -375,13 +438,14 @@ class Partitioning:
         if scheme != HASH:
             msg = f"partitioning uses key hash {scheme!r}; this raykv only knows {HASH!r}"
             raise ValueError(msg)
-        unknown = set(data) - {"num_key_groups", "num_shards"}
+        unknown = set(data) - {"num_key_groups", "num_shards", "moved"}
         if unknown:
             msg = (
                 f"unknown partitioning fields {sorted(unknown)}; "
-                "expected num_key_groups, num_shards"
+                "expected num_key_groups, num_shards, moved"
             )
             raise ValueError(msg)
+        data["moved"] = tuple(tuple(p) for p in data.get("moved", ()))
         return cls(**data)
 
 

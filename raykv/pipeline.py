@@ -42,8 +42,9 @@ class ProgressEvent:
     ``kind`` is one of ``"starting"`` (shard actors created, restoring their state),
     ``"started"`` (actors ready; ``detail`` has ``restored_from``),
     ``"barrier"`` (barrier ``epoch`` sent), ``"acked"`` (every shard uploaded ``epoch``;
-    called just before the commit), ``"committed"``, ``"failure"`` (``error`` set;
-    recovery follows), ``"recovered"``, ``"finished"``.
+    called just before the commit), ``"committed"``, ``"rebalanced"`` (key groups moved
+    at ``epoch``; ``detail`` is the ``RunSummary.rebalances`` entry), ``"failure"``
+    (``error`` set; recovery follows), ``"recovered"``, ``"finished"``.
 
     Attributes:
         kind: the event.
@@ -90,6 +91,14 @@ class RunSummary:
         finished: the input ended and its final epoch (``finish()`` output) is committed.
         stopped: the run was stopped (``Pipeline.stop()`` / ``StopSource``) before the end.
         shards: per-shard counters and engine stats of the last attempt.
+        load: per shard (by name): ``stage``, ``updates`` (input rows of the epochs this
+            run committed), ``hot_keys`` (``[key, count, error]``, Space-Saving estimates,
+            largest first) and the engine's ``write_amplification`` (empty with
+            ``hot_keys=0``).
+        rebalances: one entry per key-group rebalance: ``epoch`` (the committed epoch it
+            started from), ``stage``, ``moved_groups``, ``before`` / ``after`` (each shard's
+            share of the load that triggered it, planned), ``copied_keys``,
+            ``dropped_keys``, ``seconds``.
         output: the published output (``CollectSink`` only) as one table.
         output_by_epoch: the published output per epoch (``CollectSink`` only).
     """
@@ -107,6 +116,8 @@ class RunSummary:
     finished: bool = False
     stopped: bool = False
     shards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    load: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rebalances: list[dict[str, Any]] = field(default_factory=list)
     output: pa.Table | None = None
     output_by_epoch: dict[int, pa.Table] = field(default_factory=dict)
 
@@ -117,12 +128,35 @@ class RunSummary:
 
     def __str__(self) -> str:
         state = "finished" if self.finished else "stopped" if self.stopped else "ended"
-        return (
+        head = (
             f"raykv run {state}: {self.rows_in:,} rows in, {self.rows_out:,} out, "
             f"{len(self.epochs_committed)} epochs committed (last {self.last_epoch}), "
             f"{self.bytes_uploaded / 2**20:.1f} MiB uploaded, {self.restarts} restarts, "
             f"{self.wall_time:.2f}s ({self.events_per_s:,.0f} events/s)"
         )
+        return "\n".join([head, *self.load_lines()])
+
+    def load_lines(self) -> list[str]:
+        """The per-shard load, hot keys, write amplification and rebalances, as text lines."""
+        lines = []
+        stages: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for name, entry in sorted(self.load.items()):
+            stages.setdefault(entry["stage"], []).append((name, entry))
+        for stage, shards in stages.items():
+            total = sum(e["updates"] for _, e in shards)
+            mean = total / len(shards) if shards else 0
+            busiest = max((e["updates"] for _, e in shards), default=0)
+            ratio = f"{busiest / mean:.2f}x" if mean else "-"
+            moved = sum(r["moved_groups"] for r in self.rebalances if r["stage"] == stage)
+            n_reb = sum(1 for r in self.rebalances if r["stage"] == stage)
+            lines.append(f"  stage {stage}: busiest shard {ratio} the mean of {len(shards)} "
+                         f"shards; {n_reb} rebalances moved {moved} key groups")
+            for name, e in shards:
+                hot = ", ".join(f"{k} ~{c:,}" for k, c, _ in e["hot_keys"][:3])
+                share = e["updates"] / total if total else 0.0
+                lines.append(f"    {name}: {e['updates']:,} updates ({share:.0%}), write amp "
+                             f"{e['write_amplification']:.2f}, hot keys: {hot or '-'}")
+        return lines
 
 
 @dataclass
@@ -168,6 +202,13 @@ class Pipeline:
         clock: time source for ``checkpoint_interval`` (default ``time.monotonic``;
             ``raykv.testing.FakeClock`` in tests).
         faults: ``raykv.testing.Faults`` to inject delays/crashes in shards (tests only).
+        hot_keys: Space-Saving counters per shard for hot-key and load metrics
+            (``RunSummary.load``, the epoch manifests); 0 turns load tracking off.
+        rebalance: a :class:`raykv.rebalance.Rebalance` to move key groups from busy to
+            idle shards at epoch boundaries (``docs/runtime.md``, "Skew"); needs a
+            ``checkpoint`` (moved state travels through it) and ``hot_keys > 0``. Stages
+            whose results depend on the assignment (``TumblingWindow``: per-shard
+            watermarks) are never rebalanced.
     """
 
     source: Source
@@ -190,6 +231,8 @@ class Pipeline:
     on_progress: Callable[[ProgressEvent], None] | None = None
     clock: Callable[[], float] | None = None
     faults: Any = None
+    hot_keys: int = 16
+    rebalance: Any = None
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -268,6 +311,20 @@ class Pipeline:
             _ = op
         if self.checkpoint is not None and not isinstance(self.checkpoint, str):
             self.checkpoint = str(self.checkpoint)
+        if type(self.hot_keys) is not int or self.hot_keys < 0:
+            msg = f"hot_keys must be an int >= 0 (0: no load tracking), got {self.hot_keys!r}"
+            raise ValueError(msg)
+        if self.rebalance is not None:
+            from raykv.rebalance import Rebalance
+
+            if not isinstance(self.rebalance, Rebalance):
+                msg = (f"rebalance must be a raykv.rebalance.Rebalance or None, "
+                       f"got {type(self.rebalance).__name__}")
+                raise TypeError(msg)
+            if self.checkpoint is None or self.hot_keys == 0:
+                msg = ("rebalance needs checkpoint= (moved key groups travel through it) and "
+                       "hot_keys > 0 (the loads come from the load trackers)")
+                raise ValueError(msg)
 
     # ------------------------------------------------------------------ per-stage settings
 

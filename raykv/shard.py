@@ -8,7 +8,9 @@ according to a :class:`RestorePlan`.
 
 Lifecycle (per actor)::
 
-    setup (set_downstream)? (process | barrier | finish)*   with   (wait_uploaded | stats)*
+    setup (set_downstream)? (process | barrier | finish | rebalance
+                             | set_downstream_partitioning)*
+    with   (wait_uploaded | stats)*
 
 Concurrency: the actor's default concurrency group has one thread, and Ray runs the calls
 one caller makes to one actor in the order they were made; ``process``, ``barrier`` and
@@ -44,13 +46,14 @@ import shutil
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import ray
 
+from raykv.hotkeys import LoadTracker
 from raykv.partitioning import Partitioning, key_groups_of, split_batch
 
 DATA, BARRIER, FINISH = 0, 1, 2
@@ -109,6 +112,9 @@ class ShardSpec:
         max_inflight: calls to one downstream shard in flight before waiting.
         faults: ``raykv.testing.Faults`` or ``None``.
         attempt: run attempt number (0, then +1 per recovery).
+        hot_keys: Space-Saving counters of the shard's :class:`raykv.hotkeys.LoadTracker`
+            (0: no load tracking).
+        track_groups: also count updates per key group (the rebalancer needs them).
     """
 
     stage: StageSpec
@@ -122,6 +128,8 @@ class ShardSpec:
     max_inflight: int = 4
     faults: Any = None
     attempt: int = 0
+    hot_keys: int = 0
+    track_groups: bool = False
 
     @property
     def name(self) -> str:
@@ -179,6 +187,8 @@ class Ack:
         files: live engine files of the epoch.
         metadata: the shard manifest metadata.
         seal_seconds: time spent in ``on_barrier`` + ``seal`` + linking.
+        load: the epoch's load report (``LoadTracker.report()`` plus the engine's
+            ``write_amplification``), or ``None`` without load tracking.
     """
 
     epoch: int
@@ -189,6 +199,7 @@ class Ack:
     files: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     seal_seconds: float = 0.0
+    load: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -297,12 +308,14 @@ class ShardWorker:
         self._acks: dict[int, Ack] = {}
         self._uploads: queue.Queue[Any] = queue.Queue()
         self._uploader: threading.Thread | None = None
-        self._counts = {"process": 0, "barrier": 0, "upload": 0}
+        self._counts = {"process": 0, "barrier": 0, "upload": 0, "rebalance": 0}
         self._node_id: str | None = None
+        self._tracker: LoadTracker | None = None
         self.stats_: dict[str, float] = {
             "rows_in": 0, "batches_in": 0, "rows_out": 0, "epochs": 0, "seal_seconds": 0.0,
             "upload_seconds": 0.0, "bytes_uploaded": 0, "files_uploaded": 0,
             "process_seconds": 0.0, "restore_seconds": 0.0, "restored_bytes": 0,
+            "track_seconds": 0.0, "rebalances": 0, "rebalance_seconds": 0.0,
         }
 
     # ------------------------------------------------------------------ setup
@@ -353,6 +366,11 @@ class ShardWorker:
             self.engine = open_engine(spec.stage.engine, data_dir, **spec.stage.engine_params)
             rebuilt = self._rebuild(plan)
         self.logic = spec.stage.operator.build(self.engine)
+        if spec.hot_keys:
+            self._tracker = LoadTracker(
+                spec.stage.key, spec.stage.partitioning.num_key_groups, spec.hot_keys,
+                track_groups=spec.track_groups,
+            )
         if spec.checkpoint is not None:
             from raykv.checkpointing import link_files  # noqa: F401 - import before epoch 1
 
@@ -371,24 +389,36 @@ class ShardWorker:
         }
 
     def _rebuild(self, plan: RestorePlan) -> int:
-        """Copy the keys of this shard's key-group range out of the old shards' states."""
+        """Copy the keys of this shard's key groups out of the old shards' states."""
+        assert plan.epoch is not None
+        part = self.spec.stage.partitioning
+        copied = self._copy_from(plan.epoch, plan.rebuild, part.owned_mask(self.spec.index))
+        self.engine.seal()
+        return copied
+
+    def _copy_from(self, epoch: int, sources: tuple[RestoreSource, ...], wanted: Any) -> int:
+        """Copy the pairs of ``sources`` at ``epoch`` whose key group is ``wanted[group]``.
+
+        Each source is restored into a temporary dir (unless the driver already did:
+        ``local_dir``), opened and scanned once. Metadata keys (``routing_key(k) is None``)
+        belong to every shard: their values in the sources and in this shard's engine
+        are merged by the operator (e.g. windows keep the highest watermark). Returns the
+        number of pairs written.
+        """
         from raykv.engines import open_engine
 
         spec = self.spec
-        part = spec.stage.partitioning
-        lo, hi = part.group_range(spec.index)
         route = routing_key_fn(spec.stage.operator)
-        groups_n = part.num_key_groups
+        groups_n = spec.stage.partitioning.num_key_groups
         copied = 0
         meta: dict[bytes, list[bytes]] = {}  # metadata key -> its value in each old shard
-        for src in plan.rebuild:
+        for src in sources:
             if src.local_dir is not None:
                 tmp = Path(src.local_dir)
             else:
                 tmp = Path(spec.data_dir).parent / f".rebuild-{self.name}-{src.shard}"
                 wipe_dir(tmp)
-                assert plan.epoch is not None
-                self._get_store().restore_shard(plan.epoch, src.shard, tmp)
+                self._get_store().restore_shard(epoch, src.shard, tmp)
             old = open_engine(src.engine, tmp, **src.engine_params)
             try:
                 keys: list[bytes] = []
@@ -397,43 +427,103 @@ class ShardWorker:
                     keys.append(k)
                     values.append(v)
                     if len(keys) >= REBUILD_CHUNK:
-                        copied += self._copy_owned(keys, values, route, lo, hi, groups_n, meta)
+                        copied += self._copy_owned(keys, values, route, wanted, groups_n, meta)
                         keys, values = [], []
-                copied += self._copy_owned(keys, values, route, lo, hi, groups_n, meta)
+                copied += self._copy_owned(keys, values, route, wanted, groups_n, meta)
             finally:
                 old.close()
             shutil.rmtree(tmp, ignore_errors=True)
-        if meta:  # combined by the operator (e.g. windows keep the highest watermark)
+        if meta:
             op = spec.stage.operator
-            self.engine.multi_set([(k, op.merge_metadata(k, vs)) for k, vs in meta.items()])
-            copied += len(meta)
-        self.engine.seal()
+            pairs = []
+            for k, vs in meta.items():
+                own = self.engine.get(k)
+                pairs.append((k, op.merge_metadata(k, [own, *vs] if own else vs)))
+            self.engine.multi_set(pairs)
+            copied += len(pairs)
         return copied
 
     def _copy_owned(
-        self, keys: list[bytes], values: list[bytes], route: Any, lo: int, hi: int,
+        self, keys: list[bytes], values: list[bytes], route: Any, wanted: Any,
         groups_n: int, meta: dict[bytes, list[bytes]],
     ) -> int:
-        """``multi_set`` the pairs whose key group is in ``[lo, hi)``; collect metadata keys.
-
-        Metadata keys (``route(k) is None``) belong to every shard; their values from all
-        old shards are gathered in ``meta`` and merged by the operator at the end.
-        """
+        """``multi_set`` the pairs whose key group is ``wanted``; collect metadata keys."""
         if not keys:
             return 0
         routed = [route(k) for k in keys]
-        everywhere = [r is None for r in routed]
         g = key_groups_of([b"" if r is None else r for r in routed], groups_n)
-        keep = ((g >= lo) & (g < hi)).tolist()
+        keep = wanted[g].tolist()
         pairs = []
-        for k, v, ok, is_meta in zip(keys, values, keep, everywhere, strict=True):
-            if is_meta:
+        for k, v, ok, r in zip(keys, values, keep, routed, strict=True):
+            if r is None:
                 meta.setdefault(k, []).append(v)
             elif ok:
                 pairs.append((k, v))
         if pairs:
             self.engine.multi_set(pairs)
         return len(pairs)
+
+    def _drop_unowned(self) -> int:
+        """Delete this shard's pairs whose key group it no longer owns. Returns how many."""
+        part = self.spec.stage.partitioning
+        owned = part.owned_mask(self.spec.index)
+        route = routing_key_fn(self.spec.stage.operator)
+        doomed: list[bytes] = []
+        chunk: list[bytes] = []
+
+        def flush() -> None:
+            routed = [route(k) for k in chunk]
+            g = key_groups_of([b"" if r is None else r for r in routed], part.num_key_groups)
+            doomed.extend(k for k, r, ok in zip(chunk, routed, owned[g].tolist(), strict=True)
+                          if r is not None and not ok)
+            chunk.clear()
+
+        for k in self.engine.keys():  # noqa: SIM118 - an engine, not a dict
+            chunk.append(k)
+            if len(chunk) >= REBUILD_CHUNK:
+                flush()
+        flush()
+        for k in doomed:
+            self.engine.delete(k)
+        return len(doomed)
+
+    def rebalance(self, epoch: int, partitioning: Partitioning,
+                  sources: tuple[RestoreSource, ...]) -> dict[str, Any]:
+        """Take over the key groups ``partitioning`` gives this shard, drop those it takes away.
+
+        Called by the driver at an epoch boundary: ``epoch`` is committed and no data is
+        in flight. The gained groups' keys are copied from ``sources`` (the shards that
+        owned them) as of ``epoch``; then the lost groups' keys are deleted and the
+        operator is rebuilt on the engine. Nothing is sealed: the next epoch's checkpoint
+        holds the new state, and a failure before it commits restores ``epoch`` with the
+        old assignment. Cost: a scan of every source's state and of this shard's own.
+        """
+        self._check_ok()
+        try:
+            t0 = time.perf_counter()
+            spec = self.spec
+            gained = partitioning.owned_mask(spec.index) & ~spec.stage.partitioning.owned_mask(
+                spec.index)
+            self.spec = replace(spec, stage=replace(spec.stage, partitioning=partitioning))
+            copied = self._copy_from(epoch, sources, gained)
+            self._fault("rebalance")
+            dropped = self._drop_unowned()
+            self.logic = spec.stage.operator.build(self.engine)
+            seconds = time.perf_counter() - t0
+            self.stats_["rebalances"] += 1
+            self.stats_["rebalance_seconds"] += seconds
+            return {"shard": self.name, "copied": copied, "dropped": dropped,
+                    "seconds": seconds}
+        except BaseException as err:
+            self._fail(err)
+            raise
+
+    def set_downstream_partitioning(self, partitioning: Partitioning) -> None:
+        """Route this shard's output by ``partitioning`` from now on (next stage rebalanced)."""
+        self._check_ok()
+        down = self.spec.downstream
+        assert down is not None
+        self.spec = replace(self.spec, downstream=replace(down, partitioning=partitioning))
 
     def _cleanup_siblings(self) -> None:
         """Delete local dirs of this stage's shards that are not in the current layout."""
@@ -498,7 +588,11 @@ class ShardWorker:
             if kind == DATA:
                 t = time.perf_counter()
                 self.logic.process(payload)
-                self.stats_["process_seconds"] += time.perf_counter() - t
+                t2 = time.perf_counter()
+                self.stats_["process_seconds"] += t2 - t
+                if self._tracker is not None:
+                    self._tracker.observe(payload.column(self.spec.stage.key))
+                    self.stats_["track_seconds"] += time.perf_counter() - t2
                 self.stats_["rows_in"] += payload.num_rows
                 self.stats_["batches_in"] += 1
                 continue
@@ -546,7 +640,8 @@ class ShardWorker:
         if self.spec.checkpoint is None:
             seconds = time.perf_counter() - t0
             self.stats_["seal_seconds"] += seconds
-            self._post(Ack(epoch, self.name, output=out, metadata=meta, seal_seconds=seconds))
+            self._post(Ack(epoch, self.name, output=out, metadata=meta, seal_seconds=seconds,
+                           load=self._load_report()))
             return
         from raykv.checkpointing import link_files
 
@@ -560,7 +655,14 @@ class ShardWorker:
         with self._cond:
             self._queued.add(epoch)
         self._uploads.put(Ack(epoch, self.name, output=out, staging=str(staging), files=files,
-                              metadata=meta, seal_seconds=seconds))
+                              metadata=meta, seal_seconds=seconds, load=self._load_report()))
+
+    def _load_report(self) -> dict[str, Any] | None:
+        if self._tracker is None:
+            return None
+        out = self._tracker.report()
+        out["write_amplification"] = self.engine.stats.write_amplification
+        return out
 
     def _forward(self, out: pa.Table, down: StageSpec) -> None:
         import ray as _ray

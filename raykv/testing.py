@@ -197,6 +197,10 @@ def zipf_events(
     })
 
 
+#: Crash points of :class:`Faults`.
+POINTS = ("process", "barrier", "upload", "rebalance")
+
+
 @dataclass(frozen=True)
 class Faults:
     """Faults injected into shard actors (tests and drills only).
@@ -208,7 +212,9 @@ class Faults:
         restore_delay: seconds every shard sleeps while restoring (kill during recovery).
         crash_at: ``(shard_name_prefix, point, n)``: the shard whose name starts with the
             prefix exits the process (``os._exit``) at its ``n``-th ``point`` (1-based),
-            where point is ``"process"``, ``"barrier"`` or ``"upload"``.
+            where point is ``"process"``, ``"barrier"``, ``"upload"`` or ``"rebalance"``
+            (after the shard copied the key groups it gains, before it drops those it
+            loses).
         crash_attempts: run attempts (0 = the first, 1 = after the first recovery, ...)
             in which ``crash_at`` fires; later attempts run clean.
     """
@@ -226,9 +232,9 @@ class Faults:
                 raise ValueError(msg)
         if self.crash_at is not None:
             _prefix, point, n = self.crash_at
-            if point not in ("process", "barrier", "upload") or type(n) is not int or n < 1:
+            if point not in POINTS or type(n) is not int or n < 1:
                 msg = (
-                    f"Faults.crash_at must be (shard prefix, 'process'|'barrier'|'upload', n>=1), "
+                    f"Faults.crash_at must be (shard prefix, one of {POINTS}, n>=1), "
                     f"got {self.crash_at!r}"
                 )
                 raise ValueError(msg)

@@ -107,15 +107,33 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"{len(em.shards)} shard(s), {human_bytes(em.total_bytes)} "
           f"({human_bytes(em.new_bytes)} new)")
     print(f"offsets: {json.dumps(em.offsets, sort_keys=True)}")
+    load = em.metadata.get("load", {})
     for i, stage in enumerate(em.metadata.get("stages", [])):
+        moved = len((stage.get("partitioning") or {}).get("moved", []))
         print(f"stage {i} {stage.get('name')!r}: {stage.get('operator')} key={stage.get('key')!r} "
-              f"engine={stage.get('engine')} shards={stage.get('num_shards')}")
+              f"engine={stage.get('engine')} shards={stage.get('num_shards')}, "
+              f"{moved} key groups moved by rebalancing")
+        for line in _load_lines(load.get(stage.get("name"), {})):
+            print(line)
     for name, sm in sorted(em.shards.items()):
         print(f"  shard {name}: {len(sm.files)} file(s), {human_bytes(sm.total_bytes)}, "
               f"{sm.new_files} new ({human_bytes(sm.new_bytes)})")
         for f in sm.files:
             print(f"    {f.name:<32} {f.size:>12,}  {f.checksum}")
     return EXIT_OK
+
+
+def _load_lines(shards: dict[str, dict[str, Any]]) -> list[str]:
+    """Per-shard load of one stage in an epoch manifest (written with ``hot_keys > 0``)."""
+    total = sum(int(v["updates_total"]) for v in shards.values())
+    lines = []
+    for name, v in sorted(shards.items()):
+        hot = ", ".join(f"{k} ~{c:,}" for k, c, _ in v["hot_keys"][:3])
+        share = int(v["updates_total"]) / total if total else 0.0
+        lines.append(f"  load {name}: {v['updates']:,} updates this epoch, {v['updates_total']:,} "
+                     f"in the run ({share:.0%}), write amp {v['write_amplification']:.2f}, "
+                     f"hot keys: {hot or '-'}")
+    return lines
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

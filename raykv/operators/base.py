@@ -86,6 +86,9 @@ class KeyedOperator(ABC):
 
     #: Bytes appended to the encoded key in state keys (windows: 8).
     key_suffix_len: ClassVar[int] = 0
+    #: Whether results are the same whichever shard holds a key, so the skew rebalancer
+    #: may move key groups between shards (``raykv.rebalance``).
+    rebalance_safe: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_name("key", self.key, type(self).__name__)

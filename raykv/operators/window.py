@@ -69,6 +69,9 @@ class TumblingWindow(KeyedOperator):
     allowed_lateness: int | timedelta = 0
 
     key_suffix_len: ClassVar[int] = 8
+    #: Each shard closes windows by its own watermark, so moving a key to another shard
+    #: could change which of its windows close when: never rebalanced.
+    rebalance_safe: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
