@@ -29,7 +29,7 @@ _ATTRS = {
 }
 _SUBMODULES = frozenset(
     {"sources", "sinks", "operators", "testing", "engines", "partitioning", "checkpointing",
-     "errors", "pipeline", "coordinator", "shard"}
+     "errors", "pipeline", "coordinator", "shard", "hotkeys", "rebalance"}
 )
 
 if TYPE_CHECKING:
@@ -37,8 +37,10 @@ if TYPE_CHECKING:
         checkpointing,
         engines,
         errors,
+        hotkeys,
         operators,
         partitioning,
+        rebalance,
         sinks,
         sources,
         testing,
@@ -69,8 +71,10 @@ __all__ = [
     "checkpointing",
     "engines",
     "errors",
+    "hotkeys",
     "operators",
     "partitioning",
+    "rebalance",
     "sinks",
     "sources",
     "testing",

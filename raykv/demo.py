@@ -114,7 +114,8 @@ class ProgressLine:
 def pipeline_demo(
     *, events: int = 3_000_000, keys: int = 100_000, engine: str = "hybridlog",
     num_shards: int = 2, checkpoint: str | None = None, checkpoint_interval: float = 1.0,
-    batch_size: int = 65_536, top: int = 10, stream: TextIO = sys.stdout,
+    batch_size: int = 65_536, top: int = 10, rebalance: bool = False,
+    stream: TextIO = sys.stdout,
 ) -> bool:
     """Run the demo pipeline; print progress, a summary and the top keys; return exactness."""
     import ray
@@ -143,6 +144,7 @@ def pipeline_demo(
             checkpoint_interval=checkpoint_interval, retain=3,
             local_dir=str(Path(tmp.name) / "state"),
             on_progress=ProgressLine(events),
+            rebalance=raykv.rebalance.Rebalance() if rebalance else None,
         )
         summary = pipeline.run()
         final = summary.output_by_epoch[summary.last_epoch] if summary.last_epoch else None
@@ -168,6 +170,8 @@ def _report(summary: Any, final: pa.Table | None, gen: ZipfEvents, top: int,
     ]
     for k, v in rows:
         print(f"  {k:<24} {v}", file=stream)
+    for line in summary.load_lines():
+        print(line, file=stream)
     if final is None:
         print("no final output: the run did not finish", file=stream)
         return False

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="checkpoint URL (default: a temporary local folder)")
     demo.add_argument("--interval", type=float, default=1.0, help="seconds between checkpoints")
     demo.add_argument("--batch-size", type=int, default=65_536, help="events per batch")
+    demo.add_argument("--rebalance", action="store_true",
+                      help="move key groups off the busiest shard at epoch boundaries")
     demo.add_argument("--engines-only", metavar="ENGINES", default=None,
                       help="instead, run the engine-only demo (no Ray) on these comma-separated "
                       "engines")
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                     events=args.events, keys=args.keys, engine=args.engine,
                     num_shards=args.shards, checkpoint=args.checkpoint,
                     checkpoint_interval=args.interval, batch_size=args.batch_size,
+                    rebalance=args.rebalance,
                 )
         except (ValueError, TypeError) as err:
             print(f"raykv demo: {err}", file=sys.stderr)
