@@ -14,11 +14,9 @@ Results go to benchmarks/results/engines.json (and lsm_memory.json).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.common import RESULTS, rss_bytes
+from benchmarks.common import machine_line as machine
 
 THESIS_PARAMS: dict[str, dict[str, Any]] = {
     "lsm": {"max_runs_per_level": 10, "density_factor": 10, "memtable_bytes_limit": 100_000},
@@ -42,13 +41,8 @@ THESIS_PARAMS: dict[str, dict[str, Any]] = {
     "memonly": {},
 }
 STORES = ["dict", "rocksdb", "memonly", "lsm", "hybridlog", "appendlog"]
+ENGINES_ONLY = STORES[2:]  # the raykv engines
 BATCH = 10_000
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process, from /proc (Linux)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def make_workload(dist: str, n_keys: int, n_ops: int, seed: int = 42) -> tuple[list[bytes], ...]:
@@ -205,18 +199,8 @@ def lsm_memory(n_keys: int) -> dict[str, Any]:
     return out
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores, {cpu}, {mem:.0f} GiB, Python {platform.python_version()}"
-
-
 def subprocess_json(args: list[str]) -> dict[str, Any]:
+    """Run ``python -m benchmarks.engines ARGS`` and return the JSON of its last line."""
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.engines", *args],
         capture_output=True, text=True, check=False, cwd=Path(__file__).parent.parent,
@@ -224,6 +208,19 @@ def subprocess_json(args: list[str]) -> dict[str, Any]:
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_all(stores: list[str], dists: list[str], n_keys: int, n_ops: int,
+            repeat: int = 3) -> dict[str, Any]:
+    """``run_one`` for every (store, distribution), each in a fresh subprocess."""
+    rows = []
+    for dist in dists:
+        for name in stores:
+            res = subprocess_json(["--one", name, dist, str(n_keys), str(n_ops), str(repeat)])
+            res.update(store=name, dist=dist)
+            rows.append(res)
+            print(f"# {name} {dist}: {res}", file=sys.stderr)
+    return {"machine": machine(), "n_keys": n_keys, "n_ops": n_ops, "rows": rows}
 
 
 def fmt(x: Any, scale: float = 1.0, digits: int = 0) -> str:
@@ -236,12 +233,12 @@ def main() -> None:
     ap.add_argument("--stores", default=",".join(STORES))
     ap.add_argument("--dists", default="uniform,zipf")
     ap.add_argument("--lsm-memory", action="store_true")
-    ap.add_argument("--one", nargs=4, metavar=("STORE", "DIST", "NKEYS", "NOPS"),
+    ap.add_argument("--one", nargs="+", metavar="STORE DIST NKEYS NOPS [REPEAT]",
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        name, dist, nk, no = args.one
-        print(json.dumps(run_one(name, dist, int(nk), int(no))))
+        name, dist, nk, no, *rep = args.one
+        print(json.dumps(run_one(name, dist, int(nk), int(no), *map(int, rep))))
         return
     RESULTS.mkdir(exist_ok=True)
     if args.lsm_memory:
@@ -252,14 +249,8 @@ def main() -> None:
         print(json.dumps(res, indent=1))
         return
     n_keys, n_ops = (10_000, 30_000) if args.quick else (100_000, 300_000)
-    rows = []
-    for dist in args.dists.split(","):
-        for name in args.stores.split(","):
-            res = subprocess_json(["--one", name, dist, str(n_keys), str(n_ops)])
-            res.update(store=name, dist=dist)
-            rows.append(res)
-            print(f"# {name} {dist}: {res}", file=sys.stderr)
-    report = {"machine": machine(), "n_keys": n_keys, "n_ops": n_ops, "rows": rows}
+    report = run_all(args.stores.split(","), args.dists.split(","), n_keys, n_ops)
+    rows = report["rows"]
     (RESULTS / ("engines_quick.json" if args.quick else "engines.json")).write_text(
         json.dumps(report, indent=1)
     )

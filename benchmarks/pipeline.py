@@ -40,12 +40,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-RESULTS = Path(__file__).parent / "results"
-REPO = Path(__file__).resolve().parent.parent
-
-
-def loadavg() -> float:
-    return os.getloadavg()[0]
+from benchmarks.common import REPO, RESULTS, loadavg
 
 
 def model(table: pa.Table) -> pa.Table:
@@ -297,7 +292,8 @@ def running_count(state: Any, row: dict[str, Any]) -> tuple[Any, Any]:
     return n, {"n": n}
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line; ``benchmarks.pipeline_figures`` builds its ``Bench`` args from it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="200,000 events, 10,000 keys")
     parser.add_argument("--events", type=int, default=2_000_000)
@@ -312,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drill-repeat", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="result JSON (default results/pipeline*.json)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.keys = 200_000, 10_000

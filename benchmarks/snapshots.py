@@ -421,5 +421,51 @@ def _nothing() -> Iterator[None]:
     yield None
 
 
+# ---------------------------------------------------------------------- report section
+
+
+def report_run(quick: bool, out: Path) -> dict[str, Any]:
+    """The report's snapshot section: this script on the local ``file`` store."""
+    main(["--store", "file", "--out", str(out), *(["--quick"] if quick else [])])
+    suffix = "_quick" if quick else ""
+    res = json.loads((out / f"snapshots_file{suffix}.json").read_text())
+    return {**res, "suffix": suffix}
+
+
+def report_render(res: dict[str, Any], img: str) -> list[str]:
+    """Markdown for the snapshot figures; every number quoted comes from ``res``."""
+    a, sfx = res["args"], res["suffix"]
+    out = [
+        f"Local `file://` checkpoint store. *Inserts* (figure 4.17): {a['insert_rounds']} "
+        f"rounds of {a['insert_keys']} new keys, a snapshot after each. *Updates* (figure "
+        f"4.18): {a['update_keys']} keys loaded and snapshotted (not counted), then "
+        f"{a['update_rounds']} rounds of {a['updates_per_round']} updates of random existing "
+        "keys, a snapshot after each. 2-byte keys, 8-byte values, retain=3. Top: time per "
+        "snapshot and cumulative; bottom: bytes uploaded per snapshot and cumulative, against "
+        "the bytes the application wrote.",
+        "",
+    ]
+    for exp, fig in (("updates", "4.18"), ("inserts", "4.17")):
+        ss = [x for x in res["summaries"] if x["experiment"] == exp]
+        if not ss:
+            continue
+        least = min(ss, key=lambda x: x["uploaded_bytes"])
+        most = max(ss, key=lambda x: x["uploaded_bytes"])
+        fastest = min(ss, key=lambda x: x["snapshot_total_s"])
+        out += [
+            f"![{exp}]({img}snapshots_{exp}_file{sfx}.png)", "",
+            f"*{exp.capitalize()}* (thesis {fig}): uploaded in total "
+            + ", ".join(f"{x['engine']} {x['uploaded_bytes'] / MIB:.2f} MiB" for x in ss)
+            + f"; {most['engine']} uploads "
+            f"{most['uploaded_bytes'] / max(least['uploaded_bytes'], 1):.0f}x what "
+            f"{least['engine']} does. Cumulative snapshot time is lowest for "
+            f"{fastest['engine']} ({fastest['snapshot_total_s']:.2f} s over "
+            f"{fastest['rounds']} snapshots); the slowest single snapshot of each: "
+            + ", ".join(f"{x['engine']} {x['snapshot_max_ms']:.0f} ms" for x in ss) + ".",
+            "",
+        ]
+    return out
+
+
 if __name__ == "__main__":
     sys.exit(main())

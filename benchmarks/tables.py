@@ -175,10 +175,15 @@ def main() -> None:
     if not args.write:
         print(text)
         return
+    write_readme(text)
+
+
+def write_readme(text: str | None = None) -> None:
+    """Replace the generated section of benchmarks/README.md (``benchmarks.report`` calls it)."""
     readme = HERE / "README.md"
     doc = readme.read_text()
     start, end = doc.index(BEGIN), doc.index(END) + len(END)
-    readme.write_text(doc[:start] + text + doc[end:])
+    readme.write_text(doc[:start] + (text or generated()) + doc[end:])
 
 
 if __name__ == "__main__":

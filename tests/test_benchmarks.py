@@ -1,0 +1,127 @@
+"""The benchmark report runs end to end at quick sizes, and its figures say sane things.
+
+``python -m benchmarks.report --quick --out <tmp>`` runs every section (sweeps, engine
+comparison, snapshots, amplification, pipeline on its own local Ray) in a subprocess;
+then the CSV files are checked for the invariants any correct measurement keeps.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SWEEPS = ["lsm_max_runs_per_level", "lsm_density_factor", "lsm_memtable_bytes_limit",
+          "hybridlog_mem_segment_len", "hybridlog_ro_lag_interval", "hybridlog_flush_interval",
+          "hybridlog_compaction_enabled", "appendlog_threshold", "appendlog_max_runs_per_level",
+          "hybridlog_compaction_rates"]
+FIGURES = [*(f"sweep_{s}" for s in SWEEPS), "compare_latency_uniform", "compare_latency_zipf",
+           "compare_fit", "compare_memory", "snapshots_inserts_file_quick",
+           "snapshots_updates_file_quick", "amplification", "pipeline"]
+CSVS = [*(f"sweep_{s}" for s in SWEEPS), "compare_latency", "compare_fit", "compare_memory",
+        "snapshots_inserts_file_quick", "snapshots_updates_file_quick", "amplification",
+        "pipeline_shards", "pipeline_intervals", "pipeline_resume", "pipeline_updates"]
+
+
+def rows(out: Path, name: str) -> list[dict[str, Any]]:
+    with open(out / f"{name}.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.report", "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(f"quick report: {time.monotonic() - t0:.0f} s")
+    return out
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+def test_every_figure_and_csv_is_written(report: Path) -> None:
+    for name in FIGURES:
+        png = report / f"{name}.png"
+        assert png.is_file() and png.stat().st_size > 1000, png
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in CSVS:
+        assert rows(report, name), name
+
+
+def test_report_markdown_shows_every_figure_and_the_machine(report: Path) -> None:
+    md = (report / "REPORT.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert {Path(i).stem for i in images} >= set(FIGURES)
+    for image in images:
+        assert (report / image).is_file(), image
+    assert "cores" in md and "Load average" in md and "Python" in md
+    assert "open loop" in md.lower() and "scheduled time" in md
+    for engine in ("memonly", "lsm", "hybridlog", "appendlog"):
+        assert f"- **{engine}**:" in md
+    assert "(not run yet" not in md
+
+
+def test_latency_percentiles_are_ordered(report: Path) -> None:
+    for r in rows(report, "compare_latency") + rows(report, "sweep_hybridlog_compaction_rates"):
+        assert float(r["p95_us"]) >= float(r["p50_us"]) > 0
+        assert float(r["achieved_ops_s"]) > 0
+    for name in SWEEPS[:-1]:
+        for r in rows(report, f"sweep_{name}"):
+            for op in ("write", "read"):
+                assert float(r[f"{op}_p95_us"]) >= float(r[f"{op}_p50_us"]) > 0
+            assert float(r["memory_mib"]) > 0 and float(r["disk_mib"]) > 0
+    stores = {r["store"] for r in rows(report, "compare_latency")}
+    assert stores == {"rocksdb", "memonly", "lsm", "hybridlog", "appendlog"}
+
+
+def test_amplification(report: Path) -> None:
+    last: dict[str, dict[str, Any]] = {}
+    for r in rows(report, "amplification"):
+        last[r["config"]] = r
+    wa = {c: float(r["write_amp"]) for c, r in last.items()}
+    sa = {c: float(r["space_amp"]) for c, r in last.items()}
+    # engines that rewrite data (merges, or the whole state at every seal) write more than
+    # the application did
+    for config in ("lsm tiering (R=4)", "lsm leveling (R=1)", "appendlog", "memonly"):
+        assert wa[config] >= 1.0, (config, wa)
+    assert wa["lsm leveling (R=1)"] > wa["lsm tiering (R=4)"]
+    # leveling keeps one run per level: fewer stale versions on disk than tiering
+    assert sa["lsm leveling (R=1)"] <= sa["lsm tiering (R=4)"]
+    assert all(v >= 1.0 for v in sa.values()), sa  # files hold at least the live bytes
+
+
+def test_snapshots_are_incremental(report: Path) -> None:
+    for exp in ("inserts", "updates"):
+        total: dict[str, int] = {}
+        for r in rows(report, f"snapshots_{exp}_file_quick"):
+            total[r["engine"]] = int(r["cumulative_uploaded"])
+        assert set(total) == {"memonly", "lsm", "hybridlog", "appendlog"}
+        assert total["memonly"] > max(total["hybridlog"], total["appendlog"])
+
+
+def test_pipeline(report: Path) -> None:
+    shards = rows(report, "pipeline_shards")
+    assert [int(r["shards"]) for r in shards] == [1, 2, 4]
+    intervals = rows(report, "pipeline_intervals")
+    assert [r["interval"] for r in intervals] == ["off", "1s", "0.5s", "0.1s"]
+    for r in shards + intervals:
+        assert r["correct"] == "True" and float(r["events_per_s"]) > 0
+    resume = rows(report, "pipeline_resume")
+    assert {r["kind"] for r in resume} == {"cold", "warm"}
+    assert all(float(r["restore_s"]) > 0 for r in resume)
+    upd = rows(report, "pipeline_updates")
+    per = [float(r["bytes_per_update_epoch"]) for r in upd]
+    assert per == sorted(per) and per[0] > 0 and per[-1] > per[0]
