@@ -50,6 +50,7 @@ class Section:
     title: str
     run: Callable[[bool, Path], dict[str, Any]]
     render: Callable[[dict[str, Any], str], list[str]]
+    ray: bool = False  # runs pipelines: the report starts one local Ray for all such sections
 
 
 SECTIONS: list[Section] = [
@@ -59,19 +60,19 @@ SECTIONS: list[Section] = [
             snapshots.report_render),
     Section("amplification", "Write and space amplification", amplification.run,
             amplification.render),
-    Section("pipeline", "Pipeline", pipeline_figures.run, pipeline_figures.render),
+    Section("pipeline", "Pipeline", pipeline_figures.run, pipeline_figures.render, ray=True),
 ]
 
-# name -> (title, module): added after SECTIONS when the module exists.
-OPTIONAL: dict[str, tuple[str, str]] = {
-    "skew": ("Skew-aware partitioning (issue 7)", "benchmarks.skew"),
+# name -> (title, module, uses Ray): added after SECTIONS when the module exists.
+OPTIONAL: dict[str, tuple[str, str, bool]] = {
+    "skew": ("Skew-aware partitioning (issue 7)", "benchmarks.skew", True),
 }
 
 
 def sections() -> list[Section]:
     """``SECTIONS`` plus the optional ones whose module is present."""
     out = list(SECTIONS)
-    for name, (title, module) in OPTIONAL.items():
+    for name, (title, module, uses_ray) in OPTIONAL.items():
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as err:
@@ -80,7 +81,7 @@ def sections() -> list[Section]:
             continue
         run, render = getattr(mod, "report_run", None), getattr(mod, "report_render", None)
         if callable(run) and callable(render):
-            out.append(Section(name, title, run, render))
+            out.append(Section(name, title, run, render, uses_ray))
     return out
 
 
@@ -193,6 +194,27 @@ def update_readme_wins(results: dict[str, dict[str, Any]]) -> None:
 # ---------------------------------------------------------------------- main
 
 
+_ray_started = False
+
+
+def start_ray() -> None:
+    """A local Ray with 2 CPUs, shared by the sections that run pipelines (once)."""
+    global _ray_started
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+                 log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+        _ray_started = True
+
+
+def stop_ray() -> None:
+    if _ray_started:
+        import ray
+
+        ray.shutdown()
+
+
 def load(out: Path, name: str) -> dict[str, Any] | None:
     path = out / f"report_{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -217,15 +239,21 @@ def main(argv: list[str] | None = None) -> int:
     meta = (load(out, "meta") or {}) if args.render_only else {}
     if not args.render_only:
         meta = {"quick": args.quick, "machine_start": machine(), "section_seconds": {}}
-        for sec in secs:
-            if sec.name not in only:
-                continue
-            print(f"== {sec.name}: {sec.title}", flush=True)
-            t0 = time.perf_counter()
-            res = sec.run(args.quick, out)
-            meta["section_seconds"][sec.name] = time.perf_counter() - t0
-            (out / f"report_{sec.name}.json").write_text(json.dumps(res, indent=1, default=str))
-            print(f"   {sec.name}: {meta['section_seconds'][sec.name]:.0f} s", flush=True)
+        try:
+            for sec in secs:
+                if sec.name not in only:
+                    continue
+                print(f"== {sec.name}: {sec.title}", flush=True)
+                t0 = time.perf_counter()
+                if sec.ray:
+                    start_ray()
+                res = sec.run(args.quick, out)
+                meta["section_seconds"][sec.name] = time.perf_counter() - t0
+                (out / f"report_{sec.name}.json").write_text(
+                    json.dumps(res, indent=1, default=str))
+                print(f"   {sec.name}: {meta['section_seconds'][sec.name]:.0f} s", flush=True)
+        finally:
+            stop_ray()
         meta["machine_end"] = machine()
         old = load(out, "meta") or {}
         meta["section_seconds"] = {**old.get("section_seconds", {}), **meta["section_seconds"]}
