@@ -905,7 +905,8 @@ class Coordinator:
         """Fold an epoch's load reports into the summary and the rebalancer's sums.
 
         Returns the epoch manifest's ``load`` entry: per stage, per shard, the epoch's
-        ``updates``, the run's ``updates_total``, ``hot_keys`` and ``write_amplification``.
+        ``updates`` and ``cpu_seconds``, the run's ``updates_total``, ``hot_keys`` and
+        ``write_amplification``.
         """
         out: dict[str, dict[str, Any]] = {}
         index = {st.name: i for i, st in enumerate(self._stages)}
@@ -923,6 +924,7 @@ class Coordinator:
                     "updates": int(rep["rows"]), "updates_total": entry["updates"],
                     "hot_keys": rep["hot_keys"],
                     "write_amplification": round(float(rep["write_amplification"]), 4),
+                    "cpu_seconds": round(float(rep["cpu_seconds"]), 4),
                 }
                 i = index.get(stage)
                 if i is not None and "groups" in rep:

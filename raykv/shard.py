@@ -188,7 +188,8 @@ class Ack:
         metadata: the shard manifest metadata.
         seal_seconds: time spent in ``on_barrier`` + ``seal`` + linking.
         load: the epoch's load report (``LoadTracker.report()`` plus the engine's
-            ``write_amplification``), or ``None`` without load tracking.
+            ``write_amplification`` and ``cpu_seconds``, the thread CPU time the shard
+            spent on its stream since the previous report), or ``None`` without tracking.
     """
 
     epoch: int
@@ -311,11 +312,13 @@ class ShardWorker:
         self._counts = {"process": 0, "barrier": 0, "upload": 0, "rebalance": 0}
         self._node_id: str | None = None
         self._tracker: LoadTracker | None = None
+        self._cpu_reported = 0.0
         self.stats_: dict[str, float] = {
             "rows_in": 0, "batches_in": 0, "rows_out": 0, "epochs": 0, "seal_seconds": 0.0,
             "upload_seconds": 0.0, "bytes_uploaded": 0, "files_uploaded": 0,
             "process_seconds": 0.0, "restore_seconds": 0.0, "restored_bytes": 0,
             "track_seconds": 0.0, "rebalances": 0, "rebalance_seconds": 0.0,
+            "busy_cpu_seconds": 0.0,
         }
 
     # ------------------------------------------------------------------ setup
@@ -499,6 +502,7 @@ class ShardWorker:
         old assignment. Cost: a scan of every source's state and of this shard's own.
         """
         self._check_ok()
+        cpu = time.thread_time()
         try:
             t0 = time.perf_counter()
             spec = self.spec
@@ -512,6 +516,7 @@ class ShardWorker:
             seconds = time.perf_counter() - t0
             self.stats_["rebalances"] += 1
             self.stats_["rebalance_seconds"] += seconds
+            self.stats_["busy_cpu_seconds"] += time.thread_time() - cpu
             return {"shard": self.name, "copied": copied, "dropped": dropped,
                     "seconds": seconds}
         except BaseException as err:
@@ -572,12 +577,15 @@ class ShardWorker:
         self._receive(FINISH, input_id, epoch)
 
     def _receive(self, kind: int, input_id: int, payload: Any) -> None:
+        cpu = time.thread_time()
         try:
             self._run_items(deque([(kind, input_id, payload)]))
         except BaseException as err:
             err = _annotate(err, self._context)
             self._fail(err)
             raise err
+        finally:
+            self.stats_["busy_cpu_seconds"] += time.thread_time() - cpu
 
     def _run_items(self, items: deque[tuple[int, int, Any]]) -> None:
         while items:
@@ -662,6 +670,8 @@ class ShardWorker:
             return None
         out = self._tracker.report()
         out["write_amplification"] = self.engine.stats.write_amplification
+        cpu = self.stats_["busy_cpu_seconds"]
+        out["cpu_seconds"], self._cpu_reported = cpu - self._cpu_reported, cpu
         return out
 
     def _forward(self, out: pa.Table, down: StageSpec) -> None:
