@@ -110,8 +110,8 @@ def plot(path: Path, rows: list[dict[str, Any]], s: dict[str, int]) -> None:
     axes[1].set_ylabel("space amplification (disk bytes / live bytes)")
     for ax in axes:
         ax.set_xlabel("updates written / keys inserted")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3, which="both")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
     fig.suptitle(f"{s['n_keys']:,} keys ({KEY_LEN}-byte keys, {VALUE_LEN}-byte values), "
                  f"{s['n_keys'] // 2:,} uniform updates per round, a seal after each round",

@@ -167,6 +167,7 @@ def plot_latency(path: Path, rows: list[dict[str, Any]], title: str, series: str
             ax.plot(x, [r["p95_us"] for r in rs], "--", color=color, label=f"{label} p95")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_xlabel("offered throughput (ops/s, open loop)")
         ax.set_ylabel(f"{op} latency (µs, from the scheduled time)")
         ax.axhline(P95_BUDGET_US, color="red", lw=0.6, ls=":")

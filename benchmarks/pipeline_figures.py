@@ -190,14 +190,20 @@ def plot(path: Path, res: dict[str, Any]) -> None:
     save(fig, path)
 
 
+def _vs(x: float, base: float) -> str:
+    """"12 % fewer than off" / "3 % more than off"."""
+    d = x / base - 1 if base else 0.0
+    return f"{abs(d):.0%} {'fewer' if d < 0 else 'more'} than off"
+
+
 def render(res: dict[str, Any], img: str) -> list[str]:
     """Markdown with the figure and the numbers quoted from ``res``."""
     s, sh, iv = res["sizes"], res["shards"], res["intervals"]
     best = max(sh, key=lambda r: r["events_per_s"])
     off = next(r for r in iv if r["interval"] == "off")
     ov = ", ".join(f"{r['interval']} {r['events_per_s']:,.0f} events/s "
-                   f"({1 - r['events_per_s'] / off['events_per_s']:+.0%} vs off, "
-                   f"{r['epochs']} epochs)" for r in iv if r is not off)
+                   f"({_vs(r['events_per_s'], off['events_per_s'])}, {r['epochs']} epochs)"
+                   for r in iv if r is not off)
     cold = {r["state_keys"]: r for r in res["resume"] if r["kind"] == "cold"}
     up = res["updates"]
     correct = all(r["correct"] for r in sh + iv)
