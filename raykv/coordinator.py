@@ -417,6 +417,9 @@ class Coordinator:
             )
             raise RuntimeError(msg) from root
         base = self._committed if self._committed is not None else self._base
+        for r in self.summary.rebalances:  # moved at base.epoch or later: never committed
+            if base.epoch is None or r["epoch"] >= base.epoch:
+                r["undone"] = True
         # the replay gets the epoch numbers the lost epochs had: a run with failures
         # commits the same epochs as one without
         self._next_epoch = base.epoch + 1 if self._committed is not None else self._first_epoch

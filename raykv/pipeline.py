@@ -98,7 +98,8 @@ class RunSummary:
         rebalances: one entry per key-group rebalance: ``epoch`` (the committed epoch it
             started from), ``stage``, ``moved_groups``, ``before`` / ``after`` (each shard's
             share of the load that triggered it, planned), ``copied_keys``,
-            ``dropped_keys``, ``seconds``.
+            ``dropped_keys``, ``seconds``; ``undone: True`` when a failure struck before
+            the next epoch committed the new assignment (recovery restored the old one).
         output: the published output (``CollectSink`` only) as one table.
         output_by_epoch: the published output per epoch (``CollectSink`` only).
     """
@@ -147,8 +148,9 @@ class RunSummary:
             mean = total / len(shards) if shards else 0
             busiest = max((e["updates"] for _, e in shards), default=0)
             ratio = f"{busiest / mean:.2f}x" if mean else "-"
-            moved = sum(r["moved_groups"] for r in self.rebalances if r["stage"] == stage)
-            n_reb = sum(1 for r in self.rebalances if r["stage"] == stage)
+            done = [r for r in self.rebalances if r["stage"] == stage and not r.get("undone")]
+            moved = sum(r["moved_groups"] for r in done)
+            n_reb = len(done)
             lines.append(f"  stage {stage}: busiest shard {ratio} the mean of {len(shards)} "
                          f"shards; {n_reb} rebalances moved {moved} key groups")
             for name, e in shards:

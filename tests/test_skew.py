@@ -136,6 +136,7 @@ def test_kill_right_after_rebalance(ray_session: Any, tmp_path: Path) -> None:
     kill = Killer("rebalanced", None, index=1, wait_dead=True)
     s = make(tmp_path, t, on_progress=kill).run()
     assert kill.killed and s.restarts == 1
+    assert s.rebalances[0].get("undone")  # the kill struck before the next commit
     assert_exact(s.output_by_epoch, t)
 
 
