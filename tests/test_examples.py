@@ -130,6 +130,17 @@ def test_windowed_sessions(ray_session: Any, capsys: pytest.CaptureFixture[str])
 
 
 @pytest.mark.ray
+def test_skewed_keys_rebalances_and_survives_a_kill(
+    ray_session: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = example("skewed_keys").main(["--events", "120000", "--keys", "5000"])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    assert "rebalanced at epoch" in out.out and "killing" in out.out
+    assert "exact:" in out.out and "rebalances moved" in out.out
+
+
+@pytest.mark.ray
 @pytest.mark.slow
 def test_recovery_drill_example(ray_session: Any, capsys: pytest.CaptureFixture[str]) -> None:
     code = example("recovery_drill").main(["--kills", "1", "--moments", "upload",
