@@ -168,6 +168,8 @@ def plot_latency(path: Path, rows: list[dict[str, Any]], title: str, series: str
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        rates = sorted({r["offered_ops_s"] for r in rows})
+        ax.set_xticks(rates, [f"{r / 1000:g}k" for r in rates])
         ax.set_xlabel("offered throughput (ops/s, open loop)")
         ax.set_ylabel(f"{op} latency (µs, from the scheduled time)")
         ax.axhline(P95_BUDGET_US, color="red", lw=0.6, ls=":")

@@ -124,7 +124,8 @@ def wins(results: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
         for key, what in (("write_amp", "write amplification"),
                           ("space_amp", "space amplification")):
             best = min(last.values(), key=lambda r: r[key])
-            add(best["engine"], f"lowest {what} under updates ({best['config']})")
+            how = f" ({best['config']})" if best["config"] != best["engine"] else ""
+            add(best["engine"], f"lowest {what} under updates{how}")
     snap = results.get("snapshots")
     if snap:
         for exp in ("updates", "inserts"):
