@@ -1,6 +1,6 @@
 """The benchmark report: every figure (CSV + PNG) from one command, and REPORT.md around them.
 
-    python -m benchmarks.report                      # everything (~20 min), REPORT.md
+    python -m benchmarks.report                      # everything (~10 min on 2 cores), REPORT.md
     python -m benchmarks.report --quick --out /tmp/r # small sizes (< 2 min), into /tmp/r
     python -m benchmarks.report --only amplification,snapshots
     python -m benchmarks.report --render-only        # REPORT.md from the saved results
