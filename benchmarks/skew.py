@@ -247,7 +247,9 @@ def report_render(res: dict[str, Any], prefix: str) -> list[str]:
             f"by {bound:+.0%}.")
     t = res.get("tracking")
     if t:
-        lines += ["", f"Load tracking costs {t['overhead']:.1%} of `Aggregate` throughput "
+        cost = (f"costs {t['overhead']:.1%} of" if t["overhead"] > 0 else
+                "has no measurable cost on (the difference is run-to-run noise)")
+        lines += ["", f"Load tracking {cost} `Aggregate` throughput "
                   f"({t['events_per_s_off']:,.0f} events/s with `hot_keys=0`, "
                   f"{t['events_per_s_on']:,.0f} with the default 16 counters; "
                   f"{t['events']:,} events, 2 shards, best of 2)."]
