@@ -25,10 +25,10 @@ SWEEPS = ["lsm_max_runs_per_level", "lsm_density_factor", "lsm_memtable_bytes_li
           "hybridlog_compaction_rates"]
 FIGURES = [*(f"sweep_{s}" for s in SWEEPS), "compare_latency_uniform", "compare_latency_zipf",
            "compare_fit", "compare_memory", "snapshots_inserts_file_quick",
-           "snapshots_updates_file_quick", "amplification", "pipeline"]
+           "snapshots_updates_file_quick", "amplification", "pipeline", "skew"]
 CSVS = [*(f"sweep_{s}" for s in SWEEPS), "compare_latency", "compare_fit", "compare_memory",
         "snapshots_inserts_file_quick", "snapshots_updates_file_quick", "amplification",
-        "pipeline_shards", "pipeline_intervals", "pipeline_resume", "pipeline_updates"]
+        "pipeline_shards", "pipeline_intervals", "pipeline_resume", "pipeline_updates", "skew"]
 
 
 def rows(out: Path, name: str) -> list[dict[str, Any]]:
@@ -125,3 +125,12 @@ def test_pipeline(report: Path) -> None:
     upd = rows(report, "pipeline_updates")
     per = [float(r["bytes_per_update_epoch"]) for r in upd]
     assert per == sorted(per) and per[0] > 0 and per[-1] > per[0]
+
+
+def test_skew_rebalancing_evens_the_busiest_shard(report: Path) -> None:
+    runs = {r["mode"]: r for r in rows(report, "skew")}
+    assert set(runs) == {"hash", "rebalance"}
+    assert int(runs["hash"]["moved_groups"]) == 0 < int(runs["rebalance"]["moved_groups"])
+    hashed, balanced = (float(runs[m]["busiest_over_mean"]) for m in ("hash", "rebalance"))
+    assert balanced < hashed and balanced <= 1.25
+    assert all(float(r["write_amplification"]) >= 1.0 for r in runs.values())
