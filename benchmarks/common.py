@@ -85,6 +85,20 @@ def write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
         w.writerows(rows)
 
 
+def start_local_ray() -> bool:
+    """Start a local Ray with 2 CPUs whose workers import this checkout, unless one runs.
+
+    Returns True when it was started here (the caller shuts it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    return True
+
+
 def pyplot() -> Any:
     """matplotlib.pyplot on the non-interactive Agg backend."""
     import matplotlib

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks import pipeline as bp
-from benchmarks.common import REPO, loadavg, pyplot, save, write_csv
+from benchmarks.common import loadavg, pyplot, save, start_local_ray, write_csv
 
 INTERVALS: list[tuple[str, float | None]] = [("off", None), ("1s", 1.0), ("0.5s", 0.5),
                                               ("0.1s", 0.1)]
@@ -123,10 +123,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     from raykv.testing import zipf_events
 
     s = sizes(quick)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-                 log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    started = start_local_ray()
     bench = bp.Bench(bench_args(s))
     res: dict[str, Any] = {"sizes": s, "loadavg_start": loadavg()}
     try:

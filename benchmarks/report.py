@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import amplification, latency, pipeline_figures, snapshots, sweeps, tables
-from benchmarks.common import REPO, RESULTS, machine, machine_line
+from benchmarks.common import REPO, RESULTS, machine, machine_line, start_local_ray
 
 REPORT = Path(__file__).parent / "REPORT.md"
 README = REPO / "README.md"
@@ -201,12 +201,7 @@ _ray_started = False
 def start_ray() -> None:
     """A local Ray with 2 CPUs, shared by the sections that run pipelines (once)."""
     global _ray_started
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-                 log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-        _ray_started = True
+    _ray_started = start_local_ray() or _ray_started
 
 
 def stop_ray() -> None:

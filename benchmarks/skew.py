@@ -33,7 +33,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, RESULTS, loadavg, machine, pyplot, save, write_csv
+from benchmarks.common import (
+    RESULTS,
+    loadavg,
+    machine,
+    pyplot,
+    save,
+    start_local_ray,
+    write_csv,
+)
 
 ZIPF = (0.9, 1.2, 1.5)
 SHARDS = 4
@@ -142,10 +150,7 @@ def report_run(quick: bool, out: Path) -> dict[str, Any]:
     from raykv.testing import zipf_events
 
     sz = sizes(quick)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-                 log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    started = start_local_ray()
     tmp = Path(tempfile.mkdtemp(prefix="raykv-skew-"))
     res: dict[str, Any] = {"sizes": sz, "machine": machine(), "runs": []}
     try:

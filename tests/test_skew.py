@@ -26,6 +26,7 @@ from raykv.sources import TableSource
 from raykv.testing import Faults, memory_checkpoint_url, zipf_events
 from tests.test_pipeline import assert_tables_close, group_model
 from tests.test_recovery import Killer
+from tests.test_recovery import assert_exact as assert_exact_epochs
 
 pytestmark = pytest.mark.ray
 
@@ -38,23 +39,8 @@ def table(seed: int = 31) -> pa.Table:
     return zipf_events(N, KEYS, s=1.3, seed=seed)
 
 
-def expected_epochs(t: pa.Table) -> dict[int, pa.Table]:
-    rows = BATCH * EVERY
-    out = {}
-    for e in range(1, N // rows + 1):
-        model = group_model(t.slice(0, rows * e), "user", AGGS)
-        recent = pc.unique(t.slice(rows * (e - 1), rows)["user"])
-        out[e] = model.filter(pc.is_in(model["user"], value_set=recent))
-    out[N // rows + 1] = group_model(t, "user", AGGS)
-    return out
-
-
 def assert_exact(by_epoch: dict[int, pa.Table], t: pa.Table) -> None:
-    expected = expected_epochs(t)
-    assert sorted(by_epoch) == sorted(expected)
-    for e, model in expected.items():
-        got = by_epoch[e].select(["user", "amount_sum", "amount_count"])
-        assert_tables_close(got, model.rename_columns(got.column_names), "user")
+    assert_exact_epochs(by_epoch, t, rows=BATCH * EVERY)
 
 
 def make(tmp_path: Path, t: pa.Table, **kw: Any) -> raykv.Pipeline:
