@@ -109,6 +109,12 @@ class SpaceSaving:
             merged_e = {key: merged_e[key] for key in kept}
         self._count, self._error = merged_c, merged_e
 
+    def discard(self, keys: Sequence[bytes]) -> None:
+        """Stop monitoring ``keys`` (e.g. moved to another shard). Cost: O(len(keys))."""
+        for key in keys:
+            self._count.pop(key, None)
+            self._error.pop(key, None)
+
     def add_total(self, n: int) -> None:
         """Count ``n`` updates of the stream (the batch's rows)."""
         self.total += n
@@ -171,6 +177,12 @@ class LoadTracker:
         self.hot.add_total(n)
         self._rows += n
         self.rows_total += n
+
+    def retain_groups(self, owned: np.ndarray) -> None:
+        """Forget the hot keys whose key group is not ``owned[group]`` (after a rebalance)."""
+        keys = [h.key for h in self.hot.top()]
+        groups = key_groups_of(keys, self.num_key_groups)
+        self.hot.discard([k for k, ok in zip(keys, owned[groups].tolist(), strict=True) if not ok])
 
     def describe_key(self, key: bytes) -> str:
         """A key for people: its decoded value as text (the raw bytes if it cannot be decoded)."""

@@ -219,6 +219,12 @@ def routing_key_fn(operator: Any) -> Any:
     return lambda k: k
 
 
+def _route_groups(keys: list[bytes], route: Any, num_key_groups: int) -> tuple[list[Any], Any]:
+    """The routing key (``None``: metadata) and the key group of each state key."""
+    routed = [route(k) for k in keys]
+    return routed, key_groups_of([b"" if r is None else r for r in routed], num_key_groups)
+
+
 def _as_table(out: Any) -> pa.Table | None:
     if out is None:
         return None
@@ -453,8 +459,7 @@ class ShardWorker:
         """``multi_set`` the pairs whose key group is ``wanted``; collect metadata keys."""
         if not keys:
             return 0
-        routed = [route(k) for k in keys]
-        g = key_groups_of([b"" if r is None else r for r in routed], groups_n)
+        routed, g = _route_groups(keys, route, groups_n)
         keep = wanted[g].tolist()
         pairs = []
         for k, v, ok, r in zip(keys, values, keep, routed, strict=True):
@@ -475,8 +480,7 @@ class ShardWorker:
         chunk: list[bytes] = []
 
         def flush() -> None:
-            routed = [route(k) for k in chunk]
-            g = key_groups_of([b"" if r is None else r for r in routed], part.num_key_groups)
+            routed, g = _route_groups(chunk, route, part.num_key_groups)
             doomed.extend(k for k, r, ok in zip(chunk, routed, owned[g].tolist(), strict=True)
                           if r is not None and not ok)
             chunk.clear()
@@ -513,6 +517,8 @@ class ShardWorker:
             self._fault("rebalance")
             dropped = self._drop_unowned()
             self.logic = spec.stage.operator.build(self.engine)
+            if self._tracker is not None:
+                self._tracker.retain_groups(partitioning.owned_mask(spec.index))
             seconds = time.perf_counter() - t0
             self.stats_["rebalances"] += 1
             self.stats_["rebalance_seconds"] += seconds

@@ -99,3 +99,15 @@ def test_load_tracker_without_groups_reports_hot_keys_only() -> None:
     assert "groups" not in rep
     assert [h[0] for h in rep["hot_keys"]] == ["3", "5"]
     assert rep["hot_keys"][0][1] == 3
+
+
+def test_load_tracker_forgets_hot_keys_of_groups_it_gave_away() -> None:
+    tracker = LoadTracker("k", 16, 4, track_groups=False)
+    col = pa.array([1, 1, 1, 2, 2, 3])
+    tracker.observe(col)
+    groups = key_groups_of(encode_keys(col, "k"), 16)
+    owned = np.ones(16, dtype=bool)
+    owned[groups[0]] = False  # key 1's group moved away
+    tracker.retain_groups(owned)
+    kept = [h[0] for h in tracker.report()["hot_keys"]]
+    assert "1" not in kept and "2" in kept
