@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import amplification, latency, pipeline_figures, snapshots, sweeps, tables
-from benchmarks.common import REPO, RESULTS, machine, machine_line, start_local_ray
+from benchmarks.common import REPO, RESULTS, loadavg, machine, machine_line, start_local_ray
 
 REPORT = Path(__file__).parent / "REPORT.md"
 README = REPO / "README.md"
@@ -151,8 +151,10 @@ def wins_lines(results: dict[str, dict[str, Any]]) -> list[str]:
 def render_report(results: dict[str, dict[str, Any]], meta: dict[str, Any],
                   secs: list[Section], img: str, where: str = "benchmarks/results/") -> str:
     m = meta.get("machine_start") or machine()
-    end = meta.get("machine_end") or m
-    timing = ", ".join(f"{k} {v:.0f} s" for k, v in meta.get("section_seconds", {}).items())
+    loads = meta.get("section_load", {})
+    timing = ", ".join(
+        f"{k} {v:.0f} s" + (f" (load {loads[k][0]:.1f} -> {loads[k][1]:.1f})" if k in loads else "")
+        for k, v in meta.get("section_seconds", {}).items())
     lines = [
         "# raykv benchmark report",
         "",
@@ -161,10 +163,9 @@ def render_report(results: dict[str, dict[str, Any]], meta: dict[str, Any],
         f"sentence below is computed from the results in `{where}` (CSV next to "
         "each figure). Nothing here is typed by hand.",
         "",
-        f"**Machine:** {machine_line(m)}, {m['platform']}. Load average (1/5/15 min) "
-        f"{'/'.join(f'{x:.2f}' for x in m['loadavg'])} at the start and "
-        f"{'/'.join(f'{x:.2f}' for x in end['loadavg'])} at the end"
-        + (f"; section wall times: {timing}" if timing else "") + ". A load above zero "
+        f"**Machine:** {machine_line(m)}, {m['platform']}."
+        + (f" Section wall times (1-minute load average at its start -> end): {timing}."
+           if timing else "") + " A load above zero "
         "means other work shared the cores: absolute figures are then pessimistic, and "
         "ratios between stores measured in the same section are the robust part.",
         "",
@@ -234,17 +235,19 @@ def main(argv: list[str] | None = None) -> int:
     default = out.resolve() == RESULTS.resolve()
     meta = (load(out, "meta") or {}) if args.render_only else {}
     if not args.render_only:
-        meta = {"quick": args.quick, "machine_start": machine(), "section_seconds": {}}
+        meta = {"quick": args.quick, "machine_start": machine(), "section_seconds": {},
+                "section_load": {}}
         try:
             for sec in secs:
                 if sec.name not in only:
                     continue
                 print(f"== {sec.name}: {sec.title}", flush=True)
-                t0 = time.perf_counter()
+                t0, load0 = time.perf_counter(), loadavg()
                 if sec.ray:
                     start_ray()
                 res = sec.run(args.quick, out)
                 meta["section_seconds"][sec.name] = time.perf_counter() - t0
+                meta["section_load"][sec.name] = [load0, loadavg()]
                 (out / f"report_{sec.name}.json").write_text(
                     json.dumps(res, indent=1, default=str))
                 print(f"   {sec.name}: {meta['section_seconds'][sec.name]:.0f} s", flush=True)
@@ -252,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             stop_ray()
         meta["machine_end"] = machine()
         old = load(out, "meta") or {}
-        meta["section_seconds"] = {**old.get("section_seconds", {}), **meta["section_seconds"]}
+        for key in ("section_seconds", "section_load"):  # sections not re-run keep theirs
+            meta[key] = {**old.get(key, {}), **meta[key]}
         (out / "report_meta.json").write_text(json.dumps(meta, indent=1))
     results = {s.name: r for s in secs if (r := load(out, s.name)) is not None}
     if default:
