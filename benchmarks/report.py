@@ -164,8 +164,8 @@ def render_report(results: dict[str, dict[str, Any]], meta: dict[str, Any],
         "each figure). Nothing here is typed by hand.",
         "",
         f"**Machine:** {machine_line(m)}, {m['platform']}."
-        + (f" Section wall times (1-minute load average at its start -> end): {timing}."
-           if timing else "") + " A load above zero "
+        + (f" Section wall times{' (1-minute load average at its start -> end)' if loads else ''}"
+           f": {timing}." if timing else "") + " A load above zero "
         "means other work shared the cores: absolute figures are then pessimistic, and "
         "ratios between stores measured in the same section are the robust part.",
         "",
