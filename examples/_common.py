@@ -3,7 +3,8 @@
 Importing it makes ``raykv`` importable from a source checkout (``python examples/x.py``
 without ``pip install``).
 
-* :func:`connect_ray`: reuse a connected Ray, else start a small local one.
+* :func:`connect_ray` / :func:`disconnect_ray`: reuse a connected Ray, else start a small
+  local one; shut down only one started here.
 * :func:`require_checkpoints`: check a checkpoint URL before resuming from it, without
   writing anything (no checkpoints, unknown epoch, corrupt file, unreachable store).
 * :func:`guarded`: run an example's body, turning bad input into a message and an exit code.
@@ -28,8 +29,8 @@ if importlib.util.find_spec("raykv") is None:  # run from a checkout without ins
 
 from raykv.cli.common import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, run_guarded
 
-__all__ = ["EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_USAGE", "connect_ray", "guarded",
-           "require_checkpoints", "table_diff"]
+__all__ = ["EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_USAGE", "connect_ray", "disconnect_ray",
+           "guarded", "kill_and_wait", "require_checkpoints", "table_diff", "verdict"]
 
 
 def connect_ray(address: str | None = None) -> bool:
@@ -47,6 +48,14 @@ def connect_ray(address: str | None = None) -> bool:
         ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
                  log_to_driver=False)
     return True
+
+
+def disconnect_ray(started: bool) -> None:
+    """Shut Ray down if :func:`connect_ray` started or connected it (``started``)."""
+    if started:
+        import ray
+
+        ray.shutdown()
 
 
 def verdict(problem: str | None, exact: str, *, killed: bool = False,

@@ -37,6 +37,7 @@ from _common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
     connect_ray,
+    disconnect_ray,
     guarded,
     require_checkpoints,
     table_diff,
@@ -163,10 +164,7 @@ def run(args: argparse.Namespace) -> int:
               f"{input_dir} ({len(published)} epochs published in {out})")
         return EXIT_OK
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        disconnect_ray(started)
         if not args.work and not resuming and work is not None:
             shutil.rmtree(work, ignore_errors=True)
 

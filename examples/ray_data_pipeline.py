@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 from _common import (
     connect_ray,
+    disconnect_ray,
     guarded,
     kill_and_wait,
     table_diff,
@@ -108,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
         return verdict(problem, exact, killed=bool(killed),
                        restarts=summary.restarts)
     finally:
-        if started:
-            ray.shutdown()
+        disconnect_ray(started)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _common import EXIT_CHECK_FAILED, EXIT_OK, connect_ray, guarded
+from _common import EXIT_CHECK_FAILED, EXIT_OK, connect_ray, disconnect_ray, guarded
 
 from raykv.drill import MOMENTS, DrillConfig, format_table, run_drill, summarize
 
@@ -63,10 +63,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_drill(cfg, on_round=lambda n, kills: print(
             f"round {n}: {len(kills)} kill(s) survived", flush=True))
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        disconnect_ray(started)
     print(format_table(result.kills))
     print(summarize(result))
     return EXIT_OK if result.ok else EXIT_CHECK_FAILED

@@ -29,6 +29,7 @@ from _common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
     connect_ray,
+    disconnect_ray,
     guarded,
     require_checkpoints,
     table_diff,
@@ -130,10 +131,7 @@ def run(args: argparse.Namespace) -> int:
               f"{args.to_shards} shards match pyarrow group_by over {args.events:,} events")
         return EXIT_OK
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        disconnect_ray(started)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -40,6 +40,7 @@ import pyarrow as pa
 from _common import (
     EXIT_OK,
     connect_ray,
+    disconnect_ray,
     guarded,
     kill_and_wait,
     require_checkpoints,
@@ -158,10 +159,7 @@ def run(args: argparse.Namespace) -> int:
                        f"{args.events:,} events", killed=bool(killed),
                        restarts=summary.restarts)
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        disconnect_ray(started)
         if server is not None:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

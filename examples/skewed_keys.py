@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from _common import connect_ray, guarded, kill_and_wait, table_diff, verdict
+from _common import connect_ray, disconnect_ray, guarded, kill_and_wait, table_diff, verdict
 
 import raykv
 from raykv.operators import StatefulMap
@@ -86,10 +86,7 @@ def run(args: argparse.Namespace) -> int:
                 on_progress=on_progress,
             ).run()
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        disconnect_ray(started)
     print(summary)
     out = summary.output
     assert out is not None

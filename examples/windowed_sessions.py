@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from _common import (
     connect_ray,
+    disconnect_ray,
     guarded,
     kill_and_wait,
     table_diff,
@@ -82,8 +83,6 @@ def model(events: pa.Table, window_ms: int) -> pa.Table:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
-
     if args.events < 1 or args.users < 1 or args.step_ms < 1 or args.window_s < 1:
         msg = "--events, --users, --step-ms and --window-s must be >= 1"
         raise ValueError(msg)
@@ -136,8 +135,7 @@ def run(args: argparse.Namespace) -> int:
         return verdict(problem, exact, killed=bool(killed),
                        restarts=summary.restarts)
     finally:
-        if started:
-            ray.shutdown()
+        disconnect_ray(started)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
