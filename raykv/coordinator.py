@@ -569,9 +569,8 @@ class Coordinator:
                 else:
                     stage_plans = []
                     for j in range(n):
-                        holders = np.unique(old_part.owners[part.owned_mask(j)]).tolist()
-                        sources = tuple(
-                            RestoreSource(old_names[k], old_engine, old_params) for k in holders)
+                        sources = tuple(RestoreSource(old_names[k], old_engine, old_params)
+                                        for k in _holders(old_part, part, j, gained_only=False))
                         stage_plans.append(RestorePlan(epoch=base.epoch, rebuild=sources))
             shard_names = tuple(f"{names[i]}-{j}of{n}-g{gen}" for j in range(n))
             stages.append(StageSpec(i, names[i], op.key, op, engine, params, part, shard_names))
@@ -980,12 +979,11 @@ class Coordinator:
             t0 = time.perf_counter()
             stage = self._stages[i]
             new = decided.partitioning
-            old_owners, new_owners = stage.partitioning.owners, new.owners
             refs = []
             for j, actor in enumerate(self._actors[i]):
-                givers = np.unique(old_owners[(new_owners == j) & (old_owners != j)]).tolist()
-                sources = tuple(RestoreSource(stage.shard_names[k], stage.engine,
-                                              stage.engine_params) for k in givers)
+                sources = tuple(
+                    RestoreSource(stage.shard_names[k], stage.engine, stage.engine_params)
+                    for k in _holders(stage.partitioning, new, j, gained_only=True))
                 if self.driver_io:
                     sources = self._materialize_sources(
                         epoch, sources, root / stage.name, stage.shard_names[j])
@@ -999,17 +997,17 @@ class Coordinator:
                 self._since_rebalance[i] = 0
                 self._loads.pop(i, None)
                 self._load_rows[i] = 0
-            record = {
-                "epoch": epoch, "stage": stage.name, "moved_groups": len(decided.moves),
+            detail = {
+                "stage": stage.name, "moved_groups": len(decided.moves),
                 "before": [round(x, 4) for x in decided.before],
                 "after": [round(x, 4) for x in decided.after],
                 "copied_keys": sum(int(x["copied"]) for x in infos),
                 "dropped_keys": sum(int(x["dropped"]) for x in infos),
                 "seconds": round(time.perf_counter() - t0, 3),
             }
-            self.summary.rebalances.append(record)
-            log.info("raykv: rebalanced stage %s at epoch %d: %s", stage.name, epoch, record)
-            self._emit("rebalanced", epoch, **{k: v for k, v in record.items() if k != "epoch"})
+            self.summary.rebalances.append({"epoch": epoch, **detail})
+            log.info("raykv: rebalanced stage %s at epoch %d: %s", stage.name, epoch, detail)
+            self._emit("rebalanced", epoch, **detail)
 
     # ------------------------------------------------------------------ progress
 
@@ -1058,6 +1056,18 @@ def _placements(n: int, options: dict[str, Any]) -> list[dict[str, Any]]:
         {"scheduling_strategy": NodeAffinitySchedulingStrategy(nodes[k % len(nodes)], soft=False)}
         for k in range(n)
     ]
+
+
+def _holders(old: Partitioning, new: Partitioning, shard: int, *, gained_only: bool
+             ) -> list[int]:
+    """The shards that own, under ``old``, key groups ``shard`` owns under ``new``.
+
+    ``gained_only``: only the groups ``shard`` did not own already (a rebalance's givers).
+    """
+    wanted = new.owned_mask(shard)
+    if gained_only:
+        wanted &= old.owners != shard
+    return np.unique(old.owners[wanted]).tolist()
 
 
 def _copy_json(value: Any) -> Any:

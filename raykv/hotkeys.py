@@ -216,4 +216,9 @@ class LoadTracker:
         return out
 
 
-__all__ = ["REPORTED_HOT_KEYS", "HotKey", "LoadTracker", "SpaceSaving"]
+def format_hot_keys(hot: Sequence[Sequence[Any]], n: int = 3) -> str:
+    """``"key ~count, ..."`` for the first ``n`` reported ``[key, count, error]`` ("-": none)."""
+    return ", ".join(f"{k} ~{c:,}" for k, c, _ in hot[:n]) or "-"
+
+
+__all__ = ["REPORTED_HOT_KEYS", "HotKey", "LoadTracker", "SpaceSaving", "format_hot_keys"]

@@ -139,6 +139,8 @@ class RunSummary:
 
     def load_lines(self) -> list[str]:
         """The per-shard load, hot keys, write amplification and rebalances, as text lines."""
+        from raykv.hotkeys import format_hot_keys
+
         lines = []
         stages: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for name, entry in sorted(self.load.items()):
@@ -154,10 +156,10 @@ class RunSummary:
             lines.append(f"  stage {stage}: busiest shard {ratio} the mean of {len(shards)} "
                          f"shards; {n_reb} rebalances moved {moved} key groups")
             for name, e in shards:
-                hot = ", ".join(f"{k} ~{c:,}" for k, c, _ in e["hot_keys"][:3])
                 share = e["updates"] / total if total else 0.0
                 lines.append(f"    {name}: {e['updates']:,} updates ({share:.0%}), write amp "
-                             f"{e['write_amplification']:.2f}, hot keys: {hot or '-'}")
+                             f"{e['write_amplification']:.2f}, hot keys: "
+                             f"{format_hot_keys(e['hot_keys'])}")
         return lines
 
 

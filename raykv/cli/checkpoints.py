@@ -125,14 +125,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _load_lines(shards: dict[str, dict[str, Any]]) -> list[str]:
     """Per-shard load of one stage in an epoch manifest (written with ``hot_keys > 0``)."""
+    from raykv.hotkeys import format_hot_keys
+
     total = sum(int(v["updates_total"]) for v in shards.values())
     lines = []
     for name, v in sorted(shards.items()):
-        hot = ", ".join(f"{k} ~{c:,}" for k, c, _ in v["hot_keys"][:3])
         share = int(v["updates_total"]) / total if total else 0.0
         lines.append(f"  load {name}: {v['updates']:,} updates this epoch, {v['updates_total']:,} "
                      f"in the run ({share:.0%}), write amp {v['write_amplification']:.2f}, "
-                     f"hot keys: {hot or '-'}")
+                     f"hot keys: {format_hot_keys(v['hot_keys'])}")
     return lines
 
 
