@@ -39,7 +39,6 @@ import contextlib
 import hashlib
 import logging
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -57,7 +56,7 @@ from raykv.errors import CheckpointNotFoundError, CorruptionError
 from raykv.export import encode_operator
 from raykv.operators.base import describe_schema_change
 from raykv.partitioning import DEFAULT_NUM_KEY_GROUPS, Partitioning, split_batch
-from raykv.pipeline import Pipeline, ProgressEvent, RunSummary
+from raykv.pipeline import Pipeline, ProgressEvent, RunSummary, default_local_dir
 from raykv.shard import (
     Ack,
     RestorePlan,
@@ -580,7 +579,7 @@ class Coordinator:
         return stages, plans, changed or base.rollback
 
     def _local_root(self) -> Path:
-        root = Path(self.p.local_dir or Path(tempfile.gettempdir()) / "raykv")
+        root = Path(self.p.local_dir or default_local_dir())
         return root / self._local_ident
 
     # ------------------------------------------------------------------ actors

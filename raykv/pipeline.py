@@ -21,7 +21,9 @@ driver) through :mod:`raykv.coordinator`.
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,16 @@ import pyarrow as pa
 
 from raykv.sinks import CollectSink, Sink
 from raykv.sources import Source
+
+
+def default_local_dir() -> str:
+    """The shards' engine root when ``Pipeline(local_dir=None)``: ``$TMPDIR/raykv-state``.
+
+    The name has a dash so that it can never be imported: a folder named ``raykv`` in the
+    temp dir would shadow the package for any script started from there.
+    """
+    return os.path.join(tempfile.gettempdir(), "raykv-state")
+
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
@@ -195,9 +207,9 @@ class Pipeline:
         max_inflight: ``process`` calls in flight per shard before the sender waits
             (backpressure).
         max_pending_epochs: epochs sealed but not committed before new barriers wait.
-        local_dir: root of the shards' engine directories on each node (default: the
-            system temp dir + ``/raykv``). Stable per checkpoint URL, so a restore on the
-            same node downloads only missing files.
+        local_dir: root of the shards' engine directories on each node (default:
+            :func:`default_local_dir`, the system temp dir + ``/raykv-state``). Stable per
+            checkpoint URL, so a restore on the same node downloads only missing files.
         actor_options: extra ``ActorClass.options`` for shard actors (default
             ``{"num_cpus": 0}``, placed round-robin over the alive nodes that have CPUs;
             a ``scheduling_strategy`` here replaces that placement).
