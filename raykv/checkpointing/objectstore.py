@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -269,7 +270,7 @@ class ObjectStore:
             return
         if self.is_local:
             for key in keys:
-                self._run("delete", key, lambda key=key: _unlink(self.full(key)))
+                self._run("delete", key, functools.partial(_unlink, self.full(key)))
             for parent in {os.path.dirname(self.full(k)) for k in keys}:
                 if os.path.isdir(parent):
                     fsync_dir(Path(parent))
@@ -277,7 +278,7 @@ class ObjectStore:
         paths = [self.full(k) for k in keys]
         for i in range(0, len(paths), 1000):
             chunk = paths[i : i + 1000]
-            self._run("delete", chunk[0], lambda chunk=chunk: self._generic_rm(chunk))
+            self._run("delete", chunk[0], functools.partial(self._generic_rm, chunk))
 
     # ------------------------------------------------------------------ local implementation
 
@@ -349,7 +350,7 @@ class ObjectStore:
                 out[key] = ObjectInfo(int(info.get("size") or 0), _mtime(info))
         return out
 
-    def _generic_rm(self, paths: list[str]) -> None:
+    def _generic_rm(self, paths: Sequence[str]) -> None:
         try:
             self.fs.rm(paths)
         except FileNotFoundError:

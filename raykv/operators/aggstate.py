@@ -109,7 +109,7 @@ def _value_kind(t: pa.DataType) -> str:
 
 
 def _is_numeric(t: pa.DataType) -> bool:
-    return (
+    return bool(
         pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
     )
 
@@ -404,6 +404,7 @@ class AggLayout:
                 if stat in ("min", "max"):
                     rest = np.ones(len(seen), dtype=bool)
                     rest[first[init]] = False
+                    pick: np.ufunc
                     if c.kind == "f":
                         pick = np.fmin if stat == "min" else np.fmax
                     else:
