@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 
@@ -65,7 +65,9 @@ class Aggregate(KeyedOperator):
             batch (no buffering: one ``multi_get`` + one ``multi_set`` per batch).
     """
 
-    aggs: dict[str, tuple[str, ...]]
+    # a str is a Sequence[str]: {col: op} and {col: [ops]} both fit; normalize_aggs makes it a
+    # dict of op tuples in __post_init__
+    aggs: Mapping[str, Sequence[str]]
     max_buffered_rows: int = field(default=DEFAULT_MAX_BUFFERED_ROWS, kw_only=True)
 
     def __post_init__(self) -> None:

@@ -143,7 +143,7 @@ class AggLayout:
         TypeError: an op does not apply to a column's type (e.g. ``sum`` of strings).
     """
 
-    def __init__(self, aggs: Mapping[str, tuple[str, ...]], schema: pa.Schema, owner: str) -> None:
+    def __init__(self, aggs: Mapping[str, Sequence[str]], schema: pa.Schema, owner: str) -> None:
         self.cols: list[_Col] = []
         fields: list[tuple[str, str]] = []
         var_fields: list[tuple[int, str]] = []
@@ -171,7 +171,7 @@ class AggLayout:
                 )
                 raise TypeError(msg)
             stats = tuple(s for s in _STATS if s == "count" or s in wanted)
-            col = _Col(i, name, t, kind, ops, stats, f"\x00{i}")
+            col = _Col(i, name, t, kind, tuple(ops), stats, f"\x00{i}")
             self.cols.append(col)
             for stat in stats:
                 if stat == "count":

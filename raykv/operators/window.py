@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import ClassVar
@@ -65,7 +65,7 @@ class TumblingWindow(KeyedOperator):
 
     time_column: str
     size: int | timedelta
-    aggs: dict[str, tuple[str, ...]]
+    aggs: Mapping[str, Sequence[str]]  # as for Aggregate
     allowed_lateness: int | timedelta = 0
 
     key_suffix_len: ClassVar[int] = 8
