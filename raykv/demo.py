@@ -19,13 +19,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from raykv.engines import engine_class
+
+if TYPE_CHECKING:
+    from raykv.pipeline import ProgressEvent, RunSummary
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ class ProgressLine:
         self.tty = stream.isatty()
         self.last = 0.0
 
-    def __call__(self, event: Any) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         """Redraw the line for a ``ProgressEvent`` (commits, failures, the end)."""
         now = time.monotonic()
         if event.kind not in ("committed", "failure", "recovered", "finished"):
@@ -156,7 +159,7 @@ def pipeline_demo(
     return ok
 
 
-def _report(summary: Any, final: pa.Table | None, gen: ZipfEvents, top: int,
+def _report(summary: RunSummary, final: pa.Table | None, gen: ZipfEvents, top: int,
             stream: TextIO) -> bool:
     print("", file=stream)
     rows = [

@@ -51,13 +51,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from raykv.demo import ZipfEvents
 from raykv.sources import Offset, Source, SourceReader
+
+if TYPE_CHECKING:
+    from ray.actor import ActorHandle
+
+    from raykv.pipeline import Pipeline, ProgressEvent, RunSummary
+    from raykv.testing import Faults
 
 log = logging.getLogger("raykv.drill")
 
@@ -402,11 +408,11 @@ class _Killer:
         self.opens_at_start = 0
         self.t0 = time.perf_counter()
 
-    def __call__(self, ev: Any) -> None:
+    def __call__(self, ev: ProgressEvent) -> None:
         with self.lock:
             self._on_event(ev)
 
-    def _on_event(self, ev: Any) -> None:
+    def _on_event(self, ev: ProgressEvent) -> None:
         now = time.perf_counter()
         if ev.kind == "starting":
             self.opens_at_start = len(self.tracker.opens)
@@ -468,7 +474,7 @@ class _Killer:
         else:
             self._kill(rec, handle)
 
-    def _kill(self, rec: KillRecord, handle: Any) -> None:
+    def _kill(self, rec: KillRecord, handle: ActorHandle[Any]) -> None:
         import ray
 
         with self.lock:
@@ -568,7 +574,8 @@ def diff_outputs(got: dict[int, pa.Table], want: dict[int, pa.Table], what: str)
 
 
 def _pipeline(cfg: DrillConfig, source: Source, checkpoint: str, out: Path, local: Path,
-              on_progress: Callable[[Any], None] | None, faults: Any, max_restarts: int) -> Any:
+              on_progress: Callable[[ProgressEvent], None] | None, faults: Faults | None,
+              max_restarts: int) -> Pipeline:
     import raykv
     from raykv.operators import Aggregate
     from raykv.sinks import ParquetSink
@@ -582,7 +589,7 @@ def _pipeline(cfg: DrillConfig, source: Source, checkpoint: str, out: Path, loca
     )
 
 
-def _check_run(cfg: DrillConfig, summary: Any, checkpoint: str, out: Path,
+def _check_run(cfg: DrillConfig, summary: RunSummary, checkpoint: str, out: Path,
                want: dict[int, pa.Table], what: str) -> list[str]:
     from raykv.checkpointing import CheckpointStore
 

@@ -18,12 +18,15 @@ import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raykv.engines import open_engine
+
+if TYPE_CHECKING:
+    from raykv.checkpointing import CheckpointStore
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class ExportResult:
     path: Path
 
 
-def encode_operator(op: Any) -> str:
+def encode_operator(op: object) -> str:
     """Serialize an operator config for the epoch metadata (cloudpickle, base64)."""
     from ray import cloudpickle
 
@@ -75,7 +78,7 @@ def find_stage(metadata: dict[str, Any], stage: str) -> dict[str, Any]:
     raise ValueError(msg)
 
 
-def export_stage(store: Any, epoch: int, stage: str, out_dir: Path) -> ExportResult:
+def export_stage(store: CheckpointStore, epoch: int, stage: str, out_dir: Path) -> ExportResult:
     """Write the state of ``stage`` at committed ``epoch`` of ``store`` to Parquet.
 
     Cost: downloads every file of the stage's shards once (into a temporary directory)

@@ -27,12 +27,18 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from raykv.sinks import CollectSink, Sink
 from raykv.sources import Source
+
+if TYPE_CHECKING:
+    from ray.actor import ActorHandle
+
+    from raykv.rebalance import Rebalance
+    from raykv.testing import Faults
 
 
 def default_local_dir() -> str:
@@ -79,7 +85,7 @@ class ProgressEvent:
     epochs_committed: int
     restarts: int
     elapsed: float
-    shards: dict[str, Any] = field(default_factory=dict)
+    shards: dict[str, ActorHandle[Any]] = field(default_factory=dict)
     error: BaseException | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -246,9 +252,9 @@ class Pipeline:
     actor_options: dict[str, Any] | None = None
     on_progress: Callable[[ProgressEvent], None] | None = None
     clock: Callable[[], float] | None = None
-    faults: Any = None
+    faults: Faults | None = None
     hot_keys: int = 16
-    rebalance: Any = None
+    rebalance: Rebalance | None = None
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
 
     def __post_init__(self) -> None:

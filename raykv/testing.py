@@ -117,13 +117,12 @@ class _TestingReader(SourceReader):
             self._pos += 1
             msg = f"TestingSource: EOF marker at item {self._pos - 1}"
             raise StopSource(msg)
-        rows = []
-        while (
-            self._pos < len(items)
-            and len(rows) < self._src.batch_size
-            and not isinstance(items[self._pos], _Marker)
-        ):
-            rows.append(items[self._pos])
+        rows: list[Mapping[str, Any]] = []
+        while self._pos < len(items) and len(rows) < self._src.batch_size:
+            row = items[self._pos]
+            if isinstance(row, _Marker):
+                break
+            rows.append(row)
             self._pos += 1
         return pa.RecordBatch.from_pylist(rows, schema=self._src.schema)
 

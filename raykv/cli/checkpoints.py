@@ -6,7 +6,7 @@ import argparse
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raykv.cli.common import (
     EXIT_OK,
@@ -18,8 +18,11 @@ from raykv.cli.common import (
     storage_options,
 )
 
+if TYPE_CHECKING:
+    from raykv.checkpointing import CheckpointStore, EpochManifest
 
-def add_parser(sub: Any) -> None:
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``checkpoints`` and its subcommands on ``sub``."""
     ckpt = sub.add_parser("checkpoints", help="inspect, verify, gc, export and restore checkpoints",
                           description="Work with a checkpoint store (file://, s3://, plain path).")
@@ -58,14 +61,14 @@ def run(args: argparse.Namespace) -> int:
     return run_guarded(lambda: _COMMANDS[args.ckpt_command](args))
 
 
-def _open(args: argparse.Namespace) -> Any:
+def _open(args: argparse.Namespace) -> CheckpointStore:
     from raykv.checkpointing import CheckpointStore
 
     return CheckpointStore(args.url, storage_options(args))
 
 
-def _require_epochs(store: Any, url: str) -> list[int]:
-    epochs: list[int] = store.epochs()
+def _require_epochs(store: CheckpointStore, url: str) -> list[int]:
+    epochs = store.epochs()
     if not epochs:
         msg = f"no committed checkpoints at {url}; check the URL (and --endpoint-url for S3)"
         raise ValueError(msg)
@@ -170,7 +173,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _shard_name(em: Any, shard: str) -> str:
+def _shard_name(em: EpochManifest, shard: str) -> str:
     names = sorted(em.shards)
     if shard in em.shards:
         return shard

@@ -15,7 +15,7 @@ import json
 import logging
 import sys
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raykv.cli.common import (
     EXIT_CHECK_FAILED,
@@ -27,8 +27,11 @@ from raykv.cli.common import (
     storage_options,
 )
 
+if TYPE_CHECKING:
+    from raykv.drill import DrillConfig, KillRecord
 
-def add_parser(sub: Any) -> None:
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``drill`` on the ``raykv`` subcommand parser ``sub``."""
     from raykv.drill import MOMENTS
 
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     return run_guarded(lambda: _run(cfg, args))
 
 
-def _run(cfg: Any, args: argparse.Namespace) -> int:
+def _run(cfg: DrillConfig, args: argparse.Namespace) -> int:
     import ray
 
     from raykv.drill import format_table, run_drill, summarize
@@ -100,7 +103,7 @@ def _run(cfg: Any, args: argparse.Namespace) -> int:
           f"({cfg.final_epoch} epochs), {cfg.num_shards} shards, engine {cfg.engine}, "
           f"moments {','.join(cfg.moments)}, seed {cfg.seed}", flush=True)
 
-    def on_round(number: int, kills: list[Any]) -> None:
+    def on_round(number: int, kills: list[KillRecord]) -> None:
         print(f"round {number}: {len(kills)} kill(s) survived, output exact so far",
               file=sys.stderr, flush=True)
 
@@ -124,7 +127,7 @@ def _run(cfg: Any, args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_CHECK_FAILED
 
 
-def _record(k: Any) -> dict[str, Any]:
+def _record(k: KillRecord) -> dict[str, Any]:
     d = asdict(k)
     for internal in ("killed_at", "failure_pos", "next_open"):
         d.pop(internal, None)
