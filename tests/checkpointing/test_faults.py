@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
+import types
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,11 +14,26 @@ from typing import Any
 import pytest
 
 import tests.checkpointing.flaky  # noqa: F401 - registers flakymemory:// and flakys3://
-from raykv.checkpointing import CheckpointStore
-from raykv.checkpointing.transfer import is_transient
+from raykv.checkpointing import CheckpointStore, transfer
+from raykv.checkpointing.objectstore import PROBE_RETRIES
+from raykv.checkpointing.transfer import RetryPolicy, is_transient
 from raykv.errors import StoreUnavailableError
 from tests.checkpointing.flaky import Crash
 from tests.checkpointing.helpers import Shards, restored_state
+
+
+@pytest.fixture
+def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The backoffs the retry loop asks for, in order; recorded instead of slept."""
+    slept: list[float] = []
+    monkeypatch.setattr(transfer, "time", types.SimpleNamespace(sleep=slept.append))
+    return slept
+
+
+def _within_policy(backoffs: list[float], policy: RetryPolicy) -> bool:
+    """Each backoff lies in ``[0, min(max_delay, base_delay * 2**i)]`` (full jitter)."""
+    return all(0 <= d <= min(policy.max_delay, policy.base_delay * 2**i)
+               for i, d in enumerate(backoffs))
 
 
 def _exercise(store: CheckpointStore, tmp_path: Path, epochs: int = 3) -> Shards:
@@ -72,7 +87,7 @@ def test_permanent_errors_are_not_retried(tmp_path: Path) -> None:
     shards.close()
 
 
-def test_retries_run_out(tmp_path: Path) -> None:
+def test_retries_run_out(tmp_path: Path, backoffs: list[float]) -> None:
     name = f"raykv-down-{uuid.uuid4().hex}"
     good = CheckpointStore(f"memory://{name}")
     shards = Shards(tmp_path / "live", ["s"])
@@ -81,10 +96,13 @@ def test_retries_run_out(tmp_path: Path) -> None:
     bad = CheckpointStore(f"flakymemory://{name}",
                           {"fail_first": 100, "skip_instance_cache": True}, retries=2)
     shards.write()
-    t0 = time.monotonic()
     with pytest.raises(StoreUnavailableError, match=rf"flakymemory://{name}.*after 3 attempts"):
         shards.checkpoint(bad, 2)
-    assert time.monotonic() - t0 < 5
+    # the first failing operation gave up after its 3 attempts, with 2 bounded backoffs
+    injected = bad._objects.fs.injected
+    assert len(injected) == 1 and sum(injected.values()) == 3, injected
+    assert bad.stats.retries == 2
+    assert len(backoffs) == 2 and _within_policy(backoffs, bad._objects.retry), backoffs
     shards.close()
     assert good.epochs() == [1]
     assert restored_state(good, 1, "s", tmp_path / "r") == shards.history[1]["s"]
@@ -191,25 +209,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_unreachable_endpoint_fails_fast() -> None:
+def test_unreachable_endpoint_fails_fast(backoffs: list[float]) -> None:
     endpoint = f"http://127.0.0.1:{_free_port()}"
-    t0 = time.monotonic()
     with pytest.raises(StoreUnavailableError) as info:
         CheckpointStore("s3://some-bucket/prefix",
                         {"endpoint_url": endpoint, "key": "AKIDKEY", "secret": "s3cr3t-value"})
-    assert time.monotonic() - t0 < 10
     text = str(info.value)
+    # the probe gives up after PROBE_RETRIES retries with bounded backoffs, not the default 5
+    assert f"after {PROBE_RETRIES + 1} attempts" in text
+    assert len(backoffs) == PROBE_RETRIES and _within_policy(backoffs, RetryPolicy()), backoffs
     assert "s3://some-bucket/prefix" in text and endpoint in text
     assert "s3cr3t-value" not in text and "AKIDKEY" not in text
 
 
 @pytest.mark.s3
-def test_missing_bucket_fails_fast(s3_endpoint: str) -> None:
-    t0 = time.monotonic()
+def test_missing_bucket_fails_fast(s3_endpoint: str, backoffs: list[float]) -> None:
     with pytest.raises(StoreUnavailableError, match="bucket does not exist"):
         CheckpointStore("s3://no-such-bucket-raykv/x",
                         {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"})
-    assert time.monotonic() - t0 < 10
+    assert backoffs == []  # a missing bucket is permanent: the first answer is final
 
 
 def test_unusable_local_directory(tmp_path: Path) -> None:
