@@ -15,11 +15,16 @@ from raykv.engines.hybridlog import HybridLog
 from raykv.engines.hybridlog.merge import is_prefix, pick_merge, run_level
 from raykv.engines.hybridlog.runfile import (
     FOOTER,
+    LEN_SHIFT,
+    NO_LOC,
     PAGE_SIZE,
     RUN_KIND,
     RUN_MAGIC,
+    SLOT_BITS,
     RunFile,
     encode_run,
+    live_mask,
+    pack_locs,
     value_ends,
 )
 from raykv.errors import CorruptionError, FormatVersionError
@@ -315,6 +320,83 @@ def test_compaction_rewrites_sparse_runs(tmp_path: Path) -> None:
             s._check()
         with HybridLog(path, **params) as s:
             assert s.get(b"k000") == b"b" and s.get(b"k099") == b"a" and s.get(b"x") == b"1"
+
+
+@pytest.mark.parametrize("large", [255, 256, 257, 70_000])
+def test_merge_of_small_value_run_while_keys_live_in_large_value_run(
+    tmp_path: Path, large: int
+) -> None:
+    """Issue 11: a run of values < 256 bytes is merged while the index points some of its
+    keys at values of ``large`` bytes in another run (packed locations >= 2**64).
+
+    The issue's reproduction, scaled down: small runs, then a run that moves every 7th
+    key to a large value, repeated so that the policy merges the small-value runs.
+    """
+    params = {"mem_segment_len": 40, "ro_lag_interval": 10, "flush_interval": 10,
+              "max_runs_per_level": 3}
+    model: dict[bytes, bytes] = {}
+    with HybridLog(tmp_path, **params) as s:
+        for round_ in range(4):
+            for i in range(60):
+                s.set(b"k%02d" % i, b"s" * 10)
+                model[b"k%02d" % i] = b"s" * 10
+            s.seal()
+            for i in range(0, 60, 7):
+                s.set(b"k%02d" % i, bytes([65 + round_]) * large)
+                model[b"k%02d" % i] = bytes([65 + round_]) * large
+            s.seal()
+        s.set(b"last", b"x")  # the first write after the seals runs the due merges
+        model[b"last"] = b"x"
+        assert s.stats.merges >= 3
+        assert dict(s.items()) == model
+        s._check()
+    with HybridLog(tmp_path, **params) as s:
+        assert dict(s.items()) == model
+        s._check()
+
+
+def test_pack_locs_and_live_mask_hold_any_location() -> None:
+    """Locations of values of 256 bytes or more exceed 64 bits; both helpers stay exact."""
+
+    def reference(slot: int, lens: list[int]) -> list[int]:
+        starts = [sum(lens[:i]) for i in range(len(lens))]
+        return [slot | a << SLOT_BITS | n << LEN_SHIFT for a, n in zip(starts, lens, strict=True)]
+
+    for lens in ([0, 1, 255, 0], [0, 255, 256, 257, 65_535, 65_536, 1 << 30, 0]):
+        ends = np.cumsum(np.array(lens, dtype=np.uint64), dtype=np.uint64)
+        own = reference(7, lens)
+        assert pack_locs(7, ends) == own
+        other = reference(8, [300] * len(lens))  # the key moved to a large value elsewhere
+        for found, expect in (
+            (own, [True] * len(lens)),
+            (other, [False] * len(lens)),
+            ([NO_LOC] * len(lens), [False] * len(lens)),
+            ([o if i % 2 else x for i, (o, x) in enumerate(zip(own, other, strict=True))],
+             [i % 2 == 1 for i in range(len(lens))]),
+        ):
+            assert live_mask(found, 7, ends).tolist() == expect
+    assert pack_locs(1, np.zeros(0, np.uint64)) == []
+    assert live_mask([], 1, np.zeros(0, np.uint64)).tolist() == []
+
+
+def test_compaction_of_small_value_run_while_keys_live_in_large_value_run(
+    tmp_path: Path,
+) -> None:
+    """Compaction rewrites a run of small values alone while most of its keys have moved
+    to a later run of 300-byte values: only the records still live there are copied."""
+    params = {"ro_lag_interval": 100, "flush_interval": 100, "mem_segment_len": 200,
+              "max_runs_per_level": 50, "compaction_enabled": True}
+    with HybridLog(tmp_path, **params) as s:
+        s.multi_set({b"k%03d" % i: b"a" for i in range(100)})
+        s.seal()
+        s.multi_set({b"k%03d" % i: b"L" * 300 for i in range(60)})  # run 0 is 40 % live
+        s.seal()
+        s.set(b"x", b"1")  # maintenance: compacts run 0
+        assert s.stats.merges == 1 and [r.count for r in s._runs] == [40, 60]
+        s._check()
+    with HybridLog(tmp_path, **params) as s:
+        assert s.get(b"k000") == b"L" * 300 and s.get(b"k099") == b"a"
+        assert len(dict(s.items())) == 101
 
 
 def test_merge_policy_levels() -> None:

@@ -43,7 +43,7 @@ from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import compress, islice, repeat
-from operator import eq, is_
+from operator import is_
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from raykv.engines.hybridlog.merge import is_prefix, pick_merge
 from raykv.engines.hybridlog.runfile import (
     LEN_SHIFT,
     MAX_SLOTS,
+    NO_LOC,
     PAGE_SIZE,
     RUN_KIND,
     RUN_VERSION,
@@ -64,6 +65,7 @@ from raykv.engines.hybridlog.runfile import (
     RunFile,
     encode_run,
     gather_values,
+    live_mask,
     pack_locs,
     value_ends,
 )
@@ -103,24 +105,6 @@ def _presync(path: Path) -> None:
         pass  # the commit's own fsync will report it
     finally:
         os.close(fd)
-
-
-_NO_LOC = (1 << 64) - 1  # never a location: its start + length pass MAX_VALUES_LEN
-
-
-def _live_mask(index: dict[bytes, int], keys: list[bytes], slot: int, ends: np.ndarray,
-               lens: np.ndarray) -> np.ndarray:
-    """Which records of the run in ``slot`` the index points to (a bool array).
-
-    Cost: one C-level pass of index lookups; the comparison is vectorized when every
-    value is shorter than 256 bytes (locations fit a uint64), else one ``==`` per record.
-    """
-    n = len(keys)
-    if n and int(lens.max()) < 256:
-        found = np.fromiter(map(index.get, keys, repeat(_NO_LOC)), np.uint64, n)
-        packed = ((ends - lens) << np.uint64(SLOT_BITS)) | (lens << np.uint64(LEN_SHIFT))
-        return found == (packed | np.uint64(slot))  # type: ignore[no-any-return]
-    return np.array(list(map(eq, map(index.get, keys), pack_locs(slot, ends))), dtype=bool)
 
 
 def _check_param(name: str, value: object, low: int) -> int:
@@ -570,7 +554,7 @@ class HybridLog(KVStore):
             run.verify_all()
             run_keys, ends = run.index()
             run_lens = np.diff(ends, prepend=np.uint64(0))
-            live = _live_mask(index, run_keys, run.slot, ends, run_lens)
+            live = live_mask(list(map(index.get, run_keys, repeat(NO_LOC))), run.slot, ends)
             if drop_tombstones:
                 dead = live & (run_lens == 0)
                 if dead.any():

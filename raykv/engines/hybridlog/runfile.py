@@ -23,6 +23,9 @@ values.
 
 A location (``loc``) packs where a value lives into one int, the disk index entry:
 ``slot | start << 16 | length << 56`` where ``slot`` names the open run (``RunFile.slot``).
+It is a Python int of any size: a value of 256 bytes or more makes it exceed 64 bits, so
+vectorized code may hold locations in a uint64 array only after checking that they fit
+(``pack_locs``, ``live_mask``).
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ import struct
 import sys
 from array import array
 from collections.abc import Sequence
-from itertools import accumulate, pairwise
+from itertools import accumulate, pairwise, repeat
+from operator import eq, lshift, or_
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from raykv.engines.fileio import crc32
 from raykv.errors import CorruptionError, FormatVersionError
@@ -56,6 +61,9 @@ START_BITS = 40
 START_MASK = (1 << START_BITS) - 1
 LEN_SHIFT = SLOT_BITS + START_BITS
 MAX_VALUES_LEN = 1 << START_BITS
+U64_MAX = (1 << 64) - 1
+LEN_FITS_U64 = 1 << (64 - LEN_SHIFT)  # 256: a location fits a uint64 iff its length is below
+NO_LOC = U64_MAX  # never a location: its start + length (2**40 - 1 + 255) pass MAX_VALUES_LEN
 
 _WIDTH_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 _LITTLE = sys.byteorder == "little"
@@ -136,23 +144,45 @@ def gather_values(mm: mmap.mmap | bytes, ends: np.ndarray, keep: np.ndarray) -> 
 def pack_locs(slot: int, ends: Sequence[int] | np.ndarray) -> list[int]:
     """Return the packed locations of values ending at ``ends`` in the run in ``slot``.
 
-    Cost: vectorized (numpy) when every value is shorter than 256 bytes, else one Python
-    expression per record.
+    A location is ``slot | start << SLOT_BITS | length << LEN_SHIFT``: ``slot | start``
+    always fits 56 bits, but the whole location fits a uint64 only for values shorter than
+    ``LEN_FITS_U64`` (256) bytes. Cost: vectorized either way: numpy builds the whole
+    locations when every value is shorter than 256 bytes; otherwise numpy builds
+    ``slot | start`` and two C-level ``map`` passes add the lengths as Python ints.
     """
     if len(ends) == 0:
         return []
     e = np.asarray(ends, dtype=np.uint64)
     lens = np.diff(e, prepend=np.uint64(0))
-    if int(lens.max()) < 256:
-        starts = e - lens
-        packed = (starts << np.uint64(SLOT_BITS)) | (lens << np.uint64(LEN_SHIFT)) | np.uint64(slot)
-        return packed.tolist()  # type: ignore[no-any-return]
-    out: list[int] = []
-    prev = 0
-    for end in e.tolist():
-        out.append(slot | prev << SLOT_BITS | (end - prev) << LEN_SHIFT)
-        prev = end
-    return out
+    where = ((e - lens) << np.uint64(SLOT_BITS)) | np.uint64(slot)
+    if int(lens.max()) < LEN_FITS_U64:
+        return (where | (lens << np.uint64(LEN_SHIFT))).tolist()  # type: ignore[no-any-return]
+    return list(map(or_, where.tolist(), map(lshift, lens.tolist(), repeat(LEN_SHIFT))))
+
+
+def live_mask(found: list[int], slot: int, ends: np.ndarray) -> npt.NDArray[np.bool_]:
+    """Which records of the run in ``slot`` are live: ``found[i]`` is record ``i``'s location.
+
+    ``found[i]`` is what the index holds for the key of record ``i`` (``NO_LOC`` when it
+    holds nothing). It may be any location: the index can point the key at a record in
+    another run, with a value of any size, so the check must not assume that ``found``
+    fits a uint64 just because this run's values do (issue 11).
+
+    Cost: one C-level ``max`` over ``found``, then a vectorized uint64 comparison when
+    every location involved fits a uint64 (this run's values and the values ``found``
+    points at are all shorter than 256 bytes: the common case); otherwise one Python int
+    comparison per record (a C-level ``map``), which is exact for any location.
+    """
+    n = len(found)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    e = np.asarray(ends, dtype=np.uint64)
+    lens = np.diff(e, prepend=np.uint64(0))
+    if int(lens.max()) < LEN_FITS_U64 and max(found) <= U64_MAX:
+        packed = (((e - lens) << np.uint64(SLOT_BITS)) | (lens << np.uint64(LEN_SHIFT))
+                  | np.uint64(slot))
+        return np.fromiter(found, np.uint64, n) == packed  # type: ignore[no-any-return]
+    return np.fromiter(map(eq, found, pack_locs(slot, e)), dtype=bool, count=n)
 
 
 class RunFile:
