@@ -11,12 +11,14 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import time
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
+from raykv.checkpointing import transfer
+from raykv.checkpointing.objectstore import PROBE_RETRIES
 from raykv.cli import main
 from raykv.drill import (
     MOMENTS,
@@ -152,14 +154,20 @@ def test_drill_cli_survives_kills_at_every_moment(ray_session: Any,
     assert doc["epochs"] == final
 
 
-def test_drill_cli_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+def test_drill_cli_bad_input(capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["drill", "--moments", "mid-batch,sideways"]) == 2
     assert "moments" in capsys.readouterr().err
     assert main(["drill", "--events", "10", "--batch-size", "10"]) == 2
     assert "too short" in capsys.readouterr().err
-    t = time.monotonic()
+    backoffs: list[float] = []  # recorded, not slept
+    monkeypatch.setattr(transfer, "time", SimpleNamespace(sleep=backoffs.append))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")  # else it fails on missing credentials
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
     code = main(["drill", "--checkpoint", "s3://bucket/drill", "--endpoint-url",
                  "http://127.0.0.1:9"])
     assert code == 3
-    assert time.monotonic() - t < 10
-    assert "127.0.0.1:9" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # said after the probe's few retries, before any Ray or pipeline work
+    assert "127.0.0.1:9" in err and f"failed after {PROBE_RETRIES + 1} attempts" in err, err
+    assert len(backoffs) == PROBE_RETRIES and "s3cr3t" not in err

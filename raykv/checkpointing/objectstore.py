@@ -136,8 +136,9 @@ class ObjectStore:
         return path[len(prefix):] if path.startswith(prefix) else None
 
     def _run(self, what: str, key: str, fn: Callable[[], T], *, retries: int | None = None) -> T:
-        return self.retry.run(
-            fn, lambda: f"checkpoint store {self.display}: {what} {key}", retries=retries
+        return self.retry.run(  # the probe has no key
+            fn, lambda: f"checkpoint store {self.display}: {what}{' ' + key if key else ''}",
+            retries=retries,
         )
 
     # ------------------------------------------------------------------ probing
