@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import random
 import struct
-import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -192,10 +191,13 @@ def test_incremental_seal_writes_only_dirty_records(tmp_path: Path) -> None:
         for k, v in updated.items():
             s.set(k, v)
         merges = s.stats.merges
-        t = time.perf_counter()
+        written = s.stats.disk_bytes
+        pending = {r.name: r.pending for r in s._runs}
         second = set(s.seal())
-        elapsed = time.perf_counter() - t
-        assert s.stats.merges == merges  # seal never merges
+        # the seal's cost is O(dirty records): it writes one run of exactly the 1,000
+        # updated records and a manifest, never merges, and reads no value of older runs
+        # (its wall time is a benchmark target: benchmarks/snapshots.py, updates experiment)
+        assert s.stats.merges == merges
         new = second - first
         new_runs = [n for n in new if n.endswith(RUN_KIND)]
         assert len(new_runs) == 1 and len(new) == 2  # one run + the manifest
@@ -203,7 +205,9 @@ def test_incremental_seal_writes_only_dirty_records(tmp_path: Path) -> None:
         # 1,000 x (2-byte key + 8-byte value + 1-byte key length + 4-byte end) + crcs, footer
         assert 15_000 <= run_bytes <= 15_000 + 4 * 3 + FOOTER.size
         assert s._runs[-1].count == 1000
-        assert elapsed < 1.0  # generous on a shared machine; the benchmark asks < 50 ms
+        manifest_bytes = sum((tmp_path / n).stat().st_size for n in new if n not in new_runs)
+        assert s.stats.disk_bytes - written == run_bytes + manifest_bytes
+        assert {r.name: r.pending for r in s._runs[:-1]} == pending
         model.update(updated)
     with HybridLog(tmp_path) as s:
         assert s.multi_get(list(model)) == list(model.values())
@@ -218,15 +222,17 @@ def test_reopen_loads_index_sections_without_reading_values(tmp_path: Path) -> N
             s.multi_set({rng.randrange(65_536).to_bytes(2, "big"): b"x" * 8 for _ in range(500)})
             s.seal()
         model.update(dict(s.items()))
-    t = time.perf_counter()
+    files = sorted(p.name for p in tmp_path.iterdir())
     s = HybridLog(tmp_path, **params)
-    elapsed = time.perf_counter() - t
     try:
         runs = s._runs
         assert len(runs) > 3 and s.region_sizes()["index"] == 65_536
-        # no value page was read (each is crc-checked on its first read)
+        # no value page was read (each is crc-checked on its first read), nothing was
+        # merged or written: an open costs the index sections only (its wall time is a
+        # benchmark target: benchmarks/snapshots.py, restore)
         assert all(r.pending == -(-r.values_len // PAGE_SIZE) for r in runs)
-        assert elapsed < 2.0  # generous; the benchmark asks <= 50 ms
+        assert s.stats.merges == 0 and s.stats.disk_bytes == 0
+        assert sorted(p.name for p in tmp_path.iterdir()) == files
         key = b"\x01\x02"
         assert s.get(key) == model[key]
         assert sum(r.pending for r in runs) == sum(-(-r.values_len // PAGE_SIZE) for r in runs) - 1

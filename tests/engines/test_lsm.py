@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from array import array
 from pathlib import Path
 from typing import Any, ClassVar
@@ -476,7 +475,12 @@ def test_memory_does_not_grow_with_overwrites(tmp_path: Path) -> None:
     assert disk < 4 * 3000 * (9 + 16 + 8) + 20_000
 
 
-def test_seal_after_many_writes_is_quick(tmp_path: Path) -> None:
+def test_seal_after_many_writes_writes_only_the_memtable(tmp_path: Path) -> None:
+    """A seal after 200,000 writes costs one memtable flush: no merge, no other run read.
+
+    Its wall time is a benchmark figure (``seal_ms`` in benchmarks/engines.py, same
+    parameters), not a test assertion.
+    """
     params = {"max_runs_per_level": 10, "density_factor": 10, "memtable_bytes_limit": 100_000}
     rng = np.random.default_rng(1)
     ids = rng.integers(0, 100_000, 200_000).tolist()
@@ -484,12 +488,18 @@ def test_seal_after_many_writes_is_quick(tmp_path: Path) -> None:
         for i in ids:
             s.set(b"%05d" % i, b"value")
         merges = s.stats.merges
-        t = time.perf_counter()
+        written = s.stats.disk_bytes
+        before = {r.name: r.block_reads for r in runs_of(s)}
+        pending = len(s._mem)
+        assert 0 < s._mem.nbytes <= params["memtable_bytes_limit"]
         s.seal()
-        elapsed = time.perf_counter() - t
-        print(f"seal after 200k writes: {elapsed * 1e3:.1f} ms")
         assert s.stats.merges == merges
-        assert elapsed < 0.5
+        assert {r.name: r.block_reads for r in runs_of(s) if r.name in before} == before
+        new = [r for r in runs_of(s) if r.name not in before]
+        assert len(new) == 1 and new[0].entry_count == pending and len(s._mem) == 0
+        manifest = max(n for n in s.live_files() if n.endswith(".manifest"))
+        assert s.stats.disk_bytes - written == (
+            new[0].file_size + (tmp_path / manifest).stat().st_size)
 
 
 def test_reopen_loads_indexes_not_data(tmp_path: Path) -> None:
@@ -498,12 +508,14 @@ def test_reopen_loads_indexes_not_data(tmp_path: Path) -> None:
         items = list(model.items())
         for i in range(0, len(items), 1000):
             s.multi_set(items[i : i + 1000])
-    t = time.perf_counter()
+    files = sorted(p.name for p in tmp_path.iterdir())
     s = LSMTree(tmp_path, memtable_bytes_limit=30_000)
-    elapsed = time.perf_counter() - t
     try:
+        # an open reads footers, fences and filters only: no data block, no merge, no write
+        assert len(runs_of(s)) > 1
         assert s.point_block_reads == 0 and all(r.block_reads == 0 for r in runs_of(s))
-        print(f"open of {len(runs_of(s))} runs, 20k keys: {elapsed * 1e3:.1f} ms")
+        assert s.stats.merges == 0 and s.stats.disk_bytes == 0
+        assert sorted(p.name for p in tmp_path.iterdir()) == files
         assert s.get(b"k00007") == b"v00007" and s.point_block_reads == 1
     finally:
         s.close()
