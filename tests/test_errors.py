@@ -1,0 +1,137 @@
+"""Failures reach the user whole (issue 16, ``docs/recovery.md``, "Failure classification").
+
+1. Every exception class raykv defines survives pickling, and so a Ray actor boundary,
+   with its type, message and attributes (discovered programmatically: a new class that
+   does not pickle fails here).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pickle
+import pkgutil
+from typing import Any
+
+import pytest
+
+import raykv
+from raykv.errors import add_context, failure_context
+
+# ---------------------------------------------------------------------------- pickling
+
+
+def raykv_exception_classes() -> list[type[BaseException]]:
+    """Every exception class defined in a ``raykv`` module (imports every module)."""
+    found: dict[str, type[BaseException]] = {}
+    for info in pkgutil.walk_packages(raykv.__path__, "raykv."):
+        if info.name.endswith("__main__"):  # runs the CLI on import
+            continue
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            if (inspect.isclass(obj) and issubclass(obj, BaseException)
+                    and obj.__module__.startswith("raykv")):
+                found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    return [found[k] for k in sorted(found)]
+
+
+def _sample_value(name: str, annotation: Any) -> Any:
+    text = str(annotation)
+    if "BaseException" in text:
+        return ValueError(f"inner {name}")
+    if "dict" in text:
+        return {"stage": "m", "epoch": 3}
+    if "int" in text:
+        return 7
+    return f"sample-{name}"
+
+
+def sample_instance(cls: type[BaseException]) -> BaseException:
+    """An instance of ``cls`` with every ``__init__`` parameter set to a non-default value."""
+    own_init = next((c for c in cls.__mro__ if "__init__" in vars(c)), BaseException)
+    if own_init in (BaseException, Exception) or own_init.__module__ == "builtins":
+        err = cls("sample message")
+    else:
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        for p in params:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            value = _sample_value(p.name, p.annotation)
+            if p.kind == p.KEYWORD_ONLY:
+                kwargs[p.name] = value
+            else:
+                args.append(value)
+        err = cls(*args, **kwargs)
+    err.add_note("a note")
+    add_context(err, stage="m", epoch=3)
+    return err
+
+
+def _comparable(value: Any) -> Any:
+    """Exceptions compare by type and args (they have no value equality)."""
+    if isinstance(value, BaseException):
+        return (type(value), value.args, _comparable(vars(value)))
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_comparable(v) for v in value)
+    return value
+
+
+def assert_same_exception(got: BaseException, want: BaseException) -> None:
+    assert type(got) is type(want)
+    assert got.args == want.args
+    assert str(got) == str(want)
+    assert _comparable(vars(got)) == _comparable(vars(want))
+    assert got.__notes__ == ["a note"]
+    assert failure_context(got) == {"stage": "m", "epoch": 3}
+
+
+def test_every_raykv_exception_class_is_found() -> None:
+    names = {c.__qualname__ for c in raykv_exception_classes()}
+    assert {"RaykvError", "CorruptionError", "FormatVersionError", "CheckpointNotFoundError",
+            "StoreUnavailableError", "StoreClosedError", "UserCodeError", "StopSource",
+            "TestingAbort", "_ShardFailure"} <= names
+
+
+@pytest.mark.parametrize("cls", raykv_exception_classes(), ids=lambda c: c.__qualname__)
+def test_every_raykv_exception_survives_pickling(cls: type[BaseException]) -> None:
+    err = sample_instance(cls)
+    assert_same_exception(pickle.loads(pickle.dumps(err)), err)
+    import ray.cloudpickle  # what Ray uses for an actor's exception
+
+    assert_same_exception(ray.cloudpickle.loads(ray.cloudpickle.dumps(err)), err)
+
+
+def test_corruption_error_keeps_its_restorable_epochs_through_pickling() -> None:
+    from raykv.errors import CorruptionError
+
+    err = CorruptionError("ckpt/files/x.run", "checksum", offset=12, detail="d", epoch=3)
+    err.set_restorable([1, 2, 3, 4], [1, 2], store="file:///ckpt")
+    got = pickle.loads(pickle.dumps(err))
+    assert (got.path, got.check, got.offset, got.epoch) == ("ckpt/files/x.run", "checksum", 12, 3)
+    assert got.committed == [1, 2, 3, 4] and got.restorable == [1, 2]
+    assert "epoch 3 cannot be restored" in str(got) and "run(restore_epoch=2)" in str(got)
+
+
+class _Raiser:
+    """A Ray actor that raises what it is given (the exception crosses twice)."""
+
+    def raise_it(self, err: BaseException) -> None:
+        raise err
+
+
+@pytest.mark.ray
+def test_every_raykv_exception_crosses_a_ray_actor(ray_session: Any) -> None:
+    ray = ray_session
+    actor = ray.remote(_Raiser).remote()
+    try:
+        for cls in raykv_exception_classes():
+            want = sample_instance(cls)
+            with pytest.raises(ray.exceptions.RayTaskError) as info:
+                ray.get(actor.raise_it.remote(want))
+            assert_same_exception(info.value.cause, want)
+    finally:
+        ray.kill(actor)
