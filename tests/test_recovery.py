@@ -14,8 +14,8 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +78,15 @@ def make(tmp_path: Path, t: pa.Table, **kw: Any) -> raykv.Pipeline:
 
 
 class Killer:
-    """on_progress hook: kill shard ``index`` at the first event ``kind`` of ``epoch``."""
+    """on_progress hook: kill shard ``index`` at the first event ``kind`` of ``epoch``.
 
-    def __init__(self, kind: str, epoch: int | None, index: int = 0, delay: float = 0.0,
+    The kill is synchronous with the event (no timer): the driver goes on only after the
+    hook returns, so with ``wait_dead`` every later call to that shard meets a dead actor.
+    """
+
+    def __init__(self, kind: str, epoch: int | None, index: int = 0,
                  times: int = 1, wait_dead: bool = False) -> None:
-        self.kind, self.epoch, self.index, self.delay = kind, epoch, index, delay
+        self.kind, self.epoch, self.index = kind, epoch, index
         self.left = times
         self.wait_dead = wait_dead  # return only once Ray reports the actor dead
         self.killed: list[str] = []
@@ -95,65 +99,118 @@ class Killer:
             name = sorted(ev.shards)[self.index]
             self.killed.append(name)
             handle = ev.shards[name]
-            if self.delay:
-                threading.Timer(self.delay, ray.kill, [handle]).start()
-            else:
-                ray.kill(handle)
-                if self.wait_dead:
-                    with contextlib.suppress(ray.exceptions.RayActorError):
-                        while True:
-                            ray.get(handle.__ray_ready__.remote(), timeout=10)
-                            time.sleep(0.01)
+            ray.kill(handle)
+            if self.wait_dead:
+                with contextlib.suppress(ray.exceptions.RayActorError):
+                    while True:
+                        ray.get(handle.__ray_ready__.remote(), timeout=10)
+                        time.sleep(0.01)
+
+
+class Events:
+    """on_progress hook: records ``(kind, epoch, detail)`` of every event, then calls ``then``.
+
+    Tells where a failure struck: the epoch each attempt restored (``restored_from``) and
+    what the driver saw before the first failure (``before_failure``).
+    """
+
+    def __init__(self, then: Callable[[raykv.ProgressEvent], None] | None = None) -> None:
+        self.seen: list[tuple[str, int | None, dict[str, Any]]] = []
+        self.then = then
+
+    def __call__(self, ev: raykv.ProgressEvent) -> None:
+        self.seen.append((ev.kind, ev.epoch, dict(ev.detail)))
+        if self.then is not None:
+            self.then(ev)
+
+    def attempts(self) -> list[int]:
+        return [d["attempt"] for k, _, d in self.seen if k == "starting"]
+
+    def started(self, attempt: int) -> bool:
+        return any(k == "started" and d["attempt"] == attempt for k, _, d in self.seen)
+
+    def restored_from(self, attempt: int) -> int | None:
+        """The committed epoch the shards of ``attempt`` were restored from."""
+        starts: list[int | None] = [d["restored_from"] for k, _, d in self.seen
+                                    if k == "started" and d["attempt"] == attempt]
+        (epoch,) = starts
+        return epoch
+
+    def before_failure(self) -> list[tuple[str, int | None]]:
+        """``(kind, epoch)`` of the events before the first failure."""
+        kinds = [(k, e) for k, e, _ in self.seen]
+        first = next((i for i, (k, _) in enumerate(kinds) if k == "failure"), len(kinds))
+        return kinds[:first]
+
+    def last_commit_before_failure(self) -> int | None:
+        """The epoch a recovery from the first failure restores (commits stop before it)."""
+        return max((e for k, e in self.before_failure() if k == "committed" and e), default=None)
 
 
 # ---------------------------------------------------------------------------- kills
 
 
 def test_kill_mid_batch(ray_session: Any, tmp_path: Path) -> None:
+    """Shard 0 dies as its 4th batch (the 2nd of epoch 2) arrives: epoch 2 never commits."""
     t = table()
-    kill = Killer("barrier", 2)
-    s = make(tmp_path, t, faults=Faults(process_delay=0.05), on_progress=kill).run()
-    assert kill.killed and s.restarts == 1
+    events = Events()
+    faults = Faults(crash_at=("Aggregate0-0", "process", 4))
+    s = make(tmp_path, t, faults=faults, on_progress=events).run()
+    assert s.restarts == 1
+    assert ("acked", 2) not in events.before_failure()
+    assert events.last_commit_before_failure() in (None, 1)  # 1 unless still being committed
+    assert events.restored_from(1) == events.last_commit_before_failure()
     assert_exact(s.output_by_epoch, t)
     CheckpointStore(str(tmp_path / "ckpt")).verify()
 
 
 def test_kill_mid_upload(ray_session: Any, tmp_path: Path) -> None:
+    """Shard 1 dies inside its upload of epoch 2 (its 2nd): epoch 2 is never acknowledged."""
     t = table(12)
-    kill = Killer("barrier", 2, index=1, delay=0.3)
-    s = make(tmp_path, t, engine="lsm", faults=Faults(upload_delay=0.8), on_progress=kill).run()
-    assert kill.killed and s.restarts == 1
+    events = Events()
+    faults = Faults(crash_at=("Aggregate0-1", "upload", 2))
+    s = make(tmp_path, t, engine="lsm", faults=faults, on_progress=events).run()
+    assert s.restarts == 1
+    assert ("barrier", 2) in events.before_failure()
+    assert ("acked", 2) not in events.before_failure()
+    assert events.last_commit_before_failure() in (None, 1)
+    assert events.restored_from(1) == events.last_commit_before_failure()
     assert_exact(s.output_by_epoch, t)
 
 
 def test_kill_between_upload_and_commit(ray_session: Any, tmp_path: Path) -> None:
     """All shard manifests of epoch 2 are durable; a shard dies before the epoch manifest."""
     t = table(13)
-    # slowed shards still have work after epoch 2, so the kill cannot land too late
     kill = Killer("acked", 2, wait_dead=True)
-    s = make(tmp_path, t, faults=Faults(process_delay=0.05), on_progress=kill).run()
+    events = Events(kill)
+    # one pending epoch: barrier 3 goes out only after epoch 2 is committed, hence after
+    # the kill, so the dead shard is always asked for more work
+    s = make(tmp_path, t, max_pending_epochs=1, on_progress=events).run()
     assert kill.killed and s.restarts == 1
+    # the kill after the acks did not stop that commit, and nothing later was committed
+    assert events.last_commit_before_failure() == 2 and events.restored_from(1) == 2
     assert_exact(s.output_by_epoch, t)
-    assert 2 in CheckpointStore(str(tmp_path / "ckpt")).epochs()
 
 
 def test_kill_during_recovery(ray_session: Any, tmp_path: Path) -> None:
     """A replacement shard dies while restoring; the next attempt finishes the run."""
     t = table(14)
-    first = Killer("barrier", 3)
-    second = Killer("starting", None, index=1, delay=0.3)
-    attempts: list[int] = []
+    first = Killer("barrier", 3, wait_dead=True)
+    # "starting": the replacements are created and restoring (restore_delay holds them
+    # there); the kill is synchronous, so it lands before they report ready
+    second = Killer("starting", None, index=1, wait_dead=True)
 
     def on_progress(ev: raykv.ProgressEvent) -> None:
         first(ev)
-        if ev.kind == "starting":
-            attempts.append(ev.detail["attempt"])
-            if ev.detail["attempt"] == 1:
-                second(ev)
+        if ev.kind == "starting" and ev.detail["attempt"] == 1:
+            second(ev)
 
-    s = make(tmp_path, t, faults=Faults(restore_delay=1.0), on_progress=on_progress).run()
+    events = Events(on_progress)
+    s = make(tmp_path, t, faults=Faults(restore_delay=0.5), on_progress=events).run()
     assert first.killed and second.killed
-    assert s.restarts == 2 and attempts == [0, 1, 2]
+    assert s.restarts == 2 and events.attempts() == [0, 1, 2]
+    assert not events.started(1)  # attempt 1 died during its restore, committing nothing
+    assert events.restored_from(2) == events.last_commit_before_failure()
     assert_exact(s.output_by_epoch, t)
 
 
@@ -170,9 +227,11 @@ def test_failure_before_the_first_commit_restarts_from_scratch(
     ray_session: Any, tmp_path: Path
 ) -> None:
     t = table(16)
-    kill = Killer("barrier", 1)
-    s = make(tmp_path, t, faults=Faults(upload_delay=0.5), on_progress=kill).run()
-    assert s.restarts == 1 and s.restored_from is None
+    events = Events()
+    faults = Faults(crash_at=("Aggregate0-0", "upload", 1))  # epoch 1 can never commit
+    s = make(tmp_path, t, faults=faults, on_progress=events).run()
+    assert s.restarts == 1 and events.restored_from(1) is None
+    assert ("committed", 1) not in events.before_failure()
     assert_exact(s.output_by_epoch, t)
 
 
@@ -186,7 +245,7 @@ def test_too_many_failures_give_up(ray_session: Any, tmp_path: Path) -> None:
 def test_memory_checkpoint_runs_io_in_the_driver(ray_session: Any, tmp_path: Path) -> None:
     t = table(18)
     url = memory_checkpoint_url()
-    kill = Killer("barrier", 3)
+    kill = Killer("barrier", 3, wait_dead=True)
     s = make(tmp_path, t, checkpoint=url, on_progress=kill).run()
     assert s.restarts == 1
     assert_exact(s.output_by_epoch, t)

@@ -121,7 +121,7 @@ def test_parquet_in_parquet_out_exactly_once_after_a_kill(ray_session: Any,
     for i in range(0, N, 3_000):
         pq.write_table(table.slice(i, 3_000), src_dir / f"events-{i:06d}.parquet")
     out = tmp_path / "out"
-    kill = Killer("barrier", 3, index=1)
+    kill = Killer("barrier", 3, index=1, wait_dead=True)  # later batches meet the dead shard
     p = raykv.Pipeline(
         source=ParquetSource(src_dir, batch_size=BATCH),
         stages=[Aggregate("user", {"amount": ["sum", "count"]})], sink=ParquetSink(out),

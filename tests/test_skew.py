@@ -25,7 +25,7 @@ from raykv.rebalance import Rebalance
 from raykv.sources import TableSource
 from raykv.testing import Faults, memory_checkpoint_url, zipf_events
 from tests.test_pipeline import assert_tables_close, group_model
-from tests.test_recovery import Killer
+from tests.test_recovery import Events, Killer
 from tests.test_recovery import assert_exact as assert_exact_epochs
 
 pytestmark = pytest.mark.ray
@@ -138,9 +138,14 @@ def test_kill_after_the_new_assignment_is_committed(ray_session: Any, tmp_path: 
         if ev.kind == "committed" and "epoch" in seen and ev.epoch == seen["epoch"] + 1:
             kill(ev)
 
-    kill.kind = "committed"
-    s = make(tmp_path, t, on_progress=hook, faults=Faults(process_delay=0.02)).run()
+    events = Events(hook)
+    # max_pending_epochs=1 (make): the next barrier goes out only after this commit, hence
+    # after the kill, so the dead shard is always asked for more work
+    s = make(tmp_path, t, on_progress=events).run()
     assert kill.killed and s.restarts == 1
+    # it struck right after the commit of the new assignment, which the recovery restores
+    assert events.last_commit_before_failure() == seen["epoch"] + 1 == events.restored_from(1)
+    assert not s.rebalances[0].get("undone")
     assert_exact(s.output_by_epoch, t)
 
 
