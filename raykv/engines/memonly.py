@@ -108,6 +108,11 @@ class MemOnly(KVStore):
         self._ensure_open()
         return iter(list(self._data.items()))
 
+    def live_keys(self) -> int:
+        """Number of live keys (exported per shard by ``raykv.metrics``). O(1)."""
+        self._ensure_open()
+        return len(self._data)
+
     def __sizeof__(self) -> int:
         """Dict table plus two bytes objects per entry, sized from a 64-entry sample. O(1)."""
         n = len(self._data)
