@@ -54,6 +54,7 @@ import ray
 from raykv import rebalance
 from raykv.errors import CheckpointNotFoundError, CorruptionError
 from raykv.export import encode_operator
+from raykv.metrics import DriverMetrics, pipeline_tag
 from raykv.operators.base import describe_schema_change
 from raykv.partitioning import DEFAULT_NUM_KEY_GROUPS, Partitioning, split_batch
 from raykv.pipeline import Pipeline, ProgressEvent, RunSummary, default_local_dir
@@ -318,6 +319,7 @@ class Coordinator:
             hashlib.sha1(str(url).encode()).hexdigest()[:12] if url is not None
             else "nockpt-" + uuid.uuid4().hex[:12]
         )
+        self._metrics = DriverMetrics(pipeline_tag(url, self._local_ident))
 
     # ------------------------------------------------------------------ entry
 
@@ -600,7 +602,7 @@ class Coordinator:
                     checkpoint=self.p.checkpoint, storage_options=self.p.storage_options,
                     driver_io=self.driver_io, max_inflight=self.p.max_inflight,
                     faults=self.p.faults, attempt=attempt, hot_keys=self.p.hot_keys,
-                    track_groups=self._rebalances(stage),
+                    track_groups=self._rebalances(stage), pipeline=self._metrics.pipeline,
                 ))
             specs.append(row)
         if self.driver_io:
@@ -770,6 +772,7 @@ class Coordinator:
                     q.append(actors[i].process.remote(sub))
                     if len(q) > p.max_inflight:
                         _shard_get(q.popleft())
+                self._metrics.inflight(first, inflight)
                 self._rows_epoch += batch.num_rows
                 self._batches_epoch += 1
             else:
@@ -860,6 +863,7 @@ class Coordinator:
                 epoch=e, manifest=em, offset=pending.offset, rollback=False,
                 abandoned=abandoned, rows_total=rows_total,
             )
+        self._metrics.committed(manifests)
         self._emit("committed", e, final=pending.final, rows_out=rows_out,
                    bytes_uploaded_total=s.bytes_uploaded)
         if self.p.rebalance is not None and not pending.final:
@@ -1012,6 +1016,7 @@ class Coordinator:
 
     def _emit(self, kind: str, epoch: int | None = None, *, error: BaseException | None = None,
               **detail: Any) -> None:
+        self._metrics.event(kind, epoch, detail)
         cb = self.p.on_progress
         if cb is None:
             return

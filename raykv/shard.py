@@ -54,6 +54,7 @@ import pyarrow as pa
 import ray
 
 from raykv.hotkeys import LoadTracker
+from raykv.metrics import ShardMetrics
 from raykv.partitioning import Partitioning, key_groups_of, split_batch
 
 DATA, BARRIER, FINISH = 0, 1, 2
@@ -115,6 +116,7 @@ class ShardSpec:
         hot_keys: Space-Saving counters of the shard's :class:`raykv.hotkeys.LoadTracker`
             (0: no load tracking).
         track_groups: also count updates per key group (the rebalancer needs them).
+        pipeline: the ``pipeline`` tag of the shard's metrics (``raykv.metrics``).
     """
 
     stage: StageSpec
@@ -130,6 +132,7 @@ class ShardSpec:
     attempt: int = 0
     hot_keys: int = 0
     track_groups: bool = False
+    pipeline: str = ""
 
     @property
     def name(self) -> str:
@@ -319,6 +322,7 @@ class ShardWorker:
         self._node_id: str | None = None
         self._tracker: LoadTracker | None = None
         self._cpu_reported = 0.0
+        self._metrics = ShardMetrics(spec.pipeline, spec.stage.name, spec.name)
         self.stats_: dict[str, float] = {
             "rows_in": 0, "batches_in": 0, "rows_out": 0, "epochs": 0, "seal_seconds": 0.0,
             "upload_seconds": 0.0, "bytes_uploaded": 0, "files_uploaded": 0,
@@ -609,6 +613,7 @@ class ShardWorker:
                     self.stats_["track_seconds"] += time.perf_counter() - t2
                 self.stats_["rows_in"] += payload.num_rows
                 self.stats_["batches_in"] += 1
+                self._metrics.batch(payload.num_rows)
                 continue
             if not 0 <= input_id < self.spec.num_inputs:
                 msg = f"{self._context}: barrier from unknown input {input_id}"
@@ -654,6 +659,7 @@ class ShardWorker:
         if self.spec.checkpoint is None:
             seconds = time.perf_counter() - t0
             self.stats_["seal_seconds"] += seconds
+            self._metrics.epoch(seconds, self.stats_["rows_out"], self.engine, self._tracker)
             self._post(Ack(epoch, self.name, output=out, metadata=meta, seal_seconds=seconds,
                            load=self._load_report()))
             return
@@ -666,6 +672,7 @@ class ShardWorker:
         link_files(self.spec.data_dir, files, staging)
         seconds = time.perf_counter() - t0
         self.stats_["seal_seconds"] += seconds
+        self._metrics.epoch(seconds, self.stats_["rows_out"], self.engine, self._tracker)
         with self._cond:
             self._queued.add(epoch)
         self._uploads.put(Ack(epoch, self.name, output=out, staging=str(staging), files=files,
@@ -691,6 +698,7 @@ class ShardWorker:
                 if len(q) > self.spec.max_inflight:
                     _ray.get(q.popleft())
         self.stats_["rows_out"] += out.num_rows
+        self._metrics.inflight(down, self._inflight)
 
     def _reap(self) -> None:
         """Collect finished downstream calls (raising their errors)."""
@@ -726,6 +734,7 @@ class ShardWorker:
                         ack.epoch, self.name, ack.staging, ack.files, metadata=ack.metadata
                     )
                     self.stats_["upload_seconds"] += time.perf_counter() - t
+                    self._metrics.upload(time.perf_counter() - t, sm)
                     self.stats_["bytes_uploaded"] += sm.new_bytes
                     self.stats_["files_uploaded"] += sm.new_files
                     assert ack.staging is not None
