@@ -20,23 +20,40 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_metrics_port: int | None = None  # set by ray_session when it starts Ray
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[Any]:
-    """A local Ray started once per test session with two CPUs."""
+    """A local Ray started once per test session with two CPUs.
+
+    Its node's metrics agent serves Prometheus metrics on :func:`ray_metrics_port`.
+    """
     import ray
 
+    global _metrics_port
     if not ray.is_initialized():
+        _metrics_port = _free_port()
         ray.init(
             num_cpus=2,
             include_dashboard=False,
             configure_logging=False,
             log_to_driver=False,
+            _metrics_export_port=_metrics_port,
             # workers import the package and the examples the tests load as modules
             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
                 [str(ROOT), str(ROOT / "examples")])}},
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_metrics_port(ray_session: Any) -> int:
+    """The port of ``http://127.0.0.1:<port>/metrics`` of the session Ray (Prometheus)."""
+    if _metrics_port is None:
+        pytest.skip("Ray was started outside ray_session: its metrics port is unknown")
+    return _metrics_port
 
 
 @pytest.fixture(scope="session")
