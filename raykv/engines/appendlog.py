@@ -405,11 +405,13 @@ class AppendLog(KVStore):
         has one length and every value one length (under 128 bytes), numpy assembles the
         records and the locations are a ``range``.
         """
-        if self._slow:
-            self._before_write()
-        keys, values = self._split_pairs(pairs)
+        if self._closed:
+            self._ensure_open()
+        keys, values = self._split_pairs(pairs)  # before any merge: a bad batch changes nothing
         if not keys:
             return
+        if self._slow:
+            self._before_write()
         klens = list(map(len, keys))
         vlens = list(map(len, values))
         kmax = max(klens)

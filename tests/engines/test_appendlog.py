@@ -107,6 +107,22 @@ def test_seal_never_merges_the_next_write_does(tmp_path: Path) -> None:
         s._check()
 
 
+def test_rejected_batch_does_not_run_the_due_merge(tmp_path: Path) -> None:
+    """A multi_set that fails validation changes nothing, not even a merge that is due."""
+    with AppendLog(tmp_path, threshold=1 << 20, max_runs_per_level=3) as s:
+        for r in range(3):
+            s.multi_set({b"k%04d" % i: b"r%d" % r for i in range(50)})
+            files = s.seal()
+        listing = sorted(os.listdir(tmp_path))
+        with pytest.raises(ValueError, match="key must not be empty"):
+            s.multi_set([(b"k0000", b"new"), (b"", b"x")])
+        assert s.stats.merges == 0 and sorted(os.listdir(tmp_path)) == listing
+        assert s.seal() == files and s.get(b"k0000") == b"r2"
+        s.multi_set([(b"k0000", b"new")])  # a valid batch performs it
+        assert s.stats.merges == 1 and s.get(b"k0000") == b"new"
+        s._check()
+
+
 # ---------------------------------------------------------------------- deletes
 
 
