@@ -13,13 +13,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import raykv
-from raykv.metrics import COUNTER, HISTOGRAM, METRICS, metric, pipeline_tag
+from raykv.metrics import COUNTER, HISTOGRAM, METRICS, DriverMetrics, metric, pipeline_tag
 from raykv.operators import Aggregate
 from raykv.sources import TableSource
 from raykv.testing import zipf_events
@@ -135,6 +136,12 @@ def test_a_pipeline_exports_its_metrics_to_prometheus(
     shards = set(summary.load)
     distinct = len(set(table.column("user").to_pylist()))
     p = pipeline_tag(ckpt, "")
+    # a recovery's events, as the coordinator emits them (failure, then the new attempt's
+    # shards started), for a driver of its own pipeline tag
+    recovered = f"test-recovery-{uuid.uuid4().hex[:8]}"
+    dm = DriverMetrics(recovered)
+    dm.event("failure", 3, {})
+    dm.event("started", None, {})
 
     def m(key: str, suffix: str = "") -> str:
         return metric(key).exported + suffix
@@ -152,6 +159,8 @@ def test_a_pipeline_exports_its_metrics_to_prometheus(
             s, m("state_bytes"), p).values())), 2.0),
         "shards with a hot key": (lambda s: float(sum(0 < v <= 1 for v in per_shard(
             s, m("hot_key_share"), p).values())), 2.0),
+        "restarts (recovery)": (lambda s: total(s, m("restarts"), recovered), 1.0),
+        "recoveries timed": (lambda s: total(s, m("recovery_seconds", "_count"), recovered), 1.0),
     }
     # the latest value of every series seen: shard gauges leave the endpoint a few report
     # intervals after their actor exits, the driver's arrive with its next report
