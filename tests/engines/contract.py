@@ -1,7 +1,8 @@
 """The KVStore contract: every engine's test module subclasses ``KVStoreContract``.
 
 A subclass sets ``engine_cls`` and ``small_params`` (parameters small enough that a few
-thousand writes roll runs and trigger merges), and may add engine-specific tests.
+thousand writes roll runs and trigger merges), and may add engine-specific tests. The
+boundary-size tests (``boundaries.py``) come with it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from raykv.engines.base import KVStore
 from raykv.errors import CorruptionError, StoreClosedError
+from tests.engines.boundaries import BoundaryContract
 
 
 def rand_key(rng: random.Random, space: int) -> bytes:
@@ -33,7 +35,7 @@ def rand_value(rng: random.Random) -> bytes:
     return rng.randbytes(rng.randrange(1, 40))
 
 
-class KVStoreContract:
+class KVStoreContract(BoundaryContract):
     engine_cls: ClassVar[type[KVStore]]
     small_params: ClassVar[dict[str, Any]] = {}
 
