@@ -3,6 +3,7 @@
 1. Every exception class raykv defines survives pickling, and so a Ray actor boundary,
    with its type, message and attributes (discovered programmatically: a new class that
    does not pickle fails here).
+2. ``raykv checkpoints verify`` names the committed epochs that are still intact.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import importlib
 import inspect
 import pickle
 import pkgutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import raykv
+from raykv.checkpointing import CheckpointStore
 from raykv.errors import add_context, failure_context
 
 # ---------------------------------------------------------------------------- pickling
@@ -135,3 +138,27 @@ def test_every_raykv_exception_crosses_a_ray_actor(ray_session: Any) -> None:
             assert_same_exception(info.value.cause, want)
     finally:
         ray.kill(actor)
+
+
+# ---------------------------------------------------------------------------- verify
+
+
+def test_checkpoints_verify_says_which_epochs_are_intact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raykv.cli import main
+    from tests.test_cli import make_store
+
+    url, _ = make_store(tmp_path, epochs=4)
+    store = CheckpointStore(url)
+    refs = {e: {(sh, f.name) for sh, f in store.read_epoch(e).file_refs()} for e in range(1, 5)}
+    shard, name = sorted(refs[3] - refs[2])[0]
+    victim = Path(url.removeprefix("file://")) / "files" / shard / name
+    victim.write_bytes(victim.read_bytes() + b"!")  # a length error
+    want = store.intact_epochs()
+    assert 2 in want and 3 not in want
+    assert main(["checkpoints", "verify", url]) == 1
+    err = capsys.readouterr().err
+    assert name in err and "length check failed" in err
+    listed = ", ".join(map(str, want))
+    assert f"intact (every file present and matching its checksum): {listed}" in err

@@ -486,29 +486,57 @@ class CheckpointStore:
             for shard, entry in self.read_epoch(e).file_refs():
                 refs.setdefault((shard, entry.name), (entry, e))
 
-        Problem = tuple[str, str, str]
-
-        def check(item: tuple[tuple[str, str], tuple[FileEntry, int]]) -> Problem | None:
-            (shard, name), (entry, e) = item
-            key = file_key(shard, name)
-            where = self._objects.describe(key)
-            try:
-                size, checksum = self._objects.checksum(key)
-            except FileNotFoundError:
-                return where, "missing file", f"referenced by epoch {e} shard {shard!r}"
-            if (size, checksum) != (entry.size, entry.checksum):
-                return (where, "length" if size != entry.size else "checksum",
-                        f"epoch {e} shard {shard!r} expects size {entry.size} {entry.checksum}, "
-                        f"found size {size} {checksum}")
-            return None
-
         items = sorted(refs.items())
-        bad = [b for b in run_parallel(self._pool(), check, items) if b is not None]
+        bad = [b for b in run_parallel(self._pool(), self._check_file, items) if b is not None]
         if bad:
             path, what, detail = bad[0]
             if len(bad) > 1:
                 detail += f"; {len(bad) - 1} more bad file(s): " + ", ".join(b[0] for b in bad[1:6])
             raise CorruptionError(path, what, detail=detail)
+
+    def _check_file(
+        self, item: tuple[tuple[str, str], tuple[FileEntry, int]]
+    ) -> tuple[str, str, str] | None:
+        """``((shard, name), (entry, epoch))``: ``None`` if intact, else (where, check, detail)."""
+        (shard, name), (entry, e) = item
+        key = file_key(shard, name)
+        where = self._objects.describe(key)
+        try:
+            size, checksum = self._objects.checksum(key)
+        except FileNotFoundError:
+            return where, "missing file", f"referenced by epoch {e} shard {shard!r}"
+        if (size, checksum) != (entry.size, entry.checksum):
+            return (where, "length" if size != entry.size else "checksum",
+                    f"epoch {e} shard {shard!r} expects size {entry.size} {entry.checksum}, "
+                    f"found size {size} {checksum}")
+        return None
+
+    def intact_epochs(self, epochs: Sequence[int] | None = None) -> list[int]:
+        """The committed epochs (of ``epochs``, default all) that ``verify`` accepts.
+
+        An epoch is intact when its manifest reads and every file it references is
+        present with the size and checksum its manifest records: a restore of it
+        succeeds. Never raises for damage (a damaged epoch is simply left out).
+
+        Cost: as ``verify()`` of those epochs: one full read of every referenced file
+        (files shared by epochs are read once), in parallel.
+        """
+        wanted = list(epochs) if epochs is not None else self.epochs()
+        readable: dict[int, set[tuple[str, str]]] = {}
+        refs: dict[tuple[str, str], tuple[FileEntry, int]] = {}
+        for e in wanted:
+            try:
+                em = self.read_epoch(e)
+            except (CorruptionError, CheckpointNotFoundError):
+                continue
+            names = readable[e] = set()
+            for shard, entry in em.file_refs():
+                names.add((shard, entry.name))
+                refs.setdefault((shard, entry.name), (entry, e))
+        items = sorted(refs.items())
+        checked = run_parallel(self._pool(), self._check_file, items)
+        bad = {ref for (ref, _), problem in zip(items, checked, strict=True) if problem is not None}
+        return sorted(e for e, names in readable.items() if names.isdisjoint(bad))
 
     # ------------------------------------------------------------------ retention
 

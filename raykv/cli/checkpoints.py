@@ -141,10 +141,21 @@ def _load_lines(shards: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check every referenced file of one or all epochs (size and checksum)."""
+    """Check every referenced file of one or all epochs (size and checksum).
+
+    On damage the error names the first bad file and which committed epochs are intact
+    (what ``Pipeline.run`` says when a restore meets it).
+    """
+    from raykv.errors import CorruptionError
+
     store = _open(args)
     epochs = _require_epochs(store, args.url)
-    store.verify(args.epoch)
+    try:
+        store.verify(args.epoch)
+    except CorruptionError as err:
+        err.set_restorable(epochs, store.intact_epochs(epochs), store=args.url,
+                           epoch=args.epoch)
+        raise
     which = f"epoch {args.epoch}" if args.epoch is not None else f"{len(epochs)} epoch(s)"
     print(f"ok: every file of {which} at {args.url} is present and matches its checksum")
     return EXIT_OK
