@@ -4,6 +4,8 @@
    with its type, message and attributes (discovered programmatically: a new class that
    does not pickle fails here).
 2. ``raykv checkpoints verify`` names the committed epochs that are still intact.
+3. Operators mark the exceptions of user code (functions, codecs) with what ran and the
+   record's key, keeping their type.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import pkgutil
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 import raykv
 from raykv.checkpointing import CheckpointStore
 from raykv.errors import add_context, failure_context
+from raykv.operators import StatefulMap
 
 # ---------------------------------------------------------------------------- pickling
 
@@ -138,6 +142,62 @@ def test_every_raykv_exception_crosses_a_ray_actor(ray_session: Any) -> None:
             assert_same_exception(info.value.cause, want)
     finally:
         ray.kill(actor)
+
+
+# ---------------------------------------------------------------------------- operators
+
+
+class _BadCodec:
+    """A user codec whose decode fails on one stored value."""
+
+    name = "bad"
+
+    def encode(self, obj: Any) -> bytes:
+        return str(obj).encode()
+
+    def decode(self, data: bytes) -> Any:
+        if data == b"3":
+            raise LookupError("no decoder for 3")
+        return int(data)
+
+
+def _run_operator(op: Any, tmp_path: Path, *batches: dict[str, list[Any]]) -> BaseException:
+    from raykv.engines import MemOnly
+
+    with MemOnly(str(tmp_path / "engine")) as store:
+        logic = op.build(store)
+        with pytest.raises(Exception) as info:
+            for b in batches:
+                logic.process(pa.record_batch(b))
+            logic.finish()
+    return info.value
+
+
+def _div(acc: int, value: int) -> int:
+    return acc // (value - 5)
+
+
+def test_operators_mark_errors_of_user_code(tmp_path: Path) -> None:
+    """The operator records what user code raised and the record's key; type unchanged."""
+    from raykv.operators import Reduce
+
+    err = _run_operator(Reduce("k", _div, "v"), tmp_path / "r", {"k": [1, 2, 2], "v": [7, 8, 5]})
+    assert type(err) is ZeroDivisionError
+    assert failure_context(err) == {"user_code": "Reduce.fn", "key": "2"}
+
+    err = _run_operator(Reduce("k", max, "v", codec=_BadCodec()), tmp_path / "c",
+                        {"k": ["a", "b"], "v": [1, 3]}, {"k": ["b"], "v": [2]})
+    assert type(err) is LookupError
+    assert failure_context(err) == {"user_code": "codec 'bad' decode", "key": "'b'"}
+
+    err = _run_operator(StatefulMap("k", lambda s, r: ({1, 2}, None)), tmp_path / "j",
+                        {"k": [4]})
+    assert type(err) is TypeError  # bad input: raised at once by the driver
+    assert failure_context(err) == {"user_code": "codec 'json' encode", "key": "4"}
+
+    err = _run_operator(StatefulMap("k", lambda s, r: None), tmp_path / "p", {"k": ["x"]})
+    assert "fn must return a (new_state, output) pair" in str(err)
+    assert failure_context(err) == {"user_code": "StatefulMap.fn", "key": "'x'"}
 
 
 # ---------------------------------------------------------------------------- verify

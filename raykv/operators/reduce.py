@@ -9,8 +9,9 @@ from typing import Any
 import pyarrow as pa
 
 from raykv.engines.base import KVStore
+from raykv.errors import mark_user_code
 from raykv.operators.base import KeyedOperator, PyStateLogic
-from raykv.operators.codecs import Codec, get_codec
+from raykv.operators.codecs import Codec, codec_name, get_codec
 
 
 @dataclass(frozen=True)
@@ -94,13 +95,27 @@ class ReduceLogic(PyStateLogic):
             if v is None:
                 continue
             acc = states[i]
-            states[i] = v if acc is None else fn(acc, v)
+            if acc is None:
+                states[i] = v
+                continue
+            try:
+                states[i] = fn(acc, v)
+            except Exception as err:
+                mark_user_code(err, "Reduce.fn", key=self._row_key(batch, index, i))
+                raise
 
     def _render(
         self, state_keys: Sequence[bytes], values: Sequence[bytes]
     ) -> list[tuple[str, pa.Array]]:
         decode = self.codec.decode
-        accs = [decode(v) for v in values]
+        accs = []
+        for k, v in zip(state_keys, values, strict=True):
+            try:
+                accs.append(decode(v))
+            except Exception as err:
+                mark_user_code(err, f"codec {codec_name(self.codec)!r} decode",
+                               key=self._state_key_text(k))
+                raise
         try:
             arr = pa.array(accs, type=self._value_type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):

@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from raykv.engines.base import KVStore
+from raykv.errors import describe_key, mark_user_code
 from raykv.operators.base import META_KEYS, KeyedOperator, PyStateLogic
 from raykv.operators.codecs import Codec, get_codec
 from raykv.partitioning import decode_keys
@@ -108,7 +109,12 @@ class StatefulMapLogic(PyStateLogic):
         append = results.append
         # hot loop: one fn call per row; zips are not strict (lengths are equal by construction)
         for i, values in zip(index, zip(*columns, strict=False), strict=False):
-            result = fn(states[i], dict(zip(names, values, strict=False)))
+            row = dict(zip(names, values, strict=False))
+            try:  # free in the hot loop until fn raises
+                result = fn(states[i], row)
+            except Exception as err:
+                mark_user_code(err, "StatefulMap.fn", key=describe_key(row.get(self.key)))
+                raise
             try:
                 states[i], output = result
             except (TypeError, ValueError):
@@ -116,7 +122,9 @@ class StatefulMapLogic(PyStateLogic):
                     f"{self._name()}: fn must return a (new_state, output) pair, "
                     f"got {result!r:.80}"
                 )
-                raise TypeError(msg) from None
+                bad = TypeError(msg)
+                mark_user_code(bad, "StatefulMap.fn", key=describe_key(row.get(self.key)))
+                raise bad from None
             append(output)
         rows = [r for r, o in enumerate(results) if o is not None]
         if not rows:
