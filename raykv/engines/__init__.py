@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raykv.engines.base import KVStore
 from raykv.engines.memonly import MemOnly
+
+if TYPE_CHECKING:  # type checkers see the classes ``__getattr__`` imports on first use
+    from raykv.engines.appendlog import AppendLog as AppendLog
+    from raykv.engines.hybridlog import HybridLog as HybridLog
+    from raykv.engines.lsm import LSMTree as LSMTree
 
 # name -> "module:Class"; imported lazily so a broken engine does not break the others.
 ENGINES: dict[str, str] = {
@@ -30,7 +35,11 @@ def engine_class(name: str) -> type[KVStore]:
         msg = f"unknown engine {name!r}; choose one of {sorted(ENGINES)}"
         raise ValueError(msg) from None
     module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+    found = getattr(importlib.import_module(module), cls)
+    if not (isinstance(found, type) and issubclass(found, KVStore)):  # pragma: no cover
+        msg = f"{target} is not a KVStore subclass"
+        raise TypeError(msg)
+    return found
 
 
 def open_engine(name: str, data_dir: str | os.PathLike[str], **params: Any) -> KVStore:
@@ -38,11 +47,10 @@ def open_engine(name: str, data_dir: str | os.PathLike[str], **params: Any) -> K
     return engine_class(name)(data_dir, **params)
 
 
-def __getattr__(attr: str) -> Any:
-    for target in ENGINES.values():
-        module, cls = target.split(":")
-        if cls == attr:
-            return getattr(importlib.import_module(module), cls)
+def __getattr__(attr: str) -> type[KVStore]:
+    for name, target in ENGINES.items():
+        if target.endswith(f":{attr}"):
+            return engine_class(name)
     msg = f"module {__name__!r} has no attribute {attr!r}"
     raise AttributeError(msg)
 

@@ -38,18 +38,18 @@ import sys
 from array import array
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from io import BufferedWriter
 from itertools import accumulate, compress, islice, repeat
 from operator import add, and_, eq, getitem, itemgetter, lshift, not_, or_, rshift
 from pathlib import Path
-from typing import Any
+from typing import Unpack, cast
 
 import numpy as np
 
-from raykv.engines.base import KVStore, Pairs
-from raykv.engines.fileio import crc32, decode_varint, encode_varint
+from raykv.engines.base import KVStore, Pairs, StoreOptions
+from raykv.engines.fileio import ReadableBuffer, crc32, decode_varint, encode_varint
 from raykv.engines.manifest import Manifest
 from raykv.errors import CorruptionError, FormatVersionError, RaykvError
 
@@ -83,6 +83,9 @@ MAX_RUN_BYTES = 1 << _OFF_BITS
 _SMALL_N = 134  # a record shorter than this has key and value < 128 bytes: a 2-byte header
 _NULL_REC = b"\x00\x00" + _PACK_CRC(crc32(b"\x00\x00"))
 _NULL_LOC = len(_NULL_REC)  # slot 0, offset 0
+# rec[s] as a function for C-level maps (operator.getitem: faster than bytes.__getitem__;
+# its stub types a slice of a Sequence as a Sequence, not bytes)
+_cut = cast(Callable[[bytes, slice], bytes], getitem)
 
 DEFAULT_THRESHOLD = 4 * 1024 * 1024
 DEFAULT_MAX_RUNS_PER_LEVEL = 10
@@ -188,7 +191,7 @@ class AppendLog(KVStore):
         *,
         threshold: int = DEFAULT_THRESHOLD,
         max_runs_per_level: int = DEFAULT_MAX_RUNS_PER_LEVEL,
-        **kwargs: Any,
+        **kwargs: Unpack[StoreOptions],
     ) -> None:
         _check_param("threshold", threshold, 1, MAX_THRESHOLD, "bytes per run before it closes")
         _check_param(
@@ -196,7 +199,7 @@ class AppendLog(KVStore):
         )
         self.threshold = threshold
         self.max_runs_per_level = max_runs_per_level
-        self._amm: mmap.mmap | None = None
+        self._amm = _closed_map()  # the active run's buffer, allocated by _new_active
         self._reset()
         super().__init__(data_dir, **kwargs)
 
@@ -205,7 +208,8 @@ class AppendLog(KVStore):
     def _reset(self) -> None:
         """Empty in-memory state (no files touched)."""
         self._index: dict[bytes, int] = {}
-        self._bufs: list[Any] = [_NULL_REC]  # slot -> mmap (slot 0: the null record)
+        # slot -> a run's mmap or the active buffer (slot 0: the null record; free: b"")
+        self._bufs: list[mmap.mmap | bytes] = [_NULL_REC]
         self._slot_names: list[str | None] = ["<none>"]
         self._free_slots: list[int] = []
         self._runs: list[_Run] = []  # closed runs, oldest first
@@ -246,9 +250,8 @@ class AppendLog(KVStore):
         for buf in self._bufs[1:]:
             if isinstance(buf, mmap.mmap):
                 buf.close()
-        if self._amm is not None and not self._amm.closed:
+        if not self._amm.closed:
             self._amm.close()
-        self._amm = None
         self._reset()
 
     def _seal(self) -> bool:
@@ -288,8 +291,8 @@ class AppendLog(KVStore):
         if crc32(rec) != CRC_RESIDUE:
             self._record_corrupt(loc)
         if n < _SMALL_N:
-            return rec[len(key) + 2 : -4]  # type: ignore[no-any-return]
-        return rec[_value_start(rec) : -4]  # type: ignore[no-any-return]
+            return rec[len(key) + 2 : -4]
+        return rec[_value_start(rec) : -4]
 
     def multi_get(self, keys: Sequence[bytes]) -> list[bytes]:
         """Return the values of ``keys`` in order (``b""`` for missing ones).
@@ -316,8 +319,8 @@ class AppendLog(KVStore):
         if max(map(len, recs)) < _SMALL_N:  # 2-byte headers: the value starts after the key
             klens = list(map(len, keys))
             if min(klens) == max(klens):
-                return list(map(getitem, recs, repeat(slice(klens[0] + 2, -4))))
-            return list(map(getitem, recs, map(slice, map(add, klens, repeat(2)), repeat(-4))))
+                return list(map(_cut, recs, repeat(slice(klens[0] + 2, -4))))
+            return list(map(_cut, recs, map(slice, map(add, klens, repeat(2)), repeat(-4))))
         return [rec[_value_start(rec) : -4] for rec in recs]
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
@@ -354,7 +357,7 @@ class AppendLog(KVStore):
             object.__sizeof__(self)
             + sys.getsizeof(index)
             + int(len(index) * (per_key + per_loc))
-            + (len(self._amm) if self._amm is not None and not self._amm.closed else 0)
+            + (0 if self._amm.closed else len(self._amm))
             + sys.getsizeof(self._alens)
             + sys.getsizeof(self._bufs) * 2
             + len(self._runs) * 200
@@ -390,7 +393,7 @@ class AppendLog(KVStore):
         end = pos + n
         if end > self._acap:
             self._grow(end)
-        self._amm[pos:end] = rec  # type: ignore[index]
+        self._amm[pos:end] = rec
         self._pos = end
         self._alens.append(n)
         self._index[key] = self._abase | pos << _N_BITS | n
@@ -420,7 +423,7 @@ class AppendLog(KVStore):
             self._append_fixed(keys, values, kmax, vmax)
             return
         if kmax < 128 and vmax < 128:
-            heads: Any = map(_PACK_HDR2, klens, vlens)
+            heads: Iterator[bytes] = map(_PACK_HDR2, klens, vlens)
         else:
             heads = map(add, map(encode_varint, klens), map(encode_varint, vlens))
         bodies = list(map(add, map(add, heads, keys), values))
@@ -442,7 +445,7 @@ class AppendLog(KVStore):
             count, vl)
         recs[:, n - 4 :] = np.fromiter(crcs, dtype="<u4", count=count).view(np.uint8).reshape(
             count, 4)
-        data = memoryview(recs).cast("B")
+        data = recs.data.cast("B")
         index = self._index
         step = n << _N_BITS
         i = 0
@@ -452,7 +455,7 @@ class AppendLog(KVStore):
             end = pos + take * n
             if end > self._acap:
                 self._grow(end)
-            self._amm[pos:end] = data[i * n : (i + take) * n]  # type: ignore[index]
+            self._amm[pos:end] = data[i * n : (i + take) * n]
             first = self._abase | pos << _N_BITS | n
             chunk = keys if take == count else keys[i : i + take]
             index.update(zip(chunk, range(first, first + step * take, step), strict=True))
@@ -478,7 +481,7 @@ class AppendLog(KVStore):
             end = pos + len(data)
             if end > self._acap:
                 self._grow(end)
-            self._amm[pos:end] = data  # type: ignore[index]
+            self._amm[pos:end] = data
             chunk_ns = ns[i:j]
             offs = accumulate(chunk_ns[:-1], initial=pos)
             locs = map(or_, map(or_, map(lshift, offs, repeat(_N_BITS)), chunk_ns),
@@ -509,7 +512,7 @@ class AppendLog(KVStore):
     # ------------------------------------------------------------------ the active run
 
     def _new_active(self) -> None:
-        if self._amm is None:
+        if self._amm.closed:
             self._acap = min(self.threshold, 1 << 26) + (1 << 16)
             self._amm = mmap.mmap(-1, self._acap)
         self._aslot = self._alloc_slot(self._amm, "<active run, in memory>")
@@ -523,7 +526,6 @@ class AppendLog(KVStore):
 
     def _grow(self, end: int) -> None:
         """Replace the active buffer by a larger one holding the same bytes."""
-        assert self._amm is not None
         cap = max(2 * self._acap, end + (1 << 16))
         new = mmap.mmap(-1, cap)
         new[: self._pos] = self._amm[: self._pos]
@@ -534,7 +536,6 @@ class AppendLog(KVStore):
 
     def _flush_chunk(self) -> None:
         """Write the active run's unwritten bytes to its file (the name is taken lazily)."""
-        assert self._amm is not None
         if self._writer is None:
             self._aname = self._new_file(RUN_KIND)
             self._writer = _RunWriter(self.data_dir / self._aname)
@@ -549,7 +550,7 @@ class AppendLog(KVStore):
         Cost: the unwritten tail, an index section (a few C-level passes over the run's
         record lengths) and a footer are written; no merge.
         """
-        assert self._amm is not None and self._pos
+        assert self._pos
         self._flush_chunk()
         assert self._writer is not None and self._aname is not None
         ns = self._alens.tolist()
@@ -651,9 +652,11 @@ class AppendLog(KVStore):
         if first == 0 and not all(vlens):
             has_value = list(map(bool, vlens))
             gone = list(compress(keys, map(not_, has_value)))
-            keys, locs, ns, klens, vlens = (
-                list(compress(col, has_value)) for col in (keys, locs, ns, klens, vlens)
-            )
+            keys = list(compress(keys, has_value))
+            locs = list(compress(locs, has_value))
+            ns = list(compress(ns, has_value))
+            klens = list(compress(klens, has_value))
+            vlens = list(compress(vlens, has_value))
         name = self._new_file(RUN_KIND)
         writer = _RunWriter(self.data_dir / name)
         new: list[_Run] = []
@@ -668,12 +671,12 @@ class AppendLog(KVStore):
                 new.append(_Run(name, slot, writer.data_len,
                                 size - writer.data_len - _FOOTER.size, len(keys), size,
                                 writer.crc, verified=True))
-                offs: Sequence[int]
+                new_offs: Sequence[int]
                 if min(ns) == max(ns):
-                    offs = range(0, ns[0] * len(ns), ns[0])
+                    new_offs = range(0, ns[0] * len(ns), ns[0])
                 else:
-                    offs = list(accumulate(ns[:-1], initial=0))
-                index.update(zip(keys, _pack(slot, offs, ns), strict=True))
+                    new_offs = list(accumulate(ns[:-1], initial=0))
+                index.update(zip(keys, _pack(slot, new_offs, ns), strict=True))
         except BaseException:
             writer.abort()
             raise
@@ -700,7 +703,7 @@ class AppendLog(KVStore):
 
     # ------------------------------------------------------------------ run files
 
-    def _alloc_slot(self, buf: Any, name: str) -> int:
+    def _alloc_slot(self, buf: mmap.mmap | bytes, name: str) -> int:
         if self._free_slots:
             slot = self._free_slots.pop()
             self._bufs[slot] = buf
@@ -714,7 +717,7 @@ class AppendLog(KVStore):
         buf = self._bufs[slot]
         if isinstance(buf, mmap.mmap) and buf is not self._amm:
             buf.close()
-        self._bufs[slot] = None
+        self._bufs[slot] = b""  # a stale location would fail its crc check, never read data
         self._slot_names[slot] = None
         self._free_slots.append(slot)
 
@@ -752,7 +755,7 @@ class AppendLog(KVStore):
         return run, keys, offs, ns
 
     def _run_table(
-        self, run: _Run, mm: mmap.mmap
+        self, run: _Run, mm: mmap.mmap | bytes
     ) -> tuple[list[bytes], list[int], Sequence[int], list[int]]:
         """Decode a run's index section: keys, value lengths, record offsets and lengths.
 
@@ -773,6 +776,8 @@ class AppendLog(KVStore):
                                   detail="index section is malformed") from None
         offs: Sequence[int]
         kstarts: Sequence[int]
+        kends_in_records: Iterable[int]
+        hsizes: Iterable[int]
         if kconst is not None and vconst is not None:  # one record length: ranges
             hsize = _varint_size(kconst) + _varint_size(vconst)
             n = hsize + kconst + vconst + 4
@@ -780,10 +785,10 @@ class AppendLog(KVStore):
             offs = range(0, n * count, n)
             total = n * count
             kstarts = range(hsize, total + hsize, n)
-            kends_in_records: Any = range(hsize + kconst, total + hsize + kconst, n)
+            kends_in_records = range(hsize + kconst, total + hsize + kconst, n)
         else:
             if max(klens) < 128 and max(vlens) < 128:
-                hsizes: Any = repeat(2)
+                hsizes = repeat(2)
                 ns = list(map(add, map(add, klens, vlens), repeat(6)))
             else:
                 hsizes = list(map(add, map(_varint_size, klens), map(_varint_size, vlens)))
@@ -802,7 +807,7 @@ class AppendLog(KVStore):
         if flags & INDEX_HAS_KEYS:
             if kconst is not None:
                 kstarts = range(pos, pos + ksum, kconst)
-                kends: Any = range(pos + kconst, pos + ksum + kconst, kconst)
+                kends: Sequence[int] = range(pos + kconst, pos + ksum + kconst, kconst)
             else:
                 kstarts = list(accumulate(klens, initial=pos))
                 kends = kstarts[1:]
@@ -812,7 +817,7 @@ class AppendLog(KVStore):
             keys = list(map(mm.__getitem__, map(slice, kstarts, kends_in_records)))
         return keys, vlens, offs, ns
 
-    def _verify_data(self, run: _Run, mm: mmap.mmap | None = None) -> None:
+    def _verify_data(self, run: _Run, mm: mmap.mmap | bytes | None = None) -> None:
         """Check the crc of all of ``run``'s records once per open (C speed)."""
         if run.verified:
             return
@@ -837,7 +842,7 @@ class AppendLog(KVStore):
     def _check(self) -> None:
         """Assert internal invariants (tests call this; cost O(keys + runs))."""
         assert not self._closed
-        assert self._amm is not None and self._bufs[self._aslot] is self._amm
+        assert not self._amm.closed and self._bufs[self._aslot] is self._amm
         assert 0 <= self._pos < self.threshold
         assert sum(self._alens) == self._pos
         assert self._flushed <= self._pos <= self._acap
@@ -913,7 +918,7 @@ def _varint_size(n: int) -> int:
     return 1 if n < 128 else (n.bit_length() + 6) // 7
 
 
-def _parse_header(buf: Any, off: int) -> tuple[int, int, int]:
+def _parse_header(buf: ReadableBuffer, off: int) -> tuple[int, int, int]:
     """Return ``(key length, value length, header size)`` of the record at ``off``."""
     klen, pos = decode_varint(buf, off)
     vlen, pos = decode_varint(buf, pos)
@@ -923,6 +928,13 @@ def _parse_header(buf: Any, off: int) -> tuple[int, int, int]:
 def _value_start(rec: bytes) -> int:
     klen, _, hsize = _parse_header(rec, 0)
     return hsize + klen
+
+
+def _closed_map() -> mmap.mmap:
+    """An anonymous map that is already closed: the active buffer of a closed engine."""
+    mm = mmap.mmap(-1, 1)
+    mm.close()
+    return mm
 
 
 def _map_file(path: Path) -> mmap.mmap:

@@ -33,15 +33,18 @@ import contextlib
 import fcntl
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypedDict
 
 from raykv.engines.fileio import fsync_dir, fsync_files
 from raykv.engines.filename import MANIFEST_KIND, TMP_SUFFIX, FileNumbers, parse_file_name
 from raykv.engines.manifest import Manifest, find_latest_manifest, write_manifest
 from raykv.errors import CorruptionError, StoreClosedError
+
+if TYPE_CHECKING:  # imported at run time only by engines opened with remote=
+    from raykv.checkpointing.engine_remote import EngineRemote
 
 DEFAULT_MAX_KEY_LEN = 1024
 DEFAULT_MAX_VALUE_LEN = 16 * 1024 * 1024
@@ -49,6 +52,15 @@ KEY_LEN_CEILING = 1024 * 1024
 VALUE_LEN_CEILING = 1024 * 1024 * 1024
 
 Pairs = Iterable[tuple[bytes, bytes]] | Mapping[bytes, bytes]
+
+
+class StoreOptions(TypedDict, total=False):
+    """The ``KVStore`` keyword arguments an engine passes through (``**kwargs``)."""
+
+    max_key_len: int
+    max_value_len: int
+    remote: str | None
+    storage_options: dict[str, Any] | None
 
 
 @dataclass
@@ -106,7 +118,7 @@ class KVStore(ABC):
         self.stats = EngineStats()
         self._closed = True
         self._lock_fd: int | None = _lock_dir(self.data_dir)
-        self._remote = None
+        self._remote: EngineRemote | None = None
         try:
             if remote is not None:
                 from raykv.checkpointing.engine_remote import EngineRemote
@@ -186,7 +198,10 @@ class KVStore(ABC):
         self.set(key, b"")
 
     def __contains__(self, key: object) -> bool:
-        return bool(self.get(key))  # type: ignore[arg-type]
+        if isinstance(key, bytes):
+            return bool(self.get(key))
+        self._reject_key(key)  # raises TypeError
+        return False
 
     def keys(self) -> Iterator[bytes]:
         """Iterate over all live keys."""
@@ -257,7 +272,7 @@ class KVStore(ABC):
         """
         return self._require_remote().restore(epoch)
 
-    def _require_remote(self) -> Any:
+    def _require_remote(self) -> EngineRemote:
         self._ensure_open()
         if self._remote is None:
             msg = (
@@ -361,16 +376,17 @@ class KVStore(ABC):
             )
             raise ValueError(msg)
 
-    def _reject_value(self, key: bytes, value: object) -> None:
-        """Raise the error that explains why ``value`` is not acceptable."""
+    def _reject_value(self, key: object, value: object) -> None:
+        """Raise the error that explains why ``value`` (stored under ``key``) is not acceptable."""
+        head = key[:32] if isinstance(key, bytes) else key
         if not isinstance(value, bytes):
             msg = (
-                f"value for key {key[:32]!r} must be bytes, got {type(value).__name__}; "
+                f"value for key {head!r} must be bytes, got {type(value).__name__}; "
                 "serialize it first"
             )
             raise TypeError(msg)
         msg = (
-            f"value of {len(value)} bytes for key {key[:32]!r} exceeds "
+            f"value of {len(value)} bytes for key {head!r} exceeds "
             f"max_value_len={self.max_value_len}; raise max_value_len or store less"
         )
         raise ValueError(msg)
@@ -380,9 +396,9 @@ class KVStore(ABC):
         if type(key) is not bytes or not 0 < len(key) <= self.max_key_len:
             self._reject_key(key)
         if type(value) is not bytes or len(value) > self.max_value_len:
-            self._reject_value(key, value)  # type: ignore[arg-type]
+            self._reject_value(key, value)
 
-    def _check_keys(self, keys: Sequence[bytes]) -> int:
+    def _check_keys(self, keys: Collection[bytes]) -> int:
         """Validate a batch of keys with C-speed passes; return their total length.
 
         Raises the precise error for the first bad key. Cost: a type pass, a length pass
@@ -433,7 +449,7 @@ class KVStore(ABC):
                 raise
         if not batch:
             return batch
-        key_bytes = self._check_keys(batch.keys())  # type: ignore[arg-type]
+        key_bytes = self._check_keys(batch.keys())
         values = batch.values()
         if set(map(type, values)) != _BYTES_ONLY:
             for k, v in batch.items():

@@ -7,6 +7,7 @@ directory is fsynced; a reader that sees a final name therefore sees a complete 
 
 from __future__ import annotations
 
+import mmap
 import os
 import zlib
 from collections.abc import Iterable
@@ -15,6 +16,9 @@ from pathlib import Path
 from raykv.engines.filename import TMP_SUFFIX
 
 crc32 = zlib.crc32
+
+ReadableBuffer = bytes | bytearray | memoryview | mmap.mmap
+"""What the decoders here and the engines slice records from."""
 
 
 def fsync_dir(path: Path) -> None:
@@ -62,7 +66,7 @@ def encode_varint(n: int) -> bytes:
     return bytes(out)
 
 
-def decode_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+def decode_varint(buf: ReadableBuffer, pos: int) -> tuple[int, int]:
     """Decode a LEB128 varint at ``pos``; return ``(value, next_pos)``.
 
     Raises:

@@ -7,12 +7,13 @@ log-structured engines are measured against.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from itertools import islice
-from typing import Any
+from typing import NoReturn, Unpack
 
-from raykv.engines.base import KVStore, Pairs
+from raykv.engines.base import KVStore, Pairs, StoreOptions
 from raykv.engines.kvblock import decode_kv_block, encode_kv_block
 from raykv.engines.manifest import Manifest
 from raykv.errors import StoreClosedError
@@ -30,7 +31,8 @@ class MemOnly(KVStore):
 
     engine_name = "memonly"
 
-    def __init__(self, data_dir: Any, **kwargs: Any) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], **kwargs: Unpack[StoreOptions]
+                 ) -> None:
         self._data: dict[bytes, bytes] = {}
         self._sealed_at = 0  # stats.app_bytes at the last seal: any write since changes it
         super().__init__(data_dir, **kwargs)
@@ -125,14 +127,15 @@ class MemOnly(KVStore):
         return object.__sizeof__(self) + sys.getsizeof(self._data) + int(n * per_entry)
 
 
-class _Closed(dict):  # type: ignore[type-arg]
+class _Closed(dict[bytes, bytes]):
     """Stands in for the data dict after close: every access raises ``StoreClosedError``.
 
     Lets the hot paths skip an "is it open?" test on every call.
     """
 
-    def _closed(self, *_: object) -> None:
+    def _closed(self, *_: object) -> NoReturn:
         msg = "MemOnly engine is closed; open a new one"
         raise StoreClosedError(msg)
 
+    # pop and update take keyword arguments: the catch-all signature is incompatible
     get = __setitem__ = pop = update = items = __getitem__ = _closed  # type: ignore[assignment]

@@ -45,11 +45,11 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import compress, islice, repeat
 from operator import is_
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, Unpack, cast
 
 import numpy as np
 
-from raykv.engines.base import KVStore, Pairs
+from raykv.engines.base import KVStore, Pairs, StoreOptions
 from raykv.engines.fileio import write_file
 from raykv.engines.hybridlog.merge import is_prefix, pick_merge
 from raykv.engines.hybridlog.runfile import (
@@ -75,22 +75,26 @@ from raykv.errors import StoreClosedError
 MAX_RUNS_PER_LEVEL_CEILING = 1024
 
 
-class _Closed(dict):  # type: ignore[type-arg]
+class _Closed(dict[Any, Any]):
     """Stands in for every region dict after close: any access raises ``StoreClosedError``.
 
-    Lets the hot paths skip an "is it open?" test on every call.
+    Lets the hot paths skip an "is it open?" test on every call. Typed ``dict[Any, Any]``
+    because it replaces dicts of three value types (``_mut``, ``_frozen``, ``_index``).
     """
 
-    def _closed(self, *_: object) -> Any:
+    def _closed(self, *_: object) -> NoReturn:
         msg = "HybridLog engine is closed; open a new one"
         raise StoreClosedError(msg)
 
-    get = __contains__ = __setitem__ = __getitem__ = __delitem__ = _closed  # type: ignore[assignment]
+    get = __contains__ = __setitem__ = __getitem__ = __delitem__ = _closed
+    # these dict methods take keyword arguments: the catch-all signature is incompatible
     pop = update = keys = items = values = _closed  # type: ignore[assignment]
 
 
 _CLOSED = _Closed()
-_WATERMARK: Any = type("_Watermark", (), {"__repr__": lambda self: "<watermark>"})()
+# The one key of ``_frozen`` that is not bytes; typed as a key of the region dicts (a
+# bytes type test tells it apart: ``_check`` counts it).
+_WATERMARK = cast(bytes, type("_Watermark", (), {"__repr__": lambda self: "<watermark>"})())
 
 
 def _presync(path: Path) -> None:
@@ -152,14 +156,14 @@ class HybridLog(KVStore):
 
     def __init__(
         self,
-        data_dir: Any,
+        data_dir: str | os.PathLike[str],
         *,
         mem_segment_len: int = 40_000,
         ro_lag_interval: int = 10_000,
         flush_interval: int = 10_000,
         max_runs_per_level: int = 10,
         compaction_enabled: bool = False,
-        **kwargs: Any,
+        **kwargs: Unpack[StoreOptions],
     ) -> None:
         self.ro_lag_interval = _check_param("ro_lag_interval", ro_lag_interval, 1)
         self.flush_interval = _check_param("flush_interval", flush_interval, 1)
@@ -191,11 +195,11 @@ class HybridLog(KVStore):
     def _reset_memory(self) -> None:
         self._mut: dict[bytes, bytes] = {}
         # cached records, the watermark, then read-only records (see the module docstring)
-        self._frozen: dict[bytes, bytes | None] = {_WATERMARK: None}  # type: ignore[dict-item]
+        self._frozen: dict[bytes, bytes | None] = {_WATERMARK: None}
         self._n_ro = 0  # log records shifted into the read-only region since the last flush
         self._index: dict[bytes, int] = {}
         self._runs: list[RunFile] = []
-        self._slots: list[RunFile | None] = []
+        self._slots: list[RunFile] = []  # slot -> run; a free slot holds its last, closed run
         self._free_slots: list[int] = []
         self._maintenance = False  # merges/compaction to check on the next write
 
@@ -228,13 +232,12 @@ class HybridLog(KVStore):
             self._presyncer = None
         self._release_runs()
         self._mut = self._frozen = _CLOSED
-        self._index = _CLOSED  # type: ignore[assignment]
+        self._index = _CLOSED
         self._n_ro = 0
 
     def _release_runs(self) -> None:
         for run in getattr(self, "_slots", ()):
-            if run is not None:
-                run.close()
+            run.close()
         self._runs = []
         self._slots = []
         self._free_slots = []
@@ -284,7 +287,7 @@ class HybridLog(KVStore):
                             self._reject_key(key)
                         return b""
                     start = loc >> SLOT_BITS & START_MASK
-                    return self._slots[loc & SLOT_MASK].read(  # type: ignore[union-attr]
+                    return self._slots[loc & SLOT_MASK].read(
                         start, start + (loc >> LEN_SHIFT)
                     )
         except TypeError:
@@ -295,7 +298,7 @@ class HybridLog(KVStore):
 
     def _read_loc(self, loc: int) -> bytes:
         start = loc >> SLOT_BITS & START_MASK
-        return self._slots[loc & SLOT_MASK].read(  # type: ignore[union-attr]
+        return self._slots[loc & SLOT_MASK].read(
             start, start + (loc >> LEN_SHIFT)
         )
 
@@ -314,7 +317,7 @@ class HybridLog(KVStore):
             for i in compress(range(len(res)), list(map(is_, res, repeat(None)))):
                 loc = index.get(keys[i])
                 res[i] = b"" if loc is None else read(loc)
-        return res  # type: ignore[return-value]
+        return cast(list[bytes], res)  # every None was replaced
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Iterate over all live pairs, in no particular order.
@@ -425,7 +428,7 @@ class HybridLog(KVStore):
         values = list(islice(reversed(frozen.values()), n))
         cut = keys.index(_WATERMARK)
         del keys[cut:], values[cut:]
-        return keys, values  # type: ignore[return-value]
+        return keys, cast(list[bytes], values)  # only the watermark's value is None
 
     def _flush(self) -> None:
         """Write the read-only region as one run; its records become cached (clean)."""
@@ -454,21 +457,27 @@ class HybridLog(KVStore):
     # ------------------------------------------------------------------ runs
 
     def _open_run(self, name: str) -> RunFile:
-        if self._free_slots:
-            slot = self._free_slots.pop()
+        """Open run file ``name`` in a free slot (a dropped run's, else a new one)."""
+        reuse = bool(self._free_slots)
+        slot = self._free_slots.pop() if reuse else len(self._slots)
+        if slot >= MAX_SLOTS:  # pragma: no cover - bounded by max_runs_per_level
+            msg = f"HybridLog at {self.data_dir} has {slot} runs; lower max_runs_per_level"
+            raise RuntimeError(msg)
+        try:
+            run = RunFile(self.data_dir / name, slot)
+        except BaseException:
+            if reuse:
+                self._free_slots.append(slot)
+            raise
+        if reuse:
+            self._slots[slot] = run
         else:
-            slot = len(self._slots)
-            if slot >= MAX_SLOTS:  # pragma: no cover - bounded by max_runs_per_level
-                msg = f"HybridLog at {self.data_dir} has {slot} runs; lower max_runs_per_level"
-                raise RuntimeError(msg)
-            self._slots.append(None)
-        run = RunFile(self.data_dir / name, slot)
-        self._slots[slot] = run
+            self._slots.append(run)
         return run
 
     def _drop_run(self, run: RunFile) -> None:
+        """Close ``run`` and free its slot (the closed run stays there until it is reused)."""
         run.close()
-        self._slots[run.slot] = None
         self._free_slots.append(run.slot)
 
     def _new_run(self, keys: list[bytes], blob: bytes, ends: Sequence[int] | np.ndarray,
@@ -632,18 +641,18 @@ class HybridLog(KVStore):
             assert self._slots[run.slot] is run, "slot table out of date"
         assert len({r.name for r in self._runs}) == len(self._runs), "duplicate run"
         for loc in index.values():
-            run = self._slots[loc & SLOT_MASK]
-            assert run is not None and run.slot in slots, "index points to a dropped run"
+            owner = self._slots[loc & SLOT_MASK]
+            assert owner.slot in slots, "index points to a dropped run"
             start = loc >> SLOT_BITS & START_MASK
-            assert start + (loc >> LEN_SHIFT) <= run.values_len, "index points past values"
+            assert start + (loc >> LEN_SHIFT) <= owner.values_len, "index points past values"
         for key, value in islice(frozen.items(), 2000):
             if key in ro or key is _WATERMARK:
                 continue
-            loc = index.get(key)
-            if loc is None:
+            durable = index.get(key)
+            if durable is None:
                 assert value == b"", "cached record without a durable copy"
             else:
-                assert self._read_loc(loc) == value, "cached record differs from disk"
+                assert self._read_loc(durable) == value, "cached record differs from disk"
         if not self._maintenance:
             assert pick_merge([r.count for r in self._runs], self.max_runs_per_level) is None
         for name in self._live_files:

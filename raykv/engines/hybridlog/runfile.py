@@ -136,7 +136,7 @@ def gather_values(mm: mmap.mmap | bytes, ends: np.ndarray, keep: np.ndarray) -> 
     buf = np.frombuffer(mm, dtype=np.uint8, count=total)
     try:
         shift = np.repeat(sel_starts - (np.cumsum(sel_lens) - sel_lens), sel_lens)
-        return buf[shift + np.arange(kept_bytes)].tobytes()  # type: ignore[no-any-return]
+        return buf[shift + np.arange(kept_bytes)].tobytes()
     finally:
         del buf  # release the buffer export so the mmap can close
 
@@ -156,7 +156,8 @@ def pack_locs(slot: int, ends: Sequence[int] | np.ndarray) -> list[int]:
     lens = np.diff(e, prepend=np.uint64(0))
     where = ((e - lens) << np.uint64(SLOT_BITS)) | np.uint64(slot)
     if int(lens.max()) < LEN_FITS_U64:
-        return (where | (lens << np.uint64(LEN_SHIFT))).tolist()  # type: ignore[no-any-return]
+        packed: list[int] = (where | (lens << np.uint64(LEN_SHIFT))).tolist()
+        return packed
     return list(map(or_, where.tolist(), map(lshift, lens.tolist(), repeat(LEN_SHIFT))))
 
 
@@ -181,7 +182,8 @@ def live_mask(found: list[int], slot: int, ends: np.ndarray) -> npt.NDArray[np.b
     if int(lens.max()) < LEN_FITS_U64 and max(found) <= U64_MAX:
         packed = (((e - lens) << np.uint64(SLOT_BITS)) | (lens << np.uint64(LEN_SHIFT))
                   | np.uint64(slot))
-        return np.fromiter(found, np.uint64, n) == packed  # type: ignore[no-any-return]
+        fast: npt.NDArray[np.bool_] = np.fromiter(found, np.uint64, n) == packed
+        return fast
     return np.fromiter(map(eq, found, pack_locs(slot, e)), dtype=bool, count=n)
 
 
@@ -320,12 +322,12 @@ class RunFile:
         return self.mm[start:stop]
 
     def close(self) -> None:
-        """Unmap and close the file (idempotent)."""
+        """Unmap and close the file (idempotent); reads of a closed run raise ``ValueError``."""
         mm = getattr(self, "mm", None)
         if mm is not None:
             mm.close()
-            self.mm = None  # type: ignore[assignment]
         f = getattr(self, "_file", None)
         if f is not None:
             f.close()
-            self._file = None  # type: ignore[assignment]
+        self._page_crcs = array("I")  # a closed run may stay in its slot: keep it small
+        self._unverified = bytearray()

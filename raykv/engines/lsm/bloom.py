@@ -142,7 +142,8 @@ class BloomFilter:
     ) -> npt.NDArray[np.bool_]:
         """Vectorised probe: a boolean array, True where the key may be present."""
         absent = self._np[(h1 & np.uint64(self.word_mask)).astype(np.intp)]
-        return (absent & masks) == 0  # type: ignore[no-any-return]
+        maybe: npt.NDArray[np.bool_] = (absent & masks) == 0
+        return maybe
 
     def __sizeof__(self) -> int:
         return object.__sizeof__(self) + 16 * self.nwords + 200

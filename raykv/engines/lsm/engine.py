@@ -13,20 +13,22 @@ Lifecycle: ``open -> (get | set | multi_get | multi_set | items | seal)* -> clos
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
+from array import array
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import compress, repeat
 from operator import is_, is_not
 from pathlib import Path
-from typing import Any
+from typing import Unpack, cast
 from zlib import crc32
 
 import numpy as np
 
-from raykv.engines.base import KVStore, Pairs
+from raykv.engines.base import KVStore, Pairs, StoreOptions
 from raykv.engines.lsm.bloom import TABLE12, hash_many, hash_pair, masks_of
 from raykv.engines.lsm.compaction import (
     Chunk,
@@ -59,7 +61,8 @@ _VECTOR_MIN = 32
 # What get() walks, newest run first: runs in a row whose filters have the same number of
 # words share one word index. A run is (bloom's complemented words, (fences, block offsets,
 # mmap, reader)).
-ProbeGroup = tuple[int, list[tuple[Any, tuple[list[bytes], Any, Any, RunReader]]]]
+RunProbe = tuple["array[int]", tuple[list[bytes], "array[int]", mmap.mmap, RunReader]]
+ProbeGroup = tuple[int, list[RunProbe]]
 
 
 class LSMTree(KVStore):
@@ -115,7 +118,7 @@ class LSMTree(KVStore):
         memtable_bytes_limit: int = 256 * 1024,
         size_ratio: int = 10,
         bloom_bits_per_key: int = 10,
-        **kwargs: Any,
+        **kwargs: Unpack[StoreOptions],
     ) -> None:
         _check_param("max_runs_per_level", max_runs_per_level, 1, 1000)
         _check_param("density_factor", density_factor, 1, MAX_DENSITY_FACTOR)
@@ -128,7 +131,7 @@ class LSMTree(KVStore):
         self.size_ratio = size_ratio
         self.bloom_bits_per_key = bloom_bits_per_key
         self._mem = Memtable()  # the same object for the engine's lifetime (cleared, not replaced)
-        self._mem_get = self._mem.get
+        self._mem_get: Callable[[bytes], bytes | None] = self._mem.get
         # data blocks read by get and multi_get (each one crc-checked) since the engine opened
         self.point_block_reads = 0
         self._levels: list[list[RunReader]] = []
@@ -195,7 +198,7 @@ class LSMTree(KVStore):
         """
         value = self._mem_get(key)
         if value is not None:
-            return value  # type: ignore[no-any-return]
+            return value
         if type(key) is not bytes or not 0 < len(key) <= self.max_key_len:
             self._reject_key(key)
         if self._closed:
@@ -243,19 +246,19 @@ class LSMTree(KVStore):
         """
         self._ensure_open()
         self._check_keys(keys)
-        out: list[Any] = list(map(self._mem.get, keys))
+        out: list[bytes | None] = list(map(self._mem_get, keys))
         if None not in out:
-            return out
+            return cast(list[bytes], out)  # no None left
         miss = list(compress(range(len(out)), map(is_, out, repeat(None))))
         if not self._probes:
             for i in miss:
                 out[i] = b""
-            return out
+            return cast(list[bytes], out)  # no None left
         if len(miss) < _VECTOR_MIN:
             get = self.get
             for i in miss:
                 out[i] = get(keys[i])
-            return out
+            return cast(list[bytes], out)  # no None left
         mkeys = list(map(keys.__getitem__, miss))
         hashes = hash_many(mkeys)
         h1 = hashes[:, 0]
@@ -280,7 +283,7 @@ class LSMTree(KVStore):
                     break
         for j in np.flatnonzero(pending).tolist():
             out[miss[j]] = b""
-        return out
+        return cast(list[bytes], out)  # no None left
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Iterate over live ``(key, value)`` pairs in increasing key order.

@@ -19,7 +19,7 @@ dict_setitem = dict.__setitem__
 """``dict_setitem(memtable, key, value)``: store a value whose key is already in the order."""
 
 
-class Memtable(SortedDict):  # type: ignore[misc]
+class Memtable(SortedDict):  # type: ignore[misc]  # sortedcontainers has no stubs: Any base
     """A sorted write buffer. Cost: insert O(log n), overwrite and lookup O(1).
 
     The fast path used by ``LSMTree.set`` is ``old = mt.get(key)``; if ``old is None``
