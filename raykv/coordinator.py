@@ -24,7 +24,12 @@ lacks); reconcile the sink (drop staged output of uncommitted epochs); reopen th
 at the committed offsets; go on. At most ``max_restarts`` times per run. Bad input
 (``ValueError``/``TypeError`` from a shard or the split) is not retried: replay would
 fail the same way; it is raised with the column named, and the last committed epoch
-stays restorable.
+stays restorable. A corrupt or missing checkpoint file is not retried either: the
+``CorruptionError`` is raised with the epochs that are still intact. Any other failure
+that is not transient (``is_transient``: dead processes, lost nodes, I/O) is retried
+once: when the same error (type and message) happens again at the same epoch, the run
+stops and raises it (the repeat rule, :meth:`Coordinator.judge`; docs/recovery.md,
+"Failure classification").
 
 Restore with another shard count or engine (rescaling): each new shard rebuilds its
 state from the old shards whose key-group ranges overlap its own. Shard names carry a
@@ -43,6 +48,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,7 +58,13 @@ import pyarrow as pa
 import ray
 
 from raykv import rebalance
-from raykv.errors import CheckpointNotFoundError, CorruptionError
+from raykv.errors import (
+    CheckpointNotFoundError,
+    CorruptionError,
+    add_context,
+    failure_context,
+    mark_user_code,
+)
 from raykv.export import encode_operator
 from raykv.metrics import DriverMetrics, pipeline_tag
 from raykv.operators.base import describe_schema_change
@@ -156,6 +168,73 @@ def classify(err: BaseException) -> str:
             return "recover"
         return "fatal"
     return "fatal"
+
+
+def is_transient(root: BaseException) -> bool:
+    """Whether a failure (a root cause) comes from the environment, not the data or code.
+
+    Transient: ``OSError`` (an unreachable store, a full disk, a timeout) and Ray's system
+    errors (a dead actor, worker or node, a lost object). They are retried up to
+    ``max_restarts`` times however often they repeat. Every other recoverable failure is
+    subject to the repeat rule (:meth:`Coordinator.judge`).
+    """
+    if isinstance(root, OSError):
+        return True
+    return isinstance(root, ray.exceptions.RayError) and not isinstance(
+        root, ray.exceptions.RayTaskError | ray.exceptions.UnserializableException)
+
+
+def failure_epoch(root: BaseException) -> int | None:
+    """The epoch a failure happened in, as a shard or the driver recorded it (else ``None``).
+
+    For a restore failure it is the epoch being restored.
+    """
+    epoch = failure_context(root).get("epoch")
+    if epoch is None and isinstance(root, CorruptionError):
+        epoch = root.epoch
+    return epoch if isinstance(epoch, int) else None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the driver does about one failure of a run attempt.
+
+    Attributes:
+        action: ``"recover"`` (restart from the last committed epoch) or ``"stop"``.
+        reason: ``"transient"`` or ``"first occurrence"`` (recover); ``"repeated"``,
+            ``"bad input"``, ``"corrupt checkpoint"``, ``"checkpoint not found"``,
+            ``"driver"`` (the source, the sink, the driver's commit step),
+            ``"on_progress"``, ``"interrupted"``, ``"max_restarts"``, ``"no checkpoint"``
+            (stop).
+        error: the root cause (what ``run`` raises, or the ``__cause__`` of what it raises).
+        epoch: the epoch it happened in (``failure_epoch``), or ``None`` if unknown.
+        attempt: the attempt that failed (0 = the first).
+        first_attempt: for ``"repeated"``, the attempt the same failure happened in first.
+    """
+
+    action: str
+    reason: str
+    error: BaseException
+    epoch: int | None
+    attempt: int
+    first_attempt: int | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The ``RunSummary.failures`` entry (and progress event detail) of this verdict."""
+        text = f"{type(self.error).__name__}: {self.error}"
+        out: dict[str, Any] = {
+            "attempt": self.attempt, "epoch": self.epoch, "action": self.action,
+            "reason": self.reason, "error": text if len(text) <= 300 else text[:297] + "...",
+        }
+        if self.first_attempt is not None:
+            out["first_attempt"] = self.first_attempt
+        return out
+
+    def detail(self) -> dict[str, Any]:
+        """:meth:`record` without ``epoch`` and ``error`` (a progress event has its own)."""
+        out = self.record()
+        del out["epoch"], out["error"]
+        return out
 
 
 def _shard_get(refs: Any, timeout: float | None = None) -> Any:
@@ -293,6 +372,8 @@ class Coordinator:
         self._t0 = time.perf_counter()
         self._t_first: float | None = None
         self._attempt_no = 0
+        # repeat rule: (error type, message, epoch) -> attempt it first failed in
+        self._seen_failures: dict[tuple[str, str, int | None], int] = {}
         self._next_epoch = self._first_epoch = 1
         self._num_key_groups = pipeline.num_key_groups or DEFAULT_NUM_KEY_GROUPS
         self._stages: list[StageSpec] = []
@@ -331,7 +412,11 @@ class Coordinator:
         assert sink is not None
         try:
             self._open_store()
-            base, sink_epoch, sink_abandoned, new_run = self._initial()
+            try:
+                base, sink_epoch, sink_abandoned, new_run = self._initial()
+            except CorruptionError as err:  # a damaged epoch manifest
+                self._explain_corruption(err, self.restore_epoch)
+                raise
             self._base = base
             self.summary.restored_from = base.epoch
             sink.start(sink_epoch, new_run=new_run, abandoned=sink_abandoned)
@@ -344,13 +429,14 @@ class Coordinator:
                     stopped = self._attempt(base)
                     break
                 except BaseException as err:
-                    fatal = classify(err) != "recover"
-                    if fatal and _is_user_error(root_cause(err)):
+                    verdict = self.judge(err)
+                    if verdict.action == "stop" and (
+                            _is_user_error(verdict.error) or verdict.reason == "repeated"):
                         self._settle()
                     self._teardown()
-                    if fatal:
-                        self._raise_fatal(err)
-                    base = self._recover(err)
+                    if verdict.action == "stop":
+                        self._raise_fatal(verdict, remote=isinstance(err, _ShardFailure))
+                    base = self._recover(verdict)
             self.summary.stopped = stopped
             self.summary.finished = not stopped
             stats = self._collect_stats()
@@ -377,8 +463,9 @@ class Coordinator:
     def _settle(self, timeout: float = 60.0) -> None:
         """Commit every epoch whose shards all acknowledge it; give up at the first that fails.
 
-        Used before raising a bad-input error: the epochs before the bad batch are complete
-        and valid, so they are committed and the run can resume from the last of them.
+        Used before raising a bad-input error or a repeated failure: the epochs before the
+        bad batch are complete and valid, so they are committed and the run can resume
+        from the last of them.
         """
         committer = self._committer
         if committer is None:
@@ -387,36 +474,127 @@ class Coordinator:
         while committer.pending and committer.error is None and time.monotonic() < deadline:
             time.sleep(0.01)
 
-    def _raise_fatal(self, err: BaseException) -> None:
+    def judge(self, err: BaseException) -> Verdict:
+        """Decide whether the failure ``err`` of the current attempt is recovered from.
+
+        1. ``classify(err) == "fatal"`` (bad input, a corrupt or missing checkpoint, a
+           failure of the source, the sink or ``on_progress``, an interrupt): stop.
+        2. ``is_transient`` (dead processes, lost nodes, I/O): recover (``_recover``
+           still stops after ``max_restarts``).
+        3. Anything else (an exception of user code, a raykv bug) is recovered from once:
+           if the same error (type and message) happened at the same epoch before in
+           this run, stop (``"repeated"``): replaying the same input hits it again.
+        """
         root = root_cause(err)
+        epoch = failure_epoch(root)
+        attempt = max(self._attempt_no - 1, 0)
+        if classify(err) != "recover":
+            if isinstance(root, KeyboardInterrupt | SystemExit):
+                reason = "interrupted"
+            elif isinstance(root, CorruptionError):
+                reason = "corrupt checkpoint"
+            elif isinstance(root, CheckpointNotFoundError):
+                reason = "checkpoint not found"
+            elif isinstance(err, _HookFailure):
+                reason = "on_progress"
+            elif _is_user_error(root):
+                reason = "bad input"
+            else:
+                reason = "driver"
+            return Verdict("stop", reason, root, epoch, attempt)
+        if is_transient(root):
+            return Verdict("recover", "transient", root, epoch, attempt)
+        key = (f"{type(root).__module__}.{type(root).__qualname__}", str(root), epoch)
+        first = self._seen_failures.get(key)
+        if first is not None:
+            return Verdict("stop", "repeated", root, epoch, attempt, first_attempt=first)
+        self._seen_failures[key] = attempt
+        return Verdict("recover", "first occurrence", root, epoch, attempt)
+
+    def _raise_fatal(self, verdict: Verdict, *, remote: bool = False) -> None:
+        """Explain ``verdict.error`` (notes, corruption details), report it, raise it.
+
+        ``remote``: it came out of a shard (unpickled here): raised without the chain of
+        the driver's wrappers (its own traceback is in its notes).
+        """
+        root = verdict.error
+        notes = getattr(root, "__notes__", [])
+        if isinstance(root, CorruptionError):
+            self._explain_corruption(root, root.epoch)
+        if verdict.reason == "repeated":
+            note = (
+                f"raykv: {type(root).__name__} happened at epoch {verdict.epoch} in attempt "
+                f"{verdict.first_attempt} and again in attempt {verdict.attempt} after a "
+                "recovery; a failure that repeats at the same epoch is not retried "
+                f"(max_restarts={self.p.max_restarts} not spent; docs/recovery.md, "
+                "\"Failure classification\")"
+            )
+            if note not in notes:
+                root.add_note(note)
         last = self._committed.epoch if self._committed else self._base.epoch
-        if self.store is not None and _is_user_error(root):
+        user_code = "user_code" in failure_context(root)
+        if self.store is not None and (_is_user_error(root) or verdict.reason == "repeated"):
+            fix = "the input or the code" if user_code else "the input"
             note = (
                 f"raykv: the run stopped; the last committed epoch is {last} in "
-                f"{self.store.url} (fix the input, then run(resume=True) continues from it)"
+                f"{self.store.url} (fix {fix}, then run(resume=True) continues from it)"
             )
-            if note not in getattr(root, "__notes__", []):
+            if note not in notes:
                 root.add_note(note)
+        self._stop_with(verdict)
+        if remote:
+            raise root from None
         raise root
 
-    def _recover(self, err: BaseException) -> _Base:
-        self.summary.restarts += 1
-        root = root_cause(err)
-        self._emit("failure", error=root)
-        log.warning("raykv: shard failure (%s: %s); recovering", type(root).__name__, root)
-        if self.summary.restarts > self.p.max_restarts:
+    def _stop_with(self, verdict: Verdict) -> None:
+        """Record the verdict that ends the run and emit the ``"fatal"`` event."""
+        self.summary.failures.append(verdict.record())
+        log.error("raykv: the run stops (%s): %s: %s", verdict.reason,
+                  type(verdict.error).__name__, verdict.error)
+        if verdict.reason in ("interrupted", "on_progress"):
+            return
+        try:
+            self._emit("fatal", verdict.epoch, error=verdict.error, **verdict.detail())
+        except _HookFailure as err:
+            log.warning("raykv: on_progress failed on the 'fatal' event: %s", err.err)
+
+    def _explain_corruption(self, err: CorruptionError, epoch: int | None) -> None:
+        """Add the committed epochs and which of them are intact to ``err`` (once).
+
+        Cost: a ``verify`` of every committed epoch (each referenced file read once).
+        """
+        if self.store is None or err.restorable is not None:
+            return
+        try:
+            committed = self.store.epochs()
+            intact = self.store.intact_epochs(committed)
+        except Exception as why:
+            err.add_note(f"raykv: could not check which epochs are intact: {why}")
+            return
+        err.set_restorable(committed, intact, store=self.store.url, epoch=epoch)
+
+    def _recover(self, verdict: Verdict) -> _Base:
+        root = verdict.error
+        if self.summary.restarts >= self.p.max_restarts:
+            self._stop_with(replace(verdict, action="stop", reason="max_restarts"))
             msg = (
                 f"raykv gave up after {self.p.max_restarts} restarts (max_restarts); "
                 f"last failure: {type(root).__name__}: {root}"
             )
             raise RuntimeError(msg) from root
         if self.store is None and self.summary.epochs_committed:
+            self._stop_with(replace(verdict, action="stop", reason="no checkpoint"))
             msg = (
                 "a shard failed after output was published and the pipeline has no "
                 "checkpoint to recover from (checkpoint=None); set checkpoint= to make "
                 f"runs fault tolerant. Failure: {type(root).__name__}: {root}"
             )
             raise RuntimeError(msg) from root
+        self.summary.restarts += 1
+        self.summary.failures.append(verdict.record())
+        self._emit("failure", verdict.epoch, error=root, **verdict.detail())
+        log.warning("raykv: failure (%s: %s; %s); recovering", type(root).__name__, root,
+                    verdict.reason)
         base = self._committed if self._committed is not None else self._base
         for r in self.summary.rebalances:  # moved at base.epoch or later: never committed
             if base.epoch is None or r["epoch"] >= base.epoch:
@@ -601,7 +779,8 @@ class Coordinator:
                     downstream=stages[s + 1] if s + 1 < len(stages) else None,
                     checkpoint=self.p.checkpoint, storage_options=self.p.storage_options,
                     driver_io=self.driver_io, max_inflight=self.p.max_inflight,
-                    faults=self.p.faults, attempt=attempt, hot_keys=self.p.hot_keys,
+                    faults=self.p.faults, attempt=attempt, first_epoch=self._next_epoch,
+                    hot_keys=self.p.hot_keys,
                     track_groups=self._rebalances(stage), pipeline=self._metrics.pipeline,
                 ))
             specs.append(row)
@@ -656,7 +835,7 @@ class Coordinator:
                 if plan.epoch is not None and plan.direct is not None:
                     data_dir.mkdir(parents=True, exist_ok=True)
                     wait_dir_free(data_dir)
-                    self.store.restore_shard(plan.epoch, plan.direct.shard, data_dir)
+                    self._restore_shard(plan.epoch, plan.direct.shard, data_dir)
                     plan = replace(plan, materialized=True)
                 elif plan.epoch is not None and plan.rebuild:
                     plan = replace(plan, rebuild=self._materialize_sources(
@@ -673,9 +852,18 @@ class Coordinator:
         for src in sources:
             tmp = parent / f".rebuild-{name}-{src.shard}"
             wipe_dir(tmp)
-            self.store.restore_shard(epoch, src.shard, tmp)
+            self._restore_shard(epoch, src.shard, tmp)
             out.append(replace(src, local_dir=str(tmp)))
         return tuple(out)
+
+    def _restore_shard(self, epoch: int, shard: str, data_dir: Path) -> None:
+        """Driver I/O: ``store.restore_shard``; a ``CorruptionError`` names ``epoch``."""
+        try:
+            self.store.restore_shard(epoch, shard, data_dir)
+        except CorruptionError as err:
+            if err.epoch is None:
+                err.epoch = epoch
+            raise
 
     def _teardown(self) -> None:
         """Stop the commit thread, kill every shard actor and wait until they are gone."""
@@ -725,7 +913,9 @@ class Coordinator:
         self._emit("started", restored_from=base.epoch, attempt=attempt)
         if self._t_first is None:
             self._t_first = time.perf_counter()
-        reader = self.p.source.open(base.offset)
+        source = type(self.p.source).__name__
+        with self._user_code(f"source {source}.open({base.offset!r})", self._next_epoch):
+            reader = self.p.source.open(base.offset)
         self._rows_epoch = 0
         try:
             if changed:
@@ -758,7 +948,8 @@ class Coordinator:
                     q.clear()
                 self._apply_rebalance(committer)
             try:
-                batch = reader.read()
+                with self._user_code(f"source {type(p.source).__name__}.read", self._next_epoch):
+                    batch = reader.read()
             except StopSource:
                 return True
             if batch is None:
@@ -832,7 +1023,8 @@ class Coordinator:
         for ack in acks:
             if ack.output is not None and ack.output.num_rows:
                 part = f"{ack.metadata['stage']}-{int(ack.metadata['index']):04d}"
-                sink.stage(e, part, ack.output)
+                with self._user_code(f"sink {type(sink).__name__}.stage({e}, {part!r})", e):
+                    sink.stage(e, part, ack.output)
                 rows_out += ack.output.num_rows
         base = self._committed or self._base
         rows_total = base.rows_total + pending.rows
@@ -846,10 +1038,12 @@ class Coordinator:
             em = store.commit_epoch(e, manifests, offsets={"source": pending.offset},
                                     metadata=metadata)
         if self._abandon_on_commit:
-            sink.start(e, new_run=False, abandoned=abandoned)
+            with self._user_code(f"sink {type(sink).__name__}.start({e})", e):
+                sink.start(e, new_run=False, abandoned=abandoned)
             self._abandon_on_commit = False
         else:
-            sink.publish(e)
+            with self._user_code(f"sink {type(sink).__name__}.publish({e})", e):
+                sink.publish(e)
         with self._lock:
             s = self.summary
             s.epochs_committed.append(e)
@@ -1028,10 +1222,30 @@ class Coordinator:
                 elapsed=time.perf_counter() - self._t0, shards=dict(self._handles),
                 error=error, detail=detail,
             )
-            try:
-                cb(event)
-            except BaseException as err:
-                raise _HookFailure(err) from err
+            with self._user_code(f"on_progress({kind!r} event)", epoch):
+                try:
+                    cb(event)
+                except BaseException as err:
+                    raise _HookFailure(err) from err
+
+    @contextlib.contextmanager
+    def _user_code(self, what: str, epoch: int | None) -> Iterator[None]:
+        """Run driver-side code of the user (source, sink, ``on_progress``) as ``what``.
+
+        An exception it raises propagates as it is (its traceback is local), marked as
+        user code (``failure_context``) with ``epoch`` and a note naming both.
+        """
+        try:
+            yield
+        except Exception as exc:
+            err = exc.err if isinstance(exc, _HookFailure) else exc
+            if not isinstance(err, StopSource | ray.exceptions.RayError) and (
+                    "user_code" not in failure_context(err)):
+                mark_user_code(err, what)
+                add_context(err, epoch=epoch)
+                where = f" at epoch {epoch}" if epoch is not None else ""
+                err.add_note(f"raykv: {what} raised {type(err).__name__} in the driver{where}")
+            raise
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -62,7 +62,10 @@ class ProgressEvent:
     ``"barrier"`` (barrier ``epoch`` sent), ``"acked"`` (every shard uploaded ``epoch``;
     called just before the commit), ``"committed"``, ``"rebalanced"`` (key groups moved
     at ``epoch``; ``detail`` is the ``RunSummary.rebalances`` entry), ``"failure"``
-    (``error`` set; recovery follows), ``"recovered"``, ``"finished"``.
+    (``error`` set; recovery follows; ``epoch`` is the failure's epoch when known,
+    ``detail`` its ``RunSummary.failures`` entry), ``"fatal"`` (``error`` set; the run
+    stops and raises it, or a ``RuntimeError`` from it; ``detail`` as for ``"failure"``,
+    ``reason`` says why, e.g. ``"repeated"``), ``"recovered"``, ``"finished"``.
 
     Attributes:
         kind: the event.
@@ -74,7 +77,7 @@ class ProgressEvent:
         elapsed: seconds since ``run`` started.
         shards: shard name -> its Ray actor handle in the current attempt (tools and
             tests use it, e.g. to kill one).
-        error: the failure for ``"failure"`` events.
+        error: the failure for ``"failure"`` and ``"fatal"`` events.
         detail: event-specific extras.
     """
 
@@ -118,6 +121,12 @@ class RunSummary:
             share of the load that triggered it, planned), ``copied_keys``,
             ``dropped_keys``, ``seconds``; ``undone: True`` when a failure struck before
             the next epoch committed the new assignment (recovery restored the old one).
+        failures: one entry per failure of the run, in order: ``attempt`` (0 = first),
+            ``epoch`` (when known), ``error`` (``"Type: message"``), ``action``
+            (``"recover"`` or ``"stop"``) and ``reason`` (``"transient"``, ``"first
+            occurrence"``; ``"repeated"`` with ``first_attempt``, ``"max_restarts"``, ...;
+            ``raykv.coordinator.Verdict``). A run that raises reports its last entry in
+            the ``"fatal"`` progress event.
         output: the published output (``CollectSink`` only) as one table.
         output_by_epoch: the published output per epoch (``CollectSink`` only).
     """
@@ -137,6 +146,7 @@ class RunSummary:
     shards: dict[str, dict[str, Any]] = field(default_factory=dict)
     load: dict[str, dict[str, Any]] = field(default_factory=dict)
     rebalances: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
     output: pa.Table | None = None
     output_by_epoch: dict[int, pa.Table] = field(default_factory=dict)
 
@@ -393,8 +403,16 @@ class Pipeline:
                 key, oversized key), naming the column or value; the last committed
                 epoch stays restorable.
             CheckpointNotFoundError: ``restore_epoch`` is not retained (lists those that are).
-            RuntimeError: more than ``max_restarts`` failures, or a failure after output
-                was published without a checkpoint to recover from.
+            CorruptionError: a checkpoint file is damaged or missing; at once, naming the
+                file, the check, the epoch and the committed epochs still intact.
+            The exception of user code (``StatefulMap``/``Reduce`` functions, codecs,
+                sources, sinks) as it was raised, with notes naming the stage, shard, key,
+                epoch and the remote traceback; from a shard, after it happened again at
+                the same epoch after one recovery (any other non-transient failure too).
+            RuntimeError: more than ``max_restarts`` failures (``__cause__``: the last),
+                or a failure after output was published without a checkpoint.
+
+        See docs/recovery.md, "Failure classification".
         """
         if resume and restore_epoch is not None:
             msg = "pass either resume=True or restore_epoch=..., not both"

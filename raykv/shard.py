@@ -33,7 +33,11 @@ when it has arrived from all of them the epoch is complete:
    ``wait_uploaded(e)`` returns.
 
 A failure of any call poisons the shard: every later call raises the same error, so the
-driver sees it whichever ref it waits on.
+driver sees it whichever ref it waits on. Before that, the error is given its context
+(``raykv.errors.failure_context``: stage, shard, epoch; key and ``user_code`` when user
+code raised it, see :meth:`ShardWorker._contextualize`), because the driver only receives
+the pickled exception: an error from user code keeps its type and gets two notes, where it
+happened and the traceback formatted here (docs/recovery.md, "Failure classification").
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import queue
 import shutil
 import threading
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,6 +58,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from raykv.errors import CorruptionError, UserCodeError, add_context, failure_context
 from raykv.hotkeys import LoadTracker
 from raykv.metrics import ShardMetrics
 from raykv.partitioning import Partitioning, key_groups_of, split_batch
@@ -113,6 +119,8 @@ class ShardSpec:
         max_inflight: calls to one downstream shard in flight before waiting.
         faults: ``raykv.testing.Faults`` or ``None``.
         attempt: run attempt number (0, then +1 per recovery).
+        first_epoch: the epoch number of the attempt's first barrier (``None``: unknown);
+            the shard counts from it to name the epoch of a failure.
         hot_keys: Space-Saving counters of the shard's :class:`raykv.hotkeys.LoadTracker`
             (0: no load tracking).
         track_groups: also count updates per key group (the rebalancer needs them).
@@ -130,6 +138,7 @@ class ShardSpec:
     max_inflight: int = 4
     faults: Any = None
     attempt: int = 0
+    first_epoch: int | None = None
     hot_keys: int = 0
     track_groups: bool = False
     pipeline: str = ""
@@ -288,6 +297,28 @@ def _annotate(err: BaseException, context: str) -> BaseException:
     return new
 
 
+def _round_trips(err: BaseException) -> str:
+    """``""`` if ``err`` survives Ray's pickling unchanged, else why not."""
+    try:
+        back = ray.cloudpickle.loads(ray.cloudpickle.dumps(err))
+        same = (type(back) is type(err) and str(back) == str(err)
+                and getattr(back, "__notes__", None) == getattr(err, "__notes__", None))
+    except Exception as why:
+        return f"{type(why).__name__}: {why}"
+    return "" if same else "its type, message or notes change when it is unpickled"
+
+
+def _where(ctx: dict[str, Any]) -> str:
+    """``stage 's', shard x, key k, epoch e`` from a failure context (parts that are known)."""
+    parts = []
+    if "stage" in ctx:
+        parts.append(f"stage {ctx['stage']!r}")
+    for name in ("shard", "key", "epoch"):
+        if name in ctx:
+            parts.append(f"{name} {ctx[name]}")
+    return ", ".join(parts)
+
+
 # ---------------------------------------------------------------------------- the worker
 
 
@@ -312,6 +343,7 @@ class ShardWorker:
         self._aligning: tuple[int, int] | None = None  # (kind, epoch) being aligned
         self._blocked: list[tuple[int, int, Any]] = []
         self._failure: BaseException | None = None
+        self._epoch: int | None = spec.first_epoch  # the epoch the stream is in
         self._upload_failure: BaseException | None = None
         self._queued: set[int] = set()  # epochs sealed and handed to the upload thread
         self._cond = threading.Condition()
@@ -350,6 +382,9 @@ class ShardWorker:
         try:
             return self._setup(plan)
         except BaseException as err:
+            if isinstance(err, CorruptionError) and err.epoch is None:
+                err.epoch = plan.epoch
+            self._add_context(err, epoch=plan.epoch, phase="restore")
             self._fail(err)
             raise
 
@@ -566,7 +601,9 @@ class ShardWorker:
         """Apply ``batch`` from ``input_id`` (buffered if that input is past a barrier).
 
         Returns the number of rows received. Raises the operator's ``ValueError``/
-        ``TypeError`` with the stage, key column and shard named.
+        ``TypeError`` with the stage, key column and shard named, and an error of user
+        code as the user's exception with stage, shard, key, epoch and traceback noted
+        (see :meth:`_contextualize`).
         """
         self._check_ok()
         self._fault("process")
@@ -591,7 +628,7 @@ class ShardWorker:
         try:
             self._run_items(deque([(kind, input_id, payload)]))
         except BaseException as err:
-            err = _annotate(err, self._context)
+            err = self._contextualize(err)
             self._fail(err)
             raise err
         finally:
@@ -630,7 +667,9 @@ class ShardWorker:
             if len(self._arrived) == self.spec.num_inputs:
                 self._arrived = set()
                 self._aligning = None
+                self._epoch = payload
                 self._complete(payload, final=kind == FINISH)
+                self._epoch = payload + 1
                 items.extendleft(reversed(self._blocked))
                 self._blocked = []
 
@@ -743,6 +782,7 @@ class ShardWorker:
                     ack.staging = None
                 self._post(ack)
             except BaseException as err:
+                self._add_context(err, epoch=ack.epoch, phase="upload")
                 with self._cond:
                     self._upload_failure = err
                 self._fail(err)
@@ -806,6 +846,55 @@ class ShardWorker:
             self.engine.close()
 
     # ------------------------------------------------------------------ failure
+
+    def _add_context(self, err: BaseException, *, epoch: int | None = None,
+                     phase: str | None = None) -> None:
+        """Record stage, shard and epoch on ``err`` (not on Ray's errors: not ours)."""
+        if isinstance(err, ray.exceptions.RayError):
+            return
+        add_context(err, stage=self.spec.stage.name, shard=self.name,
+                    epoch=self._epoch if epoch is None else epoch, phase=phase)
+
+    def _contextualize(self, err: BaseException) -> BaseException:
+        """The error a failed ``process``/``barrier``/``finish`` raises and poisons the shard with.
+
+        * Ray errors (a downstream shard's failure, a dead actor) pass unchanged: the shard
+          that failed first described its own error.
+        * An error of user code (marked by the operator, ``raykv.errors.mark_user_code``)
+          stays the user's exception object, with stage, shard and epoch added to its
+          ``failure_context`` and two notes: where it happened, and its traceback as
+          formatted here (``__traceback__`` does not survive pickling). One that would not
+          survive Ray's pickling unchanged is replaced by a ``UserCodeError`` describing it.
+        * Other ``ValueError``/``TypeError`` get the stage and shard prepended to their
+          message (``_annotate``); every error gets its ``failure_context``.
+        """
+        if isinstance(err, ray.exceptions.RayError):
+            return err
+        ctx = failure_context(err)
+        if "user_code" not in ctx:
+            err = _annotate(err, self._context)
+            self._add_context(err)
+            return err
+        if "shard" in ctx:  # described already (raised again)
+            return err
+        tb = "".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip()
+        self._add_context(err)
+        ctx = failure_context(err)
+        what = f"{ctx['user_code']} raised {type(err).__name__}"
+        err.add_note(f"raykv: {what} in {_where(ctx)} (key column {self.spec.stage.key!r})")
+        err.add_note(f"raykv: remote traceback (shard {self.name}, pid {os.getpid()}):\n{tb}")
+        why = _round_trips(err)
+        if not why:
+            return err
+        name = f"{type(err).__module__}.{type(err).__qualname__}"
+        msg = (
+            f"{what} in {_where(ctx)}: {err}; the exception cannot be sent from the shard "
+            f"actor to the driver ({why}), so raykv raises UserCodeError in its place. "
+            f"Remote traceback:\n{tb}"
+        )
+        new = UserCodeError(msg, error_type=name, context=ctx)
+        new.__cause__ = err
+        return new
 
     def _fail(self, err: BaseException) -> None:
         with self._cond:

@@ -3,17 +3,27 @@
 1. Every exception class raykv defines survives pickling, and so a Ray actor boundary,
    with its type, message and attributes (discovered programmatically: a new class that
    does not pickle fails here).
-2. ``raykv checkpoints verify`` names the committed epochs that are still intact.
-3. Operators mark the exceptions of user code (functions, codecs) with what ran and the
-   record's key, keeping their type.
+2. A corrupt run file met by a restore fails the run at once with the ``CorruptionError``:
+   file, check, epoch, and the committed epochs that are still intact.
+3. An exception of user code reaches ``run()`` as the user's exception, with stage, shard,
+   key, epoch and the remote traceback noted.
+4. The repeat rule: a failure that happens again at the same epoch after a recovery stops
+   the run; a SIGKILLed shard still recovers, however often.
+5. The "gave up" error keeps the last failure as its ``__cause__``.
+
+Pipelines use tests/test_recovery.py's workload (epochs 1-4 of 2 batches, then the final
+epoch 5). Time to an error is asserted as a number of attempts (``"starting"`` progress
+events) and restarts, never in seconds.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pickle
 import pkgutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +32,11 @@ import pytest
 
 import raykv
 from raykv.checkpointing import CheckpointStore
-from raykv.errors import add_context, failure_context
+from raykv.errors import CorruptionError, UserCodeError, add_context, failure_context
 from raykv.operators import StatefulMap
+from raykv.sources import TableSource
+from raykv.testing import Faults
+from tests.test_recovery import BATCH, EVERY, N, assert_exact, make, table
 
 # ---------------------------------------------------------------------------- pickling
 
@@ -113,8 +126,6 @@ def test_every_raykv_exception_survives_pickling(cls: type[BaseException]) -> No
 
 
 def test_corruption_error_keeps_its_restorable_epochs_through_pickling() -> None:
-    from raykv.errors import CorruptionError
-
     err = CorruptionError("ckpt/files/x.run", "checksum", offset=12, detail="d", epoch=3)
     err.set_restorable([1, 2, 3, 4], [1, 2], store="file:///ckpt")
     got = pickle.loads(pickle.dumps(err))
@@ -200,7 +211,75 @@ def test_operators_mark_errors_of_user_code(tmp_path: Path) -> None:
     assert failure_context(err) == {"user_code": "StatefulMap.fn", "key": "'x'"}
 
 
-# ---------------------------------------------------------------------------- verify
+# ---------------------------------------------------------------------------- pipelines
+
+
+class Events:
+    """on_progress hook recording every event (and optionally calling ``then``)."""
+
+    def __init__(self, then: Any = None) -> None:
+        self.events: list[raykv.ProgressEvent] = []
+        self.then = then
+
+    def __call__(self, ev: raykv.ProgressEvent) -> None:
+        self.events.append(ev)
+        if self.then is not None:
+            self.then(ev)
+
+    def of(self, kind: str) -> list[raykv.ProgressEvent]:
+        return [e for e in self.events if e.kind == kind]
+
+    @property
+    def attempts(self) -> int:
+        return len(self.of("starting"))
+
+
+def full_text(err: BaseException) -> str:
+    """What a traceback shows of ``err``: its message and its notes."""
+    return "\n".join([str(err), *getattr(err, "__notes__", [])])
+
+
+def test_corrupt_run_file_fails_the_restore_at_once(ray_session: Any, tmp_path: Path) -> None:
+    """Issue 16 case 1: a flipped byte in a run file of epoch 3, restored on a fresh node."""
+    t = table(41)
+    first = make(tmp_path, t).run()
+    assert first.epochs_committed == [1, 2, 3, 4, 5]
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    refs = {e: {(sh, f.name) for sh, f in store.read_epoch(e).file_refs()} for e in range(1, 6)}
+    shard, name = sorted(refs[3] - refs[2] - refs[1])[0]  # written in epoch 3
+    path = tmp_path / "ckpt" / "files" / shard / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    intact = []
+    for e in range(1, 6):
+        try:
+            store.verify(e)
+            intact.append(e)
+        except CorruptionError:
+            pass
+    assert 1 in intact and 3 not in intact
+
+    events = Events()
+    p = make(tmp_path, t, local_dir=str(tmp_path / "fresh"), on_progress=events)
+    with pytest.raises(CorruptionError) as info:
+        p.run(restore_epoch=3)
+    err = info.value
+    assert type(err) is CorruptionError  # itself, not UnserializableException or RuntimeError
+    assert err.path.endswith(f"{shard}/{name}") and err.check == "checksum"
+    assert err.epoch == 3 and err.committed == [1, 2, 3, 4, 5] and err.restorable == intact
+    text = str(err)
+    assert name in text and "checksum check failed" in text and "epoch 3 cannot be restored" in text
+    listed = ", ".join(map(str, intact))
+    assert f"intact (every file present and matching its checksum): {listed}" in text
+    assert f"run(restore_epoch={intact[-1]})" in text
+    # at once: one attempt, no restart; the fatal event says why
+    assert events.attempts == 1 and not events.of("failure")
+    (fatal,) = events.of("fatal")
+    assert fatal.detail["reason"] == "corrupt checkpoint" and fatal.epoch == 3
+    # the intact epoch it names does restore
+    s = make(tmp_path, t, local_dir=str(tmp_path / "fresh2")).run(restore_epoch=intact[-1])
+    assert s.restored_from == intact[-1] and s.finished
 
 
 def test_checkpoints_verify_says_which_epochs_are_intact(
@@ -222,3 +301,156 @@ def test_checkpoints_verify_says_which_epochs_are_intact(
     assert name in err and "length check failed" in err
     listed = ", ".join(map(str, want))
     assert f"intact (every file present and matching its checksum): {listed}" in err
+
+
+POISON_ROW = 4 * BATCH + 123  # in batch 4: epoch 3
+
+
+def _poisoned(state: Any, row: dict[str, Any]) -> tuple[Any, Any]:
+    n = (state or 0) + 1
+    if row["seq"] == POISON_ROW:
+        n = n / 0  # the user's bug
+    return n, None
+
+
+def _with_seq(t: pa.Table) -> pa.Table:
+    return t.append_column("seq", pa.array(range(t.num_rows), pa.int64()))
+
+
+def _map_pipeline(tmp_path: Path, t: pa.Table, fn: Any, **kw: Any) -> raykv.Pipeline:
+    return raykv.Pipeline(
+        source=TableSource(t, batch_size=BATCH), stages=[StatefulMap("user", fn, name="m")],
+        engine="hybridlog", num_shards=2, checkpoint=str(tmp_path / "ckpt"),
+        local_dir=str(tmp_path / "local"), epoch_every_batches=EVERY, retain=10, **kw)
+
+
+def test_poison_row_in_a_stateful_map_stops_after_one_retry(
+    ray_session: Any, tmp_path: Path
+) -> None:
+    """Issue 16 case 2: the user's ZeroDivisionError, with context, after 2 attempts."""
+    t = _with_seq(table(42))
+    events = Events()
+    with pytest.raises(ZeroDivisionError) as info:
+        _map_pipeline(tmp_path, t, _poisoned, on_progress=events).run()
+    err = info.value
+    text = full_text(err)
+    key = t["user"][POISON_ROW].as_py()
+    assert str(err) == "division by zero"  # the user's exception itself
+    assert "StatefulMap.fn raised ZeroDivisionError in stage 'm', shard m-" in text
+    assert f"key {key}, epoch 3" in text
+    assert "remote traceback" in text and "in _poisoned" in text and "n = n / 0" in text
+    assert "happened at epoch 3 in attempt 0 and again in attempt 1" in text
+    assert failure_context(err)["epoch"] == 3 and failure_context(err)["key"] == repr(key)
+    # one recovery, then the repeat stops it: 2 attempts, not max_restarts (10) + 1
+    assert events.attempts == 2
+    (failure,) = events.of("failure")
+    assert failure.epoch == 3 and failure.detail["reason"] == "first occurrence"
+    assert isinstance(failure.error, ZeroDivisionError)
+    (fatal,) = events.of("fatal")
+    assert fatal.epoch == 3 and fatal.restarts == 1
+    assert fatal.detail["reason"] == "repeated" and fatal.detail["first_attempt"] == 0
+    assert fatal.detail["attempt"] == 1
+    # the epochs before the poison are committed and restorable
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    assert store.epochs() == [1, 2] and "last committed epoch is 2" in text
+    store.verify(2)
+
+
+class _StubbornError(Exception):
+    """A user exception that cannot be unpickled (its __init__ args are not its args)."""
+
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(f"code {code}: {why}")
+
+
+def _stubborn(state: Any, row: dict[str, Any]) -> tuple[Any, Any]:
+    if row["seq"] == 5:
+        raise _StubbornError(7, "no")
+    return None, None
+
+
+def test_user_exception_that_cannot_cross_an_actor_arrives_as_user_code_error(
+    ray_session: Any, tmp_path: Path
+) -> None:
+    t = _with_seq(table(43).slice(0, 2 * BATCH))
+    events = Events()
+    with pytest.raises(UserCodeError) as info:
+        _map_pipeline(tmp_path, t, _stubborn, on_progress=events).run()
+    err = info.value
+    assert err.error_type.endswith("_StubbornError") and err.context["epoch"] == 1
+    assert "StatefulMap.fn raised _StubbornError in stage 'm'" in str(err)
+    assert "code 7: no" in str(err) and "in _stubborn" in str(err)
+    assert events.attempts == 2 and events.of("fatal")[0].detail["reason"] == "repeated"
+
+
+def test_source_error_names_the_source_and_epoch(ray_session: Any, tmp_path: Path) -> None:
+    """Driver-side user code: raised at once (its traceback is local), with a note."""
+    t = table(44)
+
+    def batch(i: int) -> pa.RecordBatch | None:
+        if i == 3:
+            raise KeyError("partition 3")
+        return t.slice(i * BATCH, BATCH).to_batches()[0] if i * BATCH < N else None
+
+    p = make(tmp_path, t)
+    p.source = raykv.sources.GeneratorSource(batch)
+    with pytest.raises(KeyError) as info:
+        p.run()
+    assert "source GeneratorSource.read raised KeyError in the driver at epoch 2" in full_text(
+        info.value)
+
+
+class SigKiller:
+    """on_progress hook: SIGKILL the process of shard ``index`` at barrier ``epoch`` of
+    each attempt in ``attempts`` (a real process death, not ``ray.kill``).
+
+    The pid is asked at ``"started"``: later, ``ping`` would queue in the shard's
+    ``"io"`` thread behind ``wait_uploaded`` and the kill would land epochs late.
+    """
+
+    def __init__(self, epoch: int, attempts: tuple[int, ...], index: int = 0) -> None:
+        self.epoch, self.attempts, self.index = epoch, attempts, index
+        self.attempt = -1
+        self.pid = 0
+        self.killed: list[int] = []
+
+    def __call__(self, ev: raykv.ProgressEvent) -> None:
+        import ray
+
+        if ev.kind == "started":
+            self.attempt = ev.detail["attempt"]
+            self.pid = ray.get(ev.shards[sorted(ev.shards)[self.index]].ping.remote(), timeout=30)
+        elif (ev.kind == "barrier" and ev.epoch == self.epoch and self.attempt in self.attempts
+              and self.attempt not in self.killed):
+            self.killed.append(self.attempt)
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def test_sigkilled_shard_recovers_even_twice_at_the_same_epoch(
+    ray_session: Any, tmp_path: Path
+) -> None:
+    """Transient failures are not subject to the repeat rule."""
+    t = table(45)
+    kill = SigKiller(epoch=2, attempts=(0, 1))
+    events = Events(then=kill)
+    s = make(tmp_path, t, faults=Faults(process_delay=0.05), on_progress=events).run()
+    assert kill.killed == [0, 1]
+    assert s.restarts == 2 and events.attempts == 3 and not events.of("fatal")
+    assert [f["reason"] for f in s.failures] == ["transient", "transient"]
+    assert all(f["action"] == "recover" for f in s.failures)
+    assert_exact(s.output_by_epoch, t)
+
+
+def test_gave_up_keeps_the_last_failure_as_its_cause(ray_session: Any, tmp_path: Path) -> None:
+    import ray
+
+    t = table(46)
+    events = Events()
+    faults = Faults(crash_at=("Aggregate0-0", "process", 1), crash_attempts=(0, 1))
+    with pytest.raises(RuntimeError, match=r"gave up after 1 restarts") as info:
+        make(tmp_path, t, engine="memonly", faults=faults, max_restarts=1,
+             on_progress=events).run()
+    assert isinstance(info.value.__cause__, ray.exceptions.RayActorError)
+    assert events.attempts == 2 and len(events.of("failure")) == 1
+    (fatal,) = events.of("fatal")
+    assert fatal.detail["reason"] == "max_restarts" and fatal.error is info.value.__cause__
