@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from raykv.engines import appendlog as al
 from raykv.engines.appendlog import AppendLog
+from raykv.engines.appendlog import runfile as al
 from raykv.engines.memonly import MemOnly
 from raykv.errors import CorruptionError
 from tests.engines.contract import KVStoreContract
@@ -29,10 +29,10 @@ def run_files(path: Path) -> list[Path]:
 def record_offset(store: AppendLog, key: bytes) -> tuple[str, int, int]:
     """(run file name, offset, length) of the record the index holds for ``key``."""
     loc = store._index[key]
-    slot = loc >> al._SLOT_SHIFT
+    slot = loc >> al.SLOT_SHIFT
     name = store._slot_names[slot]
     assert name is not None and name.endswith(".run")
-    return name, loc >> al._N_BITS & al._OFF_MASK, loc & al._N_MASK
+    return name, loc >> al.N_BITS & al.OFF_MASK, loc & al.N_MASK
 
 
 def test_bad_parameters_are_rejected(tmp_path: Path) -> None:
