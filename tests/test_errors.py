@@ -400,6 +400,29 @@ def test_source_error_names_the_source_and_epoch(ray_session: Any, tmp_path: Pat
         info.value)
 
 
+class _SinkBroke(Exception):
+    pass
+
+
+class _BreakingSink(raykv.sinks.CollectSink):
+    """A user sink whose publish of epoch 2 fails."""
+
+    def publish(self, epoch: int) -> None:
+        if epoch == 2:
+            raise _SinkBroke("the sink's database refused epoch 2")
+        super().publish(epoch)
+
+
+def test_sink_error_names_the_call_and_epoch(ray_session: Any, tmp_path: Path) -> None:
+    """Driver-side user code in the commit thread: raised at once, the user's type."""
+    events = Events()
+    with pytest.raises(_SinkBroke) as info:
+        make(tmp_path, table(47), sink=_BreakingSink(), on_progress=events).run()
+    text = full_text(info.value)
+    assert "sink _BreakingSink.publish(2) raised _SinkBroke in the driver at epoch 2" in text
+    assert events.attempts == 1 and events.of("fatal")[0].detail["reason"] == "driver"
+
+
 class SigKiller:
     """on_progress hook: SIGKILL the process of shard ``index`` at barrier ``epoch`` of
     each attempt in ``attempts`` (a real process death, not ``ray.kill``).
