@@ -1303,4 +1303,4 @@ def _schema_diff(expected: pa.Schema, got: pa.Schema) -> str:
     )
 
 
-__all__ = ["Coordinator", "classify", "root_cause"]
+__all__ = ["Coordinator", "Verdict", "classify", "failure_epoch", "is_transient", "root_cause"]
