@@ -1,0 +1,42 @@
+"""Replayable, split-based sources: where records come from, and how to read them again.
+
+The contract (offsets, splits, replay) is in :mod:`raykv.sources.base`. Sources:
+:class:`TableSource` (an in-memory Arrow table, record batches, or a column dict) and
+:class:`ListSource` (a list of dicts), split into slices; :class:`ParquetSource` (a
+Parquet file, directory or glob on any fsspec URL), a split per file or row-group range;
+:class:`GeneratorSource` (``fn(offset) -> batch``, or ``fn(partition, offset)`` in
+``partitions`` splits) for synthetic streams; :class:`DirectorySource` (files arriving
+in a folder or prefix, unbounded), a split per file; :class:`RayDataSource` (a Ray Data
+``Dataset``), one split.
+"""
+
+from raykv.sources.base import (
+    DEFAULT_BATCH_SIZE,
+    WHOLE,
+    Offset,
+    Source,
+    SourceReader,
+    Split,
+    StopSource,
+)
+from raykv.sources.directory import DirectorySource
+from raykv.sources.generator import GeneratorSource
+from raykv.sources.memory import ListSource, TableSource
+from raykv.sources.parquet import ParquetSource
+from raykv.sources.ray_data import RayDataSource
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "WHOLE",
+    "DirectorySource",
+    "GeneratorSource",
+    "ListSource",
+    "Offset",
+    "ParquetSource",
+    "RayDataSource",
+    "Source",
+    "SourceReader",
+    "Split",
+    "StopSource",
+    "TableSource",
+]
