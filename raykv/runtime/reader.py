@@ -25,7 +25,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import pyarrow as pa
 
@@ -170,6 +170,7 @@ class SourceReaderLoop:
         self._requests: deque[_BarrierRequest] = deque()
         self._cond = threading.Condition()
         self._stopped = False
+        self.error: BaseException | None = None
         self.rows = 0
         self.batches = 0
 
@@ -182,16 +183,26 @@ class SourceReaderLoop:
 
         Raises:
             TimeoutError: not sent within ``timeout`` seconds.
+            RuntimeError: the loop failed (its error is the ``__cause__``) or stopped
+                before it sent the barrier.
         """
         req = _BarrierRequest(epoch, final)
         with self._cond:
+            if self.error is not None or self._stopped:
+                self._refuse(req)
             self._requests.append(req)
             self._cond.notify_all()
         if not req.done.wait(timeout):
             msg = f"reader {self._input_id}: barrier({epoch}) not sent within {timeout} s"
             raise TimeoutError(msg)
-        assert req.offsets is not None
-        return req.offsets
+        if req.offsets is None:
+            self._refuse(req)
+        return req.offsets or {}
+
+    def _refuse(self, req: _BarrierRequest) -> NoReturn:
+        why = "failed" if self.error is not None else "stopped"
+        msg = f"reader {self._input_id} {why} before barrier({req.epoch})"
+        raise RuntimeError(msg) from self.error
 
     def stop(self) -> None:
         """Make :meth:`run` return after the current batch."""
@@ -203,8 +214,24 @@ class SourceReaderLoop:
         """Read, route and send until stopped; barriers are injected between batches.
 
         After the last split ends the loop keeps answering barrier requests (other readers
-        may still be reading) until it sent a final barrier or is stopped.
+        may still be reading) until it sent a final barrier or is stopped. A failure (of
+        the source, the split, a shard call) is raised, and every waiting or later barrier
+        request fails with it as the cause.
         """
+        try:
+            self._loop()
+        except BaseException as err:
+            self.error = err
+            raise
+        finally:
+            with self._cond:
+                self._stopped = True
+                for req in self._requests:
+                    req.done.set()  # offsets stay None: request_barrier raises
+                self._requests.clear()
+            self.cursor.close()
+
+    def _loop(self) -> None:
         while True:
             if self._serve_barriers():
                 return

@@ -162,3 +162,46 @@ def test_readers_cut_consistent_epochs(rows: int, batch: int, readers: int, shar
         assert rows_of(before) + rows_of(rest_after(src, offsets)) == everything, epoch
     assert sum(loop.rows for loop in loops) == rows
     assert fake.max_outstanding <= max_inflight + 1
+
+
+class _Boom(Source):
+    """A source whose second batch fails."""
+
+    def open(self, offset: Any = None) -> Any:
+        base = TableSource({"k": [1, 2, 3, 4]}, batch_size=2).open(offset)
+
+        class _Reader:
+            def read(self) -> pa.RecordBatch | None:
+                if base.offset >= 2:
+                    raise ZeroDivisionError("bad row")
+                return base.read()
+
+            offset = property(lambda self: base.offset)
+
+            def close(self) -> None:
+                pass
+
+        return _Reader()
+
+
+def test_a_failing_reader_fails_its_barrier_requests_instead_of_hanging() -> None:
+    fake = FakeShards(1, 1, 4)
+    loop = SourceReaderLoop(SplitCursor(_Boom(), [("all", None)]), "k",
+                            Partitioning(num_key_groups=8, num_shards=1), fake.channel(0), 0)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run()
+        except ZeroDivisionError as err:
+            errors.append(err)
+
+    t = threading.Thread(target=run)
+    t.start()
+    with pytest.raises(RuntimeError, match="reader 0 failed before barrier") as info:
+        loop.request_barrier(1, final=True, timeout=60)
+    t.join(timeout=60)
+    assert isinstance(info.value.__cause__, ZeroDivisionError) and errors
+    with pytest.raises(RuntimeError, match="failed before barrier"):
+        loop.request_barrier(2, timeout=60)
+    assert len(fake.processed[0]) == 1  # the first batch went out, nothing after
