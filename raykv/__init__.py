@@ -29,7 +29,7 @@ _ATTRS = {
 }
 _SUBMODULES = frozenset(
     {"sources", "sinks", "operators", "testing", "engines", "partitioning", "checkpointing",
-     "errors", "pipeline", "coordinator", "shard", "hotkeys", "rebalance"}
+     "errors", "pipeline", "runtime", "hotkeys", "rebalance"}
 )
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ that records (the driver, every shard actor) hands them to its node's metrics ag
 serves all of that node's processes on one Prometheus endpoint
 (``http://<node>:<metrics_export_port>/metrics``). Two classes record:
 
-* :class:`ShardMetrics`, created by every shard (``raykv.shard.ShardWorker``): rows,
+* :class:`ShardMetrics`, created by every shard (``raykv.runtime.shard.ShardWorker``): rows,
   in-flight batches to the next stage, seal and upload times, state size and hot keys;
 * :class:`DriverMetrics`, created by the coordinator: epochs, epoch duration, committed
   uploads, in-flight batches to the first stage, restarts, recovery time, rebalances.
@@ -208,7 +208,7 @@ def _metadata_keys(engine: Any) -> int:
 
 
 class _StageLike(Protocol):
-    """What in-flight sampling needs of a ``raykv.shard.StageSpec``."""
+    """What in-flight sampling needs of a ``raykv.runtime.specs.StageSpec``."""
 
     @property
     def name(self) -> str: ...

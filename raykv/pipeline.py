@@ -15,7 +15,7 @@ Example (the API in ``docs/runtime.md``)::
 
 ``Pipeline`` is a plain config: constructing it validates the values and touches
 nothing (no Ray, no files). ``run`` drives everything from the calling process (the
-driver) through :mod:`raykv.coordinator`.
+driver) through :mod:`raykv.runtime.coordinator`.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class RunSummary:
             ``epoch`` (when known), ``error`` (``"Type: message"``), ``action``
             (``"recover"`` or ``"stop"``) and ``reason`` (``"transient"``, ``"first
             occurrence"``; ``"repeated"`` with ``first_attempt``, ``"max_restarts"``, ...;
-            ``raykv.coordinator.Verdict``). A run that raises reports its last entry in
+            ``raykv.runtime.failures.Verdict``). A run that raises reports its last entry in
             the ``"fatal"`` progress event.
         output: the published output (``CollectSink`` only) as one table.
         output_by_epoch: the published output per epoch (``CollectSink`` only).
@@ -420,7 +420,7 @@ class Pipeline:
         if (resume or restore_epoch is not None) and self.checkpoint is None:
             msg = "resume/restore_epoch need a checkpoint store: set Pipeline(checkpoint=...)"
             raise ValueError(msg)
-        from raykv.coordinator import Coordinator
+        from raykv.runtime.coordinator import Coordinator
 
         self._stop.clear()
         return Coordinator(self, resume=resume, restore_epoch=restore_epoch).run()

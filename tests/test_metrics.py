@@ -64,7 +64,8 @@ def test_a_shard_without_ray_works_and_records_nothing(tmp_path: Path) -> None:
 import pyarrow as pa, ray
 from raykv.operators import Aggregate
 from raykv.partitioning import Partitioning
-from raykv.shard import RestorePlan, ShardSpec, ShardWorker, StageSpec
+from raykv.runtime.shard import ShardWorker
+from raykv.runtime.specs import RestorePlan, ShardSpec, StageSpec
 stage = StageSpec(0, "agg", "user", Aggregate("user", {{"qty": "sum"}}), "memonly", {{}},
                   Partitioning(num_shards=1, num_key_groups=16), ("agg-0of1-g0",))
 w = ShardWorker(ShardSpec(stage, 0, {str(tmp_path / "agg" / "agg-0of1-g0")!r}, 1, None, None, None,

@@ -22,7 +22,8 @@ import raykv
 from raykv.checkpointing import CheckpointStore
 from raykv.operators import Aggregate, Reduce, StatefulMap, TumblingWindow
 from raykv.partitioning import Partitioning, encode_keys
-from raykv.shard import RestorePlan, ShardActor, ShardSpec, StageSpec
+from raykv.runtime.shard import ShardActor
+from raykv.runtime.specs import RestorePlan, ShardSpec, StageSpec
 from raykv.sources import TableSource
 from raykv.testing import zipf_events
 

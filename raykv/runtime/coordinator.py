@@ -1,0 +1,584 @@
+"""The driver side of a run: epochs, commits, failure detection, recovery, rescaling.
+
+The coordinator lives in the driver (the process that calls ``Pipeline.run``). It reads
+the source, splits each batch by the first stage's partitioning and sends the pieces to
+the first-stage shard actors (at most ``max_inflight`` calls in flight per shard:
+backpressure, and where a dead actor surfaces). It ends an epoch every
+``checkpoint_interval`` seconds or ``epoch_every_batches`` batches by sending
+``barrier(e)`` to every first-stage shard; Ray delivers one caller's calls to one actor
+in order, so the barrier arrives after the epoch's batches.
+
+A commit thread waits for every shard of every stage to acknowledge ``e``
+(``wait_uploaded``, answered from the actors' ``"io"`` group once the upload is
+durable) and commits epochs in order, so the source never waits for an upload:
+
+1. stage the last stage's output of ``e`` in the sink;
+2. ``store.commit_epoch(e, shard manifests, offsets={"source": offset at e},
+   metadata=partitioning + stages + lineage)``: THE commit, one write, last;
+3. ``sink.publish(e)``; then garbage-collect down to ``retain`` epochs.
+
+Recovery (any shard call fails, an actor dies, the store fails transiently): stop;
+kill every shard actor of the run and wait until they are gone; start new ones that each
+restore the last committed epoch (``restore_shard`` downloads only what the local dir
+lacks); reconcile the sink (drop staged output of uncommitted epochs); reopen the source
+at the committed offsets; go on. At most ``max_restarts`` times per run. Bad input
+(``ValueError``/``TypeError`` from a shard or the split) is not retried: replay would
+fail the same way; it is raised with the column named, and the last committed epoch
+stays restorable. A corrupt or missing checkpoint file is not retried either: the
+``CorruptionError`` is raised with the epochs that are still intact. Any other failure
+that is not transient (``is_transient``: dead processes, lost nodes, I/O) is retried
+once: when the same error (type and message) happens again at the same epoch, the run
+stops and raises it (the repeat rule, :meth:`Coordinator.judge`; docs/recovery.md,
+"Failure classification").
+
+Restore with another shard count or engine (rescaling): each new shard rebuilds its
+state from the old shards whose key-group ranges overlap its own. Shard names carry a
+generation (``<stage>-<i>of<n>-g<gen>``) that changes with every rescale or rollback, so
+engine file names never collide with files an older layout or an abandoned branch left
+in the store (DESIGN invariant 1).
+
+The coordinator is composed of parts, each in its own module of ``raykv.runtime``:
+failure classification (``failures``: :class:`FailurePolicy`), the commit thread
+(``committer``), where an attempt starts and how shards are laid out and restored
+(``layout``), the input loop and barriers (``feeding``: :class:`Feeder`), rebalancing
+(``rebalancing``: :class:`Rebalancer`) and the typed epoch metadata (``metadata``).
+This module keeps the run itself: ``run``, one attempt, recovery, the commit of an
+epoch, progress events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from raykv.errors import (
+    CorruptionError,
+    add_context,
+    failure_context,
+    mark_user_code,
+)
+from raykv.metrics import DriverMetrics, pipeline_tag
+from raykv.partitioning import DEFAULT_NUM_KEY_GROUPS
+from raykv.pipeline import Pipeline, ProgressEvent, RunSummary, default_local_dir
+from raykv.runtime.actors import (
+    check_driver_io_nodes,
+    collect_stats,
+    connect_stages,
+    create_shards,
+    kill_shards,
+)
+from raykv.runtime.committer import Committer, PendingEpoch
+from raykv.runtime.failures import (
+    FailurePolicy,
+    HookFailure,
+    ShardFailure,
+    Verdict,
+    classify,
+    failure_epoch,
+    is_transient,
+    is_user_error,
+    root_cause,
+    shard_get,
+)
+from raykv.runtime.feeding import Feeder
+from raykv.runtime.layout import (
+    Base,
+    DriverRestore,
+    initial_state,
+    plan_layout,
+    shard_specs,
+    sink_view_of_latest,
+)
+from raykv.runtime.metadata import EpochMetadata, StageMetadata, encode_operator
+from raykv.runtime.rebalancing import Rebalancer
+from raykv.runtime.specs import Ack, RestorePlan, StageSpec
+from raykv.sources import StopSource
+
+log = logging.getLogger("raykv")
+
+GC_INTERVAL = 2.0
+
+
+class Coordinator:
+    """Runs one ``Pipeline.run`` call (see the module docstring for the protocol)."""
+
+    def __init__(self, pipeline: Pipeline, *, resume: bool, restore_epoch: int | None) -> None:
+        self.p = pipeline
+        self.resume = resume
+        self.restore_epoch = restore_epoch
+        self.clock = pipeline.clock or time.monotonic
+        self.summary = RunSummary()
+        self.store: Any = None
+        self.driver_io = False
+        self._lock = threading.Lock()
+        self._emit_lock = threading.RLock()
+        self._t0 = time.perf_counter()
+        self._t_first: float | None = None
+        self._attempt_no = 0
+        self._failures = FailurePolicy()
+        self._next_epoch = self._first_epoch = 1
+        self._num_key_groups = pipeline.num_key_groups or DEFAULT_NUM_KEY_GROUPS
+        self._stages: list[StageSpec] = []
+        self._operator_configs: dict[str, str] = {}
+        self._generations: list[int] = []
+        self._actors: list[list[Any]] = []
+        self._handles: dict[str, Any] = {}
+        self._committer: Committer | None = None
+        self._committed: Base | None = None  # last commit of this run
+        self._base: Base = Base()
+        self._abandon_on_commit = False
+        self._last_gc = 0.0
+        self.rebalancer = Rebalancer(self)
+        self.feeder = Feeder(self)
+        # engine dirs live under local_dir/<ident>: stable per checkpoint URL, so a restore
+        # on the same node finds the files it already has
+        url = pipeline.checkpoint
+        self._local_ident = (
+            hashlib.sha1(str(url).encode()).hexdigest()[:12] if url is not None
+            else "nockpt-" + uuid.uuid4().hex[:12]
+        )
+        self._metrics = DriverMetrics(pipeline_tag(url, self._local_ident))
+
+    # ------------------------------------------------------------------ entry
+
+    def run(self) -> RunSummary:
+        """Run to the end of input (or stop); recover from failures; return the summary."""
+        if not ray.is_initialized():
+            ray.init()
+        sink = self.p.sink
+        assert sink is not None
+        try:
+            self._open_store()
+            try:
+                base, sink_epoch, sink_abandoned, new_run = self._initial()
+            except CorruptionError as err:  # a damaged epoch manifest
+                self._explain_corruption(err, self.restore_epoch)
+                raise
+            self._base = base
+            self.summary.restored_from = base.epoch
+            sink.start(sink_epoch, new_run=new_run, abandoned=sink_abandoned)
+            if base.metadata is not None and base.metadata.final:
+                self.summary.finished = True
+                self.summary.last_epoch = base.epoch
+                return self._finish_summary(stats={})
+            while True:
+                try:
+                    stopped = self._attempt(base)
+                    break
+                except BaseException as err:
+                    verdict = self.judge(err)
+                    if verdict.action == "stop" and (
+                            is_user_error(verdict.error) or verdict.reason == "repeated"):
+                        self._settle()
+                    self._teardown()
+                    if verdict.action == "stop":
+                        self._raise_fatal(verdict, remote=isinstance(err, ShardFailure))
+                    base = self._recover(verdict)
+            self.summary.stopped = stopped
+            self.summary.finished = not stopped
+            stats = collect_stats(self._handles)
+            self._emit("finished")
+            return self._finish_summary(stats)
+        finally:
+            self._teardown()
+            sink.close()
+            if self.store is not None:
+                self.store.close()
+
+
+    def _finish_summary(self, stats: dict[str, dict[str, Any]]) -> RunSummary:
+        s = self.summary
+        s.wall_time = time.perf_counter() - self._t0
+        if self._t_first is not None:
+            s.processing_time = time.perf_counter() - self._t_first
+        s.shards = stats
+        sink = self.p.sink
+        s.output = sink.result() if sink is not None else None
+        epochs = getattr(sink, "epochs", None)
+        s.output_by_epoch = epochs() if callable(epochs) else {}
+        return s
+
+    def _settle(self, timeout: float = 60.0) -> None:
+        """Commit every epoch whose shards all acknowledge it; give up at the first that fails.
+
+        Used before raising a bad-input error or a repeated failure: the epochs before the
+        bad batch are complete and valid, so they are committed and the run can resume
+        from the last of them.
+        """
+        committer = self._committer
+        if committer is None:
+            return
+        deadline = time.monotonic() + timeout
+        while committer.pending and committer.error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+    def judge(self, err: BaseException) -> Verdict:
+        """Decide whether the failure ``err`` of the current attempt is recovered from.
+
+        The repeat rule and the classes of failures: :meth:`FailurePolicy.judge`.
+        """
+        return self._failures.judge(err, max(self._attempt_no - 1, 0))
+
+
+    def _raise_fatal(self, verdict: Verdict, *, remote: bool = False) -> None:
+        """Explain ``verdict.error`` (notes, corruption details), report it, raise it.
+
+        ``remote``: it came out of a shard (unpickled here): raised without the chain of
+        the driver's wrappers (its own traceback is in its notes).
+        """
+        root = verdict.error
+        notes = getattr(root, "__notes__", [])
+        if isinstance(root, CorruptionError):
+            self._explain_corruption(root, root.epoch)
+        if verdict.reason == "repeated":
+            note = (
+                f"raykv: {type(root).__name__} happened at epoch {verdict.epoch} in attempt "
+                f"{verdict.first_attempt} and again in attempt {verdict.attempt} after a "
+                "recovery; a failure that repeats at the same epoch is not retried "
+                f"(max_restarts={self.p.max_restarts} not spent; docs/recovery.md, "
+                "\"Failure classification\")"
+            )
+            if note not in notes:
+                root.add_note(note)
+        last = self._committed.epoch if self._committed else self._base.epoch
+        user_code = "user_code" in failure_context(root)
+        if self.store is not None and (is_user_error(root) or verdict.reason == "repeated"):
+            fix = "the input or the code" if user_code else "the input"
+            note = (
+                f"raykv: the run stopped; the last committed epoch is {last} in "
+                f"{self.store.url} (fix {fix}, then run(resume=True) continues from it)"
+            )
+            if note not in notes:
+                root.add_note(note)
+        self._stop_with(verdict)
+        if remote:
+            raise root from None
+        raise root
+
+    def _stop_with(self, verdict: Verdict) -> None:
+        """Record the verdict that ends the run and emit the ``"fatal"`` event."""
+        self.summary.failures.append(verdict.record())
+        log.error("raykv: the run stops (%s): %s: %s", verdict.reason,
+                  type(verdict.error).__name__, verdict.error)
+        if verdict.reason in ("interrupted", "on_progress"):
+            return
+        try:
+            self._emit("fatal", verdict.epoch, error=verdict.error, **verdict.detail())
+        except HookFailure as err:
+            log.warning("raykv: on_progress failed on the 'fatal' event: %s", err.err)
+
+    def _explain_corruption(self, err: CorruptionError, epoch: int | None) -> None:
+        """Add the committed epochs and which of them are intact to ``err`` (once).
+
+        Cost: a ``verify`` of every committed epoch (each referenced file read once).
+        """
+        if self.store is None or err.restorable is not None:
+            return
+        try:
+            committed = self.store.epochs()
+            intact = self.store.intact_epochs(committed)
+        except Exception as why:
+            err.add_note(f"raykv: could not check which epochs are intact: {why}")
+            return
+        err.set_restorable(committed, intact, store=self.store.url, epoch=epoch)
+
+    def _recover(self, verdict: Verdict) -> Base:
+        root = verdict.error
+        if self.summary.restarts >= self.p.max_restarts:
+            self._stop_with(replace(verdict, action="stop", reason="max_restarts"))
+            msg = (
+                f"raykv gave up after {self.p.max_restarts} restarts (max_restarts); "
+                f"last failure: {type(root).__name__}: {root}"
+            )
+            raise RuntimeError(msg) from root
+        if self.store is None and self.summary.epochs_committed:
+            self._stop_with(replace(verdict, action="stop", reason="no checkpoint"))
+            msg = (
+                "a shard failed after output was published and the pipeline has no "
+                "checkpoint to recover from (checkpoint=None); set checkpoint= to make "
+                f"runs fault tolerant. Failure: {type(root).__name__}: {root}"
+            )
+            raise RuntimeError(msg) from root
+        self.summary.restarts += 1
+        self.summary.failures.append(verdict.record())
+        self._emit("failure", verdict.epoch, error=root, **verdict.detail())
+        log.warning("raykv: failure (%s: %s; %s); recovering", type(root).__name__, root,
+                    verdict.reason)
+        base = self._committed if self._committed is not None else self._base
+        for r in self.summary.rebalances:  # moved at base.epoch or later: never committed
+            if base.epoch is None or r["epoch"] >= base.epoch:
+                r["undone"] = True
+        # the replay gets the epoch numbers the lost epochs had: a run with failures
+        # commits the same epochs as one without
+        if self._committed is not None:
+            assert base.epoch is not None  # a commit has an epoch
+            self._next_epoch = base.epoch + 1
+        else:
+            self._next_epoch = self._first_epoch
+        if self.store is not None:
+            self.store.close()
+            self._open_store()  # fresh caches: files of uncommitted uploads are rewritten
+        sink = self.p.sink
+        assert sink is not None
+        sink_epoch = base.epoch
+        abandoned = base.abandoned
+        if base.rollback:
+            sink_epoch, abandoned = sink_view_of_latest(self.store)
+        sink.start(sink_epoch, new_run=False, abandoned=abandoned)
+        return base
+
+    # ------------------------------------------------------------------ initial state
+
+
+    def _open_store(self) -> None:
+        url = self.p.checkpoint
+        if url is None:
+            return
+        from raykv.checkpointing import CheckpointStore
+
+        self.store = CheckpointStore(url, self.p.storage_options)
+        self.driver_io = str(url).startswith("memory://")
+
+
+    @property
+    def restorer(self) -> DriverRestore:
+        """Driver I/O: restores shards from the run's store in the driver."""
+        return DriverRestore(self.store)
+
+    def _initial(self) -> tuple[Base, int | None, list[list[int]], bool]:
+        """Decide where to start: (base, sink epoch, sink abandoned ranges, new run)."""
+        start = initial_state(self.store, self.p, resume=self.resume,
+                              restore_epoch=self.restore_epoch)
+        if start.first_epoch is not None:
+            self._next_epoch = self._first_epoch = start.first_epoch
+        if start.num_key_groups is not None:
+            self._num_key_groups = start.num_key_groups
+        self._abandon_on_commit = start.abandon_on_commit
+        return start.base, start.sink_epoch, start.sink_abandoned, start.new_run
+
+
+    def _local_root(self) -> Path:
+        root = Path(self.p.local_dir or default_local_dir())
+        return root / self._local_ident
+
+    # ------------------------------------------------------------------ actors
+
+    def _start_actors(
+        self, stages: list[StageSpec], plans: list[list[RestorePlan]], attempt: int
+    ) -> None:
+        specs = shard_specs(
+            stages, self._local_root(), self.rebalancer.rebalances,
+            checkpoint=self.p.checkpoint, storage_options=self.p.storage_options,
+            driver_io=self.driver_io, max_inflight=self.p.max_inflight,
+            faults=self.p.faults, attempt=attempt, first_epoch=self._next_epoch,
+            hot_keys=self.p.hot_keys, pipeline=self._metrics.pipeline,
+        )
+        if self.driver_io:
+            plans = self.restorer.materialize(specs, plans)
+        self._actors = create_shards(specs, self.p.actor_options)
+        self._handles = {
+            sp.name: a for row_s, row_a in zip(specs, self._actors, strict=True)
+            for sp, a in zip(row_s, row_a, strict=True)
+        }
+        refs = [
+            a.setup.remote(plan)
+            for row_a, row_p in zip(self._actors, plans, strict=True)
+            for a, plan in zip(row_a, row_p, strict=True)
+        ]
+        self._emit("starting", attempt=attempt)
+        infos = shard_get(refs)
+        connect_stages(self._actors)
+        if self.driver_io:
+            check_driver_io_nodes(infos, self.p.checkpoint)
+
+    def _teardown(self) -> None:
+        """Stop the commit thread, kill every shard actor and wait until they are gone."""
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            committer.stop()
+        actors = [a for row in self._actors for a in row]
+        self._actors = []
+        self._handles = {}
+        kill_shards(actors)
+
+    # ------------------------------------------------------------------ one attempt
+
+    def _attempt(self, base: Base) -> bool:
+        """Run from ``base`` until the input ends (False) or the run is stopped (True)."""
+        attempt = self._attempt_no
+        self._attempt_no += 1
+        layout = plan_layout(self.p, base, self._num_key_groups)
+        stages = self._stages = layout.stages
+        self._generations = layout.generations
+        self.rebalancer.reset()  # loads and plans of a failed attempt do not carry over
+        # stored in every epoch so `raykv checkpoints export` can rebuild the operators
+        self._operator_configs = {st.name: encode_operator(st.operator) for st in stages}
+        self._start_actors(stages, layout.plans, attempt)
+        self._committer = committer = Committer(self._commit)
+        self._emit("started", restored_from=base.epoch, attempt=attempt)
+        if self._t_first is None:
+            self._t_first = time.perf_counter()
+        source = type(self.p.source).__name__
+        with self._user_code(f"source {source}.open({base.offset!r})", self._next_epoch):
+            reader = self.p.source.open(base.offset)
+        self.feeder.rows_epoch = 0
+        try:
+            if layout.changed:
+                # make a rescaled / rolled-back layout durable before any new input
+                self.feeder.barrier(base.offset, final=False)
+            stopped = self.feeder.feed(reader, committer)
+            # the last epoch: finish() at the end of input; a plain barrier when stopped
+            # (also when empty: a StopSource may have moved the offset past its marker)
+            self.feeder.barrier(reader.offset, final=not stopped)
+            committer.drain()
+        finally:
+            reader.close()
+        return stopped
+
+    # ------------------------------------------------------------------ commit (commit thread)
+
+    def _commit(self, pending: PendingEpoch, acks: list[Ack]) -> None:
+        """Steps 1-3 of the module docstring for one fully acknowledged epoch."""
+        e = pending.epoch
+        self._emit("acked", e)
+        sink = self.p.sink
+        assert sink is not None
+        store = self.store
+        manifests: dict[str, Any] = {}
+        if store is not None:
+            for ack in acks:
+                if ack.manifest is None:  # driver I/O: upload from the shard's staging dir
+                    assert ack.staging is not None
+                    ack.manifest = store.upload_shard(e, ack.shard, ack.staging, ack.files,
+                                                      metadata=ack.metadata)
+                    shutil.rmtree(ack.staging, ignore_errors=True)
+                manifests[ack.shard] = ack.manifest
+        rows_out = 0
+        for ack in acks:
+            if ack.output is not None and ack.output.num_rows:
+                part = f"{ack.metadata['stage']}-{int(ack.metadata['index']):04d}"
+                with self._user_code(f"sink {type(sink).__name__}.stage({e}, {part!r})", e):
+                    sink.stage(e, part, ack.output)
+                rows_out += ack.output.num_rows
+        base = self._committed or self._base
+        rows_total = base.rows_total + pending.rows
+        abandoned = base.abandoned
+        load = self.rebalancer.account_load(acks)
+        metadata = None
+        if store is not None:
+            metadata = self._metadata(pending, base, rows_total, load or None)
+            store.commit_epoch(e, manifests, offsets={"source": pending.offset},
+                               metadata=metadata.to_dict())
+        if self._abandon_on_commit:
+            with self._user_code(f"sink {type(sink).__name__}.start({e})", e):
+                sink.start(e, new_run=False, abandoned=abandoned)
+            self._abandon_on_commit = False
+        else:
+            with self._user_code(f"sink {type(sink).__name__}.publish({e})", e):
+                sink.publish(e)
+        with self._lock:
+            s = self.summary
+            s.epochs_committed.append(e)
+            s.last_epoch = e
+            s.rows_in += pending.rows
+            s.rows_out += rows_out
+            for sm in manifests.values():
+                s.bytes_uploaded += sm.new_bytes
+                s.files_uploaded += sm.new_files
+            self._committed = Base(
+                epoch=e, metadata=metadata, offset=pending.offset, rollback=False,
+                abandoned=abandoned, rows_total=rows_total,
+            )
+        self._metrics.committed(manifests)
+        self._emit("committed", e, final=pending.final, rows_out=rows_out,
+                   bytes_uploaded_total=s.bytes_uploaded)
+        if self.p.rebalance is not None and not pending.final:
+            self.rebalancer.decide(acks)
+        if store is not None and (pending.final or time.monotonic() - self._last_gc > GC_INTERVAL):
+            self._last_gc = time.monotonic()
+            try:
+                store.gc(self.p.retain)
+            except OSError as err:
+                log.warning("raykv: garbage collection of %s failed: %s", store.url, err)
+
+    def _metadata(self, pending: PendingEpoch, base: Base, rows_total: int,
+                  load: dict[str, Any] | None) -> EpochMetadata:
+        """The epoch manifest's metadata of ``pending`` (lineage from ``base``)."""
+        sink = self.p.sink
+        assert sink is not None
+        return EpochMetadata(
+            num_key_groups=self._num_key_groups,
+            final=pending.final,
+            rows_total=rows_total,
+            parent=base.epoch,  # the previous epoch of this lineage
+            abandoned=tuple((int(r[0]), int(r[1])) for r in base.abandoned),
+            stages=tuple(
+                StageMetadata(
+                    name=st.name, key=st.key, operator=type(st.operator).__name__,
+                    operator_config=self._operator_configs[st.name],
+                    engine=st.engine, engine_params=st.engine_params,
+                    num_shards=st.num_shards, generation=gen,
+                    partitioning=st.partitioning.to_dict(), shards=tuple(st.shard_names),
+                )
+                for st, gen in zip(self._stages, self._generations, strict=True)
+            ),
+            source=self.p.source.describe(),
+            sink=sink.describe(),
+            load=load,
+        )
+
+    # ------------------------------------------------------------------ progress
+
+    def _emit(self, kind: str, epoch: int | None = None, *, error: BaseException | None = None,
+              **detail: Any) -> None:
+        self._metrics.event(kind, epoch, detail)
+        cb = self.p.on_progress
+        if cb is None:
+            return
+        with self._emit_lock:
+            s = self.summary
+            event = ProgressEvent(
+                kind=kind, epoch=epoch, rows_in=s.rows_in, rows_out=s.rows_out,
+                epochs_committed=len(s.epochs_committed), restarts=s.restarts,
+                elapsed=time.perf_counter() - self._t0, shards=dict(self._handles),
+                error=error, detail=detail,
+            )
+            with self._user_code(f"on_progress({kind!r} event)", epoch):
+                try:
+                    cb(event)
+                except BaseException as err:
+                    raise HookFailure(err) from err
+
+    @contextlib.contextmanager
+    def _user_code(self, what: str, epoch: int | None) -> Iterator[None]:
+        """Run driver-side code of the user (source, sink, ``on_progress``) as ``what``.
+
+        An exception it raises propagates as it is (its traceback is local), marked as
+        user code (``failure_context``) with ``epoch`` and a note naming both.
+        """
+        try:
+            yield
+        except Exception as exc:
+            err = exc.err if isinstance(exc, HookFailure) else exc
+            if not isinstance(err, StopSource | ray.exceptions.RayError) and (
+                    "user_code" not in failure_context(err)):
+                mark_user_code(err, what)
+                add_context(err, epoch=epoch)
+                where = f" at epoch {epoch}" if epoch is not None else ""
+                err.add_note(f"raykv: {what} raised {type(err).__name__} in the driver{where}")
+            raise
+
+
+__all__ = ["Coordinator", "Verdict", "classify", "failure_epoch", "is_transient", "root_cause"]

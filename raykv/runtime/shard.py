@@ -1,0 +1,532 @@
+"""The shard actor: one engine, one operator, aligned barriers, background uploads.
+
+Contract: the actor's methods (``setup``, ``process``/``barrier``/``finish``,
+``rebalance``, ``wait_uploaded``...) as below. The pieces it is made of live next to it:
+the specs it receives (:mod:`raykv.runtime.specs`), barrier alignment
+(:mod:`raykv.runtime.aligner`), the upload thread and acks (:mod:`raykv.runtime.uploader`),
+key-group copies for rescale and rebalance (:mod:`raykv.runtime.keygroups`) and how a
+failure is described (:func:`raykv.runtime.failures.describe_shard_failure`).
+
+One Ray actor runs per shard per stage (:data:`ShardActor`, built from the plain class
+:class:`ShardWorker`, which tests can also drive directly). It receives configs and paths,
+never live objects (STYLE lesson 5): a :class:`ShardSpec` at creation, then
+``setup(plan)`` opens the engine in its local directory, restored from a checkpoint
+according to a :class:`RestorePlan`.
+
+Lifecycle (per actor)::
+
+    setup (set_downstream)? (process | barrier | finish | rebalance
+                             | set_downstream_partitioning)*
+    with   (wait_uploaded | stats)*
+
+Concurrency: the actor's default concurrency group has one thread, and Ray runs the calls
+one caller makes to one actor in the order they were made; ``process``, ``barrier`` and
+``finish`` therefore see a caller's stream in order (``tests/test_pipeline.py`` proves
+it). ``wait_uploaded`` and ``stats`` run in a second group (``"io"``, one thread), so the
+driver learns of durable uploads without queueing behind data. One background thread
+uploads sealed epochs in epoch order.
+
+Aligned barriers (DESIGN invariant 2): a shard of stage ``s > 0`` has one input per shard
+of stage ``s - 1`` (a first-stage shard has one input: the driver). When ``barrier(e)``
+has arrived from some inputs but not all, further data from those inputs is buffered;
+when it has arrived from all of them the epoch is complete:
+
+1. ``out = logic.on_barrier(e)`` (``logic.finish()`` for the final epoch);
+2. ``out`` is re-partitioned by the next stage's key and sent on, followed by
+   ``barrier(e)`` to every next-stage shard; on the last stage it is kept for the driver;
+3. ``engine.seal()``; the live files are hard-linked into a staging dir
+   (``link_files``) and queued for upload; processing resumes with the buffered input;
+4. the upload thread runs ``store.upload_shard`` and records an :class:`Ack` that
+   ``wait_uploaded(e)`` returns.
+
+A failure of any call poisons the shard: every later call raises the same error, so the
+driver sees it whichever ref it waits on. Before that, the error is given its context
+(``raykv.errors.failure_context``: stage, shard, epoch; key and ``user_code`` when user
+code raised it, see :meth:`ShardWorker._contextualize`), because the driver only receives
+the pickled exception: an error from user code keeps its type and gets two notes, where it
+happened and the traceback formatted here (docs/recovery.md, "Failure classification").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections import deque
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from raykv.errors import CorruptionError, add_context
+from raykv.hotkeys import LoadTracker
+from raykv.metrics import ShardMetrics
+from raykv.partitioning import Partitioning, split_batch
+from raykv.runtime import keygroups
+from raykv.runtime.aligner import BARRIER, DATA, FINISH, Aligned, BarrierAligner
+from raykv.runtime.failures import describe_shard_failure
+from raykv.runtime.localdirs import wait_dir_free, wipe_dir
+from raykv.runtime.specs import Ack, RestorePlan, RestoreSource, ShardSpec, StageSpec
+from raykv.runtime.uploader import Uploader
+
+
+def _as_table(out: Any) -> pa.Table | None:
+    if out is None:
+        return None
+    if isinstance(out, pa.RecordBatch):
+        out = pa.Table.from_batches([out])
+    if not isinstance(out, pa.Table):
+        msg = f"an operator returned {type(out).__name__}; expected a pyarrow RecordBatch or None"
+        raise TypeError(msg)
+    return out if out.num_rows else None
+
+
+# ---------------------------------------------------------------------------- the worker
+
+
+class ShardWorker:
+    """One shard: engine + operator logic + barrier alignment + upload thread.
+
+    Use through :data:`ShardActor` (a Ray actor); the plain class works in-process too.
+    """
+
+    def __init__(self, spec: ShardSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self._context = (
+            f"stage {spec.stage.name!r} (key column {spec.stage.key!r}), shard {self.name}"
+        )
+        self.engine: Any = None
+        self.logic: Any = None
+        self._store: Any = None
+        self._down: list[Any] = []
+        self._inflight: dict[int, deque[Any]] = {}
+        self._aligner = BarrierAligner(spec.num_inputs, self._context)
+        self._epoch: int | None = spec.first_epoch  # the epoch the stream is in
+        self._uploader = Uploader(self.name, self._upload, self._upload_failed)
+        self._counts = {"process": 0, "barrier": 0, "upload": 0, "rebalance": 0}
+        self._node_id: str | None = None
+        self._tracker: LoadTracker | None = None
+        self._cpu_reported = 0.0
+        self._metrics = ShardMetrics(spec.pipeline, spec.stage.name, spec.name)
+        self.stats_: dict[str, float] = {
+            "rows_in": 0, "batches_in": 0, "rows_out": 0, "epochs": 0, "seal_seconds": 0.0,
+            "upload_seconds": 0.0, "bytes_uploaded": 0, "files_uploaded": 0,
+            "process_seconds": 0.0, "restore_seconds": 0.0, "restored_bytes": 0,
+            "track_seconds": 0.0, "rebalances": 0, "rebalance_seconds": 0.0,
+            "busy_cpu_seconds": 0.0,
+        }
+
+    # ------------------------------------------------------------------ setup
+
+    def _get_store(self) -> Any:
+        if self._store is None:
+            from raykv.checkpointing import CheckpointStore
+
+            assert self.spec.checkpoint is not None  # only called with a checkpoint store
+            self._store = CheckpointStore(self.spec.checkpoint, self.spec.storage_options)
+        return self._store
+
+    def setup(self, plan: RestorePlan) -> dict[str, Any]:
+        """Restore or create the state described by ``plan``; open engine and operator.
+
+        Returns facts for the driver: node id, pid, restore seconds, keys rebuilt.
+        Cost: a direct restore downloads only files missing from ``data_dir``; a rebuild
+        reads every key of the overlapping old shards once.
+        """
+        try:
+            return self._setup(plan)
+        except BaseException as err:
+            if isinstance(err, CorruptionError) and err.epoch is None:
+                err.epoch = plan.epoch
+            self._add_context(err, epoch=plan.epoch, phase="restore")
+            self._fail(err)
+            raise
+
+    def _setup(self, plan: RestorePlan) -> dict[str, Any]:
+        from raykv.engines import open_engine
+
+        t0 = time.perf_counter()
+        spec = self.spec
+        data_dir = Path(spec.data_dir)
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        wait_dir_free(data_dir)
+        # staged links of a previous incarnation: never needed again (epochs it did not
+        # upload are replayed)
+        shutil.rmtree(data_dir.parent / f".staging-{self.name}", ignore_errors=True)
+        if spec.faults is not None and spec.faults.restore_delay and plan.epoch is not None:
+            time.sleep(spec.faults.restore_delay)
+        rebuilt = 0
+        if plan.epoch is None:
+            wipe_dir(data_dir)
+            self.engine = open_engine(spec.stage.engine, data_dir, **spec.stage.engine_params)
+        elif plan.direct is not None:
+            if not plan.materialized:
+                self._get_store().restore_shard(plan.epoch, plan.direct.shard, data_dir)
+            self.engine = open_engine(spec.stage.engine, data_dir, **spec.stage.engine_params)
+        else:
+            wipe_dir(data_dir)
+            self.engine = open_engine(spec.stage.engine, data_dir, **spec.stage.engine_params)
+            rebuilt = self._rebuild(plan)
+        self.logic = spec.stage.operator.build(self.engine)
+        if spec.hot_keys:
+            self._tracker = LoadTracker(
+                spec.stage.key, spec.stage.partitioning.num_key_groups, spec.hot_keys,
+                track_groups=spec.track_groups,
+            )
+        if spec.checkpoint is not None:
+            from raykv.checkpointing import link_files  # noqa: F401 - import before epoch 1
+
+            if not spec.driver_io:
+                self._get_store()  # connect now: fail fast, keep the first upload cheap
+        self._cleanup_siblings()
+        self._uploader.start()
+        self.stats_["restore_seconds"] = time.perf_counter() - t0
+        self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        return {
+            "shard": self.name,
+            "node_id": self._node_id,
+            "pid": os.getpid(),
+            "restore_seconds": self.stats_["restore_seconds"],
+            "rebuilt_keys": rebuilt,
+        }
+
+    def _rebuild(self, plan: RestorePlan) -> int:
+        """Copy the keys of this shard's key groups out of the old shards' states."""
+        assert plan.epoch is not None
+        part = self.spec.stage.partitioning
+        copied = self._copy_from(plan.epoch, plan.rebuild, part.owned_mask(self.spec.index))
+        self.engine.seal()
+        return copied
+
+    def _copy_from(self, epoch: int, sources: tuple[RestoreSource, ...], wanted: Any) -> int:
+        """``keygroups.copy_from`` the old shards ``sources`` at ``epoch`` into the engine.
+
+        Each source is restored into a temporary dir (unless the driver already did:
+        ``local_dir``). Returns the number of pairs written.
+        """
+        spec = self.spec
+
+        def fetch(src: RestoreSource) -> Path:
+            if src.local_dir is not None:
+                return Path(src.local_dir)
+            tmp = Path(spec.data_dir).parent / f".rebuild-{self.name}-{src.shard}"
+            wipe_dir(tmp)
+            self._get_store().restore_shard(epoch, src.shard, tmp)
+            return tmp
+
+        return keygroups.copy_from(
+            self.engine, spec.stage.operator, sources, wanted,
+            num_key_groups=spec.stage.partitioning.num_key_groups, fetch=fetch)
+
+    def rebalance(self, epoch: int, partitioning: Partitioning,
+                  sources: tuple[RestoreSource, ...]) -> dict[str, Any]:
+        """Take over the key groups ``partitioning`` gives this shard, drop those it takes away.
+
+        Called by the driver at an epoch boundary: ``epoch`` is committed and no data is
+        in flight. The gained groups' keys are copied from ``sources`` (the shards that
+        owned them) as of ``epoch``; then the lost groups' keys are deleted and the
+        operator is rebuilt on the engine. Nothing is sealed: the next epoch's checkpoint
+        holds the new state, and a failure before it commits restores ``epoch`` with the
+        old assignment. Cost: a scan of every source's state and of this shard's own.
+        """
+        self._check_ok()
+        cpu = time.thread_time()
+        try:
+            t0 = time.perf_counter()
+            spec = self.spec
+            gained = partitioning.owned_mask(spec.index) & ~spec.stage.partitioning.owned_mask(
+                spec.index)
+            self.spec = replace(spec, stage=replace(spec.stage, partitioning=partitioning))
+            copied = self._copy_from(epoch, sources, gained)
+            self._fault("rebalance")
+            dropped = keygroups.drop_unowned(self.engine, spec.stage.operator, partitioning,
+                                             spec.index)
+            self.logic = spec.stage.operator.build(self.engine)
+            if self._tracker is not None:
+                self._tracker.retain_groups(partitioning.owned_mask(spec.index))
+            seconds = time.perf_counter() - t0
+            self.stats_["rebalances"] += 1
+            self.stats_["rebalance_seconds"] += seconds
+            self.stats_["busy_cpu_seconds"] += time.thread_time() - cpu
+            return {"shard": self.name, "copied": copied, "dropped": dropped,
+                    "seconds": seconds}
+        except BaseException as err:
+            self._fail(err)
+            raise
+
+    def set_downstream_partitioning(self, partitioning: Partitioning) -> None:
+        """Route this shard's output by ``partitioning`` from now on (next stage rebalanced)."""
+        self._check_ok()
+        down = self.spec.downstream
+        assert down is not None
+        self.spec = replace(self.spec, downstream=replace(down, partitioning=partitioning))
+
+    def _cleanup_siblings(self) -> None:
+        """Delete local dirs of this stage's shards that are not in the current layout."""
+        stage_dir = Path(self.spec.data_dir).parent
+        current = set(self.spec.stage.shard_names)
+        try:
+            entries = list(stage_dir.iterdir())
+        except FileNotFoundError:
+            return
+        for d in entries:
+            if not d.is_dir():
+                continue
+            name = d.name.removeprefix(".staging-") if d.name.startswith(".staging-") else d.name
+            if not name.startswith(".") and name not in current:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def set_downstream(self, handles: list[Any]) -> None:
+        """Connect the next stage's shard actors (by index)."""
+        self._down = list(handles)
+        self._inflight = {j: deque() for j in range(len(handles))}
+
+    # ------------------------------------------------------------------ the stream
+
+    def process(self, batch: pa.RecordBatch, input_id: int = 0) -> int:
+        """Apply ``batch`` from ``input_id`` (buffered if that input is past a barrier).
+
+        Returns the number of rows received. Raises the operator's ``ValueError``/
+        ``TypeError`` with the stage, key column and shard named, and an error of user
+        code as the user's exception with stage, shard, key, epoch and traceback noted
+        (see :meth:`_contextualize`).
+        """
+        self._check_ok()
+        self._fault("process")
+        faults = self.spec.faults
+        if faults is not None and faults.process_delay:
+            time.sleep(faults.process_delay)
+        self._receive(DATA, input_id, batch)
+        return int(batch.num_rows)
+
+    def barrier(self, epoch: int, input_id: int = 0) -> None:
+        """``barrier(epoch)`` from ``input_id``: the input's records of ``epoch`` are all in."""
+        self._check_ok()
+        self._receive(BARRIER, input_id, epoch)
+
+    def finish(self, epoch: int, input_id: int = 0) -> None:
+        """End of bounded input from ``input_id``; the final epoch ``epoch`` emits ``finish()``."""
+        self._check_ok()
+        self._receive(FINISH, input_id, epoch)
+
+    def _receive(self, kind: int, input_id: int, payload: Any) -> None:
+        cpu = time.thread_time()
+        try:
+            for step in self._aligner.receive(kind, input_id, payload):
+                if isinstance(step, Aligned):
+                    self._epoch = step.epoch
+                    self._complete(step.epoch, final=step.final)
+                    self._epoch = step.epoch + 1
+                else:
+                    self._process(step.batch)
+        except BaseException as err:
+            err = self._contextualize(err)
+            self._fail(err)
+            raise err
+        finally:
+            self.stats_["busy_cpu_seconds"] += time.thread_time() - cpu
+
+    def _process(self, batch: pa.RecordBatch) -> None:
+        t = time.perf_counter()
+        self.logic.process(batch)
+        t2 = time.perf_counter()
+        self.stats_["process_seconds"] += t2 - t
+        if self._tracker is not None:
+            self._tracker.observe(batch.column(self.spec.stage.key))
+            self.stats_["track_seconds"] += time.perf_counter() - t2
+        self.stats_["rows_in"] += batch.num_rows
+        self.stats_["batches_in"] += 1
+        self._metrics.batch(batch.num_rows)
+
+    def _complete(self, epoch: int, *, final: bool) -> None:
+        """Steps 1-3 of the module docstring for an aligned ``epoch``."""
+        t0 = time.perf_counter()
+        self._fault("barrier")
+        out = _as_table(self.logic.finish() if final else self.logic.on_barrier(epoch))
+        down = self.spec.downstream
+        if down is not None:
+            if out is not None:
+                self._forward(out, down)
+            me = self.spec.index
+            for h in self._down:
+                (h.finish if final else h.barrier).remote(epoch, me)
+            self._reap()
+            out = None
+        if out is not None:
+            self.stats_["rows_out"] += out.num_rows
+        self.stats_["epochs"] += 1
+        meta = {
+            "stage": self.spec.stage.name, "index": self.spec.index,
+            "num_shards": self.spec.stage.num_shards, "engine": self.spec.stage.engine,
+            "rows_in": int(self.stats_["rows_in"]), "final": final,
+        }
+        if self.spec.checkpoint is None:
+            seconds = time.perf_counter() - t0
+            self.stats_["seal_seconds"] += seconds
+            self._metrics.epoch(seconds, self.stats_["rows_out"], self.engine, self._tracker)
+            self._uploader.post(Ack(epoch, self.name, output=out, metadata=meta,
+                                    seal_seconds=seconds, load=self._load_report()))
+            return
+        from raykv.checkpointing import link_files
+
+        files = self.engine.seal()
+        staging = Path(self.spec.data_dir).parent / f".staging-{self.name}" / f"e{epoch:012d}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        link_files(self.spec.data_dir, files, staging)
+        seconds = time.perf_counter() - t0
+        self.stats_["seal_seconds"] += seconds
+        self._metrics.epoch(seconds, self.stats_["rows_out"], self.engine, self._tracker)
+        self._uploader.queue(Ack(epoch, self.name, output=out, staging=str(staging), files=files,
+                                 metadata=meta, seal_seconds=seconds,
+                                 load=self._load_report()))
+
+    def _load_report(self) -> dict[str, Any] | None:
+        if self._tracker is None:
+            return None
+        out = self._tracker.report()
+        out["write_amplification"] = self.engine.stats.write_amplification
+        cpu = self.stats_["busy_cpu_seconds"]
+        out["cpu_seconds"], self._cpu_reported = cpu - self._cpu_reported, cpu
+        return out
+
+    def _forward(self, out: pa.Table, down: StageSpec) -> None:
+        import ray as _ray
+
+        me = self.spec.index
+        for batch in out.combine_chunks().to_batches():
+            for j, sub in split_batch(batch, down.key, down.partitioning).items():
+                q = self._inflight[j]
+                q.append(self._down[j].process.remote(sub, me))
+                if len(q) > self.spec.max_inflight:
+                    _ray.get(q.popleft())
+        self.stats_["rows_out"] += out.num_rows
+        self._metrics.inflight(down, self._inflight)
+
+    def _reap(self) -> None:
+        """Collect finished downstream calls (raising their errors)."""
+        for q in self._inflight.values():
+            while q:
+                ready, _ = ray.wait([q[0]], timeout=0)
+                if not ready:
+                    break
+                ray.get(q.popleft())
+
+    # ------------------------------------------------------------------ uploads
+
+    def _upload(self, ack: Ack) -> None:
+        """Upload thread: make ``ack``'s epoch durable (unless driver I/O) and fill it in."""
+        self._fault("upload")
+        faults = self.spec.faults
+        if faults is not None and faults.upload_delay:
+            time.sleep(faults.upload_delay)
+        if not self.spec.driver_io:
+            t = time.perf_counter()
+            sm = self._get_store().upload_shard(
+                ack.epoch, self.name, ack.staging, ack.files, metadata=ack.metadata
+            )
+            self.stats_["upload_seconds"] += time.perf_counter() - t
+            self._metrics.upload(time.perf_counter() - t, sm)
+            self.stats_["bytes_uploaded"] += sm.new_bytes
+            self.stats_["files_uploaded"] += sm.new_files
+            assert ack.staging is not None
+            shutil.rmtree(ack.staging, ignore_errors=True)
+            ack.manifest = sm
+            ack.staging = None
+
+    def _upload_failed(self, err: BaseException, ack: Ack) -> None:
+        self._add_context(err, epoch=ack.epoch, phase="upload")
+
+    @ray.method(concurrency_group="io")
+    def wait_uploaded(self, epoch: int) -> Ack:
+        """Block until ``epoch`` is sealed and uploaded here; return its :class:`Ack`.
+
+        Runs in the ``"io"`` group: it never waits behind data processing. An epoch sealed
+        before the shard failed is still acknowledged once its upload is durable; any
+        other epoch raises the shard's failure.
+        """
+        return self._uploader.wait(epoch)
+
+
+    @ray.method(concurrency_group="io")
+    def stats(self) -> dict[str, Any]:
+        """Counters of this shard plus its engine's stats (``engine.stats``, memory)."""
+        out: dict[str, Any] = dict(self.stats_)
+        out["shard"] = self.name
+        out["stage"] = self.spec.stage.name
+        out["node_id"] = self._node_id
+        out["pid"] = os.getpid()
+        engine = self.engine
+        if engine is not None:
+            s = engine.stats
+            out["engine"] = {
+                "name": self.spec.stage.engine, "app_bytes": s.app_bytes,
+                "disk_bytes": s.disk_bytes, "seals": s.seals, "merges": s.merges,
+                "write_amplification": s.write_amplification,
+            }
+            with contextlib.suppress(Exception):  # best effort while another thread writes
+                out["engine"]["memory_bytes"] = engine.__sizeof__()
+        return out
+
+    @ray.method(concurrency_group="io")
+    def ping(self) -> int:
+        """Return the actor's pid (liveness probe)."""
+        return os.getpid()
+
+    def close(self) -> None:
+        """Stop the upload thread and close the engine (seals it). Idempotent."""
+        self._uploader.close(timeout=60)
+        if self.engine is not None:
+            self.engine.close()
+
+    # ------------------------------------------------------------------ failure
+
+    def _add_context(self, err: BaseException, *, epoch: int | None = None,
+                     phase: str | None = None) -> None:
+        """Record stage, shard and epoch on ``err`` (not on Ray's errors: not ours)."""
+        if isinstance(err, ray.exceptions.RayError):
+            return
+        add_context(err, stage=self.spec.stage.name, shard=self.name,
+                    epoch=self._epoch if epoch is None else epoch, phase=phase)
+
+    def _contextualize(self, err: BaseException) -> BaseException:
+        """The error a failed ``process``/``barrier``/``finish`` raises and poisons the shard with.
+
+        See :func:`raykv.runtime.failures.describe_shard_failure`.
+        """
+        return describe_shard_failure(err, context=self._context, key_column=self.spec.stage.key,
+                                      shard=self.name, add_context=self._add_context)
+
+    def _fail(self, err: BaseException) -> None:
+        self._uploader.fail(err)
+
+    def _check_ok(self) -> None:
+        failure = self._uploader.failure
+        if failure is not None:
+            raise failure
+
+    def _fault(self, point: str) -> None:
+        faults = self.spec.faults
+        if faults is None or faults.crash_at is None:
+            return
+        prefix, at, n = faults.crash_at
+        if at != point or not self.name.startswith(prefix):
+            return
+        if self.spec.attempt not in faults.crash_attempts:
+            return
+        self._counts[point] += 1
+        if self._counts[point] == n:
+            os._exit(1)
+
+
+# Ray's stubs do not type ``ray.remote(**options)`` applied to a class (``concurrency_groups``
+# is missing from the keyword overload).
+ShardActor = ray.remote(concurrency_groups={"io": 1}, max_restarts=0)(  # type: ignore[call-overload]
+    ShardWorker)
+"""The Ray actor class of :class:`ShardWorker` (default group: 1 thread; ``"io"``: 1)."""
+
+__all__ = ["BARRIER", "DATA", "FINISH", "ShardActor", "ShardWorker"]
