@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from raykv.engines.base import DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN, KVStore
 
@@ -73,7 +79,16 @@ class BoundaryContract:
     open: Callable[..., KVStore]
 
     @staticmethod
+    def assert_live_keys(store: KVStore, model: dict[bytes, bytes]) -> None:
+        """``live_keys()`` is ``len(model)`` (exact engines) or an upper bound of it."""
+        if store.live_keys_exact:
+            assert store.live_keys() == len(model)
+        else:
+            assert store.live_keys() >= len(model)
+
+    @staticmethod
     def assert_model(store: KVStore, model: dict[bytes, bytes], probe: list[bytes]) -> None:
+        BoundaryContract.assert_live_keys(store, model)
         assert dict(store.items()) == model
         keys = [*model, *probe]
         assert store.multi_get(keys) == [model.get(k, b"") for k in keys]
@@ -256,6 +271,11 @@ class BoundaryContract:
             @rule()
             def check(self) -> None:
                 contract.assert_model(self.store, self.model, [])
+
+            @invariant()
+            def live_keys_match(self) -> None:
+                if hasattr(self, "store"):
+                    contract.assert_live_keys(self.store, self.model)
 
             def teardown(self) -> None:
                 if hasattr(self, "store"):

@@ -32,8 +32,8 @@ import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
-from itertools import accumulate, islice, repeat
-from operator import add, getitem, itemgetter, lshift, or_
+from itertools import accumulate, compress, islice, repeat
+from operator import add, getitem, itemgetter, lshift, not_, or_
 from typing import Unpack, cast
 
 from raykv.engines.appendlog.merge import levels, live_records, plan_merge
@@ -102,9 +102,9 @@ class AppendLog(KVStore):
     since the last seal plus a small index section and footer; it never merges.
 
     Memory: the index (one dict entry, key object and location int per key, deleted keys
-    included until a merge drops their tombstone), the active run buffer (about
-    ``threshold`` bytes) and 4 bytes per record of the active run. Closed runs are
-    memory-mapped (page cache, not counted by ``__sizeof__``), one mapping per run.
+    included until a merge drops their tombstone, plus a set of those keys), the active
+    run buffer (about ``threshold`` bytes) and 4 bytes per record of the active run.
+    Closed runs are memory-mapped (page cache, not counted by ``__sizeof__``), one mapping per run.
 
     ``items()`` yields pairs in arbitrary order (the order keys were first written, except
     after a restart or a merge); it is not sorted and offers no ordered iteration.
@@ -135,6 +135,7 @@ class AppendLog(KVStore):
     def _reset(self) -> None:
         """Empty in-memory state (no files touched)."""
         self._index: dict[bytes, int] = {}
+        self._dead: set[bytes] = set()  # keys of the index whose latest record is a tombstone
         # slot -> a run's mmap or the active buffer (slot 0: the null record; free: b"")
         self._bufs: list[mmap.mmap | bytes] = [NULL_REC]
         self._slot_names: list[str | None] = ["<none>"]
@@ -162,9 +163,18 @@ class AppendLog(KVStore):
                     )
                     raise ValueError(msg)
                 index = self._index
+                tomb_locs: set[int] = set()  # locations of tombstone records
+                maybe_dead: set[bytes] = set()  # keys with a tombstone in some run
                 for name in manifest.files:
-                    run, keys, offs, ns = self._load_run(name)
-                    index.update(zip(keys, pack_locs(run.slot, offs, ns), strict=True))
+                    run, keys, vlens, offs, ns = self._load_run(name)
+                    locs = pack_locs(run.slot, offs, ns)
+                    index.update(zip(keys, locs, strict=True))
+                    if not all(vlens):
+                        dead = list(map(not_, vlens))
+                        tomb_locs.update(compress(locs, dead))
+                        maybe_dead.update(compress(keys, dead))
+                # dead: the key's latest record (the one the index points to) is a tombstone
+                self._dead = {k for k in maybe_dead if index[k] in tomb_locs}
             self._new_active()
             self._slow = self._plan_merge() is not None
         except BaseException:
@@ -270,6 +280,16 @@ class AppendLog(KVStore):
             values = self._read_many(keys, list(map(itemgetter(1), chunk)))
             yield from filter(itemgetter(1), zip(keys, values, strict=True))
 
+    def live_keys(self) -> int:
+        """Number of live keys, exact. Cost: O(1).
+
+        The index keeps deleted keys (their tombstone) until a merge drops them, so this
+        is ``len(index)`` minus the set of keys whose latest record is a tombstone, which
+        every write, merge and open keeps up to date.
+        """
+        self._ensure_open()
+        return len(self._index) - len(self._dead)
+
     def __sizeof__(self) -> int:
         """Estimated bytes of memory held: index, active buffer, per-record lengths. O(1).
 
@@ -324,6 +344,10 @@ class AppendLog(KVStore):
         self._pos = end
         self._alens.append(n)
         self._index[key] = self._abase | pos << N_BITS | n
+        if not vl:
+            self._dead.add(key)
+        elif self._dead:
+            self._dead.discard(key)
         if end >= self._flush_at:
             self._after_append()
 
@@ -348,12 +372,34 @@ class AppendLog(KVStore):
         vmax = max(vlens)
         if kmax < 128 and vmax < 128 and min(klens) == kmax and min(vlens) == vmax:
             self._append_fixed(keys, encode_fixed_records(keys, values, kmax, vmax),
-                               kmax + vmax + 6)
+                               kmax + vmax + 6, tombstones=not vmax)
         else:
-            self._append_many(keys, encode_records(keys, values, klens, vlens))
+            self._append_many(keys, encode_records(keys, values, klens, vlens),
+                              None if all(vlens) else vlens)
 
-    def _append_fixed(self, keys: Sequence[bytes], data: memoryview, n: int) -> None:
-        """Append records of ``n`` bytes each (``data``, in the order of ``keys``)."""
+    def _mark_dead(self, keys: Sequence[bytes], vlens: Sequence[int] | None,
+                   tombstones: bool = False) -> None:
+        """Update the dead key set for ``keys`` just indexed (before any merge runs).
+
+        ``vlens``: their value lengths when some are 0; ``None`` and ``tombstones``: all
+        or none of them are tombstones. Cost: nothing when no key is dead and the batch
+        deletes nothing; else C-level set passes.
+        """
+        dead = self._dead
+        if tombstones:
+            dead.update(keys)
+            return
+        if dead:
+            dead.difference_update(keys)
+        if vlens is not None:
+            dead.update(compress(keys, map(not_, vlens)))
+
+    def _append_fixed(self, keys: Sequence[bytes], data: memoryview, n: int, *,
+                      tombstones: bool) -> None:
+        """Append records of ``n`` bytes each (``data``, in the order of ``keys``).
+
+        ``tombstones``: every record is one (else none is).
+        """
         count = len(keys)
         index = self._index
         step = n << N_BITS
@@ -368,14 +414,19 @@ class AppendLog(KVStore):
             first = self._abase | pos << N_BITS | n
             chunk = keys if take == count else keys[i : i + take]
             index.update(zip(chunk, range(first, first + step * take, step), strict=True))
+            self._mark_dead(chunk, None, tombstones)
             self._alens.extend(repeat(n, take))
             self._pos = end
             i += take
             if end >= self._flush_at:
                 self._after_append()
 
-    def _append_many(self, keys: Sequence[bytes], recs: list[bytes]) -> None:
-        """Append records, closing the active run each time it reaches ``threshold``."""
+    def _append_many(self, keys: Sequence[bytes], recs: list[bytes],
+                     vlens: list[int] | None) -> None:
+        """Append records, closing the active run each time it reaches ``threshold``.
+
+        ``vlens``: the value lengths when some records are tombstones, else ``None``.
+        """
         ns = list(map(len, recs))
         ends = list(accumulate(ns))
         total = len(recs)
@@ -396,6 +447,7 @@ class AppendLog(KVStore):
             locs = map(or_, map(or_, map(lshift, offs, repeat(N_BITS)), chunk_ns),
                        repeat(self._abase))
             index.update(zip(keys[i:j], locs, strict=True))
+            self._mark_dead(keys[i:j], None if vlens is None else vlens[i:j])
             self._alens.extend(chunk_ns)
             self._pos = end
             done = ends[j - 1]
@@ -532,6 +584,7 @@ class AppendLog(KVStore):
             raise
         for key in gone:
             del index[key]
+        self._dead.difference_update(gone)
         self._runs[first:end] = new
         for run in inputs:
             self._free_slot(run.slot)
@@ -571,19 +624,24 @@ class AppendLog(KVStore):
         self._slot_names[slot] = None
         self._free_slots.append(slot)
 
-    def _load_run(self, name: str) -> tuple[Run, list[bytes], Sequence[int], list[int]]:
-        """Map run ``name``, check footer and index section; return it and its records."""
+    def _load_run(
+        self, name: str
+    ) -> tuple[Run, list[bytes], list[int], Sequence[int], list[int]]:
+        """Map run ``name``, check footer and index section; return it and its records.
+
+        Returns the run, then its records' keys, value lengths, offsets and lengths.
+        """
         path = self.data_dir / name
         mm = map_file(path)
         try:
             run = read_footer(path, mm)
-            keys, _, offs, ns = decode_index(path, run, mm)
+            keys, vlens, offs, ns = decode_index(path, run, mm)
         except BaseException:
             mm.close()
             raise
         run.slot = self._alloc_slot(mm, name)
         self._runs.append(run)
-        return run, keys, offs, ns
+        return run, keys, vlens, offs, ns
 
     def _verify_data(self, run: Run) -> None:
         """Check the crc of all of ``run``'s records once per open (C speed)."""
@@ -628,6 +686,8 @@ class AppendLog(KVStore):
             assert crc32(rec) == CRC_RESIDUE
             klen, vlen, hsize = parse_header(rec, 0)
             assert rec[hsize : hsize + klen] == key and hsize + klen + vlen + 4 == n
+            assert (vlen == 0) == (key in self._dead), ("dead key set out of date", key)
+        assert self._dead <= self._index.keys(), "dead key set holds a key the index lacks"
 
 
 

@@ -3,7 +3,10 @@
 The log is split by age into regions (newest first):
 
 * **mutable** (``_mut``): the newest ``ro_lag_interval`` records. Updating a key whose
-  latest record is here overwrites it in place: no new record, no memory growth.
+  latest record is here overwrites it in place: no new record, no memory growth. It
+  holds no tombstones: a delete drops the key's in-memory copy and, if a durable record
+  must be shadowed, appends its tombstone to the read-only region (``_delete``); so an
+  in-place update never changes the live key count (``live_keys``, kept by the writes).
 * **read-only**: older records still only in memory. Updating such a key is a
   read-copy-update: the new record is appended to the mutable region and the old one
   leaves memory (superseded records are never kept). Records enter this region a page
@@ -40,10 +43,10 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import compress, islice, repeat
-from operator import is_
+from operator import is_, truth
 from pathlib import Path
 from typing import Any, NoReturn, Unpack, cast
 
@@ -92,6 +95,7 @@ class _Closed(dict[Any, Any]):
 
 
 _CLOSED = _Closed()
+_Lookup = Callable[[bytes, object], object]  # dict.get / dict.pop with a default
 # The one key of ``_frozen`` that is not bytes; typed as a key of the region dicts (a
 # bytes type test tells it apart: ``_check`` counts it).
 _WATERMARK = cast(bytes, type("_Watermark", (), {"__repr__": lambda self: "<watermark>"})())
@@ -198,6 +202,7 @@ class HybridLog(KVStore):
         self._frozen: dict[bytes, bytes | None] = {_WATERMARK: None}
         self._n_ro = 0  # log records shifted into the read-only region since the last flush
         self._index: dict[bytes, int] = {}
+        self._live = 0  # keys whose newest record holds a value (``live_keys``)
         self._runs: list[RunFile] = []
         self._slots: list[RunFile] = []  # slot -> run; a free slot holds its last, closed run
         self._free_slots: list[int] = []
@@ -224,6 +229,8 @@ class HybridLog(KVStore):
         except BaseException:
             self._release_runs()
             raise
+        # live = index entries whose newest record is not a tombstone (length 0)
+        self._live = sum(map(truth, map(LEN_SHIFT.__rrshift__, index.values())))
         self._maintenance = True
 
     def _release(self) -> None:
@@ -234,6 +241,7 @@ class HybridLog(KVStore):
         self._mut = self._frozen = _CLOSED
         self._index = _CLOSED
         self._n_ro = 0
+        self._live = 0
 
     def _release_runs(self) -> None:
         for run in getattr(self, "_slots", ()):
@@ -363,21 +371,52 @@ class HybridLog(KVStore):
             hit = False
         if (
             type(value) is not bytes
-            or len(value) > self.max_value_len
+            or not 0 < len(value) <= self.max_value_len
             or (not hit
             and (type(key) is not bytes or not 0 < len(key) <= self.max_key_len))
         ):
             self._check_kv(key, value)
+            self.stats.app_bytes += len(key)
+            self._delete(key)  # a valid pair that failed the test: value == b""
+            return
         self.stats.app_bytes += len(key) + len(value)
-        if hit:
+        if hit:  # the mutable region holds no tombstones: the key stays live
             mut[key] = value
             return
         if self._maintenance:
             self._maintain()
-        self._frozen.pop(key, None)
+        old = self._frozen.pop(key, None)
+        if not (self._index.get(key, 0) >> LEN_SHIFT if old is None else old):
+            self._live += 1
         mut[key] = value
         if len(mut) > self.ro_lag_interval:
             self._shift()
+
+    def _delete(self, key: bytes) -> None:
+        """Delete ``key`` (validated): a read-copy-update straight into the read-only region.
+
+        The mutable region never holds a tombstone, so an in-place update there never
+        turns a deleted key live again and ``set`` counts live keys without reading the
+        old value. The key's in-memory copy (mutable or frozen) is dropped; a tombstone
+        record is appended to the read-only region only if a durable live record would
+        otherwise show through (none is needed when nothing durable holds the key, or
+        the durable record is already a tombstone).
+        Cost: up to three dict operations; flushes like any record entering the region.
+        """
+        if self._maintenance:
+            self._maintain()
+        frozen = self._frozen
+        old = self._mut.pop(key, None)
+        if old is None:
+            old = frozen.pop(key, None)
+        disk = self._index.get(key, 0) >> LEN_SHIFT
+        if disk if old is None else old:
+            self._live -= 1
+        if disk:
+            frozen[key] = b""  # after the watermark: a dirty read-only record
+            self._n_ro += 1
+            if self._n_ro >= self.flush_interval:
+                self._flush()
 
     def multi_set(self, pairs: Pairs) -> None:
         """Apply ``(key, value)`` pairs in order (later pairs win); validated as a whole first.
@@ -392,11 +431,27 @@ class HybridLog(KVStore):
             return
         if self._maintenance:
             self._maintain()
-        frozen = self._frozen
-        if len(frozen) > 1:  # drop superseded in-memory copies (read-copy-update)
-            deque(map(frozen.pop, batch, repeat(None)), maxlen=0)
-        mut = self._mut
+        if b"" in batch.values():  # deletes (keys are distinct: order does not matter)
+            for key in [k for k, v in batch.items() if not v]:
+                self._delete(key)
+            batch = {k: v for k, v in batch.items() if v}
+            if not batch:
+                return
+        frozen, mut, index = self._frozen, self._mut, self._index
+        before = len(mut)
         mut.update(batch)
+        added = len(mut) - before  # keys new to the mutable region: the last ``added``
+        if added:  # (keys already there were live: it holds no tombstones)
+            new = list(islice(reversed(mut), added))
+            # each new key's newest record before the batch: its frozen value (popped:
+            # read-copy-update), else its value length on disk (0: tombstone or absent)
+            olds: Iterator[object] = (
+                map(LEN_SHIFT.__rrshift__, map(index.get, new, repeat(0))) if index
+                else repeat(0, added)
+            )
+            if len(frozen) > 1:
+                olds = map(cast(_Lookup, frozen.pop), new, olds)
+            self._live += added - sum(map(truth, olds))
         if len(mut) > self.ro_lag_interval:
             self._shift()
 
@@ -604,6 +659,11 @@ class HybridLog(KVStore):
             "disk_records": sum(r.count for r in self._runs),
         }
 
+    def live_keys(self) -> int:
+        """Number of live keys, exact. Cost: O(1) (a counter kept by the write paths)."""
+        self._ensure_open()
+        return self._live
+
     def _read_only_count(self) -> int:
         """Records in memory after the watermark. Cost: O(read-only region)."""
         return list(islice(reversed(self._frozen), self._n_ro + 1)).index(_WATERMARK)
@@ -633,6 +693,8 @@ class HybridLog(KVStore):
         assert len(frozen) - 1 - n_ro <= self._cache_cap, "cached region over its bound"
         assert len(mut) + len(frozen) - 1 <= self.mem_segment_len, "memory over bound"
         assert not (mut.keys() & frozen.keys()), "key in the mutable and another region"
+        assert b"" not in mut.values(), "tombstone in the mutable region"
+        assert self._live == sum(1 for _ in self._iter_items()), "live key count is off"
         assert sum(type(k) is not bytes for k in frozen) == 1, "watermark lost or doubled"
         ro = set(islice(reversed(frozen), n_ro))
         slots = {r.slot for r in self._runs}

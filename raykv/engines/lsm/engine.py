@@ -108,6 +108,7 @@ class LSMTree(KVStore):
     """
 
     engine_name = "lsm"
+    live_keys_exact = False
 
     def __init__(
         self,
@@ -139,6 +140,7 @@ class LSMTree(KVStore):
         self._newest_first: list[RunReader] = []
         self._run_memory: dict[str, int] = {}
         self._runs_memory = 0
+        self._disk_entries = 0  # entries (tombstones included) of all runs: live_keys()
         self._uncommitted = False
         self._syncer: ThreadPoolExecutor | None = None
         # set() calls _after_write() when the memtable size exceeds this; -1 forces the
@@ -453,6 +455,7 @@ class LSMTree(KVStore):
                 groups.append((r.bloom.word_mask, [probe]))
         self._probes = groups
         self._runs_memory = sum(self._run_memory.get(r.name, 0) for r in newest)
+        self._disk_entries = sum(r.entry_count for r in newest)
 
     def _next_merge(self) -> MergePlan | None:
         return pick_merge(
@@ -467,6 +470,19 @@ class LSMTree(KVStore):
         names = [[r.name for r in level] for level in self._levels]
         self._commit([n for level in names for n in level], {"levels": names})
         self._uncommitted = False
+
+    def live_keys(self) -> int:
+        """An upper bound on the number of live keys: run entries plus memtable entries.
+
+        Cost: O(1) (the run total is kept when the set of runs changes). Not exact: a key
+        in several runs or in a run and the memtable counts once per copy, and tombstones
+        count as entries. It is exact when the memtable is empty (after ``seal()``) and at
+        most one run is left (as after a merge of every run): a sole run holds no
+        tombstones, since flushes and merges drop a tombstone when no older run may hold
+        its key. ``live_keys_exact`` is ``False`` for this engine.
+        """
+        self._ensure_open()
+        return self._disk_entries + len(self._mem)
 
     @property
     def levels(self) -> list[list[str]]:
