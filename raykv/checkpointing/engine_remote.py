@@ -1,8 +1,12 @@
 """Thesis API parity: ``snapshot(epoch)`` / ``restore(epoch)`` on an engine opened with ``remote=``.
 
-``KVStore.__init__`` builds an ``EngineRemote(engine, url, storage_options)`` when given
-``remote=``; ``KVStore.snapshot`` and ``KVStore.restore`` delegate here. The engine's
-state is checkpointed as the single shard ``"engine"`` of a ``CheckpointStore``::
+This is the default backend of the engines' ``remote=`` plug-in point
+(``raykv.engines.remote``): ``KVStore.__init__`` calls the registered factory, by default
+``EngineRemote(engine, url, storage_options)`` (named there, loaded on first use), and
+``KVStore.snapshot`` / ``KVStore.restore`` delegate here. It implements the
+``raykv.engines.remote.EngineRemote`` protocol and uses only the engine's public API
+(``seal``, ``data_dir``, ``engine_name``, ``swapped_out``). The engine's state is
+checkpointed as the single shard ``"engine"`` of a ``CheckpointStore``::
 
     kv = LSMTree("/data/kv", remote="s3://bucket/kv", storage_options={...})
     kv.set(b"k", b"v")
@@ -95,12 +99,8 @@ class EngineRemote:
             CorruptionError: a checkpoint file is missing or damaged (names it).
         """
         target = self._resolve(epoch)
-        engine = self.engine
-        engine._release()
-        try:
-            self.store.restore_shard(target, ENGINE_SHARD, engine.data_dir)
-        finally:
-            engine._load()
+        with self.engine.swapped_out() as data_dir:  # reopens from data_dir, also on error
+            self.store.restore_shard(target, ENGINE_SHARD, data_dir)
         return target
 
     def restore_into_empty_dir(self) -> None:

@@ -22,7 +22,8 @@ Contract (every engine keeps it; ``tests/engines/contract.py`` checks it):
   directory is locked (``LOCK``) against a second engine opening it.
 
 Engine implementers provide ``_open``, ``_seal``, ``_release``, ``get``, ``set``,
-``multi_get``, ``multi_set``, ``items`` and ``__sizeof__``; the rest is built here. Files
+``multi_get``, ``multi_set``, ``items``, ``live_keys`` and ``__sizeof__``; the rest is
+built here. Files
 are written through ``self._new_file(kind)`` names; ``_commit(state, files)`` writes a new
 engine manifest and deletes the files the previous manifest listed that are no longer live.
 """
@@ -43,8 +44,8 @@ from raykv.engines.filename import MANIFEST_KIND, TMP_SUFFIX, FileNumbers, parse
 from raykv.engines.manifest import Manifest, find_latest_manifest, write_manifest
 from raykv.errors import CorruptionError, StoreClosedError
 
-if TYPE_CHECKING:  # imported at run time only by engines opened with remote=
-    from raykv.checkpointing.engine_remote import EngineRemote
+if TYPE_CHECKING:
+    from raykv.engines.remote import EngineRemote
 
 DEFAULT_MAX_KEY_LEN = 1024
 DEFAULT_MAX_VALUE_LEN = 16 * 1024 * 1024
@@ -94,11 +95,15 @@ class KVStore(ABC):
         max_value_len: largest value accepted, in bytes.
         remote: optional checkpoint store URL (``file://``, ``s3://``, ``memory://``, or a
             plain path). With a remote, ``snapshot(epoch)`` and ``restore(epoch)`` work,
-            and opening an empty ``data_dir`` restores the latest committed epoch.
+            and opening an empty ``data_dir`` restores the latest committed epoch. The
+            backend is plugged in through ``raykv.engines.remote`` (by default the
+            checkpointing layer's ``CheckpointStore``).
         storage_options: passed to fsspec for ``remote`` (e.g. ``endpoint_url``, ``key``).
     """
 
     engine_name: ClassVar[str] = "kvstore"
+    #: whether ``live_keys()`` is exact (``False``: an upper bound, see the engine's docs)
+    live_keys_exact: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -121,9 +126,9 @@ class KVStore(ABC):
         self._remote: EngineRemote | None = None
         try:
             if remote is not None:
-                from raykv.checkpointing.engine_remote import EngineRemote
+                from raykv.engines.remote import remote_factory
 
-                self._remote = EngineRemote(self, remote, storage_options)
+                self._remote = remote_factory()(self, remote, storage_options)
                 if find_latest_manifest(self.data_dir) is None:
                     self._remote.restore_into_empty_dir()
             self._load()
@@ -170,6 +175,17 @@ class KVStore(ABC):
         """Iterate over all live ``(key, value)`` pairs (order is engine-specific).
 
         The store must not be modified while the iterator is in use.
+        """
+
+    @abstractmethod
+    def live_keys(self) -> int:
+        """Number of live keys (set and not deleted since), in O(1).
+
+        Exact when ``live_keys_exact`` is true (MemOnly, HybridLog, AppendLog): equal to
+        ``len(dict(self.items()))`` after any sequence of writes, seals, merges, reopens
+        and restores. Otherwise (LSMTree) an upper bound that the engine documents,
+        together with when it is exact. Never reads files; ``raykv.metrics`` calls it once
+        per shard per epoch. Raises ``StoreClosedError`` on a closed store.
         """
 
     @abstractmethod
@@ -306,10 +322,34 @@ class KVStore(ABC):
         self._open(manifest)
         self._closed = False
 
-    def _reload(self) -> None:
-        """Drop in-memory state and reopen from the directory (used by restore)."""
+    @contextlib.contextmanager
+    def swapped_out(self) -> Iterator[Path]:
+        """Release the engine's files for the block; reopen from ``data_dir`` after it.
+
+        For a checkpoint backend replacing the engine's files (``restore``). Yields
+        ``data_dir``. Contract:
+
+        * On entry the engine drops its in-memory state, including writes not sealed yet,
+          and closes every file it holds. It keeps the directory lock.
+        * Inside the block the engine is closed to callers (every operation raises
+          ``StoreClosedError``). The caller may add, replace or delete any engine file
+          and manifest in ``data_dir`` (not ``LOCK``), e.g. link or download the files of
+          a checkpoint and write their engine manifest (``FORMAT.md``) last.
+        * On exit, also when the block raised, the engine reopens from the newest
+          manifest in ``data_dir`` exactly as a fresh open would (files no manifest
+          lists are deleted). If that reopen fails (e.g. ``CorruptionError``), the error
+          propagates and the engine stays closed; a block's own error propagates after
+          a successful reopen.
+
+        Cost: a close plus an open (reads the runs' index sections, as a restart does).
+        """
+        self._ensure_open()
         self._release()
-        self._load()
+        self._closed = True
+        try:
+            yield self.data_dir
+        finally:
+            self._load()
 
     def _new_file(self, kind: str) -> str:
         """Reserve a new unique file name of ``kind``; the engine writes it under that name.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +47,7 @@ class KVStoreContract(BoundaryContract):
 
     @staticmethod
     def assert_state(store: KVStore, model: dict[bytes, bytes]) -> None:
+        BoundaryContract.assert_live_keys(store, model)
         assert dict(store.items()) == model
         keys = list(model)
         assert store.multi_get(keys) == [model[k] for k in keys]
@@ -78,6 +80,7 @@ class KVStoreContract(BoundaryContract):
             else:
                 keys = [rand_key(rng, space) for _ in range(rng.randrange(1, 30))]
                 assert store.multi_get(keys) == [model.get(k, b"") for k in keys]
+            BoundaryContract.assert_live_keys(store, model)
 
     # ------------------------------------------------------------------ basic API
 
@@ -175,6 +178,63 @@ class KVStoreContract(BoundaryContract):
                 self.assert_state(s, model)
         s.close()
         with self.open(tmp_path) as s:
+            self.assert_state(s, model)
+
+    def test_live_keys_after_every_step(self, tmp_path: Path) -> None:
+        """``live_keys()`` follows the model through writes, deletes, seals, merges, reopens."""
+        rng = random.Random(11)
+        model: dict[bytes, bytes] = {}
+        s = self.open(tmp_path)
+        try:
+            for round_ in range(12):
+                self.apply_random(s, model, rng, 150, space=300)  # checks after every op
+                s.seal()
+                self.assert_live_keys(s, model)
+                for k in list(model)[: len(model) // 3]:  # deletes of keys on disk, then more
+                    s.delete(k)
+                    del model[k]
+                    self.assert_live_keys(s, model)
+                s.delete(b"never-written-%d" % round_)
+                self.assert_live_keys(s, model)
+                if round_ % 3 == 2:
+                    s.close()
+                    s = self.open(tmp_path)
+                    self.assert_live_keys(s, model)
+            self.assert_state(s, model)
+        finally:
+            s.close()
+        with pytest.raises(StoreClosedError):
+            s.live_keys()
+
+    def test_swapped_out_lets_the_caller_replace_the_files(self, tmp_path: Path) -> None:
+        """The public hook checkpoint backends use to restore (``KVStore.swapped_out``)."""
+        backup = tmp_path / "backup"
+        backup.mkdir()
+        with self.open(tmp_path / "kv") as s:
+            s.multi_set({b"a%03d" % i: b"old" for i in range(200)})
+            for name in s.seal():
+                shutil.copy2(tmp_path / "kv" / name, backup / name)
+            s.multi_set({b"a%03d" % i: b"" for i in range(0, 200, 2)})
+            s.set(b"new", b"x")
+            s.seal()
+            s.set(b"unsealed", b"y")
+            with s.swapped_out() as data_dir:
+                assert data_dir == tmp_path / "kv"
+                with pytest.raises(StoreClosedError):
+                    s.get(b"new")
+                for entry in os.listdir(data_dir):
+                    if entry != "LOCK":
+                        os.unlink(data_dir / entry)
+                for entry in os.listdir(backup):
+                    shutil.copy2(backup / entry, data_dir / entry)
+            model = {b"a%03d" % i: b"old" for i in range(200)}
+            self.assert_state(s, model)
+            assert s.live_keys() == 200
+            with pytest.raises(RuntimeError, match="boom"), s.swapped_out():
+                raise RuntimeError("boom")
+            self.assert_state(s, model)  # reopened after the block's error
+            s.set(b"after", b"z")
+            model[b"after"] = b"z"
             self.assert_state(s, model)
 
     def test_large_values_and_binary_keys(self, tmp_path: Path) -> None:
@@ -392,6 +452,7 @@ class KVStoreContract(BoundaryContract):
             @invariant()
             def matches_model(self) -> None:
                 if hasattr(self, "store"):
+                    contract.assert_live_keys(self.store, self.model)
                     assert dict(self.store.items()) == self.model
 
             def teardown(self) -> None:
