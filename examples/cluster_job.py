@@ -41,11 +41,11 @@ from _common import EXIT_CHECK_FAILED, EXIT_OK, guarded, table_diff
 
 import raykv
 from raykv.checkpointing import CheckpointStore
-from raykv.demo import ZipfEvents
-from raykv.drill import read_published
 from raykv.operators import Aggregate
 from raykv.sinks import ParquetSink
 from raykv.sources import GeneratorSource
+from raykv.tools.demo import ZipfEvents
+from raykv.tools.drill import read_published
 
 AGGS = {"amount": ["sum", "count", "max"]}
 

@@ -44,11 +44,11 @@ from _common import (
 )
 
 import raykv
-from raykv.drill import read_published
 from raykv.operators import Aggregate
 from raykv.sinks import ParquetSink
 from raykv.sources import ParquetSource
 from raykv.testing import zipf_events
+from raykv.tools.drill import read_published
 
 AGGS = {"amount": ["sum", "count", "mean"], "qty": ["sum", "max"]}
 

@@ -4,7 +4,7 @@
     python examples/recovery_drill.py --kills 20 --seed 7 --engine lsm --shards 3
     raykv drill --kills 20                            # the same from the command line
 
-The drill (``raykv.drill``) runs ``Aggregate(user: amount sum/count/min/max)`` over a
+The drill (``raykv.tools.drill``) runs ``Aggregate(user: amount sum/count/min/max)`` over a
 deterministic zipf event stream with checkpoints and a ``ParquetSink``, and kills a
 random shard actor (``ray.kill``), one kill at a time, at one of these moments:
 
@@ -30,7 +30,7 @@ import sys
 
 from _common import EXIT_CHECK_FAILED, EXIT_OK, connect_ray, disconnect_ray, guarded
 
-from raykv.drill import MOMENTS, DrillConfig, format_table, run_drill, summarize
+from raykv.tools.drill import MOMENTS, DrillConfig, format_table, run_drill, summarize
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -37,9 +37,9 @@ from _common import (
 
 import raykv
 from raykv.checkpointing import CheckpointStore
-from raykv.demo import ZipfEvents
 from raykv.operators import Aggregate
 from raykv.sources import GeneratorSource
+from raykv.tools.demo import ZipfEvents
 
 AGGS = {"amount": ["sum", "count", "min", "max"]}
 

@@ -29,8 +29,8 @@ import pyarrow as pa
 import pytest
 
 from raykv.checkpointing import CheckpointStore
-from raykv.demo import ZipfEvents
-from raykv.drill import read_published
+from raykv.tools.demo import ZipfEvents
+from raykv.tools.drill import read_published
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""``raykv.drill`` and ``raykv drill``: kill plans, the exactness model, a drill with kills.
+"""``raykv.tools.drill`` and ``raykv drill``: kill plans, the exactness model, a drill with kills.
 
 The model test compares ``expected_epochs`` with a row-by-row Python dict model, so the
 drill's own yardstick is checked independently of pyarrow's group_by. The drill itself
@@ -20,7 +20,7 @@ import pytest
 from raykv.checkpointing import transfer
 from raykv.checkpointing.objectstore import PROBE_RETRIES
 from raykv.cli import main
-from raykv.drill import (
+from raykv.tools.drill import (
     MOMENTS,
     DrillConfig,
     KillRecord,

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from raykv.demo import engine_demo, pipeline_demo
+        from raykv.tools.demo import engine_demo, pipeline_demo
 
         try:
             if args.engines_only:

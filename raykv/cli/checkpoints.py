@@ -6,7 +6,7 @@ import argparse
 import datetime as dt
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from raykv.cli.common import (
     EXIT_OK,
@@ -20,6 +20,7 @@ from raykv.cli.common import (
 
 if TYPE_CHECKING:
     from raykv.checkpointing import CheckpointStore, EpochManifest
+    from raykv.runtime.metadata import ShardLoad
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -83,6 +84,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     """List committed epochs with time, shard count, size and new bytes."""
     store = _open(args)
     epochs = _require_epochs(store, args.url)
+    from raykv.runtime.metadata import read_metadata
+
     pins = set(store.pins())
     print(f"{'epoch':>8}  {'committed (UTC)':<19}  {'shards':>6}  {'size':>10}  {'new':>10}  note")
     for e in epochs:
@@ -90,7 +93,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         note = []
         if e in pins:
             note.append("pinned")
-        if em.metadata.get("final"):
+        meta = read_metadata(em.metadata)
+        if meta is not None and meta.final:
             note.append("final")
         print(f"{e:>8}  {_when(em.created_at):<19}  {len(em.shards):>6}  "
               f"{human_bytes(em.total_bytes):>10}  {human_bytes(em.new_bytes):>10}  "
@@ -110,13 +114,17 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"{len(em.shards)} shard(s), {human_bytes(em.total_bytes)} "
           f"({human_bytes(em.new_bytes)} new)")
     print(f"offsets: {json.dumps(em.offsets, sort_keys=True)}")
-    load = em.metadata.get("load", {})
-    for i, stage in enumerate(em.metadata.get("stages", [])):
-        moved = len((stage.get("partitioning") or {}).get("moved", []))
-        print(f"stage {i} {stage.get('name')!r}: {stage.get('operator')} key={stage.get('key')!r} "
-              f"engine={stage.get('engine')} shards={stage.get('num_shards')}, "
+    from raykv.runtime.metadata import read_metadata
+
+    meta = read_metadata(em.metadata)
+    stages = meta.stages if meta is not None else ()
+    load = (meta.load if meta is not None else None) or {}
+    for i, stage in enumerate(stages):
+        moved = len((stage.partitioning or {}).get("moved", []))
+        print(f"stage {i} {stage.name!r}: {stage.operator} key={stage.key!r} "
+              f"engine={stage.engine} shards={stage.num_shards}, "
               f"{moved} key groups moved by rebalancing")
-        for line in _load_lines(load.get(stage.get("name"), {})):
+        for line in _load_lines(load.get(stage.name, {})):
             print(line)
     for name, sm in sorted(em.shards.items()):
         print(f"  shard {name}: {len(sm.files)} file(s), {human_bytes(sm.total_bytes)}, "
@@ -126,17 +134,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load_lines(shards: dict[str, dict[str, Any]]) -> list[str]:
+def _load_lines(shards: dict[str, ShardLoad]) -> list[str]:
     """Per-shard load of one stage in an epoch manifest (written with ``hot_keys > 0``)."""
     from raykv.hotkeys import format_hot_keys
 
-    total = sum(int(v["updates_total"]) for v in shards.values())
+    total = sum(v.updates_total for v in shards.values())
     lines = []
     for name, v in sorted(shards.items()):
-        share = int(v["updates_total"]) / total if total else 0.0
-        lines.append(f"  load {name}: {v['updates']:,} updates this epoch, {v['updates_total']:,} "
-                     f"in the run ({share:.0%}), write amp {v['write_amplification']:.2f}, "
-                     f"hot keys: {format_hot_keys(v['hot_keys'])}")
+        share = v.updates_total / total if total else 0.0
+        lines.append(f"  load {name}: {v.updates:,} updates this epoch, {v.updates_total:,} "
+                     f"in the run ({share:.0%}), write amp {v.write_amplification:.2f}, "
+                     f"hot keys: {format_hot_keys(v.hot_keys)}")
     return lines
 
 
@@ -207,7 +215,7 @@ def cmd_restore_local(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the state of one stage at an epoch as Parquet."""
-    from raykv.export import export_stage
+    from raykv.tools.export import export_stage
 
     store = _open(args)
     _require_epochs(store, args.url)

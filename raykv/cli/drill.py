@@ -28,12 +28,12 @@ from raykv.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from raykv.drill import DrillConfig, KillRecord
+    from raykv.tools.drill import DrillConfig, KillRecord
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``drill`` on the ``raykv`` subcommand parser ``sub``."""
-    from raykv.drill import MOMENTS
+    from raykv.tools.drill import MOMENTS
 
     p = sub.add_parser(
         "drill",
@@ -70,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     """Run the drill described by ``args``; return the exit code."""
-    from raykv.drill import DrillConfig
+    from raykv.tools.drill import DrillConfig
 
     moments = tuple(m.strip() for m in args.moments.split(",") if m.strip())
     try:
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(cfg: DrillConfig, args: argparse.Namespace) -> int:
     import ray
 
-    from raykv.drill import format_table, run_drill, summarize
+    from raykv.tools.drill import format_table, run_drill, summarize
 
     logger = logging.getLogger("raykv")
     level = logger.level
