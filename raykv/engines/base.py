@@ -114,8 +114,8 @@ class KVStore(ABC):
         remote: str | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
-        _check_limit("max_key_len", max_key_len, 1, KEY_LEN_CEILING)
-        _check_limit("max_value_len", max_value_len, 0, VALUE_LEN_CEILING)
+        check_int_param("max_key_len", max_key_len, 1, KEY_LEN_CEILING)
+        check_int_param("max_value_len", max_value_len, 0, VALUE_LEN_CEILING)
         self.max_key_len = max_key_len
         self.max_value_len = max_value_len
         self.data_dir = Path(data_dir)
@@ -519,13 +519,26 @@ class KVStore(ABC):
 _BYTES_ONLY = {bytes}
 
 
-def _check_limit(name: str, value: object, low: int, high: int) -> None:
+def check_int_param(name: str, value: object, low: int, high: int | None = None,
+                    what: str = "") -> int:
+    """Return ``value`` if it is an int in ``low..high`` (no upper bound when ``None``).
+
+    Raises:
+        TypeError: not an int (``bool`` is not accepted either).
+        ValueError: out of range; the message names the parameter, what it means
+            (``what``), the value and the allowed range.
+    """
+    label = f"{name} ({what})" if what else name
     if type(value) is not int:
-        msg = f"{name} must be an int, got {type(value).__name__}"
+        msg = f"{label} must be an int, got {type(value).__name__}"
         raise TypeError(msg)
-    if not low <= value <= high:
-        msg = f"{name}={value} is out of range; allowed {low}..{high}"
+    if high is None and value < low:
+        msg = f"{name}={value} must be >= {low}"
         raise ValueError(msg)
+    if high is not None and not low <= value <= high:
+        msg = f"{name}={value}{f' ({what})' if what else ''} is out of range; allowed {low}..{high}"
+        raise ValueError(msg)
+    return value
 
 
 def _lock_dir(data_dir: Path) -> int:

@@ -66,7 +66,7 @@ from raykv.engines.appendlog.runfile import (
     value_start,
     verify_data,
 )
-from raykv.engines.base import KVStore, Pairs, StoreOptions
+from raykv.engines.base import KVStore, Pairs, StoreOptions, check_int_param
 from raykv.engines.fileio import crc32, encode_varint
 from raykv.engines.manifest import Manifest
 from raykv.errors import CorruptionError
@@ -120,8 +120,8 @@ class AppendLog(KVStore):
         max_runs_per_level: int = DEFAULT_MAX_RUNS_PER_LEVEL,
         **kwargs: Unpack[StoreOptions],
     ) -> None:
-        _check_param("threshold", threshold, 1, MAX_THRESHOLD, "bytes per run before it closes")
-        _check_param(
+        check_int_param("threshold", threshold, 1, MAX_THRESHOLD, "bytes per run before it closes")
+        check_int_param(
             "max_runs_per_level", max_runs_per_level, 2, 1 << 20, "runs per level before a merge"
         )
         self.threshold = threshold
@@ -694,10 +694,3 @@ class AppendLog(KVStore):
 # ---------------------------------------------------------------------- helpers
 
 
-def _check_param(name: str, value: object, low: int, high: int, what: str) -> None:
-    if type(value) is not int:
-        msg = f"{name} ({what}) must be an int, got {type(value).__name__}"
-        raise TypeError(msg)
-    if not low <= value <= high:
-        msg = f"{name}={value} ({what}) is out of range; allowed {low}..{high}"
-        raise ValueError(msg)

@@ -52,7 +52,7 @@ from typing import Any, NoReturn, Unpack, cast
 
 import numpy as np
 
-from raykv.engines.base import KVStore, Pairs, StoreOptions
+from raykv.engines.base import KVStore, Pairs, StoreOptions, check_int_param
 from raykv.engines.fileio import write_file
 from raykv.engines.hybridlog.merge import is_prefix, pick_merge
 from raykv.engines.hybridlog.runfile import (
@@ -115,16 +115,6 @@ def _presync(path: Path) -> None:
         os.close(fd)
 
 
-def _check_param(name: str, value: object, low: int) -> int:
-    if type(value) is not int:
-        msg = f"{name} must be an int, got {type(value).__name__}"
-        raise TypeError(msg)
-    if value < low:
-        msg = f"{name}={value} must be >= {low}"
-        raise ValueError(msg)
-    return value
-
-
 class HybridLog(KVStore):
     """FASTER-style HybridLog engine: in-place updates in memory, immutable runs on disk.
 
@@ -169,9 +159,9 @@ class HybridLog(KVStore):
         compaction_enabled: bool = False,
         **kwargs: Unpack[StoreOptions],
     ) -> None:
-        self.ro_lag_interval = _check_param("ro_lag_interval", ro_lag_interval, 1)
-        self.flush_interval = _check_param("flush_interval", flush_interval, 1)
-        self.mem_segment_len = _check_param("mem_segment_len", mem_segment_len, 2)
+        self.ro_lag_interval = check_int_param("ro_lag_interval", ro_lag_interval, 1)
+        self.flush_interval = check_int_param("flush_interval", flush_interval, 1)
+        self.mem_segment_len = check_int_param("mem_segment_len", mem_segment_len, 2)
         if mem_segment_len < ro_lag_interval + flush_interval:
             msg = (
                 f"mem_segment_len={mem_segment_len} must be >= ro_lag_interval + "
@@ -179,7 +169,7 @@ class HybridLog(KVStore):
                 "or lower the intervals"
             )
             raise ValueError(msg)
-        self.max_runs_per_level = _check_param("max_runs_per_level", max_runs_per_level, 1)
+        self.max_runs_per_level = check_int_param("max_runs_per_level", max_runs_per_level, 1)
         if max_runs_per_level > MAX_RUNS_PER_LEVEL_CEILING:
             msg = (f"max_runs_per_level={max_runs_per_level} exceeds "
                    f"{MAX_RUNS_PER_LEVEL_CEILING}")

@@ -28,7 +28,7 @@ from zlib import crc32
 
 import numpy as np
 
-from raykv.engines.base import KVStore, Pairs, StoreOptions
+from raykv.engines.base import KVStore, Pairs, StoreOptions, check_int_param
 from raykv.engines.lsm.bloom import TABLE12, hash_many, hash_pair, masks_of
 from raykv.engines.lsm.compaction import (
     Chunk,
@@ -121,11 +121,11 @@ class LSMTree(KVStore):
         bloom_bits_per_key: int = 10,
         **kwargs: Unpack[StoreOptions],
     ) -> None:
-        _check_param("max_runs_per_level", max_runs_per_level, 1, 1000)
-        _check_param("density_factor", density_factor, 1, MAX_DENSITY_FACTOR)
-        _check_param("memtable_bytes_limit", memtable_bytes_limit, 1, 1 << 40)
-        _check_param("size_ratio", size_ratio, 2, 1000)
-        _check_param("bloom_bits_per_key", bloom_bits_per_key, 0, 64)
+        check_int_param("LSMTree max_runs_per_level", max_runs_per_level, 1, 1000)
+        check_int_param("LSMTree density_factor", density_factor, 1, MAX_DENSITY_FACTOR)
+        check_int_param("LSMTree memtable_bytes_limit", memtable_bytes_limit, 1, 1 << 40)
+        check_int_param("LSMTree size_ratio", size_ratio, 2, 1000)
+        check_int_param("LSMTree bloom_bits_per_key", bloom_bits_per_key, 0, 64)
         self.max_runs_per_level = max_runs_per_level
         self.density_factor = density_factor
         self.memtable_bytes_limit = memtable_bytes_limit
@@ -558,10 +558,3 @@ def _levels_from_state(path: os.PathLike[str], manifest: Manifest) -> list[list[
     return levels
 
 
-def _check_param(name: str, value: object, low: int, high: int) -> None:
-    if type(value) is not int:
-        msg = f"LSMTree {name} must be an int, got {type(value).__name__}"
-        raise TypeError(msg)
-    if not low <= value <= high:
-        msg = f"LSMTree {name}={value} is out of range; allowed {low}..{high}"
-        raise ValueError(msg)
