@@ -323,3 +323,70 @@ def test_directory_source_on_s3(s3_bucket: tuple[str, dict[str, Any]], tmp_path:
     first, off = drain(reader, 4)
     assert first + drain(src.open(off))[0] == _rows(0, 30)
     assert assert_split_replay(src, src.splits()[2]) == _rows(20, 10)
+
+
+# ---------------------------------------------------------------------------- in a pipeline
+
+
+@pytest.mark.ray
+def test_directory_source_pipeline_with_files_arriving_a_kill_and_a_resume(
+    ray_session: Any, tmp_path: Path
+) -> None:
+    """Files arrive during two runs; a shard is SIGKILLed; the totals count every row once."""
+    import signal
+
+    import ray
+
+    import raykv
+    from raykv.operators import Aggregate
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    per_file, written = 40, 0  # two batches: one epoch per file
+
+    def arrive(n: int) -> None:
+        nonlocal written
+        for _ in range(n):
+            _write(folder, f"part-{written // per_file:04d}.parquet", _rows(written, per_file))
+            written += per_file
+
+    arrive(3)
+    state = {"killed": False, "stop_at": 0}
+    holder: dict[str, raykv.Pipeline] = {}
+
+    def on_progress(ev: raykv.ProgressEvent) -> None:
+        if ev.kind != "committed":
+            return
+        if ev.epoch == 2 and not state["killed"]:  # more files, then a real SIGKILL
+            arrive(2)
+            state["killed"] = True
+            handle = ev.shards[sorted(ev.shards)[0]]
+            os.kill(ray.get(handle.ping.remote()), signal.SIGKILL)
+        if ev.rows_in >= state["stop_at"]:
+            holder["p"].stop()
+
+    p = raykv.Pipeline(
+        source=DirectorySource(str(folder), batch_size=20, poll_interval=0.02),
+        stages=[Aggregate("k", {"v": ["sum", "count"]})],
+        engine="memonly", num_shards=2, epoch_every_batches=2, max_pending_epochs=1,
+        checkpoint=str(tmp_path / "ckpt"), local_dir=str(tmp_path / "local"),
+        on_progress=on_progress,
+    )
+    holder["p"] = p
+    state["stop_at"] = 5 * per_file
+    first = p.run()
+    assert first.stopped and first.restarts == 1 and state["killed"]
+    arrive(3)  # while no run is going
+    state["stop_at"] = 8 * per_file - first.rows_in
+    second = p.run(resume=True)
+    assert second.stopped and first.rows_in + second.rows_in == written == 8 * per_file
+    final = pa.concat_tables(
+        [second.output_by_epoch[e] for e in sorted(second.output_by_epoch)]
+    ).to_pylist()
+    latest = {r["k"]: r for r in final}  # the changelog's last value of each key
+    model: dict[int, list[int]] = {}
+    for r in _rows(0, written):
+        s = model.setdefault(r["k"], [0, 0])
+        s[0] += r["v"]
+        s[1] += 1
+    assert {k: [r["v_sum"], r["v_count"]] for k, r in latest.items()} == model
