@@ -9,13 +9,15 @@ actor calls ``op.build(store)`` on its open ``KVStore`` and then drives the retu
 * :class:`StatefulMap`: ``fn(state, row) -> (state, output)`` per event.
 * :class:`TumblingWindow`: aggregations per key and event-time window, closed by watermark.
 
-All are thin layers over :class:`KeyedStateLogic` (``base.py``), which owns input checks,
+All are thin layers over :class:`KeyedStateLogic` (``keyed_state.py``), which owns input checks,
 state keys, the changed-key set and emission.
 """
 
 from raykv.operators.aggregate import Aggregate, AggregateLogic
-from raykv.operators.base import KeyedOperator, KeyedStateLogic, OperatorLogic, PyStateLogic
+from raykv.operators.base import KeyedOperator, OperatorLogic
 from raykv.operators.codecs import Codec, JsonCodec, PickleCodec, RawCodec, get_codec
+from raykv.operators.keyed_state import KeyedStateLogic
+from raykv.operators.pystate import PyStateLogic
 from raykv.operators.reduce import Reduce, ReduceLogic
 from raykv.operators.stateful_map import StatefulMap, StatefulMapLogic
 from raykv.operators.window import TumblingWindow, TumblingWindowLogic

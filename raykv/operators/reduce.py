@@ -10,8 +10,9 @@ import pyarrow as pa
 
 from raykv.engines.base import KVStore
 from raykv.errors import mark_user_code
-from raykv.operators.base import KeyedOperator, PyStateLogic
+from raykv.operators.base import KeyedOperator
 from raykv.operators.codecs import Codec, codec_name, get_codec
+from raykv.operators.pystate import PyStateLogic
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ import pyarrow as pa
 
 from raykv.engines.base import KVStore
 from raykv.errors import describe_key, mark_user_code
-from raykv.operators.base import META_KEYS, KeyedOperator, PyStateLogic
+from raykv.operators.base import META_KEYS, KeyedOperator
 from raykv.operators.codecs import Codec, get_codec
+from raykv.operators.pystate import PyStateLogic
 from raykv.partitioning import decode_keys
 
 

@@ -12,8 +12,10 @@ import numpy as np
 import pyarrow as pa
 
 from raykv.engines.base import KVStore
-from raykv.operators.aggstate import AggLayout, normalize_aggs
-from raykv.operators.base import META_KEYS, WATERMARK_KEY, KeyedOperator, KeyedStateLogic
+from raykv.operators.aggspec import normalize_aggs
+from raykv.operators.aggstate import AggLayout
+from raykv.operators.base import META_KEYS, WATERMARK_KEY, KeyedOperator
+from raykv.operators.keyed_state import KeyedStateLogic
 
 WINDOW_START = "window_start"
 WINDOW_END = "window_end"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from raykv.operators.base import describe_schema_change
+from raykv.operators.schemas import describe_schema_change
 from raykv.partitioning import split_batch
 from raykv.runtime.committer import Committer, PendingEpoch
 from raykv.runtime.failures import shard_get

@@ -14,7 +14,8 @@ import pytest
 
 from raykv.engines import ENGINES, MemOnly, engine_class
 from raykv.engines.base import KVStore
-from raykv.operators.base import KeyedStateLogic, OperatorLogic
+from raykv.operators.base import OperatorLogic
+from raykv.operators.keyed_state import KeyedStateLogic
 
 KEY_TYPES = ("int", "str", "float", "bool", "ts", "dict", "bin")
 

@@ -14,7 +14,8 @@ from raykv.engines import ENGINES, MemOnly
 from raykv.engines.base import KVStore
 from raykv.operators import Aggregate
 from raykv.operators.aggregate import DEFAULT_MAX_BUFFERED_ROWS
-from raykv.operators.base import EMPTY_KEY, META_KEYS, KeyedStateLogic
+from raykv.operators.base import EMPTY_KEY, META_KEYS
+from raykv.operators.keyed_state import KeyedStateLogic
 from raykv.partitioning import encode_keys
 from tests.operators.helpers import (
     KEY_TYPES,

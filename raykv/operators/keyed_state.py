@@ -1,0 +1,345 @@
+"""The core keyed-state operator: per-key state in a ``KVStore``, changelog, finish.
+
+Every keyed operator is a thin layer over :class:`KeyedStateLogic`, which owns what all
+of them share, so it is written and tested once:
+
+* input checks: a ``RecordBatch`` with the key column, the same schema as the first batch
+  (also across restarts: the schema is stored with the state), no null keys, keys that
+  fit the engine's ``max_key_len``; an error names the column/value and changes nothing;
+* state keys: ``encode_keys`` of the key (plus a fixed-size suffix for windows), with the
+  empty string/binary key mapped to a reserved key (engines need 1+ byte keys);
+* writes: at most one ``multi_set`` per batch (state + operator metadata), which the
+  engine validates as a whole before applying, so a failed batch leaves no trace
+  (Aggregate buffers its vectorized partials and writes once per fold: at a barrier,
+  at ``finish``/``export_state``, or when its buffer is full; see ``aggregate.py``);
+* the changed-key set and emission: ``on_barrier`` returns the new values of the keys
+  whose state changed since the previous barrier (one ``multi_get``), ``finish`` the
+  values of all keys (one ``items()`` pass), both sorted by encoded key.
+
+Layers implement ``_setup`` (input schema known), ``_layout`` (a string naming the state
+encoding, stored and compared on reopen), ``_process`` and ``_render`` (state values to
+output columns). The config and logic protocol (``KeyedOperator``, ``OperatorLogic``) and
+the reserved keys are in ``base.py``; layers over codec-encoded Python state subclass
+``PyStateLogic`` (``pystate.py``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from abc import abstractmethod
+from collections.abc import Sequence
+from itertools import compress
+
+import numpy as np
+import pyarrow as pa
+
+from raykv.engines.base import KVStore
+from raykv.operators.base import (
+    EMPTY_KEY,
+    META_FORMAT,
+    META_KEY,
+    META_KEYS,
+    RESERVED_KEYS,
+    KeyedOperator,
+    OperatorLogic,
+)
+from raykv.operators.schemas import same_columns, schema_mismatch
+from raykv.partitioning import (
+    canonical_key_array,
+    check_key_type,
+    decode_keys,
+    encode_keys,
+    is_binary_like,
+    is_fixed_width,
+    value_type,
+)
+
+
+class KeyedStateLogic(OperatorLogic):
+    """The core keyed-state logic (see the module docstring); layers subclass it."""
+
+    def __init__(self, op: KeyedOperator, store: KVStore) -> None:
+        self.op = op
+        self.store = store
+        self.key = op.key
+        self._suffix_len = op.key_suffix_len
+        self._schema: pa.Schema | None = None
+        self._key_type: pa.DataType | None = None
+        self._out_schema: pa.Schema | None = None
+        self._changed: set[bytes] = set()
+        self._pending_meta: list[tuple[bytes, bytes]] = []
+        raw = store.get(META_KEY)
+        if raw:
+            self._load_meta(raw)
+
+    # ------------------------------------------------------------------ layer hooks
+
+    def _setup(self, schema: pa.Schema) -> None:
+        """Prepare for input ``schema`` (raise ``TypeError``/``ValueError`` if unusable)."""
+
+    def _layout(self) -> str:
+        """Identify the state encoding; a reopened store must have been written with it."""
+        return ""
+
+    @abstractmethod
+    def _process(self, batch: pa.RecordBatch) -> None:
+        """Update state for a checked, non-empty batch (ends with one ``_write``)."""
+
+    @abstractmethod
+    def _render(
+        self, state_keys: Sequence[bytes], values: Sequence[bytes]
+    ) -> list[tuple[str, pa.Array]]:
+        """Output columns (after the key column) for non-empty state ``values``."""
+
+    # ------------------------------------------------------------------ OperatorLogic
+
+    def process(self, batch: pa.RecordBatch) -> None:
+        """Check ``batch`` (schema, key column, nulls) and apply it to the state.
+
+        Raises:
+            TypeError: ``batch`` is not a ``RecordBatch`` or a column has an unusable type.
+            ValueError: missing key column, another schema than the first batch, a null
+                key, or a key longer than the engine's ``max_key_len``. State is unchanged.
+        """
+        fresh = self._schema is None
+        try:
+            self._check_batch(batch)
+            if batch.num_rows:
+                self._process(batch)
+        except BaseException:
+            if fresh and self._pending_meta:  # the first batch failed: forget its schema
+                self._schema = self._key_type = self._out_schema = None
+                self._pending_meta.clear()
+            raise
+
+    def on_barrier(self, epoch: int) -> pa.RecordBatch | None:
+        """Return the current values of the keys whose state changed since the last barrier.
+
+        Output schema: the key column (input type) followed by the layer's columns; rows
+        sorted by encoded key (numeric order for numeric keys). Keys whose state was
+        deleted are not listed. Cost: one ``multi_get`` of the changed keys.
+        """
+        if not self._changed:
+            return None
+        keys = sorted(self._changed)
+        values = self.store.multi_get(keys)
+        if not all(values):
+            keys = list(compress(keys, values))
+            values = [v for v in values if v]
+        out = self._emit(keys, values)
+        self._changed = set()
+        return out
+
+    def finish(self) -> pa.RecordBatch | None:
+        """Return the values of all keys (bounded input has ended).
+
+        Cost: one pass over ``store.items()`` plus a sort of the keys; the result holds the
+        whole state, so call it for bounded inputs only.
+        """
+        self._changed = set()
+        return self.export_state()
+
+    def export_state(self) -> pa.RecordBatch | None:
+        """Render the state of every key as output rows, changing nothing.
+
+        The same rows ``finish`` would emit for Aggregate/Reduce/windows (open windows with
+        their current aggregates); StatefulMap renders each key's state (``state`` column,
+        JSON text). Used by ``raykv checkpoints export``. Cost: one ``items()`` pass + sort.
+        """
+        pairs = sorted((k, v) for k, v in self.store.items() if k not in META_KEYS)
+        if not pairs:
+            return None
+        return self._emit([k for k, _ in pairs], [v for _, v in pairs])
+
+    def output_schema(self) -> pa.Schema | None:
+        """Schema of the emitted batches, or ``None`` while unknown."""
+        return self._out_schema
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_batch(self, batch: pa.RecordBatch) -> None:
+        if not isinstance(batch, pa.RecordBatch):
+            msg = (
+                f"{self._name()} expects a pyarrow.RecordBatch, got {type(batch).__name__}"
+                + ("; use table.to_batches()" if isinstance(batch, pa.Table) else "")
+            )
+            raise TypeError(msg)
+        schema = batch.schema
+        if self.key not in schema.names:
+            msg = (
+                f"key column {self.key!r} of {self._name()} is missing from the batch; "
+                f"its columns are {schema.names}"
+            )
+            raise ValueError(msg)
+        if self._schema is None:
+            check_key_type(schema.field(self.key).type, self.key)
+            self._adopt(schema)
+            self._pending_meta = [(META_KEY, self._meta_value())]
+        elif not same_columns(schema, self._schema):
+            msg = f"{self._name()}: {schema_mismatch(self._schema, schema)}"
+            raise ValueError(msg)
+        col = batch.column(self.key)
+        if col.null_count:
+            row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            msg = (
+                f"key column {self.key!r} of {self._name()} contains a null at row {row} "
+                f"({col.null_count} nulls in {len(col)} rows); keys must not be null: "
+                "filter or fill them before this stage"
+            )
+            raise ValueError(msg)
+
+    def _adopt(self, schema: pa.Schema) -> None:
+        self._schema = schema
+        self._key_type = schema.field(self.key).type
+        try:
+            self._setup(schema)
+        except BaseException:
+            self._schema = self._key_type = self._out_schema = None
+            raise
+
+    def _name(self) -> str:
+        return self.op.name or f"{type(self.op).__name__}(key={self.key!r})"
+
+    # ------------------------------------------------------------------ metadata
+
+    def _meta_value(self) -> bytes:
+        assert self._schema is not None
+        meta = {
+            "format": META_FORMAT,
+            "operator": type(self.op).__name__,
+            "key": self.key,
+            "layout": self._layout(),
+            "schema": base64.b64encode(self._schema.serialize().to_pybytes()).decode(),
+        }
+        return json.dumps(meta, sort_keys=True).encode()
+
+    def _load_meta(self, raw: bytes) -> None:
+        where = f"state in {self.store.data_dir}"
+        try:
+            meta = json.loads(raw)
+            schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(meta["schema"])))
+        except (ValueError, KeyError, TypeError, pa.ArrowException) as err:
+            msg = f"{where}: unreadable operator metadata ({err}); restore another epoch"
+            raise ValueError(msg) from err
+        if meta.get("format") != META_FORMAT:
+            msg = f"{where}: operator metadata format {meta.get('format')}, expected {META_FORMAT}"
+            raise ValueError(msg)
+        owner = f"{meta.get('operator')}(key={meta.get('key')!r})"
+        if meta.get("operator") != type(self.op).__name__ or meta.get("key") != self.key:
+            msg = (
+                f"{where} was written by {owner}, not by {self._name()}; "
+                "give each stage its own engine directory"
+            )
+            raise ValueError(msg)
+        self._adopt(schema)
+        if meta.get("layout") != self._layout():
+            msg = (
+                f"{where} was written by {owner} with state layout {meta.get('layout')!r}, "
+                f"but this operator uses {self._layout()!r}: its configuration (aggregations, "
+                "codec) changed; keep the old configuration or start from empty state"
+            )
+            self._schema = self._key_type = self._out_schema = None
+            raise ValueError(msg)
+
+    # ------------------------------------------------------------------ helpers for layers
+
+    def _canonical(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """``batch`` with its key column made canonical (see ``canonical_key_array``)."""
+        col = batch.column(self.key)
+        canon = canonical_key_array(col)
+        if canon is col:
+            return batch
+        i = batch.schema.get_field_index(self.key)
+        return batch.set_column(i, pa.field(self.key, canon.type), canon)
+
+    def _state_keys(
+        self, key_values: pa.Array | pa.ChunkedArray, suffixes: Sequence[bytes] | None = None
+    ) -> list[bytes]:
+        """Encode distinct canonical keys (plus optional suffixes) to checked state keys.
+
+        Raises:
+            ValueError: a key is too long for the engine or equals a reserved key.
+        """
+        keys = encode_keys(key_values, self.key)
+        if suffixes is not None:
+            keys = list(map(bytes.__add__, keys, suffixes))
+        assert self._key_type is not None
+        if is_binary_like(self._key_type) and not RESERVED_KEYS.isdisjoint(keys):
+            bad = next(k for k in keys if k in RESERVED_KEYS)
+            msg = (
+                f"key {bad!r} in column {self.key!r} collides with a key reserved by raykv "
+                f"({sorted(RESERVED_KEYS)}); map it to another value before {self._name()}"
+            )
+            raise ValueError(msg)
+        limit = self.store.max_key_len
+        if is_fixed_width(self._key_type):
+            width = (1 if pa.types.is_boolean(value_type(self._key_type)) else 8) + self._suffix_len
+            if keys and width > limit:
+                self._key_too_long(key_values, 0, width)
+            return keys
+        lens = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+        if len(lens) and lens.max() > limit:
+            i = int(np.argmax(lens > limit))
+            self._key_too_long(key_values, i, int(lens[i]))
+        if suffixes is None and len(lens) and lens.min() == 0:
+            keys[int(np.argmin(lens))] = EMPTY_KEY  # distinct keys: at most one empty
+        return keys
+
+    def _key_too_long(self, key_values: pa.Array | pa.ChunkedArray, i: int, size: int) -> None:
+        value = key_values[i].as_py()
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        msg = (
+            f"key {shown} in column {self.key!r} is {size} bytes as a state key, more than "
+            f"the engine's max_key_len={self.store.max_key_len}; shorten or hash the keys, "
+            "or give the stage an engine with a larger max_key_len"
+        )
+        raise ValueError(msg)
+
+    def _write(
+        self,
+        keys: Sequence[bytes],
+        values: Sequence[bytes],
+        *,
+        track: bool = True,
+        extra: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """One ``multi_set`` of ``keys -> values`` (``b""`` deletes) plus metadata pairs.
+
+        With ``track``, the keys join the changed set (after the write succeeded).
+        """
+        if len(keys) != len(values):
+            msg = f"internal error: {len(keys)} keys but {len(values)} values"
+            raise AssertionError(msg)
+        # a dict (keys are distinct) is the cheapest batch form for KVStore.multi_set
+        pairs = dict(zip(keys, values, strict=False))  # lengths checked above
+        if self._pending_meta or extra:
+            pairs.update(self._pending_meta)
+            pairs.update(extra)
+        if pairs:
+            self.store.multi_set(pairs)
+        self._pending_meta = []
+        if track:
+            self._changed.update(keys)
+
+    def _user_keys(self, state_keys: Sequence[bytes]) -> list[bytes]:
+        """Encoded user keys of ``state_keys`` (suffix stripped, empty key restored)."""
+        n = self._suffix_len
+        if n:
+            return [k[:-n] for k in state_keys]
+        if EMPTY_KEY in state_keys:
+            return [b"" if k == EMPTY_KEY else k for k in state_keys]
+        return list(state_keys)
+
+    def _emit(self, state_keys: Sequence[bytes], values: Sequence[bytes]) -> pa.RecordBatch | None:
+        """Build an output batch: decoded key column + the layer's rendered columns."""
+        if not state_keys:
+            return None
+        assert self._key_type is not None
+        cols = [(self.key, decode_keys(self._user_keys(state_keys), self._key_type))]
+        cols.extend(self._render(state_keys, values))
+        if self._out_schema is not None:
+            return pa.RecordBatch.from_arrays([c for _, c in cols], schema=self._out_schema)
+        out = pa.RecordBatch.from_arrays([c for _, c in cols], names=[n for n, _ in cols])
+        self._out_schema = out.schema
+        return out
