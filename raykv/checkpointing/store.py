@@ -34,11 +34,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from raykv.checkpointing import gc as _gc
+from raykv.checkpointing import integrity as _integrity
 from raykv.checkpointing._format import (
     FILES_DIR,
     check_epoch,
@@ -46,11 +46,9 @@ from raykv.checkpointing._format import (
     check_shard,
     epoch_key,
     file_key,
-    parse_file_key,
     pin_key,
     shard_manifest_key,
 )
-from raykv.checkpointing.checksums import file_checksum, remember
 from raykv.checkpointing.manifests import (
     EpochManifest,
     FileEntry,
@@ -62,17 +60,17 @@ from raykv.checkpointing.manifests import (
 from raykv.checkpointing.objectstore import ObjectStore
 from raykv.checkpointing.restore import SwapResult, swap_in
 from raykv.checkpointing.transfer import RetryPolicy, TransferStats, run_parallel
+from raykv.checkpointing.upload import (
+    ShardFiles,
+    forget,
+    load_shard_files,
+    local_entry,
+    plan_upload,
+    remember_known,
+)
 from raykv.errors import CheckpointNotFoundError, CorruptionError
 
 _EPOCH_CACHE = 256
-
-
-@dataclass
-class _ShardFiles:
-    """What this store object knows about one shard's files in the store."""
-
-    known: dict[str, FileEntry] = field(default_factory=dict)  # from manifests: name -> entry
-    present: dict[str, int] | None = None  # from a listing + own uploads: name -> size
 
 
 def summarize_epochs(epochs: Sequence[int]) -> str:
@@ -126,7 +124,7 @@ class CheckpointStore:
         self._max_workers = max_workers
         self._lock = threading.RLock()
         self._executor: ThreadPoolExecutor | None = None
-        self._shards: dict[str, _ShardFiles] = {}
+        self._shards: dict[str, ShardFiles] = {}
         self._latest_seen: EpochManifest | None = None
         self._latest_loaded = False
         self._epochs: OrderedDict[int, EpochManifest] = OrderedDict()
@@ -170,10 +168,7 @@ class CheckpointStore:
             self._epochs.move_to_end(em.epoch)
             while len(self._epochs) > _EPOCH_CACHE:
                 self._epochs.popitem(last=False)
-            for shard, sm in em.shards.items():
-                known = self._shards.setdefault(shard, _ShardFiles()).known
-                for entry in sm.files:
-                    known[entry.name] = entry
+            remember_known(self._shards, em)
 
     def _cached_epoch(self, epoch: int) -> EpochManifest:
         """An epoch manifest, from the cache when read before (epoch manifests never change)."""
@@ -183,7 +178,7 @@ class CheckpointStore:
 
     # ------------------------------------------------------------------ upload and commit
 
-    def _shard_files(self, shard: str) -> _ShardFiles:
+    def _shard_files(self, shard: str) -> ShardFiles:
         """The shard's cache, loaded on first use: one listing (+ the latest epoch manifest)."""
         with self._lock:
             need_latest = not self._latest_loaded
@@ -194,20 +189,7 @@ class CheckpointStore:
                 # expired meanwhile: the listing below still works
                 with contextlib.suppress(CheckpointNotFoundError):
                     self._cached_epoch(latest)
-        with self._lock:
-            sf = self._shards.setdefault(shard, _ShardFiles())
-            loaded = sf.present is not None
-        if not loaded:
-            listing = self._objects.list(f"{FILES_DIR}/{shard}")
-            present = {}
-            for key, info in listing.items():
-                ref = parse_file_key(key)
-                if ref is not None and ref[0] == shard:
-                    present[ref[1]] = info.size
-            with self._lock:
-                if sf.present is None:
-                    sf.present = present
-        return sf
+        return load_shard_files(self._shards, self._lock, self._objects, shard)
 
     def upload_shard(
         self,
@@ -250,37 +232,12 @@ class CheckpointStore:
         meta = normalize_json(metadata or {}, "shard metadata")
         local_dir = Path(data_dir)
 
-        def entry_of(name: str) -> FileEntry:
-            try:
-                size, checksum = file_checksum(local_dir / name)
-            except FileNotFoundError:
-                msg = (
-                    f"{local_dir / name} is listed for upload of shard {shard!r} epoch {epoch} "
-                    "but does not exist; files must stay in place during upload_shard (pin "
-                    "them with link_files(...) when uploading in the background)"
-                )
-                raise FileNotFoundError(msg) from None
-            return FileEntry(name, size, checksum)
-
         with _gc.INFLIGHT.reserve(self._objects.identity, [(shard, n) for n in names]):
-            entries = [entry_of(n) for n in names]  # crc32 at GB/s; cached per process
+            # crc32 at GB/s; cached per process
+            entries = [local_entry(local_dir, shard, epoch, n) for n in names]
             sf = self._shard_files(shard)
-            missing: list[FileEntry] = []
             with self._lock:
-                present = sf.present or {}
-                for e in entries:
-                    known = sf.known.get(e.name)
-                    if known is not None and known != e:
-                        held = self._objects.describe(file_key(shard, e.name))
-                        msg = (
-                            f"the store already holds {held} with size {known.size} and "
-                            f"{known.checksum}, the local file has size {e.size} and "
-                            f"{e.checksum}; a file name must identify one content forever "
-                            "(DESIGN.md invariant 1): the local file was damaged or rewritten"
-                        )
-                        raise CorruptionError(local_dir / e.name, "checksum", detail=msg)
-                    if known is None or present.get(e.name) != e.size:
-                        missing.append(e)
+                missing = plan_upload(sf, shard, entries, local_dir, self._objects.describe)
 
             def put(e: FileEntry) -> None:
                 self._objects.put_file(local_dir / e.name, file_key(shard, e.name))
@@ -400,35 +357,6 @@ class CheckpointStore:
 
     # ------------------------------------------------------------------ restore and verify
 
-    def _fetch_verified(self, shard: str, epoch: int, entry: FileEntry, dest: Path) -> None:
-        key = file_key(shard, entry.name)
-        where = self._objects.describe(key)
-        try:
-            self._objects.get_file(key, dest)
-        except FileNotFoundError:
-            raise CorruptionError(
-                where, "missing file",
-                detail=(f"referenced by epoch {epoch} shard {shard!r} but absent from the store; "
-                        f"verify() the store and restore an older epoch "
-                        f"(committed: {summarize_epochs(self.epochs())})"),
-            ) from None
-        size, checksum = file_checksum(dest)
-        if (size, checksum) != (entry.size, entry.checksum):
-            dest.unlink()
-            raise CorruptionError(
-                where, "length" if size != entry.size else "checksum",
-                detail=(f"epoch {epoch} shard {shard!r} expects size {entry.size} "
-                        f"{entry.checksum}, downloaded size {size} {checksum}; restore an "
-                        f"older epoch (committed: {summarize_epochs(self.epochs())})"),
-            )
-        remember(dest, checksum)
-        fd = os.open(dest, os.O_RDONLY)  # durable before the swap renames it into place
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self.stats.add(downloaded_files=1, downloaded_bytes=size)
-
     def restore_shard(self, epoch: int, shard: str, data_dir: str | os.PathLike[str]) -> None:
         """Make ``data_dir`` hold exactly the state of ``shard`` at committed ``epoch``.
 
@@ -460,9 +388,8 @@ class CheckpointStore:
             raise CheckpointNotFoundError(msg)
 
         def fetch(entries: Sequence[FileEntry], staging: Path) -> None:
-            pool = self._pool() if len(entries) > 1 else None
-            run_parallel(pool, lambda e: self._fetch_verified(shard, epoch, e, staging / e.name),
-                         list(entries))
+            _integrity.fetch_all(self._objects, self.stats, self._pool, shard, epoch, entries,
+                                 staging, lambda: summarize_epochs(self.epochs()))
 
         with _gc.INFLIGHT.reserve(self._objects.identity, [(shard, e.name) for e in sm.files]):
             return swap_in(data_dir, sm.files, fetch)
@@ -481,35 +408,7 @@ class CheckpointStore:
                 message names the first bad file and counts the others.
         """
         epochs = [epoch] if epoch is not None else self.epochs()
-        refs: dict[tuple[str, str], tuple[FileEntry, int]] = {}
-        for e in epochs:
-            for shard, entry in self.read_epoch(e).file_refs():
-                refs.setdefault((shard, entry.name), (entry, e))
-
-        items = sorted(refs.items())
-        bad = [b for b in run_parallel(self._pool(), self._check_file, items) if b is not None]
-        if bad:
-            path, what, detail = bad[0]
-            if len(bad) > 1:
-                detail += f"; {len(bad) - 1} more bad file(s): " + ", ".join(b[0] for b in bad[1:6])
-            raise CorruptionError(path, what, detail=detail)
-
-    def _check_file(
-        self, item: tuple[tuple[str, str], tuple[FileEntry, int]]
-    ) -> tuple[str, str, str] | None:
-        """``((shard, name), (entry, epoch))``: ``None`` if intact, else (where, check, detail)."""
-        (shard, name), (entry, e) = item
-        key = file_key(shard, name)
-        where = self._objects.describe(key)
-        try:
-            size, checksum = self._objects.checksum(key)
-        except FileNotFoundError:
-            return where, "missing file", f"referenced by epoch {e} shard {shard!r}"
-        if (size, checksum) != (entry.size, entry.checksum):
-            return (where, "length" if size != entry.size else "checksum",
-                    f"epoch {e} shard {shard!r} expects size {entry.size} {entry.checksum}, "
-                    f"found size {size} {checksum}")
-        return None
+        _integrity.verify_epochs(self._objects, self.read_epoch, self._pool, epochs)
 
     def intact_epochs(self, epochs: Sequence[int] | None = None) -> list[int]:
         """The committed epochs (of ``epochs``, default all) that ``verify`` accepts.
@@ -522,21 +421,7 @@ class CheckpointStore:
         (files shared by epochs are read once), in parallel.
         """
         wanted = list(epochs) if epochs is not None else self.epochs()
-        readable: dict[int, set[tuple[str, str]]] = {}
-        refs: dict[tuple[str, str], tuple[FileEntry, int]] = {}
-        for e in wanted:
-            try:
-                em = self.read_epoch(e)
-            except (CorruptionError, CheckpointNotFoundError):
-                continue
-            names = readable[e] = set()
-            for shard, entry in em.file_refs():
-                names.add((shard, entry.name))
-                refs.setdefault((shard, entry.name), (entry, e))
-        items = sorted(refs.items())
-        checked = run_parallel(self._pool(), self._check_file, items)
-        bad = {ref for (ref, _), problem in zip(items, checked, strict=True) if problem is not None}
-        return sorted(e for e, names in readable.items() if names.isdisjoint(bad))
+        return _integrity.intact_epochs(self._objects, self.read_epoch, self._pool, wanted)
 
     # ------------------------------------------------------------------ retention
 
@@ -596,14 +481,7 @@ class CheckpointStore:
 
     def _forget(self, keys: Sequence[str]) -> None:
         with self._lock:
-            for key in keys:
-                ref = parse_file_key(key)
-                if ref is None or ref[0] not in self._shards:
-                    continue
-                sf = self._shards[ref[0]]
-                sf.known.pop(ref[1], None)
-                if sf.present is not None:
-                    sf.present.pop(ref[1], None)
+            forget(self._shards, keys)
 
     def store_bytes(self) -> int:
         """Total size of the engine files in the store (one recursive listing)."""
