@@ -65,7 +65,8 @@ class ProgressEvent:
     (``error`` set; recovery follows; ``epoch`` is the failure's epoch when known,
     ``detail`` its ``RunSummary.failures`` entry), ``"fatal"`` (``error`` set; the run
     stops and raises it, or a ``RuntimeError`` from it; ``detail`` as for ``"failure"``,
-    ``reason`` says why, e.g. ``"repeated"``), ``"recovered"``, ``"finished"``.
+    ``reason`` says why, e.g. ``"repeated"``), ``"finished"``. A recovery shows as
+    ``"failure"`` followed by the next attempt's ``"starting"`` and ``"started"``.
 
     Attributes:
         kind: the event.
