@@ -29,7 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raykv.partitioning import canonical_key_array, decode_keys, encode_keys, key_groups_of
+from raykv.keys import canonical_key_array, decode_keys, encode_keys
+from raykv.partitioning import key_groups_of
 
 #: Hot keys a report carries per shard (into the epoch manifest and the run summary).
 REPORTED_HOT_KEYS = 5

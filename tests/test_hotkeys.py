@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raykv.hotkeys import LoadTracker, SpaceSaving
-from raykv.partitioning import encode_keys, key_groups_of
+from raykv.keys import encode_keys
+from raykv.partitioning import key_groups_of
 
 
 def feed(ss: SpaceSaving, batch: list[int]) -> collections.Counter[int]:

@@ -17,14 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import raykv.partitioning as partitioning
-from raykv.partitioning import (
-    DEFAULT_NUM_KEY_GROUPS,
-    Partitioning,
-    decode_keys,
-    encode_keys,
-    key_groups_of,
-    split_batch,
-)
+from raykv.keys import decode_keys, encode_keys
+from raykv.partitioning import DEFAULT_NUM_KEY_GROUPS, Partitioning, key_groups_of, split_batch
 
 
 def test_doctests() -> None:

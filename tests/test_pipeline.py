@@ -20,8 +20,9 @@ import pytest
 
 import raykv
 from raykv.checkpointing import CheckpointStore
+from raykv.keys import encode_keys
 from raykv.operators import Aggregate, Reduce, StatefulMap, TumblingWindow
-from raykv.partitioning import Partitioning, encode_keys
+from raykv.partitioning import Partitioning
 from raykv.runtime.shard import ShardActor
 from raykv.runtime.specs import RestorePlan, ShardSpec, StageSpec
 from raykv.sources import TableSource

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raykv.partitioning import Partitioning, encode_keys, key_groups_of, split_batch
+from raykv.keys import encode_keys
+from raykv.partitioning import Partitioning, key_groups_of, split_batch
 from raykv.rebalance import Rebalance, imbalance, plan, shard_loads
 
 

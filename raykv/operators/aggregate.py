@@ -10,11 +10,11 @@ import numpy as np
 import pyarrow as pa
 
 from raykv.engines.base import KVStore
+from raykv.keys import is_fixed_width
 from raykv.operators.aggspec import normalize_aggs
 from raykv.operators.aggstate import AggLayout
 from raykv.operators.base import META_KEYS, KeyedOperator
 from raykv.operators.keyed_state import KeyedStateLogic
-from raykv.partitioning import is_fixed_width
 
 #: Default bound on buffered partial rows (``Aggregate.max_buffered_rows``).
 DEFAULT_MAX_BUFFERED_ROWS = 1_000_000

@@ -35,6 +35,15 @@ import numpy as np
 import pyarrow as pa
 
 from raykv.engines.base import KVStore
+from raykv.keys import (
+    canonical_key_array,
+    check_key_type,
+    decode_keys,
+    encode_keys,
+    is_binary_like,
+    is_fixed_width,
+    value_type,
+)
 from raykv.operators.base import (
     EMPTY_KEY,
     META_FORMAT,
@@ -45,15 +54,6 @@ from raykv.operators.base import (
     OperatorLogic,
 )
 from raykv.operators.schemas import same_columns, schema_mismatch
-from raykv.partitioning import (
-    canonical_key_array,
-    check_key_type,
-    decode_keys,
-    encode_keys,
-    is_binary_like,
-    is_fixed_width,
-    value_type,
-)
 
 
 class KeyedStateLogic(OperatorLogic):

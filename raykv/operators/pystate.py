@@ -16,10 +16,10 @@ import pyarrow as pa
 
 from raykv.engines.base import KVStore
 from raykv.errors import describe_key, mark_user_code
+from raykv.keys import canonical_key_array, decode_keys
 from raykv.operators.base import KeyedOperator
 from raykv.operators.codecs import Codec, codec_name
 from raykv.operators.keyed_state import KeyedStateLogic
-from raykv.partitioning import canonical_key_array, decode_keys
 
 
 class PyStateLogic(KeyedStateLogic):

@@ -12,10 +12,10 @@ import pyarrow as pa
 
 from raykv.engines.base import KVStore
 from raykv.errors import describe_key, mark_user_code
+from raykv.keys import decode_keys
 from raykv.operators.base import META_KEYS, KeyedOperator
 from raykv.operators.codecs import Codec, get_codec
 from raykv.operators.pystate import PyStateLogic
-from raykv.partitioning import decode_keys
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ import pytest
 import raykv.operators.aggregate as aggregate_module
 from raykv.engines import ENGINES, MemOnly
 from raykv.engines.base import KVStore
+from raykv.keys import encode_keys
 from raykv.operators import Aggregate
 from raykv.operators.aggregate import DEFAULT_MAX_BUFFERED_ROWS
 from raykv.operators.base import EMPTY_KEY, META_KEYS
 from raykv.operators.keyed_state import KeyedStateLogic
-from raykv.partitioning import encode_keys
 from tests.operators.helpers import (
     KEY_TYPES,
     assert_rows_equal,

@@ -10,9 +10,9 @@ import pytest
 
 import raykv.operators.codecs as codecs_module
 from raykv.engines import MemOnly
+from raykv.keys import encode_keys
 from raykv.operators import Reduce, StatefulMap
 from raykv.operators.codecs import JsonCodec, PickleCodec, RawCodec, codec_name, get_codec
-from raykv.partitioning import encode_keys
 
 
 class Utf8Codec:
