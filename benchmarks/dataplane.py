@@ -1,14 +1,15 @@
-"""Driver CPU per event: how much of the data plane still runs in the driver (issue 12).
+"""CPU per event of each part of the data plane: driver, source readers, shards (issue 12).
 
 For each workload, two runs that differ only in size (a Parquet folder -> one keyed stage
--> ``ParquetSink``, 2 shards, 1 s checkpoints, HybridLog): the driver's CPU time
-(``resource.getrusage(RUSAGE_SELF)``, user + system, all driver threads) of the larger
-minus the smaller, over the difference in events, after one discarded warm-up run (first
-imports and worker start-up). Fixed start-up costs cancel, so the
-figure is the driver's work per event: reading, splitting and sending the input, and
-for ``StatefulMap`` (one output row per event) receiving and staging the output. The
-target of issue 12 is <= 0.02 us per event (per-epoch work only); the ceiling it implies
-for one driver core is ``1 / cpu_per_event`` events/s whatever the cluster size.
+-> ``ParquetSink``, 2 shards, 2 readers, 1 s checkpoints, HybridLog): the CPU time
+(``getrusage``, user + system, every thread) of the driver, of the reader actors'
+processes and of the shard actors' processes (which also write the sink), of the larger
+run minus the smaller, over the difference in events, after one discarded warm-up run.
+Fixed start-up costs cancel, so each figure is that part's work per event. The driver's
+target of issue 12 is <= 0.02 us per event (per-epoch work only). The driver's cost per
+epoch and actor (the larger run's driver CPU over epochs x actors, an upper bound) gives
+where one driver stops scaling. Then events/s of ``source_parallelism`` 1, 2, 4 with 2
+and 4 shards (Aggregate, the larger folder).
 
     python -m benchmarks.dataplane            # 1M and 4M events, results/dataplane.json
     python -m benchmarks.dataplane --quick    # 100k and 400k events
@@ -54,8 +55,9 @@ def write_events(folder: Path, events: int) -> None:
                        folder / f"part-{start // FILE_ROWS:05d}.parquet")
 
 
-def one_run(workload: str, src: Path, work: Path) -> dict[str, Any]:
-    """Run ``workload`` over the folder ``src``; driver CPU, wall time and rows."""
+def one_run(workload: str, src: Path, work: Path, shards: int = 2,
+            parallelism: int | None = None) -> dict[str, Any]:
+    """Run ``workload`` over the folder ``src``; CPU of the driver, readers and shards."""
     import raykv
     from raykv.operators import Aggregate, StatefulMap
     from raykv.sinks import ParquetSink
@@ -66,13 +68,39 @@ def one_run(workload: str, src: Path, work: Path) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     p = raykv.Pipeline(
         source=ParquetSource(str(src), batch_size=65_536), stages=[stage],
-        sink=ParquetSink(str(work / "out")), num_shards=2, engine="hybridlog",
+        sink=ParquetSink(str(work / "out")), num_shards=shards, engine="hybridlog",
         checkpoint=str(work / "ckpt"), local_dir=str(work / "local"), checkpoint_interval=1.0,
+        source_parallelism=parallelism,
     )
     cpu0, t0 = driver_cpu(), time.perf_counter()
     s = p.run()
     return {"cpu_s": driver_cpu() - cpu0, "wall_s": time.perf_counter() - t0,
+            "readers_cpu_s": sum(r["process_cpu_seconds"] for r in s.readers.values()),
+            "shards_cpu_s": sum(x["process_cpu_seconds"] for x in s.shards.values()),
+            "sink_s": sum(x["sink_seconds"] for x in s.shards.values()),
+            "actors": len(s.readers) + len(s.shards), "epochs": len(s.epochs_committed),
             "rows_in": s.rows_in, "rows_out": s.rows_out, "events_per_s": s.events_per_s}
+
+
+def per_event(runs: dict[int, dict[str, Any]], key: str, small: int, large: int) -> float:
+    """CPU seconds per event of ``key``: (large run - small run) / (large - small)."""
+    return (runs[large][key] - runs[small][key]) / (large - small)
+
+
+def ceilings(reader: float, shard: float, driver_per_actor_epoch: float) -> dict[str, Any]:
+    """Events/s a cluster of ``n`` nodes x 16 cores could carry, by the measured CPU.
+
+    Workers: every core runs readers or shards, so ``16 n / (reader + shard)`` events/s.
+    Driver: per epoch it polls, barriers and collects acks of every actor; at one actor
+    per core and 1 s epochs it needs ``16 n * driver_per_actor_epoch`` core-seconds per
+    second, which stops the growth at ``1 / driver_per_actor_epoch`` actors.
+    """
+    out: dict[str, Any] = {"max_actors_per_driver_core": 1 / driver_per_actor_epoch}
+    for n in (4, 16, 64):
+        workers = 16 * n / (reader + shard)
+        driver_load = 16 * n * driver_per_actor_epoch
+        out[f"{n}_nodes"] = {"events_per_s": workers, "driver_core_share": driver_load}
+    return out
 
 
 def main() -> None:
@@ -84,23 +112,37 @@ def main() -> None:
     started = start_local_ray()
     tmp = Path(tempfile.mkdtemp(prefix="raykv-dataplane-"))
     results: dict[str, Any] = {"machine": machine(), "load_start": loadavg(),
-                               "small": small, "large": large, "workloads": {}}
+                               "small": small, "large": large, "workloads": {},
+                               "parallelism": {}}
     try:
         for n in (small, large):
             write_events(tmp / f"in-{n}", n)
         for workload in ("aggregate", "statefulmap"):
             one_run(workload, tmp / f"in-{small}", tmp / "work")  # warm-up: imports, workers
             runs = {n: one_run(workload, tmp / f"in-{n}", tmp / "work") for n in (small, large)}
-            per_event = (runs[large]["cpu_s"] - runs[small]["cpu_s"]) / (large - small)
+            driver = per_event(runs, "cpu_s", small, large)
+            reader = per_event(runs, "readers_cpu_s", small, large)
+            shard = per_event(runs, "shards_cpu_s", small, large)
+            big = runs[large]
+            per_actor_epoch = big["cpu_s"] / (big["epochs"] * big["actors"])
             results["workloads"][workload] = {
                 "runs": {str(n): r for n, r in runs.items()},
-                "driver_us_per_event": per_event * 1e6,
-                "driver_ceiling_events_per_s": 1 / per_event if per_event > 0 else None,
+                "driver_us_per_event": driver * 1e6,
+                "reader_us_per_event": reader * 1e6,
+                "shard_us_per_event": shard * 1e6,
+                "driver_ms_per_actor_epoch": per_actor_epoch * 1e3,
+                "ceilings": ceilings(reader, shard, per_actor_epoch),
             }
-            print(f"{workload:>12}: driver {per_event * 1e6:.3f} us/event "
-                  f"(ceiling {1 / per_event / 1e6 if per_event > 0 else float('inf'):.1f}M "
-                  f"events/s on one driver core); {large:,} events at "
-                  f"{runs[large]['events_per_s']:,.0f} events/s", flush=True)
+            print(f"{workload:>12}: per event driver {driver * 1e6:.4f} us, reader "
+                  f"{reader * 1e6:.3f} us, shard (incl. sink) {shard * 1e6:.3f} us; driver "
+                  f"{per_actor_epoch * 1e3:.2f} ms per actor-epoch; {large:,} events at "
+                  f"{big['events_per_s']:,.0f} events/s", flush=True)
+        for shards in (2, 4):
+            for par in (1, 2, 4):
+                r = one_run("aggregate", tmp / f"in-{large}", tmp / "work", shards, par)
+                results["parallelism"][f"{shards} shards, {par} readers"] = r
+                print(f"aggregate, {shards} shards, {par} readers: "
+                      f"{r['events_per_s']:,.0f} events/s", flush=True)
         results["load_end"] = loadavg()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")

@@ -79,6 +79,7 @@ def one_run(table: Any, tmp: Path, name: str, rebalance: Any, sz: dict[str, Any]
         stages=[StatefulMap("user", running_count)], num_shards=SHARDS, engine="hybridlog",
         checkpoint=str(ckpt), local_dir=str(tmp / "local"), epoch_every_batches=sz["every"],
         retain=1_000, rebalance=rebalance, on_progress=on_progress,
+        source_parallelism=1,  # epochs of `every` batches of the table: the same in both runs
     ).run()
     store = CheckpointStore(str(ckpt))
     loads, cpu = {}, {}

@@ -110,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
             num_shards=args.shards, engine=args.engine,
             checkpoint=f"file://{Path(tmp) / 'checkpoints'}", local_dir=str(Path(tmp) / "state"),
             checkpoint_interval=None, epoch_every_batches=args.every, on_progress=kill_once,
+            # one reader: each shard sees the events in table order, which the model's
+            # per-shard watermarks assume (several readers interleave their splits)
+            source_parallelism=1,
         )
         summary = pipeline.run()
         print(summary)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -177,6 +178,12 @@ def _registry() -> dict[str, Any] | None:
             return None
         _instruments = made
         return made
+
+
+def process_cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (every thread)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def pipeline_tag(checkpoint: str | os.PathLike[str] | None, fallback: str) -> str:
@@ -447,4 +454,5 @@ __all__ = [
     "ShardMetrics",
     "metric",
     "pipeline_tag",
+    "process_cpu_seconds",
 ]

@@ -78,6 +78,9 @@ class ProgressEvent:
         elapsed: seconds since ``run`` started.
         shards: shard name -> its Ray actor handle in the current attempt (tools and
             tests use it, e.g. to kill one).
+        actors: every actor of the attempt by name: the source readers
+            (``reader-<i>of<n>``) and the shards (the last stage's shards also write the
+            sink's output). Each answers ``ping()`` with its process id.
         error: the failure for ``"failure"`` and ``"fatal"`` events.
         detail: event-specific extras.
     """
@@ -90,6 +93,7 @@ class ProgressEvent:
     restarts: int
     elapsed: float
     shards: dict[str, ActorHandle[Any]] = field(default_factory=dict)
+    actors: dict[str, ActorHandle[Any]] = field(default_factory=dict)
     error: BaseException | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -112,7 +116,10 @@ class RunSummary:
         last_epoch: the newest committed epoch at the end (``None``: none).
         finished: the input ended and its final epoch (``finish()`` output) is committed.
         stopped: the run was stopped (``Pipeline.stop()`` / ``StopSource``) before the end.
-        shards: per-shard counters and engine stats of the last attempt.
+        shards: per-shard counters and engine stats of the last attempt
+            (``process_cpu_seconds``: the actor process's CPU time, every thread).
+        readers: per source reader of the last attempt: ``rows`` and ``batches`` sent,
+            its ``splits``, ``pid``, ``node_id`` and ``process_cpu_seconds``.
         load: per shard (by name): ``stage``, ``updates`` (input rows of the epochs this
             run committed), ``hot_keys`` (``[key, count, error]``, Space-Saving estimates,
             largest first) and the engine's ``write_amplification`` (empty with
@@ -145,6 +152,7 @@ class RunSummary:
     finished: bool = False
     stopped: bool = False
     shards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    readers: dict[str, dict[str, Any]] = field(default_factory=dict)
     load: dict[str, dict[str, Any]] = field(default_factory=dict)
     rebalances: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
@@ -214,9 +222,11 @@ class Pipeline:
             output was published; no resume).
         storage_options: fsspec options for ``checkpoint`` (e.g. S3 endpoint, keys).
         checkpoint_interval: seconds between epochs (``None``: only the final epoch).
-            An epoch ends after the first batch read once the interval has passed.
-        epoch_every_batches: end an epoch every this many source batches instead, so
-            epochs are identical run to run (tests, drills, benchmarks).
+            An epoch ends once the interval has passed and some input was read in it.
+        epoch_every_batches: end an epoch every this many source batches per reader
+            instead (each reader holds after that many until the barrier), so epochs are
+            identical run to run for a given ``source_parallelism`` (tests, drills,
+            benchmarks).
         retain: committed epochs kept by garbage collection (plus pinned ones).
         num_key_groups: key groups (default 4096 for a new pipeline; a restore uses the
             checkpoint's; giving another value than the checkpoint's is an error).
@@ -224,10 +234,15 @@ class Pipeline:
         max_inflight: ``process`` calls in flight per shard before the sender waits
             (backpressure).
         max_pending_epochs: epochs sealed but not committed before new barriers wait.
+        source_parallelism: source reader actors (default: the first stage's shard
+            count; at most one per split of the source). Each reads its share of the
+            source's splits and sends the rows straight to the first stage's shards; the
+            driver reads no record. It may change between runs of one checkpoint: the
+            splits are dealt again and each resumes at its committed offset.
         local_dir: root of the shards' engine directories on each node (default:
             :func:`default_local_dir`, the system temp dir + ``/raykv-state``). Stable per
             checkpoint URL, so a restore on the same node downloads only missing files.
-        actor_options: extra ``ActorClass.options`` for shard actors (default
+        actor_options: extra ``ActorClass.options`` for shard and reader actors (default
             ``{"num_cpus": 0}``, placed round-robin over the alive nodes that have CPUs;
             a ``scheduling_strategy`` here replaces that placement).
         on_progress: called with a :class:`ProgressEvent` from the driver (main or
@@ -259,6 +274,7 @@ class Pipeline:
     max_restarts: int = 10
     max_inflight: int = 4
     max_pending_epochs: int = 4
+    source_parallelism: int | None = None
     local_dir: str | None = None
     actor_options: dict[str, Any] | None = None
     on_progress: Callable[[ProgressEvent], None] | None = None
@@ -311,6 +327,8 @@ class Pipeline:
         _positive_int("retain", self.retain)
         _positive_int("max_inflight", self.max_inflight)
         _positive_int("max_pending_epochs", self.max_pending_epochs)
+        if self.source_parallelism is not None:
+            _positive_int("source_parallelism", self.source_parallelism)
         if type(self.max_restarts) is not int or self.max_restarts < 0:
             msg = f"max_restarts must be an int >= 0, got {self.max_restarts!r}"
             raise ValueError(msg)

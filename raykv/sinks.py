@@ -20,7 +20,12 @@ A sink sees it in two phases, driven by the coordinator::
   After any sequence of failures, published output holds every committed epoch's output
   of the lineage exactly once and nothing else.
 
-Sinks are driver-side objects; they are not sent to shard actors.
+Where ``stage`` runs: a sink with ``stages_on_shards = True`` (:class:`ParquetSink`) is
+sent to the last stage's shard actors, and each shard stages its own output of an epoch
+(in its upload thread, before it acknowledges the epoch), so no output row passes
+through the driver; the driver only calls ``start``, ``publish`` and ``close``. Other
+sinks (:class:`CollectSink`, a user's own) stay in the driver and receive each shard's
+output with its acknowledgement.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ def part_file_name(epoch: int, part: str) -> str:
     return f"part-e{epoch:010d}-{part}.parquet"
 
 
+def part_name(stage: str, index: int) -> str:
+    """The ``part`` of shard ``index`` of ``stage`` in :meth:`Sink.stage` (``<stage>-<0001>``)."""
+    return f"{stage}-{index:04d}"
+
+
 def parse_part_file_name(name: str) -> tuple[int, str] | None:
     """Inverse of :func:`part_file_name`; ``None`` for any other name."""
     m = _PART_RE.match(name)
@@ -53,6 +63,10 @@ def parse_part_file_name(name: str) -> tuple[int, str] | None:
 
 class Sink(ABC):
     """Two-phase output: stage per epoch, publish on commit (see the module docstring)."""
+
+    stages_on_shards: bool = False
+    """True: the last stage's shards call :meth:`stage` themselves (the sink is pickled to
+    them, and ``stage`` must work in any process of the cluster)."""
 
     @abstractmethod
     def start(
@@ -88,7 +102,9 @@ class Sink(ABC):
 class CollectSink(Sink):
     """Gather committed output in the driver; ``RunSummary.output`` returns it as a table.
 
-    Holds every published row in driver memory, so it suits tests and small results. It
+    Holds every published row in driver memory, so it suits tests and small results:
+    it is the one built-in sink whose rows travel through the driver (each shard's
+    output rides its acknowledgement); use :class:`ParquetSink` for large output. It
     holds the output of the lineage this sink object has seen: a ``run(resume=True)`` of
     the same pipeline object adds to it (a rollback drops the abandoned epochs), a new run
     clears it. In a new process (after a driver crash) it starts with what that run
@@ -174,11 +190,17 @@ class ParquetSink(Sink):
         overwrite: on a new run, delete earlier ``part-*.parquet`` files instead of
             refusing to start. Only files with raykv's part names are touched.
 
-    Cost: one Parquet write per (epoch, last-stage shard) with output, then one rename
-    (local: atomic ``os.replace``; object stores: copy + delete) at commit.
+    The last stage's shards write their own staged files (``stages_on_shards``), so
+    ``path`` must be reachable from every node: shared storage or an object store
+    (``s3://``) on a cluster; the driver renames staged files at commit.
+
+    Cost: one Parquet write per (epoch, last-stage shard) with output, in that shard's
+    upload thread, then one rename (local: atomic ``os.replace``; object stores: copy +
+    delete) per file at commit, in the driver.
     """
 
     STAGING = "_staging"
+    stages_on_shards = True
 
     def __init__(
         self,
@@ -300,4 +322,5 @@ class ParquetSink(Sink):
         return {"type": type(self).__name__, "path": self.path}
 
 
-__all__ = ["CollectSink", "ParquetSink", "Sink", "parse_part_file_name", "part_file_name"]
+__all__ = ["CollectSink", "ParquetSink", "Sink", "parse_part_file_name", "part_file_name",
+           "part_name"]

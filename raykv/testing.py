@@ -197,7 +197,7 @@ def zipf_events(
 
 
 #: Crash points of :class:`Faults`.
-POINTS = ("process", "barrier", "upload", "rebalance")
+POINTS = ("process", "barrier", "upload", "rebalance", "read")
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,8 @@ class Faults:
             prefix exits the process (``os._exit``) at its ``n``-th ``point`` (1-based),
             where point is ``"process"``, ``"barrier"``, ``"upload"`` or ``"rebalance"``
             (after the shard copied the key groups it gains, before it drops those it
-            loses).
+            loses); or the source reader whose name starts with the prefix (``"reader"``)
+            at its ``n``-th batch, point ``"read"``.
         crash_attempts: run attempts (0 = the first, 1 = after the first recovery, ...)
             in which ``crash_at`` fires; later attempts run clean.
     """

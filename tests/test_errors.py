@@ -321,7 +321,8 @@ def _map_pipeline(tmp_path: Path, t: pa.Table, fn: Any, **kw: Any) -> raykv.Pipe
     return raykv.Pipeline(
         source=TableSource(t, batch_size=BATCH), stages=[StatefulMap("user", fn, name="m")],
         engine="hybridlog", num_shards=2, checkpoint=str(tmp_path / "ckpt"),
-        local_dir=str(tmp_path / "local"), epoch_every_batches=EVERY, retain=10, **kw)
+        local_dir=str(tmp_path / "local"), epoch_every_batches=EVERY, retain=10,
+        source_parallelism=1, **kw)
 
 
 def test_poison_row_in_a_stateful_map_stops_after_one_retry(
@@ -384,7 +385,7 @@ def test_user_exception_that_cannot_cross_an_actor_arrives_as_user_code_error(
 
 
 def test_source_error_names_the_source_and_epoch(ray_session: Any, tmp_path: Path) -> None:
-    """Driver-side user code: raised at once (its traceback is local), with a note."""
+    """An error of the source: raised at once (not retried), naming split, offset, epoch."""
     t = table(44)
 
     def batch(i: int) -> pa.RecordBatch | None:
@@ -396,8 +397,10 @@ def test_source_error_names_the_source_and_epoch(ray_session: Any, tmp_path: Pat
     p.source = raykv.sources.GeneratorSource(batch)
     with pytest.raises(KeyError) as info:
         p.run()
-    assert "source GeneratorSource.read raised KeyError in the driver at epoch 2" in full_text(
-        info.value)
+    text = full_text(info.value)
+    assert ("source GeneratorSource.read of split 'all' at offset 3 raised KeyError in "
+            "reader 0, epoch 2") in text, text
+    assert "Traceback" in text  # the reader's traceback travels as a note
 
 
 class _SinkBroke(Exception):

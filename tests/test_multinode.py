@@ -63,7 +63,7 @@ SCRIPT = textwrap.dedent("""
         stages=[Aggregate("user", {"amount": ["sum", "count"]})],
         num_shards=2, engine="lsm", checkpoint=tmp + "/ckpt", local_dir=tmp + "/local",
         epoch_every_batches=EVERY, retain=10, on_progress=on_progress,
-        faults=raykv.testing.Faults(process_delay=0.1),
+        faults=raykv.testing.Faults(process_delay=0.1), source_parallelism=1,
     )
     s = p.run()
     assert_exact(s.output_by_epoch, t)

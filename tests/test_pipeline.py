@@ -67,6 +67,9 @@ def pipeline(tmp_path: Path, stages: list[Any], table: pa.Table, **kw: Any) -> r
     kw.setdefault("epoch_every_batches", 2)
     kw.setdefault("checkpoint", str(tmp_path / "ckpt"))
     kw.setdefault("local_dir", str(tmp_path / "local"))
+    # one reader: epochs are prefixes of the table, and first/last and StatefulMap see
+    # the table's order (tests/test_readers.py runs several readers)
+    kw.setdefault("source_parallelism", 1)
     return raykv.Pipeline(source=TableSource(table, batch_size=BATCH), stages=stages, **kw)
 
 
@@ -178,7 +181,7 @@ def test_barriers_align_across_stages(ray_session: Any, tmp_path: Path) -> None:
         stages=[SeqLog("k", "e1", slow_key=3, delay=0.01, num_shards=3),
                 SeqLog("k2", "e2", num_shards=2)],
         epoch_every_batches=1, checkpoint=None, engine="memonly",
-        local_dir=str(tmp_path / "local"), max_inflight=2,
+        local_dir=str(tmp_path / "local"), max_inflight=2, source_parallelism=1,
     )
     s = p.run()
     out = s.output
@@ -226,7 +229,9 @@ def test_aggregate_every_function_matches_group_by(ray_session: Any, tmp_path: P
     store = CheckpointStore(str(tmp_path / "ckpt"))
     store.verify()
     em = store.read_epoch(5)
-    assert em.metadata["final"] is True and em.offsets == {"source": N}
+    assert em.metadata["final"] is True and em.metadata["raykv"] == 2
+    ends = {sp.id: sp.size for sp in TableSource(table, batch_size=BATCH).splits()}
+    assert em.offsets == {"splits": ends} and sum(ends.values()) == N  # every slice read
     assert em.metadata["stages"][0]["num_shards"] == 3
     assert len(em.shards) == 3
 
@@ -323,34 +328,45 @@ def test_three_stages_repartition_and_use_every_engine(ray_session: Any, tmp_pat
     CheckpointStore(str(tmp_path / "ckpt")).verify()
 
 
+def _slow_batch(table: pa.Table) -> Any:
+    def batch(i: int) -> pa.RecordBatch | None:
+        time.sleep(0.05)  # the input takes >= 0.4 s to read: several checkpoint intervals
+        return table.slice(i * BATCH, BATCH).to_batches()[0] if i * BATCH < N else None
+
+    return batch
+
+
 def test_time_based_epochs_and_progress_events(ray_session: Any, tmp_path: Path) -> None:
-    """checkpoint_interval with a fake clock: one epoch per 3 clock seconds."""
+    """checkpoint_interval on the driver's clock: a frozen clock ends no epoch before the
+    input does; a running one ends epochs while the readers read."""
     from raykv.testing import FakeClock
 
-    clock = FakeClock()
     kinds: list[tuple[str, int | None]] = []
 
     def on_progress(ev: raykv.ProgressEvent) -> None:
         kinds.append((ev.kind, ev.epoch))
         if ev.kind == "started":
             assert set(ev.shards) == {"Aggregate0-0of2-g0", "Aggregate0-1of2-g0"}
+            assert set(ev.actors) == {*ev.shards, "reader-0of1"}
 
     table = events(seed=7)
-
-    def tick(i: int) -> pa.RecordBatch | None:
-        clock.advance(1.0)
-        return table.slice(i * BATCH, BATCH).to_batches()[0] if i * BATCH < N else None
-
-    p = raykv.Pipeline(
-        source=raykv.sources.GeneratorSource(tick), stages=[Aggregate("user", {"qty": "sum"})],
-        engine="memonly", checkpoint=str(tmp_path / "ckpt"), checkpoint_interval=3.0,
-        clock=clock, on_progress=on_progress, local_dir=str(tmp_path / "local"),
-    )
-    s = p.run()
-    assert s.epochs_committed == [1, 2, 3]  # 8 batches: barriers after batch 3 and 6, then finish
-    assert ("committed", 3) in kinds and kinds[-1] == ("finished", None)
-    assert kinds.index(("acked", 1)) < kinds.index(("committed", 1))
     model = group_model(table, "user", [("qty", "sum")])
+
+    def make(name: str, **kw: Any) -> raykv.Pipeline:
+        return raykv.Pipeline(
+            source=raykv.sources.GeneratorSource(_slow_batch(table)),
+            stages=[Aggregate("user", {"qty": "sum"})], engine="memonly",
+            checkpoint=str(tmp_path / name), on_progress=on_progress,
+            local_dir=str(tmp_path / "local"), **kw)
+
+    frozen = make("frozen", checkpoint_interval=0.01, clock=FakeClock()).run()
+    assert frozen.epochs_committed == [1]  # no time passed: only the final epoch
+    assert_tables_close(final_epoch(frozen), model, "user")
+    kinds.clear()
+    s = make("running", checkpoint_interval=0.1).run()
+    assert len(s.epochs_committed) > 1 and s.rows_in == N
+    assert ("committed", s.last_epoch) in kinds and kinds[-1] == ("finished", None)
+    assert kinds.index(("acked", 1)) < kinds.index(("committed", 1))
     assert_tables_close(final_epoch(s), model, "user")
 
 

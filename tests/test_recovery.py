@@ -70,6 +70,7 @@ def make(tmp_path: Path, t: pa.Table, **kw: Any) -> raykv.Pipeline:
     kw.setdefault("checkpoint", str(tmp_path / "ckpt"))
     kw.setdefault("local_dir", str(tmp_path / "local"))
     kw.setdefault("retain", 10)
+    kw.setdefault("source_parallelism", 1)  # one reader: epoch e = the first e*EVERY batches
     return raykv.Pipeline(
         source=TableSource(t, batch_size=BATCH),
         stages=[Aggregate("user", {"amount": ["sum", "count"]})],
@@ -374,7 +375,7 @@ def test_rescale_2_to_3_with_windows(ray_session: Any, tmp_path: Path) -> None:
             source=TableSource(t, batch_size=BATCH), stages=[op], num_shards=n,
             engine="hybridlog", checkpoint=str(tmp_path / "ckpt"),
             local_dir=str(tmp_path / "local"), epoch_every_batches=EVERY, max_pending_epochs=1,
-            **kw,
+            source_parallelism=1, **kw,
         )
 
     holder["p"] = make_w(2, on_progress=_stop_after(2, holder))

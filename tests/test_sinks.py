@@ -126,7 +126,7 @@ def test_parquet_in_parquet_out_exactly_once_after_a_kill(ray_session: Any,
         source=ParquetSource(src_dir, batch_size=BATCH),
         stages=[Aggregate("user", {"amount": ["sum", "count"]})], sink=ParquetSink(out),
         engine="lsm", checkpoint=str(tmp_path / "ckpt"), local_dir=str(tmp_path / "local"),
-        epoch_every_batches=EVERY, retain=10, on_progress=kill,
+        epoch_every_batches=EVERY, retain=10, on_progress=kill, source_parallelism=1,
     )
     s = p.run()
     assert kill.killed and s.restarts == 1

@@ -50,6 +50,7 @@ def make(tmp_path: Path, t: pa.Table, **kw: Any) -> raykv.Pipeline:
     kw.setdefault("retain", 20)
     kw.setdefault("rebalance", REBALANCE)
     kw.setdefault("max_pending_epochs", 1)  # rebalance soon after the first loads are in
+    kw.setdefault("source_parallelism", 1)  # one reader: epoch e = the first e*EVERY batches
     return raykv.Pipeline(
         source=TableSource(t, batch_size=BATCH),
         stages=[Aggregate("user", {"amount": ["sum", "count"]})],
@@ -169,9 +170,11 @@ def test_resume_and_rescale_keep_the_rebalanced_assignment(
     assert assigned.moved
     # resume with the same shard count: the shards come back with the moved groups
     holder2: dict[str, raykv.Pipeline] = {}
+    # (stopped as soon as it starts: the reader holds after EVERY batches, so input is left)
     holder2["p"] = make(tmp_path, t, rebalance=None,
-                        on_progress=lambda ev: ev.kind == "committed" and holder2["p"].stop())
+                        on_progress=lambda ev: ev.kind == "started" and holder2["p"].stop())
     second = holder2["p"].run(resume=True)
+    assert second.stopped and second.epochs_committed
     assert moved_in(store, second.last_epoch) == assigned
     # rescale 4 -> 3 from a rebalanced epoch: contiguous ranges again, nothing lost
     third = make(tmp_path, t, num_shards=3, rebalance=None).run(resume=True)
@@ -194,7 +197,7 @@ def test_statefulmap_rebalanced_on_a_memory_store(ray_session: Any, tmp_path: Pa
     s = raykv.Pipeline(
         source=TableSource(t, batch_size=BATCH), stages=[op], num_shards=4,
         checkpoint=memory_checkpoint_url(), local_dir=str(tmp_path / "local"),
-        epoch_every_batches=EVERY, rebalance=REBALANCE,
+        epoch_every_batches=EVERY, rebalance=REBALANCE, source_parallelism=1,
     ).run()
     assert s.rebalances
     out = s.output

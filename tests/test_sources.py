@@ -269,4 +269,7 @@ def test_pipeline_over_parquet_files(ray_session: Any, tmp_path: Path,
     assert final["day"].equals(model["day"]) and final["qty_sum"].equals(model["qty_sum"])
     offsets = raykv.checkpointing.CheckpointStore(str(tmp_path / "ckpt")).read_epoch(
         s.last_epoch).offsets
-    assert offsets["source"]["rows"] == 3_000
+    # every file is a split, each at its end
+    split_ids = [sp.id for sp in ParquetSource(path).splits()]
+    assert sorted(offsets["splits"]) == sorted(split_ids)
+    assert sum(offsets["splits"].values()) == 3_000

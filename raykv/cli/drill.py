@@ -33,16 +33,16 @@ if TYPE_CHECKING:
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``drill`` on the ``raykv`` subcommand parser ``sub``."""
-    from raykv.tools.drill import MOMENTS
+    from raykv.tools.drill import MOMENTS, TARGETS
 
     p = sub.add_parser(
         "drill",
-        help="recovery drill: kill shard actors N times, check the output is exact",
+        help="recovery drill: kill actors N times, check the output is exact",
         description="Run a keyed aggregation with checkpoints on a local Ray (or --address), "
-        "kill a random shard actor at a random moment (mid-batch, during upload, between ack "
-        "and commit, during recovery) N times in a row, and check that the published Parquet "
-        "output and the final state equal a failure-free run (itself checked against pyarrow "
-        "group_by). Prints one line per kill. Exit 1 on any mismatch.",
+        "SIGKILL a random shard or source reader actor at a random moment (mid-batch, during "
+        "upload, between ack and commit, during recovery) N times in a row, and check that "
+        "the published Parquet output and the final state equal a failure-free run (itself "
+        "checked against pyarrow group_by). Prints one line per kill. Exit 1 on any mismatch.",
     )
     p.add_argument("--kills", type=int, default=20, help="kills to survive (default 20)")
     p.add_argument("--events", type=int, default=60_000, help="events in the input stream")
@@ -55,6 +55,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--seed", type=int, default=0, help="seed of the kill plan")
     p.add_argument("--moments", default=",".join(MOMENTS),
                    help=f"comma-separated kill moments (default: {','.join(MOMENTS)})")
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help=f"comma-separated kinds of actors to kill (default: {','.join(TARGETS)})")
     p.add_argument("--checkpoint", dest="url", default=None, metavar="URL",
                    help="base checkpoint URL (s3://bucket/prefix, file://...; default: a "
                    "temporary folder); the drill writes under <URL>/reference and "
@@ -73,11 +75,12 @@ def run(args: argparse.Namespace) -> int:
     from raykv.tools.drill import DrillConfig
 
     moments = tuple(m.strip() for m in args.moments.split(",") if m.strip())
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     try:
         cfg = DrillConfig(
             kills=args.kills, events=args.events, keys=args.keys, batch_size=args.batch_size,
             epoch_every=args.every, num_shards=args.shards, engine=args.engine,
-            seed=args.seed, moments=moments, checkpoint=args.url,
+            seed=args.seed, moments=moments, targets=targets, checkpoint=args.url,
             storage_options=storage_options(args) or None, work_dir=args.work_dir,
         )
     except (ValueError, TypeError) as err:

@@ -84,7 +84,7 @@ def kill_shards(actors: list[Any]) -> None:
 
 
 def collect_stats(handles: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every shard's ``stats()`` by name (``{}`` if any call fails)."""
+    """Every actor's ``stats()`` by name (``{}`` if any call fails)."""
     names = list(handles)
     try:
         stats = ray.get([handles[n].stats.remote() for n in names], timeout=30)

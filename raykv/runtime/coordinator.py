@@ -101,8 +101,10 @@ from raykv.runtime.layout import (
     sink_view_of_latest,
 )
 from raykv.runtime.metadata import EpochMetadata, StageMetadata, encode_operator
+from raykv.runtime.reader_actor import ReaderSpec, create_readers, plan_readers
 from raykv.runtime.rebalancing import Rebalancer
 from raykv.runtime.specs import Ack, RestorePlan, StageSpec
+from raykv.sinks import part_name
 from raykv.sources import StopSource
 
 log = logging.getLogger("raykv")
@@ -134,6 +136,7 @@ class Coordinator:
         self._generations: list[int] = []
         self._actors: list[list[Any]] = []
         self._handles: dict[str, Any] = {}
+        self._readers: dict[str, Any] = {}
         self._committer: Committer | None = None
         self._committed: Base | None = None  # last commit of this run
         self._base: Base = Base()
@@ -188,6 +191,7 @@ class Coordinator:
             self.summary.stopped = stopped
             self.summary.finished = not stopped
             stats = collect_stats(self._handles)
+            self.summary.readers = collect_stats(self._readers)
             self._emit("finished")
             return self._finish_summary(stats)
         finally:
@@ -376,14 +380,19 @@ class Coordinator:
     # ------------------------------------------------------------------ actors
 
     def _start_actors(
-        self, stages: list[StageSpec], plans: list[list[RestorePlan]], attempt: int
+        self, stages: list[StageSpec], plans: list[list[RestorePlan]], attempt: int,
+        base: Base, *, paused: bool,
     ) -> None:
+        """Start the shards (restored per ``plans``), connect them, then the readers."""
+        readers = self._plan_readers(base, stages[0], attempt, paused=paused)
         specs = shard_specs(
             stages, self._local_root(), self.rebalancer.rebalances,
             checkpoint=self.p.checkpoint, storage_options=self.p.storage_options,
             driver_io=self.driver_io, max_inflight=self.p.max_inflight,
             faults=self.p.faults, attempt=attempt, first_epoch=self._next_epoch,
             hot_keys=self.p.hot_keys, pipeline=self._metrics.pipeline,
+            first_inputs=len(readers),
+            sink=self.p.sink if getattr(self.p.sink, "stages_on_shards", False) else None,
         )
         if self.driver_io:
             plans = self.restorer.materialize(specs, plans)
@@ -402,15 +411,31 @@ class Coordinator:
         connect_stages(self._actors)
         if self.driver_io:
             check_driver_io_nodes(infos, self.p.checkpoint)
+        handles = create_readers(readers, self.p.source, self._actors[0], self.p.actor_options)
+        self._readers = {sp.name: h for sp, h in zip(readers, handles, strict=True)}
+
+    def _plan_readers(self, base: Base, first: StageSpec, attempt: int, *, paused: bool
+                      ) -> list[ReaderSpec]:
+        """The reader specs of an attempt: the source's splits at ``base``'s offsets."""
+        p = self.p
+        parallelism = p.source_parallelism or first.num_shards
+        source = type(p.source).__name__
+        with self._user_code(f"source {source}.splits()", self._next_epoch):
+            return plan_readers(
+                p.source, base.offsets, parallelism, key=first.key,
+                partitioning=first.partitioning, max_inflight=p.max_inflight,
+                epoch_batches=p.epoch_every_batches, paused=paused, faults=p.faults,
+                attempt=attempt, first_epoch=self._next_epoch)
 
     def _teardown(self) -> None:
-        """Stop the commit thread, kill every shard actor and wait until they are gone."""
+        """Stop the commit thread, kill every actor and wait until they are gone."""
         committer, self._committer = self._committer, None
         if committer is not None:
             committer.stop()
-        actors = [a for row in self._actors for a in row]
+        actors = [*self._readers.values(), *(a for row in self._actors for a in row)]
         self._actors = []
         self._handles = {}
+        self._readers = {}
         kill_shards(actors)
 
     # ------------------------------------------------------------------ one attempt
@@ -425,26 +450,17 @@ class Coordinator:
         self.rebalancer.reset()  # loads and plans of a failed attempt do not carry over
         # stored in every epoch so `raykv checkpoints export` can rebuild the operators
         self._operator_configs = {st.name: encode_operator(st.operator) for st in stages}
-        self._start_actors(stages, layout.plans, attempt)
+        self._start_actors(stages, layout.plans, attempt, base, paused=layout.changed)
         self._committer = committer = Committer(self._commit)
+        run_refs = [r.run.remote() for r in self._readers.values()]
         self._emit("started", restored_from=base.epoch, attempt=attempt)
         if self._t_first is None:
             self._t_first = time.perf_counter()
-        source = type(self.p.source).__name__
-        with self._user_code(f"source {source}.open({base.offset!r})", self._next_epoch):
-            reader = self.p.source.open(base.offset)
-        self.feeder.rows_epoch = 0
-        try:
-            if layout.changed:
-                # make a rescaled / rolled-back layout durable before any new input
-                self.feeder.barrier(base.offset, final=False)
-            stopped = self.feeder.feed(reader, committer)
-            # the last epoch: finish() at the end of input; a plain barrier when stopped
-            # (also when empty: a StopSource may have moved the offset past its marker)
-            self.feeder.barrier(reader.offset, final=not stopped)
-            committer.drain()
-        finally:
-            reader.close()
+        # a rescaled / rolled-back layout is made durable before any new input
+        stopped = self.feeder.feed(committer, run_refs, initial_barrier=layout.changed)
+        committer.drain()
+        if not stopped:
+            shard_get(run_refs)  # the readers drained their calls in flight
         return stopped
 
     # ------------------------------------------------------------------ commit (commit thread)
@@ -467,11 +483,11 @@ class Coordinator:
                 manifests[ack.shard] = ack.manifest
         rows_out = 0
         for ack in acks:
-            if ack.output is not None and ack.output.num_rows:
-                part = f"{ack.metadata['stage']}-{int(ack.metadata['index']):04d}"
+            rows_out += ack.rows_out
+            if ack.output is not None:  # a driver-side sink (CollectSink)
+                part = part_name(str(ack.metadata["stage"]), int(ack.metadata["index"]))
                 with self._user_code(f"sink {type(sink).__name__}.stage({e}, {part!r})", e):
                     sink.stage(e, part, ack.output)
-                rows_out += ack.output.num_rows
         base = self._committed or self._base
         rows_total = base.rows_total + pending.rows
         abandoned = base.abandoned
@@ -479,7 +495,7 @@ class Coordinator:
         metadata = None
         if store is not None:
             metadata = self._metadata(pending, base, rows_total, load or None)
-            store.commit_epoch(e, manifests, offsets={"source": pending.offset},
+            store.commit_epoch(e, manifests, offsets={"splits": pending.offset},
                                metadata=metadata.to_dict())
         if self._abandon_on_commit:
             with self._user_code(f"sink {type(sink).__name__}.start({e})", e):
@@ -498,7 +514,7 @@ class Coordinator:
                 s.bytes_uploaded += sm.new_bytes
                 s.files_uploaded += sm.new_files
             self._committed = Base(
-                epoch=e, metadata=metadata, offset=pending.offset, rollback=False,
+                epoch=e, metadata=metadata, offsets=pending.offset, rollback=False,
                 abandoned=abandoned, rows_total=rows_total,
             )
         self._metrics.committed(manifests)
@@ -553,6 +569,7 @@ class Coordinator:
                 kind=kind, epoch=epoch, rows_in=s.rows_in, rows_out=s.rows_out,
                 epochs_committed=len(s.epochs_committed), restarts=s.restarts,
                 elapsed=time.perf_counter() - self._t0, shards=dict(self._handles),
+                actors={**self._readers, **self._handles},
                 error=error, detail=detail,
             )
             with self._user_code(f"on_progress({kind!r} event)", epoch):

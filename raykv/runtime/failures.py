@@ -29,6 +29,7 @@ from raykv.errors import (
     CheckpointNotFoundError,
     CorruptionError,
     UserCodeError,
+    add_context,
     failure_context,
 )
 
@@ -113,6 +114,8 @@ def classify(err: BaseException) -> str:
     """
     root = root_cause(err)
     if isinstance(err, ShardFailure):
+        if failure_context(root).get("phase") == "source":
+            return "fatal"  # the source's own error: replay reads the same
         if is_user_error(root) or isinstance(root, CorruptionError | CheckpointNotFoundError):
             return "fatal"
         if isinstance(root, KeyboardInterrupt | SystemExit):
@@ -159,7 +162,8 @@ class Verdict:
     Attributes:
         action: ``"recover"`` (restart from the last committed epoch) or ``"stop"``.
         reason: ``"transient"`` or ``"first occurrence"`` (recover); ``"repeated"``,
-            ``"bad input"``, ``"corrupt checkpoint"``, ``"checkpoint not found"``,
+            ``"bad input"``, ``"corrupt checkpoint"``, ``"checkpoint not found"``, ``"source"`` (the
+            source raised in a reader),
             ``"driver"`` (the source, the sink, the driver's commit step),
             ``"on_progress"``, ``"interrupted"``, ``"max_restarts"``, ``"no checkpoint"``
             (stop).
@@ -226,6 +230,8 @@ class FailurePolicy:
                 reason = "on_progress"
             elif is_user_error(root):
                 reason = "bad input"
+            elif failure_context(root).get("phase") == "source":
+                reason = "source"
             else:
                 reason = "driver"
             return Verdict("stop", reason, root, epoch, attempt)
@@ -252,6 +258,11 @@ def annotate(err: BaseException, context: str) -> BaseException:
     except Exception:
         new = ValueError(text) if isinstance(err, ValueError) else TypeError(text)
     new.__cause__ = err
+    for note in getattr(err, "__notes__", []):
+        new.add_note(note)
+    ctx = failure_context(err)
+    if ctx:
+        add_context(new, **ctx)
     return new
 
 

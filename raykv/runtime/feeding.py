@@ -1,141 +1,147 @@
-"""Feeding the first stage: read the source, check, split, send with backpressure, barriers.
+"""The driver's control loop of one attempt: when epochs end, barriers, pauses, the end.
 
-Contract: :meth:`Feeder.feed` runs one attempt's input loop in the driver: it reads
-batches from the source reader, splits each by the first stage's partitioning (key
-checks first, then the schema must equal the first batch's), sends the pieces to the
-first-stage shards with at most ``max_inflight`` calls in flight per shard (backpressure,
-and where a dead actor surfaces), and ends an epoch every ``epoch_every_batches``
-batches or ``checkpoint_interval`` seconds with :meth:`Feeder.barrier`: ``barrier(e)``
-(``finish(e)`` for the last) to every first-stage shard, then the epoch is submitted to
-the committer with every shard's ``wait_uploaded(e)``. Right after a barrier, planned
-rebalances are carried out (in-flight calls drained first).
+Contract: :meth:`Feeder.feed` runs while the reader actors
+(:mod:`raykv.runtime.reader_actor`) read the source and send its rows to the first-stage
+shards; the driver sees no record. It watches the readers (``status``: ended, stopped by
+the source, batches sent in the epoch) and ends an epoch with :meth:`Feeder.barrier`:
+
+* every ``epoch_every_batches`` batches *per reader* (each reader holds after that many
+  batches until the barrier comes, so epochs do not depend on timing), or every
+  ``checkpoint_interval`` seconds of ``clock`` when some reader sent data in the epoch
+  and fewer than ``max_pending_epochs`` epochs wait for their commit;
+* ``barrier(e, final=True)`` once every reader's splits ended (the shards ``finish``);
+  a plain barrier when the source raised ``StopSource`` or ``Pipeline.stop()`` was
+  called (the run is paused, ``run(resume=True)`` goes on).
+
+A barrier asks every reader for ``barrier(e)``; each sends it into all its channels after
+its current batch and answers with its splits' offsets (a
+:class:`~raykv.runtime.reader.Cut`); the union of those offsets and the rows of the
+epoch go to the committer with every shard's ``wait_uploaded(e)``. When a rebalance is
+planned (decided by the commit thread), the next barrier pauses the readers behind it
+(their calls in flight drained), the rebalancer moves the key groups, and the readers
+resume with the first stage's new assignment.
 
 The feeder is a part of the :class:`~raykv.runtime.coordinator.Coordinator` and holds a
-reference to it. It reads ``p`` (the pipeline), ``clock``, ``_stages[0]``, ``_actors[0]``,
-``_handles``, ``_committer``, ``_metrics``, ``rebalancer`` and ``_user_code``; it writes
-``_next_epoch`` (one up per barrier) and emits ``"barrier"`` events. It owns the schema
-of the first batch (kept across attempts) and the current epoch's row and batch counts.
+reference to it. It reads ``p`` (the pipeline), ``clock``, ``_stages[0]``, ``_readers``,
+``_handles``, ``_committer`` and ``rebalancer``; it writes ``_next_epoch`` (one up per
+barrier) and emits ``"barrier"`` events.
 """
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
+import ray
 
-from raykv.operators.schemas import describe_schema_change
-from raykv.partitioning import split_batch
 from raykv.runtime.committer import Committer, PendingEpoch
 from raykv.runtime.failures import shard_get
-from raykv.sources import StopSource
+from raykv.runtime.reader import Cut, Status
+from raykv.sources import Offset
 
 if TYPE_CHECKING:
     from raykv.runtime.coordinator import Coordinator
 
-IDLE_SLEEP = 0.005
+POLL = 0.1
+"""Longest wait (s) for the readers' status between two looks at the clock and stop()."""
 
 
 class Feeder:
-    """The driver's input loop and barriers (see the module docstring)."""
+    """The driver's control loop and barriers (see the module docstring)."""
 
     def __init__(self, coord: Coordinator) -> None:
         self._coord = coord
-        self._schema: pa.Schema | None = None
-        self.rows_epoch = 0
-        self.batches_epoch = 0
+        self.offsets: dict[str, Offset] = {}
 
-    def feed(self, reader: Any, committer: Committer) -> bool:
-        """Send the input until it ends (``False``) or the run is stopped (``True``)."""
+    def feed(self, committer: Committer, run_refs: list[Any], *, initial_barrier: bool) -> bool:
+        """Drive one attempt until the input ends (``False``) or the run stops (``True``).
+
+        ``initial_barrier``: the readers start paused and an epoch without input is
+        committed first (a rescaled or rolled-back layout becomes durable before any new
+        input). Raises the first failure of a reader, a shard or the commit thread.
+        """
         c = self._coord
         p = c.p
-        actors = c._actors[0]
-        inflight: list[deque[Any]] = [deque() for _ in actors]
+        readers = list(c._readers.values())
         every = p.epoch_every_batches
         interval = p.checkpoint_interval if every is None else None
-        self.batches_epoch = 0
+        self.offsets = {}
+        if initial_barrier:
+            self.barrier(final=False)
+        idle = [False] * len(readers)
+        sent = [0] * len(readers)  # batches each reader sent in the epoch (last known)
         last = c.clock()
         while True:
             committer.check()
+            _raise_failed(run_refs)
             if p.stop_requested:
+                self.barrier(final=False)
                 return True
-            if c.rebalancer.planned and not self.batches_epoch:  # right after a barrier
-                for q in inflight:
-                    shard_get(list(q))
-                    q.clear()
-                c.rebalancer.apply(committer)
-            try:
-                with c._user_code(f"source {type(p.source).__name__}.read", c._next_epoch):
-                    batch = reader.read()
-            except StopSource:
-                return True
-            if batch is None:
+            timeout = POLL if interval is None else max(0.0, min(POLL, last + interval
+                                                                 - c.clock()))
+            active = [i for i in range(len(readers)) if not idle[i]]
+            statuses: list[Status] = shard_get(
+                [readers[i].status.remote(timeout) for i in active])
+            for i, st in zip(active, statuses, strict=True):
+                idle[i] = st.idle
+                sent[i] = st.batches
+                if st.failed:
+                    _raise_failed(run_refs, wait=True)
+                if st.stopped:
+                    self.barrier(final=False)
+                    return True
+            if all(idle):
+                self.barrier(final=True)
                 return False
-            first = c._stages[0]
-            if batch.num_rows:
-                parts = split_batch(batch, first.key, first.partitioning)  # key checks first
-                self.check_schema(batch)
-                for i, sub in parts.items():
-                    q = inflight[i]
-                    q.append(actors[i].process.remote(sub))
-                    if len(q) > p.max_inflight:
-                        shard_get(q.popleft())
-                c._metrics.inflight(first, inflight)
-                self.rows_epoch += batch.num_rows
-                self.batches_epoch += 1
-            else:
-                time.sleep(IDLE_SLEEP)
-            if every is not None and self.batches_epoch >= every:
-                committer.wait_below(p.max_pending_epochs)
-                self.barrier(reader.offset, final=False)
-            elif (
-                interval is not None
-                and self.batches_epoch
-                and c.clock() - last >= interval
-                and committer.pending < p.max_pending_epochs
-            ):
-                self.barrier(reader.offset, final=False)
+            if every is not None:
+                ready = all(idle[i] or sent[i] >= every for i in range(len(readers)))
+                if ready:
+                    committer.wait_below(p.max_pending_epochs)
+                    self._end_epoch(committer)
+                    sent = [0] * len(readers)
+            elif (any(sent) and c.clock() - last >= (interval or 0.0)
+                  and committer.pending < p.max_pending_epochs):
+                self._end_epoch(committer)
+                sent = [0] * len(readers)
                 last = c.clock()
 
-    def check_schema(self, batch: pa.RecordBatch) -> None:
-        """Raise ``ValueError`` if ``batch``'s schema differs from the first batch's."""
-        if self._schema is None:
-            self._schema = batch.schema
-            return
-        if batch.schema.equals(self._schema):
-            return
-        msg = f"a source batch changed schema: {_schema_diff(self._schema, batch.schema)}"
-        raise ValueError(msg)
+    def _end_epoch(self, committer: Committer) -> None:
+        """A barrier; with a rebalance planned, the readers pause behind it for the moves."""
+        c = self._coord
+        planned = c.rebalancer.planned
+        self.barrier(final=False, pause=planned)
+        if planned:
+            c.rebalancer.apply(committer)
+            shard_get([r.resume.remote(c._stages[0].partitioning)
+                       for r in c._readers.values()])
 
-    def barrier(self, offset: Any, *, final: bool) -> None:
-        """End the current epoch at source ``offset`` (``finish`` when ``final``)."""
+    def barrier(self, *, final: bool, pause: bool = False) -> list[Cut]:
+        """End the current epoch at every reader (``finish`` when ``final``); submit it.
+
+        ``pause``: the readers wait for ``resume`` after it (rebalancing).
+        """
         c = self._coord
         epoch = c._next_epoch
         c._next_epoch += 1
-        for a in c._actors[0]:
-            (a.finish if final else a.barrier).remote(epoch)
+        cuts: list[Cut] = shard_get(
+            [r.barrier.remote(epoch, final, pause) for r in c._readers.values()])
+        for cut in cuts:
+            self.offsets.update(cut.offsets)
         refs = {name: h.wait_uploaded.remote(epoch) for name, h in c._handles.items()}
         assert c._committer is not None
-        c._committer.submit(PendingEpoch(epoch, refs, _copy_json(offset), self.rows_epoch, final))
-        self.rows_epoch = 0
-        self.batches_epoch = 0
+        c._committer.submit(PendingEpoch(epoch, refs, dict(self.offsets),
+                                         sum(cut.rows for cut in cuts), final))
         c._emit("barrier", epoch, final=final)
+        return cuts
 
 
-def _copy_json(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_copy_json(v) for v in value]
-    return value
+def _raise_failed(run_refs: list[Any], *, wait: bool = False) -> None:
+    """Raise the failure of a reader whose ``run`` ended (``wait``: one is ending)."""
+    if not run_refs:
+        return
+    ready, _ = (ray.wait(run_refs, num_returns=1, timeout=5.0) if wait
+                else ray.wait(run_refs, num_returns=len(run_refs), timeout=0))
+    for ref in ready:
+        shard_get(ref)
 
 
-def _schema_diff(expected: pa.Schema, got: pa.Schema) -> str:
-    return (
-        describe_schema_change(expected, got)
-        + f" (expected {expected.names} as in the first batch); every batch must have one schema"
-    )
-
-
-__all__ = ["IDLE_SLEEP", "Feeder"]
+__all__ = ["POLL", "Feeder"]

@@ -30,6 +30,7 @@ from raykv.partitioning import Partitioning
 from raykv.runtime.localdirs import wait_dir_free, wipe_dir
 from raykv.runtime.metadata import EpochMetadata, is_pipeline_metadata
 from raykv.runtime.specs import RestorePlan, RestoreSource, ShardSpec, StageSpec
+from raykv.sources.base import WHOLE
 
 if TYPE_CHECKING:
     from raykv.pipeline import Pipeline
@@ -42,7 +43,7 @@ class Base:
     Attributes:
         epoch: the committed epoch (``None``: empty state).
         metadata: its metadata (``None`` without an epoch or a store).
-        offset: the source offset at ``epoch``.
+        offsets: every source split's offset at ``epoch`` (``None``: the beginning).
         rollback: ``epoch`` is older than the store's latest (``restore_epoch``).
         abandoned: epoch ranges abandoned by rollbacks in this lineage.
         rows_total: source rows committed in this lineage.
@@ -50,7 +51,7 @@ class Base:
 
     epoch: int | None = None
     metadata: EpochMetadata | None = None
-    offset: Any = None
+    offsets: dict[str, Any] | None = None
     rollback: bool = False
     abandoned: list[list[int]] = field(default_factory=list)
     rows_total: int = 0
@@ -116,7 +117,7 @@ def initial_state(store: Any, pipeline: Pipeline, *, resume: bool,
                             pipeline)
     abandoned = meta.abandoned_lists
     rollback = latest is not None and epoch != latest
-    base = Base(epoch=epoch, metadata=meta, offset=manifest.offsets.get("source"),
+    base = Base(epoch=epoch, metadata=meta, offsets=split_offsets(manifest.offsets, meta),
                 rollback=rollback, abandoned=abandoned, rows_total=meta.rows_total)
     if rollback:
         assert epoch is not None and latest is not None
@@ -126,6 +127,18 @@ def initial_state(store: Any, pipeline: Pipeline, *, resume: bool,
                      abandon_on_commit=True, num_key_groups=meta.num_key_groups)
     return Start(base, epoch, abandoned, False, first_epoch=first_epoch,
                  num_key_groups=meta.num_key_groups)
+
+
+def split_offsets(offsets: dict[str, Any], meta: EpochMetadata) -> dict[str, Any]:
+    """Every split's offset from an epoch manifest's ``offsets``.
+
+    Metadata version 2 stores ``{"splits": {split id: offset}}``; version 1 (before
+    splits existed) stored ``{"source": offset of the whole stream}``, read as the one
+    split :data:`~raykv.sources.base.WHOLE` (the source is then read as one stream).
+    """
+    if meta.version >= 2:
+        return dict(offsets.get("splits") or {})
+    return {WHOLE: offsets.get("source")}
 
 
 def sink_view_of_latest(store: Any) -> tuple[int | None, list[list[int]]]:
@@ -238,12 +251,15 @@ def plan_layout(pipeline: Pipeline, base: Base, num_key_groups: int) -> Layout:
 
 
 def shard_specs(stages: list[StageSpec], root: Path, track_groups: Callable[[StageSpec], bool],
-                **common: Any) -> list[list[ShardSpec]]:
+                *, first_inputs: int, sink: Any = None, **common: Any
+                ) -> list[list[ShardSpec]]:
     """Per stage, per shard, its :class:`ShardSpec`.
 
-    Data dir ``root/<stage>/<shard>``; inputs: 1 for the first stage, else the previous
-    stage's shard count; ``track_groups(stage)``: whether its shards count key-group
-    loads; ``common``: the fields every shard shares (checkpoint, faults, attempt, ...).
+    Data dir ``root/<stage>/<shard>``; inputs: ``first_inputs`` (the source readers)
+    for the first stage, else the previous stage's shard count; ``track_groups(stage)``:
+    whether its shards count key-group loads; ``sink``: given to the last stage's shards
+    (a sink they stage their output in themselves); ``common``: the fields every shard
+    shares (checkpoint, faults, attempt, ...).
     """
     specs: list[list[ShardSpec]] = []
     for s, stage in enumerate(stages):
@@ -251,8 +267,9 @@ def shard_specs(stages: list[StageSpec], root: Path, track_groups: Callable[[Sta
             ShardSpec(
                 stage=stage, index=j,
                 data_dir=str(root / stage.name / stage.shard_names[j]),
-                num_inputs=1 if s == 0 else stages[s - 1].num_shards,
+                num_inputs=first_inputs if s == 0 else stages[s - 1].num_shards,
                 downstream=stages[s + 1] if s + 1 < len(stages) else None,
+                sink=sink if s + 1 == len(stages) else None,
                 track_groups=track_groups(stage),
                 **common,
             )

@@ -26,7 +26,11 @@ from typing import Any
 
 from raykv.partitioning import Partitioning
 
-METADATA_VERSION = 1
+METADATA_VERSION = 2
+"""Version 2: the epoch manifest's ``offsets`` hold every split's offset
+(``{"splits": {id: offset}}``); version 1 held one ``{"source": offset}`` (still read)."""
+
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -209,8 +213,8 @@ class EpochMetadata:
 
 
 def is_pipeline_metadata(data: Mapping[str, Any]) -> bool:
-    """Whether ``data`` is an epoch's metadata written by a raykv pipeline of this version."""
-    return isinstance(data.get("stages"), list) and data.get("raykv") == METADATA_VERSION
+    """Whether ``data`` is an epoch's metadata written by a raykv pipeline (a readable version)."""
+    return isinstance(data.get("stages"), list) and data.get("raykv") in READABLE_VERSIONS
 
 
 def read_metadata(data: Mapping[str, Any]) -> EpochMetadata | None:

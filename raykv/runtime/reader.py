@@ -29,8 +29,11 @@ from typing import Any, NoReturn, Protocol
 
 import pyarrow as pa
 
+from raykv.errors import add_context, failure_context, mark_user_code
+from raykv.operators.schemas import describe_schema_change
 from raykv.partitioning import Partitioning, split_batch
-from raykv.sources import Offset, Source, SourceReader, Split
+from raykv.sources import Offset, Source, SourceReader, Split, StopSource
+from raykv.sources.base import WHOLE
 
 
 def assign_splits(splits: Sequence[Split], readers: int) -> list[list[Split]]:
@@ -76,6 +79,17 @@ class SplitCursor:
         self._done: set[str] = set()
         self._next = 0
         self._round_robin = not source.bounded
+        self._current: str | None = None
+
+    @property
+    def source(self) -> Source:
+        """The source read."""
+        return self._source
+
+    @property
+    def current(self) -> str | None:
+        """The split of the last batch returned (or being read)."""
+        return self._current
 
     @property
     def exhausted(self) -> bool:
@@ -89,15 +103,43 @@ class SplitCursor:
     def _reader(self, split_id: str) -> SourceReader:
         reader = self._readers.get(split_id)
         if reader is None:
-            reader = self._source.open_split(split_id, self._offsets[split_id])
+            offset = self._offsets[split_id]
+            # WHOLE is the source read as one stream: a source without splits, or a
+            # checkpoint written before splits existed (metadata version 1)
+            reader = (self._source.open(offset) if split_id == WHOLE
+                      else self._source.open_split(split_id, offset))
             self._readers[split_id] = reader
         return reader
 
     def read(self) -> pa.RecordBatch | None:
-        """The next batch of the current split (see the class docstring)."""
+        """The next batch of the current split (see the class docstring).
+
+        An error of the source is marked as one (``failure_context``: ``phase``
+        ``"source"``, the split, ``user_code`` naming split and offset), so that the
+        driver names them and does not retry it; ``StopSource`` passes unchanged, with
+        the split's offset past the marker recorded first.
+        """
+        try:
+            return self._read()
+        except StopSource:
+            self._record_offsets()
+            raise
+        except Exception as err:
+            split_id = self._current
+            if split_id is not None and "split" not in failure_context(err):
+                where = f"split {split_id!r} at offset {self._offsets.get(split_id)!r}"
+                mark_user_code(err, f"source {type(self._source).__name__}.read of {where}")
+                add_context(err, split=split_id, phase="source")
+            raise
+
+    def _record_offsets(self) -> None:
+        for split_id, reader in self._readers.items():
+            self._offsets[split_id] = reader.offset
+
+    def _read(self) -> pa.RecordBatch | None:
         idle: pa.RecordBatch | None = None
         for _ in range(len(self._ids)):
-            split_id = self._ids[self._next % len(self._ids)]
+            split_id = self._current = self._ids[self._next % len(self._ids)]
             if split_id in self._done:
                 self._next += 1
                 continue
@@ -135,16 +177,58 @@ class Channel(Protocol):
         """Block until ``ref`` is done; raise its error."""
 
 
+@dataclass(frozen=True)
+class Cut:
+    """A reader's answer to a barrier request: where its splits stand at the cut.
+
+    Attributes:
+        offsets: every split's offset after the reader's last batch of the epoch.
+        rows: rows the reader sent in the epoch.
+        batches: batches the reader sent in the epoch.
+        exhausted: every split of the reader ended (bounded input).
+        stopped: the source raised :class:`~raykv.sources.StopSource` (pause the run).
+    """
+
+    offsets: dict[str, Offset]
+    rows: int
+    batches: int
+    exhausted: bool
+    stopped: bool
+
+
+@dataclass(frozen=True)
+class Status:
+    """What a reader is doing, for the coordinator's barrier decisions.
+
+    Attributes:
+        batches: batches sent in the current epoch.
+        exhausted: every split ended.
+        stopped: the source raised ``StopSource``.
+        failed: the loop failed (its ``run`` raises the error).
+    """
+
+    batches: int
+    exhausted: bool
+    stopped: bool
+    failed: bool
+
+    @property
+    def idle(self) -> bool:
+        """Nothing more will be read: ended, stopped or failed."""
+        return self.exhausted or self.stopped or self.failed
+
+
 @dataclass
 class _BarrierRequest:
     epoch: int
     final: bool
-    offsets: dict[str, Offset] | None = None
+    pause: bool
+    cut: Cut | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
 
 class SourceReaderLoop:
-    """One reader's loop (see the module docstring); thread-safe barrier requests.
+    """One reader's loop (see the module docstring); thread-safe control calls.
 
     Args:
         cursor: the reader's splits.
@@ -154,11 +238,19 @@ class SourceReaderLoop:
         input_id: this reader's input number at the shards.
         max_inflight: calls in flight per shard before the loop waits for the oldest.
         idle: called when the source has nothing right now (e.g. sleep a little).
+        epoch_batches: when set, the loop reads at most this many batches per epoch and
+            then waits for the barrier (``Pipeline(epoch_every_batches=...)``: epochs
+            of a fixed number of batches per reader, whatever the timing).
+        on_batch: called before each batch is sent (fault injection in tests).
+        paused: read nothing until the first barrier request (or :meth:`resume`).
+        first_epoch: the epoch the first rows belong to (named in errors).
     """
 
     def __init__(self, cursor: SplitCursor, key: str, partitioning: Partitioning,
                  channel: Channel, input_id: int, max_inflight: int = 4,
-                 idle: Callable[[], None] = lambda: None) -> None:
+                 idle: Callable[[], None] = lambda: None, epoch_batches: int | None = None,
+                 on_batch: Callable[[], None] = lambda: None, paused: bool = False,
+                 first_epoch: int | None = None) -> None:
         self.cursor = cursor
         self._key = key
         self._partitioning = partitioning
@@ -166,27 +258,38 @@ class SourceReaderLoop:
         self._input_id = input_id
         self._max_inflight = max_inflight
         self._idle = idle
+        self._epoch_batches = epoch_batches
+        self._on_batch = on_batch
         self._inflight: list[deque[Any]] = [deque() for _ in range(partitioning.num_shards)]
         self._requests: deque[_BarrierRequest] = deque()
         self._cond = threading.Condition()
         self._stopped = False
+        self._paused = paused
+        self.epoch = first_epoch
+        self._source_stopped = False
+        self._schema: pa.Schema | None = None
         self.error: BaseException | None = None
         self.rows = 0
         self.batches = 0
+        self._rows_epoch = 0
+        self._batches_epoch = 0
 
-    def request_barrier(self, epoch: int, *, final: bool = False,
-                        timeout: float | None = None) -> dict[str, Offset]:
+    # ------------------------------------------------------------------ control (any thread)
+
+    def request_barrier(self, epoch: int, *, final: bool = False, pause: bool = False,
+                        timeout: float | None = None) -> Cut:
         """Ask for ``barrier(epoch)`` (``finish`` when ``final``) after the current batch.
 
-        Blocks until the loop sent it into every channel; returns each split's offset at
-        that cut. A final barrier is sent only once the cursor is exhausted.
+        Blocks until the loop sent it into every channel; returns the :class:`Cut`. A
+        final barrier is sent only once the cursor is exhausted. With ``pause`` the loop
+        then waits for every call in flight and reads nothing until :meth:`resume`.
 
         Raises:
             TimeoutError: not sent within ``timeout`` seconds.
             RuntimeError: the loop failed (its error is the ``__cause__``) or stopped
                 before it sent the barrier.
         """
-        req = _BarrierRequest(epoch, final)
+        req = _BarrierRequest(epoch, final, pause)
         with self._cond:
             if self.error is not None or self._stopped:
                 self._refuse(req)
@@ -195,14 +298,38 @@ class SourceReaderLoop:
         if not req.done.wait(timeout):
             msg = f"reader {self._input_id}: barrier({epoch}) not sent within {timeout} s"
             raise TimeoutError(msg)
-        if req.offsets is None:
+        if req.cut is None:
             self._refuse(req)
-        return req.offsets or {}
+        return req.cut
 
     def _refuse(self, req: _BarrierRequest) -> NoReturn:
         why = "failed" if self.error is not None else "stopped"
         msg = f"reader {self._input_id} {why} before barrier({req.epoch})"
         raise RuntimeError(msg) from self.error
+
+    def status(self, timeout: float = 0.0) -> Status:
+        """The loop's :class:`Status`, waiting up to ``timeout`` s for it to become ready.
+
+        Ready: nothing more will be read (:attr:`Status.idle`), or ``epoch_batches``
+        batches were sent in the epoch.
+        """
+        with self._cond:
+            self._cond.wait_for(self._ready, timeout)
+            return Status(self._batches_epoch, self.cursor.exhausted, self._source_stopped,
+                          self.error is not None)
+
+    def _ready(self) -> bool:
+        return (self.cursor.exhausted or self._source_stopped or self.error is not None
+                or self._stopped or (self._epoch_batches is not None
+                                     and self._batches_epoch >= self._epoch_batches))
+
+    def resume(self, partitioning: Partitioning | None = None) -> None:
+        """End a pause; route by ``partitioning`` from now on when given (a rebalance)."""
+        with self._cond:
+            if partitioning is not None:
+                self._partitioning = partitioning
+            self._paused = False
+            self._cond.notify_all()
 
     def stop(self) -> None:
         """Make :meth:`run` return after the current batch."""
@@ -210,55 +337,114 @@ class SourceReaderLoop:
             self._stopped = True
             self._cond.notify_all()
 
+    # ------------------------------------------------------------------ the loop (one thread)
+
     def run(self) -> None:
         """Read, route and send until stopped; barriers are injected between batches.
 
         After the last split ends the loop keeps answering barrier requests (other readers
-        may still be reading) until it sent a final barrier or is stopped. A failure (of
-        the source, the split, a shard call) is raised, and every waiting or later barrier
-        request fails with it as the cause.
+        may still be reading) until it sent a final barrier or is stopped; it then waits
+        for every call in flight. A failure (of the source, the split, a shard call) is
+        raised, and every waiting or later barrier request fails with it as the cause.
         """
         try:
             self._loop()
+            self.drain()
         except BaseException as err:
-            self.error = err
+            with self._cond:
+                self.error = err
+                self._cond.notify_all()
             raise
         finally:
             with self._cond:
                 self._stopped = True
                 for req in self._requests:
-                    req.done.set()  # offsets stay None: request_barrier raises
+                    req.done.set()  # no cut: request_barrier raises
                 self._requests.clear()
+                self._cond.notify_all()
             self.cursor.close()
+
+    def _wait_for_work(self) -> bool:
+        """Block while nothing may be read and no barrier is due; False once stopped."""
+        with self._cond:
+            while not self._stopped and not self._due() and (
+                    self._paused or self.cursor.exhausted or self._source_stopped
+                    or (self._epoch_batches is not None
+                        and self._batches_epoch >= self._epoch_batches)):
+                self._cond.wait()
+            return not self._stopped
+
+    def _due(self) -> bool:
+        """A barrier request can be served now (a final one once the splits ended)."""
+        return bool(self._requests) and (not self._requests[0].final or self.cursor.exhausted)
 
     def _loop(self) -> None:
         while True:
             if self._serve_barriers():
                 return
+            if not self._wait_for_work():
+                return
             with self._cond:
-                if self._stopped:
-                    return
-            if self.cursor.exhausted:
+                if self._due():
+                    continue
+            try:
+                batch = self.cursor.read()
+            except StopSource:
                 with self._cond:
-                    while not self._requests and not self._stopped:
-                        self._cond.wait()
+                    self._source_stopped = True
+                    self._cond.notify_all()
                 continue
-            batch = self.cursor.read()
+            except Exception as err:
+                add_context(err, epoch=self.epoch)
+                ctx = failure_context(err)
+                if "user_code" in ctx:
+                    err.add_note(f"raykv: {ctx['user_code']} raised {type(err).__name__} "
+                                 f"in reader {self._input_id}, epoch {self.epoch}")
+                raise
             if batch is None:
+                with self._cond:
+                    self._cond.notify_all()  # exhausted: status() waiters
                 continue
             if batch.num_rows == 0:
                 self._idle()
                 continue
+            self._on_batch()
             self._send(batch)
 
     def _send(self, batch: pa.RecordBatch) -> None:
-        for shard, part in split_batch(batch, self._key, self._partitioning).items():
+        try:
+            parts = split_batch(batch, self._key, self._partitioning)  # key checks first
+            self._check_schema(batch)
+        except (ValueError, TypeError) as err:
+            split = self.cursor.current
+            add_context(err, split=split)
+            err.add_note(f"raykv: in a batch of split {split!r} of "
+                         f"{type(self.cursor.source).__name__}")
+            raise
+        for shard, part in parts.items():
             q = self._inflight[shard]
             q.append(self._channel.send(shard, "process", part, self._input_id))
             if len(q) > self._max_inflight:
                 self._channel.wait(q.popleft())
-        self.rows += batch.num_rows
-        self.batches += 1
+        with self._cond:
+            self.rows += batch.num_rows
+            self.batches += 1
+            self._rows_epoch += batch.num_rows
+            self._batches_epoch += 1
+            if self._epoch_batches is not None and self._batches_epoch >= self._epoch_batches:
+                self._cond.notify_all()
+
+    def _check_schema(self, batch: pa.RecordBatch) -> None:
+        """Raise ``ValueError`` if ``batch``'s schema differs from this reader's first."""
+        if self._schema is None:
+            self._schema = batch.schema
+        elif not batch.schema.equals(self._schema):
+            msg = (
+                f"a source batch changed schema: "
+                f"{describe_schema_change(self._schema, batch.schema)} (expected "
+                f"{self._schema.names} as in the first batch); every batch must have one schema"
+            )
+            raise ValueError(msg)
 
     def _serve_barriers(self) -> bool:
         """Send the requested barriers that are due; True after a final one."""
@@ -266,14 +452,21 @@ class SourceReaderLoop:
             with self._cond:
                 if not self._requests:
                     return False
-                req = self._requests[0]
-                if req.final and not self.cursor.exhausted:
+                if not self._due():
                     return False
-                self._requests.popleft()
+                req = self._requests.popleft()
             method = "finish" if req.final else "barrier"
             for shard in range(self._partitioning.num_shards):
                 self._channel.send(shard, method, req.epoch, self._input_id)
-            req.offsets = self.cursor.offsets()
+            with self._cond:
+                req.cut = Cut(self.cursor.offsets(), self._rows_epoch, self._batches_epoch,
+                              self.cursor.exhausted, self._source_stopped)
+                self.epoch = req.epoch + 1
+                self._rows_epoch = self._batches_epoch = 0
+                self._paused = req.pause
+                self._cond.notify_all()
+            if req.pause:
+                self.drain()
             req.done.set()
             if req.final:
                 return True
@@ -285,4 +478,4 @@ class SourceReaderLoop:
                 self._channel.wait(q.popleft())
 
 
-__all__ = ["Channel", "SourceReaderLoop", "SplitCursor", "assign_splits"]
+__all__ = ["Channel", "Cut", "SourceReaderLoop", "SplitCursor", "Status", "assign_splits"]

@@ -23,8 +23,9 @@ Concurrency: the actor's default concurrency group has one thread, and Ray runs 
 one caller makes to one actor in the order they were made; ``process``, ``barrier`` and
 ``finish`` therefore see a caller's stream in order (``tests/test_pipeline.py`` proves
 it). ``wait_uploaded`` and ``stats`` run in a second group (``"io"``, one thread), so the
-driver learns of durable uploads without queueing behind data. One background thread
-uploads sealed epochs in epoch order.
+driver learns of durable uploads without queueing behind data, and ``ping`` in a third
+(a drill gets the pid at once). One background thread uploads sealed epochs in epoch
+order.
 
 Aligned barriers (DESIGN invariant 2): a shard of stage ``s > 0`` has one input per shard
 of stage ``s - 1`` (a first-stage shard has one input: the driver). When ``barrier(e)``
@@ -63,7 +64,7 @@ import ray
 
 from raykv.errors import CorruptionError, add_context
 from raykv.hotkeys import LoadTracker
-from raykv.metrics import ShardMetrics
+from raykv.metrics import ShardMetrics, process_cpu_seconds
 from raykv.partitioning import Partitioning, split_batch
 from raykv.runtime import keygroups
 from raykv.runtime.aligner import BARRIER, DATA, FINISH, Aligned, BarrierAligner
@@ -71,6 +72,7 @@ from raykv.runtime.failures import describe_shard_failure
 from raykv.runtime.localdirs import wait_dir_free, wipe_dir
 from raykv.runtime.specs import Ack, RestorePlan, RestoreSource, ShardSpec, StageSpec
 from raykv.runtime.uploader import Uploader
+from raykv.sinks import part_name
 
 
 def _as_table(out: Any) -> pa.Table | None:
@@ -117,7 +119,7 @@ class ShardWorker:
             "upload_seconds": 0.0, "bytes_uploaded": 0, "files_uploaded": 0,
             "process_seconds": 0.0, "restore_seconds": 0.0, "restored_bytes": 0,
             "track_seconds": 0.0, "rebalances": 0, "rebalance_seconds": 0.0,
-            "busy_cpu_seconds": 0.0,
+            "busy_cpu_seconds": 0.0, "sink_seconds": 0.0,
         }
 
     # ------------------------------------------------------------------ setup
@@ -364,12 +366,15 @@ class ShardWorker:
             "num_shards": self.spec.stage.num_shards, "engine": self.spec.stage.engine,
             "rows_in": int(self.stats_["rows_in"]), "final": final,
         }
+        rows_out = 0 if out is None else out.num_rows
         if self.spec.checkpoint is None:
             seconds = time.perf_counter() - t0
             self.stats_["seal_seconds"] += seconds
             self._metrics.epoch(seconds, self.stats_["rows_out"], self.engine, self._tracker)
-            self._uploader.post(Ack(epoch, self.name, output=out, metadata=meta,
-                                    seal_seconds=seconds, load=self._load_report()))
+            ack = Ack(epoch, self.name, output=out, rows_out=rows_out, metadata=meta,
+                      seal_seconds=seconds, load=self._load_report())
+            self._stage_output(ack)
+            self._uploader.post(ack)
             return
         from raykv.checkpointing import link_files
 
@@ -381,9 +386,9 @@ class ShardWorker:
         seconds = time.perf_counter() - t0
         self.stats_["seal_seconds"] += seconds
         self._metrics.epoch(seconds, self.stats_["rows_out"], self.engine, self._tracker)
-        self._uploader.queue(Ack(epoch, self.name, output=out, staging=str(staging), files=files,
-                                 metadata=meta, seal_seconds=seconds,
-                                 load=self._load_report()))
+        self._uploader.queue(Ack(epoch, self.name, output=out, rows_out=rows_out,
+                                 staging=str(staging), files=files, metadata=meta,
+                                 seal_seconds=seconds, load=self._load_report()))
 
     def _load_report(self) -> dict[str, Any] | None:
         if self._tracker is None:
@@ -424,6 +429,7 @@ class ShardWorker:
         faults = self.spec.faults
         if faults is not None and faults.upload_delay:
             time.sleep(faults.upload_delay)
+        self._stage_output(ack)
         if not self.spec.driver_io:
             t = time.perf_counter()
             sm = self._get_store().upload_shard(
@@ -437,6 +443,21 @@ class ShardWorker:
             shutil.rmtree(ack.staging, ignore_errors=True)
             ack.manifest = sm
             ack.staging = None
+
+    def _stage_output(self, ack: Ack) -> None:
+        """Stage the epoch's output in the sink from here (the sink writer of the shard).
+
+        Only for a sink with ``stages_on_shards`` (``spec.sink``); the ack then carries
+        the row count, not the rows. Staged output is published by the driver after the
+        commit, or discarded by ``Sink.start`` if the epoch never commits.
+        """
+        sink = self.spec.sink
+        if sink is None or ack.output is None:
+            return
+        t = time.perf_counter()
+        sink.stage(ack.epoch, part_name(self.spec.stage.name, self.spec.index), ack.output)
+        self.stats_["sink_seconds"] += time.perf_counter() - t
+        ack.output = None
 
     def _upload_failed(self, err: BaseException, ack: Ack) -> None:
         self._add_context(err, epoch=ack.epoch, phase="upload")
@@ -460,6 +481,7 @@ class ShardWorker:
         out["stage"] = self.spec.stage.name
         out["node_id"] = self._node_id
         out["pid"] = os.getpid()
+        out["process_cpu_seconds"] = process_cpu_seconds()
         engine = self.engine
         if engine is not None:
             s = engine.stats
@@ -472,9 +494,9 @@ class ShardWorker:
                 out["engine"]["memory_bytes"] = engine.__sizeof__()
         return out
 
-    @ray.method(concurrency_group="io")
+    @ray.method(concurrency_group="ping")
     def ping(self) -> int:
-        """Return the actor's pid (liveness probe)."""
+        """Return the actor's pid (liveness probe; answered even while uploads wait)."""
         return os.getpid()
 
     def close(self) -> None:
@@ -525,8 +547,9 @@ class ShardWorker:
 
 # Ray's stubs do not type ``ray.remote(**options)`` applied to a class (``concurrency_groups``
 # is missing from the keyword overload).
-ShardActor = ray.remote(concurrency_groups={"io": 1}, max_restarts=0)(  # type: ignore[call-overload]
+ShardActor = ray.remote(concurrency_groups={"io": 1, "ping": 1}, max_restarts=0)(  # type: ignore[call-overload]
     ShardWorker)
-"""The Ray actor class of :class:`ShardWorker` (default group: 1 thread; ``"io"``: 1)."""
+"""The Ray actor class of :class:`ShardWorker` (groups: default, ``"io"``, ``"ping"``: 1 thread
+each)."""
 
 __all__ = ["BARRIER", "DATA", "FINISH", "ShardActor", "ShardWorker"]

@@ -71,6 +71,8 @@ class ShardSpec:
             (0: no load tracking).
         track_groups: also count updates per key group (the rebalancer needs them).
         pipeline: the ``pipeline`` tag of the shard's metrics (``raykv.metrics``).
+        sink: on the last stage, a sink whose ``stages_on_shards`` is true: the shard
+            stages its output there itself (``None``: output rides the ack).
     """
 
     stage: StageSpec
@@ -88,6 +90,7 @@ class ShardSpec:
     hot_keys: int = 0
     track_groups: bool = False
     pipeline: str = ""
+    sink: Any = None
 
     @property
     def name(self) -> str:
@@ -140,7 +143,9 @@ class Ack:
         shard: shard name.
         manifest: the durable ``ShardManifest`` (``None`` without a checkpoint store or
             with driver I/O, where the driver uploads ``files`` from ``staging``).
-        output: the last stage's output of the epoch (``None`` elsewhere or when empty).
+        output: the last stage's output of the epoch for a driver-side sink (``None``
+            elsewhere, when empty, or once the shard staged it in the sink itself).
+        rows_out: rows of the last stage's output of the epoch (0 elsewhere).
         staging: staging dir holding ``files`` (driver I/O only).
         files: live engine files of the epoch.
         metadata: the shard manifest metadata.
@@ -154,6 +159,7 @@ class Ack:
     shard: str
     manifest: Any = None
     output: pa.Table | None = None
+    rows_out: int = 0
     staging: str | None = None
     files: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from raykv.sources.base import (
     DEFAULT_BATCH_SIZE,
+    WHOLE,
     Offset,
     Source,
     SourceReader,
@@ -63,8 +64,11 @@ class DirectorySource(Source):
         poll_interval: seconds between listings while idle.
 
     Offset: ``{"done": last file done ("" for none), "count": files done, "file": the
-    file being read ("" for none), "row": rows of it consumed}``. Splits: one per file
-    (id: its name; size: its bytes), a split's offset being rows consumed. Cost: one
+    file being read ("" for none), "row": rows of it consumed}``. Splits: with
+    ``watch=False``, one per file (id: its name; size: its bytes), a split's offset
+    being rows consumed; with ``watch=True`` one split, ``"all"``: the folder read as
+    one stream with the offset above (the files that will arrive are not known when
+    splits are dealt to readers, so one reader follows the folder). Cost: one
     listing per ``poll_interval`` while idle and one per file done; CSV and JSON seek by
     reading and dropping the rows before the offset, Parquet by row groups.
     """
@@ -123,12 +127,16 @@ class DirectorySource(Source):
         return _DirectoryReader(self, done, count, current, row)
 
     def splits(self) -> list[Split]:
-        """One split per visible file now, in name order (grows while files arrive)."""
+        """``watch=False``: one split per visible file, in name order; else ``"all"``."""
+        if self.watch:
+            return [Split(WHOLE)]
         return [Split(name, size) for name, size in self.listing()]
 
     def open_split(self, split: Split | str, offset: Offset | None = None) -> SourceReader:
         """Return a reader over one file, ``offset`` rows into it."""
         name = split.id if isinstance(split, Split) else split
+        if name == WHOLE:
+            return self.open(offset)
         if not visible(name) or "/" in name:
             raise unknown_split(self, name)
         return _FileReader(self, name, int_offset(offset, f"DirectorySource file {name!r}"))

@@ -28,8 +28,15 @@ class RayDataSource(Source):
 
     Offset: rows consumed. Seeking re-executes the dataset and skips that many rows
     (cost O(offset) reading; fine for replay after a failure, slow for huge offsets).
-    The reader runs in the driver; only the driver needs the dataset object. It is one
-    split (``"all"``) until reader actors pull the Dataset's blocks themselves.
+    One split (``"all"``): a source reader actor iterates the Dataset and pulls its
+    blocks from the object store itself; the driver never touches a row (the Dataset
+    plan is pickled to the reader).
+
+    Replay: exactly-once state needs the same rows in the same order after a restart.
+    That holds when the Dataset is deterministic: the same input files or items and
+    deterministic transformations (``preserve_order`` is turned on here). A Dataset over
+    changing input, with random sampling or shuffles without a seed, replays other rows,
+    and the state after a recovery is then not the state of one run.
     """
 
     def __init__(self, dataset: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> None:

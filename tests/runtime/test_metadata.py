@@ -50,8 +50,13 @@ WRITTEN: dict[str, Any] = {
 }
 
 
-def test_version_is_the_one_written() -> None:
-    assert METADATA_VERSION == WRITTEN["raykv"] == 1
+def test_version_2_is_written_and_version_1_still_read() -> None:
+    """Version 2 moved the offsets to one per split; the metadata dict itself is alike."""
+    assert METADATA_VERSION == 2 and WRITTEN["raykv"] == 1
+    assert EpochMetadata.from_dict(WRITTEN).version == 1
+    assert EpochMetadata.from_dict({**WRITTEN, "raykv": 2}).version == 2
+    with pytest.raises(ValueError, match="not written by a raykv pipeline"):
+        EpochMetadata.from_dict({**WRITTEN, "raykv": 3})
 
 
 @pytest.mark.parametrize("drop", [(), ("load",), ("load", "abandoned_empty", "parent_none")])
@@ -98,7 +103,7 @@ def test_older_metadata_reads_with_defaults() -> None:
 
 
 def test_metadata_no_pipeline_wrote_is_rejected() -> None:
-    for d in ({"engine": "lsm"}, {**WRITTEN, "raykv": 2}, {"raykv": 1, "stages": None}):
+    for d in ({"engine": "lsm"}, {**WRITTEN, "raykv": 3}, {"raykv": 1, "stages": None}):
         assert read_metadata(d) is None
         with pytest.raises(ValueError, match="not written by a raykv pipeline"):
             EpochMetadata.from_dict(d)

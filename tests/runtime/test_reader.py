@@ -144,11 +144,11 @@ def test_readers_cut_consistent_epochs(rows: int, batch: int, readers: int, shar
     for epoch in range(1, barriers + 1):
         cuts[epoch] = {}
         for loop in loops:  # like the coordinator: ask every reader, in turn
-            cuts[epoch].update(loop.request_barrier(epoch, timeout=60))
+            cuts[epoch].update(loop.request_barrier(epoch, timeout=60).offsets)
     final = barriers + 1
     for loop in loops:
-        cuts[final] = {**cuts.get(final, {}), **loop.request_barrier(final, final=True,
-                                                                      timeout=60)}
+        cut = loop.request_barrier(final, final=True, timeout=60)
+        cuts[final] = {**cuts.get(final, {}), **cut.offsets}
     for t in threads:
         t.join(timeout=60)
         assert not t.is_alive()

@@ -1,9 +1,11 @@
-"""Recovery drills: kill shard actors at chosen moments and prove the result is exact.
+"""Recovery drills: kill actors at chosen moments and prove the result is exact.
 
 A drill runs one keyed aggregation (``Aggregate(user: sum, count, min, max)`` over a
 deterministic zipf event stream, :class:`raykv.tools.demo.ZipfEvents`) with checkpoints and a
-:class:`raykv.sinks.ParquetSink`, and kills a random shard actor (``ray.kill``) at a random
-moment, ``kills`` times in a row. Moments (``MOMENTS``):
+:class:`raykv.sinks.ParquetSink`, and kills a random actor of a chosen kind (``TARGETS``:
+a shard, which also writes its output to the sink, or the source reader) with ``SIGKILL``
+of its process (pid from ``ping()``), at a random moment, ``kills`` times in a row.
+Moments (``MOMENTS``):
 
 * ``mid-batch``: a short random delay after an epoch commits, while the shards process the
   next epoch's batches (``Faults(process_delay=...)`` keeps every call busy for a while);
@@ -27,7 +29,7 @@ every drill round must publish exactly the reference's Parquet output, epoch by 
 (read back with pyarrow), leave nothing staged, and leave a store that ``verify()``s.
 
 Per kill the drill records when it struck, the epoch the shards were restored from, the
-events replayed (rows the source re-read from that epoch's offset up to where it was), the
+events replayed (rows of the epochs sent but not committed, read again), the
 time to detect the failure and the recovery time (kill to new shards ready).
 
 Example::
@@ -42,8 +44,8 @@ restart (about 1-3 s on a laptop) plus the replay.
 
 from __future__ import annotations
 
-from raykv.tools.drill.config import AGGS, KEY, MOMENTS, OUT_COLUMNS, DrillConfig
-from raykv.tools.drill.killer import TrackedSource, plan_kills
+from raykv.tools.drill.config import AGGS, KEY, MOMENTS, OUT_COLUMNS, TARGETS, DrillConfig
+from raykv.tools.drill.killer import plan_kills
 from raykv.tools.drill.model import diff_outputs, expected_epochs, read_published
 from raykv.tools.drill.report import DrillResult, KillRecord, format_table, summarize
 from raykv.tools.drill.run import run_drill
@@ -53,10 +55,10 @@ __all__ = [
     "KEY",
     "MOMENTS",
     "OUT_COLUMNS",
+    "TARGETS",
     "DrillConfig",
     "DrillResult",
     "KillRecord",
-    "TrackedSource",
     "diff_outputs",
     "expected_epochs",
     "format_table",

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 MOMENTS = ("mid-batch", "upload", "acked", "recovery")
 """Kill moments a drill can choose from (see the module docstring)."""
 
+TARGETS = ("shard", "reader")
+"""Kinds of actors a drill can kill: the aggregation's shards (which also write the
+ParquetSink's output) and the source reader."""
+
 AGGS: dict[str, list[str]] = {"amount": ["sum", "count", "min", "max"]}
 KEY = "user"
 OUT_COLUMNS = ["user", "amount_sum", "amount_count", "amount_min", "amount_max"]
@@ -45,6 +49,7 @@ class DrillConfig:
         process_delay: seconds each shard ``process`` call sleeps (widens mid-batch).
         upload_delay: seconds each upload waits before it starts (widens mid-upload).
         restore_delay: seconds each restoring shard sleeps (widens during-recovery).
+        targets: the kinds of actors to kill (a subset of ``TARGETS``).
     """
 
     kills: int = 20
@@ -62,6 +67,7 @@ class DrillConfig:
     process_delay: float = 0.02
     upload_delay: float = 0.3
     restore_delay: float = 0.4
+    targets: tuple[str, ...] = TARGETS
 
     def __post_init__(self) -> None:
         for name in ("kills", "events", "keys", "batch_size", "epoch_every", "num_shards"):
@@ -84,6 +90,11 @@ class DrillConfig:
             msg = "drill moment 'recovery' follows another kill: add another moment"
             raise ValueError(msg)
         object.__setattr__(self, "moments", moments)
+        targets = tuple(self.targets)
+        if not targets or any(t not in TARGETS for t in targets):
+            msg = f"drill targets must be a non-empty subset of {list(TARGETS)}, got {targets}"
+            raise ValueError(msg)
+        object.__setattr__(self, "targets", targets)
         if self.num_batches < 2 * self.epoch_every:
             msg = (
                 f"drill input too short: {self.events} events in batches of {self.batch_size} "
@@ -104,6 +115,10 @@ class DrillConfig:
     def final_epoch(self) -> int:
         """The epoch number of the final (``finish()``) epoch of a run."""
         return self.num_batches // self.epoch_every + 1
+
+    def rows_through(self, epoch: int | None) -> int:
+        """Source rows up to the end of ``epoch`` (``None``: 0); one reader, fixed epochs."""
+        return min((epoch or 0) * self.epoch_every * self.batch_size, self.events)
 
     def generator(self) -> ZipfEvents:
         """The event stream: batch ``i`` is ``generator()(i)``."""

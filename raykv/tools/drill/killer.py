@@ -1,18 +1,18 @@
-"""The drill's source tracking, kill plans and the killer that strikes at chosen moments."""
+"""The drill's kill plans and the killer that strikes at chosen moments."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
+import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-
-from raykv.sources import Offset, Source, SourceReader
-from raykv.tools.demo import ZipfEvents
 from raykv.tools.drill.config import DrillConfig
 from raykv.tools.drill.report import KillRecord
 
@@ -22,70 +22,6 @@ if TYPE_CHECKING:
     from raykv.pipeline import ProgressEvent
 
 log = logging.getLogger("raykv.drill")
-
-
-# ---------------------------------------------------------------------------- the source
-
-
-class Tracker:
-    """Driver-side record of where a drill's source readers were opened and are now."""
-
-    def __init__(self, batch_size: int, events: int) -> None:
-        self.batch_size = batch_size
-        self.events = events
-        self.opens: list[int] = []  # row position of each open, in order
-        self.pos = 0  # row position of the current reader
-
-    def rows(self, offset: Offset | None) -> int:
-        """Rows before batch ``offset``."""
-        return min(int(offset or 0) * self.batch_size, self.events)
-
-
-class TrackedSource(Source):
-    """A generator source over a :class:`ZipfEvents` stream that tracks its readers.
-
-    It records (in the driver) where each reader was opened and how far it read, so a
-    drill can count the events replayed after each recovery.
-
-    Offset: the next batch number, as for ``GeneratorSource``.
-    """
-
-    def __init__(self, gen: ZipfEvents, tracker: Tracker) -> None:
-        from raykv.sources import GeneratorSource
-
-        self.inner = GeneratorSource(gen, limit=gen.num_batches)
-        self.tracker = tracker
-
-    def open(self, offset: Offset | None = None) -> SourceReader:
-        """Open the stream at batch ``offset`` and record the row position."""
-        reader = self.inner.open(offset)
-        start = self.tracker.rows(offset)
-        self.tracker.opens.append(start)
-        self.tracker.pos = start
-        return _TrackedReader(reader, self.tracker)
-
-    def describe(self) -> dict[str, Any]:
-        """Type and the generator's parameters."""
-        return {"type": "TrackedSource", **self.inner.describe()}
-
-
-class _TrackedReader(SourceReader):
-    def __init__(self, reader: SourceReader, tracker: Tracker) -> None:
-        self._reader = reader
-        self._tracker = tracker
-
-    def read(self) -> pa.RecordBatch | None:
-        batch = self._reader.read()
-        if batch is not None:
-            self._tracker.pos += batch.num_rows
-        return batch
-
-    @property
-    def offset(self) -> Offset:
-        return self._reader.offset
-
-    def close(self) -> None:
-        self._reader.close()
 
 
 # ---------------------------------------------------------------------------- the killer
@@ -133,20 +69,22 @@ class Killer:
                 "recovery": "starting"}
 
     def __init__(self, plan: list[_Planned], rng: random.Random, round_no: int,
-                 first_number: int, final_epoch: int, tracker: Tracker) -> None:
+                 first_number: int, final_epoch: int, rows_at: Callable[[int | None], int],
+                 targets: tuple[str, ...] = ("shard", "reader")) -> None:
         self.plan = plan
         self.rng = rng
         self.round = round_no
         self.number = first_number
         self.final_epoch = final_epoch
-        self.tracker = tracker
+        self.rows_at = rows_at
+        self.targets = targets
+        self.last_barrier: int | None = None
         self.records: list[KillRecord] = []
         self.lock = threading.RLock()
         self.done = False
         self.waiting: KillRecord | None = None  # fired, failure not seen yet
         self.recovering: KillRecord | None = None  # failure seen, new shards not ready
         self.skipped = 0
-        self.opens_at_start = 0
         self.t0 = time.perf_counter()
 
     def __call__(self, ev: ProgressEvent) -> None:
@@ -156,25 +94,27 @@ class Killer:
 
     def _on_event(self, ev: ProgressEvent) -> None:
         now = time.perf_counter()
-        if ev.kind == "starting":
-            self.opens_at_start = len(self.tracker.opens)
+        if ev.kind == "barrier":
+            self.last_barrier = ev.epoch
         elif ev.kind == "failure":
             rec = self.waiting
             if rec is not None:
                 rec.detect_s = now - rec.killed_at
-                opened = len(self.tracker.opens) > self.opens_at_start
-                rec.failure_pos = self.tracker.pos if opened else None
-                rec.next_open = len(self.tracker.opens)
+                rec.failure_pos = self.rows_at(self.last_barrier)
                 self.waiting = None
                 self.recovering = rec
         elif ev.kind == "started" and self.recovering is not None:
             rec = self.recovering
             rec.restored_from = ev.detail.get("restored_from")
             rec.recovery_s = now - rec.killed_at
+            rec.events_replayed = max(0, (rec.failure_pos or 0)
+                                      - self.rows_at(rec.restored_from))
             self.recovering = None
         elif ev.kind == "committed" and ev.detail.get("final"):
             self.done = True
-        if self.done or self.waiting is not None or not self.plan or not ev.shards:
+        targets = {name: h for name, h in ev.actors.items()
+                   if ("reader" if name.startswith("reader-") else "shard") in self.targets}
+        if self.done or self.waiting is not None or not self.plan or not targets:
             return
         nxt = self.plan[0]
         if nxt.moment == "recovery":
@@ -194,8 +134,8 @@ class Killer:
             self.recovering = None
         self.plan.pop(0)
         self.skipped = 0
-        name = self.rng.choice(sorted(ev.shards))
-        handle = ev.shards[name]
+        name = self.rng.choice(sorted(targets))
+        handle = targets[name]
         if nxt.moment == "recovery":
             when = f"{nxt.delay:.2f} s into restore"
             if ev.detail.get("attempt") is not None:
@@ -223,23 +163,18 @@ class Killer:
             if self.done:
                 return
             rec.killed_at = time.perf_counter()
-        try:
-            ray.kill(handle, no_restart=True)
-        except Exception as err:  # the actor is already gone: the kill still "struck"
-            log.debug("drill: ray.kill(%s) failed: %s", rec.shard, err)
+        try:  # SIGKILL of the actor's process, as a crash would do
+            ref: Any = handle.ping.remote()
+            os.kill(int(ray.get(ref, timeout=5)), signal.SIGKILL)
+        except Exception as err:  # gone already (the kill still "struck"), or remote
+            log.debug("drill: SIGKILL of %s failed (%s); ray.kill instead", rec.shard, err)
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
 
     def finish(self) -> tuple[list[KillRecord], list[KillRecord]]:
-        """Split fired kills into recovered and undetected ones; fill events replayed."""
+        """Split fired kills into recovered and undetected ones."""
         with self.lock:
             self.done = True
-            recovered, undetected = [], []
-            for rec in self.records:
-                if rec.detect_s is None:
-                    undetected.append(rec)
-                    continue
-                if (rec.failure_pos is not None and rec.next_open is not None
-                        and rec.next_open < len(self.tracker.opens)):
-                    rec.events_replayed = max(0, rec.failure_pos
-                                              - self.tracker.opens[rec.next_open])
-                recovered.append(rec)
+            recovered = [rec for rec in self.records if rec.detect_s is not None]
+            undetected = [rec for rec in self.records if rec.detect_s is None]
             return recovered, undetected

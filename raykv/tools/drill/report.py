@@ -29,8 +29,9 @@ class KillRecord:
         epoch: the epoch of the triggering event (``None`` for ``recovery``).
         restored_from: the committed epoch every shard was restored from (``None``: the
             run restarted from empty state, nothing was committed yet).
-        events_replayed: source rows read again after the recovery (from the restored
-            epoch's offset up to where the source was when the failure was seen).
+        events_replayed: source rows read again after the recovery: those of the epochs
+            whose barrier was sent but which were not committed (rows the readers read
+            past the last barrier are replayed too but not counted).
         detect_s: seconds from the kill to the driver noticing the failure.
         recovery_s: seconds from the kill to the replacement shards being ready.
         interrupted: the next kill (a ``recovery`` kill) struck while this kill's
@@ -50,7 +51,6 @@ class KillRecord:
     interrupted: bool = False
     killed_at: float = 0.0
     failure_pos: int | None = None
-    next_open: int | None = None
 
 
 @dataclass

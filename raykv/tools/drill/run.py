@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from raykv.sources import Source
+from raykv.sources import GeneratorSource, Source
 from raykv.tools.drill.config import AGGS, KEY, DrillConfig
-from raykv.tools.drill.killer import Killer, TrackedSource, Tracker, plan_kills
+from raykv.tools.drill.killer import Killer, plan_kills
 from raykv.tools.drill.model import diff_outputs, expected_epochs, read_published
 from raykv.tools.drill.report import DrillResult, KillRecord
 
@@ -104,9 +104,10 @@ def run_drill(cfg: DrillConfig, *, on_round: Callable[[int, list[KillRecord]], N
         want = expected_epochs(cfg)
         result.epochs = len(want)
         gen = cfg.generator()
+        source = GeneratorSource(gen, limit=gen.num_batches)
         ref_ckpt = f"{base}/reference"
-        ref = _pipeline(cfg, TrackedSource(gen, Tracker(cfg.batch_size, cfg.events)),
-                        ref_ckpt, work / "out" / "reference", work / "local", None, None, 0)
+        ref = _pipeline(cfg, source, ref_ckpt, work / "out" / "reference", work / "local",
+                        None, None, 0)
         summary = ref.run()
         problems = _check_run(cfg, summary, ref_ckpt, work / "out" / "reference", want,
                               "reference run")
@@ -122,12 +123,12 @@ def run_drill(cfg: DrillConfig, *, on_round: Callable[[int, list[KillRecord]], N
         while len(result.kills) < cfg.kills:
             round_no += 1
             remaining = cfg.kills - len(result.kills)
-            tracker = Tracker(cfg.batch_size, cfg.events)
             killer = Killer(plan_kills(cfg, remaining, rng), rng, round_no,
-                             len(result.kills) + 1, cfg.final_epoch, tracker)
+                            len(result.kills) + 1, cfg.final_epoch, cfg.rows_through,
+                            cfg.targets)
             ckpt = f"{base}/round-{round_no:03d}"
             out = work / "out" / f"round-{round_no:03d}"
-            p = _pipeline(cfg, TrackedSource(gen, tracker), ckpt, out, work / "local", killer,
+            p = _pipeline(cfg, source, ckpt, out, work / "local", killer,
                           faults, max_restarts=remaining + 2)
             try:
                 summary = p.run()

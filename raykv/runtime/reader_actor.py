@@ -1,0 +1,233 @@
+"""Source reader actors: the data plane's entry (DESIGN: splits -> readers -> shards).
+
+Contract: the coordinator plans the readers of an attempt with :func:`plan_readers` (the
+source's splits dealt to ``source_parallelism`` readers, each split with its committed
+offset) and starts one :data:`ReaderActor` per :class:`ReaderSpec`
+(:func:`create_readers`). Each actor runs a :class:`~raykv.runtime.reader.SourceReaderLoop`
+over Ray handles of the first-stage shards: it reads its splits, hash-splits each batch
+by the first stage's key groups and sends the parts straight to the shards (at most
+``max_inflight`` calls in flight per shard). The driver never sees a record.
+
+Methods (the actor's default group runs the loop, ``"control"`` answers the driver)::
+
+    run()                                 # default group: returns at the end (or raises)
+    barrier(epoch, final, pause) -> Cut   # control: barrier after the current batch
+    status(timeout) -> Status             # control: ended / stopped / epoch batches
+    resume(partitioning)  ping() -> pid   # control
+
+A failure of the source is raised from ``run`` with the split named (and marked as a
+failure of the source: not retried, see ``raykv.runtime.failures.classify``); a failure
+of a shard call is raised as it came (a dead shard is recovered from).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from raykv.errors import add_context
+from raykv.metrics import process_cpu_seconds
+from raykv.partitioning import Partitioning
+from raykv.runtime.failures import describe_shard_failure
+from raykv.runtime.layout import placements
+from raykv.runtime.reader import Cut, SourceReaderLoop, SplitCursor, Status, assign_splits
+from raykv.sources import Offset, Source, Split
+from raykv.sources.base import WHOLE
+
+IDLE_SLEEP = 0.005
+"""Seconds a reader sleeps when an unbounded source has nothing right now."""
+
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    """Everything a reader actor needs besides the source and the shards (picklable).
+
+    Attributes:
+        name: ``reader-<i>of<n>`` (for events, drills and errors).
+        index: the reader's input number at the first-stage shards.
+        splits: ``(split id, offset)`` of every split it reads, in source order.
+        key: the first stage's key column.
+        partitioning: the first stage's key-group assignment.
+        max_inflight: calls in flight per shard before waiting for the oldest.
+        epoch_batches: ``Pipeline.epoch_every_batches`` (``None``: time-based epochs).
+        paused: read nothing until the first barrier (a changed layout is made durable
+            before new input).
+        faults: ``raykv.testing.Faults`` or ``None`` (crash point ``"read"``).
+        attempt: the run attempt.
+        first_epoch: the epoch of the attempt's first barrier.
+    """
+
+    name: str
+    index: int
+    splits: tuple[tuple[str, Offset], ...]
+    key: str
+    partitioning: Partitioning
+    max_inflight: int = 4
+    epoch_batches: int | None = None
+    paused: bool = False
+    faults: Any = None
+    attempt: int = 0
+    first_epoch: int | None = None
+
+
+def plan_readers(source: Source, offsets: dict[str, Offset] | None, parallelism: int,
+                 **common: Any) -> list[ReaderSpec]:
+    """The readers of an attempt: ``source``'s splits, each at its offset in ``offsets``.
+
+    ``offsets`` are the committed epoch's (``None``: a new run). A checkpoint whose only
+    split is :data:`~raykv.sources.base.WHOLE` while the source now lists its own
+    splits was written before splits existed: the source is read as one stream from that
+    offset by one reader. At most one reader per split. ``common``: the other
+    :class:`ReaderSpec` fields.
+
+    Raises:
+        ValueError: ``offsets`` name a split the source does not list (the checkpoint
+            was taken over other input).
+    """
+    splits = source.splits()
+    if offsets is not None and set(offsets) == {WHOLE} and WHOLE not in {s.id for s in splits}:
+        splits = [Split(WHOLE)]
+    known = {s.id for s in splits}
+    stray = sorted(set(offsets or {}) - known)
+    if stray:
+        listed = ", ".join(repr(s) for s in sorted(known)[:5])
+        msg = (
+            f"the checkpoint holds offsets of splits {stray[:5]} that "
+            f"{type(source).__name__} does not list now (it lists {listed}"
+            f"{', ...' if len(known) > 5 else ''}); the checkpoint was taken over other "
+            "input: restore that input, or start a new run on an empty checkpoint"
+        )
+        raise ValueError(msg)
+    groups = [g for g in assign_splits(splits, max(1, min(parallelism, len(splits)))) if g]
+    groups = groups or [[]]  # no splits: one reader that ends at once
+    n = len(groups)
+    return [
+        ReaderSpec(name=f"reader-{i}of{n}", index=i,
+                   splits=tuple((s.id, (offsets or {}).get(s.id)) for s in group), **common)
+        for i, group in enumerate(groups)
+    ]
+
+
+class _RayChannel:
+    """A reader's way to the shards: Ray handles, one caller, calls in order."""
+
+    def __init__(self, shards: Sequence[Any]) -> None:
+        self._shards = list(shards)
+
+    def send(self, shard: int, method: str, *args: Any) -> Any:
+        return getattr(self._shards[shard], method).remote(*args)
+
+    def wait(self, ref: Any) -> Any:
+        return ray.get(ref)
+
+
+class ReaderWorker:
+    """One source reader (see the module docstring); :data:`ReaderActor` is its actor.
+
+    Args:
+        spec: what to read and where to send it.
+        source: the source config.
+        shards: handles of the first-stage shards, by index.
+    """
+
+    def __init__(self, spec: ReaderSpec, source: Source, shards: Sequence[Any]) -> None:
+        self.spec = spec
+        self._source = source
+        self._reads = 0
+        self.loop = SourceReaderLoop(
+            SplitCursor(source, spec.splits), spec.key, spec.partitioning, _RayChannel(shards),
+            spec.index, spec.max_inflight, idle=lambda: time.sleep(IDLE_SLEEP),
+            epoch_batches=spec.epoch_batches, on_batch=self._fault, paused=spec.paused,
+            first_epoch=spec.first_epoch)
+
+    def run(self) -> dict[str, int]:
+        """Run the loop to its end (final barrier sent, or stopped); rows and batches sent.
+
+        Raises the loop's failure, described for the driver (reader, split, epoch).
+        """
+        try:
+            self.loop.run()
+        except BaseException as err:
+            raise self._describe(err) from None
+        return {"rows": self.loop.rows, "batches": self.loop.batches}
+
+    def _describe(self, err: BaseException) -> BaseException:
+        name = self.spec.name
+        return describe_shard_failure(
+            err, context=f"source {type(self._source).__name__}, {name}",
+            key_column=self.spec.key, shard=name,
+            add_context=lambda e: add_context(e, shard=name))
+
+    @ray.method(concurrency_group="control")
+    def barrier(self, epoch: int, final: bool = False, pause: bool = False) -> Cut:
+        """``barrier(epoch)`` (``finish``) into every channel after the current batch."""
+        return self.loop.request_barrier(epoch, final=final, pause=pause)
+
+    @ray.method(concurrency_group="control")
+    def status(self, timeout: float = 0.0) -> Status:
+        """:meth:`SourceReaderLoop.status` (waits up to ``timeout`` s for it to be ready)."""
+        return self.loop.status(timeout)
+
+    @ray.method(concurrency_group="control")
+    def resume(self, partitioning: Partitioning | None = None) -> None:
+        """End a pause (after a rebalance: route by the new ``partitioning``)."""
+        self.loop.resume(partitioning)
+
+    @ray.method(concurrency_group="control")
+    def stats(self) -> dict[str, Any]:
+        """Rows and batches sent, the splits, pid, node and the process's CPU seconds."""
+        return {
+            "rows": self.loop.rows, "batches": self.loop.batches,
+            "splits": [s for s, _ in self.spec.splits], "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "process_cpu_seconds": process_cpu_seconds(),
+        }
+
+    @ray.method(concurrency_group="control")
+    def ping(self) -> int:
+        """Return the actor's pid (liveness probe; drills kill it)."""
+        return os.getpid()
+
+    def _fault(self) -> None:
+        faults = self.spec.faults
+        if faults is None or faults.crash_at is None:
+            return
+        prefix, at, n = faults.crash_at
+        if at != "read" or not self.spec.name.startswith(prefix):
+            return
+        if self.spec.attempt not in faults.crash_attempts:
+            return
+        self._reads += 1
+        if self._reads == n:
+            os._exit(1)
+
+
+# Ray's stubs do not type ``ray.remote(**options)`` applied to a class.
+ReaderActor = ray.remote(concurrency_groups={"control": 2}, max_restarts=0)(  # type: ignore[call-overload]
+    ReaderWorker)
+"""The Ray actor class of :class:`ReaderWorker` (default group: the loop; ``"control"``: 2)."""
+
+
+def create_readers(specs: list[ReaderSpec], source: Source, shards: list[Any],
+                   actor_options: dict[str, Any] | None) -> list[Any]:
+    """Start one reader actor per spec, spread over the nodes like the shards.
+
+    The source config is put in the object store once and shared by every reader.
+    """
+    options: dict[str, Any] = {"num_cpus": 0}
+    options.update(actor_options or {})
+    placement = placements(len(specs), options)
+    source_ref = ray.put(source)
+    return [
+        ReaderActor.options(**options, **placement[i]).remote(spec, source_ref, shards)
+        for i, spec in enumerate(specs)
+    ]
+
+
+__all__ = ["IDLE_SLEEP", "ReaderActor", "ReaderSpec", "ReaderWorker", "create_readers",
+           "plan_readers"]

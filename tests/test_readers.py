@@ -1,0 +1,246 @@
+"""Source reader actors in real pipelines: the splits are read by several readers, each
+split's offset is in every epoch, and readers, shards and sink writers die by SIGKILL.
+
+Every result is compared with a model computed over the whole input with pyarrow.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import raykv
+from raykv.checkpointing import CheckpointStore
+from raykv.operators import Aggregate, StatefulMap
+from raykv.sinks import ParquetSink
+from raykv.sources import ParquetSource, TableSource
+
+pytestmark = pytest.mark.ray
+
+KEYS = 300
+
+
+def write_files(folder: Path, files: int = 6, rows: int = 2_000, seed: int = 0) -> pa.Table:
+    """``files`` Parquet files of ``rows`` events (``seq`` numbers them all); the table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    parts = []
+    for f in range(files):
+        seq = np.arange(f * rows, (f + 1) * rows)
+        t = pa.table({"user": rng.zipf(1.3, rows) % KEYS, "amount": rng.integers(1, 100, rows),
+                      "seq": seq})
+        pq.write_table(t, folder / f"part-{f:03d}.parquet")
+        parts.append(t)
+    return pa.concat_tables(parts)
+
+
+def model(table: pa.Table) -> dict[int, tuple[int, int]]:
+    g = table.group_by("user").aggregate([("amount", "sum"), ("amount", "count")])
+    return {u: (s, c) for u, s, c in zip(g["user"].to_pylist(), g["amount_sum"].to_pylist(),
+                                          g["amount_count"].to_pylist(), strict=True)}
+
+
+def latest(changelog: pa.Table) -> dict[int, tuple[int, int]]:
+    """The last value of every key in an ``Aggregate`` changelog (rows in epoch order)."""
+    return {r["user"]: (r["amount_sum"], r["amount_count"]) for r in changelog.to_pylist()}
+
+
+def sigkill(handle: Any) -> None:
+    import ray
+
+    os.kill(ray.get(handle.ping.remote()), signal.SIGKILL)
+
+
+def aggregate(tmp_path: Path, source: Any, **kw: Any) -> raykv.Pipeline:
+    opts: dict[str, Any] = {
+        "engine": "memonly", "num_shards": 2, "epoch_every_batches": 2,
+        "checkpoint": str(tmp_path / "ckpt"), "local_dir": str(tmp_path / "local"),
+    }
+    opts.update(kw)
+    return raykv.Pipeline(source=source, stages=[Aggregate("user", {"amount": ["sum", "count"]})],
+                          **opts)
+
+
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_readers_split_the_input_and_the_result_is_exact(
+        ray_session: Any, tmp_path: Path, parallelism: int) -> None:
+    table = write_files(tmp_path / "in")
+    readers: set[str] = set()
+
+    def on_progress(ev: raykv.ProgressEvent) -> None:
+        if ev.kind == "started":
+            readers.update(n for n in ev.actors if n.startswith("reader-"))
+            assert set(ev.shards) <= set(ev.actors)
+
+    s = aggregate(tmp_path, ParquetSource(str(tmp_path / "in"), batch_size=500),
+                  source_parallelism=parallelism, on_progress=on_progress).run()
+    assert s.finished and s.rows_in == table.num_rows
+    assert readers == {f"reader-{i}of{parallelism}" for i in range(parallelism)}
+    assert latest(s.output) == model(table)
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    offsets = store.read_epoch(store.latest_epoch()).offsets
+    split_ids = [sp.id for sp in ParquetSource(str(tmp_path / "in")).splits()]
+    assert sorted(offsets["splits"]) == sorted(split_ids) and len(split_ids) == 6
+
+
+def _seq_log(state: Any, row: dict[str, Any]) -> tuple[Any, Any]:
+    return (state or 0) + 1, {"seq": row["seq"], "n": (state or 0) + 1}
+
+
+def test_sigkill_of_a_reader_and_of_a_sink_writer_loses_and_repeats_nothing(
+        ray_session: Any, tmp_path: Path) -> None:
+    """StatefulMap with one output row per event, written by the shards into a ParquetSink."""
+    table = write_files(tmp_path / "in", files=4, rows=1_500)
+    kills: list[str] = []
+
+    def on_progress(ev: raykv.ProgressEvent) -> None:
+        if ev.kind != "committed" or ev.restarts != len(kills) or len(kills) == 2:
+            return
+        if ev.epoch == 2 or (kills and ev.epoch is not None and ev.epoch >= 4):
+            kind = "reader-" if not kills else "StatefulMap"
+            name = sorted(n for n in ev.actors if n.startswith(kind))[-1]
+            kills.append(name)
+            sigkill(ev.actors[name])
+
+    out = tmp_path / "out"
+    p = raykv.Pipeline(
+        source=ParquetSource(str(tmp_path / "in"), batch_size=300),
+        stages=[StatefulMap("user", _seq_log)], sink=ParquetSink(str(out)),
+        engine="hybridlog", num_shards=2, source_parallelism=2, epoch_every_batches=1,
+        checkpoint=str(tmp_path / "ckpt"), local_dir=str(tmp_path / "local"),
+        on_progress=on_progress, max_pending_epochs=1,
+    )
+    s = p.run()
+    assert s.finished and s.restarts == 2 and len(kills) == 2
+    assert kills[0].startswith("reader-") and kills[1].startswith("StatefulMap")
+    got = ParquetSink(str(out)).read()
+    assert sorted(got["seq"].to_pylist()) == list(range(table.num_rows))  # each event once
+    # per user, the running count n numbers that user's events 1..count
+    by_user: dict[int, list[int]] = {}
+    for r in got.to_pylist():
+        by_user.setdefault(r["user"], []).append(r["n"])
+    counts = {u: c for u, (_, c) in model(table).items()}
+    assert {u: sorted(ns) for u, ns in by_user.items()} == {
+        u: list(range(1, c + 1)) for u, c in counts.items()}
+    assert not list((out / "_staging").glob("*.parquet"))
+
+
+def test_resume_with_another_source_parallelism(ray_session: Any, tmp_path: Path) -> None:
+    table = write_files(tmp_path / "in", files=5, rows=1_000)
+    holder: dict[str, raykv.Pipeline] = {}
+
+    def stop_at_2(ev: raykv.ProgressEvent) -> None:
+        if ev.kind == "committed" and ev.epoch == 2:
+            holder["p"].stop()
+
+    out = tmp_path / "out"
+    source = ParquetSource(str(tmp_path / "in"), batch_size=250)
+    holder["p"] = first = aggregate(tmp_path, source, sink=ParquetSink(str(out)),
+                                    source_parallelism=2, on_progress=stop_at_2,
+                                    max_pending_epochs=1)
+    s1 = first.run()
+    assert s1.stopped and 0 < s1.rows_in < table.num_rows
+    s2 = aggregate(tmp_path, source, sink=ParquetSink(str(out)), source_parallelism=5).run(
+        resume=True)
+    assert s2.finished and s1.rows_in + s2.rows_in == table.num_rows
+    assert latest(ParquetSink(str(out)).read()) == model(table)
+
+
+def _rewrite_as_version_1(store_dir: Path, epoch: int, stream_offset: int) -> None:
+    """Make epoch ``epoch``'s manifest what raykv wrote before splits (metadata version 1)."""
+    from raykv.checkpointing.manifests import decode_manifest, encode_manifest
+
+    path = store_dir / "epochs" / f"{epoch:012d}.json"
+    doc = decode_manifest("epoch", path.read_bytes(), str(path))
+    body = {k: v for k, v in doc.items() if k not in ("format", "kind")}
+    body["offsets"] = {"source": stream_offset}
+    body["metadata"] = {**body["metadata"], "raykv": 1}
+    path.write_bytes(encode_manifest("epoch", body))
+
+
+def test_a_checkpoint_from_before_splits_resumes_as_one_stream(
+        ray_session: Any, tmp_path: Path) -> None:
+    table = write_files(tmp_path / "in", files=1, rows=4_000).drop_columns(["seq"])
+    holder: dict[str, raykv.Pipeline] = {}
+
+    def stop_at_3(ev: raykv.ProgressEvent) -> None:
+        if ev.kind == "committed" and ev.epoch == 3:
+            holder["p"].stop()
+
+    source = TableSource(table, batch_size=250)
+    holder["p"] = p = aggregate(tmp_path, source, source_parallelism=1, on_progress=stop_at_3,
+                                epoch_every_batches=1, max_pending_epochs=1)
+    s1 = p.run()
+    assert s1.stopped
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    last = store.latest_epoch()
+    assert last is not None
+    # one reader reads the slices in order: the whole-stream offset is their sum
+    splits = store.read_epoch(last).offsets["splits"]
+    _rewrite_as_version_1(tmp_path / "ckpt", last, sum(v or 0 for v in splits.values()))
+    s2 = aggregate(tmp_path, source, source_parallelism=3).run(resume=True)
+    assert s2.finished and s1.rows_in + s2.rows_in == table.num_rows
+    after = CheckpointStore(str(tmp_path / "ckpt"))
+    assert after.read_epoch(after.latest_epoch()).offsets == {"splits": {"all": table.num_rows}}
+    changelog = pa.concat_tables([*s1.output_by_epoch.values(), *s2.output_by_epoch.values()])
+    assert latest(changelog) == model(table)
+
+
+def test_parquet_in_and_out_on_s3_with_the_shards_writing(
+        ray_session: Any, tmp_path: Path, s3_bucket: tuple[str, dict[str, Any]]) -> None:
+    """ParquetSource and ParquetSink on the moto S3 server: readers read the objects,
+    the shards stage their output there, the driver only renames at commit."""
+    import s3fs
+
+    bucket, options = s3_bucket
+    fs = s3fs.S3FileSystem(**options)
+    table = write_files(tmp_path / "in", files=3, rows=1_000)
+    for f in sorted((tmp_path / "in").iterdir()):
+        fs.put(str(f), f"{bucket}/in/{f.name}")
+    sink = ParquetSink(f"{bucket}/out", storage_options=options)
+    s = aggregate(tmp_path, ParquetSource(f"{bucket}/in", batch_size=250,
+                                          storage_options=options),
+                  sink=sink, checkpoint=f"{bucket}/ckpt", storage_options=options).run()
+    assert s.finished and s.rows_in == table.num_rows and s.output is None
+    assert latest(ParquetSink(f"{bucket}/out", storage_options=options).read()) == model(table)
+    fs.invalidate_cache()
+    assert not fs.glob(f"{bucket}/out/_staging/*.parquet")
+
+
+@pytest.mark.parametrize("damage", ["no key column", "truncated", "vanished"])
+def test_a_bad_file_fails_naming_it_and_the_committed_epochs_stay(
+        ray_session: Any, tmp_path: Path, damage: str) -> None:
+    folder, out = tmp_path / "in", tmp_path / "out"
+    table = write_files(folder, files=4, rows=1_000)
+    bad = folder / "part-003.parquet"
+    good = bad.read_bytes()
+    if damage == "no key column":
+        pq.write_table(pq.read_table(bad).drop_columns(["user"]), bad)
+    elif damage == "truncated":
+        bad.write_bytes(good[: len(good) // 2])
+
+    def vanish(ev: raykv.ProgressEvent) -> None:  # after the driver listed the splits
+        if damage == "vanished" and ev.kind == "started":
+            bad.unlink()
+
+    source = ParquetSource(str(folder), batch_size=250)
+    with pytest.raises(Exception) as info:
+        aggregate(tmp_path, source, sink=ParquetSink(str(out)), source_parallelism=1,
+                  on_progress=vanish).run()
+    text = str(info.value) + "\n".join(getattr(info.value, "__notes__", []))
+    assert "part-003.parquet" in text, text
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    committed = store.epochs()
+    assert store.intact_epochs(committed) == committed
+    bad.write_bytes(good)  # the file repaired: the run goes on from the last commit
+    s = aggregate(tmp_path, source, sink=ParquetSink(str(out)), source_parallelism=2).run(
+        resume=bool(committed))
+    assert s.finished
+    assert latest(ParquetSink(str(out)).read()) == model(table)
