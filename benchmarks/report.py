@@ -66,6 +66,8 @@ SECTIONS: list[Section] = [
 # name -> (title, module, uses Ray): added after SECTIONS when the module exists.
 OPTIONAL: dict[str, tuple[str, str, bool]] = {
     "skew": ("Skew-aware partitioning (issue 7)", "benchmarks.skew", True),
+    "dataplane": ("Data plane: readers, shards, driver (issue 12)", "benchmarks.dataplane",
+                  True),
 }
 
 
