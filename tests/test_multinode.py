@@ -89,3 +89,85 @@ def test_shards_on_two_nodes_survive_a_node_failure(tmp_path: Path) -> None:
     assert verdict["removed"] in first and verdict["removed"] != verdict["head"]
     assert verdict["restarts"] >= 1
     assert verdict["final_nodes"] == [verdict["head"], verdict["head"]]
+
+
+SCRIPT_3 = textwrap.dedent("""
+    import json, sys, time
+    import pyarrow as pa
+    import ray
+    from ray.cluster_utils import Cluster
+
+    import raykv
+    from raykv.operators import Aggregate
+    from raykv.sources import TableSource
+    from raykv.testing import zipf_events
+    from tests.test_recovery import BATCH, EVERY, N, KEYS
+
+    tmp = sys.argv[1]
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 1, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    cluster.wait_for_nodes()
+    deadline = time.monotonic() + 60
+    while len([n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")]) < 3:
+        assert time.monotonic() < deadline, "the worker nodes never joined"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    t = zipf_events(N, KEYS, seed=43)
+    seen = {}
+
+    def on_progress(ev):
+        if ev.kind == "started" and "placed" not in seen:
+            stats = {n: ray.get(h.stats.remote()) for n, h in ev.actors.items()
+                     if n.startswith("reader-")}
+            stats.update({n: ray.get(h.stats.remote()) for n, h in ev.shards.items()})
+            seen["placed"] = {n: st["node_id"] for n, st in stats.items()}
+        if ev.kind == "committed" and ev.epoch == 2 and "removed" not in seen:
+            # the worker node that hosts a reader dies with it (and with what else is there)
+            readers = [n for n in seen["placed"] if n.startswith("reader-")]
+            victim = next(w for w in workers
+                          if any(seen["placed"][r] == w.node_id for r in readers))
+            seen["removed"] = victim.node_id
+            cluster.remove_node(victim)
+
+    p = raykv.Pipeline(
+        source=TableSource(t, batch_size=BATCH // 3),  # 24 batches: 6 epochs of 2 x 2
+        stages=[Aggregate("user", {"amount": ["sum", "count"]})],
+        num_shards=2, source_parallelism=2, engine="lsm", checkpoint=tmp + "/ckpt",
+        local_dir=tmp + "/local", epoch_every_batches=EVERY, retain=10, max_pending_epochs=1,
+        on_progress=on_progress, faults=raykv.testing.Faults(process_delay=0.1),
+    )
+    s = p.run()
+    changelog = pa.concat_tables([s.output_by_epoch[e] for e in sorted(s.output_by_epoch)])
+    got = {r["user"]: [r["amount_sum"], r["amount_count"]] for r in changelog.to_pylist()}
+    g = t.group_by("user").aggregate([("amount", "sum"), ("amount", "count")])
+    want = {u: [a, c] for u, a, c in zip(g["user"].to_pylist(), g["amount_sum"].to_pylist(),
+                                         g["amount_count"].to_pylist())}
+    exact = got.keys() == want.keys() and all(
+        abs(got[u][0] - want[u][0]) < 1e-6 * max(1.0, abs(want[u][0])) and got[u][1] == want[u][1]
+        for u in want)
+    print(json.dumps({"placed": seen["placed"], "removed": seen["removed"],
+                      "nodes": [cluster.head_node.node_id] + [w.node_id for w in workers],
+                      "restarts": s.restarts, "exact": exact, "rows_in": s.rows_in,
+                      "final": sorted({st["node_id"] for st in
+                                       [*s.shards.values(), *s.readers.values()]})}))
+    ray.shutdown()
+    cluster.shutdown()
+""")
+
+
+def test_readers_and_shards_on_three_nodes_survive_losing_a_reader_node(
+        tmp_path: Path) -> None:
+    """Readers and shards spread over 3 nodes; the node of a reader is removed mid-run."""
+    script = tmp_path / "multinode3.py"
+    script.write_text(SCRIPT_3)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    v = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(v["placed"].values()) == set(v["nodes"])  # every node hosts an actor
+    assert v["restarts"] >= 1 and v["exact"], v
+    assert v["removed"] not in v["final"] and len(v["final"]) == 2

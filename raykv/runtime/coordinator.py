@@ -411,7 +411,8 @@ class Coordinator:
         connect_stages(self._actors)
         if self.driver_io:
             check_driver_io_nodes(infos, self.p.checkpoint)
-        handles = create_readers(readers, self.p.source, self._actors[0], self.p.actor_options)
+        handles = create_readers(readers, self.p.source, self._actors[0], self.p.actor_options,
+                                 first_slot=sum(len(row) for row in self._actors))
         self._readers = {sp.name: h for sp, h in zip(readers, handles, strict=True)}
 
     def _plan_readers(self, base: Base, first: StageSpec, attempt: int, *, paused: bool

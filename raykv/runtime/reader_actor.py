@@ -214,14 +214,16 @@ ReaderActor = ray.remote(concurrency_groups={"control": 2}, max_restarts=0)(  # 
 
 
 def create_readers(specs: list[ReaderSpec], source: Source, shards: list[Any],
-                   actor_options: dict[str, Any] | None) -> list[Any]:
+                   actor_options: dict[str, Any] | None, first_slot: int = 0) -> list[Any]:
     """Start one reader actor per spec, spread over the nodes like the shards.
 
-    The source config is put in the object store once and shared by every reader.
+    Readers take the placement slots after the ``first_slot`` the shards took, so that
+    the round-robin over the nodes goes on where the shards' ended. The source config is
+    put in the object store once and shared by every reader.
     """
     options: dict[str, Any] = {"num_cpus": 0}
     options.update(actor_options or {})
-    placement = placements(len(specs), options)
+    placement = placements(first_slot + len(specs), options)[first_slot:]
     source_ref = ray.put(source)
     return [
         ReaderActor.options(**options, **placement[i]).remote(spec, source_ref, shards)
