@@ -6,8 +6,11 @@ Every result is compared with a model computed over the whole input with pyarrow
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from raykv.checkpointing import CheckpointStore
 from raykv.operators import Aggregate, StatefulMap
 from raykv.sinks import ParquetSink
 from raykv.sources import ParquetSource, TableSource
+from raykv.testing import Faults
 
 pytestmark = pytest.mark.ray
 
@@ -130,6 +134,43 @@ def test_sigkill_of_a_reader_and_of_a_sink_writer_loses_and_repeats_nothing(
     assert {u: sorted(ns) for u, ns in by_user.items()} == {
         u: list(range(1, c + 1)) for u, c in counts.items()}
     assert not list((out / "_staging").glob("*.parquet"))
+
+
+def test_random_sigkills_with_time_based_checkpoints(ray_session: Any, tmp_path: Path) -> None:
+    """SIGKILLs of random actors (readers, shards that write the sink) at random moments of
+    three attempts, with 0.2 s checkpoints: still exactly one output row per event."""
+    rng = random.Random(12)
+    table = write_files(tmp_path / "in", files=4, rows=2_000)
+    kills: list[str] = []
+
+    def kill_later(handle: Any) -> None:
+        with contextlib.suppress(Exception):  # the run may have ended or recovered already
+            sigkill(handle)
+
+    def on_progress(ev: raykv.ProgressEvent) -> None:
+        if ev.kind == "started" and len(kills) < 3:
+            name = rng.choice(sorted(ev.actors))
+            kills.append(name)
+            timer = threading.Timer(rng.uniform(0.1, 0.6), kill_later, [ev.actors[name]])
+            timer.daemon = True
+            timer.start()
+
+    out = tmp_path / "out"
+    s = raykv.Pipeline(
+        source=ParquetSource(str(tmp_path / "in"), batch_size=200),
+        stages=[StatefulMap("user", _seq_log)], sink=ParquetSink(str(out)),
+        engine="hybridlog", num_shards=2, source_parallelism=2, checkpoint_interval=0.2,
+        checkpoint=str(tmp_path / "ckpt"), local_dir=str(tmp_path / "local"),
+        on_progress=on_progress, faults=Faults(process_delay=0.02),
+    ).run()
+    assert s.finished and s.restarts >= 1, (kills, s.failures)
+    got = ParquetSink(str(out)).read()
+    assert sorted(got["seq"].to_pylist()) == list(range(table.num_rows))
+    by_user: dict[int, list[int]] = {}
+    for r in got.to_pylist():
+        by_user.setdefault(r["user"], []).append(r["n"])
+    assert {u: sorted(ns) for u, ns in by_user.items()} == {
+        u: list(range(1, c + 1)) for u, (_, c) in model(table).items()}
 
 
 def test_resume_with_another_source_parallelism(ray_session: Any, tmp_path: Path) -> None:
