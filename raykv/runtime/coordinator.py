@@ -1,35 +1,33 @@
-"""The driver side of a run: epochs, commits, failure detection, recovery, rescaling.
+"""The driver side of a run: the control plane (epochs, commits, failures, recovery).
 
-The coordinator lives in the driver (the process that calls ``Pipeline.run``). It reads
-the source, splits each batch by the first stage's partitioning and sends the pieces to
-the first-stage shard actors (at most ``max_inflight`` calls in flight per shard:
-backpressure, and where a dead actor surfaces). It ends an epoch every
-``checkpoint_interval`` seconds or ``epoch_every_batches`` batches by sending
-``barrier(e)`` to every first-stage shard; Ray delivers one caller's calls to one actor
-in order, so the barrier arrives after the epoch's batches.
+The coordinator lives in the driver (the process that calls ``Pipeline.run``) and touches
+no record. Per attempt it starts the shard actors of every stage (restored from the base
+epoch), then ``source_parallelism`` source reader actors that read the source's splits
+and send the rows straight to the first stage's shards (``reader_actor``). The control
+loop (``feeding``: :class:`Feeder`) ends an epoch every ``checkpoint_interval`` seconds
+or ``epoch_every_batches`` batches per reader by asking every reader for ``barrier(e)``;
+each reader answers with its splits' offsets, and the shards align the barrier over all
+their inputs, so the offsets are a consistent cut.
 
-A commit thread waits for every shard of every stage to acknowledge ``e``
-(``wait_uploaded``, answered from the actors' ``"io"`` group once the upload is
-durable) and commits epochs in order, so the source never waits for an upload:
+A commit thread (``committer``) waits for every shard of every stage to acknowledge
+``e`` (``wait_uploaded``, answered from the actors' ``"io"`` group once the upload is
+durable; the last stage's shards have staged their ``ParquetSink`` output by then) and
+commits epochs in order (``commit``: :class:`EpochCommit`): the epoch manifest with every
+split's offset, THE commit, one write, last; then ``sink.publish(e)``.
 
-1. stage the last stage's output of ``e`` in the sink;
-2. ``store.commit_epoch(e, shard manifests, offsets={"source": offset at e},
-   metadata=partitioning + stages + lineage)``: THE commit, one write, last;
-3. ``sink.publish(e)``; then garbage-collect down to ``retain`` epochs.
-
-Recovery (any shard call fails, an actor dies, the store fails transiently): stop;
-kill every shard actor of the run and wait until they are gone; start new ones that each
-restore the last committed epoch (``restore_shard`` downloads only what the local dir
-lacks); reconcile the sink (drop staged output of uncommitted epochs); reopen the source
-at the committed offsets; go on. At most ``max_restarts`` times per run. Bad input
-(``ValueError``/``TypeError`` from a shard or the split) is not retried: replay would
-fail the same way; it is raised with the column named, and the last committed epoch
-stays restorable. A corrupt or missing checkpoint file is not retried either: the
-``CorruptionError`` is raised with the epochs that are still intact. Any other failure
-that is not transient (``is_transient``: dead processes, lost nodes, I/O) is retried
-once: when the same error (type and message) happens again at the same epoch, the run
-stops and raises it (the repeat rule, :meth:`Coordinator.judge`; docs/recovery.md,
-"Failure classification").
+Recovery (a reader or shard call fails, an actor dies, the store fails transiently):
+stop; kill every actor of the run and wait until they are gone; start new shards that
+each restore the last committed epoch (``restore_shard`` downloads only what the local
+dir lacks); reconcile the sink (drop staged output of uncommitted epochs); deal the
+splits to new readers, each at its committed offset; go on. At most ``max_restarts``
+times per run. Bad input (``ValueError``/``TypeError`` from a reader or a shard) and
+errors of the source are not retried: replay would fail the same way; they are raised
+with the column, split or file named, and the last committed epoch stays restorable. A
+corrupt or missing checkpoint file is not retried either: the ``CorruptionError`` is
+raised with the epochs that are still intact. Any other failure that is not transient
+(``is_transient``: dead processes, lost nodes, I/O) is retried once: when the same error
+(type and message) happens again at the same epoch, the run stops and raises it (the
+repeat rule, :meth:`Coordinator.judge`; docs/recovery.md, "Failure classification").
 
 Restore with another shard count or engine (rescaling): each new shard rebuilds its
 state from the old shards whose key-group ranges overlap its own. Shard names carry a
@@ -39,11 +37,11 @@ in the store (DESIGN invariant 1).
 
 The coordinator is composed of parts, each in its own module of ``raykv.runtime``:
 failure classification (``failures``: :class:`FailurePolicy`), the commit thread
-(``committer``), where an attempt starts and how shards are laid out and restored
-(``layout``), the input loop and barriers (``feeding``: :class:`Feeder`), rebalancing
-(``rebalancing``: :class:`Rebalancer`) and the typed epoch metadata (``metadata``).
-This module keeps the run itself: ``run``, one attempt, recovery, the commit of an
-epoch, progress events.
+(``committer``) and the commit of an epoch (``commit``), where an attempt starts and how
+shards are laid out and restored (``layout``), the readers (``reader_actor``), the
+control loop and barriers (``feeding``), rebalancing (``rebalancing``:
+:class:`Rebalancer`) and the typed epoch metadata (``metadata``). This module keeps the
+run itself: ``run``, one attempt, recovery, progress events.
 """
 
 from __future__ import annotations
@@ -51,7 +49,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import shutil
 import threading
 import time
 import uuid
@@ -78,7 +75,8 @@ from raykv.runtime.actors import (
     create_shards,
     kill_shards,
 )
-from raykv.runtime.committer import Committer, PendingEpoch
+from raykv.runtime.commit import EpochCommit
+from raykv.runtime.committer import Committer
 from raykv.runtime.failures import (
     FailurePolicy,
     HookFailure,
@@ -100,17 +98,13 @@ from raykv.runtime.layout import (
     shard_specs,
     sink_view_of_latest,
 )
-from raykv.runtime.metadata import EpochMetadata, StageMetadata, encode_operator
+from raykv.runtime.metadata import encode_operator
 from raykv.runtime.reader_actor import ReaderSpec, create_readers, plan_readers
 from raykv.runtime.rebalancing import Rebalancer
-from raykv.runtime.specs import Ack, RestorePlan, StageSpec
-from raykv.sinks import part_name
+from raykv.runtime.specs import RestorePlan, StageSpec
 from raykv.sources import StopSource
 
 log = logging.getLogger("raykv")
-
-GC_INTERVAL = 2.0
-
 
 class Coordinator:
     """Runs one ``Pipeline.run`` call (see the module docstring for the protocol)."""
@@ -141,9 +135,9 @@ class Coordinator:
         self._committed: Base | None = None  # last commit of this run
         self._base: Base = Base()
         self._abandon_on_commit = False
-        self._last_gc = 0.0
         self.rebalancer = Rebalancer(self)
         self.feeder = Feeder(self)
+        self.committing = EpochCommit(self)
         # engine dirs live under local_dir/<ident>: stable per checkpoint URL, so a restore
         # on the same node finds the files it already has
         url = pipeline.checkpoint
@@ -452,7 +446,7 @@ class Coordinator:
         # stored in every epoch so `raykv checkpoints export` can rebuild the operators
         self._operator_configs = {st.name: encode_operator(st.operator) for st in stages}
         self._start_actors(stages, layout.plans, attempt, base, paused=layout.changed)
-        self._committer = committer = Committer(self._commit)
+        self._committer = committer = Committer(self.committing.commit)
         run_refs = [r.run.remote() for r in self._readers.values()]
         self._emit("started", restored_from=base.epoch, attempt=attempt)
         if self._t_first is None:
@@ -463,98 +457,6 @@ class Coordinator:
         if not stopped:
             shard_get(run_refs)  # the readers drained their calls in flight
         return stopped
-
-    # ------------------------------------------------------------------ commit (commit thread)
-
-    def _commit(self, pending: PendingEpoch, acks: list[Ack]) -> None:
-        """Steps 1-3 of the module docstring for one fully acknowledged epoch."""
-        e = pending.epoch
-        self._emit("acked", e)
-        sink = self.p.sink
-        assert sink is not None
-        store = self.store
-        manifests: dict[str, Any] = {}
-        if store is not None:
-            for ack in acks:
-                if ack.manifest is None:  # driver I/O: upload from the shard's staging dir
-                    assert ack.staging is not None
-                    ack.manifest = store.upload_shard(e, ack.shard, ack.staging, ack.files,
-                                                      metadata=ack.metadata)
-                    shutil.rmtree(ack.staging, ignore_errors=True)
-                manifests[ack.shard] = ack.manifest
-        rows_out = 0
-        for ack in acks:
-            rows_out += ack.rows_out
-            if ack.output is not None:  # a driver-side sink (CollectSink)
-                part = part_name(str(ack.metadata["stage"]), int(ack.metadata["index"]))
-                with self._user_code(f"sink {type(sink).__name__}.stage({e}, {part!r})", e):
-                    sink.stage(e, part, ack.output)
-        base = self._committed or self._base
-        rows_total = base.rows_total + pending.rows
-        abandoned = base.abandoned
-        load = self.rebalancer.account_load(acks)
-        metadata = None
-        if store is not None:
-            metadata = self._metadata(pending, base, rows_total, load or None)
-            store.commit_epoch(e, manifests, offsets={"splits": pending.offset},
-                               metadata=metadata.to_dict())
-        if self._abandon_on_commit:
-            with self._user_code(f"sink {type(sink).__name__}.start({e})", e):
-                sink.start(e, new_run=False, abandoned=abandoned)
-            self._abandon_on_commit = False
-        else:
-            with self._user_code(f"sink {type(sink).__name__}.publish({e})", e):
-                sink.publish(e)
-        with self._lock:
-            s = self.summary
-            s.epochs_committed.append(e)
-            s.last_epoch = e
-            s.rows_in += pending.rows
-            s.rows_out += rows_out
-            for sm in manifests.values():
-                s.bytes_uploaded += sm.new_bytes
-                s.files_uploaded += sm.new_files
-            self._committed = Base(
-                epoch=e, metadata=metadata, offsets=pending.offset, rollback=False,
-                abandoned=abandoned, rows_total=rows_total,
-            )
-        self._metrics.committed(manifests)
-        self._emit("committed", e, final=pending.final, rows_out=rows_out,
-                   bytes_uploaded_total=s.bytes_uploaded)
-        if self.p.rebalance is not None and not pending.final:
-            self.rebalancer.decide(acks)
-        if store is not None and (pending.final or time.monotonic() - self._last_gc > GC_INTERVAL):
-            self._last_gc = time.monotonic()
-            try:
-                store.gc(self.p.retain)
-            except OSError as err:
-                log.warning("raykv: garbage collection of %s failed: %s", store.url, err)
-
-    def _metadata(self, pending: PendingEpoch, base: Base, rows_total: int,
-                  load: dict[str, Any] | None) -> EpochMetadata:
-        """The epoch manifest's metadata of ``pending`` (lineage from ``base``)."""
-        sink = self.p.sink
-        assert sink is not None
-        return EpochMetadata(
-            num_key_groups=self._num_key_groups,
-            final=pending.final,
-            rows_total=rows_total,
-            parent=base.epoch,  # the previous epoch of this lineage
-            abandoned=tuple((int(r[0]), int(r[1])) for r in base.abandoned),
-            stages=tuple(
-                StageMetadata(
-                    name=st.name, key=st.key, operator=type(st.operator).__name__,
-                    operator_config=self._operator_configs[st.name],
-                    engine=st.engine, engine_params=st.engine_params,
-                    num_shards=st.num_shards, generation=gen,
-                    partitioning=st.partitioning.to_dict(), shards=tuple(st.shard_names),
-                )
-                for st, gen in zip(self._stages, self._generations, strict=True)
-            ),
-            source=self.p.source.describe(),
-            sink=sink.describe(),
-            load=load,
-        )
 
     # ------------------------------------------------------------------ progress
 

@@ -2,8 +2,9 @@
 
 Contract: ``wait_dir_free(path)`` returns once no process holds the engine lock
 (``path/LOCK``, an ``fcntl`` lock) or raises ``TimeoutError``; ``wipe_dir(path)`` leaves
-``path`` existing and empty. Used by the shard actor before it opens its engine and by
-the driver when it restores shards itself (driver I/O).
+``path`` existing and empty; ``cleanup_siblings(stage_dir, current)`` deletes the dirs
+of shards no longer in the layout. Used by the shard actor before it opens its engine and
+by the driver when it restores shards itself (driver I/O).
 """
 
 from __future__ import annotations
@@ -53,4 +54,24 @@ def wipe_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-__all__ = ["DIR_FREE_TIMEOUT", "wait_dir_free", "wipe_dir"]
+
+
+def cleanup_siblings(stage_dir: Path, current: set[str]) -> None:
+    """Delete the dirs (and ``.staging-`` dirs) in ``stage_dir`` of shards not in ``current``.
+
+    A rescale or a rollback renames every shard of a stage (a new generation); the old
+    names' local files are never needed again. Hidden dirs of live shards stay.
+    """
+    try:
+        entries = list(stage_dir.iterdir())
+    except FileNotFoundError:
+        return
+    for d in entries:
+        if not d.is_dir():
+            continue
+        name = d.name.removeprefix(".staging-") if d.name.startswith(".staging-") else d.name
+        if not name.startswith(".") and name not in current:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+__all__ = ["DIR_FREE_TIMEOUT", "cleanup_siblings", "wait_dir_free", "wipe_dir"]

@@ -7,8 +7,9 @@ tested in-process, and a reader actor wraps it.
 * :func:`assign_splits` deals a source's splits to ``n`` readers, balanced by size.
 * :class:`SplitCursor` reads one reader's splits and knows each split's offset.
 * :class:`SourceReaderLoop` reads batches from a cursor, splits each by the first stage's
-  partitioning and sends the parts to the shards through a :class:`Channel` (at most
-  ``max_inflight`` calls in flight per shard: backpressure), and injects barriers between
+  partitioning and sends the parts to the shards through an
+  :class:`~raykv.runtime.outbox.Outbox` (at most ``max_inflight`` calls in flight per
+  shard: backpressure), and injects barriers between
   two batches when asked (:meth:`SourceReaderLoop.request_barrier`): ``barrier(e)`` goes
   into every channel after the reader's last batch of epoch ``e``, and the request is
   answered with every split's offset at that cut. Shards align that barrier over all
@@ -25,13 +26,14 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, Protocol
+from typing import NoReturn
 
 import pyarrow as pa
 
 from raykv.errors import add_context, failure_context, mark_user_code
 from raykv.operators.schemas import describe_schema_change
 from raykv.partitioning import Partitioning, split_batch
+from raykv.runtime.outbox import Channel, Outbox
 from raykv.sources import Offset, Source, SourceReader, Split, StopSource
 from raykv.sources.base import WHOLE
 
@@ -167,16 +169,6 @@ class SplitCursor:
         self._readers.clear()
 
 
-class Channel(Protocol):
-    """How a reader reaches the first-stage shards (Ray handles, or a test's fakes)."""
-
-    def send(self, shard: int, method: str, *args: Any) -> Any:
-        """Call ``method(*args)`` on shard ``shard``; return a waitable reference."""
-
-    def wait(self, ref: Any) -> Any:
-        """Block until ``ref`` is done; raise its error."""
-
-
 @dataclass(frozen=True)
 class Cut:
     """A reader's answer to a barrier request: where its splits stand at the cut.
@@ -254,13 +246,11 @@ class SourceReaderLoop:
         self.cursor = cursor
         self._key = key
         self._partitioning = partitioning
-        self._channel = channel
+        self._outbox = Outbox(channel, partitioning.num_shards, max_inflight)
         self._input_id = input_id
-        self._max_inflight = max_inflight
         self._idle = idle
         self._epoch_batches = epoch_batches
         self._on_batch = on_batch
-        self._inflight: list[deque[Any]] = [deque() for _ in range(partitioning.num_shards)]
         self._requests: deque[_BarrierRequest] = deque()
         self._cond = threading.Condition()
         self._stopped = False
@@ -421,11 +411,7 @@ class SourceReaderLoop:
             err.add_note(f"raykv: in a batch of split {split!r} of "
                          f"{type(self.cursor.source).__name__}")
             raise
-        for shard, part in parts.items():
-            q = self._inflight[shard]
-            q.append(self._channel.send(shard, "process", part, self._input_id))
-            if len(q) > self._max_inflight:
-                self._channel.wait(q.popleft())
+        self._outbox.send_parts(parts, self._input_id)
         with self._cond:
             self.rows += batch.num_rows
             self.batches += 1
@@ -456,8 +442,7 @@ class SourceReaderLoop:
                     return False
                 req = self._requests.popleft()
             method = "finish" if req.final else "barrier"
-            for shard in range(self._partitioning.num_shards):
-                self._channel.send(shard, method, req.epoch, self._input_id)
+            self._outbox.broadcast(method, req.epoch, self._input_id)
             with self._cond:
                 req.cut = Cut(self.cursor.offsets(), self._rows_epoch, self._batches_epoch,
                               self.cursor.exhausted, self._source_stopped)
@@ -473,9 +458,7 @@ class SourceReaderLoop:
 
     def drain(self) -> None:
         """Wait for every call in flight (raises the first failure)."""
-        for q in self._inflight:
-            while q:
-                self._channel.wait(q.popleft())
+        self._outbox.drain()
 
 
-__all__ = ["Channel", "Cut", "SourceReaderLoop", "SplitCursor", "Status", "assign_splits"]
+__all__ = ["Cut", "SourceReaderLoop", "SplitCursor", "Status", "assign_splits"]

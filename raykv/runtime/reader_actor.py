@@ -35,6 +35,7 @@ from raykv.metrics import process_cpu_seconds
 from raykv.partitioning import Partitioning
 from raykv.runtime.failures import describe_shard_failure
 from raykv.runtime.layout import placements
+from raykv.runtime.outbox import RayChannel
 from raykv.runtime.reader import Cut, SourceReaderLoop, SplitCursor, Status, assign_splits
 from raykv.sources import Offset, Source, Split
 from raykv.sources.base import WHOLE
@@ -113,19 +114,6 @@ def plan_readers(source: Source, offsets: dict[str, Offset] | None, parallelism:
     ]
 
 
-class _RayChannel:
-    """A reader's way to the shards: Ray handles, one caller, calls in order."""
-
-    def __init__(self, shards: Sequence[Any]) -> None:
-        self._shards = list(shards)
-
-    def send(self, shard: int, method: str, *args: Any) -> Any:
-        return getattr(self._shards[shard], method).remote(*args)
-
-    def wait(self, ref: Any) -> Any:
-        return ray.get(ref)
-
-
 class ReaderWorker:
     """One source reader (see the module docstring); :data:`ReaderActor` is its actor.
 
@@ -140,7 +128,7 @@ class ReaderWorker:
         self._source = source
         self._reads = 0
         self.loop = SourceReaderLoop(
-            SplitCursor(source, spec.splits), spec.key, spec.partitioning, _RayChannel(shards),
+            SplitCursor(source, spec.splits), spec.key, spec.partitioning, RayChannel(shards),
             spec.index, spec.max_inflight, idle=lambda: time.sleep(IDLE_SLEEP),
             epoch_batches=spec.epoch_batches, on_batch=self._fault, paused=spec.paused,
             first_epoch=spec.first_epoch)

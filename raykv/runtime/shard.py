@@ -54,7 +54,6 @@ import contextlib
 import os
 import shutil
 import time
-from collections import deque
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -69,7 +68,8 @@ from raykv.partitioning import Partitioning, split_batch
 from raykv.runtime import keygroups
 from raykv.runtime.aligner import BARRIER, DATA, FINISH, Aligned, BarrierAligner
 from raykv.runtime.failures import describe_shard_failure
-from raykv.runtime.localdirs import wait_dir_free, wipe_dir
+from raykv.runtime.localdirs import cleanup_siblings, wait_dir_free, wipe_dir
+from raykv.runtime.outbox import Outbox, RayChannel
 from raykv.runtime.specs import Ack, RestorePlan, RestoreSource, ShardSpec, StageSpec
 from raykv.runtime.uploader import Uploader
 from raykv.sinks import part_name
@@ -104,8 +104,7 @@ class ShardWorker:
         self.engine: Any = None
         self.logic: Any = None
         self._store: Any = None
-        self._down: list[Any] = []
-        self._inflight: dict[int, deque[Any]] = {}
+        self._outbox: Outbox | None = None  # to the next stage's shards
         self._aligner = BarrierAligner(spec.num_inputs, self._context)
         self._epoch: int | None = spec.first_epoch  # the epoch the stream is in
         self._uploader = Uploader(self.name, self._upload, self._upload_failed)
@@ -184,7 +183,7 @@ class ShardWorker:
 
             if not spec.driver_io:
                 self._get_store()  # connect now: fail fast, keep the first upload cheap
-        self._cleanup_siblings()
+        cleanup_siblings(Path(spec.data_dir).parent, set(spec.stage.shard_names))
         self._uploader.start()
         self.stats_["restore_seconds"] = time.perf_counter() - t0
         self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
@@ -267,25 +266,9 @@ class ShardWorker:
         assert down is not None
         self.spec = replace(self.spec, downstream=replace(down, partitioning=partitioning))
 
-    def _cleanup_siblings(self) -> None:
-        """Delete local dirs of this stage's shards that are not in the current layout."""
-        stage_dir = Path(self.spec.data_dir).parent
-        current = set(self.spec.stage.shard_names)
-        try:
-            entries = list(stage_dir.iterdir())
-        except FileNotFoundError:
-            return
-        for d in entries:
-            if not d.is_dir():
-                continue
-            name = d.name.removeprefix(".staging-") if d.name.startswith(".staging-") else d.name
-            if not name.startswith(".") and name not in current:
-                shutil.rmtree(d, ignore_errors=True)
-
     def set_downstream(self, handles: list[Any]) -> None:
         """Connect the next stage's shard actors (by index)."""
-        self._down = list(handles)
-        self._inflight = {j: deque() for j in range(len(handles))}
+        self._outbox = Outbox(RayChannel(handles), len(handles), self.spec.max_inflight)
 
     # ------------------------------------------------------------------ the stream
 
@@ -351,12 +334,11 @@ class ShardWorker:
         out = _as_table(self.logic.finish() if final else self.logic.on_barrier(epoch))
         down = self.spec.downstream
         if down is not None:
+            assert self._outbox is not None  # connected before the first epoch
             if out is not None:
-                self._forward(out, down)
-            me = self.spec.index
-            for h in self._down:
-                (h.finish if final else h.barrier).remote(epoch, me)
-            self._reap()
+                self._forward(out, down, self._outbox)
+            self._outbox.broadcast("finish" if final else "barrier", epoch, self.spec.index)
+            self._outbox.reap()
             out = None
         if out is not None:
             self.stats_["rows_out"] += out.num_rows
@@ -399,27 +381,12 @@ class ShardWorker:
         out["cpu_seconds"], self._cpu_reported = cpu - self._cpu_reported, cpu
         return out
 
-    def _forward(self, out: pa.Table, down: StageSpec) -> None:
-        import ray as _ray
-
-        me = self.spec.index
+    def _forward(self, out: pa.Table, down: StageSpec, outbox: Outbox) -> None:
+        """Re-partition ``out`` by the next stage's key and send it (backpressure)."""
         for batch in out.combine_chunks().to_batches():
-            for j, sub in split_batch(batch, down.key, down.partitioning).items():
-                q = self._inflight[j]
-                q.append(self._down[j].process.remote(sub, me))
-                if len(q) > self.spec.max_inflight:
-                    _ray.get(q.popleft())
+            outbox.send_parts(split_batch(batch, down.key, down.partitioning), self.spec.index)
         self.stats_["rows_out"] += out.num_rows
-        self._metrics.inflight(down, self._inflight)
-
-    def _reap(self) -> None:
-        """Collect finished downstream calls (raising their errors)."""
-        for q in self._inflight.values():
-            while q:
-                ready, _ = ray.wait([q[0]], timeout=0)
-                if not ready:
-                    break
-                ray.get(q.popleft())
+        self._metrics.inflight(down, outbox.queues)
 
     # ------------------------------------------------------------------ uploads
 

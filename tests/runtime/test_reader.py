@@ -106,6 +106,9 @@ class FakeShards:
                     shards.outstanding[ref] -= 1
                 return None
 
+            def done(self, ref: Any) -> bool:
+                return True
+
         return _Channel()
 
 

@@ -1,0 +1,101 @@
+"""Sending rows to a row of actors with backpressure: the outbox of a reader or a shard.
+
+Contract: an :class:`Outbox` sends through a :class:`Channel` (Ray actor handles in a
+run, :class:`RayChannel`; fakes in tests) to ``n`` destinations, indexed ``0..n-1``.
+``send_parts`` calls ``process(part, input_id)`` on each destination that gets a part
+and keeps at most ``max_inflight`` calls in flight per destination: one more and it
+waits for that destination's oldest (backpressure; where a failed or dead destination
+first surfaces, as the error of that wait). ``broadcast`` sends a control call (a
+barrier) to every destination without waiting. Calls from one caller to one actor run
+in the order they were made (Ray's guarantee), so a barrier sent after a destination's
+parts arrives after them.
+
+Used by source readers (:mod:`raykv.runtime.reader`) to reach the first stage and by
+shards (:mod:`raykv.runtime.shard`) to reach the next stage.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import pyarrow as pa
+import ray
+
+
+class Channel(Protocol):
+    """How a sender reaches its destinations (Ray handles, or a test's fakes)."""
+
+    def send(self, dest: int, method: str, *args: Any) -> Any:
+        """Call ``method(*args)`` on destination ``dest``; return a waitable reference."""
+
+    def wait(self, ref: Any) -> Any:
+        """Block until ``ref`` is done; raise its error."""
+
+    def done(self, ref: Any) -> bool:
+        """Whether ``ref`` is done (without blocking)."""
+
+
+class RayChannel:
+    """A :class:`Channel` over Ray actor handles (one caller: calls run in order)."""
+
+    def __init__(self, handles: Sequence[Any]) -> None:
+        self._handles = list(handles)
+
+    def send(self, dest: int, method: str, *args: Any) -> Any:
+        """``handles[dest].<method>.remote(*args)``."""
+        return getattr(self._handles[dest], method).remote(*args)
+
+    def wait(self, ref: Any) -> Any:
+        """``ray.get(ref)``."""
+        return ray.get(ref)
+
+    def done(self, ref: Any) -> bool:
+        """A zero-timeout ``ray.wait``."""
+        ready, _ = ray.wait([ref], timeout=0)
+        return bool(ready)
+
+
+class Outbox:
+    """Calls in flight to ``n`` destinations (see the module docstring).
+
+    Args:
+        channel: the way to the destinations.
+        n: number of destinations.
+        max_inflight: ``process`` calls in flight per destination before waiting.
+    """
+
+    def __init__(self, channel: Channel, n: int, max_inflight: int) -> None:
+        self._channel = channel
+        self.n = n
+        self._max_inflight = max_inflight
+        self.queues: list[deque[Any]] = [deque() for _ in range(n)]
+
+    def send_parts(self, parts: dict[int, pa.RecordBatch], input_id: int) -> None:
+        """``process(part, input_id)`` on every destination of ``parts``, with backpressure."""
+        for dest, part in parts.items():
+            q = self.queues[dest]
+            q.append(self._channel.send(dest, "process", part, input_id))
+            if len(q) > self._max_inflight:
+                self._channel.wait(q.popleft())
+
+    def broadcast(self, method: str, *args: Any) -> None:
+        """``method(*args)`` on every destination, not waited for."""
+        for dest in range(self.n):
+            self._channel.send(dest, method, *args)
+
+    def reap(self) -> None:
+        """Collect the calls that are done (raising the first failure); never blocks."""
+        for q in self.queues:
+            while q and self._channel.done(q[0]):
+                self._channel.wait(q.popleft())
+
+    def drain(self) -> None:
+        """Wait for every call in flight (raising the first failure)."""
+        for q in self.queues:
+            while q:
+                self._channel.wait(q.popleft())
+
+
+__all__ = ["Channel", "Outbox", "RayChannel"]
