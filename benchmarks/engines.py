@@ -7,8 +7,16 @@ Each (store, distribution) runs in a fresh subprocess so that resident memory is
     python -m benchmarks.engines                 # full run, prints a markdown table
     python -m benchmarks.engines --quick         # small sizes (seconds)
     python -m benchmarks.engines --lsm-memory    # 2,000,000 keys x 100-byte values in LSMTree
+    python -m benchmarks.engines --bulk          # multi_set of 1,000,000 distinct keys (issue 15)
 
-Results go to benchmarks/results/engines.json (and lsm_memory.json).
+Results go to benchmarks/results/engines.json (and lsm_memory.json, bulk.json).
+
+The bulk workload (``--bulk``) is the per-epoch fold of an operator: 1,000,000 distinct
+keys of 8-16 random bytes with 16-byte values, written with ``multi_set`` of a ``dict``
+(what ``keyed_state`` sends) in batches of 10,000 and 100,000 pairs, in three phases on
+one store with the engine's default parameters: ``insert`` (every key new), ``update``
+(every key again, in another order) and ``mixed`` (half the keys of each batch new, half
+existing). The rate of a phase is keys over wall time, best of ``--repeat`` fresh stores.
 """
 
 from __future__ import annotations
@@ -199,6 +207,69 @@ def lsm_memory(n_keys: int) -> dict[str, Any]:
     return out
 
 
+BULK_ENGINES = ["hybridlog", "appendlog", "memonly", "lsm"]
+BULK_VALUE_LEN = 16
+
+
+def make_bulk_keys(n: int, seed: int) -> list[bytes]:
+    """``n`` distinct random keys of 8-16 bytes (distinct: 8 random bytes or more each)."""
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(8, 17, n)
+    blob = rng.integers(0, 256, int(lens.sum()), dtype=np.uint8).tobytes()
+    ends = np.cumsum(lens).tolist()
+    keys = [blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    return list(dict.fromkeys(keys))  # 2**-64 odds of a repeat: drop it anyway
+
+
+def bulk_one(name: str, n_keys: int, batch: int, repeat: int = 2) -> dict[str, Any]:
+    """Rates of ``multi_set`` for the bulk workload on engine ``name`` (default parameters)."""
+    from raykv.engines import open_engine
+
+    keys = make_bulk_keys(2 * n_keys, seed=7)
+    old, fresh = keys[:n_keys], keys[n_keys:]
+    rng = np.random.default_rng(8)
+    value = np.arange(BULK_VALUE_LEN, dtype=np.uint8).tobytes()
+
+    def batches(ks: list[bytes], tag: int) -> list[dict[bytes, bytes]]:
+        vals = [tag.to_bytes(1, "big") + value[1:]] * len(ks)
+        return [dict(zip(ks[i : i + batch], vals[i : i + batch], strict=True))
+                for i in range(0, len(ks), batch)]
+
+    updates = [old[i] for i in rng.permutation(n_keys)]
+    half = n_keys // 2
+    mixed_keys = [k for pair in zip(updates[:half], fresh[:half], strict=True) for k in pair]
+    phases = {"insert": batches(old, 1), "update": batches(updates, 2),
+              "mixed": batches(mixed_keys, 3)}
+    rates: dict[str, list[float]] = {p: [] for p in phases}
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            store = open_engine(name, tmp)
+            for phase, bs in phases.items():
+                gc.collect()
+                t = time.perf_counter()
+                for b in bs:
+                    store.multi_set(b)
+                rates[phase].append(sum(map(len, bs)) / (time.perf_counter() - t))
+            store.close()
+    out: dict[str, Any] = {"store": name, "n_keys": n_keys, "batch": batch, "repeat": repeat}
+    out.update({f"{p}_keys_s": max(r) for p, r in rates.items()})
+    return out
+
+
+def run_bulk(stores: list[str], n_keys: int, batches: list[int], repeat: int
+             ) -> dict[str, Any]:
+    """``bulk_one`` for every (store, batch size), each in a fresh subprocess."""
+    rows = []
+    for batch in batches:
+        for name in stores:
+            res = subprocess_json(["--bulk-one", name, str(n_keys), str(batch), str(repeat)])
+            res.update(store=name, batch=batch)
+            rows.append(res)
+            print(f"# {name} batch {batch}: {res}", file=sys.stderr)
+    return {"machine": machine(), "loadavg": os.getloadavg()[0], "n_keys": n_keys,
+            "value_len": BULK_VALUE_LEN, "rows": rows}
+
+
 def subprocess_json(args: list[str]) -> dict[str, Any]:
     """Run ``python -m benchmarks.engines ARGS`` and return the JSON of its last line."""
     proc = subprocess.run(
@@ -233,6 +304,11 @@ def main() -> None:
     ap.add_argument("--stores", default=",".join(STORES))
     ap.add_argument("--dists", default="uniform,zipf")
     ap.add_argument("--lsm-memory", action="store_true")
+    ap.add_argument("--bulk", action="store_true", help="multi_set of many distinct keys")
+    ap.add_argument("--bulk-keys", type=int, default=1_000_000)
+    ap.add_argument("--bulk-batches", default="10000,100000")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per rate (--bulk)")
+    ap.add_argument("--bulk-one", nargs=4, metavar="X", help=argparse.SUPPRESS)
     ap.add_argument("--one", nargs="+", metavar="STORE DIST NKEYS NOPS [REPEAT]",
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -240,7 +316,28 @@ def main() -> None:
         name, dist, nk, no, *rep = args.one
         print(json.dumps(run_one(name, dist, int(nk), int(no), *map(int, rep))))
         return
+    if args.bulk_one:
+        name, nk, batch, rep = args.bulk_one
+        print(json.dumps(bulk_one(name, int(nk), int(batch), int(rep))))
+        return
     RESULTS.mkdir(exist_ok=True)
+    if args.bulk:
+        stores = args.stores.split(",") if args.stores != ",".join(STORES) else BULK_ENGINES
+        n = 100_000 if args.quick else args.bulk_keys
+        rep = run_bulk(stores, n, [int(b) for b in args.bulk_batches.split(",")], args.repeat)
+        if not args.quick:
+            (RESULTS / "bulk.json").write_text(json.dumps(rep, indent=1))
+        print(f"Machine: {rep['machine']}; load average {rep['loadavg']:.1f}; {n:,} distinct "
+              f"keys of 8-16 bytes, {BULK_VALUE_LEN}-byte values, best of {args.repeat}\n")
+        print("| store | batch | insert keys/s | update keys/s | mixed keys/s |")
+        print("|---|---:|---:|---:|---:|")
+        for r in rep["rows"]:
+            if "error" in r:
+                print(f"| {r['store']} | {r['batch']:,} | error: {r['error']} | | |")
+                continue
+            print(f"| {r['store']} | {r['batch']:,} | {fmt(r['insert_keys_s'])} "
+                  f"| {fmt(r['update_keys_s'])} | {fmt(r['mixed_keys_s'])} |")
+        return
     if args.lsm_memory:
         n = 100_000 if args.quick else 2_000_000
         res = lsm_memory(n)

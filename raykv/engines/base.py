@@ -23,7 +23,7 @@ Contract (every engine keeps it; ``tests/engines/contract.py`` checks it):
 
 Engine implementers provide ``_open``, ``_seal``, ``_release``, ``get``, ``set``,
 ``multi_get``, ``multi_set``, ``items``, ``live_keys`` and ``__sizeof__``; the rest is
-built here. Files
+built here, argument checks in ``validation.py`` (``Validation``, a base class). Files
 are written through ``self._new_file(kind)`` names; ``_commit(state, files)`` writes a new
 engine manifest and deletes the files the previous manifest listed that are no longer live.
 """
@@ -34,26 +34,39 @@ import contextlib
 import fcntl
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypedDict
 
 from raykv.engines.fileio import fsync_dir, fsync_files
 from raykv.engines.filename import MANIFEST_KIND, TMP_SUFFIX, FileNumbers, parse_file_name
 from raykv.engines.manifest import Manifest, find_latest_manifest, write_manifest
+from raykv.engines.stats import EngineStats
+from raykv.engines.validation import (
+    DEFAULT_MAX_KEY_LEN,
+    DEFAULT_MAX_VALUE_LEN,
+    KEY_LEN_CEILING,
+    VALUE_LEN_CEILING,
+    Pairs,
+    Validation,
+    check_int_param,
+)
 from raykv.errors import CorruptionError, StoreClosedError
 
 if TYPE_CHECKING:
     from raykv.engines.remote import EngineRemote
 
-DEFAULT_MAX_KEY_LEN = 1024
-DEFAULT_MAX_VALUE_LEN = 16 * 1024 * 1024
-KEY_LEN_CEILING = 1024 * 1024
-VALUE_LEN_CEILING = 1024 * 1024 * 1024
-
-Pairs = Iterable[tuple[bytes, bytes]] | Mapping[bytes, bytes]
-
+__all__ = [  # the limits, Pairs, EngineStats and check_int_param are re-exported from here
+    "DEFAULT_MAX_KEY_LEN",
+    "DEFAULT_MAX_VALUE_LEN",
+    "KEY_LEN_CEILING",
+    "VALUE_LEN_CEILING",
+    "EngineStats",
+    "KVStore",
+    "Pairs",
+    "StoreOptions",
+    "check_int_param",
+]
 
 class StoreOptions(TypedDict, total=False):
     """The ``KVStore`` keyword arguments an engine passes through (``**kwargs``)."""
@@ -64,29 +77,7 @@ class StoreOptions(TypedDict, total=False):
     storage_options: dict[str, Any] | None
 
 
-@dataclass
-class EngineStats:
-    """Counters for amplification figures; cheap to keep, reset only by reopening.
-
-    Attributes:
-        app_bytes: key + value bytes the application passed to ``set``/``multi_set``.
-        disk_bytes: bytes the engine wrote to files (runs, indexes, manifests).
-        seals: number of non-idle seals.
-        merges: number of merges/compactions performed.
-    """
-
-    app_bytes: int = 0
-    disk_bytes: int = 0
-    seals: int = 0
-    merges: int = 0
-
-    @property
-    def write_amplification(self) -> float:
-        """Bytes written to disk per byte written by the application (0.0 before any write)."""
-        return self.disk_bytes / self.app_bytes if self.app_bytes else 0.0
-
-
-class KVStore(ABC):
+class KVStore(Validation, ABC):
     """A key-value engine holding one shard's state in a local directory.
 
     Args:
@@ -192,7 +183,7 @@ class KVStore(ABC):
     def __sizeof__(self) -> int:
         """Bytes of memory the engine holds (indexes, buffers, filters), estimated in O(1)."""
 
-    def _check(self) -> None:  # noqa: B027 - optional hook
+    def _check(self) -> None:
         """Assert internal invariants (tests call this); engines override."""
 
     # ------------------------------------------------------------------ built on the hooks
@@ -395,151 +386,6 @@ class KVStore(ABC):
         if self._closed:
             msg = f"{type(self).__name__} at {self.data_dir} is closed; open a new one"
             raise StoreClosedError(msg)
-
-    # validation: fast checks inline in engines, these raise the precise error
-
-    def _reject_key(self, key: object) -> None:
-        """Raise the error that explains why ``key`` is not acceptable."""
-        if not isinstance(key, bytes):
-            msg = (
-                f"key must be bytes, got {type(key).__name__}; "
-                "encode it first (e.g. str.encode())"
-            )
-            raise TypeError(msg)
-        if not key:
-            msg = "key must not be empty (1.." + f"{self.max_key_len} bytes)"
-            raise ValueError(msg)
-        if len(key) > self.max_key_len:
-            msg = (
-                f"key of {len(key)} bytes exceeds max_key_len={self.max_key_len} "
-                f"(key starts {key[:32]!r}); raise max_key_len or shorten the key"
-            )
-            raise ValueError(msg)
-
-    def _reject_value(self, key: object, value: object) -> None:
-        """Raise the error that explains why ``value`` (stored under ``key``) is not acceptable."""
-        head = key[:32] if isinstance(key, bytes) else key
-        if not isinstance(value, bytes):
-            msg = (
-                f"value for key {head!r} must be bytes, got {type(value).__name__}; "
-                "serialize it first"
-            )
-            raise TypeError(msg)
-        msg = (
-            f"value of {len(value)} bytes for key {head!r} exceeds "
-            f"max_value_len={self.max_value_len}; raise max_value_len or store less"
-        )
-        raise ValueError(msg)
-
-    def _check_kv(self, key: object, value: object) -> None:
-        """Validate one pair (raises on the first problem)."""
-        if type(key) is not bytes or not 0 < len(key) <= self.max_key_len:
-            self._reject_key(key)
-        if type(value) is not bytes or len(value) > self.max_value_len:
-            self._reject_value(key, value)
-
-    def _check_keys(self, keys: Collection[bytes]) -> int:
-        """Validate a batch of keys with C-speed passes; return their total length.
-
-        Raises the precise error for the first bad key. Cost: a type pass, a length pass
-        and a count of the first length (``min``/``max``/``sum`` too when lengths vary),
-        all C-level.
-        """
-        if not keys:
-            return 0
-        if set(map(type, keys)) != _BYTES_ONLY:
-            for k in keys:
-                if type(k) is not bytes:
-                    self._reject_key(k)
-        lens = list(map(len, keys))
-        first = lens[0]
-        if lens.count(first) == len(lens):  # one length (common): no comparisons
-            if not 0 < first <= self.max_key_len:
-                self._reject_key(next(iter(keys)))
-            return first * len(lens)
-        if min(lens) == 0 or max(lens) > self.max_key_len:
-            for k in keys:
-                self._reject_key(k)
-        return sum(lens)
-
-    def _check_batch(self, pairs: Pairs) -> dict[bytes, bytes]:
-        """Validate a whole batch and return it as a dict; raises before any change.
-
-        Pairs are folded into a dict first (one C-level pass that also checks that every
-        item is a pair), so a key repeated in the batch appears once with its last value:
-        the same result as applying the pairs in order. A ``dict`` argument is returned
-        as is (not copied): callers must not modify it. Engines that apply a batch to
-        their own dicts do it with ``dict.update(batch)``, the cheapest C-level merge.
-        Cost: the fold, then a type and a length pass over the keys and the values.
-        """
-        if type(pairs) is dict:
-            batch = pairs
-        else:
-            try:
-                batch = dict(pairs.items() if isinstance(pairs, Mapping) else pairs)
-            except (TypeError, ValueError):
-                for item in pairs.items() if isinstance(pairs, Mapping) else pairs:
-                    if not isinstance(item, tuple | list) or len(item) != 2:
-                        msg = (
-                            "multi_set expects (key, value) pairs or a mapping of bytes to "
-                            f"bytes, got item {item!r:.60}"
-                        )
-                        raise TypeError(msg) from None
-                    self._check_kv(item[0], item[1])
-                raise
-        if not batch:
-            return batch
-        key_bytes = self._check_keys(batch.keys())
-        values = batch.values()
-        if set(map(type, values)) != _BYTES_ONLY:
-            for k, v in batch.items():
-                if type(v) is not bytes:
-                    self._reject_value(k, v)
-        vlens = list(map(len, values))
-        vmax = vlens[0] if vlens.count(vlens[0]) == len(vlens) else max(vlens)
-        if vmax > self.max_value_len:
-            for k, v in batch.items():
-                if len(v) > self.max_value_len:
-                    self._reject_value(k, v)
-        self.stats.app_bytes += key_bytes + sum(vlens)
-        return batch
-
-    def _split_pairs(self, pairs: Pairs) -> tuple[Sequence[bytes], Sequence[bytes]]:
-        """Validate a whole batch and return ``(keys, values)``; raises before any change.
-
-        Same checks and folding as ``_check_batch`` (a key repeated in the batch appears
-        once, with its last value), plus two C-level passes to list keys and values.
-        """
-        batch = self._check_batch(pairs)
-        if not batch:
-            return (), ()
-        return list(batch), list(batch.values())
-
-
-_BYTES_ONLY = {bytes}
-
-
-def check_int_param(name: str, value: object, low: int, high: int | None = None,
-                    what: str = "") -> int:
-    """Return ``value`` if it is an int in ``low..high`` (no upper bound when ``None``).
-
-    Raises:
-        TypeError: not an int (``bool`` is not accepted either).
-        ValueError: out of range; the message names the parameter, what it means
-            (``what``), the value and the allowed range.
-    """
-    label = f"{name} ({what})" if what else name
-    if type(value) is not int:
-        msg = f"{label} must be an int, got {type(value).__name__}"
-        raise TypeError(msg)
-    if high is None and value < low:
-        msg = f"{name}={value} must be >= {low}"
-        raise ValueError(msg)
-    if high is not None and not low <= value <= high:
-        msg = f"{name}={value}{f' ({what})' if what else ''} is out of range; allowed {low}..{high}"
-        raise ValueError(msg)
-    return value
-
 
 def _lock_dir(data_dir: Path) -> int:
     """Take an exclusive advisory lock on ``data_dir/LOCK``; fail fast if held."""
