@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from raykv.operators.changelog import check_chain
 from raykv.sinks import CollectSink, Sink
 from raykv.sources import Source
 
@@ -318,6 +319,7 @@ class Pipeline:
         if len(set(names)) != len(names):
             msg = f"stage names must be unique, got {names}"
             raise ValueError(msg)
+        check_chain(self.stages, names)
         if self.sink is None:
             self.sink = CollectSink()
         elif not isinstance(self.sink, Sink):

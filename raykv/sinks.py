@@ -68,6 +68,13 @@ class Sink(ABC):
     """True: the last stage's shards call :meth:`stage` themselves (the sink is pickled to
     them, and ``stage`` must work in any process of the cluster)."""
 
+    changelog: bool = False
+    """What a last stage that emits a changelog (``Aggregate``) sends: ``False`` (default)
+    the upsert view, the new value of each key that changed in the epoch and all final
+    values at the end of bounded input; ``True`` every change with its row kind in the
+    ``_change`` column (``raykv.operators.changelog``: -U/+U pairs, +I, -D), the last
+    epoch's changes at the end. Other operators' output is the same either way."""
+
     @abstractmethod
     def start(
         self, epoch: int | None, *, new_run: bool, abandoned: Sequence[Sequence[int]] = ()
@@ -122,7 +129,8 @@ class CollectSink(Sink):
         {'k': [1]}
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, changelog: bool = False) -> None:
+        self.changelog = changelog
         self._staged: dict[int, dict[str, pa.Table]] = {}
         self._published: dict[int, dict[str, pa.Table]] = {}
 
@@ -189,6 +197,8 @@ class ParquetSink(Sink):
         storage_options: fsspec options for remote paths.
         overwrite: on a new run, delete earlier ``part-*.parquet`` files instead of
             refusing to start. Only files with raykv's part names are touched.
+        changelog: write every change with its row kind (``_change``) instead of the
+            new values per epoch (:attr:`Sink.changelog`).
 
     The last stage's shards write their own staged files (``stages_on_shards``), so
     ``path`` must be reachable from every node: shared storage or an object store
@@ -208,8 +218,10 @@ class ParquetSink(Sink):
         *,
         storage_options: dict[str, Any] | None = None,
         overwrite: bool = False,
+        changelog: bool = False,
     ) -> None:
         self.path = os.fspath(path)
+        self.changelog = changelog
         self.storage_options = dict(storage_options or {})
         self.overwrite = overwrite
         self._fs: Any = None

@@ -5,16 +5,34 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raykv.engines.base import KVStore
 from raykv.keys import is_fixed_width
 from raykv.operators.aggspec import normalize_aggs
 from raykv.operators.aggstate import AggLayout
 from raykv.operators.base import META_KEYS, KeyedOperator
+from raykv.operators.changelog import (
+    CHANGE,
+    DELETE,
+    INSERT,
+    UPDATE_AFTER,
+    UPDATE_BEFORE,
+    is_changelog,
+    split_signs,
+    with_kinds,
+)
 from raykv.operators.keyed_state import KeyedStateLogic
+
+#: The hidden column a changelog input's rows are counted in (a key with none is deleted).
+ROWS = "\x00rows"
+
+#: Ops that an input row's retraction can undo exactly (a changelog input).
+RETRACTABLE = frozenset({"count", "sum", "mean"})
 
 #: Default bound on buffered partial rows (``Aggregate.max_buffered_rows``).
 DEFAULT_MAX_BUFFERED_ROWS = 1_000_000
@@ -72,6 +90,21 @@ class Aggregate(KeyedOperator):
     aggs: Mapping[str, Sequence[str]]
     max_buffered_rows: int = field(default=DEFAULT_MAX_BUFFERED_ROWS, kw_only=True)
 
+    #: Each epoch's changed keys are emitted with their old values retracted (-U/+U, +I,
+    #: and -D when a key's rows were all retracted): ``raykv.operators.changelog``.
+    emits_updates: ClassVar[bool] = True
+    emits_retractions: ClassVar[bool] = True
+
+    def changelog_refusal(self, *, retractions: bool) -> str | None:
+        """``count``, ``sum`` and ``mean`` retract exactly; other ops cannot."""
+        if not retractions:
+            return "the updates carry no before-images to retract"
+        other = sorted({op for ops in self.aggs.values() for op in ops} - RETRACTABLE)
+        if other:
+            return (f"{', '.join(other)} cannot be retracted with Aggregate's state (only "
+                    f"{', '.join(sorted(RETRACTABLE))} can)")
+        return None
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if type(self.max_buffered_rows) is not int or self.max_buffered_rows < 0:
@@ -107,6 +140,14 @@ class AggregateLogic(KeyedStateLogic):
         # what the folds since the last barrier wrote (the changelog's keys and values)
         self._epoch_keys: list[bytes] = []
         self._epoch_values: list[bytes] = []
+        # a changelog input (``_change`` column): rows are added or retracted, and a key
+        # whose rows were all retracted is deleted (kept here until the barrier)
+        self._retract = False
+        self._epoch_deleted: set[bytes] = set()
+        #: Set by the shard when the output feeds another stage: keep each changed key's
+        #: value from before the epoch, for the -U/-D rows of :meth:`changelog`.
+        self.track_changes = False
+        self._epoch_old: dict[bytes, bytes] = {}
         # configs pickled before the field existed lack it (cloudpickled in epoch metadata)
         self._max_rows: int = getattr(op, "max_buffered_rows", DEFAULT_MAX_BUFFERED_ROWS)
         super().__init__(op, store)
@@ -117,7 +158,17 @@ class AggregateLogic(KeyedStateLogic):
         return self._buffered_rows
 
     def _setup(self, schema: pa.Schema) -> None:
-        self.layout = AggLayout(self.op.aggs, schema, self._name())
+        aggs: dict[str, Sequence[str]] = dict(self.op.aggs)
+        self._retract = is_changelog(schema)
+        if self._retract:  # count every row (added or retracted) in a hidden field
+            why = self.op.changelog_refusal(retractions=True)
+            if why is not None:
+                msg = f"{self._name()}: its input is a changelog (column {CHANGE!r}) and {why}"
+                raise ValueError(msg)
+            aggs[ROWS] = ()
+            schema = schema.remove(schema.get_field_index(CHANGE)).append(
+                pa.field(ROWS, pa.int64()))
+        self.layout = AggLayout(aggs, schema, self._name())
         key_field = pa.field(self.key, schema.field(self.key).type)
         self._out_schema = pa.schema([key_field, *self.layout.output_fields()])
 
@@ -129,20 +180,41 @@ class AggregateLogic(KeyedStateLogic):
         layout = self.layout
         assert layout is not None
         batch = self._canonical(batch)
-        part = layout.partials(batch, [self.key])  # OverflowError within the batch
-        key_col = part.column(self.key)
+        parts = self._signed_partials(batch) if self._retract else [
+            layout.partials(batch, [self.key])]  # OverflowError within the batch
         assert self._key_type is not None
-        if is_fixed_width(self._key_type):
-            self._state_keys(key_col.slice(0, 1))  # only the width is checked
-        else:
-            self._state_keys(key_col)  # too long / reserved: refused before buffering
-        fold = self._buffered_rows + part.num_rows > self._max_rows
+        for part in parts:
+            key_col = part.column(self.key)
+            if is_fixed_width(self._key_type):
+                self._state_keys(key_col.slice(0, 1))  # only the width is checked
+            else:
+                self._state_keys(key_col)  # too long / reserved: refused before buffering
+        rows = sum(p.num_rows for p in parts)
+        fold = self._buffered_rows + rows > self._max_rows
         if self._pending_meta and not fold:  # the first batch passed: store the schema now
             self._write((), (), track=False)
-        self._parts.append(part)
-        self._buffered_rows += part.num_rows
+        self._parts.extend(parts)
+        self._buffered_rows += rows
         if fold:
             self.fold()
+
+    def _signed_partials(self, batch: pa.RecordBatch) -> list[pa.Table]:
+        """Partials of a changelog batch: added rows, then retracted rows negated."""
+        layout = self.layout
+        assert layout is not None
+        out = []
+        for rows, sign in zip(split_signs(batch), (1, -1), strict=True):
+            if not rows.num_rows:
+                continue
+            rows = rows.append_column(ROWS, pa.array(np.ones(rows.num_rows, np.int64)))
+            part = layout.partials(rows, [self.key])
+            if sign < 0:
+                for name in part.column_names:
+                    if name.endswith(("_count", "_sum")) and name.startswith("\x00"):
+                        i = part.schema.get_field_index(name)
+                        part = part.set_column(i, name, pc.negate(part.column(name)))
+            out.append(part)
+        return out
 
     def fold(self) -> None:
         """Fold the buffered partials into the engine (no-op when nothing is buffered).
@@ -181,6 +253,13 @@ class AggregateLogic(KeyedStateLogic):
         if not changed.all():
             keys = list(compress(keys, changed))
             new = list(compress(new, changed))
+            if self.track_changes:
+                old = list(compress(old, changed))
+        if self.track_changes:
+            for k, v in zip(keys, old, strict=True):
+                self._epoch_old.setdefault(k, v)
+        if self._retract:
+            keys, new = self._drop_empty(keys, new)
         self._write(keys, new)
         if not self._epoch_keys:
             self._epoch_keys, self._epoch_values = keys, new
@@ -189,27 +268,88 @@ class AggregateLogic(KeyedStateLogic):
             merged.update(zip(keys, new, strict=True))
             self._epoch_keys, self._epoch_values = list(merged), list(merged.values())
 
+    def _drop_empty(self, keys: list[bytes], new: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """Retract mode: keys left with no rows are deleted (``b""``), the rest written."""
+        layout = self.layout
+        assert layout is not None
+        if not keys:
+            return keys, new
+        st = np.frombuffer(b"".join(new), dtype=layout.dtype)
+        empty = st[layout.cols[-1].field("count")] <= 0  # the hidden ROWS column
+        if not empty.any():
+            for k in keys:
+                self._epoch_deleted.discard(k)
+            return keys, new
+        out = []
+        for k, v, gone in zip(keys, new, empty.tolist(), strict=True):
+            if gone:
+                self._epoch_deleted.add(k)
+                out.append(b"")
+            else:
+                self._epoch_deleted.discard(k)
+                out.append(v)
+        return keys, out
+
     def on_barrier(self, epoch: int) -> pa.RecordBatch | None:
-        """Fold the buffered partials, then emit the changelog (see ``KeyedStateLogic``).
+        """Fold the buffered partials, then emit the new values of the changed keys.
 
         The changed keys' values are the ones the epoch's folds just wrote, so they are
-        emitted from memory (no ``multi_get``); cost: a sort of the changed keys.
+        emitted from memory (no ``multi_get``); cost: a sort of the changed keys. With a
+        changelog input, a key whose rows were all retracted is emitted once with a
+        zero state (count and sum 0, mean null): the sink's tombstone of a deleted key.
         """
-        self.fold()
-        keys, values = self._epoch_keys, self._epoch_values
-        self._epoch_keys, self._epoch_values = [], []
-        if len(keys) != len(self._changed):  # only folds track keys; never expected
-            return super().on_barrier(epoch)
-        self._changed = set()
-        if not keys:
+        keys, values, deleted = self._take_epoch()
+        if not keys and not deleted:
             return None
+        zero = bytes(self.layout.size) if self.layout is not None else b""
+        keys = keys + sorted(deleted)
+        values = values + [zero] * len(deleted)
         order = _key_order(keys)
         return self._emit([keys[i] for i in order], [values[i] for i in order])
 
+    def _take_epoch(self) -> tuple[list[bytes], list[bytes], set[bytes]]:
+        """Fold; the epoch's written keys and values (deleted keys apart); reset them."""
+        self.fold()
+        deleted = self._epoch_deleted
+        pairs = [(k, v) for k, v in zip(self._epoch_keys, self._epoch_values, strict=True)
+                 if v]
+        self._epoch_keys, self._epoch_values = [], []
+        self._epoch_deleted = set()
+        self._changed = set()
+        return [k for k, _ in pairs], [v for _, v in pairs], deleted
+
+    def changelog(self, epoch: int) -> pa.RecordBatch | None:
+        """Fold; the epoch's changes with their row kinds (``raykv.operators.changelog``).
+
+        For each changed key, in key order: ``+I`` new value (no value before the
+        epoch), or ``-U`` old value then ``+U`` new value; for each deleted key ``-D``
+        its old value. Used instead of :meth:`on_barrier` and :meth:`finish` when the
+        output feeds another stage (``track_changes``). Cost: a sort of the changed
+        keys, their old values kept since the first fold of the epoch.
+        """
+        keys, values, deleted = self._take_epoch()
+        before, self._epoch_old = self._epoch_old, {}
+        rows: list[tuple[bytes, bytes, int]] = []
+        for k, v in zip(keys, values, strict=True):
+            old = before.get(k, b"")
+            if old:
+                rows.append((k, old, UPDATE_BEFORE))
+                rows.append((k, v, UPDATE_AFTER))
+            else:
+                rows.append((k, v, INSERT))
+        rows.extend((k, before[k], DELETE) for k in deleted if before.get(k))
+        if not rows:
+            return None
+        order = _key_order([k for k, _, _ in rows]) if len({r[0] for r in rows}) == len(
+            rows) else sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][2]))
+        out = self._emit([rows[i][0] for i in order], [rows[i][1] for i in order])
+        assert out is not None
+        return with_kinds(out, [rows[i][2] for i in order])
+
     def finish(self) -> pa.RecordBatch | None:
         """Fold the buffered partials, then return the values of all keys."""
-        self.fold()
-        self._epoch_keys, self._epoch_values = [], []
+        self._take_epoch()
+        self._epoch_old = {}
         return super().finish()
 
     def export_state(self) -> pa.RecordBatch | None:

@@ -60,6 +60,20 @@ class KeyedOperator(ABC):
     #: Whether results are the same whichever shard holds a key, so the skew rebalancer
     #: may move key groups between shards (``raykv.rebalance``).
     rebalance_safe: ClassVar[bool] = True
+    #: Whether the stage emits a key's value again each time it changes (an updating
+    #: stream, ``raykv.operators.changelog``), not only new rows.
+    emits_updates: ClassVar[bool] = False
+    #: Whether it also emits each update's before-image (-U) and deletions (-D), so a
+    #: consumer can retract them.
+    emits_retractions: ClassVar[bool] = False
+
+    def changelog_refusal(self, *, retractions: bool) -> str | None:
+        """Why this stage cannot consume an updating stream, or ``None`` when it can.
+
+        ``retractions``: the stream carries before-images and deletions. Default: refuse
+        (a stage that adds up its input would count each update again).
+        """
+        return "it cannot retract the values an update replaces"
 
     def __post_init__(self) -> None:
         _check_name("key", self.key, type(self).__name__)

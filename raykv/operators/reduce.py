@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
@@ -51,6 +51,9 @@ class Reduce(KeyedOperator):
     fn: Callable[[Any, Any], Any]
     column: str
     codec: str | Codec = "json"
+
+    #: A key's accumulator is emitted again when it changes, without its old value.
+    emits_updates: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -60,6 +60,10 @@ class StatefulMap(KeyedOperator):
     codec: str | Codec = "json"
     output_fields: pa.Schema | None = None
 
+    def changelog_refusal(self, *, retractions: bool) -> str | None:
+        """None: ``fn`` sees each row's kind in ``row["_change"]`` and decides."""
+        return None
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not callable(self.fn):

@@ -387,6 +387,7 @@ class Coordinator:
             hot_keys=self.p.hot_keys, pipeline=self._metrics.pipeline,
             first_inputs=len(readers),
             sink=self.p.sink if getattr(self.p.sink, "stages_on_shards", False) else None,
+            sink_changelog=bool(getattr(self.p.sink, "changelog", False)),
         )
         if self.driver_io:
             plans = self.restorer.materialize(specs, plans)

@@ -251,7 +251,8 @@ def plan_layout(pipeline: Pipeline, base: Base, num_key_groups: int) -> Layout:
 
 
 def shard_specs(stages: list[StageSpec], root: Path, track_groups: Callable[[StageSpec], bool],
-                *, first_inputs: int, sink: Any = None, **common: Any
+                *, first_inputs: int, sink: Any = None, sink_changelog: bool = False,
+                **common: Any
                 ) -> list[list[ShardSpec]]:
     """Per stage, per shard, its :class:`ShardSpec`.
 
@@ -270,6 +271,7 @@ def shard_specs(stages: list[StageSpec], root: Path, track_groups: Callable[[Sta
                 num_inputs=first_inputs if s == 0 else stages[s - 1].num_shards,
                 downstream=stages[s + 1] if s + 1 < len(stages) else None,
                 sink=sink if s + 1 == len(stages) else None,
+                sink_changelog=s + 1 == len(stages) and sink_changelog,
                 track_groups=track_groups(stage),
                 **common,
             )

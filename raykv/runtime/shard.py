@@ -172,7 +172,7 @@ class ShardWorker:
             wipe_dir(data_dir)
             self.engine = open_engine(spec.stage.engine, data_dir, **spec.stage.engine_params)
             rebuilt = self._rebuild(plan)
-        self.logic = spec.stage.operator.build(self.engine)
+        self.logic = self._build_logic()
         if spec.hot_keys:
             self._tracker = LoadTracker(
                 spec.stage.key, spec.stage.partitioning.num_key_groups, spec.hot_keys,
@@ -246,7 +246,7 @@ class ShardWorker:
             self._fault("rebalance")
             dropped = keygroups.drop_unowned(self.engine, spec.stage.operator, partitioning,
                                              spec.index)
-            self.logic = spec.stage.operator.build(self.engine)
+            self.logic = self._build_logic()
             if self._tracker is not None:
                 self._tracker.retain_groups(partitioning.owned_mask(spec.index))
             seconds = time.perf_counter() - t0
@@ -258,6 +258,19 @@ class ShardWorker:
         except BaseException as err:
             self._fail(err)
             raise
+
+    @property
+    def _forwards_changelog(self) -> bool:
+        """The output is a changelog: to another stage, or to a sink that wants row kinds."""
+        wanted = self.spec.downstream is not None or self.spec.sink_changelog
+        return wanted and getattr(self.spec.stage.operator, "emits_retractions", False)
+
+    def _build_logic(self) -> Any:
+        """The operator's logic on the engine (tracking old values when it forwards them)."""
+        logic = self.spec.stage.operator.build(self.engine)
+        if self._forwards_changelog:
+            logic.track_changes = True
+        return logic
 
     def set_downstream_partitioning(self, partitioning: Partitioning) -> None:
         """Route this shard's output by ``partitioning`` from now on (next stage rebalanced)."""
@@ -331,7 +344,10 @@ class ShardWorker:
         """Steps 1-3 of the module docstring for an aligned ``epoch``."""
         t0 = time.perf_counter()
         self._fault("barrier")
-        out = _as_table(self.logic.finish() if final else self.logic.on_barrier(epoch))
+        if self._forwards_changelog:  # the next stage retracts what this one replaced
+            out = _as_table(self.logic.changelog(epoch))
+        else:
+            out = _as_table(self.logic.finish() if final else self.logic.on_barrier(epoch))
         down = self.spec.downstream
         if down is not None:
             assert self._outbox is not None  # connected before the first epoch

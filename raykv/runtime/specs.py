@@ -73,6 +73,7 @@ class ShardSpec:
         pipeline: the ``pipeline`` tag of the shard's metrics (``raykv.metrics``).
         sink: on the last stage, a sink whose ``stages_on_shards`` is true: the shard
             stages its output there itself (``None``: output rides the ack).
+        sink_changelog: on the last stage, the sink wants row kinds (``Sink.changelog``).
     """
 
     stage: StageSpec
@@ -91,6 +92,7 @@ class ShardSpec:
     track_groups: bool = False
     pipeline: str = ""
     sink: Any = None
+    sink_changelog: bool = False
 
     @property
     def name(self) -> str:
