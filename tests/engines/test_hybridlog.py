@@ -480,7 +480,7 @@ def test_damaged_value_page_is_reported_on_get(tmp_path: Path) -> None:
 
 def test_failed_flush_or_merge_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                               ) -> None:
-    import raykv.engines.hybridlog.engine as engine_module
+    import raykv.engines.hybridlog.runset as engine_module  # where runs are written
 
     real_write = engine_module.write_file
     calls = {"n": 0, "fail_at": {3, 7}}

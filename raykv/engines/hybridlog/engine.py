@@ -35,6 +35,11 @@ first update of a key is a read-copy-update; later ones are in place again. Merg
 (``merge.py``) and optional compaction run on the write path (the first write after a
 seal, or right after a flush), never inside ``seal()``, and commit a manifest.
 
+Modules: ``regions.py`` (the in-memory regions and the moves between them), ``bulk.py``
+(``multi_set``), ``runset.py`` (run files and the hash index), ``maintenance.py`` (merges
+and compaction; the policy is in ``merge.py``), ``runfile.py`` (the bytes). ``HybridLog``
+is the last of a chain of base classes, one per module.
+
 Lifecycle: ``open -> (get | set | multi_get | multi_set | items | seal)* -> close``.
 """
 
@@ -42,80 +47,32 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import compress, islice, repeat
 from operator import is_, truth
-from pathlib import Path
-from typing import Any, NoReturn, Unpack, cast
+from typing import Unpack, cast
 
-import numpy as np
-
-from raykv.engines.base import KVStore, Pairs, StoreOptions, check_int_param
-from raykv.engines.fileio import write_file
-from raykv.engines.hybridlog.merge import is_prefix, pick_merge
+from raykv.engines.base import StoreOptions, check_int_param
+from raykv.engines.hybridlog.bulk import BulkWrites
+from raykv.engines.hybridlog.merge import pick_merge
+from raykv.engines.hybridlog.regions import _CLOSED, _WATERMARK
 from raykv.engines.hybridlog.runfile import (
     LEN_SHIFT,
-    MAX_SLOTS,
-    NO_LOC,
     PAGE_SIZE,
-    RUN_KIND,
     RUN_VERSION,
     SLOT_BITS,
     SLOT_MASK,
     START_MASK,
     RunFile,
-    encode_run,
-    gather_values,
-    live_mask,
     pack_locs,
-    value_ends,
 )
 from raykv.engines.manifest import Manifest
-from raykv.errors import StoreClosedError
 
 MAX_RUNS_PER_LEVEL_CEILING = 1024
 
 
-class _Closed(dict[Any, Any]):
-    """Stands in for every region dict after close: any access raises ``StoreClosedError``.
-
-    Lets the hot paths skip an "is it open?" test on every call. Typed ``dict[Any, Any]``
-    because it replaces dicts of three value types (``_mut``, ``_frozen``, ``_index``).
-    """
-
-    def _closed(self, *_: object) -> NoReturn:
-        msg = "HybridLog engine is closed; open a new one"
-        raise StoreClosedError(msg)
-
-    get = __contains__ = __setitem__ = __getitem__ = __delitem__ = _closed
-    # these dict methods take keyword arguments: the catch-all signature is incompatible
-    pop = update = keys = items = values = _closed  # type: ignore[assignment]
-
-
-_CLOSED = _Closed()
-_Lookup = Callable[[bytes, object], object]  # dict.get / dict.pop with a default
-# The one key of ``_frozen`` that is not bytes; typed as a key of the region dicts (a
-# bytes type test tells it apart: ``_check`` counts it).
-_WATERMARK = cast(bytes, type("_Watermark", (), {"__repr__": lambda self: "<watermark>"})())
-
-
-def _presync(path: Path) -> None:
-    """Fsync ``path`` ahead of the commit that must sync it (best effort, background)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # merged away and deleted already
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # the commit's own fsync will report it
-    finally:
-        os.close(fd)
-
-
-class HybridLog(KVStore):
+class HybridLog(BulkWrites):
     """FASTER-style HybridLog engine: in-place updates in memory, immutable runs on disk.
 
     Args:
@@ -197,6 +154,7 @@ class HybridLog(KVStore):
         self._slots: list[RunFile] = []  # slot -> run; a free slot holds its last, closed run
         self._free_slots: list[int] = []
         self._maintenance = False  # merges/compaction to check on the next write
+        self._index_tombs = False  # the index may hold tombstones (see ``runset.py``)
 
     def _open(self, manifest: Manifest | None) -> None:
         self._release_runs()
@@ -221,6 +179,7 @@ class HybridLog(KVStore):
             raise
         # live = index entries whose newest record is not a tombstone (length 0)
         self._live = sum(map(truth, map(LEN_SHIFT.__rrshift__, index.values())))
+        self._index_tombs = self._live < len(index)
         self._maintenance = True
 
     def _release(self) -> None:
@@ -232,13 +191,6 @@ class HybridLog(KVStore):
         self._index = _CLOSED
         self._n_ro = 0
         self._live = 0
-
-    def _release_runs(self) -> None:
-        for run in getattr(self, "_slots", ()):
-            run.close()
-        self._runs = []
-        self._slots = []
-        self._free_slots = []
 
     def _seal(self) -> bool:
         """Write the dirty records (mutable + read-only regions) as one run; commit.
@@ -293,12 +245,6 @@ class HybridLog(KVStore):
                 self._reject_key(key)
             raise
         return value
-
-    def _read_loc(self, loc: int) -> bytes:
-        start = loc >> SLOT_BITS & START_MASK
-        return self._slots[loc & SLOT_MASK].read(
-            start, start + (loc >> LEN_SHIFT)
-        )
 
     def multi_get(self, keys: Sequence[bytes]) -> list[bytes]:
         """Return the values of ``keys`` in order (``b""`` for missing keys).
@@ -382,259 +328,6 @@ class HybridLog(KVStore):
         if len(mut) > self.ro_lag_interval:
             self._shift()
 
-    def _delete(self, key: bytes) -> None:
-        """Delete ``key`` (validated): a read-copy-update straight into the read-only region.
-
-        The mutable region never holds a tombstone, so an in-place update there never
-        turns a deleted key live again and ``set`` counts live keys without reading the
-        old value. The key's in-memory copy (mutable or frozen) is dropped; a tombstone
-        record is appended to the read-only region only if a durable live record would
-        otherwise show through (none is needed when nothing durable holds the key, or
-        the durable record is already a tombstone).
-        Cost: up to three dict operations; flushes like any record entering the region.
-        """
-        if self._maintenance:
-            self._maintain()
-        frozen = self._frozen
-        old = self._mut.pop(key, None)
-        if old is None:
-            old = frozen.pop(key, None)
-        disk = self._index.get(key, 0) >> LEN_SHIFT
-        if disk if old is None else old:
-            self._live -= 1
-        if disk:
-            frozen[key] = b""  # after the watermark: a dirty read-only record
-            self._n_ro += 1
-            if self._n_ro >= self.flush_interval:
-                self._flush()
-
-    def multi_set(self, pairs: Pairs) -> None:
-        """Apply ``(key, value)`` pairs in order (later pairs win); validated as a whole first.
-
-        Cost: C-level passes over the batch (keys already in the mutable region are
-        updated in place, the others appended in batch order), then the same region
-        moves, flushes and merges as ``set``.
-        """
-        self._ensure_open()
-        batch = self._check_batch(pairs)
-        if not batch:
-            return
-        if self._maintenance:
-            self._maintain()
-        if b"" in batch.values():  # deletes (keys are distinct: order does not matter)
-            for key in [k for k, v in batch.items() if not v]:
-                self._delete(key)
-            batch = {k: v for k, v in batch.items() if v}
-            if not batch:
-                return
-        frozen, mut, index = self._frozen, self._mut, self._index
-        before = len(mut)
-        mut.update(batch)
-        added = len(mut) - before  # keys new to the mutable region: the last ``added``
-        if added:  # (keys already there were live: it holds no tombstones)
-            new = list(islice(reversed(mut), added))
-            # each new key's newest record before the batch: its frozen value (popped:
-            # read-copy-update), else its value length on disk (0: tombstone or absent)
-            olds: Iterator[object] = (
-                map(LEN_SHIFT.__rrshift__, map(index.get, new, repeat(0))) if index
-                else repeat(0, added)
-            )
-            if len(frozen) > 1:
-                olds = map(cast(_Lookup, frozen.pop), new, olds)
-            self._live += added - sum(map(truth, olds))
-        if len(mut) > self.ro_lag_interval:
-            self._shift()
-
-    # ------------------------------------------------------------------ region moves
-
-    def _shift(self) -> None:
-        """Move the oldest records of the mutable region to the read-only one, a page at a time.
-
-        Flushes the read-only region each time ``flush_interval`` records entered it.
-        """
-        mut, lag, page, flush = self._mut, self.ro_lag_interval, self._page, self.flush_interval
-        frozen = self._frozen
-        while len(mut) > lag:
-            n = min(len(mut) - lag + page - 1, flush - self._n_ro, len(mut))
-            old = list(islice(mut, n))
-            frozen.update(zip(old, map(mut.pop, old), strict=True))
-            self._n_ro += n
-            if self._n_ro >= flush:
-                self._flush()
-
-    def _read_only_records(self) -> tuple[list[bytes], list[bytes]]:
-        """Return the read-only records (newest first): the entries after the watermark.
-
-        Cost: a sequential scan of the newest ``_n_ro + 1`` entries; no hashing.
-        """
-        frozen = self._frozen
-        n = self._n_ro + 1
-        keys = list(islice(reversed(frozen), n))
-        values = list(islice(reversed(frozen.values()), n))
-        cut = keys.index(_WATERMARK)
-        del keys[cut:], values[cut:]
-        return keys, cast(list[bytes], values)  # only the watermark's value is None
-
-    def _flush(self) -> None:
-        """Write the read-only region as one run; its records become cached (clean)."""
-        keys, values = self._read_only_records()
-        self._write_run(keys, values, presync=True)  # on failure the records stay dirty
-        frozen = self._frozen
-        del frozen[_WATERMARK]
-        frozen[_WATERMARK] = None
-        self._n_ro = 0
-        self._evict()
-        self._maintain()
-
-    def _evict(self) -> None:
-        """Drop the oldest cached records beyond ``mem_segment_len - ro_lag - flush``.
-
-        Called right after the watermark moved to the end of ``_frozen``, so every record
-        before it is clean. The mutable region never exceeds ``ro_lag_interval`` records
-        and the read-only one stays below ``flush_interval``, so memory never holds more
-        than ``mem_segment_len`` records.
-        """
-        frozen = self._frozen
-        excess = len(frozen) - 1 - self._cache_cap
-        if excess > 0:
-            deque(map(frozen.__delitem__, list(islice(frozen, excess))), maxlen=0)
-
-    # ------------------------------------------------------------------ runs
-
-    def _open_run(self, name: str) -> RunFile:
-        """Open run file ``name`` in a free slot (a dropped run's, else a new one)."""
-        reuse = bool(self._free_slots)
-        slot = self._free_slots.pop() if reuse else len(self._slots)
-        if slot >= MAX_SLOTS:  # pragma: no cover - bounded by max_runs_per_level
-            msg = f"HybridLog at {self.data_dir} has {slot} runs; lower max_runs_per_level"
-            raise RuntimeError(msg)
-        try:
-            run = RunFile(self.data_dir / name, slot)
-        except BaseException:
-            if reuse:
-                self._free_slots.append(slot)
-            raise
-        if reuse:
-            self._slots[slot] = run
-        else:
-            self._slots.append(run)
-        return run
-
-    def _drop_run(self, run: RunFile) -> None:
-        """Close ``run`` and free its slot (the closed run stays there until it is reused)."""
-        run.close()
-        self._free_slots.append(run.slot)
-
-    def _new_run(self, keys: list[bytes], blob: bytes, ends: Sequence[int] | np.ndarray,
-                 *, presync: bool = False) -> tuple[RunFile, list[int]]:
-        """Write a new run file; return it and the packed locations of its values.
-
-        The next commit fsyncs the file (durability never depends on anything else).
-        ``presync=True`` (flushes) also starts that fsync now on a background thread, so
-        neither the write path nor the next ``seal()`` waits for the disk.
-        """
-        name = self._new_file(RUN_KIND)
-        data = encode_run(keys, blob, ends)
-        path = self.data_dir / name
-        write_file(path, data, sync=False)
-        self._written(name, len(data))
-        if presync:
-            if self._presyncer is None:
-                self._presyncer = ThreadPoolExecutor(1, thread_name_prefix="hybridlog-fsync")
-            self._presyncer.submit(_presync, path)
-        run = self._open_run(name)
-        return run, pack_locs(run.slot, ends)
-
-    def _write_run(self, keys: list[bytes], values: list[bytes], *, presync: bool = False
-                   ) -> None:
-        """Append a run of dirty records and point the index at it.
-
-        A tombstone for a key with no durable record is not written: nothing to shadow.
-        """
-        index = self._index
-        if b"" in values:
-            kept = [(k, v) for k, v in zip(keys, values, strict=True) if v or k in index]
-            keys = [k for k, _ in kept]
-            values = [v for _, v in kept]
-        if not keys:
-            return
-        run, locs = self._new_run(keys, b"".join(values), value_ends(values), presync=presync)
-        self._runs.append(run)
-        index.update(zip(keys, locs, strict=True))
-
-    def _maintain(self) -> None:
-        """Merge over-full levels (and compact sparse runs if enabled); commit if any changed."""
-        changed = False
-        while True:
-            group = pick_merge([r.count for r in self._runs], self.max_runs_per_level)
-            if group is None and self.compaction_enabled:
-                group = self._sparse_run()
-            if group is None:
-                break
-            self._merge(group)
-            changed = True
-        if changed:
-            self._commit([r.name for r in self._runs], {"format": RUN_VERSION})
-        self._maintenance = False  # only now: a failed merge is retried on the next write
-
-    def _live_counts(self) -> Counter[int]:
-        """Live records per run slot. Cost: one C-level pass over the index."""
-        return Counter(map(SLOT_MASK.__and__, self._index.values()))
-
-    def _sparse_run(self) -> list[int] | None:
-        """Position of the first run whose live fraction is below one half, if any."""
-        live = self._live_counts()
-        for pos, run in enumerate(self._runs):
-            if live.get(run.slot, 0) * 2 < run.count:
-                return [pos]
-        return None
-
-    def _merge(self, group: list[int]) -> None:
-        """Rewrite the live records of the runs at ``group`` (ascending) into one run.
-
-        The new run takes the place of the newest member. Tombstones are dropped only
-        when ``group`` is a prefix (holds the oldest run and every run up to its newest
-        member). Cost: reads every member once (verifying its pages), writes the live
-        records once; vectorized over records.
-        """
-        runs, index = self._runs, self._index
-        members = [runs[pos] for pos in group]
-        drop_tombstones = is_prefix(group)
-        keys: list[bytes] = []
-        blobs: list[bytes] = []
-        lens: list[np.ndarray] = []
-        dropped: list[bytes] = []
-        for run in members:
-            run.verify_all()
-            run_keys, ends = run.index()
-            run_lens = np.diff(ends, prepend=np.uint64(0))
-            live = live_mask(list(map(index.get, run_keys, repeat(NO_LOC))), run.slot, ends)
-            if drop_tombstones:
-                dead = live & (run_lens == 0)
-                if dead.any():
-                    dropped.extend(compress(run_keys, dead.tolist()))
-                    live &= ~dead
-            if not live.any():
-                continue
-            keys.extend(compress(run_keys, live.tolist()))
-            blobs.append(gather_values(run.mm, ends, live))
-            lens.append(run_lens[live])
-        new_run = None
-        if keys:  # written before anything changes: a failure leaves the runs as they were
-            ends_all = np.cumsum(np.concatenate(lens), dtype=np.uint64)
-            new_run, locs = self._new_run(keys, b"".join(blobs), ends_all)
-        where = group[-1] - (len(group) - 1)
-        for pos in reversed(group):
-            del runs[pos]
-        if new_run is not None:
-            runs.insert(where, new_run)
-            index.update(zip(keys, locs, strict=True))
-        for key in dropped:
-            del index[key]
-        for run in members:
-            self._drop_run(run)
-        self.stats.merges += 1
-
     # ------------------------------------------------------------------ introspection
 
     def region_sizes(self) -> dict[str, int]:
@@ -653,10 +346,6 @@ class HybridLog(KVStore):
         """Number of live keys, exact. Cost: O(1) (a counter kept by the write paths)."""
         self._ensure_open()
         return self._live
-
-    def _read_only_count(self) -> int:
-        """Records in memory after the watermark. Cost: O(read-only region)."""
-        return list(islice(reversed(self._frozen), self._n_ro + 1)).index(_WATERMARK)
 
     def __sizeof__(self) -> int:
         """Estimate of the engine's memory, in O(1) (samples up to 32 entries per dict)."""

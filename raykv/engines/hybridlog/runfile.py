@@ -36,7 +36,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Sequence
-from itertools import accumulate, pairwise, repeat
+from itertools import repeat
 from operator import eq, lshift, or_
 from pathlib import Path
 
@@ -264,14 +264,30 @@ class RunFile:
         Raises:
             CorruptionError: key lengths or value ends do not add up.
         """
+        klens, pos, ends = self._columns()
+        return self._keys(klens, pos, None), ends
+
+    def ends(self) -> np.ndarray:
+        """The value ends of the index section (uint64), checked as in ``index``."""
+        return self._columns()[2]
+
+    def keys(self, select: npt.NDArray[np.bool_]) -> list[bytes]:
+        """The keys of the records whose ``select`` flag is set, in record order.
+
+        Cost: vectorized; one slice per selected key when key lengths vary.
+        """
+        klens, pos, _ = self._columns()
+        return self._keys(klens, pos, select)
+
+    def _columns(self) -> tuple[np.ndarray, int, np.ndarray]:
+        """``(key lengths, offset of the keys, value ends)``, validated."""
         mm, n, kw, ew = self.mm, self.count, self._key_width, self._end_width
         pos = self._index_at
         klens = np.frombuffer(mm, dtype=f"<u{kw}", count=n, offset=pos).astype(np.int64)
-        pos += n * kw
         total = int(klens.sum())
-        end_at = pos + total
+        end_at = pos + n * kw + total
         if end_at + n * ew != self.nbytes - FOOTER.size:
-            raise CorruptionError(self.path, "length", offset=pos,
+            raise CorruptionError(self.path, "length", offset=pos + n * kw,
                                   detail="key lengths do not match the index size")
         ends = np.frombuffer(mm, dtype=f"<u{ew}", count=n, offset=end_at).astype(np.uint64)
         if n and (
@@ -279,18 +295,22 @@ class RunFile:
         ):
             raise CorruptionError(self.path, "length", offset=end_at,
                                   detail="value ends are not increasing up to the values size")
+        if n and int(klens.min()) == 0:
+            raise CorruptionError(self.path, "length", offset=pos + n * kw, detail="empty key")
+        return klens, pos + n * kw, ends
+
+    def _keys(self, klens: np.ndarray, pos: int, select: npt.NDArray[np.bool_] | None
+              ) -> list[bytes]:
+        mm, n = self.mm, self.count
         if n and int(klens.min()) == int(klens.max()):
             width = int(klens[0])
-            if width == 0:
-                raise CorruptionError(self.path, "length", offset=pos, detail="empty key")
-            keys = np.frombuffer(mm, dtype=np.dtype((np.void, width)), count=n, offset=pos).tolist()
-        else:
-            if n and int(klens.min()) == 0:
-                raise CorruptionError(self.path, "length", offset=pos, detail="empty key")
-            offs = list(accumulate(klens.tolist(), initial=0))
-            blob = mm[pos:end_at]
-            keys = [blob[a:b] for a, b in pairwise(offs)]
-        return keys, ends
+            keys = np.frombuffer(mm, dtype=np.dtype((np.void, width)), count=n, offset=pos)
+            found: list[bytes] = (keys if select is None else keys[select]).tolist()
+            return found
+        starts = np.cumsum(klens) - klens + pos
+        if select is not None:
+            starts, klens = starts[select], klens[select]
+        return [mm[a : a + b] for a, b in zip(starts.tolist(), klens.tolist(), strict=True)]
 
     def verify_pages(self, first: int, last: int) -> None:
         """Check the crc of value pages ``first..last`` (inclusive) that are not yet verified.

@@ -1,0 +1,159 @@
+"""HybridLog bulk writes: ``multi_set`` of a whole batch.
+
+See ``regions.py`` for where records live. A batch is validated as a whole (nothing
+changes if any pair is bad); deletes in it go through ``_delete`` one by one. Then:
+
+* **small batches** (the batch does not push a flush's worth of records out of the
+  mutable region): keys already in the mutable region are updated in place, the others
+  are appended in batch order, with the same region moves, flushes and merges as ``set``.
+* **large batches** (an operator's per-epoch fold): the log is the same, but the records
+  that would pass through the read-only region on their way to a run are written to one
+  run directly: the read-only records, the whole mutable region (with this batch's
+  in-place updates) and the batch's appended records except the newest
+  ``ro_lag_interval``, which become the mutable region. No record is copied between
+  region dicts, the run is one file (fewer, larger runs: fewer merges), and the index
+  is updated a chunk at a time right after each chunk's lookups (the live count needs
+  each new key's previous record), so the update finds the entries in the CPU cache.
+  Written records are not kept as cached records (reads of them go to the run).
+
+Cost of a large batch of ``n`` pairs: validation passes, two C-level set operations
+against the mutable and frozen regions, one index lookup and one index store per key
+(chunked), one run file holding about ``n`` records, then the due merges.
+A failure writing the run changes nothing in memory.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from itertools import compress, filterfalse, islice, repeat
+from operator import not_, truth
+from typing import cast
+
+from raykv.engines.base import Pairs
+from raykv.engines.hybridlog.regions import _WATERMARK, Regions, _Lookup
+from raykv.engines.hybridlog.runfile import LEN_SHIFT, value_ends
+
+_CHUNK = 4096  # keys per index lookup + store pass (fits the CPU cache)
+
+
+class BulkWrites(Regions):
+    """``multi_set`` of a ``HybridLog`` (a base class)."""
+
+    def multi_set(self, pairs: Pairs) -> None:
+        """Apply ``(key, value)`` pairs in order (later pairs win); validated as a whole first.
+
+        Cost: C-level passes over the batch (keys already in the mutable region are
+        updated in place, the others appended in batch order), then the same region
+        moves, flushes and merges as ``set``.
+        """
+        self._ensure_open()
+        batch = self._check_batch(pairs)
+        if not batch:
+            return
+        if self._maintenance:
+            self._maintain()
+        if b"" in batch.values():  # deletes (keys are distinct: order does not matter)
+            for key in [k for k, v in batch.items() if not v]:
+                self._delete(key)
+            batch = {k: v for k, v in batch.items() if v}
+            if not batch:
+                return
+        if len(batch) >= self.ro_lag_interval and self._bulk_append(batch):
+            return
+        frozen, mut, index = self._frozen, self._mut, self._index
+        before = len(mut)
+        mut.update(batch)
+        added = len(mut) - before  # keys new to the mutable region: the last ``added``
+        if added:  # (keys already there were live: it holds no tombstones)
+            new = list(islice(reversed(mut), added))
+            # each new key's newest record before the batch: its frozen value (popped:
+            # read-copy-update), else its value length on disk (0: tombstone or absent)
+            olds: Iterator[object] = (
+                map(LEN_SHIFT.__rrshift__, map(index.get, new, repeat(0))) if index
+                else repeat(0, added)
+            )
+            if len(frozen) > 1:
+                olds = map(cast(_Lookup, frozen.pop), new, olds)
+            self._live += added - sum(map(truth, olds))
+        if len(mut) > self.ro_lag_interval:
+            self._shift()
+
+    def _bulk_append(self, batch: dict[bytes, bytes]) -> bool:
+        """Apply ``batch`` (validated, no deletes) with one run write; ``False``: too small.
+
+        See the module docstring. Returns ``False`` without changing anything when the
+        batch would not fill a flush (or appends fewer than ``ro_lag_interval`` records).
+        """
+        mut, frozen, lag = self._mut, self._frozen, self.ro_lag_interval
+        in_mut = mut.keys() & batch.keys()
+        new = list(filterfalse(in_mut.__contains__, batch)) if in_mut else list(batch)
+        n_out = len(mut) + len(new) - lag  # records leaving the mutable region
+        if len(new) < lag or self._n_ro + n_out < self.flush_interval:
+            return False
+        index = self._index
+        get = batch.__getitem__
+        if in_mut:
+            mut.update(zip(in_mut, map(get, in_mut), strict=True))  # in place: the keys stay live
+        stale = frozen.keys() & batch.keys()  # read-copy-update: their copies leave memory
+        stale_live = 0
+        if stale:
+            stale_live = sum(map(truth, map(frozen.__getitem__, stale)))
+            # index liveness of stale keys is counted below with the others: take it back
+            stale_live -= sum(map(truth, map(LEN_SHIFT.__rrshift__,
+                                             map(index.get, stale, repeat(0)))))
+        ro_keys, ro_values = self._read_only_records()
+        tombs = False
+        if stale:
+            keep = list(map(not_, map(stale.__contains__, ro_keys)))
+            ro_keys = list(compress(ro_keys, keep))
+            ro_values = list(compress(ro_values, keep))
+        if b"" in ro_values:  # a tombstone for a key with no durable record shadows nothing
+            kept = [(k, v) for k, v in zip(ro_keys, ro_values, strict=True) if v or k in index]
+            ro_keys = [k for k, _ in kept]
+            ro_values = [v for _, v in kept]
+            tombs = len(kept) != sum(map(truth, ro_values))
+        out_new = new[: len(new) - lag]
+        stay = new[len(new) - lag :]
+        head = len(ro_keys) + len(mut)
+        keys = [*ro_keys, *mut, *out_new]
+        values = [*ro_values, *mut.values(), *map(get, out_new)]
+        run, locs = self._new_run(keys, b"".join(values), value_ends(values), presync=True)
+        # the run is written: from here on nothing can fail half-way
+        self._runs.append(run)
+        self._index_tombs |= tombs
+        if stale:
+            deque(map(frozen.__delitem__, stale), maxlen=0)
+        index.update(zip(keys[:head], locs[:head], strict=True))
+        was_live = stale_live + self._swap_index(out_new, locs[head:])
+        was_live += sum(map(truth, map(LEN_SHIFT.__rrshift__, map(index.get, stay, repeat(0)))))
+        self._live += len(new) - was_live
+        self._mut = dict(zip(stay, map(get, stay), strict=True))
+        del frozen[_WATERMARK]
+        frozen[_WATERMARK] = None
+        self._n_ro = 0
+        self._evict()
+        self._maintain()
+        return True
+
+    def _swap_index(self, keys: list[bytes], locs: list[int]) -> int:
+        """Point ``keys`` (distinct) at ``locs``; return how many had a live durable record.
+
+        When the index holds no tombstone (``_index_tombs`` is false: no deletes reached
+        the disk since the open or the last merge that dropped them), that is the number
+        of keys it held already, and one store pass is all the work. Otherwise chunked
+        so that each chunk's stores find the entries its lookups just brought into the
+        CPU cache (about half the cost of a lookup pass and a store pass).
+        """
+        index = self._index
+        if not self._index_tombs:  # every entry is live: count the keys already there
+            before = len(index)
+            index.update(zip(keys, locs, strict=True))
+            return len(keys) - (len(index) - before)
+        live = 0
+        for a in range(0, len(keys), _CHUNK):
+            chunk = keys[a : a + _CHUNK]
+            olds = map(LEN_SHIFT.__rrshift__, map(index.get, chunk, repeat(0)))
+            live += sum(map(truth, olds))
+            index.update(zip(chunk, locs[a : a + _CHUNK], strict=True))
+        return live

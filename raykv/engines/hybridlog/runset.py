@@ -1,0 +1,138 @@
+"""HybridLog's disk side: the run files, their slots and the hash index (a base class).
+
+The index ``_index`` maps every key with a durable record to one packed location,
+``slot | start << SLOT_BITS | length << LEN_SHIFT`` (``runfile.py``): the run (by slot),
+where the value starts in that run's values region and its length (0: a tombstone). A
+slot names an open run; a dropped run's slot is reused by the next run opened.
+
+Cost: writing a run is one file write (fsynced by the next commit, or in the background
+for flushes) and one index update per record; reading a value is one mmap slice, plus a
+crc32 of its 4 KiB page the first time that page is read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from raykv.engines.base import KVStore
+from raykv.engines.fileio import write_file
+from raykv.engines.hybridlog.runfile import (
+    LEN_SHIFT,
+    MAX_SLOTS,
+    RUN_KIND,
+    SLOT_BITS,
+    SLOT_MASK,
+    START_MASK,
+    RunFile,
+    encode_run,
+    pack_locs,
+    value_ends,
+)
+
+
+def _presync(path: Path) -> None:
+    """Fsync ``path`` ahead of the commit that must sync it (best effort, background)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # merged away and deleted already
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # the commit's own fsync will report it
+    finally:
+        os.close(fd)
+
+class RunSet(KVStore):
+    """Run files, slots and the disk index of a ``HybridLog`` (which sets these attributes)."""
+
+    max_runs_per_level: int
+    compaction_enabled: bool
+    _presyncer: ThreadPoolExecutor | None
+    _index: dict[bytes, int]
+    _runs: list[RunFile]
+    _slots: list[RunFile]
+    _free_slots: list[int]
+    _maintenance: bool
+    #: the index may hold tombstones (length 0); false: every entry is a live key
+    _index_tombs: bool
+
+    def _release_runs(self) -> None:
+        for run in getattr(self, "_slots", ()):
+            run.close()
+        self._runs = []
+        self._slots = []
+        self._free_slots = []
+
+    def _read_loc(self, loc: int) -> bytes:
+        start = loc >> SLOT_BITS & START_MASK
+        return self._slots[loc & SLOT_MASK].read(
+            start, start + (loc >> LEN_SHIFT)
+        )
+
+    def _open_run(self, name: str) -> RunFile:
+        """Open run file ``name`` in a free slot (a dropped run's, else a new one)."""
+        reuse = bool(self._free_slots)
+        slot = self._free_slots.pop() if reuse else len(self._slots)
+        if slot >= MAX_SLOTS:  # pragma: no cover - bounded by max_runs_per_level
+            msg = f"HybridLog at {self.data_dir} has {slot} runs; lower max_runs_per_level"
+            raise RuntimeError(msg)
+        try:
+            run = RunFile(self.data_dir / name, slot)
+        except BaseException:
+            if reuse:
+                self._free_slots.append(slot)
+            raise
+        if reuse:
+            self._slots[slot] = run
+        else:
+            self._slots.append(run)
+        return run
+
+    def _drop_run(self, run: RunFile) -> None:
+        """Close ``run`` and free its slot (the closed run stays there until it is reused)."""
+        run.close()
+        self._free_slots.append(run.slot)
+
+    def _new_run(self, keys: list[bytes], blob: bytes, ends: Sequence[int] | np.ndarray,
+                 *, presync: bool = False) -> tuple[RunFile, list[int]]:
+        """Write a new run file; return it and the packed locations of its values.
+
+        The next commit fsyncs the file (durability never depends on anything else).
+        ``presync=True`` (flushes) also starts that fsync now on a background thread, so
+        neither the write path nor the next ``seal()`` waits for the disk.
+        """
+        name = self._new_file(RUN_KIND)
+        data = encode_run(keys, blob, ends)
+        path = self.data_dir / name
+        write_file(path, data, sync=False)
+        self._written(name, len(data))
+        if presync:
+            if self._presyncer is None:
+                self._presyncer = ThreadPoolExecutor(1, thread_name_prefix="hybridlog-fsync")
+            self._presyncer.submit(_presync, path)
+        run = self._open_run(name)
+        return run, pack_locs(run.slot, ends)
+
+    def _write_run(self, keys: list[bytes], values: list[bytes], *, presync: bool = False
+                   ) -> None:
+        """Append a run of dirty records and point the index at it.
+
+        A tombstone for a key with no durable record is not written: nothing to shadow.
+        """
+        index = self._index
+        if b"" in values:
+            kept = [(k, v) for k, v in zip(keys, values, strict=True) if v or k in index]
+            keys = [k for k, _ in kept]
+            values = [v for _, v in kept]
+            self._index_tombs |= b"" in values
+        if not keys:
+            return
+        run, locs = self._new_run(keys, b"".join(values), value_ends(values), presync=presync)
+        self._runs.append(run)
+        index.update(zip(keys, locs, strict=True))
