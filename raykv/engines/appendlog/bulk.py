@@ -1,0 +1,135 @@
+"""AppendLog bulk writes: ``multi_set`` appends a whole batch to the active run.
+
+The batch is validated as a whole first (nothing changes if any pair is bad), a key
+repeated in it keeps its last value, and ``b""`` deletes (a tombstone record). The
+records are built and checksummed with C-level passes (numpy when every key has one
+length and every value one length), copied into the active run a run's worth at a time
+(the active run closes at ``threshold`` bytes) and indexed with one ``dict.update`` per
+run's worth.
+
+Cost per pair: the record's encoding and crc32, one copy into the active buffer and one
+index store; amortized file writes, run closes and merges.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+from itertools import accumulate, compress, repeat
+from operator import lshift, not_, or_
+
+from raykv.engines.appendlog.active import ActiveRun
+from raykv.engines.appendlog.runfile import (
+    N_BITS,
+    encode_fixed_records,
+    encode_records,
+)
+from raykv.engines.base import Pairs
+
+
+class BulkWrites(ActiveRun):
+    """``multi_set`` of an ``AppendLog`` (a base class)."""
+
+    def multi_set(self, pairs: Pairs) -> None:
+        """Apply ``(key, value)`` pairs in order (later pairs win; ``b""`` deletes).
+
+        The whole batch is validated before anything is applied. Cost: the records are
+        built, checksummed and appended with C-level passes over the batch; when every key
+        has one length and every value one length (under 128 bytes), numpy assembles the
+        records and the locations are a ``range``.
+        """
+        if self._closed:
+            self._ensure_open()
+        keys, values = self._split_pairs(pairs)  # before any merge: a bad batch changes nothing
+        if not keys:
+            return
+        if self._slow:
+            self._before_write()
+        klens = list(map(len, keys))
+        vlens = list(map(len, values))
+        kmax = max(klens)
+        vmax = max(vlens)
+        if kmax < 128 and vmax < 128 and min(klens) == kmax and min(vlens) == vmax:
+            self._append_fixed(keys, encode_fixed_records(keys, values, kmax, vmax),
+                               kmax + vmax + 6, tombstones=not vmax)
+        else:
+            self._append_many(keys, encode_records(keys, values, klens, vlens),
+                              None if all(vlens) else vlens)
+
+    def _mark_dead(self, keys: Sequence[bytes], vlens: Sequence[int] | None,
+                   tombstones: bool = False) -> None:
+        """Update the dead key set for ``keys`` just indexed (before any merge runs).
+
+        ``vlens``: their value lengths when some are 0; ``None`` and ``tombstones``: all
+        or none of them are tombstones. Cost: nothing when no key is dead and the batch
+        deletes nothing; else C-level set passes.
+        """
+        dead = self._dead
+        if tombstones:
+            dead.update(keys)
+            return
+        if dead:
+            dead.difference_update(keys)
+        if vlens is not None:
+            dead.update(compress(keys, map(not_, vlens)))
+
+    def _append_fixed(self, keys: Sequence[bytes], data: memoryview, n: int, *,
+                      tombstones: bool) -> None:
+        """Append records of ``n`` bytes each (``data``, in the order of ``keys``).
+
+        ``tombstones``: every record is one (else none is).
+        """
+        count = len(keys)
+        index = self._index
+        step = n << N_BITS
+        i = 0
+        while i < count:
+            pos = self._pos
+            take = min(count - i, -(-(self.threshold - pos) // n))  # up to the threshold
+            end = pos + take * n
+            if end > self._acap:
+                self._grow(end)
+            self._amm[pos:end] = data[i * n : (i + take) * n]
+            first = self._abase | pos << N_BITS | n
+            chunk = keys if take == count else keys[i : i + take]
+            index.update(zip(chunk, range(first, first + step * take, step), strict=True))
+            self._mark_dead(chunk, None, tombstones)
+            self._alens.extend(repeat(n, take))
+            self._pos = end
+            i += take
+            if end >= self._flush_at:
+                self._after_append()
+
+    def _append_many(self, keys: Sequence[bytes], recs: list[bytes],
+                     vlens: list[int] | None) -> None:
+        """Append records, closing the active run each time it reaches ``threshold``.
+
+        ``vlens``: the value lengths when some records are tombstones, else ``None``.
+        """
+        ns = list(map(len, recs))
+        ends = list(accumulate(ns))
+        total = len(recs)
+        i = 0
+        done = 0  # batch bytes before record i
+        index = self._index
+        while i < total:
+            pos = self._pos
+            # the first record whose end reaches the threshold closes this run
+            j = min(bisect_left(ends, done + self.threshold - pos, i) + 1, total)
+            data = b"".join(recs[i:j])
+            end = pos + len(data)
+            if end > self._acap:
+                self._grow(end)
+            self._amm[pos:end] = data
+            chunk_ns = ns[i:j]
+            offs = accumulate(chunk_ns[:-1], initial=pos)
+            locs = map(or_, map(or_, map(lshift, offs, repeat(N_BITS)), chunk_ns),
+                       repeat(self._abase))
+            index.update(zip(keys[i:j], locs, strict=True))
+            self._mark_dead(keys[i:j], None if vlens is None else vlens[i:j])
+            self._alens.extend(chunk_ns)
+            self._pos = end
+            done = ends[j - 1]
+            i = j
+            if end >= self._flush_at:
+                self._after_append()

@@ -1,0 +1,184 @@
+"""AppendLog's closed runs: slots, memory maps, loading, verification and merges.
+
+A slot names a buffer of the engine (``_bufs``): a closed run's memory map, the active
+run's buffer, or ``b""`` for a free slot (a stale location then fails its crc check and
+never reads other data). Merges are size-tiered (the policy and the search for live
+records are in ``merge.py``): a merge copies the live records of its runs into one new
+run, moves their index entries there and commits; a merge that takes every closed run
+also drops tombstones. Merges run on the write path, never inside ``seal()``.
+
+Cost: loading a run reads its footer and index section only; a merge verifies every
+input's records once (one crc32 pass), then copies the live records.
+"""
+
+from __future__ import annotations
+
+import mmap
+from array import array
+from collections.abc import Sequence
+from itertools import accumulate
+
+from raykv.engines.appendlog.merge import live_records, plan_merge
+from raykv.engines.appendlog.runfile import (
+    FOOTER,
+    N_BITS,
+    N_MASK,
+    OFF_MASK,
+    RUN_KIND,
+    SLOT_SHIFT,
+    Run,
+    RunWriter,
+    decode_index,
+    encode_index,
+    keys_in_index,
+    map_file,
+    pack_locs,
+    read_footer,
+    verify_data,
+)
+from raykv.engines.base import KVStore
+from raykv.errors import CorruptionError
+
+_MERGE_BATCH = 65536
+
+
+class RunSet(KVStore):
+    """Closed runs, their slots and memory maps, and merges (``AppendLog`` sets these)."""
+
+    threshold: int
+    max_runs_per_level: int
+    _index: dict[bytes, int]
+    _dead: set[bytes]
+    _bufs: list[mmap.mmap | bytes]
+    _slot_names: list[str | None]
+    _free_slots: list[int]
+    _runs: list[Run]
+    _uncommitted: bool
+    _slow: bool
+    _writer: RunWriter | None
+    _aname: str | None
+    _aslot: int
+    _abase: int
+    _pos: int
+    _flushed: int
+    _flush_at: int
+    _acap: int
+    _alens: array[int]
+    _amm: mmap.mmap
+
+    def _alloc_slot(self, buf: mmap.mmap | bytes, name: str) -> int:
+        if self._free_slots:
+            slot = self._free_slots.pop()
+            self._bufs[slot] = buf
+            self._slot_names[slot] = name
+            return slot
+        self._bufs.append(buf)
+        self._slot_names.append(name)
+        return len(self._bufs) - 1
+
+    def _free_slot(self, slot: int) -> None:
+        buf = self._bufs[slot]
+        if isinstance(buf, mmap.mmap) and buf is not self._amm:
+            buf.close()
+        self._bufs[slot] = b""  # a stale location would fail its crc check, never read data
+        self._slot_names[slot] = None
+        self._free_slots.append(slot)
+
+    def _load_run(
+        self, name: str
+    ) -> tuple[Run, list[bytes], list[int], Sequence[int], list[int]]:
+        """Map run ``name``, check footer and index section; return it and its records.
+
+        Returns the run, then its records' keys, value lengths, offsets and lengths.
+        """
+        path = self.data_dir / name
+        mm = map_file(path)
+        try:
+            run = read_footer(path, mm)
+            keys, vlens, offs, ns = decode_index(path, run, mm)
+        except BaseException:
+            mm.close()
+            raise
+        run.slot = self._alloc_slot(mm, name)
+        self._runs.append(run)
+        return run, keys, vlens, offs, ns
+
+    def _verify_data(self, run: Run) -> None:
+        """Check the crc of all of ``run``'s records once per open (C speed)."""
+        verify_data(self.data_dir / run.name, run, self._bufs[run.slot])
+
+    def _record_corrupt(self, loc: int) -> None:
+        slot = loc >> SLOT_SHIFT
+        name = self._slot_names[slot] or "<unknown run>"
+        raise CorruptionError(self.data_dir / name, "crc", offset=loc >> N_BITS & OFF_MASK,
+                              detail="record checksum mismatch")
+
+    def _read_records(self, locs: list[int]) -> bytes:
+        """The raw records at ``locs``, concatenated (one slice per record)."""
+        b = self._bufs
+        return b"".join(
+            [b[loc >> SLOT_SHIFT][(o := loc >> N_BITS & OFF_MASK) : o + (loc & N_MASK)]
+             for loc in locs]
+        )
+
+    def _commit_runs(self) -> None:
+        """Commit every closed run, oldest first, as the live set."""
+        self._commit([r.name for r in self._runs], {})
+        self._uncommitted = False
+
+    def _plan_merge(self) -> tuple[int, int] | None:
+        """The next merge as a slice ``(first, end)`` of ``self._runs`` (see ``merge.py``)."""
+        return plan_merge([r.size for r in self._runs], self.max_runs_per_level)
+
+    def _run_merges(self) -> None:
+        """Perform due merges (the active run is empty), then leave the slow path."""
+        while (plan := self._plan_merge()) is not None:
+            self._merge(*plan)
+        self._slow = self._closed
+
+    def _merge(self, first: int, end: int) -> None:
+        """Copy the live records of ``self._runs[first:end]`` into one new run and commit.
+
+        A record is live when the index points at it (``merge.live_records``). Tombstones
+        are dropped (and their keys leave the index) only when the merge includes the
+        oldest run: then no older run can still hold the key. Every input's records are
+        crc-verified (one C-level pass) before anything is copied.
+        """
+        assert not self._pos
+        inputs = self._runs[first:end]
+        for run in inputs:
+            self._verify_data(run)
+        index = self._index
+        keys, locs, ns, klens, vlens, gone = live_records(
+            index, inputs, self._bufs, self.data_dir, drop_tombstones=first == 0)
+        name = self._new_file(RUN_KIND)
+        writer = RunWriter(self.data_dir / name)
+        new: list[Run] = []
+        try:
+            if keys:
+                for a in range(0, len(locs), _MERGE_BATCH):
+                    writer.write(self._read_records(locs[a : a + _MERGE_BATCH]))
+                size = writer.finish(len(keys), encode_index(
+                    klens, vlens, keys if keys_in_index(vlens) else None))
+                self._written(name, size)
+                slot = self._alloc_slot(map_file(self.data_dir / name), name)
+                new.append(Run(name, slot, writer.data_len,
+                                size - writer.data_len - FOOTER.size, len(keys), size,
+                                writer.crc, verified=True))
+                new_offs: Sequence[int]
+                if min(ns) == max(ns):
+                    new_offs = range(0, ns[0] * len(ns), ns[0])
+                else:
+                    new_offs = list(accumulate(ns[:-1], initial=0))
+                index.update(zip(keys, pack_locs(slot, new_offs, ns), strict=True))
+        except BaseException:
+            writer.abort()
+            raise
+        for key in gone:
+            del index[key]
+        self._dead.difference_update(gone)
+        self._runs[first:end] = new
+        for run in inputs:
+            self._free_slot(run.slot)
+        self.stats.merges += 1
+        self._commit_runs()
