@@ -36,25 +36,29 @@ from raykv.engines.hybridlog.runset import RunSet
 _SCAN_RATIO = 16  # scan the whole index when a merge's records are at least 1/16 of it
 
 
-def _live_by_locs(held: np.ndarray, slot: int, ends: np.ndarray) -> npt.NDArray[np.bool_] | None:
-    """Which records of the run in ``slot`` the index points to, given its locations there.
+def _live_by_locs(held: tuple[np.ndarray, np.ndarray], slot: int, ends: np.ndarray
+                  ) -> tuple[npt.NDArray[np.bool_], np.ndarray] | None:
+    """Which records of the run in ``slot`` the index points to, and where in the index.
 
-    ``held``: sorted locations the index holds in ``slot``. Exact for records with a value
-    (their locations are distinct); tombstones (length 0) may share a location with a
-    neighbour, so the caller asks the index about them by key. ``None`` when a location of
-    this run does not fit a uint64.
+    ``held``: the locations the index holds in ``slot``, sorted, and the positions of
+    those entries in the index's iteration order. Returns the live mask and, per record,
+    the position of the index entry that matched (meaningful where the mask is set).
+    Exact for records with a value (their locations are distinct); tombstones (length 0)
+    may share a location with a neighbour, so the caller asks the index about them by
+    key. ``None`` when a location of this run does not fit a uint64.
     """
+    held_locs, held_pos = held
     e = np.asarray(ends, dtype=np.uint64)
     lens = np.diff(e, prepend=np.uint64(0))
     if len(lens) and int(lens.max()) >= LEN_FITS_U64:
         return None
     packed = (((e - lens) << np.uint64(SLOT_BITS)) | (lens << np.uint64(LEN_SHIFT))
               | np.uint64(slot))
-    if not len(held):
-        return np.zeros(len(packed), dtype=bool)
-    found: npt.NDArray[np.bool_] = held[np.minimum(np.searchsorted(held, packed),
-                                                   len(held) - 1)] == packed
-    return found
+    if not len(held_locs):
+        return np.zeros(len(packed), dtype=bool), np.zeros(len(packed), dtype=np.int64)
+    at = np.minimum(np.searchsorted(held_locs, packed), len(held_locs) - 1)
+    found: npt.NDArray[np.bool_] = held_locs[at] == packed
+    return found, held_pos[at]
 
 
 def _tomb_locs(slot: int, ends: np.ndarray, tomb: npt.NDArray[np.bool_]) -> list[int]:
@@ -107,6 +111,7 @@ class Maintenance(RunSet):
         drop_tombstones = is_prefix(group)
         held = self._held_locs({r.slot for r in members},
                                sum(r.count for r in members))
+        index_keys = list(index) if held is not None else []  # same order as the scan
         keys: list[bytes] = []
         blobs: list[bytes] = []
         lens: list[np.ndarray] = []
@@ -115,11 +120,13 @@ class Maintenance(RunSet):
             run.verify_all()
             ends = run.ends()
             run_lens = np.diff(ends, prepend=np.uint64(0))
-            live = None if held is None else _live_by_locs(held[run.slot], run.slot, ends)
-            if live is None:
+            found = None if held is None else _live_by_locs(held[run.slot], run.slot, ends)
+            at = None
+            if found is None:
                 run_keys = run.keys(np.ones(run.count, dtype=bool))
                 live = live_mask(list(map(index.get, run_keys, repeat(NO_LOC))), run.slot, ends)
             else:
+                live, at = found
                 tomb = run_lens == 0  # tombstones share locations: ask the index by key
                 if tomb.any():
                     tomb_keys = run.keys(tomb)
@@ -134,7 +141,10 @@ class Maintenance(RunSet):
                     live &= ~dead
             if not live.any():
                 continue
-            keys.extend(run.keys(live))
+            if at is not None and not (live & (run_lens == 0)).any():
+                keys.extend(map(index_keys.__getitem__, at[live].tolist()))  # the index's own
+            else:
+                keys.extend(run.keys(live))
             blobs.append(gather_values(run.mm, ends, live))
             lens.append(run_lens[live])
         new_run = None
@@ -155,14 +165,17 @@ class Maintenance(RunSet):
             self._drop_run(run)
         self.stats.merges += 1
 
-    def _held_locs(self, slots: set[int], records: int) -> dict[int, np.ndarray] | None:
-        """The index's locations in the runs at ``slots``, per slot, sorted (uint64).
+    def _held_locs(self, slots: set[int], records: int
+                   ) -> dict[int, tuple[np.ndarray, np.ndarray]] | None:
+        """The index's locations in the runs at ``slots``, per slot: sorted, with positions.
 
         One sequential pass over the index's values instead of one lookup per record
         (a lookup of a key decoded from a run misses the CPU cache: a few hundred
-        nanoseconds to microseconds, against tens for a sequential step). ``None`` when
-        per-record lookups are cheaper (few records against a large index) or when a
-        location does not fit a uint64 (a value of 256 bytes or more).
+        nanoseconds to microseconds, against tens for a sequential step). The positions
+        (in the index's iteration order) let a merge reuse the index's own key objects,
+        whose stores then find the key by identity. ``None`` when per-record lookups are
+        cheaper (few records against a large index) or when a location does not fit a
+        uint64 (a value of 256 bytes or more).
         """
         index = self._index
         if records * _SCAN_RATIO < len(index):
@@ -172,4 +185,9 @@ class Maintenance(RunSet):
         except OverflowError:
             return None
         slot_of = locs & np.uint64(SLOT_MASK)
-        return {s: np.sort(locs[slot_of == s]) for s in slots}
+        held = {}
+        for s in slots:
+            pos = np.flatnonzero(slot_of == s)
+            order = np.argsort(locs[pos])
+            held[s] = (locs[pos][order], pos[order])
+        return held
