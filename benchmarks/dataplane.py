@@ -1,7 +1,10 @@
 """CPU per event of each part of the data plane: driver, source readers, shards (issue 12).
 
-For each workload, two runs that differ only in size (a Parquet folder -> one keyed stage
--> ``ParquetSink``, 2 shards, 2 readers, 1 s checkpoints, HybridLog): the CPU time
+Workloads: ``Aggregate`` and ``StatefulMap`` (one output row per event) over a Parquet
+folder, and ``Aggregate`` over ``RayDataSource(ray.data.read_parquet(folder))`` (one
+split: one reader pulls the Dataset's blocks; Ray Data's own tasks are not counted). For
+each, two runs that differ only in size (-> ``ParquetSink``, 2 shards, 2 readers where
+there are splits, 1 s checkpoints, HybridLog): the CPU time
 (``getrusage``, user + system, every thread) of the driver, of the reader actors'
 processes and of the shard actors' processes (which also write the sink), of the larger
 run minus the smaller, over the difference in events, after one discarded warm-up run.
@@ -61,13 +64,18 @@ def one_run(workload: str, src: Path, work: Path, shards: int = 2,
     import raykv
     from raykv.operators import Aggregate, StatefulMap
     from raykv.sinks import ParquetSink
-    from raykv.sources import ParquetSource
+    from raykv.sources import ParquetSource, RayDataSource
 
-    stage = (Aggregate("user", {"amount": ["sum", "count"]}) if workload == "aggregate"
-             else StatefulMap("user", running_count))
+    stage = (StatefulMap("user", running_count) if workload == "statefulmap"
+             else Aggregate("user", {"amount": ["sum", "count"]}))
+    source: Any = ParquetSource(str(src), batch_size=65_536)
+    if workload == "raydata":  # the same files through a Ray Data Dataset
+        import ray.data
+
+        source = RayDataSource(ray.data.read_parquet(str(src)), batch_size=65_536)
     shutil.rmtree(work, ignore_errors=True)
     p = raykv.Pipeline(
-        source=ParquetSource(str(src), batch_size=65_536), stages=[stage],
+        source=source, stages=[stage],
         sink=ParquetSink(str(work / "out")), num_shards=shards, engine="hybridlog",
         checkpoint=str(work / "ckpt"), local_dir=str(work / "local"), checkpoint_interval=interval,
         source_parallelism=parallelism,
@@ -113,7 +121,7 @@ def measure(small: int, large: int, sweep: tuple[tuple[int, int], ...]) -> dict[
     try:
         for n in (small, large):
             write_events(tmp / f"in-{n}", n)
-        for workload in ("aggregate", "statefulmap"):
+        for workload in ("aggregate", "statefulmap", "raydata"):
             one_run(workload, tmp / f"in-{small}", tmp / "work")  # warm-up: imports, workers
             runs = {n: one_run(workload, tmp / f"in-{n}", tmp / "work") for n in (small, large)}
             driver = per_event(runs, "cpu_s", small, large)
@@ -179,7 +187,8 @@ def report_render(res: dict[str, Any], prefix: str) -> list[str]:
         "|---|---:|---:|---:|---:|---:|",
     ]
     names = {"aggregate": "`Aggregate(user: sum, count)`",
-             "statefulmap": "`StatefulMap` (one output row per event)"}
+             "statefulmap": "`StatefulMap` (one output row per event)",
+             "raydata": "`Aggregate` over `RayDataSource(read_parquet)`"}
     for w, v in res["workloads"].items():
         lines.append(
             f"| {names.get(w, w)} | {v['driver_us_per_event']:.4f} µs "

@@ -287,9 +287,24 @@ class ParquetSink(Sink):
                 self._move(p, f"{self._dir()}/{part_file_name(e, part)}")
             else:
                 fs.rm(p)
+        self._remove_partial_writes()
         for p, (e, _part) in published.items():
             if not _kept(e, epoch, abandoned):
                 fs.rm(p)
+
+    def _remove_partial_writes(self) -> None:
+        """Delete ``_staging/.<id>.tmp`` files: writes of a shard that died mid-``stage``.
+
+        Called by ``start``, when no shard of the run is alive (at the start of a run and
+        after every recovery), so no such file is still being written.
+        """
+        d = self._dir(staging=True)
+        if not self.fs.exists(d):
+            return
+        for p in self.fs.ls(d, detail=False):
+            name = p.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith(".") and name.endswith(".tmp"):
+                self.fs.rm(p)
 
     def stage(self, epoch: int, part: str, table: pa.Table) -> None:
         """Write ``table`` to ``_staging/<name>`` (via a temporary name)."""

@@ -140,7 +140,7 @@ def test_dataplane_runs_are_complete_and_the_driver_reads_no_rows(report: Path) 
     import json
 
     res = json.loads((report / "report_dataplane.json").read_text())
-    for workload in ("aggregate", "statefulmap"):
+    for workload in ("aggregate", "statefulmap", "raydata"):
         runs = res["workloads"][workload]["runs"]
         for key, run in runs.items():
             events = res["large"] if key == "interval_0.1" else int(key)

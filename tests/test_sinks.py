@@ -71,8 +71,10 @@ def test_parquet_sink_two_phase(tmp_path: Path) -> None:
     s2 = ParquetSink(out)
     s2.start(2, new_run=False)
     assert s2.read().column("k").to_pylist() == [1, 2]
-    # a failure before epoch 3 committed: start(2) discards its staged output
+    # a failure before epoch 3 committed: start(2) discards its staged output, and the
+    # half-written file of a shard killed in the middle of stage() (found by the drill)
     s2.stage(3, "agg-0000", t(3))
+    (out / "_staging" / ".0123abcd.tmp").write_bytes(b"PAR1 half a file")
     s2.start(2, new_run=False)
     assert not list((out / "_staging").glob("*"))
     assert _files(out) == [part_file_name(1, "agg-0000"), part_file_name(2, "agg-0000")]
