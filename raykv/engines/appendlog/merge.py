@@ -15,11 +15,9 @@ import mmap
 from collections import Counter
 from collections.abc import Sequence
 from itertools import compress, repeat
-from operator import add, and_, eq, not_
+from operator import add, and_, eq, not_, rshift
 from pathlib import Path
 from typing import NamedTuple
-
-import numpy as np
 
 from raykv.engines.appendlog.runfile import (
     N_BITS,
@@ -95,25 +93,19 @@ def live_records(index: dict[bytes, int], inputs: Sequence[Run],
     """Find the records of ``inputs`` that ``index`` points at (their live records).
 
     ``bufs`` maps slots to run buffers. Cost: when ``index`` holds at most ``SCAN_FACTOR``
-    times as many keys as the inputs have records, one C-level pass over the index's
-    values and vectorized selection (the records come sorted by run and offset);
-    otherwise the inputs' index sections are decoded and their keys looked up
+    times as many keys as the inputs have records, C-level passes over the index's
+    values; otherwise the inputs' index sections are decoded and their keys looked up
     (about 4x dearer per record). Value lengths come from the locations alone for small
     records, else from one header parse per record.
     """
     keys: list[bytes]
     locs: list[int]
     if len(index) <= SCAN_FACTOR * sum(r.count for r in inputs):
-        # slot << 40 | offset of every entry (fits a uint64): select the inputs' records
-        # and sort them by run and offset, so that the copy reads each run in order
-        all_locs = list(index.values())
-        where = np.fromiter(map(N_BITS.__rrshift__, all_locs), dtype=np.uint64,
-                            count=len(all_locs))
-        pos = np.flatnonzero(np.isin(where >> np.uint64(SLOT_SHIFT - N_BITS),
-                                     np.array(sorted({r.slot for r in inputs}), np.uint64)))
-        order = pos[np.argsort(where[pos], kind="stable")].tolist()
-        keys = list(map(list(index).__getitem__, order))  # the index's own key objects
-        locs = list(map(all_locs.__getitem__, order))
+        slots = {r.slot for r in inputs}
+        locs = list(index.values())
+        in_merge = list(map(slots.__contains__, map(rshift, locs, repeat(SLOT_SHIFT))))
+        keys = list(compress(index, in_merge))
+        locs = list(compress(locs, in_merge))
     else:
         keys = []
         locs = []

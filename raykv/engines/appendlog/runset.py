@@ -118,8 +118,9 @@ class RunSet(KVStore):
     def _read_records(self, locs: list[int]) -> bytes:
         """The raw records at ``locs``, concatenated.
 
-        Records that follow each other in one buffer are read as one slice (a merge
-        passes them sorted by run and offset), so a dense run costs a few slices.
+        Records that follow each other in one buffer are read as one slice: a merge
+        passes live records in index order, which follows a run's record order for
+        keys written in order (a bulk load), so a dense run costs a few slices.
         Cost: two C-level passes over ``locs``, vectorized block detection, one slice
         per block of adjacent records.
         """

@@ -45,7 +45,17 @@ class BulkWrites(Regions):
 
         Cost: C-level passes over the batch (keys already in the mutable region are
         updated in place, the others appended in batch order), then the same region
-        moves, flushes and merges as ``set``.
+        moves, flushes and merges as ``set``; a batch that would fill a flush writes one
+        run directly instead (see the module docstring): about one index store per key.
+
+        Example:
+            >>> import tempfile
+            >>> from raykv.engines import HybridLog
+            >>> with HybridLog(tempfile.mkdtemp(), ro_lag_interval=2, flush_interval=2,
+            ...                mem_segment_len=4) as db:
+            ...     db.multi_set([(b"a", b"1"), (b"b", b"2"), (b"a", b"3"), (b"c", b"4")])
+            ...     db.multi_get([b"a", b"b", b"c", b"d"]), db.region_sizes()["mutable"]
+            ([b'3', b'2', b'4', b''], 2)
         """
         self._ensure_open()
         batch = self._check_batch(pairs)
