@@ -68,6 +68,7 @@ OPTIONAL: dict[str, tuple[str, str, bool]] = {
     "skew": ("Skew-aware partitioning (issue 7)", "benchmarks.skew", True),
     "dataplane": ("Data plane: readers, shards, driver (issue 12)", "benchmarks.dataplane",
                   True),
+    "changelog": ("Changelogs between stages (issue 17)", "benchmarks.changelog", False),
 }
 
 

@@ -151,3 +151,12 @@ def test_dataplane_runs_are_complete_and_the_driver_reads_no_rows(report: Path) 
             assert run["readers_cpu_s"] > run["cpu_s"] < run["shards_cpu_s"]
     assert {r["rows_in"] for r in res["parallelism"].values()} == {res["large"]}
     assert "Data plane" in (report / "REPORT.md").read_text()
+
+
+def test_changelog_section_shows_the_retraction_is_right_and_its_cost(report: Path) -> None:
+    import json
+
+    res = json.loads((report / "report_changelog.json").read_text())
+    assert res["changelog"]["second_stage_total"] == res["true_total"]
+    assert res["append-only"]["second_stage_total"] > res["true_total"]  # the old double count
+    assert res["changelog"]["rows_between"] > res["append-only"]["rows_between"]
