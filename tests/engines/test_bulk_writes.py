@@ -144,3 +144,31 @@ def test_bad_batch_changes_nothing(tmp_path: Path, name: str) -> None:
         with pytest.raises(TypeError):
             store.multi_set(batch)
         assert dict(store.items()) == {b"a": b"1", b"b": b"2"}
+
+
+def test_hybridlog_failed_bulk_run_write_changes_nothing(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large batch whose run cannot be written leaves the store as it was."""
+    import raykv.engines.hybridlog.runset as runset_module
+
+    real_write = runset_module.write_file
+    store = _engine("hybridlog", tmp_path)
+    first = {b"k%04d" % i: b"v1" for i in range(40)}
+    store.multi_set(first)
+    before = dict(store.items())
+
+    def failing_write(path: Path, data: bytes, *, sync: bool = True) -> None:
+        msg = "disk full (injected)"
+        raise OSError(msg)
+
+    monkeypatch.setattr(runset_module, "write_file", failing_write)
+    batch = {b"k%04d" % i: b"v2" for i in range(20, 80)}  # in the mutable region and new
+    with pytest.raises(OSError, match="injected"):
+        store.multi_set(batch)
+    assert dict(store.items()) == before and store.live_keys() == len(before)
+    store._check()
+    monkeypatch.setattr(runset_module, "write_file", real_write)
+    store.multi_set(batch)
+    assert dict(store.items()) == before | batch and store.live_keys() == 80
+    store._check()
+    store.close()

@@ -103,8 +103,6 @@ class BulkWrites(Regions):
             return False
         index = self._index
         get = batch.__getitem__
-        if in_mut:
-            mut.update(zip(in_mut, map(get, in_mut), strict=True))  # in place: the keys stay live
         stale = frozen.keys() & batch.keys()  # read-copy-update: their copies leave memory
         stale_live = 0
         if stale:
@@ -127,7 +125,9 @@ class BulkWrites(Regions):
         stay = new[len(new) - lag :]
         head = len(ro_keys) + len(mut)
         keys = [*ro_keys, *mut, *out_new]
-        values = [*ro_values, *mut.values(), *map(get, out_new)]
+        # the mutable region with this batch's in-place updates (its keys stay live)
+        mut_values = map(batch.get, mut, mut.values()) if in_mut else mut.values()
+        values = [*ro_values, *mut_values, *map(get, out_new)]
         run, locs = self._new_run(keys, b"".join(values), value_ends(values), presync=True)
         # the run is written: from here on nothing can fail half-way
         self._runs.append(run)
