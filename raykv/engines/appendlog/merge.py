@@ -89,18 +89,24 @@ class LiveRecords(NamedTuple):
 
 def live_records(index: dict[bytes, int], inputs: Sequence[Run],
                  bufs: Sequence[mmap.mmap | bytes], data_dir: Path, *,
-                 drop_tombstones: bool) -> LiveRecords:
+                 drop_tombstones: bool, whole: bool = False) -> LiveRecords:
     """Find the records of ``inputs`` that ``index`` points at (their live records).
 
-    ``bufs`` maps slots to run buffers. Cost: when ``index`` holds at most ``SCAN_FACTOR``
-    times as many keys as the inputs have records, C-level passes over the index's
-    values; otherwise the inputs' index sections are decoded and their keys looked up
-    (about 4x dearer per record). Value lengths come from the locations alone for small
-    records, else from one header parse per record.
+    ``bufs`` maps slots to run buffers. ``whole``: the inputs are every run the index
+    points into (a merge of all closed runs with the active run empty); then every entry
+    is live and no selection is needed (two C-level copies of the index). Cost: when
+    ``index`` holds at most ``SCAN_FACTOR`` times as many keys as the inputs have
+    records, C-level passes over the index's values; otherwise the inputs' index
+    sections are decoded and their keys looked up (about 4x dearer per record). Value
+    lengths come from the locations alone for small records, else from one header parse
+    per record.
     """
     keys: list[bytes]
     locs: list[int]
-    if len(index) <= SCAN_FACTOR * sum(r.count for r in inputs):
+    if whole:  # every index entry points into the inputs: no selection
+        keys = list(index)
+        locs = list(index.values())
+    elif len(index) <= SCAN_FACTOR * sum(r.count for r in inputs):
         slots = {r.slot for r in inputs}
         locs = list(index.values())
         in_merge = list(map(slots.__contains__, map(rshift, locs, repeat(SLOT_SHIFT))))

@@ -165,7 +165,8 @@ class RunSet(KVStore):
             self._verify_data(run)
         index = self._index
         keys, locs, ns, klens, vlens, gone = live_records(
-            index, inputs, self._bufs, self.data_dir, drop_tombstones=first == 0)
+            index, inputs, self._bufs, self.data_dir, drop_tombstones=first == 0,
+            whole=first == 0 and end == len(self._runs))
         name = self._new_file(RUN_KIND)
         writer = RunWriter(self.data_dir / name)
         new: list[Run] = []
