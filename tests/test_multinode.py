@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,15 +76,21 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_shards_on_two_nodes_survive_a_node_failure(tmp_path: Path) -> None:
+def run_script(text: str, tmp_path: Path) -> dict[str, Any]:
+    """Run a cluster script in a child Python; return the JSON verdict it prints last."""
     script = tmp_path / "multinode.py"
-    script.write_text(SCRIPT)
+    script.write_text(text)
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    verdict = json.loads(proc.stdout.strip().splitlines()[-1])
+    verdict: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return verdict
+
+
+def test_shards_on_two_nodes_survive_a_node_failure(tmp_path: Path) -> None:
+    verdict = run_script(SCRIPT, tmp_path)
     first = verdict["nodes"][0]
     assert len(set(first)) == 2  # one shard per node
     assert verdict["removed"] in first and verdict["removed"] != verdict["head"]
@@ -160,14 +167,7 @@ SCRIPT_3 = textwrap.dedent("""
 def test_readers_and_shards_on_three_nodes_survive_losing_a_reader_node(
         tmp_path: Path) -> None:
     """Readers and shards spread over 3 nodes; the node of a reader is removed mid-run."""
-    script = tmp_path / "multinode3.py"
-    script.write_text(SCRIPT_3)
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=420)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    v = json.loads(proc.stdout.strip().splitlines()[-1])
+    v = run_script(SCRIPT_3, tmp_path)
     assert set(v["placed"].values()) == set(v["nodes"])  # every node hosts an actor
     assert v["restarts"] >= 1 and v["exact"], v
     assert v["removed"] not in v["final"] and len(v["final"]) == 2

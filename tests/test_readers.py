@@ -94,6 +94,17 @@ def test_readers_split_the_input_and_the_result_is_exact(
     assert sorted(offsets["splits"]) == sorted(split_ids) and len(split_ids) == 6
 
 
+def assert_one_row_per_event(got: pa.Table, table: pa.Table) -> None:
+    """``_seq_log``'s output: each event once, and per user the running count ``n``
+    numbers that user's events 1..count."""
+    assert sorted(got["seq"].to_pylist()) == list(range(table.num_rows))
+    by_user: dict[int, list[int]] = {}
+    for r in got.to_pylist():
+        by_user.setdefault(r["user"], []).append(r["n"])
+    assert {u: sorted(ns) for u, ns in by_user.items()} == {
+        u: list(range(1, c + 1)) for u, (_, c) in model(table).items()}
+
+
 def _seq_log(state: Any, row: dict[str, Any]) -> tuple[Any, Any]:
     return (state or 0) + 1, {"seq": row["seq"], "n": (state or 0) + 1}
 
@@ -124,15 +135,7 @@ def test_sigkill_of_a_reader_and_of_a_sink_writer_loses_and_repeats_nothing(
     s = p.run()
     assert s.finished and s.restarts == 2 and len(kills) == 2
     assert kills[0].startswith("reader-") and kills[1].startswith("StatefulMap")
-    got = ParquetSink(str(out)).read()
-    assert sorted(got["seq"].to_pylist()) == list(range(table.num_rows))  # each event once
-    # per user, the running count n numbers that user's events 1..count
-    by_user: dict[int, list[int]] = {}
-    for r in got.to_pylist():
-        by_user.setdefault(r["user"], []).append(r["n"])
-    counts = {u: c for u, (_, c) in model(table).items()}
-    assert {u: sorted(ns) for u, ns in by_user.items()} == {
-        u: list(range(1, c + 1)) for u, c in counts.items()}
+    assert_one_row_per_event(ParquetSink(str(out)).read(), table)
     assert not list((out / "_staging").glob("*.parquet"))
 
 
@@ -164,13 +167,7 @@ def test_random_sigkills_with_time_based_checkpoints(ray_session: Any, tmp_path:
         on_progress=on_progress, faults=Faults(process_delay=0.02),
     ).run()
     assert s.finished and s.restarts >= 1, (kills, s.failures)
-    got = ParquetSink(str(out)).read()
-    assert sorted(got["seq"].to_pylist()) == list(range(table.num_rows))
-    by_user: dict[int, list[int]] = {}
-    for r in got.to_pylist():
-        by_user.setdefault(r["user"], []).append(r["n"])
-    assert {u: sorted(ns) for u, ns in by_user.items()} == {
-        u: list(range(1, c + 1)) for u, (_, c) in model(table).items()}
+    assert_one_row_per_event(ParquetSink(str(out)).read(), table)
 
 
 def test_resume_with_another_source_parallelism(ray_session: Any, tmp_path: Path) -> None:
