@@ -47,7 +47,7 @@ def one(mode: str, table: pa.Table, epochs: int) -> dict[str, Any]:
     per = -(-table.num_rows // epochs)
     with MemOnly(tempfile.mkdtemp()) as s1, MemOnly(tempfile.mkdtemp()) as s2:
         a, b = first.build(s1), second.build(s2)
-        a.track_changes = mode == "changelog"
+        a.keep_before_images = mode == "changelog"
         between = 0
         t0 = time.perf_counter()
         for e in range(epochs):

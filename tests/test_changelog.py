@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 import raykv
-from raykv.operators import Aggregate
+from raykv.operators import Aggregate, Reduce
 from raykv.sources import TableSource
 
 pytestmark = pytest.mark.ray
@@ -141,3 +141,24 @@ def test_a_sink_keeps_the_row_kinds_when_asked(ray_session: Any, tmp_path: Path)
             state[r["user"]] = r["amount_sum"]
     want = t.group_by("user").aggregate([("amount", "sum")])
     assert state == as_dict(want, "user", "amount_sum")
+
+
+def _max(a: Any, b: Any) -> Any:
+    return max(a, b)
+
+
+def test_users_per_maximum_after_a_reduce(ray_session: Any, tmp_path: Path) -> None:
+    """Reduce(user: max amount) -> Aggregate(users per max): old maxima are retracted."""
+    rng = np.random.default_rng(8)
+    n = 20_000
+    t = pa.table({"user": rng.integers(0, 400, n), "amount": rng.integers(0, 1_000, n)})
+    s = raykv.Pipeline(
+        source=TableSource(t, batch_size=1_000),
+        stages=[Reduce("user", _max, "amount"), Aggregate("amount", {"user": ["count"]})],
+        engine="hybridlog", num_shards=2, epoch_every_batches=2,
+        checkpoint=str(tmp_path / "ckpt"), local_dir=str(tmp_path / "local"),
+    ).run()
+    per_user = t.group_by("user").aggregate([("amount", "max")])
+    want = per_user.group_by("amount_max").aggregate([("user", "count")])
+    assert as_dict(final_of(s), "amount", "user_count") == as_dict(
+        want, "amount_max", "user_count")

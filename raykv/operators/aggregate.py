@@ -144,10 +144,6 @@ class AggregateLogic(KeyedStateLogic):
         # whose rows were all retracted is deleted (kept here until the barrier)
         self._retract = False
         self._epoch_deleted: set[bytes] = set()
-        #: Set by the shard when the output feeds another stage: keep each changed key's
-        #: value from before the epoch, for the -U/-D rows of :meth:`changelog`.
-        self.track_changes = False
-        self._epoch_old: dict[bytes, bytes] = {}
         # configs pickled before the field existed lack it (cloudpickled in epoch metadata)
         self._max_rows: int = getattr(op, "max_buffered_rows", DEFAULT_MAX_BUFFERED_ROWS)
         super().__init__(op, store)
@@ -253,11 +249,9 @@ class AggregateLogic(KeyedStateLogic):
         if not changed.all():
             keys = list(compress(keys, changed))
             new = list(compress(new, changed))
-            if self.track_changes:
+            if self.keep_before_images:
                 old = list(compress(old, changed))
-        if self.track_changes:
-            for k, v in zip(keys, old, strict=True):
-                self._epoch_old.setdefault(k, v)
+        self._note_before(keys, old)
         if self._retract:
             keys, new = self._drop_empty(keys, new)
         self._write(keys, new)
@@ -324,11 +318,11 @@ class AggregateLogic(KeyedStateLogic):
         For each changed key, in key order: ``+I`` new value (no value before the
         epoch), or ``-U`` old value then ``+U`` new value; for each deleted key ``-D``
         its old value. Used instead of :meth:`on_barrier` and :meth:`finish` when the
-        output feeds another stage (``track_changes``). Cost: a sort of the changed
+        output feeds another stage (``keep_before_images``). Cost: a sort of the changed
         keys, their old values kept since the first fold of the epoch.
         """
         keys, values, deleted = self._take_epoch()
-        before, self._epoch_old = self._epoch_old, {}
+        before, self._before = self._before, {}
         rows: list[tuple[bytes, bytes, int]] = []
         for k, v in zip(keys, values, strict=True):
             old = before.get(k, b"")
@@ -349,7 +343,7 @@ class AggregateLogic(KeyedStateLogic):
     def finish(self) -> pa.RecordBatch | None:
         """Fold the buffered partials, then return the values of all keys."""
         self._take_epoch()
-        self._epoch_old = {}
+        self._before = {}
         return super().finish()
 
     def export_state(self) -> pa.RecordBatch | None:

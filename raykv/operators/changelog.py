@@ -21,11 +21,10 @@ one's, because each carries its whole row.
 
 Which operator does what (checked when the pipeline is built, :func:`check_chain`):
 
-* emits a changelog: ``Aggregate`` (:attr:`KeyedOperator.emits_updates` and
-  :attr:`KeyedOperator.emits_retractions`; the shard calls its ``changelog(epoch)``
-  instead of ``on_barrier``/``finish`` when another stage follows); ``Reduce`` emits
-  updates (a key's new accumulator, no ``CHANGE`` column) without their before-images,
-  which no consumer can retract;
+* emits a changelog: ``Aggregate`` and ``Reduce`` (:attr:`KeyedOperator.emits_updates`
+  and :attr:`KeyedOperator.emits_retractions`; the shard sets ``keep_before_images``
+  and calls ``changelog(epoch)`` instead of ``on_barrier``/``finish`` when another
+  stage follows);
 * insert-only (no ``CHANGE`` column needed): sources, ``StatefulMap``,
   ``TumblingWindow``;
 * consumes a changelog: ``Aggregate`` with ``count``, ``sum`` and ``mean`` (exact:

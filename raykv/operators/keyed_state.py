@@ -53,6 +53,7 @@ from raykv.operators.base import (
     KeyedOperator,
     OperatorLogic,
 )
+from raykv.operators.changelog import DELETE, INSERT, UPDATE_AFTER, UPDATE_BEFORE, with_kinds
 from raykv.operators.schemas import same_columns, schema_mismatch
 
 
@@ -69,6 +70,10 @@ class KeyedStateLogic(OperatorLogic):
         self._out_schema: pa.Schema | None = None
         self._changed: set[bytes] = set()
         self._pending_meta: list[tuple[bytes, bytes]] = []
+        #: Set by the shard when the output is a changelog (another stage follows): keep
+        #: each changed key's value from before the epoch, for :meth:`changelog`.
+        self.keep_before_images = False
+        self._before: dict[bytes, bytes] = {}
         raw = store.get(META_KEY)
         if raw:
             self._load_meta(raw)
@@ -130,6 +135,39 @@ class KeyedStateLogic(OperatorLogic):
         out = self._emit(keys, values)
         self._changed = set()
         return out
+
+    def _note_before(self, keys: Sequence[bytes], old: Sequence[bytes]) -> None:
+        """Remember the value each of ``keys`` had before the epoch (``b""``: none)."""
+        if self.keep_before_images:
+            for k, v in zip(keys, old, strict=True):
+                self._before.setdefault(k, v)
+
+    def changelog(self, epoch: int) -> pa.RecordBatch | None:
+        """The epoch's changes with their row kinds (``raykv.operators.changelog``).
+
+        For each changed key, in key order: ``+I`` its value (none before the epoch),
+        ``-U`` old then ``+U`` new value, or ``-D`` the old value of a deleted key. Used
+        instead of :meth:`on_barrier` and :meth:`finish` when the output feeds another
+        stage (``keep_before_images``). Cost: one ``multi_get`` of the changed keys.
+        """
+        keys = sorted(self._changed)
+        before, self._before = self._before, {}
+        self._changed = set()
+        now = self.store.multi_get(keys) if keys else []
+        rows: list[tuple[bytes, bytes, int]] = []
+        for k, new in zip(keys, now, strict=True):
+            old = before.get(k, b"")
+            if old and new:
+                rows += [(k, old, UPDATE_BEFORE), (k, new, UPDATE_AFTER)]
+            elif new:
+                rows.append((k, new, INSERT))
+            elif old:
+                rows.append((k, old, DELETE))
+        if not rows:
+            return None
+        out = self._emit([k for k, _, _ in rows], [v for _, v, _ in rows])
+        assert out is not None
+        return with_kinds(out, [kind for _, _, kind in rows])
 
     def finish(self) -> pa.RecordBatch | None:
         """Return the values of all keys (bounded input has ended).

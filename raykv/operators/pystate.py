@@ -123,6 +123,9 @@ class PyStateLogic(KeyedStateLogic):
         track = self.track_changes
         if len(changed) == len(keys):
             self._write(keys, new, track=track)
+            self._note_before(keys, old)
         else:
-            self._write([keys[i] for i in changed], [new[i] for i in changed], track=track)
+            written = [keys[i] for i in changed]
+            self._write(written, [new[i] for i in changed], track=track)
+            self._note_before(written, [old[i] for i in changed])
         self._commit(result)

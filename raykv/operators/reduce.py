@@ -52,8 +52,10 @@ class Reduce(KeyedOperator):
     column: str
     codec: str | Codec = "json"
 
-    #: A key's accumulator is emitted again when it changes, without its old value.
+    #: A key's accumulator is emitted again when it changes; to a further stage as a
+    #: changelog with its old value retracted (``KeyedStateLogic.changelog``).
     emits_updates: ClassVar[bool] = True
+    emits_retractions: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

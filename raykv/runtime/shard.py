@@ -269,7 +269,7 @@ class ShardWorker:
         """The operator's logic on the engine (tracking old values when it forwards them)."""
         logic = self.spec.stage.operator.build(self.engine)
         if self._forwards_changelog:
-            logic.track_changes = True
+            logic.keep_before_images = True
         return logic
 
     def set_downstream_partitioning(self, partitioning: Partitioning) -> None:

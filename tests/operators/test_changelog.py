@@ -26,7 +26,7 @@ def run_two(first: Aggregate, second: Aggregate, batches: list[pa.RecordBatch],
     batch indices in ``cuts``. Returns ``second``'s final values and the changelogs."""
     with MemOnly(tempfile.mkdtemp()) as s1, MemOnly(tempfile.mkdtemp()) as s2:
         a, b = first.build(s1), second.build(s2)
-        a.track_changes = True
+        a.keep_before_images = True
         logs = []
         epoch = 0
         for i, batch in enumerate(batches):
@@ -89,7 +89,7 @@ def test_a_group_whose_rows_are_all_retracted_is_deleted_and_tombstoned() -> Non
     with MemOnly(tempfile.mkdtemp()) as s1, MemOnly(tempfile.mkdtemp()) as s2:
         a = Aggregate("user", {"amount": ["count"]}).build(s1)
         b = Aggregate("amount_count", {"user": ["count"]}).build(s2)
-        a.track_changes = True
+        a.keep_before_images = True
         a.process(b1)
         b.process(a.changelog(1))
         assert b.on_barrier(1).to_pydict() == {"amount_count": [1], "user_count": [1]}
@@ -102,7 +102,7 @@ def test_a_group_whose_rows_are_all_retracted_is_deleted_and_tombstoned() -> Non
         assert b.on_barrier(2).to_pydict() == {"amount_count": [1, 2], "user_count": [0, 1]}
         assert b.finish().to_pydict() == {"amount_count": [2], "user_count": [1]}
         # and as a changelog for a third stage: bucket 1 deleted
-        b.track_changes = True
+        b.keep_before_images = True
         b.process(pa.record_batch({"user": [1], "amount_count": [2],
                                    CHANGE: pa.array([DELETE], pa.int8())}))
         assert b.changelog(3).to_pydict() == {"amount_count": [2], "user_count": [1],
@@ -122,9 +122,7 @@ def test_stages_that_cannot_retract_are_refused_when_the_pipeline_is_built() -> 
             raykv.Pipeline(source=src, stages=[first, second])
         assert "stage 'Aggregate0' (Aggregate)" in str(info.value)
         assert f"stage '{type(second).__name__}1'" in str(info.value)
-    with pytest.raises(ValueError, match="no before-images"):
-        raykv.Pipeline(source=src, stages=[Reduce("user", max, "amount"),
-                                           Aggregate("user", {"amount": ["sum"]})])
+
     # what can consume it: a retracting Aggregate, a StatefulMap (it sees the kinds)
     raykv.Pipeline(source=src, stages=[first, Aggregate("user", {"amount_sum": "mean"})])
     raykv.Pipeline(source=src, stages=[first, StatefulMap("user", lambda s, r: (s, r))])
@@ -138,13 +136,31 @@ def test_a_stateful_map_sees_the_row_kinds() -> None:
     with MemOnly(tempfile.mkdtemp()) as s1, MemOnly(tempfile.mkdtemp()) as s2:
         a = Aggregate("user", {"amount": ["sum"]}).build(s1)
         m = StatefulMap("user", _seen).build(s2)
-        a.track_changes = True
+        a.keep_before_images = True
         for epoch, amount in ((1, 5), (2, 7)):
             a.process(pa.record_batch({"user": [1], "amount": [amount]}))
             m.process(a.changelog(epoch))
         assert m.on_barrier(2).to_pydict() == {
             "user": [1, 1, 1], "kind": [INSERT, UPDATE_BEFORE, UPDATE_AFTER],
             "sum": [5, 5, 12]}
+
+
+def test_a_histogram_of_reduced_values() -> None:
+    """Reduce(user: max amount) -> users per max (re-keyed): the old max is retracted."""
+    t = events(3_000, 200, 11)
+    with MemOnly(tempfile.mkdtemp()) as s1, MemOnly(tempfile.mkdtemp()) as s2:
+        a = Reduce("user", max, "amount").build(s1)
+        b = Aggregate("amount", {"user": ["count"]}).build(s2)
+        a.keep_before_images = True
+        for epoch, batch in enumerate(t.to_batches(max_chunksize=250), start=1):
+            a.process(batch)
+            log = a.changelog(epoch)
+            if log is not None:
+                b.process(log)
+        got = pa.Table.from_batches([b.finish()])
+    per_user = t.group_by("user").aggregate([("amount", "max")])
+    want = per_user.group_by("amount_max").aggregate([("user", "count")])
+    assert as_dict(got, "amount", ["user_count"]) == as_dict(want, "amount_max", ["user_count"])
 
 
 def test_a_bad_row_kind_is_refused() -> None:
