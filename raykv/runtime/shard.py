@@ -4,7 +4,8 @@ Contract: the actor's methods (``setup``, ``process``/``barrier``/``finish``,
 ``rebalance``, ``wait_uploaded``...) as below. The pieces it is made of live next to it:
 the specs it receives (:mod:`raykv.runtime.specs`), barrier alignment
 (:mod:`raykv.runtime.aligner`), the upload thread and acks (:mod:`raykv.runtime.uploader`),
-key-group copies for rescale and rebalance (:mod:`raykv.runtime.keygroups`) and how a
+key-group copies for rescale and rebalance (:mod:`raykv.runtime.keygroups`, driven by
+the :class:`~raykv.runtime.shard_moves.KeyGroupMoves` mixin) and how a
 failure is described (:func:`raykv.runtime.failures.describe_shard_failure`).
 
 One Ray actor runs per shard per stage (:data:`ShardActor`, built from the plain class
@@ -65,12 +66,12 @@ from raykv.errors import CorruptionError, add_context
 from raykv.hotkeys import LoadTracker
 from raykv.metrics import ShardMetrics, process_cpu_seconds
 from raykv.partitioning import Partitioning, split_batch
-from raykv.runtime import keygroups
 from raykv.runtime.aligner import BARRIER, DATA, FINISH, Aligned, BarrierAligner
 from raykv.runtime.failures import describe_shard_failure
 from raykv.runtime.localdirs import cleanup_siblings, wait_dir_free, wipe_dir
 from raykv.runtime.outbox import Outbox, RayChannel
-from raykv.runtime.specs import Ack, RestorePlan, RestoreSource, ShardSpec, StageSpec
+from raykv.runtime.shard_moves import KeyGroupMoves
+from raykv.runtime.specs import Ack, RestorePlan, ShardSpec, StageSpec
 from raykv.runtime.uploader import Uploader
 from raykv.sinks import part_name
 
@@ -89,7 +90,7 @@ def _as_table(out: Any) -> pa.Table | None:
 # ---------------------------------------------------------------------------- the worker
 
 
-class ShardWorker:
+class ShardWorker(KeyGroupMoves):
     """One shard: engine + operator logic + barrier alignment + upload thread.
 
     Use through :data:`ShardActor` (a Ray actor); the plain class works in-process too.
@@ -194,70 +195,6 @@ class ShardWorker:
             "restore_seconds": self.stats_["restore_seconds"],
             "rebuilt_keys": rebuilt,
         }
-
-    def _rebuild(self, plan: RestorePlan) -> int:
-        """Copy the keys of this shard's key groups out of the old shards' states."""
-        assert plan.epoch is not None
-        part = self.spec.stage.partitioning
-        copied = self._copy_from(plan.epoch, plan.rebuild, part.owned_mask(self.spec.index))
-        self.engine.seal()
-        return copied
-
-    def _copy_from(self, epoch: int, sources: tuple[RestoreSource, ...], wanted: Any) -> int:
-        """``keygroups.copy_from`` the old shards ``sources`` at ``epoch`` into the engine.
-
-        Each source is restored into a temporary dir (unless the driver already did:
-        ``local_dir``). Returns the number of pairs written.
-        """
-        spec = self.spec
-
-        def fetch(src: RestoreSource) -> Path:
-            if src.local_dir is not None:
-                return Path(src.local_dir)
-            tmp = Path(spec.data_dir).parent / f".rebuild-{self.name}-{src.shard}"
-            wipe_dir(tmp)
-            self._get_store().restore_shard(epoch, src.shard, tmp)
-            return tmp
-
-        return keygroups.copy_from(
-            self.engine, spec.stage.operator, sources, wanted,
-            num_key_groups=spec.stage.partitioning.num_key_groups, fetch=fetch)
-
-    def rebalance(self, epoch: int, partitioning: Partitioning,
-                  sources: tuple[RestoreSource, ...]) -> dict[str, Any]:
-        """Take over the key groups ``partitioning`` gives this shard, drop those it takes away.
-
-        Called by the driver at an epoch boundary: ``epoch`` is committed and no data is
-        in flight. The gained groups' keys are copied from ``sources`` (the shards that
-        owned them) as of ``epoch``; then the lost groups' keys are deleted and the
-        operator is rebuilt on the engine. Nothing is sealed: the next epoch's checkpoint
-        holds the new state, and a failure before it commits restores ``epoch`` with the
-        old assignment. Cost: a scan of every source's state and of this shard's own.
-        """
-        self._check_ok()
-        cpu = time.thread_time()
-        try:
-            t0 = time.perf_counter()
-            spec = self.spec
-            gained = partitioning.owned_mask(spec.index) & ~spec.stage.partitioning.owned_mask(
-                spec.index)
-            self.spec = replace(spec, stage=replace(spec.stage, partitioning=partitioning))
-            copied = self._copy_from(epoch, sources, gained)
-            self._fault("rebalance")
-            dropped = keygroups.drop_unowned(self.engine, spec.stage.operator, partitioning,
-                                             spec.index)
-            self.logic = self._build_logic()
-            if self._tracker is not None:
-                self._tracker.retain_groups(partitioning.owned_mask(spec.index))
-            seconds = time.perf_counter() - t0
-            self.stats_["rebalances"] += 1
-            self.stats_["rebalance_seconds"] += seconds
-            self.stats_["busy_cpu_seconds"] += time.thread_time() - cpu
-            return {"shard": self.name, "copied": copied, "dropped": dropped,
-                    "seconds": seconds}
-        except BaseException as err:
-            self._fail(err)
-            raise
 
     @property
     def _forwards_changelog(self) -> bool:
