@@ -194,7 +194,6 @@ class Coordinator:
             if self.store is not None:
                 self.store.close()
 
-
     def _finish_summary(self, stats: dict[str, dict[str, Any]]) -> RunSummary:
         s = self.summary
         s.wall_time = time.perf_counter() - self._t0
@@ -221,14 +220,12 @@ class Coordinator:
         while committer.pending and committer.error is None and time.monotonic() < deadline:
             time.sleep(0.01)
 
-
     def judge(self, err: BaseException) -> Verdict:
         """Decide whether the failure ``err`` of the current attempt is recovered from.
 
         The repeat rule and the classes of failures: :meth:`FailurePolicy.judge`.
         """
         return self._failures.judge(err, max(self._attempt_no - 1, 0))
-
 
     def _raise_fatal(self, verdict: Verdict, *, remote: bool = False) -> None:
         """Explain ``verdict.error`` (notes, corruption details), report it, raise it.
@@ -339,7 +336,6 @@ class Coordinator:
 
     # ------------------------------------------------------------------ initial state
 
-
     def _open_store(self) -> None:
         url = self.p.checkpoint
         if url is None:
@@ -348,7 +344,6 @@ class Coordinator:
 
         self.store = CheckpointStore(url, self.p.storage_options)
         self.driver_io = str(url).startswith("memory://")
-
 
     @property
     def restorer(self) -> DriverRestore:
@@ -365,7 +360,6 @@ class Coordinator:
             self._num_key_groups = start.num_key_groups
         self._abandon_on_commit = start.abandon_on_commit
         return start.base, start.sink_epoch, start.sink_abandoned, start.new_run
-
 
     def _local_root(self) -> Path:
         root = Path(self.p.local_dir or default_local_dir())
