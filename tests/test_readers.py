@@ -105,6 +105,18 @@ def assert_one_row_per_event(got: pa.Table, table: pa.Table) -> None:
         u: list(range(1, c + 1)) for u, (_, c) in model(table).items()}
 
 
+def seq_log_pipeline(tmp_path: Path, batch_size: int, on_progress: Any,
+                     **kw: Any) -> raykv.Pipeline:
+    """``tmp_path/in`` -> 2 readers -> ``StatefulMap(_seq_log)`` on 2 shards ->
+    ``ParquetSink(tmp_path/out)``, written by the shards."""
+    return raykv.Pipeline(
+        source=ParquetSource(str(tmp_path / "in"), batch_size=batch_size),
+        stages=[StatefulMap("user", _seq_log)], sink=ParquetSink(str(tmp_path / "out")),
+        engine="hybridlog", num_shards=2, source_parallelism=2,
+        checkpoint=str(tmp_path / "ckpt"), local_dir=str(tmp_path / "local"),
+        on_progress=on_progress, **kw)
+
+
 def _seq_log(state: Any, row: dict[str, Any]) -> tuple[Any, Any]:
     return (state or 0) + 1, {"seq": row["seq"], "n": (state or 0) + 1}
 
@@ -125,14 +137,8 @@ def test_sigkill_of_a_reader_and_of_a_sink_writer_loses_and_repeats_nothing(
             sigkill(ev.actors[name])
 
     out = tmp_path / "out"
-    p = raykv.Pipeline(
-        source=ParquetSource(str(tmp_path / "in"), batch_size=300),
-        stages=[StatefulMap("user", _seq_log)], sink=ParquetSink(str(out)),
-        engine="hybridlog", num_shards=2, source_parallelism=2, epoch_every_batches=1,
-        checkpoint=str(tmp_path / "ckpt"), local_dir=str(tmp_path / "local"),
-        on_progress=on_progress, max_pending_epochs=1,
-    )
-    s = p.run()
+    s = seq_log_pipeline(tmp_path, 300, on_progress, epoch_every_batches=1,
+                         max_pending_epochs=1).run()
     assert s.finished and s.restarts == 2 and len(kills) == 2
     assert kills[0].startswith("reader-") and kills[1].startswith("StatefulMap")
     assert_one_row_per_event(ParquetSink(str(out)).read(), table)
@@ -159,13 +165,8 @@ def test_random_sigkills_with_time_based_checkpoints(ray_session: Any, tmp_path:
             timer.start()
 
     out = tmp_path / "out"
-    s = raykv.Pipeline(
-        source=ParquetSource(str(tmp_path / "in"), batch_size=200),
-        stages=[StatefulMap("user", _seq_log)], sink=ParquetSink(str(out)),
-        engine="hybridlog", num_shards=2, source_parallelism=2, checkpoint_interval=0.2,
-        checkpoint=str(tmp_path / "ckpt"), local_dir=str(tmp_path / "local"),
-        on_progress=on_progress, faults=Faults(process_delay=0.02),
-    ).run()
+    s = seq_log_pipeline(tmp_path, 200, on_progress, checkpoint_interval=0.2,
+                         faults=Faults(process_delay=0.02)).run()
     assert s.finished and s.restarts >= 1, (kills, s.failures)
     assert_one_row_per_event(ParquetSink(str(out)).read(), table)
 

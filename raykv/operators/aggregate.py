@@ -16,16 +16,7 @@ from raykv.keys import is_fixed_width
 from raykv.operators.aggspec import normalize_aggs
 from raykv.operators.aggstate import AggLayout
 from raykv.operators.base import META_KEYS, KeyedOperator
-from raykv.operators.changelog import (
-    CHANGE,
-    DELETE,
-    INSERT,
-    UPDATE_AFTER,
-    UPDATE_BEFORE,
-    is_changelog,
-    split_signs,
-    with_kinds,
-)
+from raykv.operators.changelog import CHANGE, is_changelog, split_signs
 from raykv.operators.keyed_state import KeyedStateLogic
 
 #: The hidden column a changelog input's rows are counted in (a key with none is deleted).
@@ -322,23 +313,10 @@ class AggregateLogic(KeyedStateLogic):
         keys, their old values kept since the first fold of the epoch.
         """
         keys, values, deleted = self._take_epoch()
-        before, self._before = self._before, {}
-        rows: list[tuple[bytes, bytes, int]] = []
-        for k, v in zip(keys, values, strict=True):
-            old = before.get(k, b"")
-            if old:
-                rows.append((k, old, UPDATE_BEFORE))
-                rows.append((k, v, UPDATE_AFTER))
-            else:
-                rows.append((k, v, INSERT))
-        rows.extend((k, before[k], DELETE) for k in deleted if before.get(k))
-        if not rows:
-            return None
-        order = _key_order([k for k, _, _ in rows]) if len({r[0] for r in rows}) == len(
-            rows) else sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][2]))
-        out = self._emit([rows[i][0] for i in order], [rows[i][1] for i in order])
-        assert out is not None
-        return with_kinds(out, [rows[i][2] for i in order])
+        keys = keys + sorted(deleted)
+        values = values + [b""] * len(deleted)  # b"": deleted (-D of the before-image)
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        return self._changes_of([keys[i] for i in order], [values[i] for i in order])
 
     def finish(self) -> pa.RecordBatch | None:
         """Fold the buffered partials, then return the values of all keys."""

@@ -151,9 +151,15 @@ class KeyedStateLogic(OperatorLogic):
         stage (``keep_before_images``). Cost: one ``multi_get`` of the changed keys.
         """
         keys = sorted(self._changed)
-        before, self._before = self._before, {}
         self._changed = set()
-        now = self.store.multi_get(keys) if keys else []
+        return self._changes_of(keys, self.store.multi_get(keys) if keys else [])
+
+    def _changes_of(self, keys: Sequence[bytes], now: Sequence[bytes]) -> pa.RecordBatch | None:
+        """The changelog of ``keys`` (ascending, distinct), now worth ``now`` (``b""``: gone).
+
+        Compared with the epoch's before-images, which are then forgotten.
+        """
+        before, self._before = self._before, {}
         rows: list[tuple[bytes, bytes, int]] = []
         for k, new in zip(keys, now, strict=True):
             old = before.get(k, b"")
