@@ -361,7 +361,13 @@ class Pipeline:
             if n > groups:
                 msg = f"stage {names[i]!r} has {n} shards but only {groups} key groups"
                 raise ValueError(msg)
-            _ = op
+            if getattr(op, "late", "drop") == "emit":
+                msg = (
+                    f"stage {names[i]!r} has late='emit', but the runtime does not route a "
+                    "window's late output yet (issue 13); use late='drop' (late rows are "
+                    "counted) until it does"
+                )
+                raise ValueError(msg)
         if self.checkpoint is not None and not isinstance(self.checkpoint, str):
             self.checkpoint = str(self.checkpoint)
         if type(self.hot_keys) is not int or self.hot_keys < 0:
