@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from raykv.engines.base import KVStore
 from raykv.keys import is_fixed_width
+from raykv.operators.aggminmax import MinMaxMultisets
 from raykv.operators.aggspec import normalize_aggs
 from raykv.operators.aggstate import AggLayout
 from raykv.operators.base import META_KEYS, KeyedOperator
@@ -22,8 +23,18 @@ from raykv.operators.keyed_state import KeyedStateLogic
 #: The hidden column a changelog input's rows are counted in (a key with none is deleted).
 ROWS = "\x00rows"
 
-#: Ops that an input row's retraction can undo exactly (a changelog input).
-RETRACTABLE = frozenset({"count", "sum", "mean"})
+#: Ops that an input row's retraction can undo exactly (a changelog input): count, sum
+#: and mean subtract; min and max keep a multiset of values per group (``aggminmax.py``).
+RETRACTABLE = frozenset({"count", "sum", "mean", "min", "max"})
+
+#: Why ``first``/``last`` are refused over a changelog (``Aggregate.changelog_refusal``).
+ORDER_DEPENDENT = (
+    "first and last mean the first and last value by arrival, and a changelog's arrival "
+    "order is not the events' order (updates from several upstream shards interleave, and "
+    "once the row holding the first or last value is retracted, which value took its "
+    "place depends on that order), so they have no exact meaning over retractions; use "
+    "min/max, or first/last in the upstream stage"
+)
 
 #: Default bound on buffered partial rows (``Aggregate.max_buffered_rows``).
 DEFAULT_MAX_BUFFERED_ROWS = 1_000_000
@@ -57,6 +68,21 @@ class Aggregate(KeyedOperator):
     Cost: per batch one Arrow group_by (no engine call, no Python per row); per fold
     O(buffered rows) Arrow/numpy work plus one engine read and write per distinct key.
 
+    Over a changelog input (the batches carry ``_change``, ``raykv.operators.changelog``;
+    known from the first batch's schema, so the append-only path above is unchanged):
+    +I/+U rows are added and -U/-D rows retracted. ``count``, ``sum`` and ``mean``
+    subtract; ``min`` and ``max`` keep, per group and column, a multiset of the values of
+    its live rows (value -> row count, stored in the group's engine value after the fixed
+    layout, ``aggminmax.py``), so retracting the current extreme falls back exactly to the
+    next value. Their extra cost: one more Arrow group_by per batch and column, and per
+    fold a rewrite of each touched group's multiset (16 bytes per distinct value of a
+    number column, so a group is limited to about ``max_value_len / 16`` distinct values;
+    past it the fold raises ``ValueError`` naming the group, like an overflow). A group
+    whose rows were all retracted is deleted. ``first`` and ``last`` are refused when the
+    pipeline is built: they are defined by arrival order, and a changelog's order (updates
+    of several upstream shards interleaved; the value that replaces a retracted first one)
+    is not the events' order, so they have no exact meaning under retraction.
+
     Example:
         >>> import pyarrow as pa, tempfile
         >>> from raykv.engines import MemOnly
@@ -87,13 +113,16 @@ class Aggregate(KeyedOperator):
     emits_retractions: ClassVar[bool] = True
 
     def changelog_refusal(self, *, retractions: bool) -> str | None:
-        """``count``, ``sum`` and ``mean`` retract exactly; other ops cannot."""
+        """Over retractions: count, sum, mean, min and max are exact; first/last refused.
+
+        ``first`` and ``last`` are refused because their meaning depends on arrival order
+        (:data:`ORDER_DEPENDENT`, quoted in the error).
+        """
         if not retractions:
             return "the updates carry no before-images to retract"
         other = sorted({op for ops in self.aggs.values() for op in ops} - RETRACTABLE)
         if other:
-            return (f"{', '.join(other)} cannot be retracted with Aggregate's state (only "
-                    f"{', '.join(sorted(RETRACTABLE))} can)")
+            return f"{', '.join(other)} cannot be retracted: {ORDER_DEPENDENT}"
         return None
 
     def __post_init__(self) -> None:
@@ -135,6 +164,10 @@ class AggregateLogic(KeyedStateLogic):
         # whose rows were all retracted is deleted (kept here until the barrier)
         self._retract = False
         self._epoch_deleted: set[bytes] = set()
+        # min/max over a changelog: per-group multisets (None on the append-only path),
+        # and their per-batch signed counts since the last fold, one list per column
+        self._minmax: MinMaxMultisets | None = None
+        self._deltas: list[list[pa.Table]] = []
         # configs pickled before the field existed lack it (cloudpickled in epoch metadata)
         self._max_rows: int = getattr(op, "max_buffered_rows", DEFAULT_MAX_BUFFERED_ROWS)
         super().__init__(op, store)
@@ -156,12 +189,15 @@ class AggregateLogic(KeyedStateLogic):
             schema = schema.remove(schema.get_field_index(CHANGE)).append(
                 pa.field(ROWS, pa.int64()))
         self.layout = AggLayout(aggs, schema, self._name())
+        if self._retract and MinMaxMultisets.wanted(self.layout):
+            self._minmax = MinMaxMultisets(self.layout, self.key)
+            self._deltas = [[] for _ in self._minmax.cols]
         key_field = pa.field(self.key, schema.field(self.key).type)
         self._out_schema = pa.schema([key_field, *self.layout.output_fields()])
 
     def _layout(self) -> str:
         assert self.layout is not None
-        return self.layout.layout_id
+        return self.layout.layout_id + (self._minmax.tag if self._minmax else "")
 
     def _process(self, batch: pa.RecordBatch) -> None:
         layout = self.layout
@@ -177,10 +213,14 @@ class AggregateLogic(KeyedStateLogic):
             else:
                 self._state_keys(key_col)  # too long / reserved: refused before buffering
         rows = sum(p.num_rows for p in parts)
+        deltas = self._minmax.deltas(batch) if self._minmax is not None else []
+        rows += sum(d.num_rows for d in deltas)
         fold = self._buffered_rows + rows > self._max_rows
         if self._pending_meta and not fold:  # the first batch passed: store the schema now
             self._write((), (), track=False)
         self._parts.extend(parts)
+        for buffered, d in zip(self._deltas, deltas, strict=True):
+            buffered.append(d)
         self._buffered_rows += rows
         if fold:
             self.fold()
@@ -217,7 +257,9 @@ class AggregateLogic(KeyedStateLogic):
         parts = self._parts
         if not parts:
             return
+        deltas = self._deltas
         self._parts = []
+        self._deltas = [[] for _ in deltas]
         self._buffered_rows = 0
         layout = self.layout
         assert layout is not None
@@ -226,7 +268,8 @@ class AggregateLogic(KeyedStateLogic):
             key_col: pa.Array | pa.ChunkedArray = part.column(self.key)
             keys = self._state_keys(key_col)
             old = self.store.multi_get(keys)
-            new, changed = layout.combine(old, part, lambda i: f"key {key_col[i].as_py()!r}")
+            new, changed = layout.combine(self._layout_parts(old), part,
+                                          lambda i: f"key {key_col[i].as_py()!r}")
         else:
             part = pa.concat_tables(parts)
             both = pa.concat_arrays([c for p in parts for c in p.column(self.key).chunks])
@@ -236,7 +279,12 @@ class AggregateLogic(KeyedStateLogic):
             index = encoded.indices.to_numpy(zero_copy_only=False)
             keys = self._state_keys(key_col)
             old = self.store.multi_get(keys)
-            new, changed = layout.fold(old, part, index, lambda i: f"key {key_col[i].as_py()!r}")
+            new, changed = layout.fold(self._layout_parts(old), part, index,
+                                       lambda i: f"key {key_col[i].as_py()!r}")
+        if self._minmax is not None:  # exact min/max from the multisets
+            new = self._minmax.apply(old, new, key_col, deltas)
+            changed = np.fromiter(map(bytes.__ne__, new, old), dtype=bool, count=len(new))
+            self._check_sizes(new, key_col)
         if not changed.all():
             keys = list(compress(keys, changed))
             new = list(compress(new, changed))
@@ -253,13 +301,33 @@ class AggregateLogic(KeyedStateLogic):
             merged.update(zip(keys, new, strict=True))
             self._epoch_keys, self._epoch_values = list(merged), list(merged.values())
 
+    def _layout_parts(self, values: list[bytes]) -> list[bytes]:
+        """The layout's part of state values (without the multisets of min/max)."""
+        return values if self._minmax is None else self._minmax.split(values)[0]
+
+    def _check_sizes(self, values: Sequence[bytes], key_col: pa.Array | pa.ChunkedArray) -> None:
+        """Refuse a value the engine would refuse, naming the group (before writing)."""
+        limit = self.store.max_value_len
+        if not values or max(map(len, values)) <= limit:
+            return
+        i = next(i for i, v in enumerate(values) if len(v) > limit)
+        msg = (
+            f"{self._name()}: the state of key {key_col[i].as_py()!r} would be "
+            f"{len(values[i]):,} bytes, more than the engine's max_value_len={limit:,}: "
+            "min/max over a changelog keep every distinct value of a group (16 bytes each "
+            "for numbers); raise max_value_len in engine_params or aggregate fewer distinct "
+            "values per group"
+        )
+        raise ValueError(msg)
+
     def _drop_empty(self, keys: list[bytes], new: list[bytes]) -> tuple[list[bytes], list[bytes]]:
         """Retract mode: keys left with no rows are deleted (``b""``), the rest written."""
         layout = self.layout
         assert layout is not None
         if not keys:
             return keys, new
-        st = np.frombuffer(b"".join(new), dtype=layout.dtype)
+        size = layout.size
+        st = np.frombuffer(b"".join(v[:size] for v in self._layout_parts(new)), layout.dtype)
         empty = st[layout.cols[-1].field("count")] <= 0  # the hidden ROWS column
         if not empty.any():
             for k in keys:
@@ -287,6 +355,8 @@ class AggregateLogic(KeyedStateLogic):
         if not keys and not deleted:
             return None
         zero = bytes(self.layout.size) if self.layout is not None else b""
+        if self._minmax is not None:
+            zero = self._minmax.join(zero, b"")
         keys = keys + sorted(deleted)
         values = values + [zero] * len(deleted)
         order = _key_order(keys)
@@ -345,6 +415,8 @@ class AggregateLogic(KeyedStateLogic):
         self, state_keys: Sequence[bytes], values: Sequence[bytes]
     ) -> list[tuple[str, pa.Array]]:
         assert self.layout is not None
+        if self._minmax is not None:
+            values = self._minmax.split(values)[0]
         return self.layout.render(values)
 
 

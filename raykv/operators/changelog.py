@@ -28,10 +28,11 @@ Which operator does what (checked when the pipeline is built, :func:`check_chain
 * insert-only (no ``CHANGE`` column needed): sources, ``StatefulMap``,
   ``TumblingWindow``;
 * consumes a changelog: ``Aggregate`` with ``count``, ``sum`` and ``mean`` (exact:
-  retraction subtracts), a key whose rows all were retracted is deleted;
-  ``StatefulMap`` sees ``CHANGE`` in each row and decides. Refused with an error naming
-  both stages: ``Aggregate`` with ``min``/``max``/``first``/``last`` (not retractable with
-  its state), ``Reduce`` and ``TumblingWindow`` (their functions cannot retract).
+  retraction subtracts) and ``min``/``max`` (exact: a multiset of values per group,
+  ``aggminmax.py``), a key whose rows all were retracted is deleted; ``StatefulMap``
+  sees ``CHANGE`` in each row and decides. Refused with an error naming both stages:
+  ``Aggregate`` with ``first``/``last`` (defined by arrival order, which a changelog
+  does not keep), ``Reduce`` and ``TumblingWindow`` (their functions cannot retract).
 
 The last stage's output goes to the sink as before (the new values of the keys that
 changed, the final values at the end of bounded input): the changelog is what stages

@@ -113,7 +113,8 @@ def test_stages_that_cannot_retract_are_refused_when_the_pipeline_is_built() -> 
     src = TableSource({"user": [1], "amount": [1], "t": [0]})
     first = Aggregate("user", {"amount": ["sum"]})
     for second, why in [
-        (Aggregate("user", {"amount_sum": ["max"]}), "max cannot be retracted"),
+        (Aggregate("user", {"amount_sum": ["last", "max"]}), "last cannot be retracted: "
+         "first and last mean the first and last value by arrival"),
         (Aggregate("user", {"amount_sum": ["first", "sum"]}), "first cannot be retracted"),
         (Reduce("user", max, "amount_sum"), "cannot retract"),
         (TumblingWindow("user", "t", 10, {"amount_sum": ["sum"]}), "cannot retract"),
@@ -125,6 +126,7 @@ def test_stages_that_cannot_retract_are_refused_when_the_pipeline_is_built() -> 
 
     # what can consume it: a retracting Aggregate, a StatefulMap (it sees the kinds)
     raykv.Pipeline(source=src, stages=[first, Aggregate("user", {"amount_sum": "mean"})])
+    raykv.Pipeline(source=src, stages=[first, Aggregate("user", {"amount_sum": ["min", "max"]})])
     raykv.Pipeline(source=src, stages=[first, StatefulMap("user", lambda s, r: (s, r))])
 
 
