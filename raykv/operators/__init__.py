@@ -8,6 +8,7 @@ actor calls ``op.build(store)`` on its open ``KVStore`` and then drives the retu
 * :class:`Reduce`: ``fn(acc, value)`` per key over one column.
 * :class:`StatefulMap`: ``fn(state, row) -> (state, output)`` per event.
 * :class:`TumblingWindow`: aggregations per key and event-time window, closed by watermark.
+* :class:`SlidingWindow`: hopping windows (``size``, ``slide``) from per-pane partials.
 
 All are thin layers over :class:`KeyedStateLogic` (``keyed_state.py``), which owns input checks,
 state keys, the changed-key set and emission.
@@ -19,6 +20,7 @@ from raykv.operators.codecs import Codec, JsonCodec, PickleCodec, RawCodec, get_
 from raykv.operators.keyed_state import KeyedStateLogic
 from raykv.operators.pystate import PyStateLogic
 from raykv.operators.reduce import Reduce, ReduceLogic
+from raykv.operators.sliding import SlidingWindow, SlidingWindowLogic
 from raykv.operators.stateful_map import StatefulMap, StatefulMapLogic
 from raykv.operators.window import TumblingWindow, TumblingWindowLogic
 
@@ -35,6 +37,8 @@ __all__ = [
     "RawCodec",
     "Reduce",
     "ReduceLogic",
+    "SlidingWindow",
+    "SlidingWindowLogic",
     "StatefulMap",
     "StatefulMapLogic",
     "TumblingWindow",

@@ -1,0 +1,314 @@
+"""``SlidingWindow``: per-key aggregations over hopping event-time windows, from panes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import pyarrow as pa
+
+from raykv.engines.base import KVStore
+from raykv.operators.base import META_KEYS
+from raykv.operators.eventtime import WINDOW_END, WINDOW_START, EventTimeLogic, EventTimeWindow
+from raykv.operators.panes import combine_ranges
+from raykv.operators.watermark import NONE, time_array, to_units
+
+_PS = "\x00pane_start"
+_SIGN = np.uint64(1 << 63)
+#: State-key suffix of a key's cursor record (pane start -2**63, never a real pane).
+CURSOR = bytes(8)
+
+
+@dataclass(frozen=True)
+class SlidingWindow(EventTimeWindow):
+    """Aggregations per key and hopping event-time window ``[start, start + size)``.
+
+    Window starts are the multiples of ``slide`` (aligned to time 0), so each event is in
+    ``size / slide`` windows (rounded up or down when ``slide`` does not divide
+    ``size``). State is one partial aggregate per key and *pane* of ``gcd(size, slide)``
+    (``floor(t / pane) * pane``); a window's result combines its panes when it closes, so
+    the cost per event does not grow with ``size / slide``.
+
+    Watermark as for ``TumblingWindow`` (largest event time seen minus
+    ``allowed_lateness``, or the runtime's through ``advance_watermark``). An event is
+    late if the *first* window it belongs to has closed (its end ``<=`` the watermark when
+    the event arrives): it is then counted in ``late_events`` and in no window at all
+    (kept for ``late_rows()`` with ``late="emit"``), never in some of its windows only;
+    every emitted window therefore holds exactly the non-late events in it. At each
+    barrier every window whose end is ``<=`` the watermark and that holds an event is
+    emitted once; a pane is deleted once the last window that contains it has been
+    emitted. ``finish`` emits all remaining windows. A per-key cursor (the watermark at
+    the last barrier that emitted a window of the key) is stored with the key's panes, so
+    no window is emitted twice after a restore or a rescale.
+
+    ``first``/``last`` follow arrival order within a pane and pane (event-time) order
+    across the panes of a window.
+
+    Input: the ``key``, the ``time_column`` (signed integer or timestamp, no nulls,
+    within +-2**62) and the aggregated columns. Output: the key column, ``window_start``
+    and ``window_end`` (the time column's type), then ``{column}_{op}`` as for
+    ``Aggregate``; rows ordered by window start, then encoded key.
+
+    Cost per batch: as ``TumblingWindow(size=pane)`` (one group by key and pane, one
+    ``multi_get`` + one ``multi_set``). Per barrier: one ``multi_get`` of the panes of the
+    windows that close (each pane once, however many windows share it), numpy
+    ``reduceat`` passes over the panes of each closing window, and one ``multi_set``
+    (deleted panes, cursors). Building the logic scans ``store.items()`` once.
+
+    Example:
+        >>> import pyarrow as pa, tempfile
+        >>> from raykv.engines import MemOnly
+        >>> op = SlidingWindow("k", "t", size=10, slide=5, aggs={"v": "sum"})
+        >>> with MemOnly(tempfile.mkdtemp()) as store:
+        ...     logic = op.build(store)
+        ...     logic.process(pa.record_batch({"k": [1, 1, 1], "t": [1, 7, 16], "v": [1, 2, 4]}))
+        ...     logic.on_barrier(1).to_pydict()
+        {'k': [1, 1, 1], 'window_start': [-5, 0, 5], 'window_end': [5, 10, 15], 'v_sum': [1, 3, 2]}
+
+    Attributes:
+        time_column: event-time column (signed integer or timestamp).
+        size: window length (an int in the time column's unit, or a ``timedelta`` for a
+            timestamp column).
+        slide: distance between window starts, ``0 < slide <= size`` (same kind as
+            ``size``); it need not divide ``size``.
+        aggs: ``{column: [ops]}`` as for ``Aggregate``.
+        allowed_lateness: how far behind the largest event time seen an event may be and
+            still count (same units as ``size``); default 0.
+        late: ``"drop"`` (default) or ``"emit"`` (late rows on ``late_rows()``, see
+            ``raykv.operators.eventtime``).
+    """
+
+    time_column: str
+    size: int | timedelta
+    slide: int | timedelta
+    aggs: Mapping[str, Sequence[str]]
+    allowed_lateness: int | timedelta = 0
+    late: str = "drop"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_window([("size", self.size), ("slide", self.slide)])
+        owner = type(self).__name__
+        if isinstance(self.size, timedelta) != isinstance(self.slide, timedelta):
+            msg = f"{owner}: size and slide must both be ints or both timedeltas"
+            raise TypeError(msg)
+        if self.slide > self.size:  # type: ignore[operator]
+            msg = (
+                f"{owner}.slide={self.slide!r} is larger than size={self.size!r}: events "
+                "between windows would be in none; use slide <= size"
+            )
+            raise ValueError(msg)
+
+    def build(self, store: KVStore) -> SlidingWindowLogic:
+        """Create the shard logic on ``store`` (resumes the panes and watermark it holds)."""
+        return SlidingWindowLogic(self, store)
+
+
+class SlidingWindowLogic(EventTimeLogic):
+    """Running logic of :class:`SlidingWindow` on one shard."""
+
+    op: SlidingWindow
+
+    def __init__(self, op: SlidingWindow, store: KVStore) -> None:
+        self._size = self._slide = self._pane = 1
+        #: Pane start -> state keys of the panes.
+        self._panes: dict[int, set[bytes]] = {}
+        #: Encoded user key -> the watermark through which its windows were emitted.
+        self._cursor: dict[bytes, int] = {}
+        super().__init__(op, store)
+        if self._schema is not None:
+            for k, v in store.items():
+                if k in META_KEYS:
+                    continue
+                if k[-8:] == CURSOR:
+                    self._cursor[k[:-8]] = int.from_bytes(v, "little", signed=True)
+                else:
+                    self._panes.setdefault(_suffix_time(k), set()).add(k)
+
+    def _setup_spans(self, t: pa.DataType) -> None:
+        owner = self._name()
+        self._size = to_units(owner, "size", self.op.size, t)
+        self._slide = to_units(owner, "slide", self.op.slide, t)
+        self._pane = math.gcd(self._size, self._slide)
+
+    def _layout(self) -> str:
+        assert self.layout is not None
+        return f"sliding/1;size={self._size};slide={self._slide};" + self.layout.layout_id
+
+    def _first_end(self, pane_starts: np.ndarray) -> np.ndarray:
+        """End of the first window containing each pane (vectorized :meth:`_first_end_of`)."""
+        first = np.floor_divide(pane_starts - self._size, self._slide) + 1
+        return first * self._slide + self._size  # type: ignore[no-any-return]
+
+    def _first_end_of(self, pane_start: int) -> int:
+        return ((pane_start - self._size) // self._slide + 1) * self._slide + self._size
+
+    def _last_end(self, pane_start: int) -> int:
+        """End of the last window containing the pane."""
+        return (pane_start // self._slide) * self._slide + self._size
+
+    def _process(self, batch: pa.RecordBatch) -> None:
+        layout = self.layout
+        assert layout is not None
+        t = self._times(batch)
+        panes = t - np.mod(t, self._pane)
+        late = self._first_end(panes) <= self.clock.running(t)
+        n_late = int(late.sum())
+        original = batch
+        if n_late:
+            keep = ~late
+            batch = batch.filter(pa.array(keep))
+            panes = panes[keep]
+        keys: list[bytes] = []
+        new: list[bytes] = []
+        starts: list[int] = []
+        if batch.num_rows:
+            batch = self._canonical(batch).append_column(_PS, pa.array(panes, pa.int64()))
+            part = layout.partials(batch, [self.key, _PS])
+            key_col = part.column(self.key)
+            ps = part.column(_PS).to_numpy()
+            keys = self._state_keys(key_col, _suffixes(ps))
+            old = self.store.multi_get(keys)
+
+            def describe(i: int) -> str:
+                return f"key {key_col[i].as_py()!r} pane start {int(ps[i])}"
+
+            new, _ = layout.combine(old, part, describe)
+            starts = ps.tolist()
+        extra = self.clock.pending(t, n_late)
+        self._write(keys, new, track=False, extra=extra)
+        self.clock.commit(t, n_late)
+        self._keep_late(original, late)
+        for start, k in zip(starts, keys, strict=True):
+            self._panes.setdefault(start, set()).add(k)
+
+    # ------------------------------------------------------------------ closing
+
+    def on_barrier(self, epoch: int) -> pa.RecordBatch | None:
+        """Emit every window whose end is ``<=`` the watermark; delete panes no window needs."""
+        self._end_epoch()
+        wm = self.watermark
+        if wm is None:
+            return None
+        return self._close(wm)
+
+    def finish(self) -> pa.RecordBatch | None:
+        """Emit every window not yet emitted and delete all state (bounded input has ended)."""
+        self._end_epoch()
+        self._changed = set()
+        return self._close(None)
+
+    def export_state(self) -> pa.RecordBatch | None:
+        """The windows not yet emitted with their current aggregates, changing nothing."""
+        out, _ = self._windows(None)
+        return out
+
+    def _close(self, wm: int | None) -> pa.RecordBatch | None:
+        out, users = self._windows(wm)
+        gone = [
+            s for s in self._panes if wm is None or self._last_end(s) <= wm
+        ]
+        deletes = [k for s in gone for k in self._panes[s]]
+        for s in gone:
+            del self._panes[s]
+        live = {k[:-8] for keys in self._panes.values() for k in keys} if gone else None
+        writes: dict[bytes, bytes] = dict.fromkeys(deletes, b"")
+        for user in set(self._cursor) | users:
+            if live is not None and user not in live:
+                if user in self._cursor:
+                    del self._cursor[user]
+                    writes[user + CURSOR] = b""
+            elif user in users and wm is not None:
+                self._cursor[user] = wm
+                writes[user + CURSOR] = wm.to_bytes(8, "little", signed=True)
+        if writes:
+            self._write(list(writes), list(writes.values()), track=False)
+        return out
+
+    def _windows(self, wm: int | None) -> tuple[pa.RecordBatch | None, set[bytes]]:
+        """The windows to emit at watermark ``wm`` (all of them for ``None``).
+
+        Returns the output rows and the encoded user keys that have some.
+        """
+        starts = [s for s in self._panes if wm is None or self._first_end_of(s) <= wm]
+        keys = [k for s in starts for k in self._panes[s]]
+        if not keys:
+            return None, set()
+        values = self.store.multi_get(keys)
+        users = [k[:-8] for k in keys]
+        uniq = sorted(set(users))
+        uid_of = {u: i for i, u in enumerate(uniq)}
+        uid = np.fromiter((uid_of[u] for u in users), dtype=np.int64, count=len(users))
+        ps = np.fromiter(map(_suffix_time, keys), dtype=np.int64, count=len(keys))
+        order = np.lexsort((ps, uid))
+        uid, ps = uid[order], ps[order]
+        values = [values[i] for i in order.tolist()]
+        size, slide = self._size, self._slide
+        # the windows of each pane not emitted yet: k in [a, b] (start = k * slide)
+        cursor = np.array([self._cursor.get(u, NONE) for u in uniq], dtype=np.int64)
+        kmin = np.floor_divide(np.maximum(cursor, -(1 << 62)) - size, slide) + 1
+        a = np.maximum(np.floor_divide(ps - size, slide) + 1, kmin[uid])
+        b = np.floor_divide(ps, slide)
+        if wm is not None:
+            b = np.minimum(b, (wm - size) // slide)
+        # union of each key's intervals, enumerated without repeats: panes are sorted by
+        # start within a key, so a and b never decrease there
+        new_user = np.ones(len(uid), dtype=bool)
+        new_user[1:] = uid[1:] != uid[:-1]
+        prev_b = np.empty_like(b)
+        prev_b[1:] = b[:-1]
+        prev_b[new_user] = -(1 << 62)
+        s = np.maximum(a, prev_b + 1)
+        count = np.maximum(b - s + 1, 0)
+        total = int(count.sum())
+        if not total:
+            return None, set()
+        w_uid = np.repeat(uid, count)
+        w_k = np.repeat(s, count) + (np.arange(total) - np.repeat(np.cumsum(count) - count, count))
+        w_start = w_k * slide
+        pairs = np.empty(len(uid), dtype=[("u", np.int64), ("p", np.int64)])
+        pairs["u"], pairs["p"] = uid, ps
+
+        def probe(times: np.ndarray) -> np.ndarray:
+            q = np.empty(total, dtype=pairs.dtype)
+            q["u"], q["p"] = w_uid, times
+            return np.searchsorted(pairs, q)
+
+        lo, hi = probe(w_start), probe(w_start + size)
+        out_order = np.lexsort((w_uid, w_start))
+        w_uid, w_start, lo, hi = w_uid[out_order], w_start[out_order], lo[out_order], hi[out_order]
+
+        def describe(i: int) -> str:
+            return f"window start {int(w_start[i])} of key {uniq[int(w_uid[i])]!r} (encoded)"
+
+        assert self.layout is not None
+        states = combine_ranges(self.layout, values, lo, hi, describe)
+        state_keys = list(map(bytes.__add__, [uniq[i] for i in w_uid.tolist()],
+                              _suffixes(w_start)))
+        return self._emit(state_keys, states), {uniq[i] for i in set(w_uid.tolist())}
+
+    def _render(
+        self, state_keys: Sequence[bytes], values: Sequence[bytes]
+    ) -> list[tuple[str, pa.Array]]:
+        assert self.layout is not None and self._time_type is not None
+        starts = np.fromiter(map(_suffix_time, state_keys), dtype=np.int64, count=len(state_keys))
+        cols = [
+            (WINDOW_START, time_array(starts, self._time_type)),
+            (WINDOW_END, time_array(starts + self._size, self._time_type)),
+        ]
+        return cols + self.layout.render(values)
+
+
+def _suffixes(times: np.ndarray) -> list[bytes]:
+    """8-byte state-key suffixes of int64 ``times`` (sign bit flipped, big-endian)."""
+    words = (np.asarray(times, dtype=np.int64).view(np.uint64) ^ _SIGN).astype(">u8")
+    out: list[bytes] = words.view("V8").tolist()
+    return out
+
+
+def _suffix_time(state_key: bytes) -> int:
+    """The int64 time in a state key's 8-byte suffix."""
+    return int.from_bytes(state_key[-8:], "big") - (1 << 63)
