@@ -9,6 +9,7 @@ actor calls ``op.build(store)`` on its open ``KVStore`` and then drives the retu
 * :class:`StatefulMap`: ``fn(state, row) -> (state, output)`` per event.
 * :class:`TumblingWindow`: aggregations per key and event-time window, closed by watermark.
 * :class:`SlidingWindow`: hopping windows (``size``, ``slide``) from per-pane partials.
+* :class:`SessionWindow`: sessions of activity (``gap``), merged when an event bridges two.
 
 All are thin layers over :class:`KeyedStateLogic` (``keyed_state.py``), which owns input checks,
 state keys, the changed-key set and emission.
@@ -20,6 +21,7 @@ from raykv.operators.codecs import Codec, JsonCodec, PickleCodec, RawCodec, get_
 from raykv.operators.keyed_state import KeyedStateLogic
 from raykv.operators.pystate import PyStateLogic
 from raykv.operators.reduce import Reduce, ReduceLogic
+from raykv.operators.session import SessionWindow, SessionWindowLogic
 from raykv.operators.sliding import SlidingWindow, SlidingWindowLogic
 from raykv.operators.stateful_map import StatefulMap, StatefulMapLogic
 from raykv.operators.window import TumblingWindow, TumblingWindowLogic
@@ -37,6 +39,8 @@ __all__ = [
     "RawCodec",
     "Reduce",
     "ReduceLogic",
+    "SessionWindow",
+    "SessionWindowLogic",
     "SlidingWindow",
     "SlidingWindowLogic",
     "StatefulMap",
