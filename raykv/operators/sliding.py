@@ -118,6 +118,9 @@ class SlidingWindowLogic(EventTimeLogic):
         self._panes: dict[int, set[bytes]] = {}
         #: Encoded user key -> the watermark through which its windows were emitted.
         self._cursor: dict[bytes, int] = {}
+        #: Encoded user key -> its number of panes in the engine.
+        self._npanes: dict[bytes, int] = {}
+        self._render_starts: np.ndarray | None = None
         super().__init__(op, store)
         if self._schema is not None:
             for k, v in store.items():
@@ -127,6 +130,7 @@ class SlidingWindowLogic(EventTimeLogic):
                     self._cursor[k[:-8]] = int.from_bytes(v, "little", signed=True)
                 else:
                     self._panes.setdefault(_suffix_time(k), set()).add(k)
+                    self._npanes[k[:-8]] = self._npanes.get(k[:-8], 0) + 1
 
     def _setup_spans(self, t: pa.DataType) -> None:
         owner = self._name()
@@ -178,12 +182,17 @@ class SlidingWindowLogic(EventTimeLogic):
 
             new, _ = layout.combine(old, part, describe)
             starts = ps.tolist()
+        else:
+            old = []
         extra = self.clock.pending(t, n_late)
         self._write(keys, new, track=False, extra=extra)
         self.clock.commit(t, n_late)
         self._keep_late(original, late)
-        for start, k in zip(starts, keys, strict=True):
+        npanes = self._npanes
+        for start, k, was in zip(starts, keys, old if keys else [], strict=True):
             self._panes.setdefault(start, set()).add(k)
+            if not was:
+                npanes[k[:-8]] = npanes.get(k[:-8], 0) + 1
 
     # ------------------------------------------------------------------ closing
 
@@ -214,16 +223,23 @@ class SlidingWindowLogic(EventTimeLogic):
         deletes = [k for s in gone for k in self._panes[s]]
         for s in gone:
             del self._panes[s]
-        live = {k[:-8] for keys in self._panes.values() for k in keys} if gone else None
         writes: dict[bytes, bytes] = dict.fromkeys(deletes, b"")
-        for user in set(self._cursor) | users:
-            if live is not None and user not in live:
-                if user in self._cursor:
-                    del self._cursor[user]
-                    writes[user + CURSOR] = b""
-            elif user in users and wm is not None:
+        npanes = self._npanes
+        emptied = set()
+        for k in deletes:
+            user = k[:-8]
+            npanes[user] -= 1
+            if not npanes[user]:
+                del npanes[user]
+                emptied.add(user)
+        for user in emptied:  # no panes left: no cursor needed
+            if self._cursor.pop(user, None) is not None:
+                writes[user + CURSOR] = b""
+        if wm is not None:
+            record = wm.to_bytes(8, "little", signed=True)
+            for user in users - emptied:
                 self._cursor[user] = wm
-                writes[user + CURSOR] = wm.to_bytes(8, "little", signed=True)
+                writes[user + CURSOR] = record
         if writes:
             self._write(list(writes), list(writes.values()), track=False)
         return out
@@ -234,18 +250,21 @@ class SlidingWindowLogic(EventTimeLogic):
         Returns the output rows and the encoded user keys that have some.
         """
         starts = [s for s in self._panes if wm is None or self._first_end_of(s) <= wm]
-        keys = [k for s in starts for k in self._panes[s]]
+        keys: list[bytes] = []
+        counts = []
+        for start in starts:
+            keys.extend(self._panes[start])
+            counts.append(len(self._panes[start]))
         if not keys:
             return None, set()
-        values = self.store.multi_get(keys)
+        ps = np.repeat(np.array(starts, dtype=np.int64), counts)
         users = [k[:-8] for k in keys]
         uniq = sorted(set(users))
         uid_of = {u: i for i, u in enumerate(uniq)}
-        uid = np.fromiter((uid_of[u] for u in users), dtype=np.int64, count=len(users))
-        ps = np.fromiter(map(_suffix_time, keys), dtype=np.int64, count=len(keys))
+        uid = np.fromiter(map(uid_of.__getitem__, users), dtype=np.int64, count=len(users))
         order = np.lexsort((ps, uid))
         uid, ps = uid[order], ps[order]
-        values = [values[i] for i in order.tolist()]
+        values = self.store.multi_get([keys[i] for i in order.tolist()])
         size, slide = self._size, self._slide
         # the windows of each pane not emitted yet: k in [a, b] (start = k * slide)
         cursor = np.array([self._cursor.get(u, NONE) for u in uniq], dtype=np.int64)
@@ -269,15 +288,7 @@ class SlidingWindowLogic(EventTimeLogic):
         w_uid = np.repeat(uid, count)
         w_k = np.repeat(s, count) + (np.arange(total) - np.repeat(np.cumsum(count) - count, count))
         w_start = w_k * slide
-        pairs = np.empty(len(uid), dtype=[("u", np.int64), ("p", np.int64)])
-        pairs["u"], pairs["p"] = uid, ps
-
-        def probe(times: np.ndarray) -> np.ndarray:
-            q = np.empty(total, dtype=pairs.dtype)
-            q["u"], q["p"] = w_uid, times
-            return np.searchsorted(pairs, q)
-
-        lo, hi = probe(w_start), probe(w_start + size)
+        lo, hi = _locate(uid, ps, w_uid, w_start, w_start + size, self._pane)
         out_order = np.lexsort((w_uid, w_start))
         w_uid, w_start, lo, hi = w_uid[out_order], w_start[out_order], lo[out_order], hi[out_order]
 
@@ -288,13 +299,20 @@ class SlidingWindowLogic(EventTimeLogic):
         states = combine_ranges(self.layout, values, lo, hi, describe)
         state_keys = list(map(bytes.__add__, [uniq[i] for i in w_uid.tolist()],
                               _suffixes(w_start)))
-        return self._emit(state_keys, states), {uniq[i] for i in set(w_uid.tolist())}
+        self._render_starts = w_start
+        try:
+            out = self._emit(state_keys, states)
+        finally:
+            self._render_starts = None
+        return out, {uniq[i] for i in set(w_uid.tolist())}
 
     def _render(
         self, state_keys: Sequence[bytes], values: Sequence[bytes]
     ) -> list[tuple[str, pa.Array]]:
         assert self.layout is not None and self._time_type is not None
-        starts = np.fromiter(map(_suffix_time, state_keys), dtype=np.int64, count=len(state_keys))
+        starts = self._render_starts
+        if starts is None:
+            starts = _suffix_times(state_keys)
         cols = [
             (WINDOW_START, time_array(starts, self._time_type)),
             (WINDOW_END, time_array(starts + self._size, self._time_type)),
@@ -307,6 +325,44 @@ def _suffixes(times: np.ndarray) -> list[bytes]:
     words = (np.asarray(times, dtype=np.int64).view(np.uint64) ^ _SIGN).astype(">u8")
     out: list[bytes] = words.view("V8").tolist()
     return out
+
+
+def _suffix_times(state_keys: Sequence[bytes]) -> np.ndarray:
+    """The int64 times in the 8-byte suffixes of ``state_keys`` (vectorized)."""
+    words = np.frombuffer(b"".join(k[-8:] for k in state_keys), dtype=">u8")
+    out: np.ndarray = (words.astype(np.uint64) ^ _SIGN).view(np.int64)
+    return out
+
+
+def _locate(
+    uid: np.ndarray, ps: np.ndarray, q_uid: np.ndarray, q_lo: np.ndarray, q_hi: np.ndarray,
+    pane: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For panes sorted by ``(uid, ps)``, the index ranges of ``q_lo <= ps < q_hi`` per query.
+
+    The bounds are multiples of ``pane``. One int64 sort key (``uid * span + pane index``)
+    and two ``searchsorted``; a structured-array search when that key could overflow.
+    """
+    base = int(ps.min())
+    span = (int(ps.max()) - base) // pane + 2
+    if (int(uid.max()) + 1) * span < (1 << 62):
+        sort_key = uid * span + (ps - base) // pane
+
+        def probe(q: np.ndarray) -> np.ndarray:
+            idx = np.clip(-((base - q) // pane), 0, span - 1)  # ceil((q - base) / pane)
+            found: np.ndarray = np.searchsorted(sort_key, q_uid * span + idx)
+            return found
+
+        return probe(q_lo), probe(q_hi)
+    pairs = np.empty(len(uid), dtype=[("u", np.int64), ("p", np.int64)])
+    pairs["u"], pairs["p"] = uid, ps
+
+    def probe_pairs(q: np.ndarray) -> np.ndarray:
+        keys = np.empty(len(q), dtype=pairs.dtype)
+        keys["u"], keys["p"] = q_uid, q
+        return np.searchsorted(pairs, keys)
+
+    return probe_pairs(q_lo), probe_pairs(q_hi)
 
 
 def _suffix_time(state_key: bytes) -> int:
