@@ -69,6 +69,7 @@ OPTIONAL: dict[str, tuple[str, str, bool]] = {
     "dataplane": ("Data plane: readers, shards, driver (issue 12)", "benchmarks.dataplane",
                   True),
     "changelog": ("Changelogs between stages (issue 17)", "benchmarks.changelog", False),
+    "windows": ("Event-time windows (issue 13)", "benchmarks.windows", False),
 }
 
 
