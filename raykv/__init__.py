@@ -26,6 +26,9 @@ _ATTRS = {
     "Pipeline": "raykv.pipeline",
     "RunSummary": "raykv.pipeline",
     "ProgressEvent": "raykv.pipeline",
+    "TumblingWindow": "raykv.operators",
+    "SlidingWindow": "raykv.operators",
+    "SessionWindow": "raykv.operators",
 }
 _SUBMODULES = frozenset(
     {"sources", "sinks", "operators", "testing", "engines", "partitioning", "checkpointing",
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
         sources,
         testing,
     )
+    from raykv.operators import SessionWindow, SlidingWindow, TumblingWindow
     from raykv.pipeline import Pipeline, ProgressEvent, RunSummary
 
 
@@ -68,6 +72,9 @@ __all__ = [
     "Pipeline",
     "ProgressEvent",
     "RunSummary",
+    "SessionWindow",
+    "SlidingWindow",
+    "TumblingWindow",
     "checkpointing",
     "engines",
     "errors",
