@@ -11,7 +11,15 @@ import pyarrow as pa
 import pytest
 
 from raykv.engines import MemOnly
-from raykv.operators import Aggregate, KeyedOperator, Reduce, StatefulMap, TumblingWindow
+from raykv.operators import (
+    Aggregate,
+    KeyedOperator,
+    Reduce,
+    SessionWindow,
+    SlidingWindow,
+    StatefulMap,
+    TumblingWindow,
+)
 from raykv.operators.base import EMPTY_KEY, META_KEY
 from tests.operators.helpers import random_batch, state
 
@@ -20,7 +28,10 @@ OPERATORS: dict[str, Callable[[], KeyedOperator]] = {
     "reduce": lambda: Reduce("k", lambda a, b: a + b, "i"),
     "stateful_map": lambda: StatefulMap("k", lambda s, r: ((s or 0) + 1, (s or 0) + 1)),
     "window": lambda: TumblingWindow("k", "w", 100, {"i": ["sum"]}),
+    "sliding": lambda: SlidingWindow("k", "w", 100, 50, {"i": ["sum"], "s": ["max"]}),
+    "session": lambda: SessionWindow("k", "w", 5, {"i": ["sum"], "s": ["first"]}),
 }
+WINDOWS = (TumblingWindow, SlidingWindow, SessionWindow)
 
 
 def batch(keys: list[Any], n0: int = 0, key_type: pa.DataType | None = None) -> pa.RecordBatch:
@@ -78,7 +89,7 @@ def test_bad_input_names_the_problem_and_changes_nothing(
         # the logic goes on as if the bad batch never came
         logic.process(batch(["d"], 20))
         out = logic.on_barrier(2)
-        if not isinstance(op, TumblingWindow):
+        if not isinstance(op, WINDOWS):
             assert out is not None
             keys = set(out.column("k").to_pylist())
             assert keys <= {"a", "b", "c", "d"} and "d" in keys and "c" in keys
@@ -145,7 +156,7 @@ def test_empty_string_key_is_a_normal_key(tmp_path: Path, op: KeyedOperator) -> 
         logic = op.build(store)
         logic.process(batch(["", "a", ""]))
         out = logic.finish()
-        if not isinstance(op, TumblingWindow):
+        if not isinstance(op, WINDOWS):
             assert EMPTY_KEY in dict(store.items()) or isinstance(op, StatefulMap)
         assert out is not None and "" in out.column("k").to_pylist()
         assert op.routing_key(EMPTY_KEY) == b""
