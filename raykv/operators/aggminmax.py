@@ -111,7 +111,7 @@ class MinMaxMultisets:
 
     def apply(
         self,
-        old: Sequence[bytes],
+        old_sections: Sequence[bytes],
         new_parts: Sequence[bytes],
         key_col: pa.Array | pa.ChunkedArray,
         deltas: Sequence[Sequence[pa.Table]],
@@ -119,8 +119,9 @@ class MinMaxMultisets:
         """The new state values: ``new_parts`` with exact min/max, and the new multisets.
 
         Args:
-            old: the groups' stored values (``b""``: none), group ``g`` at ``old[g]``.
-            new_parts: the layout parts the kernels computed from ``old``'s layout parts
+            old_sections: the multiset sections of the groups' stored values (from
+                :meth:`split`; ``b""``: none), group ``g`` at ``old_sections[g]``.
+            new_parts: the layout parts the kernels computed from the stored layout parts
                 (their min/max fields are not meaningful over retractions).
             key_col: the groups' canonical keys, group ``g`` at ``key_col[g]``.
             deltas: per multiset column, the :meth:`deltas` tables since the last fold
@@ -129,8 +130,8 @@ class MinMaxMultisets:
         Cost: see ``multiset.py``; plus a numpy pass over the fixed fields and, with
         string/binary columns, a Python step per group.
         """
-        groups = len(old)
-        olds = multiset.decode(self.split(old)[1], self.kinds)
+        groups = len(old_sections)
+        olds = multiset.decode(old_sections, self.kinds)
         keys = key_col.combine_chunks() if isinstance(key_col, pa.ChunkedArray) else key_col
         layout = self.layout
         size = layout.size

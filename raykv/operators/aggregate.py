@@ -268,7 +268,8 @@ class AggregateLogic(KeyedStateLogic):
             key_col: pa.Array | pa.ChunkedArray = part.column(self.key)
             keys = self._state_keys(key_col)
             old = self.store.multi_get(keys)
-            new, changed = layout.combine(self._layout_parts(old), part,
+            base, sections = self._split(old)
+            new, changed = layout.combine(base, part,
                                           lambda i: f"key {key_col[i].as_py()!r}")
         else:
             part = pa.concat_tables(parts)
@@ -279,10 +280,11 @@ class AggregateLogic(KeyedStateLogic):
             index = encoded.indices.to_numpy(zero_copy_only=False)
             keys = self._state_keys(key_col)
             old = self.store.multi_get(keys)
-            new, changed = layout.fold(self._layout_parts(old), part, index,
+            base, sections = self._split(old)
+            new, changed = layout.fold(base, part, index,
                                        lambda i: f"key {key_col[i].as_py()!r}")
         if self._minmax is not None:  # exact min/max from the multisets
-            new = self._minmax.apply(old, new, key_col, deltas)
+            new = self._minmax.apply(sections, new, key_col, deltas)
             changed = np.fromiter(map(bytes.__ne__, new, old), dtype=bool, count=len(new))
             self._check_sizes(new, key_col)
         if not changed.all():
@@ -301,9 +303,9 @@ class AggregateLogic(KeyedStateLogic):
             merged.update(zip(keys, new, strict=True))
             self._epoch_keys, self._epoch_values = list(merged), list(merged.values())
 
-    def _layout_parts(self, values: list[bytes]) -> list[bytes]:
-        """The layout's part of state values (without the multisets of min/max)."""
-        return values if self._minmax is None else self._minmax.split(values)[0]
+    def _split(self, values: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """``(layout parts, multiset sections)`` of state values (no multisets: as is)."""
+        return (values, []) if self._minmax is None else self._minmax.split(values)
 
     def _check_sizes(self, values: Sequence[bytes], key_col: pa.Array | pa.ChunkedArray) -> None:
         """Refuse a value the engine would refuse, naming the group (before writing)."""
@@ -327,7 +329,7 @@ class AggregateLogic(KeyedStateLogic):
         if not keys:
             return keys, new
         size = layout.size
-        st = np.frombuffer(b"".join(v[:size] for v in self._layout_parts(new)), layout.dtype)
+        st = np.frombuffer(b"".join(v[:size] for v in new), layout.dtype)  # fixed fields
         empty = st[layout.cols[-1].field("count")] <= 0  # the hidden ROWS column
         if not empty.any():
             for k in keys:
@@ -415,8 +417,10 @@ class AggregateLogic(KeyedStateLogic):
         self, state_keys: Sequence[bytes], values: Sequence[bytes]
     ) -> list[tuple[str, pa.Array]]:
         assert self.layout is not None
-        if self._minmax is not None:
-            values = self._minmax.split(values)[0]
+        if self._minmax is not None:  # the record without the multisets
+            size = self.layout.size
+            values = [v[:size] for v in values] if not self.layout.var_fields else (
+                self._minmax.split(values)[0])
         return self.layout.render(values)
 
 

@@ -71,9 +71,19 @@ def empty(kind: str) -> Entries:
 def decode(sections: Sequence[bytes], kinds: Sequence[str]) -> list[Entries]:
     """The entries of each column (``kinds[j]``) of ``sections`` (group ``i`` at ``[i]``).
 
+    Cost: with fixed kinds only, numpy gathers over the joined sections (a Python step
+    per column, none per group beyond a ``len``); with a string/binary column, a Python
+    step per group and value.
+
     Raises:
         ValueError: a section is truncated or has bytes left over (not this layout).
     """
+    if "v" not in kinds:
+        return _decode_fixed(sections, kinds)
+    return _decode_py(sections, kinds)
+
+
+def _decode_py(sections: Sequence[bytes], kinds: Sequence[str]) -> list[Entries]:
     ncols = len(kinds)
     counts: list[list[bytes]] = [[] for _ in range(ncols)]
     values: list[list[bytes]] = [[] for _ in range(ncols)]
@@ -113,7 +123,17 @@ def decode(sections: Sequence[bytes], kinds: Sequence[str]) -> list[Entries]:
 
 
 def encode(columns: Sequence[Entries], kinds: Sequence[str], groups: int) -> list[bytes]:
-    """The section of each of ``groups`` groups (``b""`` where every multiset is empty)."""
+    """The section of each of ``groups`` groups (``b""`` where every multiset is empty).
+
+    Cost: with fixed kinds only, one numpy gather of all the bytes and a slice per group;
+    with a string/binary column, a Python step per group and column.
+    """
+    if "v" not in kinds:
+        return _encode_fixed(columns, kinds, groups)
+    return _encode_py(columns, kinds, groups)
+
+
+def _encode_py(columns: Sequence[Entries], kinds: Sequence[str], groups: int) -> list[bytes]:
     per_col: list[tuple[np.ndarray, bytes, bytes | list[bytes]]] = []
     for e, kind in zip(columns, kinds, strict=True):
         bounds = np.searchsorted(e.g, np.arange(groups + 1))
@@ -136,6 +156,75 @@ def encode(columns: Sequence[Entries], kinds: Sequence[str], groups: int) -> lis
             else:
                 parts.append(raw[8 * lo : 8 * hi])
         out.append(b"".join(parts) if any_entry else b"")
+    return out
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indices of the ranges ``[start, start + length)``, concatenated in order."""
+    starts = starts.ravel()
+    lengths = lengths.ravel()
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - (ends - lengths), lengths) + np.arange(
+        int(ends[-1]) if len(ends) else 0)
+
+
+def _encode_fixed(columns: Sequence[Entries], kinds: Sequence[str], groups: int) -> list[bytes]:
+    """:func:`encode` for fixed kinds: one gather builds every group's section."""
+    ncols = len(kinds)
+    starts = np.zeros((groups, 3 * ncols), np.int64)
+    lengths = np.zeros((groups, 3 * ncols), np.int64)
+    held = np.zeros(groups, np.int64)
+    src: list[np.ndarray] = []
+    base = 0
+    at = np.arange(groups, dtype=np.int64)
+    for j, (e, kind) in enumerate(zip(columns, kinds, strict=True)):
+        bounds = np.searchsorted(e.g, np.arange(groups + 1))
+        lo, n = bounds[:-1].astype(np.int64), np.diff(bounds).astype(np.int64)
+        cbytes = np.ascontiguousarray(e.c, "<i8").view(np.uint8)
+        vbytes = np.ascontiguousarray(e.v, _DTYPES[kind]).view(np.uint8)
+        for k, (arr, start, length) in enumerate((
+                (n.astype("<u4").view(np.uint8), 4 * at, np.full(groups, 4)),
+                (cbytes, 8 * lo, 8 * n), (vbytes, 8 * lo, 8 * n))):
+            starts[:, 3 * j + k] = base + start
+            lengths[:, 3 * j + k] = length
+            src.append(arr)
+            base += len(arr)
+        held += n
+    lengths[held == 0] = 0  # a group with no entry at all: b""
+    raw = np.concatenate(src)[_ranges(starts, lengths)].tobytes() if src else b""
+    offs = np.concatenate([[0], np.cumsum(lengths.sum(axis=1))]).tolist()
+    return [raw[offs[i] : offs[i + 1]] for i in range(groups)]
+
+
+def _decode_fixed(sections: Sequence[bytes], kinds: Sequence[str]) -> list[Entries]:
+    """:func:`decode` for fixed kinds: numpy gathers over the joined sections."""
+    groups = len(sections)
+    lens = np.fromiter(map(len, sections), np.int64, groups)
+    raw = np.frombuffer(b"".join(sections), np.uint8)
+    ends = np.cumsum(lens)
+    pos = ends - lens
+    live = np.flatnonzero(lens > 0)
+    out = []
+    for kind in kinds:
+        n = np.zeros(groups, np.int64)
+        if (pos[live] + 4 > ends[live]).any():
+            msg = "multiset section is truncated (no room for a value count)"
+            raise ValueError(msg)
+        n[live] = raw[_ranges(pos[live], np.full(len(live), 4))].view("<u4")
+        cstart = pos + 4
+        vstart = cstart + 8 * n
+        pos = np.where(lens > 0, vstart + 8 * n, pos)
+        if (pos > ends).any():
+            msg = "multiset section is truncated (fewer values than its count says)"
+            raise ValueError(msg)
+        c = raw[_ranges(cstart, 8 * n)].view("<i8")
+        v = raw[_ranges(vstart, 8 * n)].view(_DTYPES[kind])
+        out.append(Entries(np.repeat(np.arange(groups, dtype=np.int64), n), v, c))
+    if (pos != ends).any():
+        i = int(np.argmax(pos != ends))
+        msg = (f"multiset section of {lens[i]} bytes does not decode "
+               f"({pos[i] - ends[i] + lens[i]} bytes used)")
+        raise ValueError(msg)
     return out
 
 

@@ -113,3 +113,27 @@ def test_an_empty_section_is_every_multiset_empty_and_bad_bytes_are_refused() ->
     assert good == struct.pack("<Iqq", 1, 2, 5)
     with pytest.raises(ValueError, match="does not decode"):
         multiset.decode([good + b"x"], ["i"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), kinds=st.lists(st.sampled_from("iuf"), min_size=1, max_size=3),
+       groups=st.integers(0, 6))
+def test_the_vectorized_codec_writes_and_reads_the_same_bytes_as_the_loop(
+        data: st.DataObject, kinds: list[str], groups: int) -> None:
+    cols = []
+    for kind in kinds:
+        rows = data.draw(rows_of(kind, groups)) if groups else []
+        cols.append(multiset.merge(multiset.empty(kind), entries(kind, rows), kind))
+    fast = multiset.encode(cols, kinds, groups)
+    assert fast == multiset._encode_py(cols, kinds, groups)
+    for a, b in zip(multiset.decode(fast, kinds), multiset._decode_py(fast, kinds),
+                    strict=True):
+        assert a.g.tolist() == b.g.tolist() and a.c.tolist() == b.c.tolist()
+        assert np.asarray(a.v).view(np.uint8).tolist() == np.asarray(b.v).view(
+            np.uint8).tolist()
+    if any(fast):
+        bad = [s + b"\x00" if s else s for s in fast]
+        with pytest.raises(ValueError, match="does not decode"):
+            multiset.decode(bad, kinds)
+        with pytest.raises(ValueError, match=r"truncated|does not decode"):
+            multiset.decode([s[:-1] for s in fast], kinds)
