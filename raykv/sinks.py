@@ -70,8 +70,10 @@ class Sink(ABC):
 
     changelog: bool = False
     """What a last stage that emits a changelog (``Aggregate``) sends: ``False`` (default)
-    the upsert view, the new value of each key that changed in the epoch and all final
-    values at the end of bounded input; ``True`` every change with its row kind in the
+    the upsert view keyed by the stage's key, one row per key that changed in the epoch
+    with its new value (a key deleted by retractions: a tombstone row, count and sum 0,
+    other aggregates null) and the complete final values at the end of bounded input (a
+    key absent from them is gone); ``True`` every change with its row kind in the
     ``_change`` column (``raykv.operators.changelog``: -U/+U pairs, +I, -D), the last
     epoch's changes at the end. Other operators' output is the same either way."""
 
