@@ -206,3 +206,43 @@ def test_the_upsert_view_replayed_epoch_by_epoch_matches_the_model_of_the_prefix
                 else:
                     table[key] = row
             assert table == rows(model(t.slice(0, done), 2), "country_last")
+
+
+def test_rekeying_sends_the_update_before_to_the_old_keys_shard() -> None:
+    """A user moving from one country to another: the changelog split by the next stage's
+    key (what a shard does before sending, ``split_batch``) puts the -U row at the shard
+    of the old country and the +U row at the new one's; each shard's Aggregate retracts
+    or adds there, so the old country loses the user (-D: it had no other) and the new
+    one gains them, min/max included."""
+    from raykv.operators.changelog import INSERT, UPDATE_AFTER, UPDATE_BEFORE
+    from raykv.partitioning import Partitioning, split_batch
+
+    part = Partitioning(num_shards=4)
+    countries = [f"c{i}" for i in range(40)]
+    shard = {c: int(part.shard_of_keys([c.encode()])[0]) for c in countries}
+    old, new = next((a, b) for a in countries for b in countries if shard[a] != shard[b])
+    first = Aggregate("user", {"country": ["last"]})
+    second = Aggregate("country_last", {"user": ["count", "min", "max"]})
+    stores = [MemOnly(tempfile.mkdtemp()) for _ in range(5)]
+    up = first.build(stores[0])
+    up.keep_before_images = True
+    downs = [second.build(s) for s in stores[1:]]
+    for d in downs:
+        d.keep_before_images = True
+    seen: list[dict[str, Any]] = []
+    for epoch, (user, country) in enumerate([(7, old), (9, new), (7, new)], start=1):
+        up.process(pa.record_batch({"user": [user], "country": [country]}))
+        for s, rows_of_shard in split_batch(up.changelog(epoch), "country_last",
+                                            part).items():
+            seen += [{"shard": s, **r} for r in rows_of_shard.to_pylist()]
+            downs[s].process(rows_of_shard)
+        out = {r["country_last"]: r for d in downs
+               if (log := d.changelog(epoch)) is not None for r in log.to_pylist()}
+    moved = [r for r in seen if r["user"] == 7]
+    assert [(r["shard"], r["country_last"], r[CHANGE]) for r in moved] == [
+        (shard[old], old, INSERT), (shard[old], old, UPDATE_BEFORE),
+        (shard[new], new, UPDATE_AFTER)]
+    assert out[old][CHANGE] == DELETE
+    assert (out[new]["user_count"], out[new]["user_min"], out[new]["user_max"]) == (2, 7, 9)
+    for s in stores:
+        s.close()
