@@ -70,6 +70,8 @@ OPTIONAL: dict[str, tuple[str, str, bool]] = {
                   True),
     "changelog": ("Changelogs between stages (issue 17)", "benchmarks.changelog", False),
     "windows": ("Event-time windows (issue 13)", "benchmarks.windows", False),
+    "recovery": ("Recovery: local rollback and standbys (issue 15)", "benchmarks.recovery",
+                 True),
 }
 
 

@@ -7,7 +7,9 @@ state*, either the old one or the restored one. Steps (docs/recovery.md, "Restor
 
 1. Remove leftovers of an earlier crashed restore (``.raykv-restore-*`` directories).
 2. Reuse every listed file already present locally with the right size and checksum;
-   download the others into a staging directory inside ``data_dir`` and verify each.
+   hard-link the missing ones found intact in a ``spares`` directory (a shard's links
+   of the epochs it uploaded) into a staging directory inside ``data_dir``; download
+   the rest there and verify each.
 3. Move the staged run files into place; fsync the directory.
 4. Delete stale engine manifests other than the one in force (garbage: its own previous
    commits; the engine would delete them at open).
@@ -46,6 +48,7 @@ class SwapResult:
     reused_files: int
     downloaded_files: int
     downloaded_bytes: int
+    linked_files: int = 0
 
 
 def _manifests(data_dir: Path) -> list[tuple[int, str]]:
@@ -66,15 +69,19 @@ def _is_intact(path: Path, entry: FileEntry) -> bool:
 
 
 def swap_in(
-    data_dir: str | os.PathLike[str], entries: Sequence[FileEntry], fetch: Fetch
+    data_dir: str | os.PathLike[str], entries: Sequence[FileEntry], fetch: Fetch,
+    spares: Sequence[Path] = (),
 ) -> SwapResult:
     """Make ``data_dir`` hold exactly the engine files ``entries`` (at most one a manifest).
+
+    ``spares``: directories on the same filesystem that may hold some of the files under
+    their names (verified like local files, then hard-linked instead of downloaded).
 
     The old local state is dropped only after every new file is present and verified; a
     crash at any step leaves a directory that opens as either the old or the new state.
 
-    Cost: one checksum pass over local files not hashed before in this process, the
-    downloads of missing files, a few directory fsyncs.
+    Cost: one checksum pass over local and spare files not hashed before in this
+    process, the downloads of files found nowhere locally, a few directory fsyncs.
 
     Raises:
         ValueError: ``entries`` holds more than one engine manifest (none means an
@@ -99,8 +106,10 @@ def swap_in(
     staging = data / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     try:
-        if missing:
-            fetch(missing, staging)
+        linked = _link_spares(missing, spares, staging)
+        fetched = [e for e in missing if e.name not in linked]
+        if fetched:
+            fetch(fetched, staging)
 
         # 3. run files into place
         for e in missing:
@@ -137,6 +146,24 @@ def swap_in(
     # no fsync for step 7: stale files that reappear after a crash are deleted at open
     return SwapResult(
         reused_files=len(entries) - len(missing),
-        downloaded_files=len(missing),
-        downloaded_bytes=sum(e.size for e in missing),
+        downloaded_files=len(fetched),
+        downloaded_bytes=sum(e.size for e in fetched),
+        linked_files=len(linked),
     )
+
+
+def _link_spares(wanted: Sequence[FileEntry], spares: Sequence[Path], staging: Path
+                 ) -> set[str]:
+    """Hard-link each wanted file found intact in a spare dir into ``staging``; the names."""
+    linked: set[str] = set()
+    for e in wanted:
+        for d in spares:
+            src = d / e.name
+            if _is_intact(src, e):
+                try:
+                    os.link(src, staging / e.name)
+                except OSError:  # another filesystem, or gone meanwhile: download it
+                    continue
+                linked.add(e.name)
+                break
+    return linked

@@ -376,9 +376,14 @@ class CheckpointStore:
         """
         self.restore_shard_stats(epoch, shard, data_dir)
 
-    def restore_shard_stats(self, epoch: int, shard: str,
-                            data_dir: str | os.PathLike[str]) -> SwapResult:
-        """``restore_shard`` that also returns what was reused and downloaded."""
+    def restore_shard_stats(self, epoch: int, shard: str, data_dir: str | os.PathLike[str],
+                            spares: Sequence[Path] = ()) -> SwapResult:
+        """``restore_shard`` that also returns what was reused, linked and downloaded.
+
+        ``spares``: local directories that may hold some of the epoch's files (a shard's
+        hard links of the epochs it uploaded); files found intact there are linked, not
+        downloaded (``restore.swap_in``).
+        """
         check_shard(shard)
         em = self.read_epoch(epoch)
         sm = em.shards.get(shard)
@@ -392,7 +397,7 @@ class CheckpointStore:
                                  staging, lambda: summarize_epochs(self.epochs()))
 
         with _gc.INFLIGHT.reserve(self._objects.identity, [(shard, e.name) for e in sm.files]):
-            return swap_in(data_dir, sm.files, fetch)
+            return swap_in(data_dir, sm.files, fetch, spares)
 
     def verify(self, epoch: int | None = None) -> None:
         """Check that every file ``epoch`` (default: every committed epoch) references is intact.

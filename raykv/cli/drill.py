@@ -1,7 +1,8 @@
 """``raykv drill``: kill shard actors at random moments and prove the output is exact.
 
-    raykv drill [--kills 20] [--events N] [--shards S] [--engine E] [--seed X]
-                [--moments mid-batch,upload,acked,recovery] [--checkpoint URL] [--json]
+    raykv drill [--kills 20] [--events N] [--shards S] [--standby N] [--engine E]
+                [--seed X] [--moments mid-batch,upload,acked,recovery]
+                [--checkpoint URL] [--json]
 
 Exit codes: 0 every kill survived and every output exact, 1 a mismatch (listed), 2 bad
 arguments or a checkpoint location already in use, 3 the checkpoint store cannot be
@@ -50,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--batch-size", type=int, default=1_000, help="events per source batch")
     p.add_argument("--every", type=int, default=2, help="source batches per epoch")
     p.add_argument("--shards", type=int, default=2, help="shard actors")
+    p.add_argument("--standby", type=int, default=0,
+                   help="idle actors of each kind ready to replace a killed one "
+                        "(Pipeline.standby)")
     p.add_argument("--engine", default="hybridlog",
                    help="state engine: hybridlog, lsm, appendlog, memonly")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill plan")
@@ -81,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             kills=args.kills, events=args.events, keys=args.keys, batch_size=args.batch_size,
             epoch_every=args.every, num_shards=args.shards, engine=args.engine,
             seed=args.seed, moments=moments, targets=targets, checkpoint=args.url,
+            standby=args.standby,
             storage_options=storage_options(args) or None, work_dir=args.work_dir,
         )
     except (ValueError, TypeError) as err:

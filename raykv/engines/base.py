@@ -238,7 +238,20 @@ class KVStore(Validation, ABC):
         try:
             self.seal()
         finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Release files and the directory lock *without* sealing. Idempotent.
+
+        Writes since the last ``seal`` are dropped; reopening ``data_dir`` yields the state
+        of the last seal. For a shard rolled back to a checkpoint (local recovery): its
+        unsealed state belongs to an epoch that will be replayed. Cost: a ``_release``.
+        """
+        if self._closed:
+            return
+        try:
             self._release()
+        finally:
             self._closed = True
             self._unlock()
             if self._remote is not None:

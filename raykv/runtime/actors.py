@@ -25,18 +25,26 @@ from raykv.runtime.specs import ShardSpec
 log = logging.getLogger("raykv")
 
 
-def create_shards(specs: list[list[ShardSpec]], actor_options: dict[str, Any] | None
-                  ) -> list[list[Any]]:
-    """Start the actors of ``specs`` (per stage, per shard); ``actor_options`` win."""
+def create_shards(specs: list[list[ShardSpec]], actor_options: dict[str, Any] | None,
+                  kept: dict[str, Any] | None = None) -> list[list[Any]]:
+    """The actors of ``specs`` (per stage, per shard); ``actor_options`` win.
+
+    A shard named in ``kept`` (a survivor of local recovery) keeps its actor; the others
+    are started in their placement slot, so a replacement lands where its predecessor
+    was while the nodes are the same (and finds its local files there).
+    """
     options: dict[str, Any] = {"num_cpus": 0}
     options.update(actor_options or {})
+    kept = kept or {}
     placement = placements(sum(len(row) for row in specs), options)
     out: list[list[Any]] = []
     k = 0
     for row in specs:
         actors = []
         for sp in row:
-            actors.append(ShardActor.options(**options, **placement[k]).remote(sp))
+            old = kept.get(sp.name)
+            actors.append(old if old is not None
+                          else ShardActor.options(**options, **placement[k]).remote(sp))
             k += 1
         out.append(actors)
     return out

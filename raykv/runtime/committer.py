@@ -13,6 +13,7 @@ one for the next attempt.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -96,6 +97,20 @@ class Committer:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join(timeout=KILL_WAIT)
+
+    def release(self, timeout: float = 0.5) -> None:
+        """After :meth:`stop`: collect the acks that will never be committed.
+
+        Their errors (a quiesced survivor fails its waiters) are read and dropped, so
+        that Ray does not report them as unhandled. Waits at most ``timeout`` seconds.
+        """
+        refs = [r for pending in self._queue for r in pending.refs.values()]
+        if not refs:
+            return
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for ref in ready:
+            with contextlib.suppress(Exception):
+                ray.get(ref)
 
     def _run(self) -> None:
         while True:

@@ -15,11 +15,13 @@ durable; the last stage's shards have staged their ``ParquetSink`` output by the
 commits epochs in order (``commit``: :class:`EpochCommit`): the epoch manifest with every
 split's offset, THE commit, one write, last; then ``sink.publish(e)``.
 
-Recovery (a reader or shard call fails, an actor dies, the store fails transiently):
-stop; kill every actor of the run and wait until they are gone; start new shards that
-each restore the last committed epoch (``restore_shard`` downloads only what the local
-dir lacks); reconcile the sink (drop staged output of uncommitted epochs); deal the
-splits to new readers, each at its committed offset; go on. At most ``max_restarts``
+Recovery (a reader or shard call fails, an actor dies, the store fails transiently) is
+local (``attempt_actors``, ``survivors``): stop; still the live actors (readers stop,
+shards quiesce) and kill the dead; reconcile the sink (drop staged output of uncommitted
+epochs); roll every surviving shard back in place to the last committed epoch from its
+own files (``reset``: ``restore_shard`` downloads only what the local dir lacks) and
+give each dead actor's role to a standby (``Pipeline.standby``) or a new actor; deal the
+splits to the readers again, each at its committed offset; go on. At most ``max_restarts``
 times per run. Bad input (``ValueError``/``TypeError`` from a reader or a shard) and
 errors of the source are not retried: replay would fail the same way; they are raised
 with the column, split or file named, and the last committed epoch stays restorable. A
@@ -68,13 +70,8 @@ from raykv.errors import (
 from raykv.metrics import DriverMetrics, pipeline_tag
 from raykv.partitioning import DEFAULT_NUM_KEY_GROUPS
 from raykv.pipeline import Pipeline, ProgressEvent, RunSummary, default_local_dir
-from raykv.runtime.actors import (
-    check_driver_io_nodes,
-    collect_stats,
-    connect_stages,
-    create_shards,
-    kill_shards,
-)
+from raykv.runtime.actors import collect_stats
+from raykv.runtime.attempt_actors import AttemptActors
 from raykv.runtime.commit import EpochCommit
 from raykv.runtime.committer import Committer
 from raykv.runtime.failures import (
@@ -95,18 +92,18 @@ from raykv.runtime.layout import (
     DriverRestore,
     initial_state,
     plan_layout,
-    shard_specs,
     sink_view_of_latest,
 )
 from raykv.runtime.metadata import encode_operator
-from raykv.runtime.reader_actor import ReaderSpec, create_readers, plan_readers
 from raykv.runtime.rebalancing import Rebalancer
-from raykv.runtime.specs import RestorePlan, StageSpec
+from raykv.runtime.specs import StageSpec
+from raykv.runtime.survivors import Standby, Survivors
 from raykv.sources import StopSource
 
 log = logging.getLogger("raykv")
 
-class Coordinator:
+
+class Coordinator(AttemptActors):
     """Runs one ``Pipeline.run`` call (see the module docstring for the protocol)."""
 
     def __init__(self, pipeline: Pipeline, *, resume: bool, restore_epoch: int | None) -> None:
@@ -131,6 +128,10 @@ class Coordinator:
         self._actors: list[list[Any]] = []
         self._handles: dict[str, Any] = {}
         self._readers: dict[str, Any] = {}
+        self._run_refs: dict[str, Any] = {}  # reader name -> its run() of this attempt
+        self._survivors = Survivors()  # actors of a failed attempt kept for the next
+        self._standby = Standby()  # idle actors ready to take a dead one's place
+        self._standby_templates: Any = None  # set by an attempt's start, see _fill_standby
         self._committer: Committer | None = None
         self._committed: Base | None = None  # last commit of this run
         self._base: Base = Base()
@@ -178,7 +179,7 @@ class Coordinator:
                     if verdict.action == "stop" and (
                             is_user_error(verdict.error) or verdict.reason == "repeated"):
                         self._settle()
-                    self._teardown()
+                    self._teardown(keep=verdict.action != "stop")
                     if verdict.action == "stop":
                         self._raise_fatal(verdict, remote=isinstance(err, ShardFailure))
                     base = self._recover(verdict)
@@ -365,69 +366,6 @@ class Coordinator:
         root = Path(self.p.local_dir or default_local_dir())
         return root / self._local_ident
 
-    # ------------------------------------------------------------------ actors
-
-    def _start_actors(
-        self, stages: list[StageSpec], plans: list[list[RestorePlan]], attempt: int,
-        base: Base, *, paused: bool,
-    ) -> None:
-        """Start the shards (restored per ``plans``), connect them, then the readers."""
-        readers = self._plan_readers(base, stages[0], attempt, paused=paused)
-        specs = shard_specs(
-            stages, self._local_root(), self.rebalancer.rebalances,
-            checkpoint=self.p.checkpoint, storage_options=self.p.storage_options,
-            driver_io=self.driver_io, max_inflight=self.p.max_inflight,
-            faults=self.p.faults, attempt=attempt, first_epoch=self._next_epoch,
-            hot_keys=self.p.hot_keys, pipeline=self._metrics.pipeline,
-            first_inputs=len(readers),
-            sink=self.p.sink if getattr(self.p.sink, "stages_on_shards", False) else None,
-            sink_changelog=bool(getattr(self.p.sink, "changelog", False)),
-        )
-        if self.driver_io:
-            plans = self.restorer.materialize(specs, plans)
-        self._actors = create_shards(specs, self.p.actor_options)
-        self._handles = {
-            sp.name: a for row_s, row_a in zip(specs, self._actors, strict=True)
-            for sp, a in zip(row_s, row_a, strict=True)
-        }
-        refs = [
-            a.setup.remote(plan)
-            for row_a, row_p in zip(self._actors, plans, strict=True)
-            for a, plan in zip(row_a, row_p, strict=True)
-        ]
-        self._emit("starting", attempt=attempt)
-        infos = shard_get(refs)
-        connect_stages(self._actors)
-        if self.driver_io:
-            check_driver_io_nodes(infos, self.p.checkpoint)
-        handles = create_readers(readers, self.p.source, self._actors[0], self.p.actor_options,
-                                 first_slot=sum(len(row) for row in self._actors))
-        self._readers = {sp.name: h for sp, h in zip(readers, handles, strict=True)}
-
-    def _plan_readers(self, base: Base, first: StageSpec, attempt: int, *, paused: bool
-                      ) -> list[ReaderSpec]:
-        """The reader specs of an attempt: the source's splits at ``base``'s offsets."""
-        p = self.p
-        parallelism = p.source_parallelism or first.num_shards
-        source = type(p.source).__name__
-        with self._user_code(f"source {source}.splits()", self._next_epoch):
-            return plan_readers(
-                p.source, base.offsets, parallelism, key=first.key,
-                partitioning=first.partitioning, max_inflight=p.max_inflight,
-                epoch_batches=p.epoch_every_batches, paused=paused, faults=p.faults,
-                attempt=attempt, first_epoch=self._next_epoch)
-
-    def _teardown(self) -> None:
-        """Stop the commit thread, kill every actor and wait until they are gone."""
-        committer, self._committer = self._committer, None
-        if committer is not None:
-            committer.stop()
-        actors = [*self._readers.values(), *(a for row in self._actors for a in row)]
-        self._actors = []
-        self._handles = {}
-        self._readers = {}
-        kill_shards(actors)
-
     # ------------------------------------------------------------------ one attempt
 
     def _attempt(self, base: Base) -> bool:
@@ -442,7 +380,8 @@ class Coordinator:
         self._operator_configs = {st.name: encode_operator(st.operator) for st in stages}
         self._start_actors(stages, layout.plans, attempt, base, paused=layout.changed)
         self._committer = committer = Committer(self.committing.commit)
-        run_refs = [r.run.remote() for r in self._readers.values()]
+        self._run_refs = {n: r.run.remote() for n, r in self._readers.items()}
+        run_refs = list(self._run_refs.values())
         self._emit("started", restored_from=base.epoch, attempt=attempt)
         if self._t_first is None:
             self._t_first = time.perf_counter()

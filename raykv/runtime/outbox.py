@@ -38,14 +38,19 @@ class Channel(Protocol):
 
 
 class RayChannel:
-    """A :class:`Channel` over Ray actor handles (one caller: calls run in order)."""
+    """A :class:`Channel` over Ray actor handles (one caller: calls run in order).
 
-    def __init__(self, handles: Sequence[Any]) -> None:
+    Every call carries ``attempt=`` (the sender's run attempt): a shard that survived a
+    failure drops the calls of the attempt before its local recovery.
+    """
+
+    def __init__(self, handles: Sequence[Any], attempt: int) -> None:
         self._handles = list(handles)
+        self._attempt = attempt
 
     def send(self, dest: int, method: str, *args: Any) -> Any:
-        """``handles[dest].<method>.remote(*args)``."""
-        return getattr(self._handles[dest], method).remote(*args)
+        """``handles[dest].<method>.remote(*args, attempt=...)``."""
+        return getattr(self._handles[dest], method).remote(*args, attempt=self._attempt)
 
     def wait(self, ref: Any) -> Any:
         """``ray.get(ref)``."""

@@ -11,6 +11,8 @@ by the first stage's key groups and sends the parts straight to the shards (at m
 Methods (the actor's default group runs the loop, ``"control"`` answers the driver)::
 
     run()                                 # default group: returns at the end (or raises)
+    reset(spec, shards)                   # default group: a new attempt (local recovery)
+    stop()                                # control: run returns after the current batch
     barrier(epoch, final, pause) -> Cut   # control: barrier after the current batch
     status(timeout) -> Status             # control: ended / stopped / epoch batches
     resume(partitioning)  ping() -> pid   # control
@@ -124,14 +126,23 @@ class ReaderWorker:
     """
 
     def __init__(self, spec: ReaderSpec, source: Source, shards: Sequence[Any]) -> None:
-        self.spec = spec
         self._source = source
+        self.reset(spec, shards)
+
+    def reset(self, spec: ReaderSpec, shards: Sequence[Any]) -> None:
+        """Read ``spec``'s splits from their offsets into ``shards`` (a new attempt).
+
+        Local recovery calls it on a surviving reader after :meth:`stop` and the end of
+        its ``run``: the same process reads on, with no actor start. Cost: opening the
+        splits' readers lazily, as a new actor would.
+        """
+        self.spec = spec
         self._reads = 0
         self.loop = SourceReaderLoop(
-            SplitCursor(source, spec.splits), spec.key, spec.partitioning, RayChannel(shards),
-            spec.index, spec.max_inflight, idle=lambda: time.sleep(IDLE_SLEEP),
-            epoch_batches=spec.epoch_batches, on_batch=self._fault, paused=spec.paused,
-            first_epoch=spec.first_epoch)
+            SplitCursor(self._source, spec.splits), spec.key, spec.partitioning,
+            RayChannel(shards, spec.attempt), spec.index, spec.max_inflight,
+            idle=lambda: time.sleep(IDLE_SLEEP), epoch_batches=spec.epoch_batches,
+            on_batch=self._fault, paused=spec.paused, first_epoch=spec.first_epoch)
 
     def run(self) -> dict[str, int]:
         """Run the loop to its end (final barrier sent, or stopped); rows and batches sent.
@@ -160,6 +171,11 @@ class ReaderWorker:
     def status(self, timeout: float = 0.0) -> Status:
         """:meth:`SourceReaderLoop.status` (waits up to ``timeout`` s for it to be ready)."""
         return self.loop.status(timeout)
+
+    @ray.method(concurrency_group="control")
+    def stop(self) -> None:
+        """Make ``run`` return after the current batch (local recovery, before ``reset``)."""
+        self.loop.stop()
 
     @ray.method(concurrency_group="control")
     def resume(self, partitioning: Partitioning | None = None) -> None:
@@ -202,21 +218,35 @@ ReaderActor = ray.remote(concurrency_groups={"control": 2}, max_restarts=0)(  # 
 
 
 def create_readers(specs: list[ReaderSpec], source: Source, shards: list[Any],
-                   actor_options: dict[str, Any] | None, first_slot: int = 0) -> list[Any]:
-    """Start one reader actor per spec, spread over the nodes like the shards.
+                   actor_options: dict[str, Any] | None, first_slot: int = 0,
+                   kept: dict[str, Any] | None = None) -> tuple[list[Any], list[Any]]:
+    """One reader actor per spec, spread over the nodes like the shards.
 
     Readers take the placement slots after the ``first_slot`` the shards took, so that
     the round-robin over the nodes goes on where the shards' ended. The source config is
-    put in the object store once and shared by every reader.
+    put in the object store once and shared by every new reader. A reader named in
+    ``kept`` (a survivor of local recovery, its ``run`` ended) is ``reset`` to its spec;
+    the caller waits for ``resets`` (the refs of those calls) before it asks anything
+    of the readers, so that no control call reaches the loop of the failed attempt.
+
+    Returns:
+        (the handles by spec, the refs of the ``reset`` calls)
     """
     options: dict[str, Any] = {"num_cpus": 0}
     options.update(actor_options or {})
+    kept = kept or {}
     placement = placements(first_slot + len(specs), options)[first_slot:]
-    source_ref = ray.put(source)
-    return [
-        ReaderActor.options(**options, **placement[i]).remote(spec, source_ref, shards)
-        for i, spec in enumerate(specs)
-    ]
+    source_ref = ray.put(source) if any(s.name not in kept for s in specs) else None
+    out, resets = [], []
+    for i, spec in enumerate(specs):
+        old = kept.get(spec.name)
+        if old is not None:
+            resets.append(old.reset.remote(spec, shards))
+            out.append(old)
+        else:
+            out.append(ReaderActor.options(**options, **placement[i]).remote(
+                spec, source_ref, shards))
+    return out, resets
 
 
 __all__ = ["IDLE_SLEEP", "ReaderActor", "ReaderSpec", "ReaderWorker", "create_readers",

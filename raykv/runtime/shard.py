@@ -71,6 +71,7 @@ from raykv.runtime.failures import describe_shard_failure
 from raykv.runtime.localdirs import cleanup_siblings, wait_dir_free, wipe_dir
 from raykv.runtime.outbox import Outbox, RayChannel
 from raykv.runtime.shard_moves import KeyGroupMoves
+from raykv.runtime.shard_rollback import LocalRollback
 from raykv.runtime.specs import Ack, RestorePlan, ShardSpec, StageSpec
 from raykv.runtime.uploader import Uploader
 from raykv.sinks import part_name
@@ -90,7 +91,7 @@ def _as_table(out: Any) -> pa.Table | None:
 # ---------------------------------------------------------------------------- the worker
 
 
-class ShardWorker(KeyGroupMoves):
+class ShardWorker(KeyGroupMoves, LocalRollback):
     """One shard: engine + operator logic + barrier alignment + upload thread.
 
     Use through :data:`ShardActor` (a Ray actor); the plain class works in-process too.
@@ -114,6 +115,7 @@ class ShardWorker(KeyGroupMoves):
         self._tracker: LoadTracker | None = None
         self._cpu_reported = 0.0
         self._metrics = ShardMetrics(spec.pipeline, spec.stage.name, spec.name)
+        self._quiesced = False  # between quiesce() and reset(): data calls are dropped
         self.stats_: dict[str, float] = {
             "rows_in": 0, "batches_in": 0, "rows_out": 0, "epochs": 0, "seal_seconds": 0.0,
             "upload_seconds": 0.0, "bytes_uploaded": 0, "files_uploaded": 0,
@@ -135,7 +137,8 @@ class ShardWorker(KeyGroupMoves):
     def setup(self, plan: RestorePlan) -> dict[str, Any]:
         """Restore or create the state described by ``plan``; open engine and operator.
 
-        Returns facts for the driver: node id, pid, restore seconds, keys rebuilt.
+        Returns facts for the driver: node id, pid, restore seconds, keys rebuilt,
+        files downloaded (0 when every file of the epoch was found in ``data_dir``).
         Cost: a direct restore downloads only files missing from ``data_dir``; a rebuild
         reads every key of the overlapping old shards once.
         """
@@ -156,23 +159,29 @@ class ShardWorker(KeyGroupMoves):
         data_dir = Path(spec.data_dir)
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         wait_dir_free(data_dir)
-        # staged links of a previous incarnation: never needed again (epochs it did not
-        # upload are replayed)
-        shutil.rmtree(data_dir.parent / f".staging-{self.name}", ignore_errors=True)
+        # links of the epochs this shard (or a predecessor on this node) uploaded: the
+        # restore takes files from there before downloading; then they go (epochs not
+        # committed are replayed)
+        links = self._links_dir
+        spares = sorted(links.iterdir(), reverse=True) if links.is_dir() else []
         if spec.faults is not None and spec.faults.restore_delay and plan.epoch is not None:
             time.sleep(spec.faults.restore_delay)
-        rebuilt = 0
+        rebuilt = downloaded = 0
         if plan.epoch is None:
             wipe_dir(data_dir)
             self.engine = open_engine(spec.stage.engine, data_dir, **spec.stage.engine_params)
         elif plan.direct is not None:
             if not plan.materialized:
-                self._get_store().restore_shard(plan.epoch, plan.direct.shard, data_dir)
+                swap = self._get_store().restore_shard_stats(plan.epoch, plan.direct.shard,
+                                                             data_dir, spares)
+                downloaded = swap.downloaded_files
+                self.stats_["restored_bytes"] = swap.downloaded_bytes
             self.engine = open_engine(spec.stage.engine, data_dir, **spec.stage.engine_params)
         else:
             wipe_dir(data_dir)
             self.engine = open_engine(spec.stage.engine, data_dir, **spec.stage.engine_params)
             rebuilt = self._rebuild(plan)
+        shutil.rmtree(links, ignore_errors=True)
         self.logic = self._build_logic()
         if spec.hot_keys:
             self._tracker = LoadTracker(
@@ -194,6 +203,7 @@ class ShardWorker(KeyGroupMoves):
             "pid": os.getpid(),
             "restore_seconds": self.stats_["restore_seconds"],
             "rebuilt_keys": rebuilt,
+            "downloaded_files": downloaded,
         }
 
     @property
@@ -218,18 +228,24 @@ class ShardWorker(KeyGroupMoves):
 
     def set_downstream(self, handles: list[Any]) -> None:
         """Connect the next stage's shard actors (by index)."""
-        self._outbox = Outbox(RayChannel(handles), len(handles), self.spec.max_inflight)
+        self._outbox = Outbox(RayChannel(handles, self.spec.attempt), len(handles),
+                              self.spec.max_inflight)
 
     # ------------------------------------------------------------------ the stream
 
-    def process(self, batch: pa.RecordBatch, input_id: int = 0) -> int:
+    def process(self, batch: pa.RecordBatch, input_id: int = 0, attempt: int | None = None
+                ) -> int:
         """Apply ``batch`` from ``input_id`` (buffered if that input is past a barrier).
 
-        Returns the number of rows received. Raises the operator's ``ValueError``/
-        ``TypeError`` with the stage, key column and shard named, and an error of user
-        code as the user's exception with stage, shard, key, epoch and traceback noted
-        (see :meth:`_contextualize`).
+        ``attempt``: the sender's run attempt; a call of another attempt than this
+        shard's (queued before a local recovery, see :meth:`reset`) is dropped and
+        returns 0. Returns the number of rows received. Raises the operator's
+        ``ValueError``/``TypeError`` with the stage, key column and shard named, and an
+        error of user code as the user's exception with stage, shard, key, epoch and
+        traceback noted (see :meth:`_contextualize`).
         """
+        if self._stale(attempt):
+            return 0
         self._check_ok()
         self._fault("process")
         faults = self.spec.faults
@@ -238,15 +254,21 @@ class ShardWorker(KeyGroupMoves):
         self._receive(DATA, input_id, batch)
         return int(batch.num_rows)
 
-    def barrier(self, epoch: int, input_id: int = 0) -> None:
+    def barrier(self, epoch: int, input_id: int = 0, attempt: int | None = None) -> None:
         """``barrier(epoch)`` from ``input_id``: the input's records of ``epoch`` are all in."""
-        self._check_ok()
-        self._receive(BARRIER, input_id, epoch)
+        if not self._stale(attempt):
+            self._check_ok()
+            self._receive(BARRIER, input_id, epoch)
 
-    def finish(self, epoch: int, input_id: int = 0) -> None:
+    def finish(self, epoch: int, input_id: int = 0, attempt: int | None = None) -> None:
         """End of bounded input from ``input_id``; the final epoch ``epoch`` emits ``finish()``."""
-        self._check_ok()
-        self._receive(FINISH, input_id, epoch)
+        if not self._stale(attempt):
+            self._check_ok()
+            self._receive(FINISH, input_id, epoch)
+
+    def _stale(self, attempt: int | None) -> bool:
+        """A data call sent in another attempt, or arriving while the shard is quiesced."""
+        return self._quiesced or (attempt is not None and attempt != self.spec.attempt)
 
     def _receive(self, kind: int, input_id: int, payload: Any) -> None:
         cpu = time.thread_time()
@@ -314,7 +336,7 @@ class ShardWorker(KeyGroupMoves):
         from raykv.checkpointing import link_files
 
         files = self.engine.seal()
-        staging = Path(self.spec.data_dir).parent / f".staging-{self.name}" / f"e{epoch:012d}"
+        staging = self._links_dir / f"e{epoch:012d}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.parent.mkdir(parents=True, exist_ok=True)
         link_files(self.spec.data_dir, files, staging)
@@ -359,8 +381,7 @@ class ShardWorker(KeyGroupMoves):
             self._metrics.upload(time.perf_counter() - t, sm)
             self.stats_["bytes_uploaded"] += sm.new_bytes
             self.stats_["files_uploaded"] += sm.new_files
-            assert ack.staging is not None
-            shutil.rmtree(ack.staging, ignore_errors=True)
+            self._prune_links(ack.epoch)
             ack.manifest = sm
             ack.staging = None
 

@@ -74,6 +74,9 @@ class ShardSpec:
         sink: on the last stage, a sink whose ``stages_on_shards`` is true: the shard
             stages its output there itself (``None``: output rides the ack).
         sink_changelog: on the last stage, the sink wants row kinds (``Sink.changelog``).
+        kept_epochs: uploaded epochs whose files the shard keeps hard-linked for a rollback
+            in place (``Pipeline.max_pending_epochs + 1``: the committed epoch is among
+            them, so local recovery downloads nothing even after merges removed files).
     """
 
     stage: StageSpec
@@ -93,6 +96,7 @@ class ShardSpec:
     pipeline: str = ""
     sink: Any = None
     sink_changelog: bool = False
+    kept_epochs: int = 1
 
     @property
     def name(self) -> str:

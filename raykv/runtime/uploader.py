@@ -94,6 +94,27 @@ class Uploader:
             self._thread.join(timeout=timeout)
             self._thread = None
 
+    def abandon(self, why: BaseException, timeout: float = 60) -> None:
+        """Drop the queued uploads, fail every waiter with ``why``, stop the thread.
+
+        For a shard rolled back by local recovery: its sealed-but-uncommitted epochs will
+        be replayed. An upload already running completes first (its files and shard
+        manifest are orphans until that epoch is committed again, see docs/recovery.md);
+        waiters of ``wait`` raise ``why`` (a blocked ``wait_uploaded`` frees the ``"io"``
+        thread). Idempotent.
+        """
+        with self._cond:
+            self._queued.clear()
+            if self._failure is None:
+                self._failure = why
+            self._cond.notify_all()
+        while True:
+            try:
+                self._uploads.get_nowait()
+            except queue.Empty:
+                break
+        self.close(timeout)
+
     def _loop(self) -> None:
         while True:
             ack = self._uploads.get()

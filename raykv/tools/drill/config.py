@@ -50,6 +50,10 @@ class DrillConfig:
         upload_delay: seconds each upload waits before it starts (widens mid-upload).
         restore_delay: seconds each restoring shard sleeps (widens during-recovery).
         targets: the kinds of actors to kill (a subset of ``TARGETS``).
+        standby: ``Pipeline.standby`` of the drilled pipeline (idle actors that take a
+            dead actor's place).
+
+    Each delay applies only when its moment is among ``moments``.
     """
 
     kills: int = 20
@@ -68,11 +72,13 @@ class DrillConfig:
     upload_delay: float = 0.3
     restore_delay: float = 0.4
     targets: tuple[str, ...] = TARGETS
+    standby: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("kills", "events", "keys", "batch_size", "epoch_every", "num_shards"):
+        for name in ("kills", "events", "keys", "batch_size", "epoch_every", "num_shards",
+                     "standby"):
             value = getattr(self, name)
-            if type(value) is not int or value < (0 if name == "kills" else 1):
+            if type(value) is not int or value < (0 if name in ("kills", "standby") else 1):
                 msg = f"drill {name} must be a positive int, got {value!r}"
                 raise ValueError(msg)
         for name in ("process_delay", "upload_delay", "restore_delay"):

@@ -84,6 +84,7 @@ class Killer:
         self.done = False
         self.waiting: KillRecord | None = None  # fired, failure not seen yet
         self.recovering: KillRecord | None = None  # failure seen, new shards not ready
+        self.committing: KillRecord | None = None  # ready again, no commit since
         self.skipped = 0
         self.t0 = time.perf_counter()
 
@@ -107,11 +108,17 @@ class Killer:
             rec = self.recovering
             rec.restored_from = ev.detail.get("restored_from")
             rec.recovery_s = now - rec.killed_at
+            self.committing = rec
             rec.events_replayed = max(0, (rec.failure_pos or 0)
                                       - self.rows_at(rec.restored_from))
             self.recovering = None
-        elif ev.kind == "committed" and ev.detail.get("final"):
-            self.done = True
+        elif ev.kind == "committed":
+            rec = self.committing
+            if rec is not None:
+                rec.commit_s = now - rec.killed_at
+                self.committing = None
+            if ev.detail.get("final"):
+                self.done = True
         targets = {name: h for name, h in ev.actors.items()
                    if ("reader" if name.startswith("reader-") else "shard") in self.targets}
         if self.done or self.waiting is not None or not self.plan or not targets:

@@ -33,7 +33,10 @@ class KillRecord:
             whose barrier was sent but which were not committed (rows the readers read
             past the last barrier are replayed too but not counted).
         detect_s: seconds from the kill to the driver noticing the failure.
-        recovery_s: seconds from the kill to the replacement shards being ready.
+        recovery_s: seconds from the kill to the attempt's actors being ready again
+            (survivors rolled back, the dead replaced: the ``"started"`` event).
+        commit_s: seconds from the kill to the first epoch committed after it (the
+            end of the outage as the output sees it).
         interrupted: the next kill (a ``recovery`` kill) struck while this kill's
             replacement shards were restoring; that kill's row shows the recovery.
     """
@@ -48,6 +51,7 @@ class KillRecord:
     events_replayed: int = 0
     detect_s: float | None = None
     recovery_s: float | None = None
+    commit_s: float | None = None
     interrupted: bool = False
     killed_at: float = 0.0
     failure_pos: int | None = None
@@ -84,20 +88,28 @@ class DrillResult:
         return not self.problems and len(self.kills) >= self.config.kills
 
 
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile of ``sorted_values`` (nearest rank; non-empty)."""
+    rank = max(1, -(-len(sorted_values) * q // 100))  # ceil(n * q / 100)
+    return sorted_values[int(rank) - 1]
+
+
 def format_table(kills: Sequence[KillRecord]) -> str:
     """Render kill records as a fixed-width text table (one line per kill)."""
     head = (f"{'#':>3}  {'round':>5}  {'moment':<9}  {'when':<30}  {'shard':<22}  "
-            f"{'restored':>8}  {'replayed':>9}  {'detect s':>8}  {'recovery s':>11}")
+            f"{'restored':>8}  {'replayed':>9}  {'detect s':>8}  {'recovery s':>11}  "
+            f"{'commit s':>8}")
     lines = [head, "-" * len(head)]
     for k in kills:
         restored = "empty" if k.restored_from is None else str(k.restored_from)
         detect = "-" if k.detect_s is None else f"{k.detect_s:.2f}"
         recovery = "-" if k.recovery_s is None else f"{k.recovery_s:.2f}"
+        commit = "-" if k.commit_s is None else f"{k.commit_s:.2f}"
         if k.interrupted:
-            restored, recovery = "next row", "interrupted"
+            restored, recovery, commit = "next row", "interrupted", "-"
         lines.append(
             f"{k.number:>3}  {k.round:>5}  {k.moment:<9}  {k.when:<30.30}  {k.shard:<22.22}  "
-            f"{restored:>8}  {k.events_replayed:>9,}  {detect:>8}  {recovery:>11}"
+            f"{restored:>8}  {k.events_replayed:>9,}  {detect:>8}  {recovery:>11}  {commit:>8}"
         )
     return "\n".join(lines)
 
@@ -115,6 +127,10 @@ def summarize(result: DrillResult) -> str:
         median = times[len(times) // 2]
         lines.append(f"recovery time: median {median:.2f} s, max {times[-1]:.2f} s; "
                      f"events replayed: {sum(k.events_replayed for k in result.kills):,}")
+    commits = sorted(k.commit_s for k in result.kills if k.commit_s is not None)
+    if commits:
+        lines.append(f"kill to next commit: p50 {percentile(commits, 50):.2f} s, "
+                     f"p95 {percentile(commits, 95):.2f} s, max {commits[-1]:.2f} s")
     if result.undetected:
         lines.append(f"{len(result.undetected)} kill(s) struck after the final commit "
                      "(not counted)")

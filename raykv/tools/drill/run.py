@@ -40,6 +40,7 @@ def _pipeline(cfg: DrillConfig, source: Source, checkpoint: str, out: Path, loca
         storage_options=cfg.storage_options, checkpoint_interval=None,
         epoch_every_batches=cfg.epoch_every, retain=3, local_dir=str(local),
         on_progress=on_progress, faults=faults, max_restarts=max_restarts,
+        standby=cfg.standby,
     )
 
 
@@ -117,8 +118,12 @@ def run_drill(cfg: DrillConfig, *, on_round: Callable[[int, list[KillRecord]], N
         if problems:
             return result
         rng = random.Random(cfg.seed)
-        faults = Faults(process_delay=cfg.process_delay, upload_delay=cfg.upload_delay,
-                        restore_delay=cfg.restore_delay)
+        # each delay widens the window of one kill moment; without that moment it would
+        # only slow the run down (and every recovery, with the restore delay)
+        faults = Faults(
+            process_delay=cfg.process_delay if "mid-batch" in cfg.moments else 0.0,
+            upload_delay=cfg.upload_delay if "upload" in cfg.moments else 0.0,
+            restore_delay=cfg.restore_delay if "recovery" in cfg.moments else 0.0)
         round_no = 0
         while len(result.kills) < cfg.kills:
             round_no += 1

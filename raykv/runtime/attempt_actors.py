@@ -1,0 +1,168 @@
+"""The actors of one run attempt: start them, connect them, and still them after a failure.
+
+Contract: the :class:`AttemptActors` mixin of :class:`~raykv.runtime.coordinator.Coordinator`.
+``_start_actors`` brings up an attempt's shards (restored per their plans) and readers;
+``_teardown`` ends the attempt. After a recoverable failure (``keep=True``) the live
+actors are stilled and kept (:func:`~raykv.runtime.survivors.keep_survivors`): the next
+``_start_actors`` rolls each back in place (``reset``) and gives a dead actor's role to
+a standby (``Pipeline.standby``) or a new actor in the same placement slot. Otherwise
+(the run ends or stops) every actor is killed and waited for until gone.
+
+Order at the start of an attempt: shard specs and plans; survivors taken (the unused
+killed), standbys assigned to dead roles; shards created, ``reset``/``setup`` and
+waited for; stages connected; readers created or ``reset`` and waited for (so that no
+control call reaches the loop of the failed attempt); standbys topped up in the
+background.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from raykv.runtime.actors import check_driver_io_nodes, connect_stages, create_shards, kill_shards
+from raykv.runtime.failures import shard_get
+from raykv.runtime.layout import Base, shard_specs
+from raykv.runtime.reader_actor import ReaderSpec, create_readers, plan_readers
+from raykv.runtime.specs import RestorePlan, ShardSpec, StageSpec
+from raykv.runtime.survivors import Survivors, keep_survivors
+
+if TYPE_CHECKING:
+    import contextlib
+    from pathlib import Path
+
+    from raykv.metrics import DriverMetrics
+    from raykv.pipeline import Pipeline
+    from raykv.runtime.committer import Committer
+    from raykv.runtime.layout import DriverRestore
+    from raykv.runtime.rebalancing import Rebalancer
+    from raykv.runtime.survivors import Standby
+
+
+class AttemptActors:
+    """Start and end the actors of an attempt (mixin of the coordinator; module docstring)."""
+
+    if TYPE_CHECKING:  # what the mixin uses of the coordinator
+        p: Pipeline
+        driver_io: bool
+        rebalancer: Rebalancer
+        _metrics: DriverMetrics
+        _next_epoch: int
+        _committer: Committer | None
+        _actors: list[list[Any]]
+        _handles: dict[str, Any]
+        _readers: dict[str, Any]
+        _run_refs: dict[str, Any]
+        _survivors: Survivors
+        _standby: Standby
+        _standby_templates: tuple[ShardSpec, ReaderSpec, list[Any]] | None
+
+        @property
+        def restorer(self) -> DriverRestore: ...  # noqa: D102
+        def _local_root(self) -> Path: ...
+        def _emit(self, kind: str, epoch: int | None = None, **detail: Any) -> None: ...
+        def _user_code(self, what: str, epoch: int | None
+                       ) -> contextlib.AbstractContextManager[None]: ...
+
+    def _start_actors(
+        self, stages: list[StageSpec], plans: list[list[RestorePlan]], attempt: int,
+        base: Base, *, paused: bool,
+    ) -> None:
+        """Start the shards (restored per ``plans``), connect them, then the readers."""
+        readers = self._plan_readers(base, stages[0], attempt, paused=paused)
+        specs = shard_specs(
+            stages, self._local_root(), self.rebalancer.rebalances,
+            checkpoint=self.p.checkpoint, storage_options=self.p.storage_options,
+            driver_io=self.driver_io, max_inflight=self.p.max_inflight,
+            faults=self.p.faults, attempt=attempt, first_epoch=self._next_epoch,
+            hot_keys=self.p.hot_keys, pipeline=self._metrics.pipeline,
+            first_inputs=len(readers),
+            sink=self.p.sink if getattr(self.p.sink, "stages_on_shards", False) else None,
+            sink_changelog=bool(getattr(self.p.sink, "changelog", False)),
+            kept_epochs=self.p.max_pending_epochs + 1,
+        )
+        if self.driver_io:
+            plans = self.restorer.materialize(specs, plans)
+        kept = self._survivors.take([sp.name for row in specs for sp in row],
+                                    [sp.name for sp in readers], self._standby)
+        self._actors = create_shards(specs, self.p.actor_options, kept.shards)
+        self._handles = {
+            sp.name: a for row_s, row_a in zip(specs, self._actors, strict=True)
+            for sp, a in zip(row_s, row_a, strict=True)
+        }
+        self._survivors.shards = {}  # adopted
+        refs = [
+            a.reset.remote(sp, plan) if sp.name in kept.shards else a.setup.remote(plan)
+            for row_s, row_a, row_p in zip(specs, self._actors, plans, strict=True)
+            for sp, a, plan in zip(row_s, row_a, row_p, strict=True)
+        ]
+        self._emit("starting", attempt=attempt, kept=len(kept))
+        infos = shard_get(refs)
+        connect_stages(self._actors)
+        if self.driver_io:
+            check_driver_io_nodes(infos, self.p.checkpoint)
+        handles, resets = create_readers(
+            readers, self.p.source, self._actors[0], self.p.actor_options,
+            first_slot=sum(len(row) for row in self._actors), kept=kept.readers)
+        self._readers = {sp.name: h for sp, h in zip(readers, handles, strict=True)}
+        self._survivors.readers = {}  # adopted
+        shard_get(resets)
+        if self.p.standby and not self.driver_io:
+            self._standby_templates = (specs[0][0], readers[0], self._actors[0])
+
+    def _fill_standby(self) -> None:
+        """Top the standby pool up to ``Pipeline.standby`` actors of each kind (no wait).
+
+        Called by the commit thread after each commit: the process starts of new
+        standbys then never compete for CPU with the restore and replay of a recovery.
+        """
+        templates, self._standby_templates = self._standby_templates, None
+        if templates is None:
+            return
+        shard, reader, first_stage = templates
+        options = self.p.actor_options
+        self._standby.fill(
+            self.p.standby,
+            lambda: create_shards([[shard]], options)[0][0],
+            lambda: create_readers([reader], self.p.source, first_stage, options)[0][0])
+
+    def _plan_readers(self, base: Base, first: StageSpec, attempt: int, *, paused: bool
+                      ) -> list[ReaderSpec]:
+        """The reader specs of an attempt: the source's splits at ``base``'s offsets."""
+        p = self.p
+        parallelism = p.source_parallelism or first.num_shards
+        source = type(p.source).__name__
+        with self._user_code(f"source {source}.splits()", self._next_epoch):
+            return plan_readers(
+                p.source, base.offsets, parallelism, key=first.key,
+                partitioning=first.partitioning, max_inflight=p.max_inflight,
+                epoch_batches=p.epoch_every_batches, paused=paused, faults=p.faults,
+                attempt=attempt, first_epoch=self._next_epoch)
+
+    def _teardown(self, *, keep: bool = False) -> None:
+        """Stop the commit thread and the attempt's actors.
+
+        ``keep``: a recovery follows; live actors are stilled and kept for it (local
+        recovery, :mod:`raykv.runtime.survivors`) unless the store lives in the driver
+        (``memory://``: the driver writes restored files into the data dirs). Otherwise
+        every actor, standbys included, is killed and waited for until gone.
+        """
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            committer.stop()
+        # survivors not adopted yet (the start of an attempt failed) count as its actors
+        readers = {**self._survivors.readers, **self._readers}
+        shards = {**self._survivors.shards, **self._handles}
+        runs = self._run_refs
+        self._survivors = Survivors()
+        self._actors, self._handles, self._readers, self._run_refs = [], {}, {}, {}
+        if keep and not self.driver_io:
+            self._survivors = keep_survivors(readers, shards, runs)
+            self._standby.check()
+            if committer is not None:
+                committer.release()
+        else:
+            self._standby.drop()
+            kill_shards([*readers.values(), *shards.values()])
+
+
+__all__ = ["AttemptActors"]

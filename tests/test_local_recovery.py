@@ -1,0 +1,191 @@
+"""Local recovery (docs/recovery.md, "Local recovery"): survivors are rolled back, not replaced.
+
+The in-process tests drive a :class:`ShardWorker` through ``quiesce``/``reset`` against a
+real ``file://`` store: the rolled-back state equals the committed epoch, and calls of
+the failed attempt are dropped. The Ray tests SIGKILL real shard and reader processes and
+check, besides the exact output (the model of ``tests/test_recovery.py``), which
+processes lived on: every actor that was not killed keeps its pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+import raykv
+from raykv.checkpointing import CheckpointStore
+from raykv.operators import Aggregate
+from raykv.partitioning import Partitioning
+from raykv.runtime.shard import ShardWorker
+from raykv.runtime.specs import RestorePlan, RestoreSource, ShardSpec, StageSpec
+from raykv.testing import Faults
+from tests.test_recovery import Events, assert_exact, make, table
+
+# ---------------------------------------------------------------------------- in process
+
+
+def _worker(tmp_path: Path, attempt: int) -> ShardWorker:
+    stage = StageSpec(0, "agg", "user", Aggregate("user", {"qty": "sum"}), "hybridlog", {},
+                      Partitioning(num_shards=1, num_key_groups=16), ("agg-0of1-g0",))
+    spec = ShardSpec(stage, 0, str(tmp_path / "local" / "agg-0of1-g0"), 1, None,
+                     f"file://{tmp_path / 'ckpt'}", None, attempt=attempt, kept_epochs=2)
+    return ShardWorker(spec)
+
+
+def _totals(w: ShardWorker) -> dict[int, int]:
+    """The shard's per-user totals, read from its operator state (a final emission)."""
+    w.finish(99, 0, attempt=w.spec.attempt)
+    out = w.wait_uploaded(99).output
+    assert out is not None
+    return dict(zip(out["user"].to_pylist(), out["qty_sum"].to_pylist(), strict=True))
+
+
+def test_reset_rolls_back_to_the_committed_epoch_and_fences_old_calls(tmp_path: Path) -> None:
+    w = _worker(tmp_path, attempt=0)
+    w.setup(RestorePlan())
+    w.process(pa.record_batch({"user": [1, 2, 1], "qty": [1, 2, 3]}), 0, attempt=0)
+    w.barrier(1, 0, attempt=0)
+    ack = w.wait_uploaded(1)
+    store = CheckpointStore(f"file://{tmp_path / 'ckpt'}")
+    assert ack.manifest is not None
+    store.commit_epoch(1, {w.name: ack.manifest})
+    # epoch 2 is sealed and uploaded but never committed; more rows are not even sealed
+    w.process(pa.record_batch({"user": [1, 3], "qty": [10, 30]}), 0, attempt=0)
+    w.barrier(2, 0, attempt=0)
+    w.wait_uploaded(2)  # the engine manifest of epoch 1 is no longer in data_dir
+    w.process(pa.record_batch({"user": [2], "qty": [100]}), 0, attempt=0)
+
+    w.quiesce()
+    assert w.process(pa.record_batch({"user": [9], "qty": [9]}), 0, attempt=0) == 0
+    with pytest.raises(RuntimeError, match="rolled back by a recovery"):
+        w.wait_uploaded(3)  # a waiter of the failed attempt is released, not left hanging
+
+    info = w.reset(replace(w.spec, attempt=1),
+                   RestorePlan(epoch=1, direct=RestoreSource(w.name, "hybridlog", {})))
+    assert info["pid"] == os.getpid()
+    assert info["downloaded_files"] == 0  # data_dir and the kept links held them all
+    # queued calls of attempt 0 that run after the reset are dropped
+    assert w.process(pa.record_batch({"user": [1], "qty": [1000]}), 0, attempt=0) == 0
+    w.barrier(2, 0, attempt=0)
+    assert w.process(pa.record_batch({"user": [4], "qty": [4]}), 0, attempt=1) == 1
+    assert _totals(w) == {1: 4, 2: 2, 4: 4}  # epoch 1 plus attempt 1's row, nothing else
+    w.close()
+    store.close()
+
+
+def test_reset_without_a_commit_starts_empty(tmp_path: Path) -> None:
+    w = _worker(tmp_path, attempt=0)
+    w.setup(RestorePlan())
+    w.process(pa.record_batch({"user": [1], "qty": [5]}), 0, attempt=0)
+    w.barrier(1, 0, attempt=0)
+    w.quiesce()
+    w.reset(replace(w.spec, attempt=1), RestorePlan())
+    w.process(pa.record_batch({"user": [2], "qty": [7]}), 0, attempt=1)
+    assert _totals(w) == {2: 7}
+    w.close()
+
+
+# ---------------------------------------------------------------------------- through Ray
+
+
+class Pids:
+    """on_progress hook: the pid of every actor when each attempt has started."""
+
+    def __init__(self) -> None:
+        self.by_attempt: list[dict[str, int]] = []
+
+    def __call__(self, ev: raykv.ProgressEvent) -> None:
+        if ev.kind == "started":
+            import ray
+
+            names = sorted(ev.actors)
+            pids = ray.get([ev.actors[n].ping.remote() for n in names], timeout=30)
+            self.by_attempt.append(dict(zip(names, pids, strict=True)))
+
+
+class SigKill:
+    """on_progress hook: SIGKILL the process of actor ``name`` at event ``kind`` of ``epoch``."""
+
+    def __init__(self, name_prefix: str, kind: str, epoch: int | None) -> None:
+        self.prefix, self.kind, self.epoch = name_prefix, kind, epoch
+        self.killed: list[int] = []
+
+    def __call__(self, ev: raykv.ProgressEvent) -> None:
+        if self.killed or ev.kind != self.kind or (self.epoch is not None
+                                                   and ev.epoch != self.epoch):
+            return
+        import ray
+
+        (name,) = [n for n in ev.actors if n.startswith(self.prefix)]
+        pid = ray.get(ev.actors[name].ping.remote(), timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        self.killed.append(pid)
+        time.sleep(0.05)  # let the process go before the driver moves on
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("victim", ["Aggregate0-1of3", "reader-0of1"])
+def test_only_the_killed_actor_is_replaced(ray_session: Any, tmp_path: Path,
+                                           victim: str) -> None:
+    t = table(21)
+    pids, kill = Pids(), SigKill(victim, "barrier", 2)
+    events = Events(lambda ev: (pids(ev), kill(ev)))
+    s = make(tmp_path, t, num_shards=3, on_progress=events).run()
+    assert kill.killed and s.restarts == 1
+    before, after = pids.by_attempt
+    assert set(before) == set(after)
+    changed = {n for n in before if before[n] != after[n]}
+    assert changed == {next(n for n in before if n.startswith(victim))}
+    assert kill.killed == [before[next(iter(changed))]]
+    assert_exact(s.output_by_epoch, t)
+
+
+@pytest.mark.ray
+def test_a_survivor_killed_while_it_rolls_back(ray_session: Any, tmp_path: Path) -> None:
+    """The second kill strikes a survivor inside ``reset``: the next attempt replaces it."""
+    t = table(22)
+    first = SigKill("Aggregate0-0of2", "barrier", 3)
+    second = SigKill("Aggregate0-1of2", "starting", None)  # the survivor, restoring
+    pids = Pids()
+
+    def on_progress(ev: raykv.ProgressEvent) -> None:
+        pids(ev)
+        first(ev)
+        if first.killed and ev.kind == "starting" and ev.detail["attempt"] == 1:
+            second(ev)
+
+    events = Events(on_progress)
+    s = make(tmp_path, t, faults=Faults(restore_delay=0.5), on_progress=events).run()
+    assert first.killed and second.killed
+    assert s.restarts == 2 and events.attempts() == [0, 1, 2]
+    assert not events.started(1)
+    assert events.restored_from(2) == events.last_commit_before_failure()
+    kept = [d["kept"] for k, _, d in events.seen if k == "starting"]
+    assert kept[1] == 2  # attempt 1 kept the reader and shard 1
+    assert pids.by_attempt[-1]["reader-0of1"] == pids.by_attempt[0]["reader-0of1"]
+    assert_exact(s.output_by_epoch, t)
+
+
+@pytest.mark.ray
+def test_a_standby_takes_the_dead_shards_place(ray_session: Any, tmp_path: Path) -> None:
+    """``standby=1``: the killed shard's role goes to the standby, no actor is started."""
+    t = table(23)
+    # standbys start after an attempt's first commit: kill after the second
+    pids, kill = Pids(), SigKill("Aggregate0-0of2", "committed", 2)
+    events = Events(lambda ev: (pids(ev), kill(ev)))
+    s = make(tmp_path, t, standby=1, on_progress=events).run()
+    assert kill.killed and s.restarts == 1
+    kept = [d["kept"] for k, _, d in events.seen if k == "starting"]
+    assert kept == [0, 3]  # attempt 1: the reader, shard 1 and the standby as shard 0
+    before, after = pids.by_attempt
+    assert after["Aggregate0-0of2-g0"] not in before.values()
+    assert {n: p for n, p in after.items() if n != "Aggregate0-0of2-g0"} == {
+        n: p for n, p in before.items() if n != "Aggregate0-0of2-g0"}
+    assert_exact(s.output_by_epoch, t)
