@@ -34,10 +34,11 @@ import contextlib
 import fcntl
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypedDict
 
+from raykv.engines.expiry import Expiry
 from raykv.engines.fileio import fsync_dir, fsync_files
 from raykv.engines.filename import MANIFEST_KIND, TMP_SUFFIX, FileNumbers, parse_file_name
 from raykv.engines.manifest import Manifest, find_latest_manifest, write_manifest
@@ -112,6 +113,8 @@ class KVStore(Validation, ABC):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.stats = EngineStats()
+        #: The horizon merges expire stamped records below (``set_expiry``; ``None``: off).
+        self.expiry: Expiry | None = None
         self._closed = True
         self._lock_fd: int | None = _lock_dir(self.data_dir)
         self._remote: EngineRemote | None = None
@@ -225,6 +228,24 @@ class KVStore(Validation, ABC):
             self.stats.seals += 1
         return self.live_files()
 
+    def set_expiry(self, horizon: int | None, *, keep: Collection[bytes] = ()) -> None:
+        """Let every later flush, merge and compaction expire records stamped below ``horizon``.
+
+        A compaction filter (``expiry.py`` states the stamp format and the contract): a
+        record whose value starts with an 8-byte stamp ``< horizon`` and whose key is not
+        in ``keep`` is treated as deleted by the engine's own merges (dropped, or a
+        tombstone where an older record of the key may remain), and counted in
+        ``stats.expired_records``/``expired_bytes``. Reads are unchanged: the caller
+        checks stamps itself. ``None`` turns expiry off. The horizon is kept in memory
+        only, and cleared whenever the engine (re)opens its files (open, restore,
+        ``swapped_out``). Cost: O(len(keep)).
+        """
+        self.expiry = None if horizon is None else Expiry.of(horizon, keep)
+        self._expiry_changed()
+
+    def _expiry_changed(self) -> None:
+        """Hook: the horizon changed (an engine may plan merges of expired runs)."""
+
     def live_files(self) -> list[str]:
         """Names of the files of the last committed state (runs + manifest), sorted."""
         if self._manifest_name is None:
@@ -323,6 +344,7 @@ class KVStore(Validation, ABC):
         self._manifest_name = manifest.name if manifest else None
         self._live_files: list[str] = list(manifest.files) if manifest else []
         self._unsynced: set[str] = set()
+        self.expiry = None  # a horizon belongs to the state it was set for
         self._open(manifest)
         self._closed = False
 

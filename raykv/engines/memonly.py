@@ -2,7 +2,8 @@
 
 Every seal writes one ``.snap`` file holding the entire state as a kv block (FORMAT.md),
 so snapshot cost grows with the state, not with the changes: the naive baseline the
-log-structured engines are measured against.
+log-structured engines are measured against. With an expiry horizon (``set_expiry``), a
+seal first deletes the expired entries (``expiry.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from itertools import islice
 from typing import NoReturn, Unpack
 
 from raykv.engines.base import KVStore, Pairs, StoreOptions
+from raykv.engines.expiry import Expiry
 from raykv.engines.kvblock import decode_kv_block, encode_kv_block
 from raykv.engines.manifest import Manifest
 from raykv.errors import StoreClosedError
@@ -48,6 +50,8 @@ class MemOnly(KVStore):
     def _seal(self) -> bool:
         if self.stats.app_bytes == self._sealed_at:
             return False
+        if self.expiry is not None and self._data:  # the snapshot is MemOnly's only "merge"
+            self._expire(self.expiry)
         name = self._new_file(SNAP_KIND)
         data = encode_kv_block(SNAP_MAGIC, list(self._data), list(self._data.values()))
         (self.data_dir / name).write_bytes(data)
@@ -55,6 +59,16 @@ class MemOnly(KVStore):
         self._commit([name], {})
         self._sealed_at = self.stats.app_bytes
         return True
+
+    def _expire(self, expiry: Expiry) -> None:
+        """Delete the entries ``expiry`` finds expired (``expiry.py``), counting them."""
+        keys = list(self._data)
+        values = list(self._data.values())
+        dead = expiry.expired_values(keys, values)
+        if dead.any():
+            for i in dead.nonzero()[0].tolist():
+                self.stats.expired_bytes += len(self._data.pop(keys[i]))
+            self.stats.expired_records += int(dead.sum())
 
     def _release(self) -> None:
         self._data = _Closed()

@@ -18,12 +18,17 @@ class EngineStats:
         disk_bytes: bytes the engine wrote to files (runs, indexes, manifests).
         seals: number of non-idle seals.
         merges: number of merges/compactions performed.
+        expired_records: records that merges dropped or turned into tombstones because
+            their expiry stamp fell below the horizon (``expiry.py``).
+        expired_bytes: the value bytes of those records.
     """
 
     app_bytes: int = 0
     disk_bytes: int = 0
     seals: int = 0
     merges: int = 0
+    expired_records: int = 0
+    expired_bytes: int = 0
 
     @property
     def write_amplification(self) -> float:

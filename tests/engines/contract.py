@@ -26,6 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from raykv.engines.base import KVStore
 from raykv.errors import CorruptionError, StoreClosedError
 from tests.engines.boundaries import BoundaryContract
+from tests.engines.expiry_contract import ExpiryContract
 
 
 def rand_key(rng: random.Random, space: int) -> bytes:
@@ -36,7 +37,7 @@ def rand_value(rng: random.Random) -> bytes:
     return rng.randbytes(rng.randrange(1, 40))
 
 
-class KVStoreContract(BoundaryContract):
+class KVStoreContract(BoundaryContract, ExpiryContract):
     engine_cls: ClassVar[type[KVStore]]
     small_params: ClassVar[dict[str, Any]] = {}
 

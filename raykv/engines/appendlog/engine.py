@@ -40,7 +40,7 @@ from operator import add, getitem, itemgetter, not_
 from typing import Unpack, cast
 
 from raykv.engines.appendlog.bulk import BulkWrites
-from raykv.engines.appendlog.merge import levels
+from raykv.engines.appendlog.merge import levels, plan_merge
 from raykv.engines.appendlog.runfile import (
     CRC_RESIDUE,
     N_BITS,
@@ -352,8 +352,8 @@ class AppendLog(BulkWrites):
         assert self._flushed <= self._pos <= self._acap
         run_levels = levels([r.size for r in self._runs], self.max_runs_per_level)
         assert run_levels == sorted(run_levels, reverse=True), run_levels
-        if not self._slow:
-            assert self._plan_merge() is None
+        if not self._slow:  # the size policy only: expiry merges wait for the next close
+            assert plan_merge([r.size for r in self._runs], self.max_runs_per_level) is None
         slots = {r.slot for r in self._runs} | {self._aslot}
         assert len(slots) == len(self._runs) + 1 and 0 not in slots
         for run in self._runs:

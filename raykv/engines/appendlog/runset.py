@@ -5,7 +5,8 @@ run's buffer, or ``b""`` for a free slot (a stale location then fails its crc ch
 never reads other data). Merges are size-tiered (the policy and the search for live
 records are in ``merge.py``): a merge copies the live records of its runs into one new
 run, moves their index entries there and commits; a merge that takes every closed run
-also drops tombstones. Merges run on the write path, never inside ``seal()``.
+also drops tombstones. With an expiry horizon, expired records leave in merges too
+(``expire.py``). Merges run on the write path, never inside ``seal()``.
 
 Cost: loading a run reads its footer and index section only; a merge verifies every
 input's records once (one crc32 pass), then copies the live records.
@@ -20,6 +21,7 @@ from itertools import accumulate
 
 import numpy as np
 
+from raykv.engines.appendlog.expire import expire_live, expiring_run, planner
 from raykv.engines.appendlog.merge import live_records, plan_merge
 from raykv.engines.appendlog.runfile import (
     FOOTER,
@@ -32,6 +34,7 @@ from raykv.engines.appendlog.runfile import (
     RunWriter,
     decode_index,
     encode_index,
+    encode_records,
     keys_in_index,
     map_file,
     pack_locs,
@@ -142,13 +145,26 @@ class RunSet(KVStore):
         self._uncommitted = False
 
     def _plan_merge(self) -> tuple[int, int] | None:
-        """The next merge as a slice ``(first, end)`` of ``self._runs`` (see ``merge.py``)."""
-        return plan_merge([r.size for r in self._runs], self.max_runs_per_level)
+        """The next merge as a slice ``(first, end)`` of ``self._runs`` (see ``merge.py``).
+
+        With an expiry horizon, also a run whose expired records hold half its bytes
+        (``expire.py``), merged alone.
+        """
+        plan = plan_merge([r.size for r in self._runs], self.max_runs_per_level)
+        if plan is None and self.expiry is not None:
+            pos = expiring_run(self, self.expiry.horizon)
+            if pos is not None:
+                return pos, pos + 1
+        return plan
 
     def _run_merges(self) -> None:
         """Perform due merges (the active run is empty), then leave the slow path."""
         while (plan := self._plan_merge()) is not None:
+            before = {r.name for r in self._runs}
             self._merge(*plan)
+            if self.expiry is not None:  # a run it wrote is not merged again for expiry
+                planner(self).done({r.name for r in self._runs} - before,
+                                   self.expiry.horizon)
         self._slow = self._closed
 
     def _merge(self, first: int, end: int) -> None:
@@ -164,9 +180,22 @@ class RunSet(KVStore):
         for run in inputs:
             self._verify_data(run)
         index = self._index
-        keys, locs, ns, klens, vlens, gone = live_records(
+        rec = live_records(
             index, inputs, self._bufs, self.data_dir, drop_tombstones=first == 0,
             whole=first == 0 and end == len(self._runs))
+        tombs: list[bytes] = []
+        trecs: list[bytes] = []
+        if self.expiry is not None:
+            rec, tombs = expire_live(rec, self._bufs, self.expiry, self.stats,
+                                     drop=first == 0)
+        keys, locs, ns, klens, vlens, gone = rec
+        if tombs:  # expired records outside an oldest-run merge: key-only tombstones
+            tklens = list(map(len, tombs))
+            trecs = encode_records(tombs, [b""] * len(tombs), tklens, [0] * len(tombs))
+            keys = keys + tombs
+            ns = ns + list(map(len, trecs))
+            klens = klens + tklens
+            vlens = vlens + [0] * len(tombs)
         name = self._new_file(RUN_KIND)
         writer = RunWriter(self.data_dir / name)
         new: list[Run] = []
@@ -174,6 +203,8 @@ class RunSet(KVStore):
             if keys:
                 for a in range(0, len(locs), _MERGE_BATCH):
                     writer.write(self._read_records(locs[a : a + _MERGE_BATCH]))
+                if tombs:
+                    writer.write(b"".join(trecs))
                 size = writer.finish(len(keys), encode_index(
                     klens, vlens, keys if keys_in_index(vlens) else None))
                 self._written(name, size)
@@ -193,6 +224,7 @@ class RunSet(KVStore):
         for key in gone:
             del index[key]
         self._dead.difference_update(gone)
+        self._dead.update(tombs)
         self._runs[first:end] = new
         for run in inputs:
             self._free_slot(run.slot)

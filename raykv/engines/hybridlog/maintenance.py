@@ -4,6 +4,8 @@ The policy (which runs, and when) is in ``merge.py``; this module carries it out
 copies the *live* records of its runs (those the index points to) into one new run that
 takes the place of the newest member, moves their index entries there and drops the old
 runs; tombstones are dropped only when the merged runs are the oldest ones (a prefix).
+With an expiry horizon (``KVStore.set_expiry``, ``expiry.py``), live records stamped
+below it are dropped from a prefix merge and written back as tombstones by any other.
 Maintenance runs on the write path (the first write after a seal, or right after a
 flush), never inside ``seal()``, and commits a manifest when anything changed.
 
@@ -20,6 +22,7 @@ from operator import eq
 import numpy as np
 import numpy.typing as npt
 
+from raykv.engines.expiry import STAMP_LEN, ExpiryPlanner, stamps_at
 from raykv.engines.hybridlog.merge import is_prefix, pick_merge
 from raykv.engines.hybridlog.runfile import (
     LEN_FITS_U64,
@@ -28,6 +31,7 @@ from raykv.engines.hybridlog.runfile import (
     RUN_VERSION,
     SLOT_BITS,
     SLOT_MASK,
+    RunFile,
     gather_values,
     live_mask,
 )
@@ -71,6 +75,10 @@ def _tomb_locs(slot: int, ends: np.ndarray, tomb: npt.NDArray[np.bool_]) -> list
 class Maintenance(RunSet):
     """Merges and compaction of a ``HybridLog``'s runs (a base class)."""
 
+    _live: int
+    _mut: dict[bytes, bytes]
+    _frozen: dict[bytes, bytes | None]
+
     def _maintain(self) -> None:
         """Merge over-full levels (and compact sparse runs if enabled); commit if any changed."""
         changed = False
@@ -78,13 +86,47 @@ class Maintenance(RunSet):
             group = pick_merge([r.count for r in self._runs], self.max_runs_per_level)
             if group is None and self.compaction_enabled:
                 group = self._sparse_run()
+            expiring = False
+            if group is None and self.expiry is not None:
+                group = self._expiring_run()
+                expiring = group is not None
             if group is None:
                 break
+            before = {r.name for r in self._runs}
             self._merge(group)
+            if expiring and self.expiry is not None:
+                self._planner().done({r.name for r in self._runs} - before,
+                                     self.expiry.horizon)
             changed = True
         if changed:
             self._commit([r.name for r in self._runs], {"format": RUN_VERSION})
         self._maintenance = False  # only now: a failed merge is retried on the next write
+
+    def _expiry_changed(self) -> None:
+        self._maintenance = True  # the next write checks for mostly expired runs
+
+    def _planner(self) -> ExpiryPlanner:
+        planner = self.__dict__.get("_expiry_planner")
+        if planner is None:
+            planner = self.__dict__["_expiry_planner"] = ExpiryPlanner()
+        return planner
+
+    def _expiring_run(self) -> list[int] | None:
+        """The first run whose expired records hold half its value bytes (``expiry.py``)."""
+        expiry = self.expiry
+        assert expiry is not None
+
+        def stamps_of(pos: int) -> tuple[np.ndarray, np.ndarray]:
+            run = self._runs[pos]
+            ends = run.ends()
+            lens = np.diff(ends.astype(np.int64), prepend=0)
+            cand = lens >= STAMP_LEN
+            starts = (ends.astype(np.int64) - lens)[cand]
+            return stamps_at(run.mm, starts), lens[cand]
+
+        pos = self._planner().pick([(r.name, r.values_len) for r in self._runs],
+                                   expiry.horizon, stamps_of)
+        return None if pos is None else [pos]
 
     def _live_counts(self) -> Counter[int]:
         """Live records per run slot. Cost: one C-level pass over the index."""
@@ -116,6 +158,7 @@ class Maintenance(RunSet):
         blobs: list[bytes] = []
         lens: list[np.ndarray] = []
         dropped: list[bytes] = []
+        tombs: list[bytes] = []  # expired keys written back as tombstones (not a prefix)
         for run in members:
             run.verify_all()
             ends = run.ends()
@@ -139,6 +182,11 @@ class Maintenance(RunSet):
                 if dead.any():
                     dropped.extend(run.keys(dead))
                     live &= ~dead
+            if self.expiry is not None:
+                gone, gone_keys = self._expired(run, ends, run_lens, live)
+                if gone_keys:
+                    (dropped if drop_tombstones else tombs).extend(gone_keys)
+                    live &= ~gone
             if not live.any():
                 continue
             if at is not None and not (live & (run_lens == 0)).any():
@@ -148,6 +196,9 @@ class Maintenance(RunSet):
             blobs.append(gather_values(run.mm, ends, live))
             lens.append(run_lens[live])
         new_run = None
+        if tombs:
+            keys.extend(tombs)
+            lens.append(np.zeros(len(tombs), dtype=np.uint64))
         if keys:  # written before anything changes: a failure leaves the runs as they were
             ends_all = np.cumsum(np.concatenate(lens), dtype=np.uint64)
             new_run, locs = self._new_run(keys, b"".join(blobs), ends_all)
@@ -159,11 +210,47 @@ class Maintenance(RunSet):
             index.update(zip(keys, locs, strict=True))
         for key in dropped:
             del index[key]
+        if tombs:
+            self._index_tombs = True
         if dropped and self._index_tombs:  # maybe the last ones: count (a C-level pass)
             self._index_tombs = not all(map(LEN_SHIFT.__rrshift__, index.values()))
         for run in members:
             self._drop_run(run)
         self.stats.merges += 1
+
+    def _expired(self, run: RunFile, ends: np.ndarray, lens: np.ndarray,
+                 live: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.bool_], list[bytes]]:
+        """Live records of ``run`` stamped below the horizon (``expiry.py``), and their keys.
+
+        Keys that also have a record in memory (mutable, read-only or cached region) are
+        spared: only keys held on disk alone expire, so the in-memory regions and the live
+        key count stay exact; they expire in a later merge, once evicted. Counts the
+        expired records in the stats and in ``_live`` (they leave the index or become
+        tombstones). Cost: one numpy gather of 8 bytes per live record with a value of 8+
+        bytes; a key decode and two dict probes only for the expired ones.
+        """
+        expiry = self.expiry
+        assert expiry is not None
+        cand = live & (lens >= STAMP_LEN)
+        dead = np.zeros(len(lens), dtype=bool)
+        if not cand.any():
+            return dead, []
+        starts = (np.asarray(ends, dtype=np.int64) - lens.astype(np.int64))[cand]
+        dead[np.flatnonzero(cand)] = expiry.expired_stamps(stamps_at(run.mm, starts))
+        if not dead.any():
+            return dead, []
+        keys = run.keys(dead)
+        mut, frozen, keep = self._mut, self._frozen, expiry.keep
+        spared = [k in mut or k in frozen or k in keep for k in keys]
+        if any(spared):
+            at = np.flatnonzero(dead)
+            dead[at[np.asarray(spared, dtype=bool)]] = False
+            keys = [k for k, s in zip(keys, spared, strict=True) if not s]
+        if keys:
+            self.stats.expired_records += len(keys)
+            self.stats.expired_bytes += int(lens[dead].sum())
+            self._live -= len(keys)
+        return dead, keys
 
     def _held_locs(self, slots: set[int], records: int
                    ) -> dict[int, tuple[np.ndarray, np.ndarray]] | None:

@@ -22,7 +22,9 @@ Policy (``pick_merge``):
   into level 0) merges them in place.
 
 A tombstone is dropped only when no older run outside the merge can hold its key (checked
-against those runs' bloom filters, so this is exact for keys they do not hold).
+against those runs' bloom filters, so this is exact for keys they do not hold). With an
+expiry horizon (``KVStore.set_expiry``), flushes and merges first turn expired records
+into tombstones, so they leave by the same rule (``expiry.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress
 
+import numpy as np
+
+from raykv.engines.expiry import Expiry
 from raykv.engines.lsm.bloom import BloomFilter, hash_pair, mask_of
+from raykv.engines.stats import EngineStats
 
 Chunk = tuple[list[bytes], list[bytes]]
 
@@ -166,15 +172,36 @@ def drop_tombstones(
 def merge_into(
     sources: Sequence[Iterator[Chunk]], older: Sequence[BloomFilter],
     add: Callable[[list[bytes], list[bytes]], None],
+    expiry: Expiry | None = None, stats: EngineStats | None = None,
 ) -> None:
     """Merge ``sources`` (oldest first) and feed the sorted chunks to ``add``.
 
-    Tombstones that no ``older`` run can need are dropped; ``add`` is ``RunWriter.add``.
+    With ``expiry``, records it finds expired become tombstones first (counted in
+    ``stats``); tombstones that no ``older`` run can need are then dropped; ``add`` is
+    ``RunWriter.add``.
     """
     for keys, values in merge_sorted_chunks(sources):
+        if expiry is not None:
+            values = expire_chunk(keys, values, expiry, stats)
         k, v = drop_tombstones(keys, values, older)
         if k:
             add(k, v)
+
+
+def expire_chunk(keys: list[bytes], values: list[bytes], expiry: Expiry,
+                 stats: EngineStats | None) -> list[bytes]:
+    """``values`` with the expired ones replaced by tombstones (``b""``)."""
+    dead = expiry.expired_values(keys, values)
+    if not dead.any():
+        return values
+    values = list(values)
+    at = np.flatnonzero(dead).tolist()
+    if stats is not None:
+        stats.expired_records += len(at)
+        stats.expired_bytes += sum(len(values[i]) for i in at)
+    for i in at:
+        values[i] = b""
+    return values
 
 
 def chunked(keys: Sequence[bytes], values: Sequence[bytes], size: int = 4096) -> Iterable[Chunk]:

@@ -125,7 +125,7 @@ class LevelSet(KVStore):
         writer = RunWriter(path, density_factor=self.density_factor,
                            bits_per_key=self.bloom_bits_per_key, expected_keys=expected)
         try:
-            merge_into(sources, [r.bloom for r in older], writer.add)
+            merge_into(sources, [r.bloom for r in older], writer.add, self.expiry, self.stats)
             if not writer.entry_count:
                 writer.abort()
                 return None
