@@ -29,10 +29,11 @@ _ATTRS = {
     "TumblingWindow": "raykv.operators",
     "SlidingWindow": "raykv.operators",
     "SessionWindow": "raykv.operators",
+    "Watermark": "raykv.watermarks",
 }
 _SUBMODULES = frozenset(
     {"sources", "sinks", "operators", "testing", "engines", "partitioning", "checkpointing",
-     "errors", "pipeline", "runtime", "hotkeys", "rebalance"}
+     "errors", "pipeline", "runtime", "hotkeys", "rebalance", "watermarks"}
 )
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     )
     from raykv.operators import SessionWindow, SlidingWindow, TumblingWindow
     from raykv.pipeline import Pipeline, ProgressEvent, RunSummary
+    from raykv.watermarks import Watermark
 
 
 def __getattr__(name: str) -> Any:
@@ -75,6 +77,7 @@ __all__ = [
     "SessionWindow",
     "SlidingWindow",
     "TumblingWindow",
+    "Watermark",
     "checkpointing",
     "engines",
     "errors",

@@ -34,6 +34,7 @@ import pyarrow as pa
 from raykv.operators.changelog import check_chain
 from raykv.sinks import CollectSink, Sink
 from raykv.sources import Source
+from raykv.watermarks import Watermark
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -240,6 +241,12 @@ class Pipeline:
             source's splits and sends the rows straight to the first stage's shards; the
             driver reads no record. It may change between runs of one checkpoint: the
             splits are dealt again and each resumes at its committed offset.
+        watermark: where event time comes from (``raykv.Watermark(column, max_delay,
+            idle_timeout)``): each split's watermark travels with the barriers through
+            every stage, and the window operators close windows by it alone (not by
+            the rows each shard happens to see); stored in every epoch. ``None``: each
+            window shard derives its own watermark from its rows (the rule before
+            source watermarks). docs/runtime.md, "Event time".
         standby: idle actors kept started beside the run, this many shard actors and
             as many reader actors: after a failure a dead actor's role goes to a standby
             (``reset`` to it, no process start) while a new standby starts in the
@@ -284,6 +291,7 @@ class Pipeline:
     max_pending_epochs: int = 4
     source_parallelism: int | None = None
     standby: int = 0
+    watermark: Watermark | None = None
     local_dir: str | None = None
     actor_options: dict[str, Any] | None = None
     on_progress: Callable[[ProgressEvent], None] | None = None
@@ -359,6 +367,10 @@ class Pipeline:
         if not isinstance(self.engine, str) or not self.engine:
             msg = f"engine must be an engine name, got {self.engine!r}"
             raise TypeError(msg)
+        if self.watermark is not None and not isinstance(self.watermark, Watermark):
+            msg = (f"watermark must be a raykv.Watermark(column, max_delay, idle_timeout), "
+                   f"got {type(self.watermark).__name__}")
+            raise TypeError(msg)
         for i, op in enumerate(self.stages):
             params = self.stage_engine_params(i)
             try:
@@ -376,6 +388,15 @@ class Pipeline:
                     f"stage {names[i]!r} has late='emit', but the runtime does not route a "
                     "window's late output yet (issue 13); use late='drop' (late rows are "
                     "counted) until it does"
+                )
+                raise ValueError(msg)
+            column = getattr(op, "time_column", None)
+            wm = self.watermark
+            if wm is not None and column is not None and column != wm.column:
+                msg = (
+                    f"stage {names[i]!r} ({type(op).__name__}) closes windows on column "
+                    f"{column!r}, but the pipeline's watermark is on column {wm.column!r}; "
+                    "use one event-time column (watermarks are in its units)"
                 )
                 raise ValueError(msg)
         if self.checkpoint is not None and not isinstance(self.checkpoint, str):

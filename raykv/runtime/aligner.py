@@ -5,8 +5,9 @@ they arrive (``receive(kind, input_id, payload)``, kinds :data:`DATA`, :data:`BA
 :data:`FINISH`) and yields what the shard must do, in order:
 
 * :class:`Data` ``(input_id, batch)``: process this batch now;
-* :class:`Aligned` ``(epoch, final)``: every input sent ``barrier(epoch)`` (``finish`` when
-  ``final``): end the epoch now.
+* :class:`Aligned` ``(epoch, final, marks)``: every input sent ``barrier(epoch)``
+  (``finish`` when ``final``): end the epoch now. ``marks`` holds what each input sent
+  with its barrier (``receive(..., mark=)``; the sources' watermark), by input.
 
 An input that sent the barrier being aligned is *blocked*: its later items are held
 back, in arrival order, and replayed (through the same rules) right after the epoch is
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 DATA, BARRIER, FINISH = 0, 1, 2
@@ -44,6 +45,7 @@ class Aligned:
 
     epoch: int
     final: bool
+    marks: tuple[Any, ...] = field(default=(), compare=False)
 
 
 class BarrierAligner:
@@ -59,7 +61,8 @@ class BarrierAligner:
         self._context = context
         self._arrived: set[int] = set()
         self._aligning: tuple[int, int] | None = None  # (kind, epoch) being aligned
-        self._blocked: list[tuple[int, int, Any]] = []
+        self._blocked: list[tuple[int, int, Any, Any]] = []
+        self._marks: list[Any] = [None] * num_inputs
 
     @property
     def aligning(self) -> tuple[int, int] | None:
@@ -71,13 +74,17 @@ class BarrierAligner:
         """Number of items held back behind the barrier being aligned."""
         return len(self._blocked)
 
-    def receive(self, kind: int, input_id: int, payload: Any) -> Iterator[Data | Aligned]:
-        """Take one item from ``input_id``; yield what is to be done now (see module doc)."""
-        items: deque[tuple[int, int, Any]] = deque([(kind, input_id, payload)])
+    def receive(self, kind: int, input_id: int, payload: Any, mark: Any = None
+                ) -> Iterator[Data | Aligned]:
+        """Take one item from ``input_id``; yield what is to be done now (see module doc).
+
+        ``mark``: for a barrier, what the input sends with it (returned in ``Aligned``).
+        """
+        items: deque[tuple[int, int, Any, Any]] = deque([(kind, input_id, payload, mark)])
         while items:
-            kind, input_id, payload = items.popleft()
+            kind, input_id, payload, mark = items.popleft()
             if input_id in self._arrived:
-                self._blocked.append((kind, input_id, payload))
+                self._blocked.append((kind, input_id, payload, mark))
                 continue
             if kind == DATA:
                 yield Data(input_id, payload)
@@ -94,10 +101,11 @@ class BarrierAligner:
                 )
                 raise RuntimeError(msg)
             self._arrived.add(input_id)
+            self._marks[input_id] = mark
             if len(self._arrived) == self.num_inputs:
                 self._arrived = set()
                 self._aligning = None
-                yield Aligned(payload, kind == FINISH)
+                yield Aligned(payload, kind == FINISH, tuple(self._marks))
                 items.extendleft(reversed(self._blocked))
                 self._blocked = []
 

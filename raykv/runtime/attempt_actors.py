@@ -79,6 +79,7 @@ class AttemptActors:
             sink=self.p.sink if getattr(self.p.sink, "stages_on_shards", False) else None,
             sink_changelog=bool(getattr(self.p.sink, "changelog", False)),
             kept_epochs=self.p.max_pending_epochs + 1,
+            event_time=self.p.watermark is not None,
         )
         if self.driver_io:
             plans = self.restorer.materialize(specs, plans)
@@ -133,10 +134,10 @@ class AttemptActors:
         source = type(p.source).__name__
         with self._user_code(f"source {source}.splits()", self._next_epoch):
             return plan_readers(
-                p.source, base.offsets, parallelism, key=first.key,
+                p.source, base.offsets, parallelism, base.event_maxes, key=first.key,
                 partitioning=first.partitioning, max_inflight=p.max_inflight,
                 epoch_batches=p.epoch_every_batches, paused=paused, faults=p.faults,
-                attempt=attempt, first_epoch=self._next_epoch)
+                attempt=attempt, first_epoch=self._next_epoch, watermark=p.watermark)
 
     def _teardown(self, *, keep: bool = False) -> None:
         """Stop the commit thread and the attempt's actors.

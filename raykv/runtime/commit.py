@@ -80,8 +80,10 @@ class EpochCommit:
         metadata = None
         if store is not None:
             metadata = self.metadata(pending, base, rows_total, load or None)
-            store.commit_epoch(e, manifests, offsets={"splits": pending.offset},
-                               metadata=metadata.to_dict())
+            offsets: dict[str, Any] = {"splits": pending.offset}
+            if pending.event_maxes:
+                offsets["event_maxes"] = pending.event_maxes
+            store.commit_epoch(e, manifests, offsets=offsets, metadata=metadata.to_dict())
         if c._abandon_on_commit:
             with c._user_code(f"sink {type(sink).__name__}.start({e})", e):
                 sink.start(e, new_run=False, abandoned=abandoned)
@@ -100,7 +102,7 @@ class EpochCommit:
                 s.files_uploaded += sm.new_files
             c._committed = Base(
                 epoch=e, metadata=metadata, offsets=pending.offset, rollback=False,
-                abandoned=abandoned, rows_total=rows_total,
+                abandoned=abandoned, rows_total=rows_total, event_maxes=pending.event_maxes,
             )
         c._metrics.committed(manifests)
         c._emit("committed", e, final=pending.final, rows_out=rows_out,

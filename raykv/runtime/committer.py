@@ -17,7 +17,7 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -38,6 +38,7 @@ class PendingEpoch:
         offset: the source offset at the barrier (a JSON-able copy).
         rows: source rows of the epoch.
         final: the last epoch of a finished input (``finish`` instead of ``barrier``).
+        event_maxes: each split's largest event time at the barrier (with a watermark).
     """
 
     epoch: int
@@ -45,6 +46,7 @@ class PendingEpoch:
     offset: Any
     rows: int
     final: bool
+    event_maxes: dict[str, int] = field(default_factory=dict)
 
 
 class Committer:

@@ -51,6 +51,7 @@ class Feeder:
     def __init__(self, coord: Coordinator) -> None:
         self._coord = coord
         self.offsets: dict[str, Offset] = {}
+        self.event_maxes: dict[str, int] = {}
 
     def feed(self, committer: Committer, run_refs: list[Any], *, initial_barrier: bool) -> bool:
         """Drive one attempt until the input ends (``False``) or the run stops (``True``).
@@ -65,6 +66,7 @@ class Feeder:
         every = p.epoch_every_batches
         interval = p.checkpoint_interval if every is None else None
         self.offsets = {}
+        self.event_maxes = {}  # every cut carries all its reader's (restored ones too)
         if initial_barrier:
             self.barrier(final=False)
         idle = [False] * len(readers)
@@ -126,10 +128,12 @@ class Feeder:
             [r.barrier.remote(epoch, final, pause) for r in c._readers.values()])
         for cut in cuts:
             self.offsets.update(cut.offsets)
+            self.event_maxes.update(cut.event_maxes)
         refs = {name: h.wait_uploaded.remote(epoch) for name, h in c._handles.items()}
         assert c._committer is not None
         c._committer.submit(PendingEpoch(epoch, refs, dict(self.offsets),
-                                         sum(cut.rows for cut in cuts), final))
+                                         sum(cut.rows for cut in cuts), final,
+                                         dict(self.event_maxes)))
         c._emit("barrier", epoch, final=final)
         return cuts
 

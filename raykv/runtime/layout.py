@@ -47,11 +47,13 @@ class Base:
         rollback: ``epoch`` is older than the store's latest (``restore_epoch``).
         abandoned: epoch ranges abandoned by rollbacks in this lineage.
         rows_total: source rows committed in this lineage.
+        event_maxes: every split's largest event time at ``epoch`` (``Pipeline.watermark``).
     """
 
     epoch: int | None = None
     metadata: EpochMetadata | None = None
     offsets: dict[str, Any] | None = None
+    event_maxes: dict[str, int] = field(default_factory=dict)
     rollback: bool = False
     abandoned: list[list[int]] = field(default_factory=list)
     rows_total: int = 0
@@ -118,7 +120,8 @@ def initial_state(store: Any, pipeline: Pipeline, *, resume: bool,
     abandoned = meta.abandoned_lists
     rollback = latest is not None and epoch != latest
     base = Base(epoch=epoch, metadata=meta, offsets=split_offsets(manifest.offsets, meta),
-                rollback=rollback, abandoned=abandoned, rows_total=meta.rows_total)
+                rollback=rollback, abandoned=abandoned, rows_total=meta.rows_total,
+                event_maxes=dict(manifest.offsets.get("event_maxes") or {}))
     if rollback:
         assert epoch is not None and latest is not None
         base.abandoned = [*abandoned, [epoch + 1, latest]]

@@ -36,6 +36,7 @@ from raykv.partitioning import Partitioning, split_batch
 from raykv.runtime.outbox import Channel, Outbox
 from raykv.sources import Offset, Source, SourceReader, Split, StopSource
 from raykv.sources.base import WHOLE
+from raykv.watermarks import ReaderClock
 
 
 def assign_splits(splits: Sequence[Split], readers: int) -> list[list[Split]]:
@@ -101,6 +102,22 @@ class SplitCursor:
     def offsets(self) -> dict[str, Offset]:
         """Each split's offset after the last batch returned (JSON-able)."""
         return dict(self._offsets)
+
+    @property
+    def done(self) -> set[str]:
+        """The splits that returned their end."""
+        return set(self._done)
+
+    def active(self) -> list[str]:
+        """The splits being read; they hold the reader's watermark.
+
+        The current split of a bounded source; every unfinished one of an unbounded
+        source (read in turn).
+        """
+        if self._round_robin:
+            return [s for s in self._ids if s not in self._done]
+        current = self._current
+        return [current] if current is not None and current not in self._done else []
 
     def _reader(self, split_id: str) -> SourceReader:
         reader = self._readers.get(split_id)
@@ -179,6 +196,8 @@ class Cut:
         batches: batches the reader sent in the epoch.
         exhausted: every split of the reader ended (bounded input).
         stopped: the source raised :class:`~raykv.sources.StopSource` (pause the run).
+        event_maxes: the largest event time of each split so far (``Pipeline.watermark``;
+            empty without one), stored in the epoch with the offsets.
     """
 
     offsets: dict[str, Offset]
@@ -186,6 +205,7 @@ class Cut:
     batches: int
     exhausted: bool
     stopped: bool
+    event_maxes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -236,13 +256,15 @@ class SourceReaderLoop:
         on_batch: called before each batch is sent (fault injection in tests).
         paused: read nothing until the first barrier request (or :meth:`resume`).
         first_epoch: the epoch the first rows belong to (named in errors).
+        clock: the reader's watermark over its splits (``None``: no ``Pipeline.watermark``;
+            barriers then carry none).
     """
 
     def __init__(self, cursor: SplitCursor, key: str, partitioning: Partitioning,
                  channel: Channel, input_id: int, max_inflight: int = 4,
                  idle: Callable[[], None] = lambda: None, epoch_batches: int | None = None,
                  on_batch: Callable[[], None] = lambda: None, paused: bool = False,
-                 first_epoch: int | None = None) -> None:
+                 first_epoch: int | None = None, clock: ReaderClock | None = None) -> None:
         self.cursor = cursor
         self._key = key
         self._partitioning = partitioning
@@ -263,6 +285,7 @@ class SourceReaderLoop:
         self.batches = 0
         self._rows_epoch = 0
         self._batches_epoch = 0
+        self._clock = clock
 
     # ------------------------------------------------------------------ control (any thread)
 
@@ -405,6 +428,8 @@ class SourceReaderLoop:
         try:
             parts = split_batch(batch, self._key, self._partitioning)  # key checks first
             self._check_schema(batch)
+            if self._clock is not None:
+                self._clock.observe(self.cursor.current or "", batch)
         except (ValueError, TypeError) as err:
             split = self.cursor.current
             add_context(err, split=split)
@@ -442,10 +467,13 @@ class SourceReaderLoop:
                     return False
                 req = self._requests.popleft()
             method = "finish" if req.final else "barrier"
-            self._outbox.broadcast(method, req.epoch, self._input_id)
+            wm, idle = (self._clock.mark(self.cursor.active(), self.cursor.done)
+                        if self._clock is not None else (None, False))
+            self._outbox.broadcast(method, req.epoch, self._input_id, wm, idle)
             with self._cond:
                 req.cut = Cut(self.cursor.offsets(), self._rows_epoch, self._batches_epoch,
-                              self.cursor.exhausted, self._source_stopped)
+                              self.cursor.exhausted, self._source_stopped,
+                              self._clock.maxes() if self._clock is not None else {})
                 self.epoch = req.epoch + 1
                 self._rows_epoch = self._batches_epoch = 0
                 self._paused = req.pause

@@ -41,6 +41,7 @@ from raykv.runtime.outbox import RayChannel
 from raykv.runtime.reader import Cut, SourceReaderLoop, SplitCursor, Status, assign_splits
 from raykv.sources import Offset, Source, Split
 from raykv.sources.base import WHOLE
+from raykv.watermarks import ReaderClock, Watermark
 
 IDLE_SLEEP = 0.005
 """Seconds a reader sleeps when an unbounded source has nothing right now."""
@@ -63,6 +64,8 @@ class ReaderSpec:
         faults: ``raykv.testing.Faults`` or ``None`` (crash point ``"read"``).
         attempt: the run attempt.
         first_epoch: the epoch of the attempt's first barrier.
+        watermark: ``Pipeline.watermark`` (``None``: barriers carry no watermark).
+        event_maxes: the largest event time of each of its splits at the committed epoch.
     """
 
     name: str
@@ -76,17 +79,21 @@ class ReaderSpec:
     faults: Any = None
     attempt: int = 0
     first_epoch: int | None = None
+    watermark: Watermark | None = None
+    event_maxes: tuple[tuple[str, int], ...] = ()
 
 
 def plan_readers(source: Source, offsets: dict[str, Offset] | None, parallelism: int,
-                 **common: Any) -> list[ReaderSpec]:
+                 event_maxes: dict[str, int] | None = None, **common: Any
+                 ) -> list[ReaderSpec]:
     """The readers of an attempt: ``source``'s splits, each at its offset in ``offsets``.
 
     ``offsets`` are the committed epoch's (``None``: a new run). A checkpoint whose only
     split is :data:`~raykv.sources.base.WHOLE` while the source now lists its own
     splits was written before splits existed: the source is read as one stream from that
-    offset by one reader. At most one reader per split. ``common``: the other
-    :class:`ReaderSpec` fields.
+    offset by one reader. At most one reader per split. ``event_maxes``: each split's
+    largest event time at the committed epoch. ``common``: the other :class:`ReaderSpec`
+    fields.
 
     Raises:
         ValueError: ``offsets`` name a split the source does not list (the checkpoint
@@ -111,7 +118,9 @@ def plan_readers(source: Source, offsets: dict[str, Offset] | None, parallelism:
     n = len(groups)
     return [
         ReaderSpec(name=f"reader-{i}of{n}", index=i,
-                   splits=tuple((s.id, (offsets or {}).get(s.id)) for s in group), **common)
+                   splits=tuple((s.id, (offsets or {}).get(s.id)) for s in group),
+                   event_maxes=tuple((s.id, (event_maxes or {})[s.id]) for s in group
+                                     if s.id in (event_maxes or {})), **common)
         for i, group in enumerate(groups)
     ]
 
@@ -142,7 +151,9 @@ class ReaderWorker:
             SplitCursor(self._source, spec.splits), spec.key, spec.partitioning,
             RayChannel(shards, spec.attempt), spec.index, spec.max_inflight,
             idle=lambda: time.sleep(IDLE_SLEEP), epoch_batches=spec.epoch_batches,
-            on_batch=self._fault, paused=spec.paused, first_epoch=spec.first_epoch)
+            on_batch=self._fault, paused=spec.paused, first_epoch=spec.first_epoch,
+            clock=(ReaderClock(spec.watermark, dict(spec.event_maxes))
+                   if spec.watermark is not None else None))
 
     def run(self) -> dict[str, int]:
         """Run the loop to its end (final barrier sent, or stopped); rows and batches sent.

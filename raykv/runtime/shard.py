@@ -75,6 +75,7 @@ from raykv.runtime.shard_rollback import LocalRollback
 from raykv.runtime.specs import Ack, RestorePlan, ShardSpec, StageSpec
 from raykv.runtime.uploader import Uploader
 from raykv.sinks import part_name
+from raykv.watermarks import combine
 
 
 def _as_table(out: Any) -> pa.Table | None:
@@ -116,6 +117,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback):
         self._cpu_reported = 0.0
         self._metrics = ShardMetrics(spec.pipeline, spec.stage.name, spec.name)
         self._quiesced = False  # between quiesce() and reset(): data calls are dropped
+        self._watermark: tuple[int | None, bool] = (None, False)  # at the last barrier
         self.stats_: dict[str, float] = {
             "rows_in": 0, "batches_in": 0, "rows_out": 0, "epochs": 0, "seal_seconds": 0.0,
             "upload_seconds": 0.0, "bytes_uploaded": 0, "files_uploaded": 0,
@@ -217,6 +219,9 @@ class ShardWorker(KeyGroupMoves, LocalRollback):
         logic = self.spec.stage.operator.build(self.engine)
         if self._forwards_changelog:
             logic.keep_before_images = True
+        advance = getattr(logic, "advance_watermark", None)
+        if self.spec.event_time and advance is not None:
+            advance(None)  # from the start: windows close by the sources' watermark alone
         return logic
 
     def set_downstream_partitioning(self, partitioning: Partitioning) -> None:
@@ -254,28 +259,35 @@ class ShardWorker(KeyGroupMoves, LocalRollback):
         self._receive(DATA, input_id, batch)
         return int(batch.num_rows)
 
-    def barrier(self, epoch: int, input_id: int = 0, attempt: int | None = None) -> None:
-        """``barrier(epoch)`` from ``input_id``: the input's records of ``epoch`` are all in."""
+    def barrier(self, epoch: int, input_id: int = 0, watermark: int | None = None,
+                idle: bool = False, attempt: int | None = None) -> None:
+        """``barrier(epoch)`` from ``input_id``: the input's records of ``epoch`` are all in.
+
+        ``watermark``/``idle``: the input's event-time watermark at the barrier
+        (``raykv.watermarks``); an idle input does not hold the shard's back.
+        """
         if not self._stale(attempt):
             self._check_ok()
-            self._receive(BARRIER, input_id, epoch)
+            self._receive(BARRIER, input_id, epoch, (watermark, idle))
 
-    def finish(self, epoch: int, input_id: int = 0, attempt: int | None = None) -> None:
+    def finish(self, epoch: int, input_id: int = 0, watermark: int | None = None,
+               idle: bool = False, attempt: int | None = None) -> None:
         """End of bounded input from ``input_id``; the final epoch ``epoch`` emits ``finish()``."""
         if not self._stale(attempt):
             self._check_ok()
-            self._receive(FINISH, input_id, epoch)
+            self._receive(FINISH, input_id, epoch, (watermark, idle))
 
     def _stale(self, attempt: int | None) -> bool:
         """A data call sent in another attempt, or arriving while the shard is quiesced."""
         return self._quiesced or (attempt is not None and attempt != self.spec.attempt)
 
-    def _receive(self, kind: int, input_id: int, payload: Any) -> None:
+    def _receive(self, kind: int, input_id: int, payload: Any, mark: Any = None) -> None:
         cpu = time.thread_time()
         try:
-            for step in self._aligner.receive(kind, input_id, payload):
+            for step in self._aligner.receive(kind, input_id, payload, mark):
                 if isinstance(step, Aligned):
                     self._epoch = step.epoch
+                    self._watermark = combine(step.marks)
                     self._complete(step.epoch, final=step.final)
                     self._epoch = step.epoch + 1
                 else:
@@ -303,6 +315,10 @@ class ShardWorker(KeyGroupMoves, LocalRollback):
         """Steps 1-3 of the module docstring for an aligned ``epoch``."""
         t0 = time.perf_counter()
         self._fault("barrier")
+        wm, idle = self._watermark
+        advance = getattr(self.logic, "advance_watermark", None)
+        if self.spec.event_time and wm is not None and advance is not None:
+            advance(wm)  # event-time operators close windows by the sources' watermark
         if self._forwards_changelog:  # the next stage retracts what this one replaced
             out = _as_table(self.logic.changelog(epoch))
         else:
@@ -312,7 +328,8 @@ class ShardWorker(KeyGroupMoves, LocalRollback):
             assert self._outbox is not None  # connected before the first epoch
             if out is not None:
                 self._forward(out, down, self._outbox)
-            self._outbox.broadcast("finish" if final else "barrier", epoch, self.spec.index)
+            self._outbox.broadcast("finish" if final else "barrier", epoch, self.spec.index,
+                                   wm, idle)
             self._outbox.reap()
             out = None
         if out is not None:
@@ -423,6 +440,8 @@ class ShardWorker(KeyGroupMoves, LocalRollback):
         out["node_id"] = self._node_id
         out["pid"] = os.getpid()
         out["process_cpu_seconds"] = process_cpu_seconds()
+        out["watermark"] = self._watermark[0]
+        out["late_events"] = getattr(self.logic, "late_events", 0)
         engine = self.engine
         if engine is not None:
             s = engine.stats

@@ -77,6 +77,9 @@ class ShardSpec:
         kept_epochs: uploaded epochs whose files the shard keeps hard-linked for a rollback
             in place (``Pipeline.max_pending_epochs + 1``: the committed epoch is among
             them, so local recovery downloads nothing even after merges removed files).
+        event_time: the pipeline has a ``Watermark``: barriers carry the sources'
+            watermark and event-time operators close windows by it alone
+            (``advance_watermark``), not by their own rows.
     """
 
     stage: StageSpec
@@ -97,6 +100,7 @@ class ShardSpec:
     sink: Any = None
     sink_changelog: bool = False
     kept_epochs: int = 1
+    event_time: bool = False
 
     @property
     def name(self) -> str:

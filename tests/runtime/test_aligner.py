@@ -40,6 +40,18 @@ def test_an_input_past_the_barrier_is_held_until_all_inputs_sent_it() -> None:
     assert a.aligning is None and a.held == 0
 
 
+def test_each_aligned_epoch_carries_the_marks_its_own_barriers_brought() -> None:
+    """Input 0 runs an epoch ahead: its barrier(2) mark must not leak into epoch 1."""
+    a = BarrierAligner(2)
+    out: list[Any] = []
+    for kind, i, epoch, mark in [(BARRIER, 0, 1, "a1"), (DATA, 0, "x", None),
+                                 (BARRIER, 0, 2, "a2"), (BARRIER, 1, 1, "b1"),
+                                 (BARRIER, 1, 2, "b2")]:
+        out.extend(a.receive(kind, i, epoch, mark))
+    aligned = [o for o in out if isinstance(o, Aligned)]
+    assert [(o.epoch, o.marks) for o in aligned] == [(1, ("a1", "b1")), (2, ("a2", "b2"))]
+
+
 def test_held_items_replay_through_the_next_barrier() -> None:
     a = BarrierAligner(2)
     run(a, [(BARRIER, 0, 1), (DATA, 0, "x"), (BARRIER, 0, 2), (DATA, 0, "y")])
