@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from itertools import compress
 from typing import ClassVar
 
@@ -16,9 +17,10 @@ from raykv.keys import is_fixed_width
 from raykv.operators.aggminmax import MinMaxMultisets
 from raykv.operators.aggspec import normalize_aggs
 from raykv.operators.aggstate import AggLayout
-from raykv.operators.base import META_KEYS, KeyedOperator
+from raykv.operators.base import KeyedOperator
 from raykv.operators.changelog import CHANGE, is_changelog, split_signs
 from raykv.operators.keyed_state import KeyedStateLogic
+from raykv.operators.ttl import TTL, normalize_ttl
 
 #: The hidden column a changelog input's rows are counted in (a key with none is deleted).
 ROWS = "\x00rows"
@@ -93,6 +95,12 @@ class Aggregate(KeyedOperator):
         ...     logic.on_barrier(1).to_pydict()
         {'user': ['a', 'b'], 'amount_sum': [4, 2], 'amount_count': [2, 1]}
 
+    ``ttl``: state that expires (``raykv.operators.ttl``): ``TTL(seconds)`` or a number
+    of seconds (processing time), or ``TTL(span, time="event", column=...)``; an expired
+    key reads as absent (silently: nothing is emitted for it) and leaves the engine in
+    its merges. Event time needs the runtime to call ``logic.advance_watermark(wm)``
+    before each barrier.
+
     Attributes:
         aggs: ``{column: [ops]}`` (a single op may be a string); ops from
             ``count, sum, mean, min, max, first, last``.
@@ -106,6 +114,7 @@ class Aggregate(KeyedOperator):
     # dict of op tuples in __post_init__
     aggs: Mapping[str, Sequence[str]]
     max_buffered_rows: int = field(default=DEFAULT_MAX_BUFFERED_ROWS, kw_only=True)
+    ttl: TTL | int | float | timedelta | None = field(default=None, kw_only=True)
 
     #: Each epoch's changed keys are emitted with their old values retracted (-U/+U, +I,
     #: and -D when a key's rows were all retracted): ``raykv.operators.changelog``.
@@ -127,6 +136,7 @@ class Aggregate(KeyedOperator):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        object.__setattr__(self, "ttl", normalize_ttl(self.ttl, type(self).__name__))
         if type(self.max_buffered_rows) is not int or self.max_buffered_rows < 0:
             msg = (
                 "Aggregate.max_buffered_rows must be an int >= 0 (0: no buffering), "
@@ -156,6 +166,7 @@ class AggregateLogic(KeyedStateLogic):
 
         self.layout: AggLayout | None = None
         self._parts: list[pa.Table] = []
+        self._tmax: list[pa.Table] = []  # event-time TTL: per batch, each key's max time
         self._buffered_rows = 0
         # what the folds since the last barrier wrote (the changelog's keys and values)
         self._epoch_keys: list[bytes] = []
@@ -218,6 +229,11 @@ class AggregateLogic(KeyedStateLogic):
         fold = self._buffered_rows + rows > self._max_rows
         if self._pending_meta and not fold:  # the first batch passed: store the schema now
             self._write((), (), track=False)
+        if self.expiry is not None and self.expiry.event:  # each key's latest event time
+            times = pa.table({self.key: batch.column(self.key),
+                              "t": pa.array(self.expiry.times(batch, self._name()))})
+            self._tmax.append(times.group_by(self.key, use_threads=False).aggregate(
+                [("t", "max")]))
         self._parts.extend(parts)
         for buffered, d in zip(self._deltas, deltas, strict=True):
             buffered.append(d)
@@ -259,6 +275,7 @@ class AggregateLogic(KeyedStateLogic):
             return
         deltas = self._deltas
         self._parts = []
+        tmax, self._tmax = self._tmax, []
         self._deltas = [[] for _ in deltas]
         self._buffered_rows = 0
         layout = self.layout
@@ -267,7 +284,7 @@ class AggregateLogic(KeyedStateLogic):
             part = parts[0]
             key_col: pa.Array | pa.ChunkedArray = part.column(self.key)
             keys = self._state_keys(key_col)
-            old = self.store.multi_get(keys)
+            old = self._read(keys)
             base, sections = self._split(old)
             new, changed = layout.combine(base, part,
                                           lambda i: f"key {key_col[i].as_py()!r}")
@@ -279,7 +296,7 @@ class AggregateLogic(KeyedStateLogic):
             key_col = encoded.dictionary.cast(pa.bool_()) if is_bool else encoded.dictionary
             index = encoded.indices.to_numpy(zero_copy_only=False)
             keys = self._state_keys(key_col)
-            old = self.store.multi_get(keys)
+            old = self._read(keys)
             base, sections = self._split(old)
             new, changed = layout.fold(base, part, index,
                                        lambda i: f"key {key_col[i].as_py()!r}")
@@ -287,6 +304,16 @@ class AggregateLogic(KeyedStateLogic):
             new = self._minmax.apply(sections, new, key_col, deltas)
             changed = np.fromiter(map(bytes.__ne__, new, old), dtype=bool, count=len(new))
             self._check_sizes(new, key_col)
+        stamps: list[int] | None = None
+        extra: list[tuple[bytes, bytes]] = []
+        if self.expiry is not None:
+            all_stamps = self._stamps(keys, tmax)
+            restamp = (np.asarray(all_stamps) != np.asarray(self._read_stamps)) & ~changed
+            if restamp.any():  # unchanged values with a new stamp: rewritten, not emitted
+                at = np.flatnonzero(restamp).tolist()
+                extra = list(zip([keys[i] for i in at], self.expiry.stamp(
+                    [new[i] for i in at], [all_stamps[i] for i in at]), strict=True))
+            stamps = list(compress(all_stamps, changed))
         if not changed.all():
             keys = list(compress(keys, changed))
             new = list(compress(new, changed))
@@ -295,13 +322,31 @@ class AggregateLogic(KeyedStateLogic):
         self._note_before(keys, old)
         if self._retract:
             keys, new = self._drop_empty(keys, new)
-        self._write(keys, new)
+        self._write(keys, new, stamps=stamps, extra=extra)
         if not self._epoch_keys:
             self._epoch_keys, self._epoch_values = keys, new
         elif keys:  # a second fold in the epoch (the bound): later values win
             merged = dict(zip(self._epoch_keys, self._epoch_values, strict=True))
             merged.update(zip(keys, new, strict=True))
             self._epoch_keys, self._epoch_values = list(merged), list(merged.values())
+
+    def _stamps(self, keys: list[bytes], tables: list[pa.Table]) -> list[int]:
+        """TTL stamps of the fold's ``keys``: max(old stamp, fresh).
+
+        ``tables``: per buffered batch, each key's largest event time (event time only).
+        """
+        expiry = self.expiry
+        assert expiry is not None
+        times = None
+        if expiry.event:
+            both = pa.concat_tables(tables).group_by(self.key, use_threads=False).aggregate(
+                [("t_max", "max")])
+            latest = dict(zip(self._state_keys(both.column(self.key)),
+                              both.column("t_max_max").to_pylist(), strict=True))
+            times = np.fromiter(map(latest.__getitem__, keys), dtype=np.int64, count=len(keys))
+        fresh = expiry.fresh_stamps(len(keys), times)
+        out: list[int] = np.maximum(fresh, np.asarray(self._read_stamps, dtype=np.int64)).tolist()
+        return out
 
     def _split(self, values: list[bytes]) -> tuple[list[bytes], list[bytes]]:
         """``(layout parts, multiset sections)`` of state values (no multisets: as is)."""
@@ -354,6 +399,7 @@ class AggregateLogic(KeyedStateLogic):
         zero state (count and sum 0, mean null): the sink's tombstone of a deleted key.
         """
         keys, values, deleted = self._take_epoch()
+        self._end_epoch()
         if not keys and not deleted:
             return None
         zero = bytes(self.layout.size) if self.layout is not None else b""
@@ -388,7 +434,9 @@ class AggregateLogic(KeyedStateLogic):
         keys = keys + sorted(deleted)
         values = values + [b""] * len(deleted)  # b"": deleted (-D of the before-image)
         order = sorted(range(len(keys)), key=keys.__getitem__)
-        return self._changes_of([keys[i] for i in order], [values[i] for i in order])
+        out = self._changes_of([keys[i] for i in order], [values[i] for i in order])
+        self._end_epoch()
+        return out
 
     def finish(self) -> pa.RecordBatch | None:
         """Fold the buffered partials, then return the values of all keys."""
@@ -402,12 +450,9 @@ class AggregateLogic(KeyedStateLogic):
         Cost: one ``items()`` pass, a sort of the keys (numpy for fixed-width keys).
         """
         self.fold()
-        keys: list[bytes] = []
-        values: list[bytes] = []
-        for k, v in self.store.items():
-            if k not in META_KEYS:
-                keys.append(k)
-                values.append(v)
+        pairs = self._items()
+        keys = [k for k, _ in pairs]
+        values = [v for _, v in pairs]
         if not keys:
             return None
         order = _key_order(keys)

@@ -10,7 +10,8 @@ Lifecycle of a logic (one per shard and stage): ``build -> (process* on_barrier)
 
 Reserved engine keys (never produced for a user key; a binary key equal to one is
 rejected): ``b"\xff\xffM"`` operator metadata (JSON), ``b"\xff\xffW"`` window watermark,
-``b"\xff\xffE"`` the state of the empty key. UTF-8 never contains ``0xff`` and fixed-width
+``b"\xff\xffE"`` the state of the empty key, ``b"\xff\xffT"`` the TTL horizon
+(``ttl.py``). UTF-8 never contains ``0xff`` and fixed-width
 keys are 1, 8, 9 or 16 bytes long, so only binary keys can collide.
 """
 
@@ -28,9 +29,10 @@ from raykv.engines.base import KVStore
 META_KEY = b"\xff\xffM"
 WATERMARK_KEY = b"\xff\xffW"
 EMPTY_KEY = b"\xff\xffE"
+TTL_KEY = b"\xff\xffT"
 #: Keys holding operator metadata, not user state: skipped by ``finish`` and rescaling.
-META_KEYS = frozenset({META_KEY, WATERMARK_KEY})
-RESERVED_KEYS = frozenset({META_KEY, WATERMARK_KEY, EMPTY_KEY})
+META_KEYS = frozenset({META_KEY, WATERMARK_KEY, TTL_KEY})
+RESERVED_KEYS = frozenset({META_KEY, WATERMARK_KEY, EMPTY_KEY, TTL_KEY})
 META_FORMAT = 1
 
 
@@ -119,6 +121,8 @@ class KeyedOperator(ABC):
         values in the old shards that had it. The result goes into every new shard.
         Operator metadata must be identical everywhere (``ValueError`` otherwise).
         """
+        if key == TTL_KEY:  # the largest horizon: nothing expired by an old shard comes back
+            return max(values, key=lambda v: int.from_bytes(v, "little", signed=True))
         distinct = set(values)
         if len(distinct) != 1:
             msg = (

@@ -55,6 +55,7 @@ from raykv.operators.base import (
 )
 from raykv.operators.changelog import DELETE, INSERT, UPDATE_AFTER, UPDATE_BEFORE, with_kinds
 from raykv.operators.schemas import same_columns, schema_mismatch
+from raykv.operators.ttl import ExpiryState
 
 
 class KeyedStateLogic(OperatorLogic):
@@ -74,6 +75,11 @@ class KeyedStateLogic(OperatorLogic):
         #: each changed key's value from before the epoch, for :meth:`changelog`.
         self.keep_before_images = False
         self._before: dict[bytes, bytes] = {}
+        ttl = getattr(op, "ttl", None)
+        #: TTL bookkeeping (``ttl.py``) when the operator has ``ttl=``.
+        self.expiry: ExpiryState | None = ExpiryState(ttl, store) if ttl is not None else None
+        #: The stamps of the values the last :meth:`_read` returned (TTL only).
+        self._read_stamps: list[int] = []
         raw = store.get(META_KEY)
         if raw:
             self._load_meta(raw)
@@ -126,15 +132,51 @@ class KeyedStateLogic(OperatorLogic):
         deleted are not listed. Cost: one ``multi_get`` of the changed keys.
         """
         if not self._changed:
+            self._end_epoch()
             return None
         keys = sorted(self._changed)
-        values = self.store.multi_get(keys)
+        values = self._read(keys)
         if not all(values):
             keys = list(compress(keys, values))
             values = [v for v in values if v]
         out = self._emit(keys, values)
         self._changed = set()
+        self._end_epoch()
         return out
+
+    def _end_epoch(self) -> None:
+        """At a barrier, after the epoch's output: move the TTL horizon (``ttl.py``)."""
+        if self.expiry is not None:
+            self.expiry.end_epoch()
+
+    def advance_watermark(self, watermark: int | None) -> None:
+        """The shard's watermark (time-column units) for an event-time TTL (``ttl.py``).
+
+        Takes effect at the next ``on_barrier``/``changelog``; a watermark behind an
+        earlier one is ignored. Without an event-time TTL it changes nothing. Cost: O(1).
+        """
+        if self.expiry is not None:
+            self.expiry.advance_watermark(watermark)
+
+    def _read(self, keys: Sequence[bytes]) -> list[bytes]:
+        """``multi_get`` of state ``keys``; with a TTL, stamps stripped, expired keys ``b""``.
+
+        The stamps are left in ``_read_stamps``. Cost: one ``multi_get`` (+ one slice per
+        value with a TTL).
+        """
+        raw = self.store.multi_get(keys)
+        if self.expiry is None:
+            return raw
+        values, self._read_stamps = self.expiry.split(raw)
+        return values
+
+    def _items(self) -> list[tuple[bytes, bytes]]:
+        """All live user-state pairs (metadata skipped; with a TTL, expired ones too)."""
+        pairs = [(k, v) for k, v in self.store.items() if k not in META_KEYS]
+        if self.expiry is None or not pairs:
+            return pairs
+        values, _ = self.expiry.split([v for _, v in pairs])
+        return [(k, v) for (k, _), v in zip(pairs, values, strict=True) if v]
 
     def _note_before(self, keys: Sequence[bytes], old: Sequence[bytes]) -> None:
         """Remember the value each of ``keys`` had before the epoch (``b""``: none)."""
@@ -152,7 +194,9 @@ class KeyedStateLogic(OperatorLogic):
         """
         keys = sorted(self._changed)
         self._changed = set()
-        return self._changes_of(keys, self.store.multi_get(keys) if keys else [])
+        out = self._changes_of(keys, self._read(keys) if keys else [])
+        self._end_epoch()
+        return out
 
     def _changes_of(self, keys: Sequence[bytes], now: Sequence[bytes]) -> pa.RecordBatch | None:
         """The changelog of ``keys`` (ascending, distinct), now worth ``now`` (``b""``: gone).
@@ -191,7 +235,7 @@ class KeyedStateLogic(OperatorLogic):
         their current aggregates); StatefulMap renders each key's state (``state`` column,
         JSON text). Used by ``raykv checkpoints export``. Cost: one ``items()`` pass + sort.
         """
-        pairs = sorted((k, v) for k, v in self.store.items() if k not in META_KEYS)
+        pairs = sorted(self._items())
         if not pairs:
             return None
         return self._emit([k for k, _ in pairs], [v for _, v in pairs])
@@ -238,9 +282,15 @@ class KeyedStateLogic(OperatorLogic):
         self._key_type = schema.field(self.key).type
         try:
             self._setup(schema)
+            if self.expiry is not None:
+                self.expiry.setup(schema, self._name())
         except BaseException:
             self._schema = self._key_type = self._out_schema = None
             raise
+
+    def _state_layout(self) -> str:
+        """The stored layout: the layer's, plus the TTL stamp prefix when there is one."""
+        return self._layout() + (";ttl-stamp/1" if self.expiry is not None else "")
 
     def _name(self) -> str:
         return self.op.name or f"{type(self.op).__name__}(key={self.key!r})"
@@ -253,7 +303,7 @@ class KeyedStateLogic(OperatorLogic):
             "format": META_FORMAT,
             "operator": type(self.op).__name__,
             "key": self.key,
-            "layout": self._layout(),
+            "layout": self._state_layout(),
             "schema": base64.b64encode(self._schema.serialize().to_pybytes()).decode(),
         }
         return json.dumps(meta, sort_keys=True).encode()
@@ -277,11 +327,12 @@ class KeyedStateLogic(OperatorLogic):
             )
             raise ValueError(msg)
         self._adopt(schema)
-        if meta.get("layout") != self._layout():
+        if meta.get("layout") != self._state_layout():
             msg = (
                 f"{where} was written by {owner} with state layout {meta.get('layout')!r}, "
-                f"but this operator uses {self._layout()!r}: its configuration (aggregations, "
-                "codec) changed; keep the old configuration or start from empty state"
+                f"but this operator uses {self._state_layout()!r}: its configuration "
+                "(aggregations, codec, ttl on or off) changed; keep the old configuration "
+                "or start from empty state"
             )
             self._schema = self._key_type = self._out_schema = None
             raise ValueError(msg)
@@ -347,14 +398,21 @@ class KeyedStateLogic(OperatorLogic):
         *,
         track: bool = True,
         extra: Sequence[tuple[bytes, bytes]] = (),
+        stamps: Sequence[int] | None = None,
     ) -> None:
         """One ``multi_set`` of ``keys -> values`` (``b""`` deletes) plus metadata pairs.
 
-        With ``track``, the keys join the changed set (after the write succeeded).
+        With ``track``, the keys join the changed set (after the write succeeded). With a
+        TTL, each value is stored behind its stamp from ``stamps`` (default: processing
+        time now + span); ``extra`` pairs are written as given.
         """
         if len(keys) != len(values):
             msg = f"internal error: {len(keys)} keys but {len(values)} values"
             raise AssertionError(msg)
+        if self.expiry is not None and keys:
+            if stamps is None:
+                stamps = self.expiry.fresh_stamps(len(keys)).tolist()
+            values = self.expiry.stamp(values, stamps)
         # a dict (keys are distinct) is the cheapest batch form for KVStore.multi_set
         pairs = dict(zip(keys, values, strict=False))  # lengths checked above
         if self._pending_meta or extra:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 
 from raykv.engines.base import KVStore
@@ -95,7 +96,7 @@ class PyStateLogic(KeyedStateLogic):
         distinct = encoded.dictionary.cast(pa.bool_()) if is_bool else encoded.dictionary
         keys = self._state_keys(distinct)
         index = encoded.indices.to_numpy(zero_copy_only=False).tolist()
-        old = self.store.multi_get(keys)
+        old = self._read(keys)
         decode = self.codec.decode
         try:
             states = [decode(v) if v else None for v in old]
@@ -121,7 +122,9 @@ class PyStateLogic(KeyedStateLogic):
                 raise bad
         changed = [i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b]
         track = self.track_changes
-        if len(changed) == len(keys):
+        if self.expiry is not None:  # every key a row touched gets a new stamp
+            self._write_stamped(batch, index, keys, old, new, changed)
+        elif len(changed) == len(keys):
             self._write(keys, new, track=track)
             self._note_before(keys, old)
         else:
@@ -129,3 +132,26 @@ class PyStateLogic(KeyedStateLogic):
             self._write(written, [new[i] for i in changed], track=track)
             self._note_before(written, [old[i] for i in changed])
         self._commit(result)
+
+    def _write_stamped(self, batch: pa.RecordBatch, index: list[int], keys: list[bytes],
+                       old: list[bytes], new: list[bytes], changed: list[int]) -> None:
+        """TTL: write changed states (tracked) and restamp unchanged ones (untracked)."""
+        expiry = self.expiry
+        assert expiry is not None
+        times = None
+        if expiry.event:
+            t = expiry.times(batch, self._name())
+            times = np.full(len(keys), np.iinfo(np.int64).min, dtype=np.int64)
+            np.maximum.at(times, np.asarray(index, dtype=np.int64), t)
+        stamps = np.maximum(expiry.fresh_stamps(len(keys), times),
+                            np.asarray(self._read_stamps, dtype=np.int64)).tolist()
+        is_changed = set(changed)
+        same = [i for i in range(len(keys)) if i not in is_changed and new[i]
+                and stamps[i] != self._read_stamps[i]]
+        extra = list(zip([keys[i] for i in same],
+                         expiry.stamp([new[i] for i in same], [stamps[i] for i in same]),
+                         strict=True))
+        written = [keys[i] for i in changed]
+        self._write(written, [new[i] for i in changed], track=self.track_changes,
+                    extra=extra, stamps=[stamps[i] for i in changed])
+        self._note_before(written, [old[i] for i in changed])

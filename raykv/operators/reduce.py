@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -13,6 +14,7 @@ from raykv.errors import mark_user_code
 from raykv.operators.base import KeyedOperator
 from raykv.operators.codecs import Codec, codec_name, get_codec
 from raykv.operators.pystate import PyStateLogic
+from raykv.operators.ttl import TTL, normalize_ttl
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,12 @@ class Reduce(KeyedOperator):
         ...     logic.finish().to_pydict()
         {'k': [1, 2], 'v': [9, 7]}
 
+    ``ttl``: state that expires (``raykv.operators.ttl``): ``TTL(seconds)`` or a number
+    of seconds (processing time), or ``TTL(span, time="event", column=...)``; an expired
+    key reads as absent (silently: nothing is emitted for it) and leaves the engine in
+    its merges. Event time needs the runtime to call ``logic.advance_watermark(wm)``
+    before each barrier.
+
     Attributes:
         fn: ``fn(acc, value) -> acc``; must be picklable by cloudpickle (Ray).
         column: the value column.
@@ -51,6 +59,7 @@ class Reduce(KeyedOperator):
     fn: Callable[[Any, Any], Any]
     column: str
     codec: str | Codec = "json"
+    ttl: TTL | int | float | timedelta | None = field(default=None, kw_only=True)
 
     #: A key's accumulator is emitted again when it changes; to a further stage as a
     #: changelog with its old value retracted (``KeyedStateLogic.changelog``).
@@ -59,6 +68,7 @@ class Reduce(KeyedOperator):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        object.__setattr__(self, "ttl", normalize_ttl(self.ttl, type(self).__name__))
         if not callable(self.fn):
             msg = f"Reduce.fn must be callable fn(acc, value) -> acc, got {type(self.fn).__name__}"
             raise TypeError(msg)

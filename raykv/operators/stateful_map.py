@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from itertools import repeat
 from typing import Any
 
@@ -13,9 +14,10 @@ import pyarrow as pa
 from raykv.engines.base import KVStore
 from raykv.errors import describe_key, mark_user_code
 from raykv.keys import decode_keys
-from raykv.operators.base import META_KEYS, KeyedOperator
+from raykv.operators.base import KeyedOperator
 from raykv.operators.codecs import Codec, get_codec
 from raykv.operators.pystate import PyStateLogic
+from raykv.operators.ttl import TTL, normalize_ttl
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class StatefulMap(KeyedOperator):
         ...     logic.on_barrier(1).to_pydict()
         {'user': ['a', 'b', 'a'], 'n': [1, 1, 2]}
 
+    ``ttl``: state that expires (``raykv.operators.ttl``): ``TTL(seconds)`` or a number
+    of seconds (processing time), or ``TTL(span, time="event", column=...)``; an expired
+    key reads as absent (silently: nothing is emitted for it) and leaves the engine in
+    its merges. Event time needs the runtime to call ``logic.advance_watermark(wm)``
+    before each barrier.
+
     Attributes:
         fn: ``fn(state, row) -> (new_state, output)``; must be picklable by cloudpickle.
         codec: how states are stored: ``"json"`` (default), ``"pickle"``, ``"raw"`` or an
@@ -59,6 +67,7 @@ class StatefulMap(KeyedOperator):
     fn: Callable[[Any, dict[str, Any]], tuple[Any, Any]]
     codec: str | Codec = "json"
     output_fields: pa.Schema | None = None
+    ttl: TTL | int | float | timedelta | None = field(default=None, kw_only=True)
 
     def changelog_refusal(self, *, retractions: bool) -> str | None:
         """None: ``fn`` sees each row's kind in ``row["_change"]`` and decides."""
@@ -66,6 +75,7 @@ class StatefulMap(KeyedOperator):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        object.__setattr__(self, "ttl", normalize_ttl(self.ttl, type(self).__name__))
         if not callable(self.fn):
             msg = (
                 "StatefulMap.fn must be callable fn(state, row) -> (new_state, output), "
@@ -197,7 +207,9 @@ class StatefulMapLogic(PyStateLogic):
 
     def on_barrier(self, epoch: int) -> pa.RecordBatch | None:
         """Return the output rows produced since the previous barrier (arrival order)."""
-        return self._drain()
+        out = self._drain()
+        self._end_epoch()
+        return out
 
     def finish(self) -> pa.RecordBatch | None:
         """Return the output rows not yet emitted (the state is not emitted)."""
@@ -216,7 +228,7 @@ class StatefulMapLogic(PyStateLogic):
 
     def export_state(self) -> pa.RecordBatch | None:
         """Each key's state as JSON text: columns ``<key>`` and ``state``."""
-        pairs = sorted((k, v) for k, v in self.store.items() if k not in META_KEYS)
+        pairs = sorted(self._items())
         if not pairs or self._key_type is None:
             return None
         decode = self.codec.decode
