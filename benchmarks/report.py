@@ -72,6 +72,7 @@ OPTIONAL: dict[str, tuple[str, str, bool]] = {
     "windows": ("Event-time windows (issue 13)", "benchmarks.windows", False),
     "recovery": ("Recovery: local rollback and standbys (issue 15)", "benchmarks.recovery",
                  True),
+    "ttl": ("State that expires: store size with a TTL (issue 13)", "benchmarks.ttl", False),
 }
 
 

@@ -24,9 +24,11 @@ from raykv.operators.reduce import Reduce, ReduceLogic
 from raykv.operators.session import SessionWindow, SessionWindowLogic
 from raykv.operators.sliding import SlidingWindow, SlidingWindowLogic
 from raykv.operators.stateful_map import StatefulMap, StatefulMapLogic
+from raykv.operators.ttl import TTL
 from raykv.operators.window import TumblingWindow, TumblingWindowLogic
 
 __all__ = [
+    "TTL",
     "Aggregate",
     "AggregateLogic",
     "Codec",
