@@ -219,3 +219,27 @@ def test_a_sigkilled_shard_replays_to_the_same_windows(ray_session: Any,
     assert killed and s.restarts == 1
     got = {e: w for e, w in _by_epoch(s).items() if w}
     assert got == {e: w for e, w in want.items() if w}
+
+
+@pytest.mark.ray
+def test_an_event_time_ttl_expires_keys_by_the_sources_watermark(ray_session: Any,
+                                                                 tmp_path: Path) -> None:
+    """Key 1 is last seen at t=9; the watermark passes 9 + ttl: it is gone at the end."""
+    from raykv.operators import TTL, Aggregate
+    from raykv.sources import TableSource
+
+    t = pa.table({"k": [1] * 10 + [2] * 90,
+                  "t": list(range(10)) + list(range(1000, 1090))})
+
+    def run(ttl: Any, name: str) -> set[int]:
+        s = raykv.Pipeline(
+            source=TableSource(t, batch_size=10),
+            stages=[Aggregate("k", {"t": "count"}, ttl=ttl)], sink=CollectSink(),
+            num_shards=2, source_parallelism=1, epoch_every_batches=2,
+            checkpoint=str(tmp_path / name), local_dir=str(tmp_path / "local"),
+            watermark=Watermark("t", max_delay=0)).run()
+        final = s.output_by_epoch[max(s.output_by_epoch)]
+        return set(final["k"].to_pylist())
+
+    assert run(TTL(100, time="event", column="t"), "ttl") == {2}
+    assert run(None, "none") == {1, 2}
