@@ -18,7 +18,7 @@ both (``docs/recovery.md``, "Local recovery"):
   without, divided by the kills.
 
     python -m benchmarks.recovery            # 20 kills; 3,000,000 events with 6 kills
-    python -m benchmarks.recovery --quick    # 6 kills; 600,000 events with 2 kills
+    python -m benchmarks.recovery --quick    # 2 kills; 200,000 events with 1 kill
 """
 
 from __future__ import annotations
@@ -122,9 +122,9 @@ def _one_run(events: int, kills: int, standby: int, seed: int) -> dict[str, Any]
             "rows_out": summary.rows_out}
 
 
-def added(events: int, kills: int, standby: int) -> dict[str, Any]:
+def added(events: int, kills: int, standby: int, repeat: int = 2) -> dict[str, Any]:
     """Seconds a SIGKILL adds to a ``StatefulMap`` run (see the module docstring)."""
-    base = min(_one_run(events, 0, standby, seed=0)["seconds"] for _ in range(2))
+    base = min(_one_run(events, 0, standby, seed=0)["seconds"] for _ in range(repeat))
     with_kills = _one_run(events, kills, standby, seed=7)
     per_kill = ((with_kills["seconds"] - base) / with_kills["restarts"]
                 if with_kills["restarts"] else None)
@@ -135,13 +135,14 @@ def added(events: int, kills: int, standby: int) -> dict[str, Any]:
 def report_run(quick: bool, out_dir: Path) -> dict[str, Any]:
     """Both measurements with standby 0 and 1 (the report's ``recovery`` section)."""
     del out_dir  # tables only
-    kills = 6 if quick else 20
-    events, run_kills = (600_000, 2) if quick else (3_000_000, 6)
+    kills = 2 if quick else 20
+    events, run_kills = (200_000, 1) if quick else (3_000_000, 6)
     owned = start_local_ray()
     try:
         res = {"machine": machine(),
                "drill": [drill(kills, s) for s in (0, 1)],
-               "added": [added(events, run_kills, s) for s in (0, 1)]}
+               "added": [added(events, run_kills, s, repeat=1 if quick else 2)
+                         for s in (0, 1)]}
     finally:
         if owned:
             import ray

@@ -139,6 +139,9 @@ class RunSummary:
             the ``"fatal"`` progress event.
         output: the published output (``CollectSink`` only) as one table.
         output_by_epoch: the published output per epoch (``CollectSink`` only).
+        late_output: the late rows of window stages with ``late="emit"`` (``CollectSink``:
+            one table, the input rows unchanged; ``ParquetSink``: ``None``, they are in
+            ``<path>/_late/``), published with their epochs, exactly once.
     """
 
     rows_in: int = 0
@@ -160,6 +163,7 @@ class RunSummary:
     failures: list[dict[str, Any]] = field(default_factory=list)
     output: pa.Table | None = None
     output_by_epoch: dict[int, pa.Table] = field(default_factory=dict)
+    late_output: pa.Table | None = None
 
     @property
     def events_per_s(self) -> float:
@@ -383,11 +387,11 @@ class Pipeline:
             if n > groups:
                 msg = f"stage {names[i]!r} has {n} shards but only {groups} key groups"
                 raise ValueError(msg)
-            if getattr(op, "late", "drop") == "emit":
+            if getattr(op, "late", "drop") == "emit" and self.sink.late_sink() is None:
                 msg = (
-                    f"stage {names[i]!r} has late='emit', but the runtime does not route a "
-                    "window's late output yet (issue 13); use late='drop' (late rows are "
-                    "counted) until it does"
+                    f"stage {names[i]!r} has late='emit', but sink "
+                    f"{type(self.sink).__name__} has no place for late rows (its "
+                    "late_sink() is None); use ParquetSink or CollectSink, or late='drop'"
                 )
                 raise ValueError(msg)
             column = getattr(op, "time_column", None)

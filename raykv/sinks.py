@@ -50,6 +50,10 @@ def part_file_name(epoch: int, part: str) -> str:
     return f"part-e{epoch:010d}-{part}.parquet"
 
 
+LATE_PART = "late."
+"""Prefix of the ``part`` of a window stage's late rows (``late="emit"``) in ``stage``."""
+
+
 def part_name(stage: str, index: int) -> str:
     """The ``part`` of shard ``index`` of ``stage`` in :meth:`Sink.stage` (``<stage>-<0001>``)."""
     return f"{stage}-{index:04d}"
@@ -106,6 +110,14 @@ class Sink(ABC):
     def describe(self) -> dict[str, Any]:
         """JSON-able description stored in epoch manifests."""
         return {"type": type(self).__name__}
+
+    def late_sink(self) -> Sink | None:
+        """Where late rows of ``late="emit"`` windows go (``None``: this sink has no place).
+
+        A sink of the same kind beside this one; staged and published with the same
+        epochs, so late rows are exactly-once too.
+        """
+        return None
 
 
 class CollectSink(Sink):
@@ -170,6 +182,10 @@ class CollectSink(Sink):
         """All published output in epoch order (``None`` before any output)."""
         tables = [t for t in self.epochs().values() if t is not None]
         return _concat(tables)
+
+    def late_sink(self) -> Sink:
+        """A second ``CollectSink``: ``RunSummary.late_output`` is its result."""
+        return CollectSink()
 
 
 def _kept(e: int, epoch: int | None, abandoned: Sequence[Sequence[int]]) -> bool:
@@ -350,6 +366,59 @@ class ParquetSink(Sink):
         """Type and path."""
         return {"type": type(self).__name__, "path": self.path}
 
+    def late_sink(self) -> Sink:
+        """A ``ParquetSink`` at ``<path>/_late`` (same options): late rows, in part files."""
+        return ParquetSink(f"{self.path.rstrip('/')}/_late",
+                           storage_options=self.storage_options, overwrite=self.overwrite)
 
-__all__ = ["CollectSink", "ParquetSink", "Sink", "parse_part_file_name", "part_file_name",
-           "part_name"]
+
+class WithLateOutput(Sink):
+    """A sink plus the sink of its late rows: parts named ``LATE_PART + part`` go there.
+
+    The runtime wraps the user's sink in it when a window stage has ``late="emit"``;
+    every ``start``/``publish``/``close`` reaches both, so late rows are staged,
+    published and reconciled with the same epochs as the output (exactly once).
+    """
+
+    def __init__(self, main: Sink, late: Sink) -> None:
+        self.main, self.late = main, late
+        self.stages_on_shards = main.stages_on_shards
+        self.changelog = main.changelog
+
+    def start(
+        self, epoch: int | None, *, new_run: bool, abandoned: Sequence[Sequence[int]] = ()
+    ) -> None:
+        """Reconcile both sinks with ``epoch``."""
+        self.main.start(epoch, new_run=new_run, abandoned=abandoned)
+        self.late.start(epoch, new_run=new_run, abandoned=abandoned)
+
+    def stage(self, epoch: int, part: str, table: pa.Table) -> None:
+        """Late parts to the late sink (prefix removed), the rest to the main one."""
+        if part.startswith(LATE_PART):
+            self.late.stage(epoch, part[len(LATE_PART):], table)
+        else:
+            self.main.stage(epoch, part, table)
+
+    def publish(self, epoch: int) -> None:
+        """Publish ``epoch`` in both sinks."""
+        self.main.publish(epoch)
+        self.late.publish(epoch)
+
+    def close(self) -> None:
+        """Close both sinks."""
+        try:
+            self.main.close()
+        finally:
+            self.late.close()
+
+    def result(self) -> pa.Table | None:
+        """The main sink's result."""
+        return self.main.result()
+
+    def describe(self) -> dict[str, Any]:
+        """The main sink's description, with the late sink's."""
+        return {**self.main.describe(), "late": self.late.describe()}
+
+
+__all__ = ["LATE_PART", "CollectSink", "ParquetSink", "Sink", "WithLateOutput",
+           "parse_part_file_name", "part_file_name", "part_name"]

@@ -160,3 +160,16 @@ def test_changelog_section_shows_the_retraction_is_right_and_its_cost(report: Pa
     assert res["changelog"]["second_stage_total"] == res["true_total"]
     assert res["append-only"]["second_stage_total"] > res["true_total"]  # the old double count
     assert res["changelog"]["rows_between"] > res["append-only"]["rows_between"]
+
+
+def test_recovery_section_survives_its_kills_exactly(report: Path) -> None:
+    import json
+
+    res = json.loads((report / "report_recovery.json").read_text())
+    for d in res["drill"]:
+        assert d["exact"] and d["kills"] >= 1, d
+        assert d["commit"]["n"] == 0 or d["commit"]["p50"] >= d["detect"]["p50"]
+    for a in res["added"]:
+        assert a["killed_rows_out"] == a["events"], a  # StatefulMap: one row per event
+        assert a["killed_restarts"] >= 1, a
+    assert "Recovery: local rollback" in (report / "REPORT.md").read_text()

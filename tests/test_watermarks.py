@@ -131,8 +131,12 @@ def _write_splits(folder: Path, n_splits: int, seed: int) -> None:
         pq.write_table(table, folder / f"part-{s}.parquet", row_group_size=BATCH)
 
 
-def _model(source: ParquetSource, readers: int) -> dict[int, dict[tuple[int, int], int]]:
-    """Per epoch, the emitted windows {(key, start): sum} by the rule of the module doc."""
+def _model(source: ParquetSource, readers: int, late: list[tuple[int, int, int]] | None = None
+           ) -> dict[int, dict[tuple[int, int], int]]:
+    """Per epoch, the emitted windows {(key, start): sum} by the rule of the module doc.
+
+    ``late`` (given): collects the late rows ``(k, t, v)``.
+    """
     specs = plan_readers(source, None, readers, key="k",
                          partitioning=Partitioning(num_shards=2, num_key_groups=16))
     batches: list[list[pa.Table]] = []
@@ -150,6 +154,8 @@ def _model(source: ParquetSource, readers: int) -> dict[int, dict[tuple[int, int
             for k, t, v in zip(*(b[c].to_pylist() for c in ("k", "t", "v")), strict=True):
                 start = t // SIZE * SIZE
                 if last_wm is not None and start + SIZE <= last_wm - LATENESS:
+                    if late is not None:
+                        late.append((k, t, v))
                     continue  # late: its window closed at the previous barrier
                 windows[(k, start)] = windows.get((k, start), 0) + v
         done = [len(bs) < e * EVERY for bs in batches]
@@ -172,11 +178,13 @@ def _by_epoch(summary: raykv.RunSummary) -> dict[int, dict[tuple[int, int], int]
             for e, t in summary.output_by_epoch.items()}
 
 
-def _pipeline(tmp_path: Path, source: ParquetSource, **kw: Any) -> raykv.Pipeline:
+def _pipeline(tmp_path: Path, source: ParquetSource, late: str = "drop",
+              **kw: Any) -> raykv.Pipeline:
+    kw.setdefault("sink", CollectSink())
     return raykv.Pipeline(
         source=source, stages=[TumblingWindow("k", "t", SIZE, {"v": "sum"},
-                                              allowed_lateness=LATENESS)],
-        sink=CollectSink(), num_shards=2, source_parallelism=2,
+                                              allowed_lateness=LATENESS, late=late)],
+        num_shards=2, source_parallelism=2,
         checkpoint=str(tmp_path / "ckpt"), local_dir=str(tmp_path / "local"),
         epoch_every_batches=EVERY, watermark=Watermark("t", max_delay=DELAY), **kw)
 
@@ -243,3 +251,45 @@ def test_an_event_time_ttl_expires_keys_by_the_sources_watermark(ray_session: An
 
     assert run(TTL(100, time="event", column="t"), "ttl") == {2}
     assert run(None, "none") == {1, 2}
+
+
+def _rows(t: pa.Table | None) -> list[tuple[int, int, int]]:
+    if t is None:
+        return []
+    return sorted(zip(*(t[c].to_pylist() for c in ("k", "t", "v")), strict=True))
+
+
+@pytest.mark.ray
+def test_late_rows_leave_on_their_own_output_exactly_once(ray_session: Any,
+                                                          tmp_path: Path) -> None:
+    """``late="emit"``: CollectSink's ``late_output``, ParquetSink's ``_late/`` folder;
+    with a SIGKILL in the middle the late rows are neither lost nor doubled."""
+    from raykv.sinks import ParquetSink
+
+    _write_splits(tmp_path / "in", 5, 3)
+    source = ParquetSource(str(tmp_path / "in"), batch_size=BATCH)
+    late: list[tuple[int, int, int]] = []
+    want = _model(source, 2, late)
+    assert late  # the input has late rows
+    s = _pipeline(tmp_path / "a", source, late="emit").run()
+    assert _rows(s.late_output) == sorted(late)
+    assert {e: w for e, w in _by_epoch(s).items() if w} == {e: w for e, w in want.items() if w}
+
+    killed: list[int] = []
+
+    def kill(ev: raykv.ProgressEvent) -> None:
+        if not killed and ev.kind == "committed" and ev.epoch == 3:
+            import ray
+
+            killed.append(ray.get(ev.shards[sorted(ev.shards)[0]].ping.remote()))
+            os.kill(killed[0], signal.SIGKILL)
+
+    out = tmp_path / "out"
+    s = _pipeline(tmp_path / "b", source, late="emit", sink=ParquetSink(out),
+                  on_progress=kill).run()
+    assert killed and s.restarts == 1 and s.late_output is None
+    assert _rows(pq.read_table(out / "_late")) == sorted(late)
+    assert sorted(p.name for p in (out / "_late").glob("*.parquet"))  # part files per epoch
+    got = pq.read_table(out, columns=["k", "window_start", "v_sum"])
+    assert sorted(zip(*(got[c].to_pylist() for c in got.column_names), strict=True)) == sorted(
+        (k, ws, v) for w in want.values() for (k, ws), v in w.items())

@@ -15,13 +15,13 @@ state, so it survives restore) whatever ``late`` says; with ``late="emit"`` they
 kept, unchanged (the input rows, input schema), and after ``on_barrier(e)`` or
 ``finish()`` :meth:`EventTimeLogic.late_rows` returns the late rows of that epoch, once.
 
-What the runtime must do with them (not done yet; ``Pipeline`` refuses ``late="emit"``
-until it is): right after ``on_barrier(e)``/``finish()`` of a stage whose operator has
-``late == "emit"``, call ``logic.late_rows()`` and treat a non-``None`` result as a second
-output of epoch ``e`` under its own name (``<stage>.late``): staged and published at the
-commit of ``e`` like the main output (``ParquetSink``), or gathered in
-``RunSummary.late_output`` (``CollectSink``). Replay after a failure recomputes the same
-rows, because they are only kept in memory until the barrier that ends their epoch. A
+What the runtime does with them (``raykv/runtime/shard.py``): right after
+``on_barrier(e)``/``finish()`` of a stage whose operator has ``late == "emit"`` it calls
+``logic.late_rows()`` and treats a non-``None`` result as a second output of epoch ``e``:
+staged under ``sinks.LATE_PART + part`` in the sink's ``late_sink()`` (``ParquetSink``:
+``<path>/_late/``; ``CollectSink``: ``RunSummary.late_output``) and published at the
+commit of ``e`` like the main output. Replay after a failure recomputes the same rows,
+because they are only kept in memory until the barrier that ends their epoch. A
 ``late_rows()`` result not fetched before the next barrier is replaced (memory stays
 bounded by one epoch's late rows).
 

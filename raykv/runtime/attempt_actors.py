@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from raykv.runtime.layout import DriverRestore
     from raykv.runtime.rebalancing import Rebalancer
     from raykv.runtime.survivors import Standby
+    from raykv.sinks import Sink
 
 
 class AttemptActors:
@@ -43,6 +44,7 @@ class AttemptActors:
 
     if TYPE_CHECKING:  # what the mixin uses of the coordinator
         p: Pipeline
+        sink: Sink
         driver_io: bool
         rebalancer: Rebalancer
         _metrics: DriverMetrics
@@ -76,8 +78,8 @@ class AttemptActors:
             faults=self.p.faults, attempt=attempt, first_epoch=self._next_epoch,
             hot_keys=self.p.hot_keys, pipeline=self._metrics.pipeline,
             first_inputs=len(readers),
-            sink=self.p.sink if getattr(self.p.sink, "stages_on_shards", False) else None,
-            sink_changelog=bool(getattr(self.p.sink, "changelog", False)),
+            sink=self.sink if self.sink.stages_on_shards else None,
+            sink_changelog=self.sink.changelog,
             kept_epochs=self.p.max_pending_epochs + 1,
             event_time=self.p.watermark is not None,
         )

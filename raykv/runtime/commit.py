@@ -31,7 +31,7 @@ from raykv.runtime.committer import PendingEpoch
 from raykv.runtime.layout import Base
 from raykv.runtime.metadata import EpochMetadata, StageMetadata
 from raykv.runtime.specs import Ack
-from raykv.sinks import part_name
+from raykv.sinks import LATE_PART, part_name
 
 if TYPE_CHECKING:
     from raykv.runtime.coordinator import Coordinator
@@ -54,8 +54,7 @@ class EpochCommit:
         c = self._coord
         e = pending.epoch
         c._emit("acked", e)
-        sink = c.p.sink
-        assert sink is not None
+        sink = c.sink
         store = c.store
         manifests: dict[str, Any] = {}
         if store is not None:
@@ -69,10 +68,11 @@ class EpochCommit:
         rows_out = 0
         for ack in acks:
             rows_out += ack.rows_out
-            if ack.output is not None:  # a driver-side sink (CollectSink)
-                part = part_name(str(ack.metadata["stage"]), int(ack.metadata["index"]))
-                with c._user_code(f"sink {type(sink).__name__}.stage({e}, {part!r})", e):
-                    sink.stage(e, part, ack.output)
+            part = part_name(str(ack.metadata["stage"]), int(ack.metadata["index"]))
+            for table, name in ((ack.output, part), (ack.late_output, LATE_PART + part)):
+                if table is not None:  # a driver-side sink (CollectSink), late rows
+                    with c._user_code(f"sink {type(sink).__name__}.stage({e}, {name!r})", e):
+                        sink.stage(e, name, table)
         base = c._committed or c._base
         rows_total = base.rows_total + pending.rows
         abandoned = base.abandoned

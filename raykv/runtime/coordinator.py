@@ -98,6 +98,7 @@ from raykv.runtime.metadata import encode_operator
 from raykv.runtime.rebalancing import Rebalancer
 from raykv.runtime.specs import StageSpec
 from raykv.runtime.survivors import Standby, Survivors
+from raykv.sinks import Sink, WithLateOutput
 from raykv.sources import StopSource
 
 log = logging.getLogger("raykv")
@@ -139,6 +140,7 @@ class Coordinator(AttemptActors):
         self.rebalancer = Rebalancer(self)
         self.feeder = Feeder(self)
         self.committing = EpochCommit(self)
+        self.sink = with_late_output(pipeline)  # the user's sink (+ its late rows' sink)
         # engine dirs live under local_dir/<ident>: stable per checkpoint URL, so a restore
         # on the same node finds the files it already has
         url = pipeline.checkpoint
@@ -154,8 +156,7 @@ class Coordinator(AttemptActors):
         """Run to the end of input (or stop); recover from failures; return the summary."""
         if not ray.is_initialized():
             ray.init()
-        sink = self.p.sink
-        assert sink is not None
+        sink = self.sink
         try:
             self._open_store()
             try:
@@ -205,6 +206,8 @@ class Coordinator(AttemptActors):
         s.output = sink.result() if sink is not None else None
         epochs = getattr(sink, "epochs", None)
         s.output_by_epoch = epochs() if callable(epochs) else {}
+        if isinstance(self.sink, WithLateOutput):
+            s.late_output = self.sink.late.result()
         return s
 
     def _settle(self, timeout: float = 60.0) -> None:
@@ -326,8 +329,7 @@ class Coordinator(AttemptActors):
         if self.store is not None:
             self.store.close()
             self._open_store()  # fresh caches: files of uncommitted uploads are rewritten
-        sink = self.p.sink
-        assert sink is not None
+        sink = self.sink
         sink_epoch = base.epoch
         abandoned = base.abandoned
         if base.rollback:
@@ -433,6 +435,16 @@ class Coordinator(AttemptActors):
                 where = f" at epoch {epoch}" if epoch is not None else ""
                 err.add_note(f"raykv: {what} raised {type(err).__name__} in the driver{where}")
             raise
+
+
+def with_late_output(p: Pipeline) -> Sink:
+    """``p.sink``, wrapped with its late sink when a window stage has ``late="emit"``."""
+    assert p.sink is not None  # Pipeline.__post_init__ sets a CollectSink
+    if not any(getattr(op, "late", "drop") == "emit" for op in p.stages):
+        return p.sink
+    late = p.sink.late_sink()
+    assert late is not None  # Pipeline.__post_init__ refused a sink without one
+    return WithLateOutput(p.sink, late)
 
 
 __all__ = ["Coordinator", "Verdict", "classify", "failure_epoch", "is_transient", "root_cause"]

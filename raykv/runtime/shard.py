@@ -5,7 +5,9 @@ Contract: the actor's methods (``setup``, ``process``/``barrier``/``finish``,
 the specs it receives (:mod:`raykv.runtime.specs`), barrier alignment
 (:mod:`raykv.runtime.aligner`), the upload thread and acks (:mod:`raykv.runtime.uploader`),
 key-group copies for rescale and rebalance (:mod:`raykv.runtime.keygroups`, driven by
-the :class:`~raykv.runtime.shard_moves.KeyGroupMoves` mixin) and how a
+the :class:`~raykv.runtime.shard_moves.KeyGroupMoves` mixin), the upload thread's side
+(:class:`~raykv.runtime.shard_uploads.EpochUploads`), local recovery
+(:class:`~raykv.runtime.shard_rollback.LocalRollback`: ``quiesce``, ``reset``) and how a
 failure is described (:func:`raykv.runtime.failures.describe_shard_failure`).
 
 One Ray actor runs per shard per stage (:data:`ShardActor`, built from the plain class
@@ -72,9 +74,9 @@ from raykv.runtime.localdirs import cleanup_siblings, wait_dir_free, wipe_dir
 from raykv.runtime.outbox import Outbox, RayChannel
 from raykv.runtime.shard_moves import KeyGroupMoves
 from raykv.runtime.shard_rollback import LocalRollback
+from raykv.runtime.shard_uploads import EpochUploads
 from raykv.runtime.specs import Ack, RestorePlan, ShardSpec, StageSpec
 from raykv.runtime.uploader import Uploader
-from raykv.sinks import part_name
 from raykv.watermarks import combine
 
 
@@ -92,7 +94,7 @@ def _as_table(out: Any) -> pa.Table | None:
 # ---------------------------------------------------------------------------- the worker
 
 
-class ShardWorker(KeyGroupMoves, LocalRollback):
+class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
     """One shard: engine + operator logic + barrier alignment + upload thread.
 
     Use through :data:`ShardActor` (a Ray actor); the plain class works in-process too.
@@ -323,6 +325,8 @@ class ShardWorker(KeyGroupMoves, LocalRollback):
             out = _as_table(self.logic.changelog(epoch))
         else:
             out = _as_table(self.logic.finish() if final else self.logic.on_barrier(epoch))
+        late = (_as_table(self.logic.late_rows())
+                if getattr(self.spec.stage.operator, "late", "drop") == "emit" else None)
         down = self.spec.downstream
         if down is not None:
             assert self._outbox is not None  # connected before the first epoch
@@ -346,7 +350,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback):
             self.stats_["seal_seconds"] += seconds
             self._metrics.epoch(seconds, self.stats_["rows_out"], self.engine, self._tracker)
             ack = Ack(epoch, self.name, output=out, rows_out=rows_out, metadata=meta,
-                      seal_seconds=seconds, load=self._load_report())
+                      seal_seconds=seconds, load=self._load_report(), late_output=late)
             self._stage_output(ack)
             self._uploader.post(ack)
             return
@@ -362,7 +366,8 @@ class ShardWorker(KeyGroupMoves, LocalRollback):
         self._metrics.epoch(seconds, self.stats_["rows_out"], self.engine, self._tracker)
         self._uploader.queue(Ack(epoch, self.name, output=out, rows_out=rows_out,
                                  staging=str(staging), files=files, metadata=meta,
-                                 seal_seconds=seconds, load=self._load_report()))
+                                 seal_seconds=seconds, load=self._load_report(),
+                                 late_output=late))
 
     def _load_report(self) -> dict[str, Any] | None:
         if self._tracker is None:
@@ -379,57 +384,6 @@ class ShardWorker(KeyGroupMoves, LocalRollback):
             outbox.send_parts(split_batch(batch, down.key, down.partitioning), self.spec.index)
         self.stats_["rows_out"] += out.num_rows
         self._metrics.inflight(down, outbox.queues)
-
-    # ------------------------------------------------------------------ uploads
-
-    def _upload(self, ack: Ack) -> None:
-        """Upload thread: make ``ack``'s epoch durable (unless driver I/O) and fill it in."""
-        self._fault("upload")
-        faults = self.spec.faults
-        if faults is not None and faults.upload_delay:
-            time.sleep(faults.upload_delay)
-        self._stage_output(ack)
-        if not self.spec.driver_io:
-            t = time.perf_counter()
-            sm = self._get_store().upload_shard(
-                ack.epoch, self.name, ack.staging, ack.files, metadata=ack.metadata
-            )
-            self.stats_["upload_seconds"] += time.perf_counter() - t
-            self._metrics.upload(time.perf_counter() - t, sm)
-            self.stats_["bytes_uploaded"] += sm.new_bytes
-            self.stats_["files_uploaded"] += sm.new_files
-            self._prune_links(ack.epoch)
-            ack.manifest = sm
-            ack.staging = None
-
-    def _stage_output(self, ack: Ack) -> None:
-        """Stage the epoch's output in the sink from here (the sink writer of the shard).
-
-        Only for a sink with ``stages_on_shards`` (``spec.sink``); the ack then carries
-        the row count, not the rows. Staged output is published by the driver after the
-        commit, or discarded by ``Sink.start`` if the epoch never commits.
-        """
-        sink = self.spec.sink
-        if sink is None or ack.output is None:
-            return
-        t = time.perf_counter()
-        sink.stage(ack.epoch, part_name(self.spec.stage.name, self.spec.index), ack.output)
-        self.stats_["sink_seconds"] += time.perf_counter() - t
-        ack.output = None
-
-    def _upload_failed(self, err: BaseException, ack: Ack) -> None:
-        self._add_context(err, epoch=ack.epoch, phase="upload")
-
-    @ray.method(concurrency_group="io")
-    def wait_uploaded(self, epoch: int) -> Ack:
-        """Block until ``epoch`` is sealed and uploaded here; return its :class:`Ack`.
-
-        Runs in the ``"io"`` group: it never waits behind data processing. An epoch sealed
-        before the shard failed is still acknowledged once its upload is durable; any
-        other epoch raises the shard's failure.
-        """
-        return self._uploader.wait(epoch)
-
 
     @ray.method(concurrency_group="io")
     def stats(self) -> dict[str, Any]:

@@ -156,6 +156,8 @@ class Ack:
         output: the last stage's output of the epoch for a driver-side sink (``None``
             elsewhere, when empty, or once the shard staged it in the sink itself).
         rows_out: rows of the last stage's output of the epoch (0 elsewhere).
+        late_output: the epoch's late rows of a window stage with ``late="emit"`` for the
+            driver to stage (``None``: none, or the shard staged them itself).
         staging: staging dir holding ``files`` (driver I/O only).
         files: live engine files of the epoch.
         metadata: the shard manifest metadata.
@@ -170,6 +172,7 @@ class Ack:
     manifest: Any = None
     output: pa.Table | None = None
     rows_out: int = 0
+    late_output: pa.Table | None = None
     staging: str | None = None
     files: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)

@@ -137,11 +137,24 @@ def test_late_mode_is_validated() -> None:
         TumblingWindow("k", "t", 10, {"v": "sum"}, late="keep")
 
 
-def test_pipeline_refuses_late_emit_until_the_runtime_routes_it() -> None:
+def test_pipeline_refuses_late_emit_into_a_sink_without_a_late_sink() -> None:
     import raykv
+    from raykv.sinks import Sink
     from raykv.sources import TableSource
 
+    class Nowhere(Sink):
+        def start(self, epoch: int | None, *, new_run: bool, abandoned: object = ()) -> None:
+            pass
+
+        def stage(self, epoch: int, part: str, table: pa.Table) -> None:
+            pass
+
+        def publish(self, epoch: int) -> None:
+            pass
+
     table = pa.table({"k": [1], "t": [1], "v": [1]})
-    with pytest.raises(ValueError, match=r"late='emit'.*does not route"):
-        raykv.Pipeline(source=TableSource(table),
+    with pytest.raises(ValueError, match=r"late='emit', but sink Nowhere has no place"):
+        raykv.Pipeline(source=TableSource(table), sink=Nowhere(),
                        stages=[TumblingWindow("k", "t", 10, {"v": "sum"}, late="emit")])
+    raykv.Pipeline(source=TableSource(table),  # CollectSink: late_output
+                   stages=[TumblingWindow("k", "t", 10, {"v": "sum"}, late="emit")])
