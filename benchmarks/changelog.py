@@ -27,8 +27,6 @@ holds (each fold rewrites the whole multiset).
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +35,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.common import RESULTS, loadavg, machine
+from benchmarks.common import loadavg, machine, section_main
 
 
 def events(n: int, keys: int) -> pa.Table:
@@ -185,13 +183,7 @@ def report_render(res: dict[str, Any], prefix: str) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS / "report_changelog.json")
-    args = parser.parse_args()
-    res = report_run(args.quick, args.out.parent)
-    args.out.write_text(json.dumps(res, indent=1) + "\n")
-    print("\n".join(report_render(res, "")))
+    section_main("changelog", __doc__, report_run, report_render)
 
 
 if __name__ == "__main__":

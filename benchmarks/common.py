@@ -11,7 +11,7 @@ import contextlib
 import csv
 import os
 import platform
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +114,24 @@ def save(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     pyplot().close(fig)
+
+
+def section_main(name: str, doc: str | None, run: Callable[[bool, Path], dict[str, Any]],
+                 render: Callable[[dict[str, Any], str], list[str]]) -> None:
+    """The command line of a report section module (``python -m benchmarks.<name>``).
+
+    ``--quick`` for small sizes, ``--out`` for the results file (default
+    ``results/report_<name>.json``, the file ``benchmarks.report`` renders); prints the
+    section's markdown.
+    """
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=(doc or name).split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS / f"report_{name}.json")
+    args = parser.parse_args()
+    res = run(args.quick, args.out.parent)
+    args.out.write_text(json.dumps(res, indent=1) + "\n")
+    print("\n".join(render(res, "")))
+

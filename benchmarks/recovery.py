@@ -23,8 +23,6 @@ both (``docs/recovery.md``, "Local recovery"):
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import random
@@ -35,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, loadavg, machine, start_local_ray
+from benchmarks.common import loadavg, machine, section_main, start_local_ray
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -190,13 +188,7 @@ def report_render(res: dict[str, Any], image_prefix: str) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS / "report_recovery.json")
-    args = parser.parse_args()
-    res = report_run(args.quick, args.out.parent)
-    args.out.write_text(json.dumps(res, indent=1) + "\n")
-    print("\n".join(report_render(res, "")))
+    section_main("recovery", __doc__, report_run, report_render)
 
 
 if __name__ == "__main__":
