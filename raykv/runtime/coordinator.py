@@ -120,6 +120,7 @@ class Coordinator(AttemptActors):
         self._t0 = time.perf_counter()
         self._t_first: float | None = None
         self._attempt_no = 0
+        self._attempt_current = 0  # the attempt running (its calls carry the number)
         self._failures = FailurePolicy()
         self._next_epoch = self._first_epoch = 1
         self._num_key_groups = pipeline.num_key_groups or DEFAULT_NUM_KEY_GROUPS
@@ -372,7 +373,7 @@ class Coordinator(AttemptActors):
 
     def _attempt(self, base: Base) -> bool:
         """Run from ``base`` until the input ends (False) or the run is stopped (True)."""
-        attempt = self._attempt_no
+        attempt = self._attempt_current = self._attempt_no
         self._attempt_no += 1
         layout = plan_layout(self.p, base, self._num_key_groups)
         stages = self._stages = layout.stages

@@ -129,7 +129,8 @@ class Feeder:
         for cut in cuts:
             self.offsets.update(cut.offsets)
             self.event_maxes.update(cut.event_maxes)
-        refs = {name: h.wait_uploaded.remote(epoch) for name, h in c._handles.items()}
+        refs = {name: h.wait_uploaded.remote(epoch, c._attempt_current)
+                for name, h in c._handles.items()}
         assert c._committer is not None
         c._committer.submit(PendingEpoch(epoch, refs, dict(self.offsets),
                                          sum(cut.rows for cut in cuts), final,

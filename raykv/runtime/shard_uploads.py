@@ -11,8 +11,10 @@ keeps their links for a rollback in place and fills in the :class:`Ack` that
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import ray
 
 from raykv.runtime.specs import Ack, ShardSpec
@@ -79,18 +81,55 @@ class EpochUploads:
         self.stats_["sink_seconds"] += time.perf_counter() - t
         ack.output = ack.late_output = None
 
+    def _stage_final(self, epoch: int, chunks: Iterator[pa.Table]) -> tuple[pa.Table | None, int]:
+        """The last stage's output of the final ``epoch``, given as a stream of chunks.
+
+        With a sink that ``stages_on_shards``, the chunks are written to it as they come
+        (``Sink.stage_chunks``: :class:`~raykv.sinks.ParquetSink` appends row groups to
+        one staged file), here in the data thread, before the epoch is sealed and queued;
+        returns ``(None, rows)``: the ack carries the count, not the rows, and the upload
+        thread, which stages earlier epochs' output in epoch order, has nothing to stage
+        for this one. The engine files are uploaded after, in the upload thread as
+        always. Otherwise (a driver-side sink) the chunks are concatenated into the
+        table the ack carries: ``(table, 0)`` (the caller counts its rows). Memory: one
+        chunk with a shard-side sink; the whole output otherwise.
+        """
+        sink = self.spec.sink
+        if sink is None:
+            tables = list(chunks)
+            if not tables:
+                return None, 0
+            return (tables[0] if len(tables) == 1 else pa.concat_tables(tables)), 0
+        t = time.perf_counter()
+        rows = sink.stage_chunks(epoch, part_name(self.spec.stage.name, self.spec.index),
+                                 chunks)
+        self.stats_["sink_seconds"] += time.perf_counter() - t
+        self.stats_["rows_out"] += rows
+        return None, rows
+
     def _upload_failed(self, err: BaseException, ack: Ack) -> None:
         self._add_context(err, epoch=ack.epoch, phase="upload")
 
     @ray.method(concurrency_group="io")
-    def wait_uploaded(self, epoch: int) -> Ack:
+    def wait_uploaded(self, epoch: int, attempt: int | None = None) -> Ack:
         """Block until ``epoch`` is sealed and uploaded here; return its :class:`Ack`.
 
         Runs in the ``"io"`` group: it never waits behind data processing. An epoch sealed
         before the shard failed is still acknowledged once its upload is durable; any
-        other epoch raises the shard's failure.
+        other epoch raises the shard's failure. ``attempt``: the caller's run attempt; a
+        call of an earlier attempt that reaches a shard rolled back since (local
+        recovery) raises at once, so it can neither take the ack of the replayed epoch
+        of the same number nor hold the ``"io"`` thread.
+
+        Raises:
+            RuntimeError: ``attempt`` is not this shard's.
         """
-        return self._uploader.wait(epoch)
+        uploader = self._uploader  # first: reset() swaps the uploader after the spec
+        if attempt is not None and attempt != self.spec.attempt:
+            msg = (f"shard {self.name}: wait_uploaded({epoch}) of attempt {attempt} reached "
+                   f"attempt {self.spec.attempt} (a call from before a recovery)")
+            raise RuntimeError(msg)
+        return uploader.wait(epoch)
 
 
 __all__ = ["EpochUploads"]
