@@ -30,11 +30,12 @@ output with its acknowledgement.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -95,6 +96,23 @@ class Sink(ABC):
     @abstractmethod
     def stage(self, epoch: int, part: str, table: pa.Table) -> None:
         """Keep ``table``, the output of shard ``part`` in ``epoch``, until it commits."""
+
+    def stage_chunks(self, epoch: int, part: str,
+                     chunks: Iterable[pa.RecordBatch | pa.Table]) -> int:
+        """Stage the output of shard ``part`` in ``epoch`` given as a stream of chunks.
+
+        Returns the rows staged (nothing is staged for 0 rows). The runtime calls it for
+        the end of bounded input, whose output (every key's final value) it streams from
+        the engine chunk by chunk. This default concatenates the chunks and calls
+        :meth:`stage` once, so it holds the whole output in memory; :class:`ParquetSink`
+        writes each chunk to its staged file as it comes (memory: one chunk).
+        """
+        tables = [as_table(c) for c in chunks]
+        table = _concat([t for t in tables if t.num_rows])
+        if table is None:
+            return 0
+        self.stage(epoch, part, table)
+        return int(table.num_rows)
 
     @abstractmethod
     def publish(self, epoch: int) -> None:
@@ -162,7 +180,13 @@ class CollectSink(Sink):
             del self._published[e]
 
     def stage(self, epoch: int, part: str, table: pa.Table) -> None:
-        """Keep ``table`` in memory until ``publish(epoch)``."""
+        """Keep ``table`` in memory until ``publish(epoch)``.
+
+        Every row a shard emits reaches the driver (with the shard's acknowledgement),
+        the end of bounded input too: a shard streams its final values in chunks, which
+        are concatenated into one table for this sink, so the output must fit in the
+        shard's and the driver's memory. Not for big output: use :class:`ParquetSink`.
+        """
         self._staged.setdefault(epoch, {})[part] = table
 
     def publish(self, epoch: int) -> None:
@@ -186,6 +210,11 @@ class CollectSink(Sink):
     def late_sink(self) -> Sink:
         """A second ``CollectSink``: ``RunSummary.late_output`` is its result."""
         return CollectSink()
+
+
+def as_table(chunk: pa.RecordBatch | pa.Table) -> pa.Table:
+    """``chunk`` as a ``pa.Table`` (a ``RecordBatch`` is wrapped, zero copy)."""
+    return pa.Table.from_batches([chunk]) if isinstance(chunk, pa.RecordBatch) else chunk
 
 
 def _kept(e: int, epoch: int | None, abandoned: Sequence[Sequence[int]]) -> bool:
@@ -223,8 +252,10 @@ class ParquetSink(Sink):
     (``s3://``) on a cluster; the driver renames staged files at commit.
 
     Cost: one Parquet write per (epoch, last-stage shard) with output, in that shard's
-    upload thread, then one rename (local: atomic ``os.replace``; object stores: copy +
-    delete) per file at commit, in the driver.
+    upload thread (the end of bounded input: in its data thread, one row group per chunk
+    of :meth:`stage_chunks`, so a shard never holds its whole final output), then one
+    rename (local: atomic ``os.replace``; object stores: copy + delete) per file at
+    commit, in the driver.
     """
 
     STAGING = "_staging"
@@ -337,6 +368,52 @@ class ParquetSink(Sink):
             pq.write_table(table, f)
         self._move(tmp, final)
 
+    def stage_chunks(self, epoch: int, part: str,
+                     chunks: Iterable[pa.RecordBatch | pa.Table]) -> int:
+        """Write the chunks as row groups of one staged file, as they come.
+
+        One ``pq.ParquetWriter`` over ``_staging/.<id>.tmp`` (the file of :meth:`stage`,
+        the same name once complete): each chunk is appended (one or more row groups),
+        and only when the last one is written is the file closed and renamed to its
+        staged name. A shard that dies mid-stream leaves the ``.tmp`` file, which
+        ``start`` removes; so staged files are always complete, and exactly-once holds
+        as with :meth:`stage`. A chunk of another schema than the first is cast to it
+        (``TypeError`` if it cannot be). Memory: one chunk plus the writer's buffers.
+        """
+        import pyarrow.parquet as pq
+
+        fs = self.fs
+        d = self._dir(staging=True)
+        fs.makedirs(d, exist_ok=True)
+        tmp = f"{d}/.{uuid.uuid4().hex}.tmp"
+        rows = 0
+        try:
+            with fs.open(tmp, "wb") as f:
+                writer: pq.ParquetWriter | None = None
+                try:
+                    for chunk in chunks:
+                        table = as_table(chunk)
+                        if not table.num_rows:
+                            continue
+                        if writer is None:
+                            writer = pq.ParquetWriter(f, table.schema)
+                        elif not table.schema.equals(writer.schema):
+                            table = _cast_to(table, writer.schema, part)
+                        writer.write_table(table)
+                        rows += table.num_rows
+                finally:
+                    if writer is not None:
+                        writer.close()
+        except BaseException:
+            with contextlib.suppress(OSError):
+                fs.rm(tmp)
+            raise
+        if not rows:
+            fs.rm(tmp)
+            return 0
+        self._move(tmp, f"{d}/{part_file_name(epoch, part)}")
+        return rows
+
     def publish(self, epoch: int) -> None:
         """Move the staged files of ``epoch`` next to the published ones."""
         for p, (e, part) in self._list(staging=True).items():
@@ -372,6 +449,16 @@ class ParquetSink(Sink):
                            storage_options=self.storage_options, overwrite=self.overwrite)
 
 
+def _cast_to(table: pa.Table, schema: pa.Schema, part: str) -> pa.Table:
+    """``table`` cast to ``schema`` (a later chunk of a streamed part), or ``TypeError``."""
+    try:
+        return table.select(schema.names).cast(schema)
+    except (KeyError, ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        msg = (f"output chunk of {part} has schema {table.schema}, which does not fit the "
+               f"schema of its first chunk {schema} ({err})")
+        raise TypeError(msg) from err
+
+
 class WithLateOutput(Sink):
     """A sink plus the sink of its late rows: parts named ``LATE_PART + part`` go there.
 
@@ -398,6 +485,13 @@ class WithLateOutput(Sink):
             self.late.stage(epoch, part[len(LATE_PART):], table)
         else:
             self.main.stage(epoch, part, table)
+
+    def stage_chunks(self, epoch: int, part: str,
+                     chunks: Iterable[pa.RecordBatch | pa.Table]) -> int:
+        """Late parts to the late sink (prefix removed), the rest to the main one."""
+        if part.startswith(LATE_PART):
+            return self.late.stage_chunks(epoch, part[len(LATE_PART):], chunks)
+        return self.main.stage_chunks(epoch, part, chunks)
 
     def publish(self, epoch: int) -> None:
         """Publish ``epoch`` in both sinks."""

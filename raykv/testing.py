@@ -197,7 +197,7 @@ def zipf_events(
 
 
 #: Crash points of :class:`Faults`.
-POINTS = ("process", "barrier", "upload", "rebalance", "read")
+POINTS = ("process", "barrier", "upload", "rebalance", "read", "chunk")
 
 
 @dataclass(frozen=True)
@@ -211,10 +211,12 @@ class Faults:
         restore_delay: seconds every shard sleeps while restoring (kill during recovery).
         crash_at: ``(shard_name_prefix, point, n)``: the shard whose name starts with the
             prefix exits the process (``os._exit``) at its ``n``-th ``point`` (1-based),
-            where point is ``"process"``, ``"barrier"``, ``"upload"`` or ``"rebalance"``
+            where point is ``"process"``, ``"barrier"``, ``"upload"``, ``"rebalance"``
             (after the shard copied the key groups it gains, before it drops those it
-            loses); or the source reader whose name starts with the prefix (``"reader"``)
-            at its ``n``-th batch, point ``"read"``.
+            loses) or ``"chunk"`` (before each chunk of the end-of-input output the shard
+            sends on or writes to the sink, so the ``n``-th kills it mid-stream); or the
+            source reader whose name starts with the prefix (``"reader"``) at its
+            ``n``-th batch, point ``"read"``.
         crash_attempts: run attempts (0 = the first, 1 = after the first recovery, ...)
             in which ``crash_at`` fires; later attempts run clean.
     """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import compress
@@ -19,7 +19,11 @@ from raykv.operators.aggspec import normalize_aggs
 from raykv.operators.aggstate import AggLayout
 from raykv.operators.base import KeyedOperator
 from raykv.operators.changelog import CHANGE, is_changelog, split_signs
-from raykv.operators.keyed_state import KeyedStateLogic
+from raykv.operators.keyed_state import (
+    DEFAULT_FINISH_CHUNK_ROWS,
+    KeyedStateLogic,
+    key_order,
+)
 from raykv.operators.ttl import TTL, normalize_ttl
 
 #: The hidden column a changelog input's rows are counted in (a key with none is deleted).
@@ -41,6 +45,9 @@ ORDER_DEPENDENT = (
 #: Default bound on buffered partial rows (``Aggregate.max_buffered_rows``).
 DEFAULT_MAX_BUFFERED_ROWS = 1_000_000
 
+#: Default bound on the Arrow bytes of buffered partials (``Aggregate.max_buffered_bytes``).
+DEFAULT_MAX_BUFFERED_BYTES = 16 << 20
+
 
 @dataclass(frozen=True)
 class Aggregate(KeyedOperator):
@@ -56,7 +63,8 @@ class Aggregate(KeyedOperator):
     Epoch-level partial combining: ``process`` checks the batch (schema, keys) and keeps
     its per-key partial aggregates (one Arrow group_by) in memory; they are folded into
     the engine at ``on_barrier``, ``finish``, ``export_state``, and whenever more than
-    ``max_buffered_rows`` partial rows (distinct keys per batch, summed) are buffered. A
+    ``max_buffered_rows`` partial rows (distinct keys per batch, summed) or more than
+    ``max_buffered_bytes`` bytes of them (Arrow buffers) are buffered. A
     fold is one group_by-like pass over the buffered partials, one ``multi_get`` and one
     ``multi_set`` of the distinct keys since the last fold, and vectorized numpy. The
     engine state after each fold, hence at every barrier, is bit-identical to applying the
@@ -108,12 +116,21 @@ class Aggregate(KeyedOperator):
             many partial rows are buffered (bounds memory when barriers are rare; about
             ``8 * (1 + stored fields)`` bytes per row plus the key). ``0`` folds every
             batch (no buffering: one ``multi_get`` + one ``multi_set`` per batch).
+        max_buffered_bytes: also fold once the buffered partials hold more than this many
+            bytes (their Arrow buffers). A fold builds a few Python objects per distinct key
+            (about 300 bytes each), so this bound, not the row count, is what keeps a
+            fold of many distinct keys small (16 MiB of partials: about 0.5M keys of a
+            sum+count, ~150 MB during the fold). ``0``: no byte bound.
+        finish_chunk_rows: rows per batch of the end-of-input output
+            (:meth:`AggregateLogic.finish_chunks`, what the runtime sends on).
     """
 
     # a str is a Sequence[str]: {col: op} and {col: [ops]} both fit; normalize_aggs makes it a
     # dict of op tuples in __post_init__
     aggs: Mapping[str, Sequence[str]]
     max_buffered_rows: int = field(default=DEFAULT_MAX_BUFFERED_ROWS, kw_only=True)
+    max_buffered_bytes: int = field(default=DEFAULT_MAX_BUFFERED_BYTES, kw_only=True)
+    finish_chunk_rows: int = field(default=DEFAULT_FINISH_CHUNK_ROWS, kw_only=True)
     ttl: TTL | int | float | timedelta | None = field(default=None, kw_only=True)
 
     #: Each epoch's changed keys are emitted with their old values retracted (-U/+U, +I,
@@ -143,6 +160,11 @@ class Aggregate(KeyedOperator):
                 f"got {self.max_buffered_rows!r}"
             )
             raise ValueError(msg)
+        for name, low in (("max_buffered_bytes", 0), ("finish_chunk_rows", 1)):
+            value = getattr(self, name)
+            if type(value) is not int or value < low:
+                msg = f"Aggregate.{name} must be an int >= {low}, got {value!r}"
+                raise ValueError(msg)
         object.__setattr__(self, "aggs", normalize_aggs(self.aggs, type(self).__name__))
         names = [f"{c}_{op}" for c, ops in self.aggs.items() for op in ops]
         if self.key in names:
@@ -168,6 +190,7 @@ class AggregateLogic(KeyedStateLogic):
         self._parts: list[pa.Table] = []
         self._tmax: list[pa.Table] = []  # event-time TTL: per batch, each key's max time
         self._buffered_rows = 0
+        self._buffered_bytes = 0
         # what the folds since the last barrier wrote (the changelog's keys and values)
         self._epoch_keys: list[bytes] = []
         self._epoch_values: list[bytes] = []
@@ -181,6 +204,7 @@ class AggregateLogic(KeyedStateLogic):
         self._deltas: list[list[pa.Table]] = []
         # configs pickled before the field existed lack it (cloudpickled in epoch metadata)
         self._max_rows: int = getattr(op, "max_buffered_rows", DEFAULT_MAX_BUFFERED_ROWS)
+        self._max_bytes: int = getattr(op, "max_buffered_bytes", DEFAULT_MAX_BUFFERED_BYTES)
         super().__init__(op, store)
 
     @property
@@ -226,7 +250,9 @@ class AggregateLogic(KeyedStateLogic):
         rows = sum(p.num_rows for p in parts)
         deltas = self._minmax.deltas(batch) if self._minmax is not None else []
         rows += sum(d.num_rows for d in deltas)
-        fold = self._buffered_rows + rows > self._max_rows
+        nbytes = sum(p.nbytes for p in parts) + sum(d.nbytes for d in deltas)
+        fold = self._buffered_rows + rows > self._max_rows or (
+            0 < self._max_bytes < self._buffered_bytes + nbytes)
         if self._pending_meta and not fold:  # the first batch passed: store the schema now
             self._write((), (), track=False)
         if self.expiry is not None and self.expiry.event:  # each key's latest event time
@@ -238,6 +264,7 @@ class AggregateLogic(KeyedStateLogic):
         for buffered, d in zip(self._deltas, deltas, strict=True):
             buffered.append(d)
         self._buffered_rows += rows
+        self._buffered_bytes += nbytes
         if fold:
             self.fold()
 
@@ -277,7 +304,7 @@ class AggregateLogic(KeyedStateLogic):
         self._parts = []
         tmax, self._tmax = self._tmax, []
         self._deltas = [[] for _ in deltas]
-        self._buffered_rows = 0
+        self._buffered_rows = self._buffered_bytes = 0
         layout = self.layout
         assert layout is not None
         if len(parts) == 1:  # the partials of one batch: the per-batch path
@@ -407,7 +434,7 @@ class AggregateLogic(KeyedStateLogic):
             zero = self._minmax.join(zero, b"")
         keys = keys + sorted(deleted)
         values = values + [zero] * len(deleted)
-        order = _key_order(keys)
+        order = key_order(keys)
         return self._emit([keys[i] for i in order], [values[i] for i in order])
 
     def _take_epoch(self) -> tuple[list[bytes], list[bytes], set[bytes]]:
@@ -444,6 +471,19 @@ class AggregateLogic(KeyedStateLogic):
         self._before = {}
         return super().finish()
 
+    def finish_chunks(self, max_rows: int | None = None) -> Iterator[pa.RecordBatch]:
+        """Fold the buffered partials, then stream every key's value in chunks.
+
+        The rows of :meth:`finish`, at most ``max_rows`` (default ``finish_chunk_rows``)
+        per batch, read from the engine's iterator one chunk at a time; in key order on
+        ``LSMTree``, sorted within each chunk on other engines
+        (:meth:`KeyedStateLogic._state_chunks`). Memory: one chunk, not the state.
+        """
+        n = self._chunk_rows(max_rows)
+        self._take_epoch()
+        self._before = {}
+        yield from self._state_chunks(n)
+
     def export_state(self) -> pa.RecordBatch | None:
         """Fold the buffered partials, then render the state of every key.
 
@@ -455,7 +495,7 @@ class AggregateLogic(KeyedStateLogic):
         values = [v for _, v in pairs]
         if not keys:
             return None
-        order = _key_order(keys)
+        order = key_order(keys)
         return self._emit([keys[i] for i in order], [values[i] for i in order])
 
     def _render(
@@ -468,21 +508,3 @@ class AggregateLogic(KeyedStateLogic):
                 self._minmax.split(values)[0])
         return self.layout.render(values)
 
-
-def _key_order(keys: Sequence[bytes]) -> list[int]:
-    """Positions of distinct ``keys`` in ascending byte order (what ``sorted`` gives).
-
-    Keys that all have 8 bytes (numbers, times) or 1 byte (bools) are sorted by numpy as
-    big-endian unsigned words, which is bytewise order; others by ``sorted`` on the bytes.
-    Cost: O(n log n); no Python per key for fixed-width keys beyond one ``join``.
-    """
-    n = len(keys)
-    width = len(keys[0]) if n else 0
-    if width in (1, 8):
-        buf = b"".join(keys)
-        if len(buf) == width * n:
-            lens = np.fromiter(map(len, keys), dtype=np.int64, count=n)
-            if (lens == width).all():
-                words = np.frombuffer(buf, dtype=">u8" if width == 8 else np.uint8)
-                return np.argsort(words, kind="stable").tolist()  # type: ignore[no-any-return]
-    return sorted(range(n), key=keys.__getitem__)

@@ -14,7 +14,10 @@ of them share, so it is written and tested once:
   at ``finish``/``export_state``, or when its buffer is full; see ``aggregate.py``);
 * the changed-key set and emission: ``on_barrier`` returns the new values of the keys
   whose state changed since the previous barrier (one ``multi_get``), ``finish`` the
-  values of all keys (one ``items()`` pass), both sorted by encoded key.
+  values of all keys (one ``items()`` pass), both sorted by encoded key;
+  ``finish_chunks`` streams the final values in bounded chunks straight from the
+  engine's iterator (what the runtime calls at the end of bounded input: memory bounded
+  by the chunk, not by the state).
 
 Layers implement ``_setup`` (input schema known), ``_layout`` (a string naming the state
 encoding, stored and compared on reopen), ``_process`` and ``_render`` (state values to
@@ -28,8 +31,8 @@ from __future__ import annotations
 import base64
 import json
 from abc import abstractmethod
-from collections.abc import Sequence
-from itertools import compress
+from collections.abc import Iterator, Sequence
+from itertools import compress, islice
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +59,11 @@ from raykv.operators.base import (
 from raykv.operators.changelog import DELETE, INSERT, UPDATE_AFTER, UPDATE_BEFORE, with_kinds
 from raykv.operators.schemas import same_columns, schema_mismatch
 from raykv.operators.ttl import ExpiryState
+
+#: Default rows per chunk of :meth:`KeyedStateLogic.finish_chunks` (an operator's
+#: ``finish_chunk_rows`` overrides it): about 10-20 MB of Python objects and Arrow
+#: buffers per chunk for small aggregates.
+DEFAULT_FINISH_CHUNK_ROWS = 100_000
 
 
 class KeyedStateLogic(OperatorLogic):
@@ -227,6 +235,65 @@ class KeyedStateLogic(OperatorLogic):
         """
         self._changed = set()
         return self.export_state()
+
+    def finish_chunks(self, max_rows: int | None = None) -> Iterator[pa.RecordBatch]:
+        """End of bounded input as a stream of batches of at most ``max_rows`` rows.
+
+        The same rows as :meth:`finish` (``finish`` is this stream concatenated, up to
+        order). This generic version slices the batch ``finish`` returns, so its memory is
+        that of ``finish``; layers whose final output is every key's state (``Aggregate``,
+        ``Reduce``) override it with :meth:`_state_chunks`, which reads the engine's
+        iterator chunk by chunk. ``max_rows``: ``None`` takes the operator's
+        ``finish_chunk_rows`` (default :data:`DEFAULT_FINISH_CHUNK_ROWS`).
+        """
+        n = self._chunk_rows(max_rows)
+        out = self.finish()
+        if out is None:
+            return
+        for start in range(0, out.num_rows, n):
+            yield out.slice(start, n)
+
+    def _chunk_rows(self, max_rows: int | None) -> int:
+        n = getattr(self.op, "finish_chunk_rows", DEFAULT_FINISH_CHUNK_ROWS)
+        n = n if max_rows is None else max_rows
+        if type(n) is not int or n < 1:
+            msg = f"finish_chunk_rows must be an int >= 1, got {n!r}"
+            raise ValueError(msg)
+        return n
+
+    def _state_chunks(self, max_rows: int) -> Iterator[pa.RecordBatch]:
+        """Every live key's rendered state, ``max_rows`` engine pairs at a time.
+
+        Order: each chunk is sorted by encoded key; chunks follow the engine's
+        ``items()`` order, so the whole stream is in key order (the order of
+        :meth:`finish`) when the engine iterates in key order (``LSMTree``) and in no
+        particular order across chunks otherwise (HybridLog, AppendLog, MemOnly). The
+        store must not be written while the stream is consumed. Memory: one chunk of
+        pairs and its batch (the engine's iterator holds one block per LSM run, or the
+        per-key index of HybridLog/AppendLog that the engine keeps anyway). Cost: one
+        ``items()`` pass, a sort per chunk.
+        """
+        items = self.store.items()
+        while True:
+            pairs = list(islice(items, max_rows))
+            if not pairs:
+                return
+            keys = [k for k, _ in pairs]
+            values = [v for _, v in pairs]
+            del pairs
+            if not META_KEYS.isdisjoint(keys):
+                keep = [k not in META_KEYS for k in keys]
+                keys, values = list(compress(keys, keep)), list(compress(values, keep))
+            if self.expiry is not None and keys:
+                values, _ = self.expiry.split(values)
+                if not all(values):
+                    keys, values = list(compress(keys, values)), [v for v in values if v]
+            if not keys:
+                continue
+            order = key_order(keys)
+            out = self._emit([keys[i] for i in order], [values[i] for i in order])
+            if out is not None:
+                yield out
 
     def export_state(self) -> pa.RecordBatch | None:
         """Render the state of every key as output rows, changing nothing.
@@ -445,3 +512,23 @@ class KeyedStateLogic(OperatorLogic):
         out = pa.RecordBatch.from_arrays([c for _, c in cols], names=[n for n, _ in cols])
         self._out_schema = out.schema
         return out
+
+
+def key_order(keys: Sequence[bytes]) -> list[int]:
+    """Positions of distinct ``keys`` in ascending byte order (what ``sorted`` gives).
+
+    Keys that all have 8 bytes (numbers, times) or 1 byte (bools) are sorted by numpy as
+    big-endian unsigned words, which is bytewise order; others by ``sorted`` on the bytes.
+    Cost: O(n log n) (O(n) for sorted input); no Python per key for fixed-width keys
+    beyond one ``join``.
+    """
+    n = len(keys)
+    width = len(keys[0]) if n else 0
+    if width in (1, 8):
+        buf = b"".join(keys)
+        if len(buf) == width * n:
+            lens = np.fromiter(map(len, keys), dtype=np.int64, count=n)
+            if (lens == width).all():
+                words = np.frombuffer(buf, dtype=">u8" if width == 8 else np.uint8)
+                return np.argsort(words, kind="stable").tolist()  # type: ignore[no-any-return]
+    return sorted(range(n), key=keys.__getitem__)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -13,6 +13,7 @@ from raykv.engines.base import KVStore
 from raykv.errors import mark_user_code
 from raykv.operators.base import KeyedOperator
 from raykv.operators.codecs import Codec, codec_name, get_codec
+from raykv.operators.keyed_state import DEFAULT_FINISH_CHUNK_ROWS
 from raykv.operators.pystate import PyStateLogic
 from raykv.operators.ttl import TTL, normalize_ttl
 
@@ -54,12 +55,15 @@ class Reduce(KeyedOperator):
         column: the value column.
         codec: how accumulators are stored: ``"json"`` (default), ``"pickle"``, ``"raw"``
             or an object with ``encode``/``decode`` (see ``codecs.py``).
+        finish_chunk_rows: rows per batch of the end-of-input output
+            (:meth:`ReduceLogic.finish_chunks`, what the runtime sends on).
     """
 
     fn: Callable[[Any, Any], Any]
     column: str
     codec: str | Codec = "json"
     ttl: TTL | int | float | timedelta | None = field(default=None, kw_only=True)
+    finish_chunk_rows: int = field(default=DEFAULT_FINISH_CHUNK_ROWS, kw_only=True)
 
     #: A key's accumulator is emitted again when it changes; to a further stage as a
     #: changelog with its old value retracted (``KeyedStateLogic.changelog``).
@@ -79,6 +83,10 @@ class Reduce(KeyedOperator):
             msg = f"Reduce.column must differ from the key column {self.key!r}"
             raise ValueError(msg)
         get_codec(self.codec)
+        rows = self.finish_chunk_rows
+        if type(rows) is not int or rows < 1:
+            msg = f"Reduce.finish_chunk_rows must be an int >= 1, got {rows!r}"
+            raise ValueError(msg)
 
     def build(self, store: KVStore) -> ReduceLogic:
         """Create the shard logic on ``store`` (resumes the state the store holds)."""
@@ -104,6 +112,19 @@ class ReduceLogic(PyStateLogic):
         self._value_type = schema.field(self.op.column).type
         key_field = pa.field(self.key, schema.field(self.key).type)
         self._out_schema = pa.schema([key_field, pa.field(self.op.column, self._value_type)])
+
+    def finish_chunks(self, max_rows: int | None = None) -> Iterator[pa.RecordBatch]:
+        """Every key's accumulator (the rows of ``finish``), streamed from the engine.
+
+        At most ``max_rows`` (default ``finish_chunk_rows``) rows per batch, in key order
+        on ``LSMTree`` and sorted within each chunk elsewhere
+        (:meth:`~raykv.operators.keyed_state.KeyedStateLogic._state_chunks`). Memory: one
+        chunk, not the state. A chunk whose accumulators do not fit the input column's
+        type has the type Arrow infers for it, as with ``finish``.
+        """
+        n = self._chunk_rows(max_rows)
+        self._changed = set()
+        yield from self._state_chunks(n)
 
     def _fold(self, batch: pa.RecordBatch, index: list[int], states: list[Any]) -> None:
         fn = self.op.fn

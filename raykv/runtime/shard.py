@@ -35,9 +35,13 @@ of stage ``s - 1`` (a first-stage shard has one input: the driver). When ``barri
 has arrived from some inputs but not all, further data from those inputs is buffered;
 when it has arrived from all of them the epoch is complete:
 
-1. ``out = logic.on_barrier(e)`` (``logic.finish()`` for the final epoch);
-2. ``out`` is re-partitioned by the next stage's key and sent on, followed by
-   ``barrier(e)`` to every next-stage shard; on the last stage it is kept for the driver;
+1. ``out = logic.on_barrier(e)``; for the final epoch ``logic.finish_chunks()``, the
+   final values streamed from the engine in bounded chunks (``logic.finish()`` for a
+   logic without it);
+2. ``out`` is re-partitioned by the next stage's key and sent on, chunk by chunk,
+   followed by ``barrier(e)`` to every next-stage shard; on the last stage it is kept
+   for the driver's sink, or staged in a sink that ``stages_on_shards`` (the final
+   epoch's chunks right here, one at a time: see ``EpochUploads._stage_final``);
 3. ``engine.seal()``; the live files are hard-linked into a staging dir
    (``link_files``) and queued for upload; processing resumes with the buffered input;
 4. the upload thread runs ``store.upload_shard`` and records an :class:`Ack` that
@@ -57,6 +61,7 @@ import contextlib
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -113,7 +118,8 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
         self._aligner = BarrierAligner(spec.num_inputs, self._context)
         self._epoch: int | None = spec.first_epoch  # the epoch the stream is in
         self._uploader = Uploader(self.name, self._upload, self._upload_failed)
-        self._counts = {"process": 0, "barrier": 0, "upload": 0, "rebalance": 0}
+        self._counts = {"process": 0, "barrier": 0, "upload": 0, "rebalance": 0,
+                        "chunk": 0}
         self._node_id: str | None = None
         self._tracker: LoadTracker | None = None
         self._cpu_reported = 0.0
@@ -321,22 +327,30 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
         advance = getattr(self.logic, "advance_watermark", None)
         if self.spec.event_time and wm is not None and advance is not None:
             advance(wm)  # event-time operators close windows by the sources' watermark
+        chunks: Iterator[pa.Table] | None = None
         if self._forwards_changelog:  # the next stage retracts what this one replaced
             out = _as_table(self.logic.changelog(epoch))
+        elif final:
+            out, chunks = None, self._final_chunks()
         else:
-            out = _as_table(self.logic.finish() if final else self.logic.on_barrier(epoch))
-        late = (_as_table(self.logic.late_rows())
-                if getattr(self.spec.stage.operator, "late", "drop") == "emit" else None)
+            out = _as_table(self.logic.on_barrier(epoch))
         down = self.spec.downstream
+        rows_out = 0
         if down is not None:
             assert self._outbox is not None  # connected before the first epoch
-            if out is not None:
-                self._forward(out, down, self._outbox)
+            for part in [out] if chunks is None else chunks:
+                if part is not None:
+                    self._forward(part, down, self._outbox)
             self._outbox.broadcast("finish" if final else "barrier", epoch, self.spec.index,
                                    wm, idle)
             self._outbox.reap()
             out = None
+        elif chunks is not None:
+            out, rows_out = self._stage_final(epoch, chunks)
+        late = (_as_table(self.logic.late_rows())
+                if getattr(self.spec.stage.operator, "late", "drop") == "emit" else None)
         if out is not None:
+            rows_out = out.num_rows
             self.stats_["rows_out"] += out.num_rows
         self.stats_["epochs"] += 1
         meta = {
@@ -344,7 +358,6 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
             "num_shards": self.spec.stage.num_shards, "engine": self.spec.stage.engine,
             "rows_in": int(self.stats_["rows_in"]), "final": final,
         }
-        rows_out = 0 if out is None else out.num_rows
         if self.spec.checkpoint is None:
             seconds = time.perf_counter() - t0
             self.stats_["seal_seconds"] += seconds
@@ -368,6 +381,20 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
                                  staging=str(staging), files=files, metadata=meta,
                                  seal_seconds=seconds, load=self._load_report(),
                                  late_output=late))
+
+    def _final_chunks(self) -> Iterator[pa.Table]:
+        """The end-of-input output as non-empty tables, one engine chunk at a time.
+
+        ``logic.finish_chunks()`` when the logic has it (memory: one chunk), else
+        ``logic.finish()`` as one table. Fault point ``"chunk"`` before each chunk.
+        """
+        stream = getattr(self.logic, "finish_chunks", None)
+        batches = stream() if stream is not None else iter([self.logic.finish()])
+        for batch in batches:
+            table = _as_table(batch)
+            if table is not None:
+                self._fault("chunk")
+                yield table
 
     def _load_report(self) -> dict[str, Any] | None:
         if self._tracker is None:
