@@ -192,3 +192,26 @@ def test_a_standby_takes_the_dead_shards_place(ray_session: Any, tmp_path: Path)
     assert {n: p for n, p in after.items() if n != "Aggregate0-0of2-g0"} == {
         n: p for n, p in before.items() if n != "Aggregate0-0of2-g0"}
     assert_exact(s.output_by_epoch, t)
+
+
+@pytest.mark.ray
+def test_a_failure_after_the_final_commit_does_not_replay_the_end(ray_session: Any,
+                                                                  tmp_path: Path) -> None:
+    """The reader dies after it sent the final barrier, while it still waits for its
+    calls in flight (slow shards): the final epoch commits, then the reader's ``run``
+    fails. The run is complete; a replay would publish ``finish()`` output again."""
+    t = table(24)
+    killed: list[int] = []
+
+    def on_progress(ev: raykv.ProgressEvent) -> None:
+        if not killed and ev.kind == "barrier" and ev.detail.get("final"):
+            import ray
+
+            (name,) = [n for n in ev.actors if n.startswith("reader-")]
+            killed.append(ray.get(ev.actors[name].ping.remote(), timeout=30))
+            os.kill(killed[0], signal.SIGKILL)
+
+    events = Events(on_progress)
+    s = make(tmp_path, t, on_progress=events, faults=Faults(process_delay=0.3)).run()
+    assert killed and s.finished and s.restarts == 1  # the failure was seen, and survived
+    assert_exact(s.output_by_epoch, t)

@@ -185,6 +185,12 @@ class Coordinator(AttemptActors):
                     if verdict.action == "stop":
                         self._raise_fatal(verdict, remote=isinstance(err, ShardFailure))
                     base = self._recover(verdict)
+                    if base.metadata is not None and base.metadata.final:
+                        # the failure surfaced after the final epoch was committed (a
+                        # reader died before its run returned): the run is complete;
+                        # replaying would commit finish() output a second time
+                        stopped = False
+                        break
             self.summary.stopped = stopped
             self.summary.finished = not stopped
             stats = collect_stats(self._handles)
