@@ -54,12 +54,17 @@ def make_batch(rows: int, total: int, i: int) -> pa.RecordBatch | None:
     return pa.record_batch({"user": keys, "amount": (n % 1000).astype(np.int64)})
 
 
-def vm_rss(pid: int) -> int | None:
-    """Resident bytes of process ``pid`` (``None`` once it is gone)."""
+def vm_rss(pid: int, field: str = "VmRSS") -> int | None:
+    """Resident bytes of process ``pid`` (``None`` once it is gone).
+
+    ``field``: ``VmRSS`` (all resident pages), ``RssAnon`` (the process's own memory) or
+    ``RssFile`` (pages of mapped files: the LSM runs read through ``mmap``, page cache
+    that the kernel can drop).
+    """
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         return None
@@ -74,6 +79,7 @@ class RssSampler:
         self.pids: dict[str, int] = {}
         self.peak: dict[str, int] = {}
         self.peak_before_end: dict[str, int] = {}
+        self.peak_anon: dict[str, int] = {}
         self.series: list[tuple[float, dict[str, int]]] = []
         self.final_started: float | None = None  # when the final epoch's barrier went out
         self._stop = threading.Event()
@@ -105,6 +111,8 @@ class RssSampler:
                 if rss is None:
                     continue
                 sample[name] = rss
+                anon = vm_rss(pid, "RssAnon") or 0
+                self.peak_anon[name] = max(self.peak_anon.get(name, 0), anon)
                 self.peak[name] = max(self.peak.get(name, 0), rss)
                 if self.final_started is None:
                     self.peak_before_end[name] = max(self.peak_before_end.get(name, 0), rss)
@@ -159,6 +167,7 @@ def run_one(keys: int, *, interval: float = 2.0, shards: int = 2, engine: str = 
             "epochs": len(s.epochs_committed), "rows_out": s.rows_out,
             "final_rows": final, "correct": final == keys,
             "peak_rss": peaks, "peak_rss_before_end": before,
+            "peak_anon": {n: sampler.peak_anon.get(n, 0) for n in sorted(sampler.pids)},
             "peak_rss_max_mib": max(peaks.values(), default=0) / MIB,
             "samples": len(sampler.series), "loadavg": loadavg(),
             "end_of_input_marked": sampler.final_started is not None,
@@ -188,8 +197,10 @@ def _final_rows(out: Path, epoch: int | None) -> int:
 def _line(r: dict[str, Any]) -> str:
     peaks = ", ".join(f"{n}: {v / MIB:,.0f} MiB" for n, v in r["peak_rss"].items())
     before = max(r["peak_rss_before_end"].values(), default=0) / MIB
+    anon = max(r["peak_anon"].values(), default=0) / MIB
     return (f"{r['keys']:>11,} keys: peak RSS {peaks} (before the end of input <= "
-            f"{before:,.0f} MiB); {r['events_per_s']:,.0f} events/s, {r['epochs']} epochs, "
+            f"{before:,.0f} MiB; anonymous <= {anon:,.0f} MiB); "
+            f"{r['events_per_s']:,.0f} events/s, {r['epochs']} epochs, "
             f"wall {r['wall_s']:.0f} s, final rows {r['final_rows']:,} "
             f"({'correct' if r['correct'] else 'WRONG'})")
 
@@ -229,15 +240,17 @@ def report_render(res: dict[str, Any], image_prefix: str) -> list[str]:
         "(issue 15): 0.6-1.0 GiB during the run and 3.7 GiB at the end with 20M keys.",
         f"Machine: {machine_line(res['machine'])}.",
         "",
-        "| keys | peak RSS per shard | peak before the end of input | events/s | epochs "
-        "| wall | final rows exact |",
-        "|---:|---|---:|---:|---:|---:|---|",
+        "| keys | peak RSS per shard | peak before the end of input | peak anonymous "
+        "(no mapped files) | events/s | epochs | wall | final rows exact |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in res["runs"]:
         peaks = " / ".join(f"{v / MIB:,.0f}" for v in r["peak_rss"].values())
         before = max(r["peak_rss_before_end"].values(), default=0) / MIB
+        anon = max(r.get("peak_anon", {}).values(), default=0) / MIB
         lines.append(
-            f"| {r['keys']:,} | {peaks} MiB | {before:,.0f} MiB | {r['events_per_s']:,.0f} | "
+            f"| {r['keys']:,} | {peaks} MiB | {before:,.0f} MiB | {anon:,.0f} MiB | "
+            f"{r['events_per_s']:,.0f} | "
             f"{r['epochs']} | {r['wall_s']:.0f} s | {'yes' if r['correct'] else 'NO'} |")
     return [*lines, ""]
 

@@ -73,6 +73,8 @@ OPTIONAL: dict[str, tuple[str, str, bool]] = {
     "recovery": ("Recovery: local rollback and standbys (issue 15)", "benchmarks.recovery",
                  True),
     "ttl": ("State that expires: store size with a TTL (issue 13)", "benchmarks.ttl", False),
+    "memory": ("Memory bounded by the work: shard RSS with 20M-40M keys (issue 15)",
+               "benchmarks.memory", True),
 }
 
 
