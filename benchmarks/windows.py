@@ -139,11 +139,12 @@ def report_render(res: dict[str, Any], prefix: str) -> list[str]:
                      f"`TumblingWindow(1 s)` per event ({verdict} the issue-13 target of "
                      "1.5x; load average "
                      f"{run['load_start']:.1f} -> {run['load_end']:.1f}).")
-    lines += ["", "Each event updates one 1 s pane, as the tumbling window updates its window; "
-              "the extra cost is at the barriers: each closing window combines its 60 panes "
-              "(numpy `reduceat`), there are more output rows (a window per slide while a "
-              "key is active), and a barrier reads again the panes of the last 60 s of each "
-              "key that the previous barrier read (an epoch here is 50 s of event time).", ""]
+    lines += ["", "Each event updates one 1 s pane, as the tumbling window updates its window. "
+              "At a barrier the sliding window reads only the panes that barrier closes (a "
+              "closed pane cannot change, so it stays cached in memory until deleted), "
+              "combines consecutive windows with a sliding aggregation (prefix sums, sparse "
+              "tables: O(1) per window, not O(60)) and emits up to 1.8x more rows than the "
+              "tumbling window (a window per slide while a key is active).", ""]
     return lines
 
 

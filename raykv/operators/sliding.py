@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -11,15 +12,19 @@ import numpy as np
 import pyarrow as pa
 
 from raykv.engines.base import KVStore
+from raykv.keys import decode_keys
 from raykv.operators.base import META_KEYS
 from raykv.operators.eventtime import WINDOW_END, WINDOW_START, EventTimeLogic, EventTimeWindow
-from raykv.operators.panes import combine_ranges
+from raykv.operators.pane_table import PaneTable, objects
+from raykv.operators.panes import combine_fixed
 from raykv.operators.watermark import NONE, time_array, to_units
 
 _PS = "\x00pane_start"
 _SIGN = np.uint64(1 << 63)
 #: State-key suffix of a key's cursor record (pane start -2**63, never a real pane).
 CURSOR = bytes(8)
+#: Default byte budget of the closed-pane cache per shard (``SlidingWindowLogic.cache_bytes``).
+CACHE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -53,10 +58,14 @@ class SlidingWindow(EventTimeWindow):
     ``Aggregate``; rows ordered by window start, then encoded key.
 
     Cost per batch: as ``TumblingWindow(size=pane)`` (one group by key and pane, one
-    ``multi_get`` + one ``multi_set``). Per barrier: one ``multi_get`` of the panes of the
-    windows that close (each pane once, however many windows share it), numpy
-    ``reduceat`` passes over the panes of each closing window, and one ``multi_set``
-    (deleted panes, cursors). Building the logic scans ``store.items()`` once.
+    ``multi_get`` + one ``multi_set``). Per barrier: one ``multi_get`` of the panes this
+    barrier closes (a closed pane can no longer change, so it is read once and then kept
+    in memory until deleted: ``SlidingWindowLogic.cache_bytes``, 64 MiB per shard by
+    default, the oldest panes re-read when over), O(p log(size/pane) + w) numpy work for
+    ``p`` closed panes and ``w`` emitted windows (a sliding aggregation: prefix sums and
+    sparse tables, ``panes.py``), and one ``multi_set`` (deleted panes, cursors). Building
+    the logic scans ``store.items()`` once; the first barrier after it reads every closed
+    pane.
 
     Example:
         >>> import pyarrow as pa, tempfile
@@ -108,19 +117,30 @@ class SlidingWindow(EventTimeWindow):
 
 
 class SlidingWindowLogic(EventTimeLogic):
-    """Running logic of :class:`SlidingWindow` on one shard."""
+    """Running logic of :class:`SlidingWindow` on one shard.
+
+    Panes move through two places: ``_panes`` (start -> state keys) lists the panes only
+    the engine holds (open ones, which events may still update, and closed ones not read
+    since the logic was built or evicted from the cache); the barrier that closes a pane
+    (its first window ends by the watermark, so every later event for it is late) reads
+    it once from the engine into ``_closed``, a :class:`PaneTable` kept until the pane is
+    deleted. The cache is rebuilt from the engine after a restore (it starts empty and
+    every pane is in ``_panes``) and is kept under ``cache_bytes`` by evicting the oldest
+    panes back to ``_panes`` (re-read at the next barrier).
+    """
 
     op: SlidingWindow
+    #: Byte budget of the closed-pane cache (``PaneTable.nbytes``).
+    cache_bytes: int = CACHE_BYTES
 
     def __init__(self, op: SlidingWindow, store: KVStore) -> None:
         self._size = self._slide = self._pane = 1
-        #: Pane start -> state keys of the panes.
+        #: Pane start -> state keys of the panes not in the cache.
         self._panes: dict[int, set[bytes]] = {}
+        #: Closed panes read from the engine, until deleted (``None``: none yet).
+        self._closed: PaneTable | None = None
         #: Encoded user key -> the watermark through which its windows were emitted.
         self._cursor: dict[bytes, int] = {}
-        #: Encoded user key -> its number of panes in the engine.
-        self._npanes: dict[bytes, int] = {}
-        self._render_starts: np.ndarray | None = None
         super().__init__(op, store)
         if self._schema is not None:
             for k, v in store.items():
@@ -130,7 +150,6 @@ class SlidingWindowLogic(EventTimeLogic):
                     self._cursor[k[:-8]] = int.from_bytes(v, "little", signed=True)
                 else:
                     self._panes.setdefault(_suffix_time(k), set()).add(k)
-                    self._npanes[k[:-8]] = self._npanes.get(k[:-8], 0) + 1
 
     def _setup_spans(self, t: pa.DataType) -> None:
         owner = self._name()
@@ -150,9 +169,9 @@ class SlidingWindowLogic(EventTimeLogic):
     def _first_end_of(self, pane_start: int) -> int:
         return ((pane_start - self._size) // self._slide + 1) * self._slide + self._size
 
-    def _last_end(self, pane_start: int) -> int:
-        """End of the last window containing the pane."""
-        return (pane_start // self._slide) * self._slide + self._size
+    def _last_ends(self, pane_starts: np.ndarray) -> np.ndarray:
+        """End of the last window containing each pane."""
+        return np.floor_divide(pane_starts, self._slide) * self._slide + self._size  # type: ignore[no-any-return]
 
     def _process(self, batch: pa.RecordBatch) -> None:
         layout = self.layout
@@ -168,7 +187,6 @@ class SlidingWindowLogic(EventTimeLogic):
             panes = panes[keep]
         keys: list[bytes] = []
         new: list[bytes] = []
-        starts: list[int] = []
         if batch.num_rows:
             batch = self._canonical(batch).append_column(_PS, pa.array(panes, pa.int64()))
             part = layout.partials(batch, [self.key, _PS])
@@ -181,23 +199,42 @@ class SlidingWindowLogic(EventTimeLogic):
                 return f"key {key_col[i].as_py()!r} pane start {int(ps[i])}"
 
             new, _ = layout.combine(old, part, describe)
-            starts = ps.tolist()
         else:
             old = []
         extra = self.clock.pending(t, n_late)
         self._write(keys, new, track=False, extra=extra)
         self.clock.commit(t, n_late)
         self._keep_late(original, late)
-        npanes = self._npanes
-        for start, k, was in zip(starts, keys, old if keys else [], strict=True):
-            self._panes.setdefault(start, set()).add(k)
-            if not was:
-                npanes[k[:-8]] = npanes.get(k[:-8], 0) + 1
+        if keys:  # index the panes new to the engine (the others are listed already)
+            new_at = np.flatnonzero(np.fromiter(map(operator.not_, old), bool, len(old)))
+            self._index(objects(keys)[new_at], ps[new_at])
+
+    def _index(self, keys: np.ndarray, starts: np.ndarray) -> None:
+        """Add the state keys ``keys`` (object array) of panes at ``starts`` to ``_panes``."""
+        if not len(keys):
+            return
+        order = np.argsort(starts, kind="stable")
+        keys, starts = keys[order], starts[order]
+        cuts = np.flatnonzero(starts[1:] != starts[:-1]) + 1
+        panes = self._panes
+        for start, chunk in zip(starts[np.r_[0, cuts]].tolist(), np.split(keys, cuts),
+                                strict=True):
+            at = panes.get(start)
+            if at is None:
+                panes[start] = set(chunk.tolist())
+            else:
+                at.update(chunk.tolist())
 
     # ------------------------------------------------------------------ closing
 
     def on_barrier(self, epoch: int) -> pa.RecordBatch | None:
-        """Emit every window whose end is ``<=`` the watermark; delete panes no window needs."""
+        """Emit every window whose end is ``<=`` the watermark; delete panes no window needs.
+
+        Cost: one ``multi_get`` of the panes this barrier closes (cached panes are not
+        read again), O(p log p) numpy work over the closed panes ``p`` and O(1) amortized
+        per emitted window (``panes.combine_fixed``), one ``multi_set`` (deleted panes,
+        cursors).
+        """
         self._end_epoch()
         wm = self.watermark
         if wm is None:
@@ -212,62 +249,104 @@ class SlidingWindowLogic(EventTimeLogic):
 
     def export_state(self) -> pa.RecordBatch | None:
         """The windows not yet emitted with their current aggregates, changing nothing."""
-        out, _ = self._windows(None)
+        if self.layout is None:
+            return None
+        table, _ = self._gather(None)
+        out, _ = self._windows(table, None)
         return out
 
-    def _close(self, wm: int | None) -> pa.RecordBatch | None:
-        out, users = self._windows(wm)
-        gone = [
-            s for s in self._panes if wm is None or self._last_end(s) <= wm
-        ]
-        deletes = [k for s in gone for k in self._panes[s]]
-        for s in gone:
-            del self._panes[s]
-        writes: dict[bytes, bytes] = dict.fromkeys(deletes, b"")
-        npanes = self._npanes
-        emptied = set()
-        for k in deletes:
-            user = k[:-8]
-            npanes[user] -= 1
-            if not npanes[user]:
-                del npanes[user]
-                emptied.add(user)
-        for user in emptied:  # no panes left: no cursor needed
-            if self._cursor.pop(user, None) is not None:
-                writes[user + CURSOR] = b""
-        if wm is not None:
-            record = wm.to_bytes(8, "little", signed=True)
-            for user in users - emptied:
-                self._cursor[user] = wm
-                writes[user + CURSOR] = record
-        if writes:
-            self._write(list(writes), list(writes.values()), track=False)
-        return out
+    def _gather(self, wm: int | None) -> tuple[PaneTable, list[int]]:
+        """The cached panes plus those of ``_panes`` closed at ``wm`` (all for ``None``).
 
-    def _windows(self, wm: int | None) -> tuple[pa.RecordBatch | None, set[bytes]]:
-        """The windows to emit at watermark ``wm`` (all of them for ``None``).
-
-        Returns the output rows and the encoded user keys that have some.
+        Returns the table and the starts read from ``_panes``.
         """
+        assert self.layout is not None
         starts = [s for s in self._panes if wm is None or self._first_end_of(s) <= wm]
         keys: list[bytes] = []
         counts = []
         for start in starts:
             keys.extend(self._panes[start])
             counts.append(len(self._panes[start]))
+        cache = self._closed if self._closed is not None else PaneTable.empty(self.layout)
         if not keys:
-            return None, set()
+            return cache, starts
+        values = self.store.multi_get(keys)
         ps = np.repeat(np.array(starts, dtype=np.int64), counts)
-        users = [k[:-8] for k in keys]
-        uniq = sorted(set(users))
-        uid_of = {u: i for i, u in enumerate(uniq)}
-        uid = np.fromiter(map(uid_of.__getitem__, users), dtype=np.int64, count=len(users))
-        order = np.lexsort((ps, uid))
-        uid, ps = uid[order], ps[order]
-        values = self.store.multi_get([keys[i] for i in order.tolist()])
+        read = PaneTable.build(self.layout, keys, ps, values)
+        return cache.union(read), starts
+
+    def _close(self, wm: int | None) -> pa.RecordBatch | None:
+        if self.layout is None:  # no batch yet: no state
+            return None
+        table, read = self._gather(wm)
+        for s in read:
+            del self._panes[s]
+        out, emitted = self._windows(table, wm)
+        users = table.users
+        gone = np.ones(len(table), dtype=bool) if wm is None else self._last_ends(table.ps) <= wm
+        keep = table.take(np.flatnonzero(~gone))
+        # deleted panes, then cursors (a cursor key never equals a pane's: pane start -2**63)
+        keys: list[bytes] = table.keys[gone].tolist()
+        values = [b""] * len(keys)
+        emptied = self._emptied(users, table.uid[gone], keep.uid)
+        for user in emptied:  # no panes left: no cursor needed
+            if self._cursor.pop(user, None) is not None:
+                keys.append(user + CURSOR)
+                values.append(b"")
+        if wm is not None:
+            record = wm.to_bytes(8, "little", signed=True)
+            for u in emitted.tolist():
+                user = users[u]
+                if user not in emptied:
+                    self._cursor[user] = wm
+                    keys.append(user + CURSOR)
+                    values.append(record)
+        if keys:
+            self._write(keys, values, track=False)
+        self._closed = self._bounded(keep) if wm is not None else None
+        return out
+
+    def _emptied(self, users: list[bytes], deleted: np.ndarray, kept: np.ndarray) -> set[bytes]:
+        """The users of ``deleted`` panes with no pane left (none kept, none open)."""
+        n = len(users)
+        cand = np.flatnonzero((np.bincount(deleted, minlength=n) > 0)
+                              & (np.bincount(kept, minlength=n) == 0))
+        if not len(cand):
+            return set()
+        out = {users[u] for u in cand.tolist()}
+        if out and self._panes:
+            out.difference_update(k[:-8] for keys in self._panes.values() for k in keys)
+        return out
+
+    def _bounded(self, table: PaneTable) -> PaneTable:
+        """``table`` within ``cache_bytes``: the oldest panes go back to ``_panes``."""
+        if table.nbytes <= self.cache_bytes or not len(table):
+            return table
+        per = max(table.nbytes // len(table), 1)
+        room = self.cache_bytes // per
+        order = np.argsort(table.ps, kind="stable")
+        cut = len(table) - room
+        out = np.zeros(len(table), dtype=bool)
+        out[order[:cut]] = True
+        evicted = table.take(np.flatnonzero(out))
+        for start, key in zip(evicted.ps.tolist(), evicted.keys.tolist(), strict=True):
+            self._panes.setdefault(start, set()).add(key)
+        return table.take(np.flatnonzero(~out))
+
+    def _windows(
+        self, table: PaneTable, wm: int | None
+    ) -> tuple[pa.RecordBatch | None, np.ndarray]:
+        """The windows of ``table``'s panes to emit at watermark ``wm`` (all for ``None``).
+
+        Returns the output rows and the ``uid`` of the user keys that have some.
+        """
+        none = np.zeros(0, np.int64)
+        if not len(table):
+            return None, none
+        uid, ps, users = table.uid, table.ps, table.users
         size, slide = self._size, self._slide
         # the windows of each pane not emitted yet: k in [a, b] (start = k * slide)
-        cursor = np.array([self._cursor.get(u, NONE) for u in uniq], dtype=np.int64)
+        cursor = np.array([self._cursor.get(u, NONE) for u in users], dtype=np.int64)
         kmin = np.floor_divide(np.maximum(cursor, -(1 << 62)) - size, slide) + 1
         a = np.maximum(np.floor_divide(ps - size, slide) + 1, kmin[uid])
         b = np.floor_divide(ps, slide)
@@ -284,35 +363,55 @@ class SlidingWindowLogic(EventTimeLogic):
         count = np.maximum(b - s + 1, 0)
         total = int(count.sum())
         if not total:
-            return None, set()
+            return None, none
         w_uid = np.repeat(uid, count)
         w_k = np.repeat(s, count) + (np.arange(total) - np.repeat(np.cumsum(count) - count, count))
         w_start = w_k * slide
         lo, hi = _locate(uid, ps, w_uid, w_start, w_start + size, self._pane)
-        out_order = np.lexsort((w_uid, w_start))
+        out_order = np.argsort((w_k - int(w_k.min())) * len(users) + w_uid)
         w_uid, w_start, lo, hi = w_uid[out_order], w_start[out_order], lo[out_order], hi[out_order]
 
         def describe(i: int) -> str:
-            return f"window start {int(w_start[i])} of key {uniq[int(w_uid[i])]!r} (encoded)"
+            return f"window start {int(w_start[i])} of key {users[int(w_uid[i])]!r} (encoded)"
 
         assert self.layout is not None
-        states = combine_ranges(self.layout, values, lo, hi, describe)
-        state_keys = list(map(bytes.__add__, [uniq[i] for i in w_uid.tolist()],
-                              _suffixes(w_start)))
-        self._render_starts = w_start
-        try:
-            out = self._emit(state_keys, states)
-        finally:
-            self._render_starts = None
-        return out, {uniq[i] for i in set(w_uid.tolist())}
+        pane_tails = None if table.tails is None else table.tails.tolist()
+        states, tails, empty = combine_fixed(self.layout, table.st.view(self.layout.dtype),
+                                             pane_tails, lo, hi,
+                                             describe)
+        if empty.any():  # cannot happen (every window listed holds a pane): keep it safe
+            full = np.flatnonzero(~empty)
+            states, w_uid, w_start = states[full], w_uid[full], w_start[full]
+            tails = None if tails is None else [tails[i] for i in full.tolist()]
+        emitted = np.flatnonzero(np.bincount(w_uid, minlength=len(users)))
+        return self._emit_windows(users, w_uid, w_start, states, tails), emitted
+
+    def _emit_windows(
+        self, users: list[bytes], w_uid: np.ndarray, w_start: np.ndarray, states: np.ndarray,
+        tails: list[bytes] | None,
+    ) -> pa.RecordBatch | None:
+        """The output batch: window ``i`` of user ``users[w_uid[i]]`` from ``w_start[i]``."""
+        assert self.layout is not None and self._time_type is not None
+        assert self._key_type is not None and self._out_schema is not None
+        if not len(w_uid):
+            return None
+        values: list[bytes] = states.view(f"V{self.layout.size}").tolist()
+        if tails is not None:
+            values = list(map(bytes.__add__, values, tails))
+        key_col = decode_keys(users, self._key_type).take(pa.array(w_uid))
+        cols = [
+            key_col,
+            time_array(w_start, self._time_type),
+            time_array(w_start + self._size, self._time_type),
+            *(c for _, c in self.layout.render(values)),
+        ]
+        return pa.RecordBatch.from_arrays(cols, schema=self._out_schema)
 
     def _render(
         self, state_keys: Sequence[bytes], values: Sequence[bytes]
     ) -> list[tuple[str, pa.Array]]:
         assert self.layout is not None and self._time_type is not None
-        starts = self._render_starts
-        if starts is None:
-            starts = _suffix_times(state_keys)
+        starts = _suffix_times(state_keys)
         cols = [
             (WINDOW_START, time_array(starts, self._time_type)),
             (WINDOW_END, time_array(starts + self._size, self._time_type)),

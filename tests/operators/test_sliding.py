@@ -317,3 +317,88 @@ def test_int64_sum_overflow_across_panes_names_the_window(tmp_path: Path) -> Non
 def test_doctests() -> None:
     result = doctest.testmod(sliding_module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def check_cache(logic: Any, store: Any) -> None:
+    """The closed-pane cache is sorted, within budget, and equal to the engine's panes."""
+    table = logic._closed
+    if table is None:
+        return
+    assert table.nbytes <= max(logic.cache_bytes, 0) or len(table) == 0
+    pairs = list(zip(table.uid.tolist(), table.ps.tolist(), strict=True))
+    assert pairs == sorted(set(pairs))
+    size = logic.layout.size
+    for i, key in enumerate(table.keys.tolist()):
+        assert key[:-8] == table.users[table.uid[i]]
+        assert sliding_module._suffix_time(key) == table.ps[i]
+        value = store.get(key)
+        assert value[:size] == table.st[i].tobytes()
+        if table.tails is not None:
+            assert value[size:] == table.tails[i]
+        assert logic._first_end_of(int(table.ps[i])) <= logic.watermark  # closed
+    assert not set(table.keys.tolist()) & {k for ks in logic._panes.values() for k in ks}
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 300, 1 << 30])
+@pytest.mark.parametrize("keys", [[-5, 0, 7, 1000], ["a", "", "bb", "é"]])
+def test_closed_pane_cache_against_model_with_restarts(
+        tmp_path: Path, cache_bytes: int, keys: list[Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """60 panes a window (the sliding aggregation path), the cache evicting (0, 300 bytes)
+    or not; restarts rebuild it from the engine. Same output as the model every time."""
+    monkeypatch.setattr(sliding_module.SlidingWindowLogic, "cache_bytes", cache_bytes)
+    seed = random.randrange(1 << 30)
+    print("seed", seed)
+    rng = random.Random(seed)
+    op = SlidingWindow("k", "t", 60, 1, AGGS, allowed_lateness=3, late="emit")
+    epochs = random_epochs(rng, keys, n_epochs=8, jitter=5)
+    model = SlidingModel(60, 1, 3)
+    with MemOnly(tmp_path) as first:
+        store: Any = first
+        logic: Any = op.build(store)
+        for e, batches in enumerate(epochs, 1):
+            for b in batches:
+                logic.process(b)
+                model.add(b)
+            assert to_py(logic.on_barrier(e)) == model.close(), f"epoch {e}"
+            check_cache(logic, store)
+            if e in (3, 6):
+                store, logic = reopen(store, MemOnly, op)
+                assert logic._closed is None  # rebuilt from the engine at the next barrier
+        assert to_py(logic.finish()) == model.close(everything=True)
+        assert logic._closed is None
+        store.close()
+
+
+def test_cache_is_rebuilt_after_restore_and_not_reread(tmp_path: Path) -> None:
+    """After a restore the first barrier reads every closed pane from the engine; later
+    barriers read only the panes they close (the cached ones are not read again)."""
+    op = SlidingWindow("k", "t", 10, 1, {"v": "sum"})
+    reads: list[int] = []
+
+    class Counting(MemOnly):
+        def multi_get(self, keys: Any) -> Any:
+            reads.append(len(keys))
+            return super().multi_get(keys)
+
+    store: Any = Counting(tmp_path)
+    logic: Any = op.build(store)
+    logic.process(pa.record_batch({"k": [1, 2] * 10, "t": list(range(20)), "v": [1] * 20}))
+    first = to_py(logic.on_barrier(1))
+    cached = len(logic._closed)
+    assert cached == 9  # panes 10..18 are closed (19 is open) and still needed
+    store, logic = reopen(store, Counting, op)
+    assert logic._closed is None
+    logic.process(pa.record_batch({"k": [1], "t": [25], "v": [5]}))
+    reads.clear()
+    out = to_py(logic.on_barrier(2))
+    assert reads == [9 + 1]  # every closed pane: the 9 cached before, and pane 19
+    assert [(r["k"], r["window_start"], r["v_sum"]) for r in out if r["window_start"] == 10] == [
+        (1, 10, 5), (2, 10, 5)]  # the windows [10, 20) hold 5 events of each key
+    assert {r["window_start"] for r in out} == set(range(10, 16))
+    assert first[-1]["window_start"] == 9
+    logic.process(pa.record_batch({"k": [1], "t": [40], "v": [5]}))
+    reads.clear()
+    logic.on_barrier(3)
+    assert reads == [1]  # pane 25 only: the rest is cached
+    store.close()
