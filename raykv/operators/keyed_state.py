@@ -28,8 +28,6 @@ the reserved keys are in ``base.py``; layers over codec-encoded Python state sub
 
 from __future__ import annotations
 
-import base64
-import json
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from itertools import compress, islice
@@ -40,7 +38,6 @@ import pyarrow as pa
 from raykv.engines.base import KVStore
 from raykv.keys import (
     canonical_key_array,
-    check_key_type,
     decode_keys,
     encode_keys,
     is_binary_like,
@@ -49,7 +46,6 @@ from raykv.keys import (
 )
 from raykv.operators.base import (
     EMPTY_KEY,
-    META_FORMAT,
     META_KEY,
     META_KEYS,
     RESERVED_KEYS,
@@ -57,7 +53,7 @@ from raykv.operators.base import (
     OperatorLogic,
 )
 from raykv.operators.changelog import DELETE, INSERT, UPDATE_AFTER, UPDATE_BEFORE, with_kinds
-from raykv.operators.schemas import same_columns, schema_mismatch
+from raykv.operators.state_meta import StateMetadata
 from raykv.operators.ttl import ExpiryState
 
 #: Default rows per chunk of :meth:`KeyedStateLogic.finish_chunks` (an operator's
@@ -66,7 +62,7 @@ from raykv.operators.ttl import ExpiryState
 DEFAULT_FINISH_CHUNK_ROWS = 100_000
 
 
-class KeyedStateLogic(OperatorLogic):
+class KeyedStateLogic(StateMetadata, OperatorLogic):
     """The core keyed-state logic (see the module docstring); layers subclass it."""
 
     def __init__(self, op: KeyedOperator, store: KVStore) -> None:
@@ -310,99 +306,6 @@ class KeyedStateLogic(OperatorLogic):
     def output_schema(self) -> pa.Schema | None:
         """Schema of the emitted batches, or ``None`` while unknown."""
         return self._out_schema
-
-    # ------------------------------------------------------------------ checks
-
-    def _check_batch(self, batch: pa.RecordBatch) -> None:
-        if not isinstance(batch, pa.RecordBatch):
-            msg = (
-                f"{self._name()} expects a pyarrow.RecordBatch, got {type(batch).__name__}"
-                + ("; use table.to_batches()" if isinstance(batch, pa.Table) else "")
-            )
-            raise TypeError(msg)
-        schema = batch.schema
-        if self.key not in schema.names:
-            msg = (
-                f"key column {self.key!r} of {self._name()} is missing from the batch; "
-                f"its columns are {schema.names}"
-            )
-            raise ValueError(msg)
-        if self._schema is None:
-            check_key_type(schema.field(self.key).type, self.key)
-            self._adopt(schema)
-            self._pending_meta = [(META_KEY, self._meta_value())]
-        elif not same_columns(schema, self._schema):
-            msg = f"{self._name()}: {schema_mismatch(self._schema, schema)}"
-            raise ValueError(msg)
-        col = batch.column(self.key)
-        if col.null_count:
-            row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-            msg = (
-                f"key column {self.key!r} of {self._name()} contains a null at row {row} "
-                f"({col.null_count} nulls in {len(col)} rows); keys must not be null: "
-                "filter or fill them before this stage"
-            )
-            raise ValueError(msg)
-
-    def _adopt(self, schema: pa.Schema) -> None:
-        self._schema = schema
-        self._key_type = schema.field(self.key).type
-        try:
-            self._setup(schema)
-            if self.expiry is not None:
-                self.expiry.setup(schema, self._name())
-        except BaseException:
-            self._schema = self._key_type = self._out_schema = None
-            raise
-
-    def _state_layout(self) -> str:
-        """The stored layout: the layer's, plus the TTL stamp prefix when there is one."""
-        return self._layout() + (";ttl-stamp/1" if self.expiry is not None else "")
-
-    def _name(self) -> str:
-        return self.op.name or f"{type(self.op).__name__}(key={self.key!r})"
-
-    # ------------------------------------------------------------------ metadata
-
-    def _meta_value(self) -> bytes:
-        assert self._schema is not None
-        meta = {
-            "format": META_FORMAT,
-            "operator": type(self.op).__name__,
-            "key": self.key,
-            "layout": self._state_layout(),
-            "schema": base64.b64encode(self._schema.serialize().to_pybytes()).decode(),
-        }
-        return json.dumps(meta, sort_keys=True).encode()
-
-    def _load_meta(self, raw: bytes) -> None:
-        where = f"state in {self.store.data_dir}"
-        try:
-            meta = json.loads(raw)
-            schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(meta["schema"])))
-        except (ValueError, KeyError, TypeError, pa.ArrowException) as err:
-            msg = f"{where}: unreadable operator metadata ({err}); restore another epoch"
-            raise ValueError(msg) from err
-        if meta.get("format") != META_FORMAT:
-            msg = f"{where}: operator metadata format {meta.get('format')}, expected {META_FORMAT}"
-            raise ValueError(msg)
-        owner = f"{meta.get('operator')}(key={meta.get('key')!r})"
-        if meta.get("operator") != type(self.op).__name__ or meta.get("key") != self.key:
-            msg = (
-                f"{where} was written by {owner}, not by {self._name()}; "
-                "give each stage its own engine directory"
-            )
-            raise ValueError(msg)
-        self._adopt(schema)
-        if meta.get("layout") != self._state_layout():
-            msg = (
-                f"{where} was written by {owner} with state layout {meta.get('layout')!r}, "
-                f"but this operator uses {self._state_layout()!r}: its configuration "
-                "(aggregations, codec, ttl on or off) changed; keep the old configuration "
-                "or start from empty state"
-            )
-            self._schema = self._key_type = self._out_schema = None
-            raise ValueError(msg)
 
     # ------------------------------------------------------------------ helpers for layers
 

@@ -67,6 +67,7 @@ from raykv.errors import (
     failure_context,
     mark_user_code,
 )
+from raykv.late_output import WithLateOutput
 from raykv.metrics import DriverMetrics, pipeline_tag
 from raykv.partitioning import DEFAULT_NUM_KEY_GROUPS
 from raykv.pipeline import Pipeline, ProgressEvent, RunSummary, default_local_dir
@@ -98,7 +99,7 @@ from raykv.runtime.metadata import encode_operator
 from raykv.runtime.rebalancing import Rebalancer
 from raykv.runtime.specs import StageSpec
 from raykv.runtime.survivors import Standby, Survivors
-from raykv.sinks import Sink, WithLateOutput
+from raykv.sinks import Sink
 from raykv.sources import StopSource
 
 log = logging.getLogger("raykv")
