@@ -378,11 +378,9 @@ class CheckpointStore:
 
     def restore_shard_stats(self, epoch: int, shard: str, data_dir: str | os.PathLike[str],
                             spares: Sequence[Path] = ()) -> SwapResult:
-        """``restore_shard`` that also returns what was reused, linked and downloaded.
+        """``restore_shard``, returning what was reused, linked (from ``spares``) and fetched.
 
-        ``spares``: local directories that may hold some of the epoch's files (a shard's
-        hard links of the epochs it uploaded); files found intact there are linked, not
-        downloaded (``restore.swap_in``).
+        ``spares``: a shard's links of its uploaded epochs (``restore.swap_in``).
         """
         check_shard(shard)
         em = self.read_epoch(epoch)
