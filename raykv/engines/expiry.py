@@ -141,16 +141,21 @@ class ExpiryPlanner:
         self._checked: dict[str, int] = {}
 
     def pick(self, runs: Sequence[tuple[str, int]], horizon: int,
-             stamps_of: Callable[[int], tuple[np.ndarray, np.ndarray]]) -> int | None:
+             stamps_of: Callable[[int], tuple[np.ndarray, np.ndarray]],
+             store_fraction: float | None = None) -> int | None:
         """Position of the first of ``runs`` (``(name, value bytes)``) to merge, or ``None``.
 
         ``stamps_of(pos)``: the stamps of run ``pos``'s stamped records and their value
-        lengths. Cost: O(runs x log(records)) once the runs' stamps are cached.
+        lengths. With ``store_fraction``, also, when the expired bytes of all the runs
+        reach that share of their total size, the run holding the most expired bytes
+        (a whole-store trigger: many runs each a little expired add up too).
+        Cost: O(runs x log(records)) once the runs' stamps are cached.
         """
         live = {name for name, _ in runs}
         if len(self._stamps) > 2 * len(runs) + 8:  # forget runs merged away
             self._stamps = {n: s for n, s in self._stamps.items() if n in live}
             self._checked = {n: h for n, h in self._checked.items() if n in live}
+        expired = [0] * len(runs)
         for pos, (name, size) in enumerate(runs):
             if self._checked.get(name) == horizon:
                 continue
@@ -162,8 +167,12 @@ class ExpiryPlanner:
                 self._stamps[name] = cached
             stamps, cum = cached
             i = int(np.searchsorted(stamps, horizon))
-            if i and 2 * int(cum[i - 1]) >= size:
+            expired[pos] = int(cum[i - 1]) if i else 0
+            if i and 2 * expired[pos] >= size:
                 return pos
+        total = sum(size for _, size in runs)
+        if store_fraction is not None and total and sum(expired) >= store_fraction * total:
+            return int(np.argmax(expired))
         return None
 
     def done(self, names: Collection[str], horizon: int) -> None:

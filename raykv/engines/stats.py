@@ -21,6 +21,8 @@ class EngineStats:
         expired_records: records that merges dropped or turned into tombstones because
             their expiry stamp fell below the horizon (``expiry.py``).
         expired_bytes: the value bytes of those records.
+        expiry_compactions: merges done because the horizon passed enough of a run (of
+            those counted in ``merges``; LSMTree, HybridLog and AppendLog).
     """
 
     app_bytes: int = 0
@@ -29,6 +31,7 @@ class EngineStats:
     merges: int = 0
     expired_records: int = 0
     expired_bytes: int = 0
+    expiry_compactions: int = 0
 
     @property
     def write_amplification(self) -> float:

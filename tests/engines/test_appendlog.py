@@ -335,3 +335,29 @@ def test_sizeof_grows_with_live_keys_not_overwrites(tmp_path: Path) -> None:
         grown = s.__sizeof__()
         assert grown - base >= 5000 * 80  # dict slot, key object and location per key
         assert s.__sizeof__() == s.__sizeof__()  # estimate is deterministic
+
+
+def test_expired_bytes_of_the_whole_store_trigger_a_merge(tmp_path: Path) -> None:
+    """Runs each a fifth expired (under the half that merges a run by itself) add up past
+    ``STORE_FRACTION`` of the store: the most expired run is merged (issue 13 item 5)."""
+    from raykv.engines.appendlog.expire import STORE_FRACTION
+    from tests.engines.expiry_contract import disk_bytes, stamped
+
+    assert STORE_FRACTION < 0.2
+    with AppendLog(tmp_path, threshold=1 << 20, max_runs_per_level=100) as store:
+        for r in range(4):
+            store.multi_set([(b"d%d%04d" % (r, i), stamped(10, bytes(100))) for i in range(100)]
+                            + [(b"l%d%04d" % (r, i), stamped(10**6, bytes(100)))
+                               for i in range(400)])
+            store.seal()  # one closed run each
+        before = disk_bytes(store)
+        store.set_expiry(11)
+        store.set(b"x", b"x")  # merges run on the write path
+        assert store.stats.expiry_compactions >= 1
+        store.seal()
+        assert disk_bytes(store) < before
+        assert store.get(b"l00000") == stamped(10**6, bytes(100))
+        store._check()
+        compactions = store.stats.expiry_compactions
+        store.set(b"y", b"y")
+        assert store.stats.expiry_compactions == compactions  # below the share now, or done

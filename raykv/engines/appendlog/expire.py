@@ -26,6 +26,10 @@ from raykv.engines.appendlog.runfile import N_BITS, OFF_MASK, SLOT_SHIFT, decode
 from raykv.engines.expiry import STAMP_LEN, Expiry, ExpiryPlanner, stamps_at
 from raykv.engines.stats import EngineStats
 
+#: Merge the most expired run once expired records hold this share of all closed runs'
+#: bytes (``ExpiryPlanner.pick``'s ``store_fraction``).
+STORE_FRACTION = 0.15
+
 
 def _varint_len(x: np.ndarray) -> np.ndarray:
     """Bytes of the LEB128 varints of non-negative ints ``x``."""
@@ -84,7 +88,11 @@ def planner(engine: Any) -> ExpiryPlanner:
 
 
 def expiring_run(engine: Any, horizon: int) -> int | None:
-    """Position of the first closed run whose expired records hold half its bytes.
+    """Position of the next closed run to merge alone because of expiry, or ``None``.
+
+    The first run whose expired records hold half its bytes; else, when the expired
+    records of all closed runs hold ``STORE_FRACTION`` of their bytes, the run with the
+    most expired bytes.
 
     Cost: once per run, a decode of its index section and a gather of its stamps.
     """
@@ -100,4 +108,5 @@ def expiring_run(engine: Any, horizon: int) -> int | None:
         cand = v >= STAMP_LEN
         return stamps_at(buf, starts[cand]), v[cand]
 
-    return planner(engine).pick([(r.name, r.size) for r in runs], horizon, stamps_of)
+    return planner(engine).pick([(r.name, r.size) for r in runs], horizon, stamps_of,
+                                store_fraction=STORE_FRACTION)

@@ -147,8 +147,8 @@ class RunSet(KVStore):
     def _plan_merge(self) -> tuple[int, int] | None:
         """The next merge as a slice ``(first, end)`` of ``self._runs`` (see ``merge.py``).
 
-        With an expiry horizon, also a run whose expired records hold half its bytes
-        (``expire.py``), merged alone.
+        With an expiry horizon, also a run merged alone because of expiry
+        (``expire.py``: half of it expired, or a share of the whole store).
         """
         plan = plan_merge([r.size for r in self._runs], self.max_runs_per_level)
         if plan is None and self.expiry is not None:
@@ -157,10 +157,16 @@ class RunSet(KVStore):
                 return pos, pos + 1
         return plan
 
+    def _expiry_changed(self) -> None:
+        if not self._pos:  # merges need an empty active run; else the next close plans
+            self._slow = True  # the next write checks for runs to merge because of expiry
+
     def _run_merges(self) -> None:
         """Perform due merges (the active run is empty), then leave the slow path."""
         while (plan := self._plan_merge()) is not None:
             before = {r.name for r in self._runs}
+            if plan != plan_merge([r.size for r in self._runs], self.max_runs_per_level):
+                self.stats.expiry_compactions += 1
             self._merge(*plan)
             if self.expiry is not None:  # a run it wrote is not merged again for expiry
                 planner(self).done({r.name for r in self._runs} - before,

@@ -94,6 +94,8 @@ class Maintenance(RunSet):
                 break
             before = {r.name for r in self._runs}
             self._merge(group)
+            if expiring:
+                self.stats.expiry_compactions += 1
             if expiring and self.expiry is not None:
                 self._planner().done({r.name for r in self._runs} - before,
                                      self.expiry.horizon)

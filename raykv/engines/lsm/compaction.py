@@ -48,12 +48,15 @@ class MergePlan:
     """One merge: every run of ``source`` (and of ``target`` if ``include_target``).
 
     The output run goes to ``target``: appended when tiering, replacing the level's runs
-    when leveling (``include_target`` or ``source == target``).
+    when leveling (``include_target`` or ``source == target``). With ``run`` set (an
+    expiry compaction, ``stamps.py``): only run ``run`` of level ``source`` is rewritten,
+    and its output takes its place.
     """
 
     source: int
     target: int
     include_target: bool
+    run: int | None = None
 
 
 def pick_merge(

@@ -42,7 +42,9 @@ from raykv.engines.lsm.run_format import (
     scan_block,
 )
 from raykv.engines.lsm.run_reader import RunReader
+from raykv.engines.lsm.stamps import ExpiryCompactions
 from raykv.engines.manifest import Manifest
+from raykv.errors import CorruptionError
 
 # Estimated bytes per memtable entry beyond the key and value payload: two bytes objects'
 # headers (2 x 33), the dict slot and the sorted-list slot (about 45; tracemalloc, 3.11).
@@ -133,6 +135,7 @@ class LSMTree(LevelSet):
         # set() calls _after_write() when the memtable size exceeds this; -1 forces the
         # next write to run the merges a seal left pending
         self._flush_at = memtable_bytes_limit
+        self._expiry_runs = ExpiryCompactions()
         super().__init__(data_dir, **kwargs)
 
     # ------------------------------------------------------------------ KVStore hooks
@@ -153,6 +156,15 @@ class LSMTree(LevelSet):
                 self._close_runs([r for level in self._levels for r in level])
                 self._levels = []
                 raise
+            try:
+                self._expiry_runs.load(manifest.state, {n for level in names for n in level})
+            except ValueError as err:
+                self._close_runs([r for level in self._levels for r in level])
+                self._levels = []
+                raise CorruptionError(self.data_dir / manifest.name, "manifest state",
+                                      detail=str(err)) from err
+        else:
+            self._expiry_runs.load({}, set())
         self._levels_changed()
         self._flush_at = -1 if self._merge_pending() else self.memtable_bytes_limit
 

@@ -34,6 +34,7 @@ from raykv.engines.lsm.memtable import Memtable
 from raykv.engines.lsm.run_format import RUN_KIND
 from raykv.engines.lsm.run_reader import RunReader
 from raykv.engines.lsm.run_writer import RunWriter
+from raykv.engines.lsm.stamps import ExpiryCompactions, StampCollector
 from raykv.engines.manifest import Manifest
 from raykv.errors import CorruptionError
 
@@ -65,6 +66,7 @@ class LevelSet(KVStore):
     _uncommitted: bool
     _syncer: ThreadPoolExecutor | None
     _flush_at: int
+    _expiry_runs: ExpiryCompactions
 
     def _after_write(self) -> None:
         """Flush a full memtable, then run every merge that is due (cascading)."""
@@ -92,6 +94,9 @@ class LevelSet(KVStore):
         levels = self._levels
         while len(levels) <= plan.target:
             levels.append([])
+        if plan.run is not None:
+            self._rewrite(plan.source, plan.run)
+            return
         if plan.source == plan.target:
             inputs = list(levels[plan.source])
         elif plan.include_target:
@@ -116,16 +121,41 @@ class LevelSet(KVStore):
         self._commit_levels()
         self._close_runs(inputs)
 
+    def _rewrite(self, level: int, pos: int) -> None:
+        """Rewrite run ``pos`` of ``level`` alone (an expiry compaction) and commit."""
+        runs = self._levels[level]
+        old = runs[pos]
+        older = runs[:pos] + [r for lv in self._levels[level + 1 :] for r in lv]
+        run = self._write_run([old.iter_chunks()], older, old.entry_count)
+        runs[pos : pos + 1] = [] if run is None else [run]
+        while self._levels and not self._levels[-1]:
+            self._levels.pop()
+        self.stats.merges += 1
+        self.stats.expiry_compactions += 1
+        self._levels_changed()
+        self._commit_levels()
+        self._close_runs([old])
+
     def _write_run(
         self, sources: list[Iterator[Chunk]], older: Sequence[RunReader], expected: int
     ) -> RunReader | None:
-        """Merge ``sources`` (oldest first) into a new run file; ``None`` if it is empty."""
+        """Merge ``sources`` (oldest first) into a new run file; ``None`` if it is empty.
+
+        With an expiry horizon, also notes the new run's stamp summary (``stamps.py``).
+        """
         name = self._new_file(RUN_KIND)
         path = self.data_dir / name
         writer = RunWriter(path, density_factor=self.density_factor,
                            bits_per_key=self.bloom_bits_per_key, expected_keys=expected)
+        collector = None if self.expiry is None else StampCollector()
+
+        def add(keys: list[bytes], values: list[bytes]) -> None:
+            writer.add(keys, values)
+            if collector is not None:
+                collector.add(keys, values)
+
         try:
-            merge_into(sources, [r.bloom for r in older], writer.add, self.expiry, self.stats)
+            merge_into(sources, [r.bloom for r in older], add, self.expiry, self.stats)
             if not writer.entry_count:
                 writer.abort()
                 return None
@@ -134,6 +164,8 @@ class LevelSet(KVStore):
             writer.abort()
             raise
         self._written(name, writer.file_size)
+        self._expiry_runs.written(name, None if collector is None else collector.summary(),
+                                  None if self.expiry is None else self.expiry.horizon)
         self._uncommitted = True
         self._sync_in_background(path)
         return self._open_run(name)
@@ -177,17 +209,31 @@ class LevelSet(KVStore):
         self._disk_entries = sum(r.entry_count for r in newest)
 
     def _next_merge(self) -> MergePlan | None:
-        return pick_merge(
+        """The size policy's next merge, else a run mostly expired (``stamps.py``)."""
+        plan = pick_merge(
             [[r.data_bytes for r in level] for level in self._levels],
             self.max_runs_per_level, self.memtable_bytes_limit, self.size_ratio,
         )
+        if plan is None and self.expiry is not None:
+            found = self._expiry_runs.pick(self._levels, self.expiry.horizon)
+            if found is not None:
+                return MergePlan(found[0], found[0], include_target=False, run=found[1])
+        return plan
+
+    def _expiry_changed(self) -> None:
+        self._flush_at = -1  # the next write checks for mostly expired runs
 
     def _merge_pending(self) -> bool:
         return self._next_merge() is not None
 
     def _commit_levels(self) -> None:
         names = [[r.name for r in level] for level in self._levels]
-        self._commit([n for level in names for n in level], {"levels": names})
+        flat = [n for level in names for n in level]
+        state: dict[str, object] = {"levels": names}
+        stamps = self._expiry_runs.state(flat)
+        if stamps:
+            state["stamps"] = stamps
+        self._commit(flat, state)
         self._uncommitted = False
 
     @property
