@@ -7,6 +7,7 @@ import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import repeat
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,8 @@ _SIGN = np.uint64(1 << 63)
 CURSOR = bytes(8)
 #: Default byte budget of the closed-pane cache per shard (``SlidingWindowLogic.cache_bytes``).
 CACHE_BYTES = 64 << 20
+#: Bytes counted per entry of the open-pane values (``SlidingWindowLogic._fresh``).
+_FRESH_ENTRY = 160
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,12 @@ class SlidingWindowLogic(EventTimeLogic):
     def __init__(self, op: SlidingWindow, store: KVStore) -> None:
         self._size = self._slide = self._pane = 1
         #: Pane start -> state keys of the panes not in the cache.
-        self._panes: dict[int, set[bytes]] = {}
+        self._panes: dict[int, list[bytes]] = {}
+        #: State key -> value of open panes written since the logic was built (their
+        #: values as in the engine, so the barrier that closes them need not read them).
+        self._fresh: dict[bytes, bytes] = {}
+        #: ``_fresh`` went over budget this epoch (it is empty until the next barrier).
+        self._fresh_off = False
         #: Closed panes read from the engine, until deleted (``None``: none yet).
         self._closed: PaneTable | None = None
         #: Encoded user key -> the watermark through which its windows were emitted.
@@ -149,7 +157,7 @@ class SlidingWindowLogic(EventTimeLogic):
                 if k[-8:] == CURSOR:
                     self._cursor[k[:-8]] = int.from_bytes(v, "little", signed=True)
                 else:
-                    self._panes.setdefault(_suffix_time(k), set()).add(k)
+                    self._panes.setdefault(_suffix_time(k), []).append(k)
 
     def _setup_spans(self, t: pa.DataType) -> None:
         owner = self._name()
@@ -203,6 +211,11 @@ class SlidingWindowLogic(EventTimeLogic):
             old = []
         extra = self.clock.pending(t, n_late)
         self._write(keys, new, track=False, extra=extra)
+        if keys and not self._fresh_off:  # never skip a key it holds: it would be stale
+            self._fresh.update(zip(keys, new, strict=True))
+            if len(self._fresh) * _FRESH_ENTRY > self.cache_bytes:
+                self._fresh.clear()  # over budget: read them at the barrier instead
+                self._fresh_off = True
         self.clock.commit(t, n_late)
         self._keep_late(original, late)
         if keys:  # index the panes new to the engine (the others are listed already)
@@ -221,9 +234,9 @@ class SlidingWindowLogic(EventTimeLogic):
                                 strict=True):
             at = panes.get(start)
             if at is None:
-                panes[start] = set(chunk.tolist())
+                panes[start] = chunk.tolist()
             else:
-                at.update(chunk.tolist())
+                at.extend(chunk.tolist())
 
     # ------------------------------------------------------------------ closing
 
@@ -251,11 +264,26 @@ class SlidingWindowLogic(EventTimeLogic):
         """The windows not yet emitted with their current aggregates, changing nothing."""
         if self.layout is None:
             return None
-        table, _ = self._gather(None)
+        table, _ = self._gather(None, take=False)
         out, _ = self._windows(table, None)
         return out
 
-    def _gather(self, wm: int | None) -> tuple[PaneTable, list[int]]:
+    def _values(self, keys: list[bytes], *, take: bool) -> list[bytes]:
+        """The engine values of pane ``keys``.
+
+        From ``_fresh`` (popped with ``take``), the rest with one ``multi_get``.
+        """
+        fresh = self._fresh
+        values: list[bytes | None] = list(map(fresh.pop if take else fresh.get, keys,
+                                              repeat(None)))
+        if None in values:
+            missing = [i for i, v in enumerate(values) if v is None]
+            for i, v in zip(missing, self.store.multi_get([keys[i] for i in missing]),
+                            strict=True):
+                values[i] = v
+        return values  # type: ignore[return-value]
+
+    def _gather(self, wm: int | None, *, take: bool = True) -> tuple[PaneTable, list[int]]:
         """The cached panes plus those of ``_panes`` closed at ``wm`` (all for ``None``).
 
         Returns the table and the starts read from ``_panes``.
@@ -270,7 +298,7 @@ class SlidingWindowLogic(EventTimeLogic):
         cache = self._closed if self._closed is not None else PaneTable.empty(self.layout)
         if not keys:
             return cache, starts
-        values = self.store.multi_get(keys)
+        values = self._values(keys, take=take)
         ps = np.repeat(np.array(starts, dtype=np.int64), counts)
         read = PaneTable.build(self.layout, keys, ps, values)
         return cache.union(read), starts
@@ -279,6 +307,7 @@ class SlidingWindowLogic(EventTimeLogic):
         if self.layout is None:  # no batch yet: no state
             return None
         table, read = self._gather(wm)
+        self._fresh_off = False
         for s in read:
             del self._panes[s]
         out, emitted = self._windows(table, wm)
@@ -330,7 +359,7 @@ class SlidingWindowLogic(EventTimeLogic):
         out[order[:cut]] = True
         evicted = table.take(np.flatnonzero(out))
         for start, key in zip(evicted.ps.tolist(), evicted.keys.tolist(), strict=True):
-            self._panes.setdefault(start, set()).add(key)
+            self._panes.setdefault(start, []).append(key)
         return table.take(np.flatnonzero(~out))
 
     def _windows(
