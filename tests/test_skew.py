@@ -114,7 +114,9 @@ def test_kill_during_rebalance_restores_the_old_assignment(
 ) -> None:
     t = table(33)
     s = make(tmp_path, t, faults=Faults(crash_at=("Aggregate0-", "rebalance", 1))).run()
-    assert s.restarts == 1 and s.rebalances  # the retried rebalance went through
+    # every shard exits at its first move; one that still answered quiesce before it
+    # exited is kept by local recovery, fails in reset, and one more recovery follows
+    assert s.restarts in (1, 2) and s.rebalances  # the retried rebalance went through
     assert_exact(s.output_by_epoch, t)
     CheckpointStore(str(tmp_path / "ckpt")).verify()
 
