@@ -13,7 +13,7 @@ A thread in the driver samples every shard actor's resident memory (``VmRSS`` fr
 the whole run and the peak before the final epoch began (the end of input).
 
     python -m benchmarks.memory                 # N = 20,000,000 and 40,000,000
-    python -m benchmarks.memory --quick         # N = 2,000,000
+    python -m benchmarks.memory --quick         # N = 300,000
     python -m benchmarks.memory --keys 20000000 # one size
     python -m benchmarks.report --only memory   # the report section (REPORT.md)
 
@@ -223,9 +223,9 @@ def run(sizes: list[int], **kw: Any) -> dict[str, Any]:
 
 
 def report_run(quick: bool, out_dir: Path) -> dict[str, Any]:
-    """The report's ``memory`` section: 2M keys (quick) or 20M and 40M keys."""
+    """The report's ``memory`` section: 300,000 keys (quick) or 20M and 40M keys."""
     del out_dir  # a table only
-    return run([2_000_000] if quick else [20_000_000, 40_000_000])
+    return run([300_000] if quick else [20_000_000, 40_000_000])
 
 
 def report_render(res: dict[str, Any], image_prefix: str) -> list[str]:
@@ -258,13 +258,13 @@ def report_render(res: dict[str, Any], image_prefix: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="2,000,000 keys")
+    ap.add_argument("--quick", action="store_true", help="300,000 keys")
     ap.add_argument("--keys", type=int, action="append", help="a size (repeatable)")
     ap.add_argument("--interval", type=float, default=2.0, help="checkpoint interval (s)")
     ap.add_argument("--engine", default="lsm")
     ap.add_argument("--out", type=Path, default=RESULTS / "memory.json")
     args = ap.parse_args(argv)
-    sizes = args.keys or ([2_000_000] if args.quick else [20_000_000, 40_000_000])
+    sizes = args.keys or ([300_000] if args.quick else [20_000_000, 40_000_000])
     res = run(sizes, interval=args.interval, engine=args.engine)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))
