@@ -13,8 +13,6 @@ live records (key + stored value). Run: ``python -m benchmarks.ttl`` or
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.common import RESULTS, machine
+from benchmarks.common import machine, section_main
 from raykv.engines import open_engine
 from raykv.operators import Aggregate
 from raykv.operators.ttl import TTL
@@ -146,13 +144,7 @@ def report_render(res: dict[str, Any], image_prefix: str) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS / "report_ttl.json")
-    args = parser.parse_args()
-    res = report_run(args.quick, args.out.parent)
-    args.out.write_text(json.dumps(res, indent=1) + "\n")
-    print("\n".join(report_render(res, "")))
+    section_main("ttl", __doc__, report_run, report_render)
 
 
 if __name__ == "__main__":

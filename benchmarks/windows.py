@@ -23,8 +23,6 @@ shared, which inflates wall time); the wall-clock ratio is kept in the JSON too.
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.common import RESULTS, loadavg, machine
+from benchmarks.common import loadavg, machine, section_main
 
 AGGS = {"amount": ["sum", "count", "mean", "max"]}
 
@@ -158,13 +156,7 @@ def report_render(res: dict[str, Any], prefix: str) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS / "report_windows.json")
-    args = parser.parse_args()
-    res = report_run(args.quick, args.out.parent)
-    args.out.write_text(json.dumps(res, indent=1) + "\n")
-    print("\n".join(report_render(res, "")))
+    section_main("windows", __doc__, report_run, report_render)
 
 
 if __name__ == "__main__":

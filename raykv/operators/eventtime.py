@@ -155,6 +155,24 @@ class EventTimeLogic(KeyedStateLogic):
             return rows[0]
         return pa.concat_batches(rows)
 
+    # ------------------------------------------------------------------ closing
+
+    def on_barrier(self, epoch: int) -> pa.RecordBatch | None:
+        """Emit (and delete) what the watermark closed: :meth:`_close` of it."""
+        self._end_epoch()
+        wm = self.watermark
+        return None if wm is None else self._close(wm)
+
+    def finish(self) -> pa.RecordBatch | None:
+        """Emit and delete everything still open (bounded input has ended)."""
+        self._end_epoch()
+        self._changed = set()
+        return self._close(None)
+
+    def _close(self, watermark: int | None) -> pa.RecordBatch | None:
+        """Emit and delete the windows ``watermark`` closes (``None``: all); each kind's."""
+        raise NotImplementedError
+
     def _end_epoch(self) -> None:
         """Move the late rows received since the last barrier to :meth:`late_rows`."""
         self._late_epoch, self._late_pending = self._late_pending, []

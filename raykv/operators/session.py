@@ -252,20 +252,6 @@ class SessionWindowLogic(EventTimeLogic):
 
     # ------------------------------------------------------------------ closing
 
-    def on_barrier(self, epoch: int) -> pa.RecordBatch | None:
-        """Emit and delete every session whose end is ``<=`` the watermark."""
-        self._end_epoch()
-        wm = self.watermark
-        if wm is None:
-            return None
-        return self._close(wm)
-
-    def finish(self) -> pa.RecordBatch | None:
-        """Emit and delete every session (bounded input has ended)."""
-        self._end_epoch()
-        self._changed = set()
-        return self._close(None)
-
     def export_state(self) -> pa.RecordBatch | None:
         """Every open session with its current aggregates, changing nothing."""
         pairs = sorted((k, v) for k, v in self.store.items() if k not in META_KEYS)
@@ -273,6 +259,7 @@ class SessionWindowLogic(EventTimeLogic):
         return self._emit_sessions(rows)
 
     def _close(self, wm: int | None) -> pa.RecordBatch | None:
+        """Emit and delete every session whose end is ``<=`` ``wm`` (``None``: all)."""
         ends = [e for e in self._by_end if wm is None or e <= wm]
         keys = sorted({k for e in ends for k in self._by_end[e]})
         if not keys:

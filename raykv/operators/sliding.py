@@ -240,26 +240,6 @@ class SlidingWindowLogic(EventTimeLogic):
 
     # ------------------------------------------------------------------ closing
 
-    def on_barrier(self, epoch: int) -> pa.RecordBatch | None:
-        """Emit every window whose end is ``<=`` the watermark; delete panes no window needs.
-
-        Cost: one ``multi_get`` of the panes this barrier closes (cached panes are not
-        read again), O(p log p) numpy work over the closed panes ``p`` and O(1) amortized
-        per emitted window (``panes.combine_fixed``), one ``multi_set`` (deleted panes,
-        cursors).
-        """
-        self._end_epoch()
-        wm = self.watermark
-        if wm is None:
-            return None
-        return self._close(wm)
-
-    def finish(self) -> pa.RecordBatch | None:
-        """Emit every window not yet emitted and delete all state (bounded input has ended)."""
-        self._end_epoch()
-        self._changed = set()
-        return self._close(None)
-
     def export_state(self) -> pa.RecordBatch | None:
         """The windows not yet emitted with their current aggregates, changing nothing."""
         if self.layout is None:
@@ -304,6 +284,13 @@ class SlidingWindowLogic(EventTimeLogic):
         return cache.union(read), starts
 
     def _close(self, wm: int | None) -> pa.RecordBatch | None:
+        """Emit the windows ending ``<=`` ``wm`` (``None``: all); delete unneeded panes.
+
+        Cost: one ``multi_get`` of the panes this barrier closes (cached panes are not
+        read again), O(p log p) numpy work over the closed panes ``p`` and O(1) amortized
+        per emitted window (``panes.combine_fixed``), one ``multi_set`` (deleted panes,
+        cursors).
+        """
         if self.layout is None:  # no batch yet: no state
             return None
         table, read = self._gather(wm)

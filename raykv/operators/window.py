@@ -138,21 +138,10 @@ class TumblingWindowLogic(EventTimeLogic):
         for start, k in zip(part_starts, keys, strict=True):
             self._open.setdefault(start, set()).add(k)
 
-    def on_barrier(self, epoch: int) -> pa.RecordBatch | None:
-        """Emit and delete every window whose end is ``<=`` the watermark."""
-        self._end_epoch()
-        wm = self.watermark
-        if wm is None:
-            return None
-        return self._close(sorted(s for s in self._open if s + self._size <= wm))
-
-    def finish(self) -> pa.RecordBatch | None:
-        """Emit and delete every open window (bounded input has ended)."""
-        self._end_epoch()
-        self._changed = set()
-        return self._close(sorted(self._open))
-
-    def _close(self, starts: list[int]) -> pa.RecordBatch | None:
+    def _close(self, watermark: int | None) -> pa.RecordBatch | None:
+        """Emit and delete every window whose end is ``<=`` ``watermark`` (``None``: all)."""
+        starts = sorted(s for s in self._open
+                        if watermark is None or s + self._size <= watermark)
         keys = [k for s in starts for k in sorted(self._open[s], key=_user_part)]
         if not keys:
             return None
