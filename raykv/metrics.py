@@ -93,6 +93,9 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("rows_out", "raykv_rows_out", COUNTER, SHARD_TAGS, "shard",
               "Rows a shard emitted, counted per epoch: sent to the next stage, or on the "
               "last stage the epoch output handed to the sink."),
+    MetricDef("late_events", "raykv_late_events", COUNTER, SHARD_TAGS, "shard",
+              "Rows an event-time window found late (after their window closed by the "
+              "watermark), dropped or emitted on the late output, counted per epoch."),
     MetricDef("batches_in_flight", "raykv_batches_in_flight", GAUGE, SHARD_TAGS, "both",
               "Batches sent to this shard and not processed yet, per sender (the driver "
               "or an upstream shard; sum over senders). At max_inflight the sender "
@@ -292,6 +295,7 @@ class ShardMetrics:
         self._m: dict[str, Any] | None = None
         self._resolved = False
         self._rows_out = 0.0
+        self._late = 0
         self._inflight = _Inflight(pipeline)
 
     def _on(self) -> dict[str, Any] | None:
@@ -311,7 +315,7 @@ class ShardMetrics:
             self._inflight.sample(m["batches_in_flight"], down, queues)
 
     def epoch(self, seal_seconds: float, rows_out_total: float, engine: Any,
-              tracker: Any) -> None:
+              tracker: Any, late_total: int = 0) -> None:
         """Record an epoch's end: seal time, rows emitted, state size, hot-key share.
 
         Args:
@@ -320,6 +324,8 @@ class ShardMetrics:
             engine: its ``KVStore``; its ``live_keys()`` (O(1), when the engine has it)
                 minus the operator metadata keys it holds is the ``live_keys`` gauge.
             tracker: its ``raykv.hotkeys.LoadTracker`` or ``None``.
+            late_total: the late rows its window operator found so far (the delta is
+                counted).
 
         Cost: O(1): two ``get`` calls for the metadata keys, a top-1 of the ``hot_keys``
         Space-Saving counters, a few records.
@@ -333,6 +339,9 @@ class ShardMetrics:
         self._rows_out = float(rows_out_total)
         if rows > 0:
             m["rows_out"].inc(rows, tags)
+        late, self._late = late_total - self._late, late_total
+        if late > 0:
+            m["late_events"].inc(late, tags)
         count = getattr(engine, "live_keys", None)
         try:
             if callable(count):

@@ -21,7 +21,7 @@ import pytest
 
 import raykv
 from raykv.metrics import COUNTER, HISTOGRAM, METRICS, DriverMetrics, metric, pipeline_tag
-from raykv.operators import Aggregate
+from raykv.operators import Aggregate, TumblingWindow
 from raykv.sources import TableSource
 from raykv.testing import zipf_events
 
@@ -137,6 +137,19 @@ def test_a_pipeline_exports_its_metrics_to_prometheus(
     shards = set(summary.load)
     distinct = len(set(table.column("user").to_pylist()))
     p = pipeline_tag(ckpt, "")
+    # an event-time window with late rows (out of order by more than max_delay)
+    ckpt2 = str(tmp_path / "ckpt-window")
+    times = [t if i % 7 else t - 500 for i, t in enumerate(range(0, 3_000, 3))]
+    windowed = raykv.Pipeline(
+        source=TableSource({"user": [i % 5 for i in range(1_000)], "t": times,
+                            "qty": [1] * 1_000}, batch_size=100),
+        stages=[TumblingWindow("user", "t", 50, {"qty": "sum"}, name="win")],
+        num_shards=2, engine="memonly", epoch_every_batches=1, source_parallelism=1,
+        checkpoint=ckpt2, local_dir=str(tmp_path / "local2"),
+        watermark=raykv.Watermark("t", max_delay=10),
+    ).run()
+    late = sum(st["late_events"] for st in windowed.shards.values())
+    assert late > 0
     # a recovery's events, as the coordinator emits them (failure, then the new attempt's
     # shards started), for a driver of its own pipeline tag
     recovered = f"test-recovery-{uuid.uuid4().hex[:8]}"
@@ -160,6 +173,8 @@ def test_a_pipeline_exports_its_metrics_to_prometheus(
             s, m("state_bytes"), p).values())), 2.0),
         "shards with a hot key": (lambda s: float(sum(0 < v <= 1 for v in per_shard(
             s, m("hot_key_share"), p).values())), 2.0),
+        "late events": (lambda s: total(s, m("late_events"), pipeline_tag(ckpt2, "")),
+                        float(late)),
         "restarts (recovery)": (lambda s: total(s, m("restarts"), recovered), 1.0),
         "recoveries timed": (lambda s: total(s, m("recovery_seconds", "_count"), recovered), 1.0),
     }

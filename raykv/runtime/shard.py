@@ -361,7 +361,8 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
         if self.spec.checkpoint is None:
             seconds = time.perf_counter() - t0
             self.stats_["seal_seconds"] += seconds
-            self._metrics.epoch(seconds, self.stats_["rows_out"], self.engine, self._tracker)
+            self._metrics.epoch(seconds, self.stats_["rows_out"], self.engine, self._tracker,
+                            getattr(self.logic, "late_events", 0))
             ack = Ack(epoch, self.name, output=out, rows_out=rows_out, metadata=meta,
                       seal_seconds=seconds, load=self._load_report(), late_output=late)
             self._stage_output(ack)
@@ -376,7 +377,8 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
         link_files(self.spec.data_dir, files, staging)
         seconds = time.perf_counter() - t0
         self.stats_["seal_seconds"] += seconds
-        self._metrics.epoch(seconds, self.stats_["rows_out"], self.engine, self._tracker)
+        self._metrics.epoch(seconds, self.stats_["rows_out"], self.engine, self._tracker,
+                            getattr(self.logic, "late_events", 0))
         self._uploader.queue(Ack(epoch, self.name, output=out, rows_out=rows_out,
                                  staging=str(staging), files=files, metadata=meta,
                                  seal_seconds=seconds, load=self._load_report(),
