@@ -357,14 +357,17 @@ class CheckpointStore:
 
     # ------------------------------------------------------------------ restore and verify
 
-    def restore_shard(self, epoch: int, shard: str, data_dir: str | os.PathLike[str]) -> None:
+    def restore_shard(self, epoch: int, shard: str, data_dir: str | os.PathLike[str],
+                      spares: Sequence[Path] = ()) -> SwapResult:
         """Make ``data_dir`` hold exactly the state of ``shard`` at committed ``epoch``.
 
         ``data_dir`` must not be open by an engine (it may hold the engine's ``LOCK``,
         which is left alone). Files present locally with the right size and checksum are
-        reused; the others are downloaded in parallel into a staging directory and
-        verified; only then is the old local state dropped (see ``restore.py`` for the
-        crash-safe swap). Opening an engine on ``data_dir`` afterwards yields that state.
+        reused, files found intact in a ``spares`` dir (a shard's links of the epochs it
+        uploaded) are linked; the others are downloaded in parallel into a staging
+        directory and verified; only then is the old local state dropped (see
+        ``restore.py`` for the crash-safe swap). Opening an engine on ``data_dir``
+        afterwards yields that state. Returns what was reused, linked and downloaded.
 
         Cost: one manifest read, the downloads of missing files, one checksum pass over
         local files not hashed before in this process.
@@ -373,14 +376,6 @@ class CheckpointStore:
             CheckpointNotFoundError: the epoch is not committed or does not hold ``shard``.
             CorruptionError: a file is missing from the store or damaged (names it); the
                 local directory is unchanged.
-        """
-        self.restore_shard_stats(epoch, shard, data_dir)
-
-    def restore_shard_stats(self, epoch: int, shard: str, data_dir: str | os.PathLike[str],
-                            spares: Sequence[Path] = ()) -> SwapResult:
-        """``restore_shard``, returning what was reused, linked (from ``spares``) and fetched.
-
-        ``spares``: a shard's links of its uploaded epochs (``restore.swap_in``).
         """
         check_shard(shard)
         em = self.read_epoch(epoch)

@@ -208,7 +208,7 @@ def cmd_restore_local(args: argparse.Namespace) -> int:
     _require_epochs(store, args.url)
     em = store.read_epoch(args.epoch)
     shard = _shard_name(em, args.shard)
-    result = store.restore_shard_stats(args.epoch, shard, Path(args.dir))
+    result = store.restore_shard(args.epoch, shard, Path(args.dir))
     print(f"restored shard {shard} of epoch {args.epoch} into {args.dir}: {result}")
     return EXIT_OK
 

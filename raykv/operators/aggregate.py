@@ -18,7 +18,7 @@ from raykv.operators.aggminmax import MinMaxMultisets
 from raykv.operators.aggspec import normalize_aggs
 from raykv.operators.aggstate import AggLayout
 from raykv.operators.base import KeyedOperator
-from raykv.operators.changelog import CHANGE, is_changelog, split_signs
+from raykv.operators.changelog import CHANGE, ORDER_DEPENDENT, is_changelog, split_signs
 from raykv.operators.keyed_state import (
     DEFAULT_FINISH_CHUNK_ROWS,
     KeyedStateLogic,
@@ -32,15 +32,6 @@ ROWS = "\x00rows"
 #: Ops that an input row's retraction can undo exactly (a changelog input): count, sum
 #: and mean subtract; min and max keep a multiset of values per group (``aggminmax.py``).
 RETRACTABLE = frozenset({"count", "sum", "mean", "min", "max"})
-
-#: Why ``first``/``last`` are refused over a changelog (``Aggregate.changelog_refusal``).
-ORDER_DEPENDENT = (
-    "first and last mean the first and last value by arrival, and a changelog's arrival "
-    "order is not the events' order (updates from several upstream shards interleave, and "
-    "once the row holding the first or last value is retracted, which value took its "
-    "place depends on that order), so they have no exact meaning over retractions; use "
-    "min/max, or first/last in the upstream stage"
-)
 
 #: Default bound on buffered partial rows (``Aggregate.max_buffered_rows``).
 DEFAULT_MAX_BUFFERED_ROWS = 1_000_000
@@ -62,18 +53,15 @@ class Aggregate(KeyedOperator):
 
     Epoch-level partial combining: ``process`` checks the batch (schema, keys) and keeps
     its per-key partial aggregates (one Arrow group_by) in memory; they are folded into
-    the engine at ``on_barrier``, ``finish``, ``export_state``, and whenever more than
-    ``max_buffered_rows`` partial rows (distinct keys per batch, summed) or more than
-    ``max_buffered_bytes`` bytes of them (Arrow buffers) are buffered. A
-    fold is one group_by-like pass over the buffered partials, one ``multi_get`` and one
-    ``multi_set`` of the distinct keys since the last fold, and vectorized numpy. The
-    engine state after each fold, hence at every barrier, is bit-identical to applying the
-    batches one by one (float sums are added in arrival order). Bad input is refused by
-    ``process`` as before; an int64 overflow is found at the fold: it raises
-    ``OverflowError`` naming column and key, writes nothing, and drops the buffered input
-    since the previous fold (the runtime then restores the last checkpoint). Buffered
-    partials are not in the engine: a logic dropped mid-epoch loses them, and the runtime
-    replays the epoch from the last checkpoint.
+    the engine at ``on_barrier``, ``finish``, ``export_state`` and whenever more than
+    ``max_buffered_rows`` partial rows or ``max_buffered_bytes`` bytes of them are
+    buffered. A fold is one group_by-like pass over the partials, one ``multi_get`` and
+    one ``multi_set`` of the distinct keys, and vectorized numpy; the engine state after
+    it is bit-identical to applying the batches one by one (float sums in arrival order).
+    An int64 overflow is found at the fold: ``OverflowError`` naming column and key,
+    nothing written, the input since the previous fold dropped (the runtime restores the
+    last checkpoint). Buffered partials are not in the engine: a logic dropped mid-epoch
+    loses them, and the runtime replays the epoch from the last checkpoint.
 
     Cost: per batch one Arrow group_by (no engine call, no Python per row); per fold
     O(buffered rows) Arrow/numpy work plus one engine read and write per distinct key.
@@ -89,9 +77,7 @@ class Aggregate(KeyedOperator):
     number column, so a group is limited to about ``max_value_len / 16`` distinct values;
     past it the fold raises ``ValueError`` naming the group, like an overflow). A group
     whose rows were all retracted is deleted. ``first`` and ``last`` are refused when the
-    pipeline is built: they are defined by arrival order, and a changelog's order (updates
-    of several upstream shards interleaved; the value that replaces a retracted first one)
-    is not the events' order, so they have no exact meaning under retraction.
+    pipeline is built (``changelog.ORDER_DEPENDENT`` says why).
 
     Example:
         >>> import pyarrow as pa, tempfile
@@ -106,8 +92,8 @@ class Aggregate(KeyedOperator):
     ``ttl``: state that expires (``raykv.operators.ttl``): ``TTL(seconds)`` or a number
     of seconds (processing time), or ``TTL(span, time="event", column=...)``; an expired
     key reads as absent (silently: nothing is emitted for it) and leaves the engine in
-    its merges. Event time needs the runtime to call ``logic.advance_watermark(wm)``
-    before each barrier.
+    its merges. Event time follows ``Pipeline(watermark=...)``: the runtime calls
+    ``logic.advance_watermark(wm)`` before each barrier.
 
     Attributes:
         aggs: ``{column: [ops]}`` (a single op may be a string); ops from
@@ -125,8 +111,7 @@ class Aggregate(KeyedOperator):
             (:meth:`AggregateLogic.finish_chunks`, what the runtime sends on).
     """
 
-    # a str is a Sequence[str]: {col: op} and {col: [ops]} both fit; normalize_aggs makes it a
-    # dict of op tuples in __post_init__
+    # {col: op} and {col: [ops]} both fit (a str is a Sequence[str]); normalized in __post_init__
     aggs: Mapping[str, Sequence[str]]
     max_buffered_rows: int = field(default=DEFAULT_MAX_BUFFERED_ROWS, kw_only=True)
     max_buffered_bytes: int = field(default=DEFAULT_MAX_BUFFERED_BYTES, kw_only=True)

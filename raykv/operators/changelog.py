@@ -56,6 +56,16 @@ INSERT, UPDATE_BEFORE, UPDATE_AFTER, DELETE = 0, 1, 2, 3
 KIND_NAMES = ("+I", "-U", "+U", "-D")
 
 
+#: Why order-dependent aggregations (``Aggregate``'s ``first``/``last``) are refused over
+#: a changelog (``Aggregate.changelog_refusal``).
+ORDER_DEPENDENT = (
+    "first and last mean the first and last value by arrival, and a changelog's arrival "
+    "order is not the events' order (updates from several upstream shards interleave, and "
+    "once the row holding the first or last value is retracted, which value took its "
+    "place depends on that order), so they have no exact meaning over retractions; use "
+    "min/max, or first/last in the upstream stage"
+)
+
 def is_changelog(schema: pa.Schema) -> bool:
     """Whether batches of ``schema`` carry row kinds."""
     return CHANGE in schema.names
@@ -107,5 +117,5 @@ def check_chain(stages: Sequence[Any], names: Sequence[str]) -> None:
             raise ValueError(msg)
 
 
-__all__ = ["CHANGE", "DELETE", "INSERT", "KIND_NAMES", "UPDATE_AFTER", "UPDATE_BEFORE",
-           "check_chain", "is_changelog", "split_signs", "with_kinds"]
+__all__ = ["CHANGE", "DELETE", "INSERT", "KIND_NAMES", "ORDER_DEPENDENT", "UPDATE_AFTER",
+           "UPDATE_BEFORE", "check_chain", "is_changelog", "split_signs", "with_kinds"]

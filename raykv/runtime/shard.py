@@ -182,8 +182,8 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
             self.engine = open_engine(spec.stage.engine, data_dir, **spec.stage.engine_params)
         elif plan.direct is not None:
             if not plan.materialized:
-                swap = self._get_store().restore_shard_stats(plan.epoch, plan.direct.shard,
-                                                             data_dir, spares)
+                swap = self._get_store().restore_shard(plan.epoch, plan.direct.shard,
+                                                       data_dir, spares)
                 downloaded = swap.downloaded_files
                 self.stats_["restored_bytes"] = swap.downloaded_bytes
             self.engine = open_engine(spec.stage.engine, data_dir, **spec.stage.engine_params)

@@ -7,7 +7,7 @@ makes the worker the shard of a new attempt, rolled back to the committed epoch 
 own files; ``warm`` readies a standby. After every upload the shard keeps hard links of
 the last ``spec.kept_epochs`` uploaded epochs' files (``_prune_links``), so that a
 rollback finds the committed epoch's files even where merges removed them since; the
-next ``setup`` takes them (``restore_shard_stats(..., spares)``) and removes the rest.
+next ``setup`` takes them (``restore_shard(..., spares)``) and removes the rest.
 """
 
 from __future__ import annotations

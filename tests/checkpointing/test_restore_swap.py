@@ -86,13 +86,13 @@ def test_restore_keeps_foreign_files_and_cleans_leftovers(tmp_path: Path) -> Non
     (target / ".raykv-restore-deadbeef").mkdir()  # a crashed restore's staging dir
     (target / ".raykv-restore-deadbeef" / "x").write_bytes(b"x")
     (target / "00000042-0a0b0c0d.snap").write_bytes(b"stale engine file")
-    result = store.restore_shard_stats(1, "s", target)
+    result = store.restore_shard(1, "s", target)
     assert result.downloaded_files == 2 and result.reused_files == 0
     names = sorted(p.name for p in target.iterdir())
     assert "notes.txt" in names
     assert "00000042-0a0b0c0d.snap" not in names
     assert not [n for n in names if n.startswith(".raykv-restore")]
-    again = store.restore_shard_stats(1, "s", target)
+    again = store.restore_shard(1, "s", target)
     assert again.downloaded_files == 0 and again.reused_files == 2
 
 
@@ -109,7 +109,7 @@ def test_restore_repairs_a_damaged_local_file(tmp_path: Path) -> None:
     data[10] ^= 1
     os.unlink(snap)
     snap.write_bytes(bytes(data))  # a new inode: the checksum cache does not vouch for it
-    result = store.restore_shard_stats(1, "s", target)
+    result = store.restore_shard(1, "s", target)
     assert result.downloaded_files == 1
     with MemOnly(target) as kv:
         assert dict(kv.items()) == shards.history[1]["s"]
