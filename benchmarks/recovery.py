@@ -137,10 +137,11 @@ def report_run(quick: bool, out_dir: Path) -> dict[str, Any]:
     events, run_kills = (200_000, 1) if quick else (3_000_000, 6)
     owned = start_local_ray()
     try:
+        standbys = (1,) if quick else (0, 1)  # quick: the report runs in the test suite
         res = {"machine": machine(),
-               "drill": [drill(kills, s) for s in (0, 1)],
+               "drill": [drill(kills, s) for s in standbys],
                "added": [added(events, run_kills, s, repeat=1 if quick else 2)
-                         for s in (0, 1)]}
+                         for s in standbys]}
     finally:
         if owned:
             import ray

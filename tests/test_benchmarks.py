@@ -42,7 +42,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.report", "--quick", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=480, check=False,
+        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     print(f"quick report: {time.monotonic() - t0:.0f} s")
