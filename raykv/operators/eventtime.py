@@ -177,6 +177,16 @@ class EventTimeLogic(KeyedStateLogic):
         """Move the late rows received since the last barrier to :meth:`late_rows`."""
         self._late_epoch, self._late_pending = self._late_pending, []
 
+    @staticmethod
+    def _without_late(batch: pa.RecordBatch, buckets: np.ndarray, late: np.ndarray
+                      ) -> tuple[pa.RecordBatch, np.ndarray, int]:
+        """``batch`` and its rows' window/pane starts without the late rows; their count."""
+        n_late = int(late.sum())
+        if not n_late:
+            return batch, buckets, 0
+        keep = ~late
+        return batch.filter(pa.array(keep)), buckets[keep], n_late
+
     def _keep_late(self, batch: pa.RecordBatch, late: np.ndarray) -> None:
         """Keep ``batch``'s late rows for :meth:`late_rows` (after the batch applied)."""
         if self.op.late == "emit" and late.any():

@@ -187,12 +187,8 @@ class SlidingWindowLogic(EventTimeLogic):
         t = self._times(batch)
         panes = t - np.mod(t, self._pane)
         late = self._first_end(panes) <= self.clock.running(t)
-        n_late = int(late.sum())
         original = batch
-        if n_late:
-            keep = ~late
-            batch = batch.filter(pa.array(keep))
-            panes = panes[keep]
+        batch, panes, n_late = self._without_late(batch, panes, late)
         keys: list[bytes] = []
         new: list[bytes] = []
         if batch.num_rows:

@@ -108,12 +108,8 @@ class TumblingWindowLogic(EventTimeLogic):
         t = self._times(batch, check_range=False)
         starts = t - np.mod(t, self._size)
         late = starts + self._size <= self.clock.running(t)
-        n_late = int(late.sum())
         original = batch
-        if n_late:
-            keep = ~late
-            batch = batch.filter(pa.array(keep))
-            starts = starts[keep]
+        batch, starts, n_late = self._without_late(batch, starts, late)
         keys: list[bytes] = []
         new: list[bytes] = []
         part_starts: list[int] = []
