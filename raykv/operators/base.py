@@ -49,6 +49,8 @@ class KeyedOperator(ABC):
         engine: engine name for this stage's state (``None``: the pipeline default).
         engine_params: engine parameters for this stage (``None``: the pipeline default).
         num_shards: shard count for this stage (``None``: the pipeline default).
+        input: the name of the source or stage this stage reads (``None``: the stage
+            before it, or for the first stage the pipeline's only source).
     """
 
     key: str
@@ -56,6 +58,7 @@ class KeyedOperator(ABC):
     engine: str | None = field(default=None, kw_only=True)
     engine_params: dict[str, Any] | None = field(default=None, kw_only=True)
     num_shards: int | None = field(default=None, kw_only=True)
+    input: str | None = field(default=None, kw_only=True)
 
     #: Bytes appended to the encoded key in state keys (windows: 8).
     key_suffix_len: ClassVar[int] = 0
@@ -97,6 +100,20 @@ class KeyedOperator(ABC):
                 f"got {self.num_shards!r}"
             )
             raise ValueError(msg)
+        if self.input is not None:
+            _check_name("input", self.input, type(self).__name__)
+
+    def upstreams(self) -> tuple[str | None, ...]:
+        """The names of the inputs the stage reads, by side (``None``: the default input).
+
+        One entry for a one-input stage; ``(left, right)`` for a :class:`TwoInputOperator`.
+        The shard passes ``side`` (the index here) to ``OperatorLogic.process``.
+        """
+        return (self.input,)
+
+    def input_keys(self) -> tuple[str, ...]:
+        """The column each input is partitioned by, by side (one-input stages: ``key``)."""
+        return (self.key,)
 
     @abstractmethod
     def build(self, store: KVStore) -> OperatorLogic:
@@ -133,6 +150,53 @@ class KeyedOperator(ABC):
         return values[0]
 
 
+@dataclass(frozen=True)
+class TwoInputOperator(KeyedOperator):
+    """Base config of a keyed stage over two inputs (joins).
+
+    Rows of both inputs with equal keys meet in one shard: each input is partitioned by
+    its own key column into the same key groups (the key columns must have one type).
+    The logic's ``process(batch, side)`` gets ``side`` 0 for ``left``, 1 for ``right``;
+    the shard's watermark is the minimum over both inputs.
+
+    Attributes:
+        key: the key column of the output (and of both inputs unless named below).
+        left: the name of the left input (a source or a stage).
+        right: the name of the right input.
+        left_key: the left input's key column (``None``: ``key``).
+        right_key: the right input's key column (``None``: ``key``).
+    """
+
+    left: str = field(kw_only=True)
+    right: str = field(kw_only=True)
+    left_key: str | None = field(default=None, kw_only=True)
+    right_key: str | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        owner = type(self).__name__
+        for attr in ("left", "right"):
+            _check_name(attr, getattr(self, attr), owner)
+        for attr in ("left_key", "right_key"):
+            if getattr(self, attr) is not None:
+                _check_name(attr, getattr(self, attr), owner)
+        if self.input is not None:
+            msg = f"{owner} reads two inputs: name them with left= and right=, not input="
+            raise ValueError(msg)
+        if self.left == self.right:
+            msg = (f"{owner}: left and right are both {self.left!r}; a join of an input "
+                   "with itself needs the input twice under two names")
+            raise ValueError(msg)
+
+    def upstreams(self) -> tuple[str | None, ...]:
+        """``(left, right)``."""
+        return (self.left, self.right)
+
+    def input_keys(self) -> tuple[str, ...]:
+        """``(left_key or key, right_key or key)``."""
+        return (self.left_key or self.key, self.right_key or self.key)
+
+
 def _check_name(attr: str, value: object, owner: str) -> None:
     if not isinstance(value, str) or not value:
         msg = f"{owner}.{attr} must be a non-empty string, got {value!r}"
@@ -151,7 +215,11 @@ class OperatorLogic(ABC):
 
     @abstractmethod
     def process(self, batch: pa.RecordBatch) -> None:
-        """Validate ``batch`` and update state (at most one ``multi_get`` + ``multi_set``)."""
+        """Validate ``batch`` and update state (at most one ``multi_get`` + ``multi_set``).
+
+        The logic of a :class:`TwoInputOperator` takes ``process(batch, side)`` instead:
+        ``side`` 0 is a batch of the left input, 1 of the right.
+        """
 
     @abstractmethod
     def on_barrier(self, epoch: int) -> pa.RecordBatch | None:
