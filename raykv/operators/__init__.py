@@ -10,6 +10,7 @@ actor calls ``op.build(store)`` on its open ``KVStore`` and then drives the retu
 * :class:`TumblingWindow`: aggregations per key and event-time window, closed by watermark.
 * :class:`SlidingWindow`: hopping windows (``size``, ``slide``) from per-pane partials.
 * :class:`SessionWindow`: sessions of activity (``gap``), merged when an event bridges two.
+* :class:`Map`, :class:`Filter`: stateless vectorized stages over whole batches.
 
 All are thin layers over :class:`KeyedStateLogic` (``keyed_state.py``), which owns input checks,
 state keys, the changed-key set and emission.
@@ -18,7 +19,9 @@ state keys, the changed-key set and emission.
 from raykv.operators.aggregate import Aggregate, AggregateLogic
 from raykv.operators.base import KeyedOperator, OperatorLogic
 from raykv.operators.codecs import Codec, JsonCodec, PickleCodec, RawCodec, get_codec
+from raykv.operators.joins import *  # noqa: F403  (the joins: their __all__)
 from raykv.operators.keyed_state import KeyedStateLogic
+from raykv.operators.map import Filter, Map, MapLogic
 from raykv.operators.pystate import PyStateLogic
 from raykv.operators.reduce import Reduce, ReduceLogic
 from raykv.operators.session import SessionWindow, SessionWindowLogic
@@ -32,9 +35,12 @@ __all__ = [
     "Aggregate",
     "AggregateLogic",
     "Codec",
+    "Filter",
     "JsonCodec",
     "KeyedOperator",
     "KeyedStateLogic",
+    "Map",
+    "MapLogic",
     "OperatorLogic",
     "PickleCodec",
     "PyStateLogic",
