@@ -1,0 +1,12 @@
+"""Stream joins of two keyed inputs (issue 14), at the operator layer.
+
+* :class:`Join`: regular inner/left join over unbounded inputs, state bounded by a TTL.
+
+Shared parts: ``common.py`` (configs, input checks, output schema, state keys),
+``rows.py`` (the row encoding of stored rows), ``matching.py`` (vectorized pair finding).
+The semantics, output schema and costs are in ``docs/operators.md`` ("Joins").
+"""
+
+from raykv.operators.joins.regular import Join, RegularJoinLogic
+
+__all__ = ["Join", "RegularJoinLogic"]
