@@ -7,7 +7,8 @@ Parquet file, directory or glob on any fsspec URL), a split per file or row-grou
 :class:`GeneratorSource` (``fn(offset) -> batch``, or ``fn(partition, offset)`` in
 ``partitions`` splits) for synthetic streams; :class:`DirectorySource` (files arriving
 in a folder or prefix, unbounded), a split per file; :class:`RayDataSource` (a Ray Data
-``Dataset``), one split.
+``Dataset``), one split; :class:`NexmarkSource` (the Nexmark benchmark's person, auction
+and bid streams, generated), a split per interleaved set of event-id blocks.
 """
 
 from raykv.sources.base import (
@@ -22,6 +23,7 @@ from raykv.sources.base import (
 from raykv.sources.directory import DirectorySource
 from raykv.sources.generator import GeneratorSource
 from raykv.sources.memory import ListSource, TableSource
+from raykv.sources.nexmark import NexmarkSource
 from raykv.sources.parquet import ParquetSource
 from raykv.sources.ray_data import RayDataSource
 
@@ -31,6 +33,7 @@ __all__ = [
     "DirectorySource",
     "GeneratorSource",
     "ListSource",
+    "NexmarkSource",
     "Offset",
     "ParquetSource",
     "RayDataSource",

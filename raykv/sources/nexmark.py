@@ -1,0 +1,513 @@
+"""Nexmark's person/auction/bid streams, generated vectorized and replayable bit for bit.
+
+Every event is a pure function of ``(seed, event id)``: its kind, ids, time and every
+random field come from counter-based randomness (numpy's Philox, keyed by the seed, with
+the counter taken from the event's ordinal within its kind), never from a stateful stream.
+So any split, offset or batch size yields the same events, and a replay after a failure
+reproduces them exactly. The rules follow the reference generator (github.com/nexmark/
+nexmark, ``nexmark-flink/.../generator``) with its default configuration; where raykv's
+differs, the docstring of :class:`NexmarkSource` says so.
+
+The rules, per event id ``e`` (``e % 50``: 0 a person, 1-3 an auction, 4-49 a bid):
+
+* time: ``date_time = base_time + e * 1000 // rate`` (int64 ms; one timeline, in order).
+* person: id ``1000 + e // 50``; name from 11 first and 9 last names; email
+  ``<3-6 chars>@<3-4 chars>.com``; credit card four ``%04d`` groups; one of 10 cities and
+  6 states, chosen independently; ``extra`` padding to an average of 200 bytes.
+* auction: id ``1000 + 3 * (e // 50) + e % 50 - 1``; seller with probability 3/4 the hot
+  seller (first person of the last batch of 100), else one of the last 1000 persons or up
+  to 10 not yet created; category ``10 + [0, 5)``; ``initial_bid`` a price,
+  ``reserve = initial_bid + price``; ``expires = date_time + 1 + [0, 2 h)`` where ``h`` is
+  the event time to generate 100 more auctions; ``item_name`` 3-19 chars, ``description``
+  3-99 (letters, spaces in 1/13, trimmed); ``extra`` to an average of 500 bytes.
+* bid: auction with probability 1/2 the hot auction (first of the last batch of 100), else
+  one of the last 100 auctions or up to 10 not yet created; bidder with probability 3/4 the
+  hot bidder (second person of the last batch of 100), else as a seller; price
+  ``round(10 ** (6 u) * 100)`` (1 to 100,000,000 cents); channel with probability 1/2 one
+  of 4 hot ones (Google, Facebook, Baidu, Apple) else one of 10,000 ``channel-<i>``, each
+  with a fixed URL; ``extra`` to an average of 100 bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from numpy.lib.stride_tricks import as_strided
+
+from raykv.sources.base import (
+    DEFAULT_BATCH_SIZE,
+    Offset,
+    Source,
+    SourceReader,
+    Split,
+    check_batch_size,
+    unknown_split,
+)
+
+KINDS = ("person", "auction", "bid")
+PROPORTIONS = {"person": 1, "auction": 3, "bid": 46}
+"""Events of each kind per 50 (the reference's 1/3/46: 2 %, 6 %, 92 %)."""
+TOTAL_PROPORTION = 50
+_FIRST_OFFSET = {"person": 0, "auction": 1, "bid": 4}
+_KIND_CODE = {"person": 0, "auction": 1, "bid": 2}
+_WORDS = {"person": 16, "auction": 12, "bid": 8}  # random uint64 per event (multiple of 4)
+
+FIRST_PERSON_ID = FIRST_AUCTION_ID = 1000
+FIRST_CATEGORY_ID, NUM_CATEGORIES = 10, 5
+ID_LEAD = 10  # ids of persons/auctions not yet created that may be referenced
+HOT_BATCH = 100  # hot seller/bidder/auction: the first (bidder: second) of the last 100
+NUM_IN_FLIGHT_AUCTIONS, NUM_ACTIVE_PEOPLE = 100, 1000
+HOT_AUCTION_RATIO, HOT_SELLERS_RATIO, HOT_BIDDERS_RATIO = 2, 4, 4  # hot: all but 1 in n
+HOT_CHANNELS = ("Google", "Facebook", "Baidu", "Apple")
+NUM_CHANNELS = 10_000
+AVG_BYTES = {"person": 200, "auction": 500, "bid": 100}
+US_STATES = ("AZ", "CA", "ID", "OR", "WA", "WY")
+US_CITIES = ("Phoenix", "Los Angeles", "San Francisco", "Boise", "Portland", "Bend",
+             "Redmond", "Seattle", "Kent", "Cheyenne")
+FIRST_NAMES = ("Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah",
+               "Deiter", "Walter")
+LAST_NAMES = ("Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones",
+              "Noris")
+DEFAULT_RATE = 10_000
+DEFAULT_BASE_TIME = 1_436_918_400_000  # 2015-07-15 00:00:00 UTC, in ms
+DEFAULT_BLOCK_EVENTS = 10_000
+_POOL_BYTES = 1 << 20
+_MAX_TEXT = 1024  # longest random string (an auction's extra is at most ~540)
+
+_I64 = pa.int64()
+_STR = pa.string()
+SCHEMAS = {
+    "person": pa.schema([("id", _I64), ("name", _STR), ("email_address", _STR),
+                         ("credit_card", _STR), ("city", _STR), ("state", _STR),
+                         ("date_time", _I64), ("extra", _STR)]),
+    "auction": pa.schema([("id", _I64), ("item_name", _STR), ("description", _STR),
+                          ("initial_bid", _I64), ("reserve", _I64), ("date_time", _I64),
+                          ("expires", _I64), ("seller", _I64), ("category", _I64),
+                          ("extra", _STR)]),
+    "bid": pa.schema([("auction", _I64), ("bidder", _I64), ("price", _I64),
+                      ("channel", _STR), ("url", _STR), ("date_time", _I64),
+                      ("extra", _STR)]),
+}
+"""Column names and types per kind (the Nexmark schema in snake_case; times in int64 ms)."""
+
+
+# ---- ids: ordinals within a kind and the reference's "last id" rules -------------------
+
+def kind_ordinal(kind: str, event_id: int) -> int:
+    """How many events of ``kind`` have an event id below ``event_id``. Cost: O(1)."""
+    first, count = _FIRST_OFFSET[kind], PROPORTIONS[kind]
+    q, r = divmod(event_id, TOTAL_PROPORTION)
+    return q * count + min(max(r - first, 0), count)
+
+
+def kind_event_ids(kind: str, first_ordinal: int, n: int) -> np.ndarray:
+    """Event ids (int64) of the ``n`` events of ``kind`` from ordinal ``first_ordinal``."""
+    j = np.arange(first_ordinal, first_ordinal + n, dtype=np.int64)
+    count = PROPORTIONS[kind]
+    return (j // count) * TOTAL_PROPORTION + _FIRST_OFFSET[kind] + j % count
+
+
+def last_person(e: np.ndarray) -> np.ndarray:
+    """Base-0 id of the last person created at or before event ``e`` (reference rule)."""
+    return e // TOTAL_PROPORTION  # one person per 50, at offset 0
+
+
+def last_auction(e: np.ndarray) -> np.ndarray:
+    """Base-0 id of the last auction created at or before event ``e`` (-1: none yet)."""
+    epoch, off = e // TOTAL_PROPORTION, e % TOTAL_PROPORTION
+    return np.where(off < 1, epoch * 3 - 1, epoch * 3 + np.minimum(off - 1, 2))
+
+
+def _next_person(e: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """A random active person (base 0): one of the last 1000, or up to 10 ahead."""
+    num = last_person(e) + 1
+    active = np.minimum(num, NUM_ACTIVE_PEOPLE)
+    return num - active + _below(w, active + ID_LEAD)
+
+
+def _next_auction(e: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """A random in-flight auction (base 0): one of the last 100, or up to 10 ahead."""
+    hi = last_auction(e)
+    lo = np.maximum(hi - NUM_IN_FLIGHT_AUCTIONS, 0)
+    return lo + _below(w, hi - lo + 1 + ID_LEAD)
+
+
+def _below(w: np.ndarray, n: np.ndarray | int) -> np.ndarray:
+    """Uniform ints in ``[0, n)`` (int64) from uint64 words (bias below ``n / 2**64``)."""
+    return (w % np.asarray(n, dtype=np.uint64)).astype(np.int64)
+
+
+def _price(w: np.ndarray) -> np.ndarray:
+    """The reference's price: ``round(10 ** (6 u) * 100)`` (round half up), int64."""
+    u = (w >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))  # [0, 1), 53 bits
+    return np.floor(np.power(10.0, u * 6.0) * 100.0 + 0.5).astype(np.int64)
+
+
+def _extra_lengths(current: np.ndarray, average: int, w: np.ndarray) -> np.ndarray:
+    """Padding so ``current + extra`` averages ``average`` (+-20 %), as the reference."""
+    d = np.maximum(average - current, 0)
+    delta = np.floor(d * 0.2 + 0.5).astype(np.int64)
+    return d - delta + np.where(delta > 0, _below(w, np.maximum(2 * delta, 1)), 0)
+
+
+# ---- per-seed tables: text pools and the channel/URL table -----------------------------
+
+@dataclass(frozen=True)
+class _Tables:
+    text: np.ndarray  # uint8 letters with a space in 1/13 (names, descriptions, emails)
+    letters: np.ndarray  # uint8 letters only (extra)
+    channels: pa.Array  # 4 hot channels, then channel-0 .. channel-9999
+    urls: pa.Array
+
+
+def _key(seed: int) -> np.ndarray:
+    return np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
+
+
+@functools.lru_cache(maxsize=8)
+def _tables(seed: int) -> _Tables:
+    """The fixed strings of one seed (1 MiB pools, 10,004 URLs). Cost: ~50 ms once."""
+    rng = np.random.Generator(np.random.Philox(key=_key(seed), counter=[0, 0, 0, 1]))
+    letters = (rng.integers(0, 26, _POOL_BYTES) + ord("a")).astype(np.uint8)
+    text = np.where(rng.integers(0, 13, _POOL_BYTES) == 0, ord(" "),
+                    rng.integers(0, 26, _POOL_BYTES) + ord("a")).astype(np.uint8)
+
+    def part() -> str:
+        n = 3 + int(rng.integers(0, 2))
+        return "".join("_" if rng.integers(0, 13) == 0 else chr(97 + int(rng.integers(0, 26)))
+                       for _ in range(n))
+
+    def base_url() -> str:
+        return f"https://www.nexmark.com/{part()}/{part()}/{part()}/item.htm?query=1"
+
+    urls = [base_url() for _ in HOT_CHANNELS]
+    for i in range(NUM_CHANNELS):
+        url = base_url()
+        if rng.integers(0, 10) > 0:
+            rev = int(f"{i:032b}"[::-1], 2)
+            url += f"&channel_id={abs(rev - (1 << 32) if rev >= 1 << 31 else rev)}"
+        urls.append(url)
+    channels = list(HOT_CHANNELS) + [f"channel-{i}" for i in range(NUM_CHANNELS)]
+    return _Tables(text, letters, pa.array(channels, _STR), pa.array(urls, _STR))
+
+
+def _substrings(pool: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """A string array of ``pool[starts[i]:starts[i] + lengths[i]]``.
+
+    Cost: a row gather of ``max(lengths)`` bytes per row from a strided view of the pool,
+    then one boolean compress (about 6x faster than a byte-index gather).
+    """
+    n = len(lengths)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    width = int(lengths.max()) if n else 0
+    view = as_strided(pool, shape=(len(pool) - width + 1, width), strides=(1, 1))
+    data = view[starts][np.arange(width) < lengths[:, None]]
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+def _random_text(pool: np.ndarray, lengths: np.ndarray, w: np.ndarray,
+                 trim: bool) -> pa.Array:
+    """Random substrings of ``pool`` (lengths at most :data:`_MAX_TEXT`); trimmed of spaces."""
+    out = _substrings(pool, _below(w, len(pool) - _MAX_TEXT), lengths)
+    return pc.utf8_trim(out, " ") if trim else out
+
+
+def _lengths(arr: pa.Array) -> np.ndarray:
+    return pc.binary_length(arr).to_numpy().astype(np.int64)
+
+
+_NAMES = pa.array([f"{f} {la}" for f in FIRST_NAMES for la in LAST_NAMES], _STR)
+_NAME_LEN = np.array([len(f) + 1 + len(la) for f in FIRST_NAMES for la in LAST_NAMES])
+_CITIES = pa.array(US_CITIES, _STR)
+_CITY_LEN = np.array([len(c) for c in US_CITIES])
+_STATES = pa.array(US_STATES, _STR)
+
+
+# ---- the three generators: event ids and random words in, a record batch out ---------
+
+def _randoms(seed: int, kind: str, first_ordinal: int, n: int) -> np.ndarray:
+    """The ``(n, words)`` uint64 randoms of ordinals ``first_ordinal ..`` of ``kind``.
+
+    Philox in counter mode: ordinal ``j`` owns counters ``j * words / 4 + 1 ..``, so the
+    words of an event never depend on which others are generated with it.
+    """
+    words = _WORDS[kind]
+    gen = np.random.Philox(key=_key(seed),
+                           counter=[first_ordinal * (words // 4), _KIND_CODE[kind], 0, 0])
+    return gen.random_raw(n * words).reshape(n, words)
+
+
+def _times(e: np.ndarray, rate: int, base_time: int) -> np.ndarray:
+    return base_time + e * 1000 // rate
+
+
+def _person(e: np.ndarray, r: np.ndarray, seed: int, rate: int, base: int) -> pa.RecordBatch:
+    t = _tables(seed)
+    name_idx = _below(r[:, 0], len(FIRST_NAMES)) * len(LAST_NAMES) + _below(r[:, 1],
+                                                                            len(LAST_NAMES))
+    user = _random_text(t.text, 3 + _below(r[:, 2], 4), r[:, 3], trim=True)
+    domain = _random_text(t.text, 3 + _below(r[:, 4], 2), r[:, 5], trim=True)
+    email = pc.binary_join_element_wise(user, domain, "@")
+    email = pc.binary_join_element_wise(email, pa.scalar("", _STR), ".com")
+    groups = [pc.utf8_lpad(pa.array(_below(r[:, 6 + g], 10_000)).cast(_STR), 4, "0")
+              for g in range(4)]
+    card = pc.binary_join_element_wise(*groups, " ")
+    city = _below(r[:, 10], len(US_CITIES))
+    state = _below(r[:, 11], len(US_STATES))
+    current = 8 + _NAME_LEN[name_idx] + _lengths(email) + 19 + _CITY_LEN[city] + 2
+    extra = _random_text(t.letters, _extra_lengths(current, AVG_BYTES["person"], r[:, 12]),
+                         r[:, 13], trim=False)
+    cols = [pa.array(FIRST_PERSON_ID + last_person(e)), _NAMES.take(name_idx), email, card,
+            _CITIES.take(city), _STATES.take(state), pa.array(_times(e, rate, base)), extra]
+    return pa.RecordBatch.from_arrays(cols, schema=SCHEMAS["person"])
+
+
+def _auction(e: np.ndarray, r: np.ndarray, seed: int, rate: int, base: int) -> pa.RecordBatch:
+    t = _tables(seed)
+    hot_seller = (last_person(e) // HOT_BATCH) * HOT_BATCH
+    seller = np.where(_below(r[:, 0], HOT_SELLERS_RATIO) > 0, hot_seller,
+                      _next_person(e, r[:, 1])) + FIRST_PERSON_ID
+    initial = _price(r[:, 3])
+    ts = _times(e, rate, base)
+    events_for_auctions = NUM_IN_FLIGHT_AUCTIONS * TOTAL_PROPORTION // PROPORTIONS["auction"]
+    horizon = _times(e + events_for_auctions, rate, base) - ts
+    expires = ts + 1 + _below(r[:, 5], np.maximum(horizon * 2, 1))
+    name = _random_text(t.text, 3 + _below(r[:, 6], 17), r[:, 7], trim=True)
+    desc = _random_text(t.text, 3 + _below(r[:, 8], 97), r[:, 9], trim=True)
+    current = 8 + _lengths(name) + _lengths(desc) + 40
+    extra = _random_text(t.letters, _extra_lengths(current, AVG_BYTES["auction"], r[:, 10]),
+                         r[:, 11], trim=False)
+    cols = [pa.array(FIRST_AUCTION_ID + last_auction(e)), name, desc, pa.array(initial),
+            pa.array(initial + _price(r[:, 4])), pa.array(ts), pa.array(expires),
+            pa.array(seller), pa.array(FIRST_CATEGORY_ID + _below(r[:, 2], NUM_CATEGORIES)),
+            extra]
+    return pa.RecordBatch.from_arrays(cols, schema=SCHEMAS["auction"])
+
+
+def _bid(e: np.ndarray, r: np.ndarray, seed: int, rate: int, base: int) -> pa.RecordBatch:
+    t = _tables(seed)
+    flags = r[:, 0]
+    hot_auction = (last_auction(e) // HOT_BATCH) * HOT_BATCH
+    auction = np.where(_below(flags, HOT_AUCTION_RATIO) > 0, hot_auction,
+                       _next_auction(e, r[:, 1])) + FIRST_AUCTION_ID
+    hot_bidder = (last_person(e) // HOT_BATCH) * HOT_BATCH + 1
+    bidder = np.where(_below(flags >> np.uint64(8), HOT_BIDDERS_RATIO) > 0, hot_bidder,
+                      _next_person(e, r[:, 2])) + FIRST_PERSON_ID
+    hot = _below(flags >> np.uint64(16), 2) > 0
+    channel = np.where(hot, _below(flags >> np.uint64(24), len(HOT_CHANNELS)),
+                       len(HOT_CHANNELS) + _below(r[:, 4], NUM_CHANNELS))
+    lengths = _extra_lengths(np.full(len(e), 32), AVG_BYTES["bid"], flags >> np.uint64(32))
+    extra = _random_text(t.letters, lengths, r[:, 5], trim=False)
+    cols = [pa.array(auction), pa.array(bidder), pa.array(_price(r[:, 3])),
+            t.channels.take(channel), t.urls.take(channel), pa.array(_times(e, rate, base)),
+            extra]
+    return pa.RecordBatch.from_arrays(cols, schema=SCHEMAS["bid"])
+
+
+_MAKERS = {"person": _person, "auction": _auction, "bid": _bid}
+
+
+def generate(kind: str, seed: int, ranges: list[tuple[int, int]], rate: int = DEFAULT_RATE,
+             base_time: int = DEFAULT_BASE_TIME) -> pa.RecordBatch:
+    """The events of ``kind`` with ordinals in each ``[lo, hi)`` of ``ranges``, in order.
+
+    A pure function of its arguments; the rows of an ordinal are the same whatever the
+    ranges around it. Cost: O(rows) vectorized, one Philox call per range.
+    """
+    ranges = [(lo, hi) for lo, hi in ranges if hi > lo]
+    if not ranges:
+        return pa.RecordBatch.from_pylist([], schema=SCHEMAS[kind])
+    e = np.concatenate([kind_event_ids(kind, lo, hi - lo) for lo, hi in ranges])
+    r = np.concatenate([_randoms(seed, kind, lo, hi - lo) for lo, hi in ranges])
+    return _MAKERS[kind](e, r, seed, rate, base_time)
+
+
+# ---- the source ------------------------------------------------------------------------
+
+def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if type(value) is not int or value < minimum:
+        what = f"an int >= {minimum}" + (" or None" if allow_none else "")
+        msg = f"NexmarkSource {name} must be {what}, got {value!r}"
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class NexmarkSource(Source):
+    """One Nexmark stream (persons, auctions or bids), generated; see the module docstring.
+
+    Args:
+        kind: ``"person"``, ``"auction"`` or ``"bid"``: the events this source emits. Two
+            sources with the same ``seed``, ``events``, ``rate`` and ``base_time`` but
+            different kinds are two views of one event sequence (a bid's auction and
+            bidder are the persons and auctions of the other sources), so a pipeline can
+            read them as two inputs.
+        events: total events of all kinds (about 2 % persons, 6 % auctions, 92 % bids);
+            ``None``: unbounded.
+        seed: any non-negative int; the events are a pure function of it and their id.
+        num_splits: splits, read in parallel by reader actors.
+        batch_size: rows per batch (of this kind).
+        rate: events per second of event time (the reference's ``first-event.rate``,
+            default 10,000 as in its configuration; its benchmark suite uses 10,000,000).
+        base_time: event time of event 0, ms since the epoch.
+        block_events: event ids per block; split ``i`` of ``n`` holds blocks ``i, i + n,
+            i + 2n, ...``, so all splits advance through event time together (each in
+            time order) and an unbounded source splits too.
+
+    Offsets: the next event id to consider (an int), for a split as for the whole stream;
+    a split's offset is always an id of one of its blocks (or past ``events``).
+
+    Where it differs from the reference generator (all on purpose): it is seeded and
+    counter-based (the reference draws from an unseeded ``SplittableRandom`` stream, and
+    its URL table from a static one); event time is one timeline of event ids (the
+    reference gives each of its parallel generators its own timeline, ``numEventGenerators
+    > 1``); a bid's bidder is ``1000 + person`` (the reference adds ``FIRST_PERSON_ID``
+    twice, so its bidders never match a person id); random strings are substrings of
+    seeded 1 MiB pools (the reference builds names and descriptions char by char);
+    ``outOfOrderGroupSize`` (1, i.e. in order, by default in the reference) is not
+    implemented: every split is in event-time order.
+
+    Cost: vectorized numpy/pyarrow, O(rows) per batch; about a microsecond per bid on one
+    core (see ``benchmarks/README.md``, "Nexmark"); the first use of a seed in a process
+    builds its text pools and URL table (~0.1 s).
+
+    Example:
+        >>> src = NexmarkSource("bid", events=100_000, seed=7, num_splits=2, batch_size=100)
+        >>> [s.id for s in src.splits()]
+        ['nexmark 0/2', 'nexmark 1/2']
+        >>> r = src.open_split("nexmark 1/2")   # blocks 1, 3, 5, ...: ids 10000-19999, ...
+        >>> b = r.read()
+        >>> b.num_rows, b.schema.names[:3], r.offset
+        (100, ['auction', 'bidder', 'price'], 10112)
+    """
+
+    kind: str = "bid"
+    events: int | None = 1_000_000
+    seed: int = 0
+    num_splits: int = 4
+    batch_size: int = DEFAULT_BATCH_SIZE
+    rate: int = DEFAULT_RATE
+    base_time: int = DEFAULT_BASE_TIME
+    block_events: int = DEFAULT_BLOCK_EVENTS
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            msg = f"NexmarkSource kind must be one of {KINDS}, got {self.kind!r}"
+            raise ValueError(msg)
+        _check_int("events", self.events, 0, allow_none=True)
+        _check_int("seed", self.seed, 0)
+        _check_int("num_splits", self.num_splits, 1)
+        check_batch_size(self.batch_size)
+        _check_int("rate", self.rate, 1)
+        _check_int("base_time", self.base_time, 0)
+        _check_int("block_events", self.block_events, 1)
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The columns of this kind (:data:`SCHEMAS`)."""
+        return SCHEMAS[self.kind]
+
+    @property
+    def bounded(self) -> bool:
+        """True unless ``events`` is ``None``."""
+        return self.events is not None
+
+    def splits(self) -> list[Split]:
+        """``num_splits`` splits ``"nexmark i/n"``; size: about the rows of this kind."""
+        n, b, total = self.num_splits, self.block_events, self.events
+        out = []
+        for i in range(n):
+            size = None
+            if total is not None:
+                full, rest = divmod(total, b)
+                ids = (full // n + (1 if i < full % n else 0)) * b
+                ids += rest if i == full % n else 0
+                size = ids * PROPORTIONS[self.kind] // TOTAL_PROPORTION
+            out.append(Split(f"nexmark {i}/{n}", size))
+        return out
+
+    def open(self, offset: Offset | None = None) -> SourceReader:
+        """Return a reader over every event of this kind in id order from ``offset``."""
+        return _NexmarkReader(self, 1, self._offset(offset, 0, 1, "the stream"))
+
+    def open_split(self, split: Split | str, offset: Offset | None = None) -> SourceReader:
+        """Return a reader over one split's blocks from ``offset`` (``None``: its start)."""
+        split_id = split.id if isinstance(split, Split) else split
+        ids = [s.id for s in self.splits()]
+        if split_id not in ids:
+            raise unknown_split(self, split_id)
+        i = ids.index(split_id)
+        return _NexmarkReader(self, self.num_splits,
+                              self._offset(offset, i, self.num_splits, split_id))
+
+    def _offset(self, offset: Offset | None, index: int, stride: int, what: str) -> int:
+        if offset is None:
+            return index * self.block_events
+        if type(offset) is not int or offset < 0 or (offset // self.block_events) % stride \
+                != index:
+            msg = (f"NexmarkSource offset of {what} must be an event id of its blocks "
+                   f"(block_events={self.block_events}), got {offset!r}")
+            raise ValueError(msg)
+        return offset
+
+    def table(self) -> pa.Table:
+        """All events of this kind, in id order (bounded only). Cost: O(events)."""
+        if self.events is None:
+            msg = "NexmarkSource.table() needs a bounded source (events=None is unbounded)"
+            raise ValueError(msg)
+        reader = self.open()
+        batches = []
+        while (batch := reader.read()) is not None:
+            batches.append(batch)
+        return pa.Table.from_batches(batches, schema=self.schema)
+
+    def describe(self) -> dict[str, Any]:
+        """Type and every parameter (the events are a function of them)."""
+        return {"type": type(self).__name__, "kind": self.kind, "events": self.events,
+                "seed": self.seed, "num_splits": self.num_splits,
+                "batch_size": self.batch_size, "rate": self.rate,
+                "base_time": self.base_time, "block_events": self.block_events}
+
+
+class _NexmarkReader(SourceReader):
+    """Blocks ``index, index + stride, ...``: up to ``batch_size`` rows of the kind a read."""
+
+    def __init__(self, src: NexmarkSource, stride: int, start: int) -> None:
+        self._src = src
+        self._stride = stride
+        self._next = start  # an id of the split's blocks (checked by the source)
+
+    def read(self) -> pa.RecordBatch | None:
+        src, kind = self._src, self._src.kind
+        block, end = src.block_events, src.events
+        limit = math.inf if end is None else end
+        ranges: list[tuple[int, int]] = []
+        rows, cur = 0, self._next
+        while rows < src.batch_size and cur < limit:
+            b = cur // block
+            stop = (b + 1) * block if end is None else min((b + 1) * block, end)
+            lo, hi = kind_ordinal(kind, cur), kind_ordinal(kind, stop)
+            take = min(hi - lo, src.batch_size - rows)
+            if take:
+                ranges.append((lo, lo + take))
+                rows += take
+            if lo + take < hi:
+                cur = int(kind_event_ids(kind, lo + take, 1)[0])
+            else:
+                cur = (b + self._stride) * block
+        self._next = cur
+        if not ranges:
+            return None
+        return generate(kind, src.seed, ranges, src.rate, src.base_time)
+
+    @property
+    def offset(self) -> int:
+        return self._next
