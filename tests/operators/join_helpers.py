@@ -50,8 +50,8 @@ def schedule(rng: random.Random, left: list[dict[str, Any]], right: list[dict[st
     """Interleave the two sides' rows (each side in its order) in random batches.
 
     Barriers come at random. ``safe_watermarks``: before each barrier a watermark equal to
-    the smallest time of the rows still to come (so no row is ever late). ``wm_p``: also
-    random watermarks that may make later rows late.
+    the smallest time of the rows still to come (so no row is ever late). ``wm_p``: the
+    probability of a watermark near that one (up to 8 ahead: later rows may be late).
     """
     queues = [list(left), list(right)]
     steps: list[Step] = []
@@ -64,10 +64,8 @@ def schedule(rng: random.Random, left: list[dict[str, Any]], right: list[dict[st
             rest = [r["t"] for q in queues for r in q]
             if safe_watermarks and rest:
                 steps.append(("wm", min(rest)))
-            elif wm_p and rng.random() < wm_p:
-                lo = min(r["t"] for r in left + right)
-                hi = max(r["t"] for r in left + right)
-                steps.append(("wm", rng.randint(lo, hi + 2)))
+            elif wm_p and rng.random() < wm_p and rest:
+                steps.append(("wm", min(rest) + rng.randint(-5, 8)))
             steps.append(("barrier",))
     steps.append(("barrier",))
     return steps

@@ -1,5 +1,6 @@
 """Stream joins of two keyed inputs (issue 14), at the operator layer.
 
+* :class:`IntervalJoin`: equal keys, ``right.time - left.time`` in ``[lower, upper]``.
 * :class:`Join`: regular inner/left join over unbounded inputs, state bounded by a TTL.
 
 Shared parts: ``common.py`` (configs, input checks, output schema, state keys),
@@ -7,6 +8,7 @@ Shared parts: ``common.py`` (configs, input checks, output schema, state keys),
 The semantics, output schema and costs are in ``docs/operators.md`` ("Joins").
 """
 
+from raykv.operators.joins.interval import IntervalJoin, IntervalJoinLogic
 from raykv.operators.joins.regular import Join, RegularJoinLogic
 
-__all__ = ["Join", "RegularJoinLogic"]
+__all__ = ["IntervalJoin", "IntervalJoinLogic", "Join", "RegularJoinLogic"]

@@ -326,7 +326,7 @@ class JoinLogic(OperatorLogic):
         return adopted
 
     def _adopt(self, schema: pa.Schema, side: int, *, stored: bool = False) -> None:
-        where = f"the {SIDE_NAMES[side]} input of {self.name}"
+        where = f"the {SIDE_NAMES[side]} input"
         key = self.input_keys[side]
         kt = schema.field(key).type
         check_key_type(kt, key)
