@@ -11,6 +11,7 @@ actor calls ``op.build(store)`` on its open ``KVStore`` and then drives the retu
 * :class:`SlidingWindow`: hopping windows (``size``, ``slide``) from per-pane partials.
 * :class:`SessionWindow`: sessions of activity (``gap``), merged when an event bridges two.
 * :class:`Map`, :class:`Filter`: stateless vectorized stages over whole batches.
+* :class:`TopN`: the ``n`` first rows by a column per key and event-time window.
 
 All are thin layers over :class:`KeyedStateLogic` (``keyed_state.py``), which owns input checks,
 state keys, the changed-key set and emission.
@@ -27,6 +28,7 @@ from raykv.operators.reduce import Reduce, ReduceLogic
 from raykv.operators.session import SessionWindow, SessionWindowLogic
 from raykv.operators.sliding import SlidingWindow, SlidingWindowLogic
 from raykv.operators.stateful_map import StatefulMap, StatefulMapLogic
+from raykv.operators.topn import TopN, TopNLogic
 from raykv.operators.ttl import TTL
 from raykv.operators.window import TumblingWindow, TumblingWindowLogic
 
@@ -53,6 +55,8 @@ __all__ = [
     "SlidingWindowLogic",
     "StatefulMap",
     "StatefulMapLogic",
+    "TopN",
+    "TopNLogic",
     "TumblingWindow",
     "TumblingWindowLogic",
     "get_codec",
