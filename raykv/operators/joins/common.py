@@ -376,7 +376,7 @@ class JoinLogic(OperatorLogic):
     def _make_out_schema(self, *, final: bool) -> None:
         """Build the output schema once both sides are known (``final``: left alone)."""
         left, right = self.schemas
-        if left is None or (right is None and not final):
+        if left is None:
             return
         lk = self.input_keys[0]
         key_t = value_type(left.field(lk).type)
@@ -391,6 +391,8 @@ class JoinLogic(OperatorLogic):
                 raise ValueError(msg)
             fields.append(f)
             taken.add(f.name)
+        if right is None and not final:
+            return  # the left columns are checked; the output waits for the right side
         names: list[str] = []
         if right is not None:
             for f in right:
