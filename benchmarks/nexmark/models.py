@@ -405,17 +405,17 @@ def q17(i: Inputs, c: Config) -> pa.Table:
 def q18(i: Inputs, c: Config) -> pa.Table:
     """Last bid per ``(bidder, auction)``: the one with the latest ``date_time``.
 
-    Columns as a bid's. Ties on time go to the bid generated last (the SQL's
-    ROW_NUMBER picks any); raykv keeps the last to arrive, which is the same with one
-    reader (one split, or splits read one after the other in id order).
+    Columns as a bid's. Ties on time go to the smallest other columns (``price, channel,
+    url, extra``), raykv's TopN rule, so the result never depends on arrival order (the
+    SQL's ROW_NUMBER picks any).
     """
-    b = i.bid.append_column("_n", pa.array(np.arange(i.bid.num_rows)))
-    b = b.sort_by([("bidder", "ascending"), ("auction", "ascending"),
-                   ("date_time", "ascending"), ("_n", "ascending")])
+    b = i.bid.sort_by([("bidder", "ascending"), ("auction", "ascending"),
+                       ("date_time", "descending"), ("price", "ascending"),
+                       ("channel", "ascending"), ("url", "ascending"), ("extra", "ascending")])
     k1, k2 = np.asarray(b.column("bidder")), np.asarray(b.column("auction"))
-    last = np.ones(len(k1), dtype=bool)
-    last[:-1] = (k1[1:] != k1[:-1]) | (k2[1:] != k2[:-1])
-    return b.filter(pa.array(last)).select(BID_COLUMNS)
+    first = np.ones(len(k1), dtype=bool)
+    first[1:] = (k1[1:] != k1[:-1]) | (k2[1:] != k2[:-1])
+    return b.filter(pa.array(first)).select(BID_COLUMNS)
 
 
 def q19(i: Inputs, c: Config) -> pa.Table:

@@ -1,0 +1,265 @@
+"""The Nexmark queries raykv runs as pipelines today, each equal to its batch model.
+
+A :class:`Query` names the source kinds it reads, its stages (built from a
+:class:`~benchmarks.nexmark.models.Config`), whether the sources' watermark drives it, and
+``finalize``: the renames/column order that turn the pipeline's collected output into the
+model's columns (the comparison and nothing else; the benchmark's sink discards rows).
+
+Single-source queries only: q3, q4, q8, q9 and q20 join two streams and wait for
+two-source pipelines (``Pipeline(sources=...)``); q15 and q16 need distinct counts over
+two keys at once (bidders and auctions), a fan-out that a linear pipeline cannot express
+(see :data:`MODEL_ONLY`).
+
+Updating queries (q17-q19, no window) emit their final values at the end of input:
+``output = "final"`` compares the last epoch's output (the upsert view's final values);
+window and stateless queries (``"all"``) compare the union of every epoch's output.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+import raykv
+from benchmarks.nexmark.models import (
+    BID_COLUMNS,
+    Q2_MODULO,
+    Q19_N,
+    RANK1,
+    RANK2,
+    Config,
+    _day,
+    _euros,
+    q14_batch,
+)
+from raykv.operators import (
+    Aggregate,
+    KeyedOperator,
+    Map,
+    SessionWindow,
+    SlidingWindow,
+    TopN,
+    TumblingWindow,
+)
+from raykv.sinks import Sink
+
+EVER = 1 << 62
+"""A window size no event time reaches: one window holding everything, emitted at the end
+(TopN without a window, for q18/q19)."""
+Q5_TIES = 20  # q5 keeps up to this many auctions tied for the most bids in a window
+Q7_TIES = 5  # q7: bids tied for the highest price in a window
+PROCESSING_LATENESS_MS = 60_000  # q12: how far behind the newest processing time a row may be
+
+MODEL_ONLY = {
+    "q3": "a join of persons and auctions (two sources)",
+    "q4": "a join of auctions and bids (two sources), then two aggregations",
+    "q8": "a window join of persons and auctions (two sources)",
+    "q9": "a join of auctions and bids (two sources), then a top 1",
+    "q15": "distinct bidders and auctions per day: two keys at once (a fan-out)",
+    "q16": "as q15 per channel",
+    "q20": "a join of bids and auctions (two sources)",
+}
+"""Queries with a model but no raykv pipeline yet, and what they need."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query as a raykv pipeline (see the module docstring)."""
+
+    name: str
+    stages: Callable[[Config], list[KeyedOperator]]
+    finalize: Callable[[pa.Table], pa.Table]
+    kinds: tuple[str, ...] = ("bid",)
+    output: str = "all"  # "all": the union of every epoch's output; "final": the last epoch's
+    watermark: bool = True
+
+
+# ---- the stages' functions (module level, so that cloudpickle ships them by name) --------
+
+def _select(columns: list[str], batch: pa.RecordBatch) -> pa.RecordBatch:
+    return batch.select(columns)
+
+
+def _q1(batch: pa.RecordBatch) -> pa.RecordBatch:
+    b = batch.select(["auction", "bidder", "price", "date_time", "extra"])
+    return b.set_column(2, "price", _euros(b.column("price")))
+
+
+def _q2(batch: pa.RecordBatch) -> pa.RecordBatch:
+    keep = np.asarray(batch.column("auction")) % Q2_MODULO == 0
+    return batch.filter(pa.array(keep)).select(["auction", "price"])
+
+
+def _with_window(size: int, batch: pa.RecordBatch) -> pa.RecordBatch:
+    t = np.asarray(batch.column("date_time"))
+    return batch.append_column("window", pa.array(t - t % size))
+
+
+def _ties(group: str, value: str, columns: tuple[tuple[str, str], ...],
+          batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A TopN's rows equal to their group's rank-1 ``value``, as ``columns`` (from, to).
+
+    A group's ranked rows come out of the TopN together (one window of one key, emitted
+    at one barrier by one shard), so they are in the same batch.
+    """
+    key = np.asarray(batch.column(group))
+    val = np.asarray(batch.column(value))
+    first = np.asarray(batch.column("rank")) == 1
+    best = dict(zip(key[first].tolist(), val[first].tolist(), strict=True))
+    keep = np.array([best[k] == v for k, v in zip(key.tolist(), val.tolist(), strict=True)],
+                    dtype=bool)
+    out = batch.filter(pa.array(keep, pa.bool_()))
+    return pa.RecordBatch.from_arrays([out.column(a) for a, _ in columns],
+                                      names=[b for _, b in columns])
+
+
+def _hops(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A hop window's end becomes the event time (``date_time``) of its count."""
+    return batch.rename_columns({"window_start": "hop_start", "window_end": "date_time"})
+
+
+def _processing_time(batch: pa.RecordBatch) -> pa.RecordBatch:
+    now = int(time.time() * 1000)
+    return batch.select(["bidder"]).append_column("p_time",
+                                                  pa.array(np.full(batch.num_rows, now)))
+
+
+def _q17_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
+    t = np.asarray(batch.column("date_time"))
+    price = np.asarray(batch.column("price"))
+    key = (t // 86_400_000) * 10**12 + np.asarray(batch.column("auction"))
+    return pa.RecordBatch.from_pydict({
+        "key": key, "auction": batch.column("auction"),
+        "day": _day(pa.chunked_array([batch.column("date_time")])).combine_chunks(),
+        "price": batch.column("price"),
+        "rank1": (price < RANK1).astype(np.int64),
+        "rank2": ((price >= RANK1) & (price < RANK2)).astype(np.int64),
+        "rank3": (price >= RANK2).astype(np.int64)})
+
+
+def _pair_key(batch: pa.RecordBatch) -> pa.RecordBatch:
+    key = (np.asarray(batch.column("bidder")) << 32) + np.asarray(batch.column("auction"))
+    return batch.select(BID_COLUMNS).append_column("pair", pa.array(key))
+
+
+# ---- the queries ---------------------------------------------------------------------
+
+def _q5(c: Config) -> list[KeyedOperator]:
+    out = (("auction", "auction"), ("auction_count", "num"), ("hop_start", "window_start"),
+           ("date_time", "window_end"))
+    return [SlidingWindow("auction", "date_time", c.hop_size_ms, c.hop_slide_ms,
+                          {"auction": "count"}, name="bids_per_window"),
+            Map("auction", _hops, name="hops"),
+            TopN("hop_start", "auction_count", Q5_TIES, "date_time", c.hop_slide_ms,
+                 name="top_auctions"),
+            Map("hop_start", functools.partial(_ties, "hop_start", "auction_count", out),
+                name="ties")]
+
+
+def _q7(c: Config) -> list[KeyedOperator]:
+    out = tuple((n, n) for n in ("auction", "bidder", "price", "date_time", "extra",
+                                 "window_start", "window_end"))
+    return [Map("auction", functools.partial(_with_window, c.window_ms), name="window"),
+            TopN("window", "price", Q7_TIES, "date_time", c.window_ms, name="top_bids"),
+            Map("window", functools.partial(_ties, "window", "price", out), name="ties")]
+
+
+def _rename(mapping: dict[str, str], columns: list[str], t: pa.Table) -> pa.Table:
+    t = t.rename_columns([mapping.get(n, n) for n in t.column_names])
+    return t.select(columns)
+
+
+QUERIES: dict[str, Query] = {q.name: q for q in [
+    Query("q0", lambda c: [Map("auction", functools.partial(
+        _select, ["auction", "bidder", "price", "date_time", "extra"]))], lambda t: t),
+    Query("q1", lambda c: [Map("auction", _q1)], lambda t: t),
+    Query("q2", lambda c: [Map("auction", _q2)], lambda t: t),
+    Query("q5", _q5, lambda t: t),
+    Query("q7", _q7, lambda t: t),
+    Query("q11", lambda c: [SessionWindow("bidder", "date_time", c.session_gap_ms,
+                                          {"bidder": "count"})],
+          functools.partial(_rename, {"bidder_count": "bid_count"},
+                            ["bidder", "bid_count", "window_start", "window_end"])),
+    Query("q12", lambda c: [
+        Map("bidder", _processing_time, name="p_time"),
+        TumblingWindow("bidder", "p_time", c.window_ms, {"bidder": "count"},
+                       allowed_lateness=PROCESSING_LATENESS_MS)],
+          lambda t: t.group_by("bidder").aggregate([("bidder_count", "sum")]).rename_columns(
+              ["bidder", "bid_count"]), watermark=False),
+    Query("q14", lambda c: [Map("auction", q14_batch)], lambda t: t),
+    Query("q17", lambda c: [
+        Map("auction", _q17_rows, name="ranks"),
+        Aggregate("key", {"auction": "first", "day": "first",
+                          "price": ["count", "min", "max", "mean", "sum"],
+                          "rank1": "sum", "rank2": "sum", "rank3": "sum"})],
+          functools.partial(_rename, {
+              "auction_first": "auction", "day_first": "day", "price_count": "total_bids",
+              "rank1_sum": "rank1_bids", "rank2_sum": "rank2_bids", "rank3_sum": "rank3_bids",
+              "price_min": "min_price", "price_max": "max_price", "price_mean": "avg_price",
+              "price_sum": "sum_price"},
+              ["auction", "day", "total_bids", "rank1_bids", "rank2_bids", "rank3_bids",
+               "min_price", "max_price", "avg_price", "sum_price"]), output="final"),
+    Query("q18", lambda c: [Map("auction", _pair_key, name="pair"),
+                            TopN("pair", "date_time", 1, "date_time", EVER)],
+          functools.partial(_rename, {}, BID_COLUMNS)),
+    Query("q19", lambda c: [TopN("auction", "price", Q19_N, "date_time", EVER)],
+          functools.partial(_rename, {"rank": "rank_number"}, [*BID_COLUMNS, "rank_number"])),
+]}
+"""Every query raykv runs as a pipeline today, by name."""
+
+
+class DiscardSink(Sink):
+    """A sink that drops every row on the shards (Flink's ``blackhole``): no row reaches
+    the driver, so a benchmark measures the pipeline, not the collection of its output."""
+
+    stages_on_shards = True
+
+    def start(self, epoch: int | None, *, new_run: bool,
+              abandoned: Any = ()) -> None:
+        """Nothing to reconcile."""
+
+    def stage(self, epoch: int, part: str, table: pa.Table) -> None:
+        """Drop ``table``."""
+
+    def publish(self, epoch: int) -> None:
+        """Nothing to publish."""
+
+
+def pipeline(name: str, config: Config, *, num_splits: int = 2, batch_size: int = 16_384,
+             **kwargs: Any) -> raykv.Pipeline:
+    """The raykv pipeline of query ``name`` over the events of ``config``.
+
+    ``kwargs`` go to :class:`raykv.Pipeline` (``sink``, ``num_shards``, ``checkpoint``,
+    ``epoch_every_batches``, ...).
+    """
+    q = QUERIES[name]
+    (kind,) = q.kinds
+    source = config.source(kind, num_splits=num_splits, batch_size=batch_size)
+    if q.watermark:
+        kwargs.setdefault("watermark", raykv.Watermark("date_time",
+                                                       max_delay=config.watermark_delay_ms))
+    return raykv.Pipeline(source=source, stages=q.stages(config), **kwargs)
+
+
+def result(name: str, summary: Any) -> pa.Table:
+    """The query's result from a run's :class:`~raykv.RunSummary` (a ``CollectSink``),
+    in the model's columns."""
+    q = QUERIES[name]
+    epochs = summary.output_by_epoch
+    if q.output == "final":
+        tables = [epochs[max(epochs)]] if epochs else []
+    else:
+        tables = [epochs[e] for e in sorted(epochs)]
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return pa.table({})
+    return q.finalize(pa.concat_tables(tables, promote_options="default"))
+
+
+__all__ = ["MODEL_ONLY", "QUERIES", "DiscardSink", "Query", "pipeline", "result"]
