@@ -12,6 +12,7 @@ actor calls ``op.build(store)`` on its open ``KVStore`` and then drives the retu
 * :class:`SessionWindow`: sessions of activity (``gap``), merged when an event bridges two.
 * :class:`Map`, :class:`Filter`: stateless vectorized stages over whole batches.
 * :class:`TopN`: the ``n`` first rows by a column per key and event-time window.
+* :class:`Deduplicate`: a key's first row, its repeats within a span of event time dropped.
 
 All are thin layers over :class:`KeyedStateLogic` (``keyed_state.py``), which owns input checks,
 state keys, the changed-key set and emission.
@@ -20,6 +21,7 @@ state keys, the changed-key set and emission.
 from raykv.operators.aggregate import Aggregate, AggregateLogic
 from raykv.operators.base import KeyedOperator, OperatorLogic
 from raykv.operators.codecs import Codec, JsonCodec, PickleCodec, RawCodec, get_codec
+from raykv.operators.dedup import Deduplicate, DeduplicateLogic
 from raykv.operators.joins import *  # noqa: F403  (the joins: their __all__)
 from raykv.operators.keyed_state import KeyedStateLogic
 from raykv.operators.map import Filter, Map, MapLogic
@@ -37,6 +39,8 @@ __all__ = [
     "Aggregate",
     "AggregateLogic",
     "Codec",
+    "Deduplicate",
+    "DeduplicateLogic",
     "Filter",
     "JsonCodec",
     "KeyedOperator",
