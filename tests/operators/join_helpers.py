@@ -13,7 +13,8 @@ import pyarrow as pa
 
 from raykv.engines.base import KVStore
 from raykv.keys import encode_keys
-from raykv.operators.joins.common import JoinLogic, JoinOperator
+from raykv.operators.joins.common import JoinLogic
+from raykv.operators.joins.config import JoinOperator
 from tests.operators.helpers import open_engine_or_skip
 
 #: A schedule step: ("batch", side, batch) | ("wm", watermark) | ("barrier",)

@@ -11,6 +11,7 @@ import pytest
 
 from raykv.engines import MemOnly
 from raykv.operators import LookupJoin
+from raykv.operators.joins.rows import blob_times
 from tests.operators.join_helpers import (
     ENGINES_TESTED,
     Step,
@@ -169,9 +170,7 @@ def test_versions_are_pruned_by_the_watermark(tmp_path: Path) -> None:
         logic.on_barrier(1)
         logic.process(to_batch([{"k": 1, "t": 11, "rv": 11, "s": None}], 1), 1)
         versions = store.get(b"\x80\x00\x00\x00\x00\x00\x00\x01\x01")
-        from raykv.operators.joins.rows import Blob
-
-        assert Blob.parse(versions).times.tolist() == [6, 7, 8, 9, 11]
+        assert blob_times(versions).tolist() == [6, 7, 8, 9, 11]
         logic.process(to_batch([{"k": 1, "t": 6, "lv": 0, "s": None},
                                 {"k": 1, "t": 5, "lv": 1, "s": None}], 0), 0)
         assert logic.late_events == 1

@@ -1,10 +1,9 @@
-r"""What the four joins share: config checks, input checks, output schema, state keys.
+r"""The logic base of the joins: input checks, output schema, watermark, emission.
+
+The config base is ``config.py``; state keys and records ``state.py``.
 
 Contract:
 
-* :class:`JoinOperator` is the config base (a :class:`TwoInputOperator`): checks ``how``,
-  names the time columns, never rebalanced (``rebalance_safe = False``), merges the
-  watermark record on rescale.
 * :class:`JoinLogic` is the logic base. Per side, the first batch fixes the side's schema
   (stored with the state under ``META_KEY``, so it holds after a restart); later batches
   must have the same columns. It checks each batch (a ``RecordBatch``, the side's key
@@ -34,11 +33,8 @@ from __future__ import annotations
 
 import base64
 import json
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -52,99 +48,16 @@ from raykv.operators.base import (
     META_KEYS,
     WATERMARK_KEY,
     OperatorLogic,
-    TwoInputOperator,
 )
+from raykv.operators.joins.config import JoinOperator
 from raykv.operators.joins.rows import RowCodec
+from raykv.operators.joins.state import NONE, SIDE_NAMES, WM_RECORD
 from raykv.operators.schemas import same_columns, schema_mismatch
 from raykv.operators.watermark import int64_times
 
-SIDES = (b"\x00", b"\x01")
-SIDE_NAMES = ("left", "right")
 RIGHT_SUFFIX = "_right"
-_WM = struct.Struct("<qq")  # epoch watermark (NONE: none yet), late events
-NONE = -(1 << 63)
 #: Event times must lie strictly within +-TIME_LIMIT (room for bound arithmetic).
 TIME_LIMIT = 1 << 62
-_BUCKET_FLIP = np.uint64(1 << 63)
-
-
-def bucket_bytes(buckets: np.ndarray) -> list[bytes]:
-    """int64 buckets as 8 big-endian bytes with the sign bit flipped (order-preserving)."""
-    words = (buckets.astype(np.int64).view(np.uint64) ^ _BUCKET_FLIP).astype(">u8")
-    return np.frombuffer(words.tobytes(), dtype="V8").tolist()  # type: ignore[no-any-return]
-
-
-def bucket_of(raw: bytes) -> int:
-    """Inverse of :func:`bucket_bytes` for one 8-byte suffix."""
-    return int.from_bytes(raw, "big") - (1 << 63)
-
-
-@dataclass(frozen=True)
-class JoinOperator(TwoInputOperator):
-    """Config base of the joins (see the module docstring)."""
-
-    rebalance_safe: ClassVar[bool] = False
-    #: The allowed values of ``how``.
-    HOWS: ClassVar[tuple[str, ...]] = ("inner", "left")
-
-    def _check_how(self, how: str) -> None:
-        if how not in self.HOWS:
-            msg = f"{type(self).__name__}.how must be one of {self.HOWS}, got {how!r}"
-            raise ValueError(msg)
-
-    def _check_times(self, time_column: str | None, left_time: str | None,
-                     right_time: str | None, *, required: bool) -> None:
-        """Resolve ``time_column`` / ``left_time`` / ``right_time`` (set both sides' names)."""
-        owner = type(self).__name__
-        for attr, v in (("time_column", time_column), ("left_time", left_time),
-                        ("right_time", right_time)):
-            if v is not None and (not isinstance(v, str) or not v):
-                msg = f"{owner}.{attr} must be a non-empty column name or None, got {v!r}"
-                raise TypeError(msg)
-        lt = left_time or time_column
-        rt = right_time or time_column
-        if required and (lt is None or rt is None):
-            msg = (f"{owner} needs the event-time column of both inputs: time_column=... "
-                   "(or left_time=... and right_time=...)")
-            raise ValueError(msg)
-        object.__setattr__(self, "_times", (lt, rt))
-
-    def time_columns(self) -> tuple[str | None, str | None]:
-        """The time column of each side (``None``: the join uses none)."""
-        return getattr(self, "_times", (None, None))
-
-    def merge_metadata(self, key: bytes, values: Sequence[bytes]) -> bytes:
-        """Rescale: the largest epoch watermark and the sum of late counts."""
-        if key != WATERMARK_KEY:
-            return super().merge_metadata(key, values)
-        marks = [_WM.unpack(v) for v in values]
-        return _WM.pack(max(m[0] for m in marks), sum(m[1] for m in marks))
-
-
-def span_units(owner: str, name: str, value: int | timedelta, t: pa.DataType) -> int:
-    """A bound or span in units of time type ``t`` (ints as they are)."""
-    if isinstance(value, int):
-        return value
-    if not pa.types.is_timestamp(t):
-        msg = f"{owner}.{name} is a timedelta but the time column is {t}; give an int"
-        raise TypeError(msg)
-    per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[t.unit]
-    micros = value // timedelta(microseconds=1)
-    units, rest = divmod(micros * per_second, 1_000_000)
-    if rest:
-        msg = f"{owner}.{name}={value} is not a whole number of {t.unit} (the time column's unit)"
-        raise ValueError(msg)
-    return int(units)
-
-
-def check_bound(owner: str, name: str, value: object, *, positive: bool = False) -> None:
-    """An int or ``timedelta`` (``> 0`` when ``positive``)."""
-    if isinstance(value, bool) or not isinstance(value, int | timedelta):
-        msg = f"{owner}.{name} must be an int or a datetime.timedelta, got {type(value).__name__}"
-        raise TypeError(msg)
-    if positive and (value <= timedelta(0) if isinstance(value, timedelta) else value <= 0):
-        msg = f"{owner}.{name} must be > 0, got {value!r}"
-        raise ValueError(msg)
 
 
 @dataclass
@@ -192,7 +105,7 @@ class JoinLogic(OperatorLogic):
             self._load_meta(raw)
         raw = store.get(WATERMARK_KEY)
         if raw:
-            wm, self.late_events = _WM.unpack(raw)
+            wm, self.late_events = WM_RECORD.unpack(raw)
             self.watermark = None if wm == NONE else wm
             self._next_wm = self.watermark
         if any(s is not None for s in self.schemas):
@@ -443,7 +356,7 @@ class JoinLogic(OperatorLogic):
             raise ValueError(msg)
 
     def _wm_record(self) -> bytes:
-        return _WM.pack(NONE if self.watermark is None else self.watermark, self.late_events)
+        return WM_RECORD.pack(NONE if self.watermark is None else self.watermark, self.late_events)
 
     # ------------------------------------------------------------------ helpers
 
@@ -542,5 +455,5 @@ class JoinLogic(OperatorLogic):
         """Count ``n`` late rows (written with the batch's ``multi_set``)."""
         self._late_pending = n
         if n:
-            self._pending[WATERMARK_KEY] = _WM.pack(
+            self._pending[WATERMARK_KEY] = WM_RECORD.pack(
                 NONE if self.watermark is None else self.watermark, self.late_events + n)

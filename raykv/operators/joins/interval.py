@@ -10,17 +10,11 @@ import numpy as np
 import pyarrow as pa
 
 from raykv.engines.base import KVStore
-from raykv.operators.joins.common import (
-    SIDES,
-    JoinLogic,
-    JoinOperator,
-    bucket_bytes,
-    bucket_of,
-    check_bound,
-    span_units,
-)
+from raykv.operators.joins.common import JoinLogic
+from raykv.operators.joins.config import JoinOperator, check_bound, span_units
 from raykv.operators.joins.matching import pairs_in_range
-from raykv.operators.joins.rows import Blob, BlobSet
+from raykv.operators.joins.rows import BlobSet
+from raykv.operators.joins.state import SIDES, bucket_bytes, bucket_of
 
 #: Flag of an expired, unmatched left row kept until the right schema is known.
 WAITING = 2
@@ -152,10 +146,6 @@ class IntervalJoinLogic(JoinLogic):
         rows = np.repeat(np.arange(len(t)), counts)
         offs = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
         probe = np.unique(np.stack([kb.ids[rows], b_lo[rows] + offs], axis=1), axis=0)
-        other_index = self.buckets[1 - side]
-        known = np.fromiter((int(b) in other_index and kb.enc[int(k)] in other_index[int(b)]
-                             for k, b in probe), dtype=bool, count=len(probe))
-        probe = probe[known]
         own_keys = [kb.enc[k] + SIDES[side] + s for k, s in
                     zip(own_pairs[:, 0].tolist(), bucket_bytes(own_pairs[:, 1]), strict=True)]
         opp_keys = [kb.enc[k] + SIDES[1 - side] + s for k, s in
@@ -184,19 +174,9 @@ class IntervalJoinLogic(JoinLogic):
                 for i, v in enumerate(other.rewrite(np.ones(len(other), bool), now)):
                     if v is not None:
                         writes[opp_keys[i]] = v
-        # append the rows to their own buckets, grouped as own_pairs (sorted by key, bucket)
-        order = np.argsort(group, kind="stable")
-        data, lens = self.codec(side).encode(stored.take(pa.array(order)))
-        ends = np.cumsum(np.bincount(group, minlength=len(own_pairs)))
-        row_ends = np.cumsum(lens.astype(np.int64))
-        start = 0
-        for g, key in enumerate(own_keys):
-            end = int(ends[g])
-            a = int(row_ends[start - 1]) if start else 0
-            sel = order[start:end]
-            writes[key] = Blob.parse(raws[g]).append(
-                t[sel], flags[sel], lens[start:end], data[a : int(row_ends[end - 1])].tobytes())
-            start = end
+        data, lens = self.codec(side).encode(stored)
+        own = BlobSet(raws[:no], range(no))
+        writes.update(zip(own_keys, own.append(group, t, flags, data, lens), strict=True))
         self._write(writes)
         index = self.buckets[side]
         for k, b in own_pairs.tolist():
@@ -209,9 +189,11 @@ class IntervalJoinLogic(JoinLogic):
         bounds = (self.upper, -self.lower)  # a row is dead once time + bound < wm
         keys: list[bytes] = []
         for side in (0, 1):
-            for b, encs in self.buckets[side].items():
-                if wm is None or b * self.width + bounds[side] < wm:
-                    keys += [e + SIDES[side] + bucket_bytes(np.array([b]))[0] for e in encs]
+            due = [b for b in self.buckets[side]
+                   if wm is None or b * self.width + bounds[side] < wm]
+            for b, suffix in zip(due, bucket_bytes(np.array(due, dtype=np.int64)), strict=True):
+                tail = SIDES[side] + suffix
+                keys += [e + tail for e in self.buckets[side][b]]
         if not keys:
             return
         keys.sort()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -10,9 +9,11 @@ import numpy as np
 import pyarrow as pa
 
 from raykv.engines.base import KVStore
-from raykv.operators.joins.common import NONE, SIDES, JoinLogic, JoinOperator
+from raykv.operators.joins.common import JoinLogic
+from raykv.operators.joins.config import JoinOperator
 from raykv.operators.joins.matching import latest_at_or_before
-from raykv.operators.joins.rows import Blob, BlobSet
+from raykv.operators.joins.rows import NO_ROWS, BlobSet, blob_times, group_min, latest_per_group
+from raykv.operators.joins.state import NONE, SIDES, EarliestIndex
 
 VERSIONS = ("event_time", "latest")
 #: Flag of a left row that found no right row while the right columns were unknown:
@@ -102,8 +103,8 @@ class LookupJoinLogic(JoinLogic):
 
     def __init__(self, op: LookupJoin, store: KVStore) -> None:
         self.event = op.version == "event_time"
-        self._heap: list[tuple[int, bytes]] = []
-        self._earliest: dict[bytes, int] = {}
+        #: Per key with waiting left rows: the earliest of their times.
+        self.waiting = EarliestIndex()
         super().__init__(op, store)
 
     def _layout(self) -> str:
@@ -111,16 +112,12 @@ class LookupJoinLogic(JoinLogic):
 
     def _index(self, state_key: bytes, value: bytes) -> None:
         if state_key[-1:] == SIDES[0]:
-            self._track(state_key[:-1], Blob.parse(value).times)
+            times = blob_times(value)
+            self.waiting.track(state_key[:-1], int(times.min()) if len(times) else None)
 
-    def _track(self, enc: bytes, times: np.ndarray) -> None:
-        if not len(times):
-            self._earliest.pop(enc, None)
-            return
-        low = int(times.min())
-        if self._earliest.get(enc) != low:
-            self._earliest[enc] = low
-            heapq.heappush(self._heap, (low, enc))
+    def _track(self, encs: list[bytes], groups: np.ndarray, times: np.ndarray) -> None:
+        for enc, low in zip(encs, group_min(groups, times, len(encs)).tolist(), strict=True):
+            self.waiting.track(enc, None if low == NO_ROWS else low)
 
     # ------------------------------------------------------------------ process
 
@@ -136,43 +133,31 @@ class LookupJoinLogic(JoinLogic):
         kb = self._keys(batch, 1, 1)
         k = len(kb.enc)
         keys = [e + SIDES[1] for e in kb.enc]
-        t = self._times(batch, 1) if self.event else np.zeros(batch.num_rows, np.int64)
+        n = batch.num_rows
         if self.event:
-            order = np.argsort(kb.ids, kind="stable")
-            raws = self.store.multi_get(keys)
-        else:  # only the last row of each key matters
+            t = self._times(batch, 1)
+            old = BlobSet(self.store.multi_get(keys), range(k))
+            rows, ids = batch, kb.ids
+            keep = self._versions_kept(np.concatenate([old.blob, ids]),
+                                       np.concatenate([old.times, t]), self.watermark)
+        else:  # only the last row of each key matters: no read
             last = np.zeros(k, dtype=np.int64)
-            last[kb.ids] = np.arange(batch.num_rows)
-            order = last
-            raws = [b""] * k
-        ids = kb.ids[order]
-        data, lens = self.codec(1).encode(self._stored(batch, 1).take(pa.array(order)))
-        ends = np.cumsum(np.bincount(ids, minlength=k))
-        row_ends = np.cumsum(lens.astype(np.int64))
-        flags = np.zeros(len(order), dtype=np.uint8)
-        writes: dict[bytes, bytes] = {}
-        start = 0
-        for g, key in enumerate(keys):
-            end = int(ends[g])
-            a = int(row_ends[start - 1]) if start else 0
-            sel = order[start:end]
-            value = Blob.parse(raws[g]).append(t[sel], flags[start:end], lens[start:end],
-                                               data[a : int(row_ends[end - 1])].tobytes())
-            writes[key] = self._prune(Blob.parse(value), self.watermark)
-            start = end
-        self._write(writes)
+            last[kb.ids] = np.arange(n)
+            old = BlobSet([b""] * k, range(k))
+            rows, ids, keep = batch.take(pa.array(last)), np.arange(k), None
+            t = np.zeros(k, np.int64)
+        data, lens = self.codec(1).encode(self._stored(rows, 1))
+        values = old.append(ids, t, np.zeros(len(ids), np.uint8), data, lens, keep)
+        self._write(dict(zip(keys, values, strict=True)))
 
     @staticmethod
-    def _prune(blob: Blob, wm: int | None) -> bytes:
-        """Versions newer than ``wm`` and the latest at or before it (``None``: all)."""
-        if wm is None or blob.n < 2:
-            return blob.keep(np.ones(blob.n, bool))
-        old = blob.times <= wm
-        keep = ~old
-        if old.any():
-            pos = np.flatnonzero(old)
-            keep[pos[np.lexsort((pos, blob.times[pos]))[-1]]] = True
-        return blob.keep(keep)
+    def _versions_kept(groups: np.ndarray, times: np.ndarray, wm: int | None) -> np.ndarray:
+        """Versions to keep: newer than ``wm``, or the latest at or before it, per key."""
+        if wm is None:
+            return np.ones(len(times), dtype=bool)
+        old = times <= wm
+        kept: np.ndarray = ~old | latest_per_group(groups, times, old)
+        return kept
 
     def _wait(self, batch: pa.RecordBatch) -> None:
         """``event_time`` left rows: drop late ones, keep the rest until the watermark."""
@@ -192,28 +177,11 @@ class LookupJoinLogic(JoinLogic):
     def _append_waiting(self, batch: pa.RecordBatch, t: np.ndarray, flags: np.ndarray
                         ) -> None:
         kb = self._keys(batch, 0, 1)
-        k = len(kb.enc)
         keys = [e + SIDES[0] for e in kb.enc]
-        raws = self.store.multi_get(keys)
-        order = np.argsort(kb.ids, kind="stable")
-        data, lens = self.codec(0).encode(self._stored(batch, 0).take(pa.array(order)))
-        ends = np.cumsum(np.bincount(kb.ids, minlength=k))
-        row_ends = np.cumsum(lens.astype(np.int64))
-        writes: dict[bytes, bytes] = {}
-        tracked = []
-        start = 0
-        for g, key in enumerate(keys):
-            end = int(ends[g])
-            a = int(row_ends[start - 1]) if start else 0
-            sel = order[start:end]
-            blob = Blob.parse(raws[g])
-            writes[key] = blob.append(t[sel], flags[sel], lens[start:end],
-                                      data[a : int(row_ends[end - 1])].tobytes())
-            tracked.append((kb.enc[g], np.concatenate([blob.times, t[sel]])))
-            start = end
-        self._write(writes)
-        for enc, times in tracked:
-            self._track(enc, times)
+        old = BlobSet(self.store.multi_get(keys), range(len(keys)))
+        data, lens = self.codec(0).encode(self._stored(batch, 0))
+        self._write(dict(zip(keys, old.append(kb.ids, t, flags, data, lens), strict=True)))
+        self._track(kb.enc, np.concatenate([old.group, kb.ids]), np.concatenate([old.times, t]))
 
     def _enrich_now(self, batch: pa.RecordBatch) -> None:
         """``latest`` left rows: emitted at once with the current right row of their key."""
@@ -255,20 +223,9 @@ class LookupJoinLogic(JoinLogic):
 
     def _flush(self, limit: int | None, *, final: bool) -> None:
         """Emit the waiting left rows with a time ``< limit`` (``None``: all)."""
-        due: set[bytes] = set()
-        if limit is None:
-            due = set(self._earliest)
-            self._earliest.clear()
-            self._heap.clear()
-        else:
-            while self._heap and self._heap[0][0] < limit:
-                low, enc = heapq.heappop(self._heap)
-                if self._earliest.get(enc) == low:
-                    del self._earliest[enc]
-                    due.add(enc)
-        if not due:
+        encs = self.waiting.pop_due(limit)
+        if not encs:
             return
-        encs = sorted(due)
         n = len(encs)
         keys = [e + SIDES[0] for e in encs] + [e + SIDES[1] for e in encs]
         raws = self.store.multi_get(keys)
@@ -300,12 +257,9 @@ class LookupJoinLogic(JoinLogic):
             if v is not None:
                 writes[keys[i]] = v
         if self.event and limit is not None and not final:
-            for i, blob in enumerate(right.blobs):
-                if blob.n > 1:
-                    pruned = self._prune(blob, limit)
-                    if len(pruned) != len(blob.raw):
-                        writes[keys[n + i]] = pruned
+            kept = self._versions_kept(right.group, right.times, limit)
+            for i, v in enumerate(right.rewrite(kept)):
+                if v is not None:
+                    writes[keys[n + i]] = v
         self._write(writes)
-        for g, enc in enumerate(encs):
-            lo, cnt = int(left.first[g]), int(left.counts[g])
-            self._track(enc, left.times[lo : lo + cnt][~ready[lo : lo + cnt]])
+        self._track(encs, left.group[~ready], left.times[~ready])

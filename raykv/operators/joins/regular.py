@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,9 +12,11 @@ import pyarrow as pa
 
 from raykv.engines.base import KVStore
 from raykv.operators.base import META_KEYS
-from raykv.operators.joins.common import SIDES, JoinLogic, JoinOperator, span_units
+from raykv.operators.joins.common import JoinLogic
+from raykv.operators.joins.config import JoinOperator, span_units
 from raykv.operators.joins.matching import pairs_equal
-from raykv.operators.joins.rows import Blob, BlobSet
+from raykv.operators.joins.rows import NO_ROWS, BlobSet, blob_times, group_min
+from raykv.operators.joins.state import SIDES, EarliestIndex
 from raykv.operators.ttl import TTL, normalize_ttl
 
 _NO_STAMP = 0
@@ -97,8 +98,8 @@ class RegularJoinLogic(JoinLogic):
 
     def __init__(self, op: Join, store: KVStore) -> None:
         self._span = 0
-        self._heap: list[tuple[int, bytes]] = []
-        self._earliest: dict[bytes, int] = {}
+        #: Per record (TTL only): the earliest stamp of its rows.
+        self.expiring = EarliestIndex()
         ttl = op.ttl
         assert ttl is None or isinstance(ttl, TTL)
         self._ttl = ttl
@@ -121,16 +122,14 @@ class RegularJoinLogic(JoinLogic):
 
     def _index(self, state_key: bytes, value: bytes) -> None:
         if self._ttl is not None:
-            self._track(state_key, Blob.parse(value).times)
+            times = blob_times(value)
+            self.expiring.track(state_key, int(times.min()) if len(times) else None)
 
-    def _track(self, state_key: bytes, stamps: np.ndarray) -> None:
-        if not len(stamps):
-            self._earliest.pop(state_key, None)
+    def _track(self, keys: list[bytes], groups: np.ndarray, stamps: np.ndarray) -> None:
+        if self._ttl is None:
             return
-        low = int(stamps.min())
-        if self._earliest.get(state_key) != low:
-            self._earliest[state_key] = low
-            heapq.heappush(self._heap, (low, state_key))
+        for key, low in zip(keys, group_min(groups, stamps, len(keys)).tolist(), strict=True):
+            self.expiring.track(key, None if low == NO_ROWS else low)
 
     # ------------------------------------------------------------------ process
 
@@ -151,8 +150,7 @@ class RegularJoinLogic(JoinLogic):
             theirs = other.decode(self.codec(1 - side), old_j)
             keys = kb.uniq.take(pa.array(kb.ids[new_i]))
             self._emit(keys, *((mine, theirs) if side == 0 else (theirs, mine)))
-        n = batch.num_rows
-        flags = np.zeros(n, dtype=np.uint8)
+        flags = np.zeros(batch.num_rows, dtype=np.uint8)
         writes: dict[bytes, bytes] = {}
         left_join = self.op.how == "left"
         if left_join and side == 0:
@@ -164,26 +162,12 @@ class RegularJoinLogic(JoinLogic):
                 if v is not None:
                     writes[opp[i]] = v
         stamps = self._stamps(batch, side)
-        order = np.argsort(kb.ids, kind="stable")
-        data, lens = self.codec(side).encode(stored.take(pa.array(order)))
-        ends = np.cumsum(np.bincount(kb.ids, minlength=k))
-        row_ends = np.cumsum(lens.astype(np.int64))
-        tracked: list[tuple[bytes, np.ndarray]] = []
-        lo = 0
-        for kid in range(k):
-            hi = int(ends[kid])
-            a = int(row_ends[lo - 1]) if lo else 0
-            b = int(row_ends[hi - 1])
-            sel = order[lo:hi]
-            blob = Blob.parse(raws[kid])
-            writes[own[kid]] = blob.append(stamps[sel], flags[sel], lens[lo:hi],
-                                           data[a:b].tobytes())
-            if self._ttl is not None:
-                tracked.append((own[kid], np.concatenate([blob.times, stamps[sel]])))
-            lo = hi
+        data, lens = self.codec(side).encode(stored)
+        mine_set = BlobSet(raws[:k], range(k))
+        writes.update(zip(own, mine_set.append(kb.ids, stamps, flags, data, lens), strict=True))
         self._write(writes)
-        for key, st in tracked:
-            self._track(key, st)
+        self._track(own, np.concatenate([mine_set.group, kb.ids]),
+                    np.concatenate([mine_set.times, stamps]))
 
     def _stamps(self, batch: pa.RecordBatch, side: int) -> np.ndarray:
         n = batch.num_rows
@@ -214,14 +198,9 @@ class RegularJoinLogic(JoinLogic):
             pairs = sorted((k, v) for k, v in self.store.items() if k not in META_KEYS)
             keys = [k for k, _ in pairs]
             raws = [v for _, v in pairs]
+            self.expiring.pop_due(None)
         else:
-            due: set[bytes] = set()
-            while self._heap and self._heap[0][0] < horizon:
-                stamp, key = heapq.heappop(self._heap)
-                if self._earliest.get(key) == stamp:
-                    del self._earliest[key]  # tracked again below with what stays
-                    due.add(key)
-            keys = sorted(due)
+            keys = self.expiring.pop_due(horizon)
             raws = self.store.multi_get(keys) if keys else []
         if not keys:
             return
@@ -245,9 +224,5 @@ class RegularJoinLogic(JoinLogic):
             if v is not None:
                 writes[keys[i]] = v
         self._write(writes)
-        for i, key in enumerate(keys):
-            lo = int(blobs.first[i])
-            rest = blobs.times[lo : lo + int(blobs.counts[i])][~expired[lo : lo + int(
-                blobs.counts[i])]]
-            if self._ttl is not None:
-                self._track(key, rest)
+        if horizon is not None:
+            self._track(keys, blobs.group[~expired], blobs.times[~expired])

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -258,87 +257,54 @@ def make_blob(times: np.ndarray, flags: np.ndarray, lens: np.ndarray, rows: byte
                      lens.astype("<u4").tobytes(), rows))
 
 
-@dataclass
-class Blob:
-    """One parsed blob: per row time, flag, length and offset into :attr:`raw`."""
-
-    raw: bytes
-    times: np.ndarray
-    flags: np.ndarray
-    lens: np.ndarray
-    body: int  # offset of the first row in raw
-
-    @classmethod
-    def parse(cls, raw: bytes) -> Blob:
-        """Parse a stored value (``b""``: an empty blob). Cost: O(1) numpy views."""
-        if not raw:
-            return cls(b"", _EMPTY_I64, np.zeros(0, np.uint8), np.zeros(0, np.uint32), 0)
-        (n,) = _N.unpack_from(raw, 0)
-        pos = _N.size
-        times = np.frombuffer(raw, "<i8", n, pos)
-        flags = np.frombuffer(raw, np.uint8, n, pos + 8 * n)
-        lens = np.frombuffer(raw, "<u4", n, pos + 9 * n)
-        return cls(raw, times, flags, lens, pos + 13 * n)
-
-    @property
-    def n(self) -> int:
-        """Rows in the blob."""
-        return len(self.times)
-
-    def rows(self) -> bytes:
-        """The encoded rows, back to back."""
-        return self.raw[self.body :]
-
-    def append(self, times: np.ndarray, flags: np.ndarray, lens: np.ndarray, rows: bytes
-               ) -> bytes:
-        """This blob with rows added at the end (no decoding). Cost: O(bytes) copies."""
-        if not self.n:
-            return make_blob(times, flags, lens, rows)
-        return make_blob(np.concatenate([self.times, times]),
-                         np.concatenate([self.flags, flags]),
-                         np.concatenate([self.lens, lens]), self.rows() + rows)
-
-    def keep(self, mask: np.ndarray, flags: np.ndarray | None = None) -> bytes:
-        """This blob with only the rows of ``mask`` (and the new ``flags`` of all rows)."""
-        flags = self.flags if flags is None else flags
-        if mask.all():
-            return make_blob(self.times, flags, self.lens, self.rows())
-        if not mask.any():
-            return b""
-        ends = np.cumsum(self.lens.astype(np.int64))
-        starts = ends - self.lens
-        body = np.frombuffer(self.raw, np.uint8, offset=self.body)
-        rows = body[_segments(starts[mask], self.lens[mask].astype(np.int64))].tobytes()
-        return make_blob(self.times[mask], flags[mask], self.lens[mask], rows)
+def blob_times(raw: bytes) -> np.ndarray:
+    """The per-row times of one stored blob (``b""``: none). Cost: one numpy view."""
+    if not raw:
+        return _EMPTY_I64
+    (n,) = _N.unpack_from(raw, 0)
+    return np.frombuffer(raw, "<i8", n, _N.size).astype(np.int64)
 
 
 class BlobSet:
-    """Many parsed blobs with their rows numbered globally (for vectorized matching).
+    """Many blobs parsed at once, their rows numbered globally (for vectorized matching).
 
     Args:
         raws: stored values (``b""`` for none).
         groups: per blob, the group (e.g. key id) its rows belong to.
 
-    Attributes ``group``, ``times``, ``flags``, ``blob`` are per global row; rows are
-    numbered blob after blob, in each blob's order. Cost: O(blobs) Python + O(rows) numpy.
+    Per global row (blob after blob, each in its order): ``group``, ``blob``, ``times``,
+    ``flags``, ``lens`` and ``starts`` (offset of the encoded row in ``buf``, the blobs
+    concatenated). Per blob: ``counts`` and ``first`` (its first global row). Cost:
+    one ``bytes.join`` and O(rows) numpy; no Python per blob beyond its length.
     """
 
-    def __init__(self, raws: Sequence[bytes], groups: Sequence[int]) -> None:
-        self.blobs = [Blob.parse(r) for r in raws]
-        counts = np.fromiter((b.n for b in self.blobs), dtype=np.int64, count=len(self.blobs))
-        self.counts = counts
-        self.first = np.cumsum(counts) - counts  # first global row of each blob
-        nonempty = [b for b in self.blobs if b.n]
-        self.group = np.repeat(np.asarray(groups, dtype=np.int64), counts)
-        self.blob = np.repeat(np.arange(len(self.blobs), dtype=np.int64), counts)
-        if nonempty:
-            self.times = np.concatenate([b.times for b in nonempty])
-            self.flags = np.concatenate([b.flags for b in nonempty])
-            lens = np.concatenate([b.lens for b in nonempty]).astype(np.int64)
-        else:
-            self.times, self.flags, lens = _EMPTY_I64, np.zeros(0, np.uint8), _EMPTY_I64
-        self._lens = lens
-        self._nonempty = nonempty
+    def __init__(self, raws: Sequence[bytes], groups: Sequence[int] | np.ndarray) -> None:
+        nb = len(raws)
+        sizes = np.fromiter(map(len, raws), dtype=np.int64, count=nb)
+        self.buf = np.frombuffer(b"".join(raws), dtype=np.uint8)
+        off = np.cumsum(sizes) - sizes
+        n = np.zeros(nb, dtype=np.int64)
+        full = np.flatnonzero(sizes)
+        if len(full):
+            head = self.buf[(off[full, None] + np.arange(4)).ravel()]
+            n[full] = head.view("<u4").astype(np.int64)
+        self.counts = n
+        self.first = np.cumsum(n) - n
+        total = int(n.sum())
+        self.blob = np.repeat(np.arange(nb, dtype=np.int64), n)
+        self.group = np.asarray(groups, dtype=np.int64)[self.blob] if nb else _EMPTY_I64
+        i = np.arange(total, dtype=np.int64) - self.first[self.blob]
+        base = off[self.blob] + 4
+        nn = n[self.blob]
+        buf = self.buf
+        self.times = buf[((base + 8 * i)[:, None] + np.arange(8)).ravel()].view("<i8").astype(
+            np.int64)
+        self.flags = buf[base + 8 * nn + i]
+        self.lens = buf[((base + 9 * nn + 4 * i)[:, None] + np.arange(4)).ravel()].view(
+            "<u4").astype(np.int64)
+        cum = np.cumsum(self.lens) - self.lens
+        within = cum - cum[self.first[self.blob]] if total else _EMPTY_I64
+        self.starts = base + 13 * nn + within
 
     def __len__(self) -> int:
         return len(self.times)
@@ -347,22 +313,105 @@ class BlobSet:
         """The global ``rows`` (any order, repeats allowed) decoded with ``codec``."""
         if not len(rows):
             return pa.RecordBatch.from_pylist([], schema=codec.schema)
-        data = np.frombuffer(b"".join(b.rows() for b in self._nonempty), dtype=np.uint8)
-        starts = np.cumsum(self._lens) - self._lens
-        return codec.decode(data, starts[rows])
+        return codec.decode(self.buf, self.starts[rows])
 
     def rewrite(self, keep: np.ndarray, flags: np.ndarray | None = None) -> list[bytes | None]:
         """Per blob: its new value with rows ``keep`` (global mask) and ``flags``.
 
-        ``None`` for a blob that does not change (all rows kept, flags equal).
+        ``None`` for a blob that does not change (all rows kept, flags equal); ``b""``
+        for one left empty. Cost: O(bytes kept) numpy, one slice per blob.
         """
-        out: list[bytes | None] = []
-        for i, b in enumerate(self.blobs):
-            lo, hi = int(self.first[i]), int(self.first[i] + self.counts[i])
-            k = keep[lo:hi]
-            f = None if flags is None else flags[lo:hi]
-            if k.all() and (f is None or np.array_equal(f, b.flags)):
-                out.append(None)
-            else:
-                out.append(b.keep(k, f))
+        nb = len(self.counts)
+        flags = self.flags if flags is None else flags
+        sel = np.flatnonzero(keep)
+        counts = np.bincount(self.blob[sel], minlength=nb)
+        changed = counts != self.counts
+        if flags is not self.flags:
+            changed |= np.bincount(self.blob, weights=flags != self.flags, minlength=nb) > 0
+        out = build_blobs(counts, self.times[sel], flags[sel], self.lens[sel], self.buf,
+                          self.starts[sel])
+        return [v if c else None for v, c in zip(out, changed.tolist(), strict=True)]
+
+    def append(self, group: np.ndarray, times: np.ndarray, flags: np.ndarray,
+               data: np.ndarray, lens: np.ndarray, keep: np.ndarray | None = None
+               ) -> list[bytes]:
+        """Per blob: its value with new rows appended (row ``r`` to blob ``group[r]``).
+
+        ``data``/``lens`` are the new rows' encodings (``RowCodec.encode``), ``keep`` an
+        optional mask over the old rows then the new ones (the rest are dropped). Old
+        rows first, then the new ones in their order. Cost: O(bytes) numpy.
+        """
+        nb = len(self.counts)
+        starts = np.cumsum(lens.astype(np.int64)) - lens + len(self.buf)
+        all_group = np.concatenate([self.blob, group])
+        order = np.argsort(all_group, kind="stable")
+        if keep is not None:
+            order = order[keep[order]]
+        buf = np.concatenate([self.buf, data]) if len(data) else self.buf
+        times_all = np.concatenate([self.times, times])
+        flags_all = np.concatenate([self.flags, flags.astype(np.uint8)])
+        lens_all = np.concatenate([self.lens, lens.astype(np.int64)])
+        starts_all = np.concatenate([self.starts, starts])
+        counts = np.bincount(all_group[order], minlength=nb)
+        return build_blobs(counts, times_all[order], flags_all[order], lens_all[order], buf,
+                           starts_all[order])
+
+
+def build_blobs(counts: np.ndarray, times: np.ndarray, flags: np.ndarray, lens: np.ndarray,
+                buf: np.ndarray, starts: np.ndarray) -> list[bytes]:
+    """Blobs of ``counts[b]`` rows each (rows given blob after blob, in order).
+
+    Row ``r`` has ``times[r]``, ``flags[r]`` and its encoding at ``buf[starts[r]:][:lens[r]]``.
+    Returns one value per blob (``b""`` for an empty one). Cost: O(bytes) numpy and one
+    slice per blob.
+    """
+    nb = len(counts)
+    counts = counts.astype(np.int64)
+    total = int(counts.sum())
+    lens = lens.astype(np.int64)
+    blob = np.repeat(np.arange(nb, dtype=np.int64), counts)
+    body = np.bincount(blob, weights=lens, minlength=nb).astype(np.int64)
+    size = np.where(counts > 0, 4 + 13 * counts + body, 0)
+    off = np.cumsum(size) - size
+    out = np.empty(int(size.sum()), dtype=np.uint8)
+    full = np.flatnonzero(counts)
+    out[(off[full, None] + np.arange(4)).ravel()] = counts[full].astype("<u4").view(np.uint8)
+    first = np.cumsum(counts) - counts
+    i = np.arange(total, dtype=np.int64) - first[blob]
+    base = off[blob] + 4
+    n = counts[blob]
+    out[((base + 8 * i)[:, None] + np.arange(8)).ravel()] = times.astype("<i8").view(np.uint8)
+    out[base + 8 * n + i] = flags
+    out[((base + 9 * n + 4 * i)[:, None] + np.arange(4)).ravel()] = lens.astype("<u4").view(
+        np.uint8)
+    cum = np.cumsum(lens) - lens
+    within = cum - cum[first[blob]] if total else _EMPTY_I64
+    out[_segments(base + 13 * n + within, lens)] = buf[_segments(starts, lens)]
+    raw = out.tobytes()
+    return [raw[a : a + z] for a, z in zip(off.tolist(), size.tolist(), strict=True)]
+
+
+#: :func:`group_min` of a group without rows.
+NO_ROWS = np.iinfo(np.int64).max
+
+
+def group_min(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Per group ``0..n-1`` the smallest of its ``values`` (:data:`NO_ROWS` if none)."""
+    out = np.full(n, NO_ROWS, dtype=np.int64)
+    np.minimum.at(out, groups, values)
+    return out
+
+
+def latest_per_group(groups: np.ndarray, times: np.ndarray, eligible: np.ndarray
+                     ) -> np.ndarray:
+    """Mask of, per group, the eligible row with the largest time (ties: the last row)."""
+    out = np.zeros(len(groups), dtype=bool)
+    pos = np.flatnonzero(eligible)
+    if not len(pos):
         return out
+    order = pos[np.lexsort((pos, times[pos], groups[pos]))]
+    g = groups[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = g[1:] != g[:-1]
+    out[order[last]] = True
+    return out

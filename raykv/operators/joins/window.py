@@ -12,17 +12,11 @@ import pyarrow as pa
 
 from raykv.engines.base import KVStore
 from raykv.operators.eventtime import WINDOW_END, WINDOW_START
-from raykv.operators.joins.common import (
-    SIDES,
-    JoinLogic,
-    JoinOperator,
-    bucket_bytes,
-    bucket_of,
-    check_bound,
-    span_units,
-)
+from raykv.operators.joins.common import JoinLogic
+from raykv.operators.joins.config import JoinOperator, check_bound, span_units
 from raykv.operators.joins.matching import pairs_equal
-from raykv.operators.joins.rows import Blob, BlobSet
+from raykv.operators.joins.rows import BlobSet
+from raykv.operators.joins.state import SIDES, bucket_bytes, bucket_of
 from raykv.operators.watermark import time_array
 
 
@@ -147,20 +141,10 @@ class WindowJoinLogic(JoinLogic):
         keys = [kb.enc[k] + SIDES[side] + s for k, s in
                 zip(pairs[:, 0].tolist(), bucket_bytes(pairs[:, 1]), strict=True)]
         raws = self.store.multi_get(keys)
-        order = np.argsort(group, kind="stable")
-        data, lens = self.codec(side).encode(self._stored(batch, side).take(pa.array(order)))
-        ends = np.cumsum(np.bincount(group, minlength=len(pairs)))
-        row_ends = np.cumsum(lens.astype(np.int64))
+        data, lens = self.codec(side).encode(self._stored(batch, side))
         flags = np.zeros(len(t), dtype=np.uint8)
-        writes: dict[bytes, bytes] = {}
-        start = 0
-        for g, key in enumerate(keys):
-            end = int(ends[g])
-            a = int(row_ends[start - 1]) if start else 0
-            sel = order[start:end]
-            writes[key] = Blob.parse(raws[g]).append(
-                t[sel], flags[sel], lens[start:end], data[a : int(row_ends[end - 1])].tobytes())
-            start = end
+        mine = BlobSet(raws, range(len(keys)))
+        writes = dict(zip(keys, mine.append(group, t, flags, data, lens), strict=True))
         self._write(writes)
         for k, p in pairs.tolist():
             self.panes.setdefault(p, set()).add(kb.enc[k])

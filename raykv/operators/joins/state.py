@@ -1,0 +1,72 @@
+r"""Join state keys and bookkeeping records, and the in-memory index of expiring records.
+
+Contract: a join's state key is ``encode_keys(key) + side byte`` (:data:`SIDES`: 0 left,
+1 right), plus for time-bucketed joins an 8-byte bucket (:func:`bucket_bytes`: int64
+big-endian, sign bit flipped, so byte order is numeric order). The watermark record
+(``WATERMARK_KEY``) is :data:`WM_RECORD`: the epoch watermark (:data:`NONE`: none yet)
+and the late count. :class:`EarliestIndex` keeps, per record, the earliest time of its
+rows in memory (rebuilt from the engine when a logic is built).
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+
+import numpy as np
+
+SIDES = (b"\x00", b"\x01")
+SIDE_NAMES = ("left", "right")
+#: The watermark record: epoch watermark (NONE: none yet), late events (little-endian).
+WM_RECORD = struct.Struct("<qq")
+NONE = -(1 << 63)
+_BUCKET_FLIP = np.uint64(1 << 63)
+
+
+def bucket_bytes(buckets: np.ndarray) -> list[bytes]:
+    """int64 buckets as 8 big-endian bytes with the sign bit flipped (order-preserving)."""
+    words = (buckets.astype(np.int64).view(np.uint64) ^ _BUCKET_FLIP).astype(">u8")
+    return np.frombuffer(words.tobytes(), dtype="V8").tolist()  # type: ignore[no-any-return]
+
+
+def bucket_of(raw: bytes) -> int:
+    """Inverse of :func:`bucket_bytes` for one 8-byte suffix."""
+    return int.from_bytes(raw, "big") - (1 << 63)
+
+
+class EarliestIndex:
+    """In-memory index: per state record, the earliest time (stamp) of its rows.
+
+    A heap of ``(earliest, key)`` with lazy deletion; rebuilt from the engine when a
+    logic is built. Cost: O(log n) per change, O(due log n) per :meth:`pop_due`.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, bytes]] = []
+        self.earliest: dict[bytes, int] = {}
+
+    def track(self, key: bytes, low: int | None) -> None:
+        """Record ``key``'s earliest time now (``None``: it holds no rows)."""
+        if low is None:
+            self.earliest.pop(key, None)
+        elif self.earliest.get(key) != low:
+            self.earliest[key] = low
+            heapq.heappush(self._heap, (low, key))
+
+    def pop_due(self, limit: int | None) -> list[bytes]:
+        """Remove and return (sorted) the keys whose earliest time is ``< limit``.
+
+        ``None``: all keys. The caller tracks them again with what stays.
+        """
+        if limit is None:
+            due = sorted(self.earliest)
+            self.earliest.clear()
+            self._heap.clear()
+            return due
+        out: set[bytes] = set()
+        while self._heap and self._heap[0][0] < limit:
+            low, key = heapq.heappop(self._heap)
+            if self.earliest.get(key) == low:
+                del self.earliest[key]
+                out.add(key)
+        return sorted(out)
