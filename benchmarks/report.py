@@ -75,6 +75,7 @@ OPTIONAL: dict[str, tuple[str, str, bool]] = {
     "ttl": ("State that expires: store size with a TTL (issue 13)", "benchmarks.ttl", False),
     "memory": ("Memory bounded by the work: shard RSS with 20M-40M keys (issue 15)",
                "benchmarks.memory", True),
+    "nexmark": ("Nexmark: generator and queries (issue 14)", "benchmarks.nexmark.bench", True),
 }
 
 

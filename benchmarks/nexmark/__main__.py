@@ -21,7 +21,7 @@ def main() -> None:
     """Parse the arguments, run, print the table (and write ``--out``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help=f"{', '.join(QUICK_QUERIES)} over 50,000 events")
+                        help=f"{', '.join(QUICK_QUERIES)} over 30,000 events")
     parser.add_argument("--queries", help="comma-separated, e.g. q0,q5 (default: every "
                         f"query with a pipeline: {', '.join(QUERIES)})")
     parser.add_argument("--events", type=int, help="events per query (default 500,000)")
@@ -33,7 +33,7 @@ def main() -> None:
         if n not in QUERIES:
             why = MODEL_ONLY.get(n, "not a Nexmark query of this suite")
             parser.error(f"{n} has no raykv pipeline yet: {why}")
-    events = args.events or (50_000 if args.quick else 500_000)
+    events = args.events or (30_000 if args.quick else 500_000)
     started = start_local_ray()
     try:
         res = measure(events, names, 200_000 if args.quick else 2_000_000)

@@ -167,11 +167,11 @@ def _line(r: dict[str, Any]) -> str:
 
 
 def report_run(quick: bool, out: Path) -> dict[str, Any]:
-    """The report's section: quick, q0/q5/q7/q11 over 50,000 events; else every query
+    """The report's section: quick, q0/q5/q7/q11 over 30,000 events; else every query
     over 500,000 events."""
     del out
     if quick:
-        return measure(50_000, QUICK_QUERIES, 200_000)
+        return measure(30_000, QUICK_QUERIES, 200_000)
     return measure(500_000, sorted(QUERIES, key=lambda n: int(n[1:])), 2_000_000)
 
 
