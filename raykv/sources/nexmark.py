@@ -51,9 +51,8 @@ from raykv.sources.base import (
 )
 
 KINDS = ("person", "auction", "bid")
-PROPORTIONS = {"person": 1, "auction": 3, "bid": 46}
+PROPORTIONS, TOTAL_PROPORTION = {"person": 1, "auction": 3, "bid": 46}, 50
 """Events of each kind per 50 (the reference's 1/3/46: 2 %, 6 %, 92 %)."""
-TOTAL_PROPORTION = 50
 _FIRST_OFFSET = {"person": 0, "auction": 1, "bid": 4}
 _KIND_CODE = {"person": 0, "auction": 1, "bid": 2}
 _WORDS = {"person": 16, "auction": 12, "bid": 8}  # random uint64 per event (multiple of 4)
@@ -80,8 +79,7 @@ DEFAULT_BLOCK_EVENTS = 10_000
 _POOL_BYTES = 1 << 20
 _MAX_TEXT = 1024  # longest random string (an auction's extra is at most ~540)
 
-_I64 = pa.int64()
-_STR = pa.string()
+_I64, _STR = pa.int64(), pa.string()
 SCHEMAS = {
     "person": pa.schema([("id", _I64), ("name", _STR), ("email_address", _STR),
                          ("credit_card", _STR), ("city", _STR), ("state", _STR),
@@ -223,9 +221,8 @@ def _lengths(arr: pa.Array) -> np.ndarray:
 
 _NAMES = pa.array([f"{f} {la}" for f in FIRST_NAMES for la in LAST_NAMES], _STR)
 _NAME_LEN = np.array([len(f) + 1 + len(la) for f in FIRST_NAMES for la in LAST_NAMES])
-_CITIES = pa.array(US_CITIES, _STR)
+_CITIES, _STATES = pa.array(US_CITIES, _STR), pa.array(US_STATES, _STR)
 _CITY_LEN = np.array([len(c) for c in US_CITIES])
-_STATES = pa.array(US_STATES, _STR)
 
 
 # ---- the three generators: event ids and random words in, a record batch out ---------
@@ -401,12 +398,10 @@ class NexmarkSource(Source):
             msg = f"NexmarkSource kind must be one of {KINDS}, got {self.kind!r}"
             raise ValueError(msg)
         _check_int("events", self.events, 0, allow_none=True)
-        _check_int("seed", self.seed, 0)
-        _check_int("num_splits", self.num_splits, 1)
+        for name, minimum in (("seed", 0), ("num_splits", 1), ("rate", 1), ("base_time", 0),
+                              ("block_events", 1)):
+            _check_int(name, getattr(self, name), minimum)
         check_batch_size(self.batch_size)
-        _check_int("rate", self.rate, 1)
-        _check_int("base_time", self.base_time, 0)
-        _check_int("block_events", self.block_events, 1)
 
     @property
     def schema(self) -> pa.Schema:
@@ -421,16 +416,13 @@ class NexmarkSource(Source):
     def splits(self) -> list[Split]:
         """``num_splits`` splits ``"nexmark i/n"``; size: about the rows of this kind."""
         n, b, total = self.num_splits, self.block_events, self.events
-        out = []
-        for i in range(n):
-            size = None
-            if total is not None:
-                full, rest = divmod(total, b)
-                ids = (full // n + (1 if i < full % n else 0)) * b
-                ids += rest if i == full % n else 0
-                size = ids * PROPORTIONS[self.kind] // TOTAL_PROPORTION
-            out.append(Split(f"nexmark {i}/{n}", size))
-        return out
+        if total is None:
+            return [Split(f"nexmark {i}/{n}") for i in range(n)]
+        full, rest = divmod(total, b)  # full blocks, then a partial one (split full % n)
+        ids = [(full // n + (i < full % n)) * b + (rest if i == full % n else 0)
+               for i in range(n)]
+        return [Split(f"nexmark {i}/{n}", ids[i] * PROPORTIONS[self.kind] // TOTAL_PROPORTION)
+                for i in range(n)]
 
     def open(self, offset: Offset | None = None) -> SourceReader:
         """Return a reader over every event of this kind in id order from ``offset``."""
