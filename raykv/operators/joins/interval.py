@@ -12,7 +12,7 @@ import pyarrow as pa
 from raykv.engines.base import KVStore
 from raykv.operators.joins.common import JoinLogic
 from raykv.operators.joins.config import JoinOperator, check_bound, span_units
-from raykv.operators.joins.matching import pairs_in_range
+from raykv.operators.joins.matching import pairs_in_range, unique_pairs
 from raykv.operators.joins.rows import BlobSet
 from raykv.operators.joins.state import SIDES, bucket_bytes, bucket_of
 
@@ -138,14 +138,12 @@ class IntervalJoinLogic(JoinLogic):
         w = self.width
         # the other side's times a row matches: [lo, hi]
         lo, hi = (t + self.lower, t + self.upper) if side == 0 else (t - self.upper, t - self.lower)
-        own_pairs, group = np.unique(np.stack([kb.ids, t // w], axis=1), axis=0,
-                                     return_inverse=True)
-        group = group.ravel()
+        own_pairs, group = unique_pairs(kb.ids, t // w)
         b_lo, b_hi = lo // w, hi // w
         counts = b_hi - b_lo + 1
         rows = np.repeat(np.arange(len(t)), counts)
         offs = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        probe = np.unique(np.stack([kb.ids[rows], b_lo[rows] + offs], axis=1), axis=0)
+        probe = unique_pairs(kb.ids[rows], b_lo[rows] + offs)[0]
         own_keys = [kb.enc[k] + SIDES[side] + s for k, s in
                     zip(own_pairs[:, 0].tolist(), bucket_bytes(own_pairs[:, 1]), strict=True)]
         opp_keys = [kb.enc[k] + SIDES[1 - side] + s for k, s in

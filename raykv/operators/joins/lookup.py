@@ -115,9 +115,17 @@ class LookupJoinLogic(JoinLogic):
             times = blob_times(value)
             self.waiting.track(state_key[:-1], int(times.min()) if len(times) else None)
 
-    def _track(self, encs: list[bytes], groups: np.ndarray, times: np.ndarray) -> None:
-        for enc, low in zip(encs, group_min(groups, times, len(encs)).tolist(), strict=True):
-            self.waiting.track(enc, None if low == NO_ROWS else low)
+    def _track(self, keys: list[bytes], groups: np.ndarray, times: np.ndarray,
+               before: np.ndarray | None = None) -> None:
+        """Index each record's earliest time now (``groups``/``times`` of all its rows).
+
+        ``before``: the records' earliest times as indexed (only changes are applied).
+        """
+        low = group_min(groups, times, len(keys))
+        todo = range(len(keys)) if before is None else np.flatnonzero(low != before).tolist()
+        for i in todo:
+            v = int(low[i])
+            self.waiting.track(keys[i], None if v == NO_ROWS else v)
 
     # ------------------------------------------------------------------ process
 
@@ -181,7 +189,8 @@ class LookupJoinLogic(JoinLogic):
         old = BlobSet(self.store.multi_get(keys), range(len(keys)))
         data, lens = self.codec(0).encode(self._stored(batch, 0))
         self._write(dict(zip(keys, old.append(kb.ids, t, flags, data, lens), strict=True)))
-        self._track(kb.enc, np.concatenate([old.group, kb.ids]), np.concatenate([old.times, t]))
+        self._track(kb.enc, np.concatenate([old.group, kb.ids]), np.concatenate([old.times, t]),
+                    group_min(old.group, old.times, len(keys)))
 
     def _enrich_now(self, batch: pa.RecordBatch) -> None:
         """``latest`` left rows: emitted at once with the current right row of their key."""

@@ -89,3 +89,21 @@ def latest_at_or_before(
 def first_rows(groups: np.ndarray) -> np.ndarray:
     """Positions of the first row of each distinct group, in group order."""
     return np.unique(groups, return_index=True)[1]
+
+
+def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``(a[i], b[i])`` pairs sorted by ``a`` then ``b``, and each row's pair index.
+
+    ``a`` holds small non-negative ints (ids), ``b`` any int64 (buckets). Returns an
+    ``(n, 2)`` array and the inverse. Cost: one 1-D ``np.unique`` of int64 codes.
+    """
+    if not len(a):
+        return np.zeros((0, 2), dtype=np.int64), _EMPTY
+    lo = b.min()
+    span = np.int64(b.max() - lo + 1)
+    if span and a.max() < np.iinfo(np.int64).max // span:
+        codes, inverse = np.unique(a * span + (b - lo), return_inverse=True)
+        pairs = np.stack([codes // span, codes % span + lo], axis=1)
+        return pairs, inverse.ravel()
+    pairs, inverse = np.unique(np.stack([a, b], axis=1), axis=0, return_inverse=True)
+    return pairs, inverse.ravel()

@@ -125,11 +125,17 @@ class RegularJoinLogic(JoinLogic):
             times = blob_times(value)
             self.expiring.track(state_key, int(times.min()) if len(times) else None)
 
-    def _track(self, keys: list[bytes], groups: np.ndarray, stamps: np.ndarray) -> None:
-        if self._ttl is None:
-            return
-        for key, low in zip(keys, group_min(groups, stamps, len(keys)).tolist(), strict=True):
-            self.expiring.track(key, None if low == NO_ROWS else low)
+    def _track(self, keys: list[bytes], groups: np.ndarray, times: np.ndarray,
+               before: np.ndarray | None = None) -> None:
+        """Index each record's earliest time now (``groups``/``times`` of all its rows).
+
+        ``before``: the records' earliest times as indexed (only changes are applied).
+        """
+        low = group_min(groups, times, len(keys))
+        todo = range(len(keys)) if before is None else np.flatnonzero(low != before).tolist()
+        for i in todo:
+            v = int(low[i])
+            self.expiring.track(keys[i], None if v == NO_ROWS else v)
 
     # ------------------------------------------------------------------ process
 
@@ -166,8 +172,10 @@ class RegularJoinLogic(JoinLogic):
         mine_set = BlobSet(raws[:k], range(k))
         writes.update(zip(own, mine_set.append(kb.ids, stamps, flags, data, lens), strict=True))
         self._write(writes)
-        self._track(own, np.concatenate([mine_set.group, kb.ids]),
-                    np.concatenate([mine_set.times, stamps]))
+        if self._ttl is not None:
+            self._track(own, np.concatenate([mine_set.group, kb.ids]),
+                        np.concatenate([mine_set.times, stamps]),
+                        group_min(mine_set.group, mine_set.times, k))
 
     def _stamps(self, batch: pa.RecordBatch, side: int) -> np.ndarray:
         n = batch.num_rows
@@ -224,5 +232,5 @@ class RegularJoinLogic(JoinLogic):
             if v is not None:
                 writes[keys[i]] = v
         self._write(writes)
-        if horizon is not None:
+        if horizon is not None and self._ttl is not None:
             self._track(keys, blobs.group[~expired], blobs.times[~expired])

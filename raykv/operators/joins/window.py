@@ -14,7 +14,7 @@ from raykv.engines.base import KVStore
 from raykv.operators.eventtime import WINDOW_END, WINDOW_START
 from raykv.operators.joins.common import JoinLogic
 from raykv.operators.joins.config import JoinOperator, check_bound, span_units
-from raykv.operators.joins.matching import pairs_equal
+from raykv.operators.joins.matching import pairs_equal, unique_pairs
 from raykv.operators.joins.rows import BlobSet
 from raykv.operators.joins.state import SIDES, bucket_bytes, bucket_of
 from raykv.operators.watermark import time_array
@@ -135,9 +135,7 @@ class WindowJoinLogic(JoinLogic):
             self._write({})
             return
         kb = self._keys(batch, side, 9)
-        pairs, group = np.unique(np.stack([kb.ids, t // self.pane], axis=1), axis=0,
-                                 return_inverse=True)
-        group = group.ravel()
+        pairs, group = unique_pairs(kb.ids, t // self.pane)
         keys = [kb.enc[k] + SIDES[side] + s for k, s in
                 zip(pairs[:, 0].tolist(), bucket_bytes(pairs[:, 1]), strict=True)]
         raws = self.store.multi_get(keys)
