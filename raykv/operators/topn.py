@@ -5,7 +5,7 @@ Contract (see :class:`TopN`): windows are tumbling (``size``) or hopping (``size
 (``raykv.operators.watermark``: derived from the rows, or set by the runtime with
 ``advance_watermark``); at each barrier every window whose end is ``<=`` the watermark is
 emitted once, its ranked rows, and deleted. The engine holds, per (key, window), at most
-``n`` candidate rows (one value: ``rowsort.encode_rows``), so checkpoints, restore and
+``n`` candidate rows (one value: ``rowsort.RowCodec``), so checkpoints, restore and
 rescaling carry them like any window state (state key = encoded key + 8-byte window
 start, ``key_suffix_len = 8``).
 """
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raykv.engines.base import KVStore
-from raykv.keys import decode_keys
+from raykv.keys import decode_keys, is_fixed_width
 from raykv.operators.base import META_KEYS
 from raykv.operators.eventtime import (
     LATE_MODES,
@@ -30,14 +30,7 @@ from raykv.operators.eventtime import (
     EventTimeLogic,
     EventTimeWindow,
 )
-from raykv.operators.rowsort import (
-    decode_rows,
-    encode_rows,
-    rank_in_runs,
-    row_order,
-    stored_schema,
-    to_stored,
-)
+from raykv.operators.rowsort import RowCodec, rank_in_runs, row_order, stored_schema, to_stored
 from raykv.operators.watermark import check_span, time_array, to_units
 
 __all__ = ["RANK", "TopN", "TopNLogic"]
@@ -72,14 +65,15 @@ class TopN(EventTimeWindow):
     ranks), then the row's columns except the key (dictionaries decoded), ordered by
     window start, encoded key, rank.
 
-    State: per (key, window) at most ``n`` rows (one engine value: an Arrow IPC
-    message, ~300 bytes + the rows). Cost per batch: the rows are expanded to their
-    ``ceil(size / slide)`` windows, sorted once (by group, ``by``, the other columns),
-    cut to ``n`` per group; then one ``multi_get`` of the touched (key, window) pairs,
-    a decode of the stored candidates, one more sort, an encode per changed pair and one
-    ``multi_set``. Per barrier: one ``multi_get`` and one ``multi_set`` (deletes) of the
-    closed windows. Building the logic on a store with state scans ``store.items()``
-    once to index the open windows.
+    State: per (key, window) at most ``n`` rows (one engine value: a fixed-size record
+    per row plus string bytes, ``rowsort.RowCodec``). Cost per batch: the rows are
+    expanded to their ``ceil(size / slide)`` windows and sorted once (by group, ``by``,
+    the other columns), cut to ``n`` per group; then one ``multi_get`` of the touched
+    (key, window) pairs, one bulk decode of their stored candidates, one more sort, one
+    bulk encode and one ``multi_set`` of the pairs whose candidates changed. Per
+    barrier: one ``multi_get`` and one ``multi_set`` (deletes) of the closed windows.
+    Building the logic on a store with state scans ``store.items()`` once to index the
+    open windows.
 
     Example:
         >>> import pyarrow as pa, tempfile
@@ -157,6 +151,7 @@ class TopNLogic(EventTimeLogic):
     def __init__(self, op: TopN, store: KVStore) -> None:
         self._size = self._slide = 0
         self._stored: pa.Schema | None = None
+        self._codec: RowCodec | None = None
         self._order: list[tuple[str, str, str]] = []
         #: Open windows: start -> state keys.
         self._open: dict[int, set[bytes]] = {}
@@ -194,6 +189,7 @@ class TopNLogic(EventTimeLogic):
             raise ValueError(msg)
         self.clock.set_lateness(to_units(owner, "allowed_lateness", op.allowed_lateness, t))
         self._stored = stored
+        self._codec = RowCodec(stored)
         self._order = row_order(stored, [(op.by, "descending" if op.descending else "ascending")])
         self._out_schema = pa.schema([
             pa.field(self.key, schema.field(self.key).type),
@@ -204,7 +200,7 @@ class TopNLogic(EventTimeLogic):
     def _layout(self) -> str:
         op = self.op
         order = "desc" if op.descending else "asc"
-        return f"topn/1;size={self._size};slide={self._slide};n={op.n};by={op.by};{order}"
+        return f"topn/2;size={self._size};slide={self._slide};n={op.n};by={op.by};{order}"
 
     # ------------------------------------------------------------------ input
 
@@ -251,23 +247,20 @@ class TopNLogic(EventTimeLogic):
         new = self._top(new.append_column(_G, pa.array(group)), n)
         old = self.store.multi_get(keys)
         had = [i for i, v in enumerate(old) if v]
+        codec = self._codec
+        assert codec is not None
         if had:
-            olds = [decode_rows(old[i], self._stored) for i in had]
-            lens = [b.num_rows for b in olds]
-            prior = pa.Table.from_batches(olds, schema=self._stored).append_column(
+            prior, lens = codec.decode([old[i] for i in had])
+            prior = prior.append_column(
                 _G, pa.array(np.repeat(np.array(had, dtype=np.int64), lens)))
             new = self._top(pa.concat_tables([new, prior]), n)
-        merged = new.drop_columns([_G]).combine_chunks().to_batches()
-        body = merged[0] if merged else None
         g = new.column(_G).to_numpy()
         bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
+        encoded_values = codec.encode(new.drop_columns([_G]), bounds.tolist())
         out_keys: list[bytes] = []
         out_values: list[bytes] = []
         out_starts: list[int] = []
-        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-            assert body is not None
-            i = int(g[a])
-            value = encode_rows(body.slice(a, b - a))
+        for i, value in zip(g[bounds[:-1]].tolist(), encoded_values, strict=True):
             if value != old[i]:
                 out_keys.append(keys[i])
                 out_values.append(value)
@@ -287,7 +280,10 @@ class TopNLogic(EventTimeLogic):
         """Emit and delete every window whose end is ``<=`` ``watermark`` (``None``: all)."""
         starts = sorted(s for s in self._open
                         if watermark is None or s + self._size <= watermark)
-        keys = [k for s in starts for k in sorted(self._open[s], key=_user_part)]
+        assert self._key_type is not None
+        # within a window the suffix is equal: fixed-width keys sort as whole state keys
+        by_user = None if is_fixed_width(self._key_type) else _user_part
+        keys = [k for s in starts for k in sorted(self._open[s], key=by_user)]
         if not keys:
             return None
         out = self._windows(keys, self.store.multi_get(keys))
@@ -307,14 +303,13 @@ class TopNLogic(EventTimeLogic):
         """Output rows of the windows stored under ``keys`` (non-empty ``values``)."""
         assert self._stored is not None and self._time_type is not None
         assert self._key_type is not None and self._out_schema is not None
-        batches = [decode_rows(v, self._stored) for v in values]
-        lens = np.array([b.num_rows for b in batches], dtype=np.int64)
+        assert self._codec is not None
+        body, lens = self._codec.decode(values)
         owner = np.repeat(np.arange(len(keys)), lens)
         user = decode_keys(self._user_keys(keys), self._key_type).take(pa.array(owner))
         words = np.frombuffer(b"".join(k[-8:] for k in keys), dtype=">u8")
         starts = (words.astype(np.uint64) ^ _SIGN).view(np.int64)[owner]
         rank = np.arange(len(owner), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens) + 1
-        body = pa.Table.from_batches(batches, schema=self._stored).combine_chunks()
         cols = [user, time_array(starts, self._time_type),
                 time_array(starts + self._size, self._time_type), pa.array(rank, pa.int64())]
         cols += [body.column(i).combine_chunks() for i in range(body.num_columns)]
