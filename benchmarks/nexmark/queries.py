@@ -6,9 +6,10 @@ A :class:`Query` names the source kinds it reads, its stages (built from a
 model's columns (the comparison and nothing else; the benchmark's sink discards rows).
 
 Single-source queries only: q3, q4, q8, q9 and q20 join two streams and wait for
-two-source pipelines (``Pipeline(sources=...)``); q15 and q16 need distinct counts over
-two keys at once (bidders and auctions), a fan-out that a linear pipeline cannot express
-(see :data:`MODEL_ONLY`).
+two-source pipelines (``Pipeline(sources=...)``, see :data:`MODEL_ONLY`). q15 and q16
+count distinct bidders and auctions at once without a fan-out: each bid becomes two rows,
+(group, bidder) and (group, auction), counted per id, and the changelog of those counts
+(0/1 flags per distinct count) is summed per group with retraction.
 
 Updating queries (q17-q19, no window) emit their final values at the end of input:
 ``output = "final"`` compares the last epoch's output (the upsert view's final values);
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import raykv
 from benchmarks.nexmark.models import (
@@ -61,8 +63,6 @@ MODEL_ONLY = {
     "q4": "a join of auctions and bids (two sources), then two aggregations",
     "q8": "a window join of persons and auctions (two sources)",
     "q9": "a join of auctions and bids (two sources), then a top 1",
-    "q15": "distinct bidders and auctions per day: two keys at once (a fan-out)",
-    "q16": "as q15 per channel",
     "q20": "a join of bids and auctions (two sources)",
 }
 """Queries with a model but no raykv pipeline yet, and what they need."""
@@ -148,6 +148,80 @@ def _pair_key(batch: pa.RecordBatch) -> pa.RecordBatch:
     return batch.select(BID_COLUMNS).append_column("pair", pa.array(key))
 
 
+_STATS = [f"{r}_{w}" for w in ("bids", "bidders", "auctions")
+          for r in ("total", "rank1", "rank2", "rank3")]
+
+
+def _distinct_rows(by_channel: bool, batch: pa.RecordBatch) -> pa.RecordBatch:
+    """q15/q16 stage 1: each bid twice, as (group, bidder) and as (group, auction).
+
+    ``group`` is the day (q16: channel and day); ``rank1..3`` flag the bid's price rank.
+    The next stage aggregates per (group, role, id); a count of those rows with a rank
+    flag set is a distinct count.
+    """
+    day = _day(pa.chunked_array([batch.column("date_time")])).combine_chunks()
+    group = pc.binary_join_element_wise(batch.column("channel"), day, "|") if by_channel \
+        else day
+    price = np.asarray(batch.column("price"))
+    ranks = {"rank1": price < RANK1, "rank2": (price >= RANK1) & (price < RANK2),
+             "rank3": price >= RANK2}
+    cols: dict[str, Any] = {}
+    for role, ids in (("b", batch.column("bidder")), ("a", batch.column("auction"))):
+        part = {"key": pc.binary_join_element_wise(group, role, ids.cast(pa.string()), "|"),
+                "group": group, "day": day, "role": pa.array([role] * batch.num_rows),
+                **{r: pa.array(m.astype(np.int64)) for r, m in ranks.items()}}
+        if by_channel:
+            part["channel"] = batch.column("channel")
+            part["minute"] = _day(pa.chunked_array([batch.column("date_time")]),
+                                  "%H:%M").combine_chunks()
+        for name, values in part.items():
+            cols.setdefault(name, []).append(values)
+    return pa.RecordBatch.from_pydict({n: pa.concat_arrays(v) for n, v in cols.items()})
+
+
+def _distinct_flags(by_channel: bool, batch: pa.RecordBatch) -> pa.RecordBatch:
+    """q15/q16 stage 3, on the changelog of the (group, role, id) counts: per row the
+    bids it holds (bidder rows only) and 0/1 per distinct count it adds to."""
+    bidder = np.asarray(batch.column("role_first")) == "b"
+    count = np.asarray(batch.column("key_count"))
+    sums = {r: np.asarray(batch.column(f"{r}_sum")) for r in ("rank1", "rank2", "rank3")}
+    out: dict[str, Any] = {"group": batch.column("group_first"),
+                           "day": batch.column("day_first")}
+    if by_channel:
+        out["channel"] = batch.column("channel_first")
+        out["minute"] = batch.column("minute_max")
+    out["total_bids"] = np.where(bidder, count, 0)
+    for r, v in sums.items():
+        out[f"{r}_bids"] = np.where(bidder, v, 0)
+    for what, mine in (("bidders", bidder), ("auctions", ~bidder)):
+        out[f"total_{what}"] = mine.astype(np.int64)
+        for r, v in sums.items():
+            out[f"{r}_{what}"] = (mine & (v > 0)).astype(np.int64)
+    out["_change"] = batch.column("_change")
+    return pa.RecordBatch.from_pydict(out)
+
+
+def _distinct(by_channel: bool, c: Config) -> list[KeyedOperator]:
+    first = {"group": "first", "day": "first", "role": "first"}
+    extra: dict[str, Any] = {"channel": "first", "minute": "max"} if by_channel else {}
+    last: dict[str, Any] = {n: "sum" for n in _STATS}
+    last.update({"day": "max"})
+    if by_channel:
+        last.update({"channel": "max", "minute": "max"})
+    return [Map("bidder", functools.partial(_distinct_rows, by_channel), name="roles"),
+            Aggregate("key", {**first, **extra, "key": "count", "rank1": "sum",
+                              "rank2": "sum", "rank3": "sum"}, name="per_id"),
+            Map("group_first", functools.partial(_distinct_flags, by_channel), name="flags"),
+            Aggregate("group", last, name="per_group")]
+
+
+def _distinct_result(by_channel: bool, t: pa.Table) -> pa.Table:
+    names = {f"{n}_sum": n for n in _STATS}
+    names.update({"day_max": "day", "channel_max": "channel", "minute_max": "minute"})
+    cols = (["channel", "day", "minute"] if by_channel else ["day"]) + _STATS
+    return _rename(names, cols, t)
+
+
 # ---- the queries ---------------------------------------------------------------------
 
 def _q5(c: Config) -> list[KeyedOperator]:
@@ -193,6 +267,10 @@ QUERIES: dict[str, Query] = {q.name: q for q in [
           lambda t: t.group_by("bidder").aggregate([("bidder_count", "sum")]).rename_columns(
               ["bidder", "bid_count"]), watermark=False),
     Query("q14", lambda c: [Map("auction", q14_batch)], lambda t: t),
+    Query("q15", functools.partial(_distinct, False),
+          functools.partial(_distinct_result, False), output="final"),
+    Query("q16", functools.partial(_distinct, True),
+          functools.partial(_distinct_result, True), output="final"),
     Query("q17", lambda c: [
         Map("auction", _q17_rows, name="ranks"),
         Aggregate("key", {"auction": "first", "day": "first",
