@@ -25,7 +25,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from raykv.operators.changelog import check_chain
 from raykv.sinks import CollectSink, Sink
 from raykv.sources import Source
 from raykv.summary import ProgressEvent, RunSummary
+from raykv.topology import Topology, build_topology, check_schemas
 from raykv.watermarks import Watermark
 
 if TYPE_CHECKING:
@@ -57,14 +58,19 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 class Pipeline:
     """A keyed dataflow: ``source -> stages[0] -> ... -> stages[-1] -> sink``.
 
+    Or several named ``sources`` and stages that each read one or two named inputs
+    (joins): ``raykv.topology`` has the rules; the last stage feeds the sink.
+
     Every stage runs as ``num_shards`` Ray actors, each holding the state of a range of
     key groups in an engine on local disk. Data between stages is re-partitioned by the
     next stage's key; barriers flow through (aligned), so every epoch is a consistent cut.
 
     Args:
-        source: a replayable :class:`raykv.sources.Source`.
+        source: a replayable :class:`raykv.sources.Source` (or ``sources``).
         stages: keyed operators (``raykv.operators``), each with its key column and
-            optional per-stage ``name``, ``engine``, ``engine_params``, ``num_shards``.
+            optional per-stage ``name``, ``engine``, ``engine_params``, ``num_shards``
+            and ``input`` (the source or earlier stage it reads; default the stage
+            before it); a ``TwoInputOperator`` (joins) names ``left`` and ``right``.
         sink: where output goes (default: a new :class:`raykv.sinks.CollectSink`,
             returned as ``RunSummary.output``).
         num_shards: default shards per stage.
@@ -87,8 +93,9 @@ class Pipeline:
         max_inflight: ``process`` calls in flight per shard before the sender waits
             (backpressure).
         max_pending_epochs: epochs sealed but not committed before new barriers wait.
-        source_parallelism: source reader actors (default: the first stage's shard
-            count; at most one per split of the source). Each reads its share of the
+        source_parallelism: source reader actors (default: the shard count of the stage
+            the source feeds; at most one per split of the source); with ``sources``,
+            a dict by source name is allowed. Each reads its share of the
             source's splits and sends the rows straight to the first stage's shards; the
             driver reads no record. It may change between runs of one checkpoint: the
             splits are dealt again and each resumes at its committed offset.
@@ -97,7 +104,8 @@ class Pipeline:
             every stage, and the window operators close windows by it alone (not by
             the rows each shard happens to see); stored in every epoch. ``None``: each
             window shard derives its own watermark from its rows (the rule before
-            source watermarks). docs/runtime.md, "Event time".
+            source watermarks). With ``sources``, a dict by source name is allowed (a
+            source not in it has no watermark). docs/runtime.md, "Event time".
         standby: idle actors kept started beside the run, this many shard actors and
             as many reader actors: after a failure a dead actor's role goes to a standby
             (``reset`` to it, no process start) while a new standby starts in the
@@ -123,10 +131,13 @@ class Pipeline:
             ``checkpoint`` (moved state travels through it) and ``hot_keys > 0``. Stages
             whose results depend on the assignment (``TumblingWindow``: per-shard
             watermarks) are never rebalanced.
+        sources: several named sources instead of ``source`` (``{"bids": src, ...}``);
+            each is read by its own readers, and its splits' offsets are stored in every
+            epoch under ``"<name>:<split>"``. Stages name the source they read.
     """
 
-    source: Source
-    stages: Sequence[Any]
+    source: Source | None = None
+    stages: Sequence[Any] = ()
     sink: Sink | None = None
     num_shards: int = 2
     engine: str = "hybridlog"
@@ -140,9 +151,9 @@ class Pipeline:
     max_restarts: int = 10
     max_inflight: int = 4
     max_pending_epochs: int = 4
-    source_parallelism: int | None = None
+    source_parallelism: int | Mapping[str, int] | None = None
     standby: int = 0
-    watermark: Watermark | None = None
+    watermark: Watermark | Mapping[str, Watermark] | None = None
     local_dir: str | None = None
     actor_options: dict[str, Any] | None = None
     on_progress: Callable[[ProgressEvent], None] | None = None
@@ -150,15 +161,12 @@ class Pipeline:
     faults: Faults | None = None
     hot_keys: int = 16
     rebalance: Rebalance | None = None
+    sources: Mapping[str, Source] | None = None
+    topology: Topology = field(init=False, repr=False, compare=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.source, Source):
-            msg = (
-                f"source must be a raykv.sources.Source (TableSource, ParquetSource, ...), "
-                f"got {type(self.source).__name__}"
-            )
-            raise TypeError(msg)
+        self._check_sources()
         if isinstance(self.stages, str | bytes) or not isinstance(self.stages, Sequence):
             msg = f"stages must be a list of keyed operators, got {type(self.stages).__name__}"
             raise TypeError(msg)
@@ -186,7 +194,8 @@ class Pipeline:
         if len(set(names)) != len(names):
             msg = f"stage names must be unique, got {names}"
             raise ValueError(msg)
-        check_chain(self.stages, names)
+        self.topology = build_topology(list(self.source_map()), self.stages, names)
+        check_chain(self.stages, names, self.topology.edges())
         if self.sink is None:
             self.sink = CollectSink()
         elif not isinstance(self.sink, Sink):
@@ -196,8 +205,10 @@ class Pipeline:
         _positive_int("retain", self.retain)
         _positive_int("max_inflight", self.max_inflight)
         _positive_int("max_pending_epochs", self.max_pending_epochs)
-        if self.source_parallelism is not None:
-            _positive_int("source_parallelism", self.source_parallelism)
+        for name in self.source_map():
+            par = self.source_parallelism_of(name)
+            if par is not None:
+                _positive_int(f"source_parallelism of source {name!r}", par)
         for name in ("max_restarts", "standby"):
             value = getattr(self, name)
             if type(value) is not int or value < 0:
@@ -218,10 +229,7 @@ class Pipeline:
         if not isinstance(self.engine, str) or not self.engine:
             msg = f"engine must be an engine name, got {self.engine!r}"
             raise TypeError(msg)
-        if self.watermark is not None and not isinstance(self.watermark, Watermark):
-            msg = (f"watermark must be a raykv.Watermark(column, max_delay, idle_timeout), "
-                   f"got {type(self.watermark).__name__}")
-            raise TypeError(msg)
+        self._check_watermarks()
         for i, op in enumerate(self.stages):
             params = self.stage_engine_params(i)
             try:
@@ -243,11 +251,18 @@ class Pipeline:
                 raise ValueError(msg)
             column = getattr(op, "time_column", None)
             wm = self.watermark
-            if wm is not None and column is not None and column != wm.column:
+            if isinstance(wm, Watermark) and column is not None and column != wm.column:
                 msg = (
                     f"stage {names[i]!r} ({type(op).__name__}) closes windows on column "
                     f"{column!r}, but the pipeline's watermark is on column {wm.column!r}; "
                     "use one event-time column (watermarks are in its units)"
+                )
+                raise ValueError(msg)
+            if getattr(op, "requires_watermark", False) and not self.watermark:
+                msg = (
+                    f"stage {names[i]!r} ({type(op).__name__}) works in event time: give "
+                    "the pipeline watermark=raykv.Watermark(column, max_delay) (the "
+                    "sources' event time closes its windows and expires its state)"
                 )
                 raise ValueError(msg)
         if self.checkpoint is not None and not isinstance(self.checkpoint, str):
@@ -266,6 +281,80 @@ class Pipeline:
                 msg = ("rebalance needs checkpoint= (moved key groups travel through it) and "
                        "hot_keys > 0 (the loads come from the load trackers)")
                 raise ValueError(msg)
+
+    def _check_sources(self) -> None:
+        if (self.source is None) == (self.sources is None):
+            msg = ("give a pipeline either source= (one source) or sources= (a dict of "
+                   "named sources), not both and not neither")
+            raise ValueError(msg)
+        if self.sources is not None:
+            if not isinstance(self.sources, Mapping) or not self.sources:
+                msg = (f"sources must be a non-empty dict of name -> raykv.sources.Source, "
+                       f"got {self.sources!r}")
+                raise TypeError(msg)
+            self.sources = dict(self.sources)
+        for name, src in self.source_map().items():
+            if not isinstance(name, str) or not _NAME_RE.match(name):
+                msg = (f"source name {name!r} is not allowed: use 1-64 letters, digits, "
+                       "'_', '-' or '.'")
+                raise ValueError(msg)
+            if not isinstance(src, Source):
+                msg = (
+                    f"source {name!r} must be a raykv.sources.Source (TableSource, "
+                    f"ParquetSource, ...), got {type(src).__name__}"
+                )
+                raise TypeError(msg)
+
+    def _check_watermarks(self) -> None:
+        wm = self.watermark
+        if isinstance(wm, Mapping) and self.sources is not None:
+            stray = sorted(set(wm) - set(self.sources))
+            if stray:
+                msg = f"watermark names sources {stray} that the pipeline does not have"
+                raise ValueError(msg)
+            marks: list[Any] = list(wm.values())
+        else:
+            marks = [] if wm is None else [wm]
+        for m in marks:
+            if not isinstance(m, Watermark):
+                msg = (f"watermark must be a raykv.Watermark(column, max_delay, "
+                       f"idle_timeout){' or a dict of them by source name' if self.sources else ''}"
+                       f", got {type(m).__name__}")
+                raise TypeError(msg)
+
+    # ------------------------------------------------------------------ sources
+
+    def source_map(self) -> dict[str, Source]:
+        """The sources by name (one source is named ``"source"``)."""
+        if self.sources is not None:
+            return dict(self.sources)
+        assert self.source is not None
+        return {"source": self.source}
+
+    def source_watermark(self, name: str) -> Watermark | None:
+        """The watermark of source ``name`` (``None``: none)."""
+        wm = self.watermark
+        if isinstance(wm, Mapping):
+            return wm.get(name)
+        return wm
+
+    def source_parallelism_of(self, name: str) -> int | None:
+        """The reader count asked for source ``name`` (``None``: the default)."""
+        par = self.source_parallelism
+        if isinstance(par, Mapping):
+            return par.get(name)
+        return par
+
+    def split_prefix(self, name: str) -> str:
+        """What qualifies source ``name``'s split ids in epoch offsets (``""``: one source)."""
+        return "" if self.sources is None else f"{name}:"
+
+    def describe_sources(self) -> dict[str, Any]:
+        """The sources' ``describe()`` for epoch metadata (one source: its own)."""
+        if self.sources is None:
+            assert self.source is not None
+            return self.source.describe()
+        return {"sources": {n: s.describe() for n, s in self.sources.items()}}
 
     # ------------------------------------------------------------------ per-stage settings
 
@@ -310,7 +399,9 @@ class Pipeline:
         Raises:
             ValueError / TypeError: bad input (missing key column, schema change, null
                 key, oversized key), naming the column or value; the last committed
-                epoch stays restorable.
+                epoch stays restorable. A source whose ``input_schema()`` lacks a column a
+                stage reads, or join keys of two types, are refused before anything
+                runs.
             CheckpointNotFoundError: ``restore_epoch`` is not retained (lists those that are).
             CorruptionError: a checkpoint file is damaged or missing; at once, naming the
                 file, the check, the epoch and the committed epochs still intact.
@@ -331,6 +422,8 @@ class Pipeline:
             raise ValueError(msg)
         from raykv.runtime.coordinator import Coordinator
 
+        check_schemas(self.topology, self.stages, self.stage_names(),
+                      {n: _known_schema(s) for n, s in self.source_map().items()})
         self._stop.clear()
         return Coordinator(self, resume=resume, restore_epoch=restore_epoch).run()
 
@@ -346,6 +439,17 @@ class Pipeline:
     def stop_requested(self) -> bool:
         """True once ``stop()`` was called during the current run."""
         return self._stop.is_set()
+
+
+def _known_schema(source: Source) -> Any:
+    """``source.input_schema()``, or ``None`` when it fails.
+
+    The readers then raise that error with the split named, as a failure of the source.
+    """
+    try:
+        return source.input_schema()
+    except Exception:
+        return None
 
 
 def _positive_int(name: str, value: object) -> None:

@@ -43,7 +43,8 @@ class ProgressEvent:
         shards: shard name -> its Ray actor handle in the current attempt (tools and
             tests use it, e.g. to kill one).
         actors: every actor of the attempt by name: the source readers
-            (``reader-<i>of<n>``) and the shards (the last stage's shards also write the
+            (``reader-<i>of<n>``; ``reader-<source>-<i>of<n>`` with several sources)
+            and the shards (the last stage's shards also write the
             sink's output). Each answers ``ping()`` with its process id.
         error: the failure for ``"failure"`` and ``"fatal"`` events.
         detail: event-specific extras.

@@ -93,21 +93,25 @@ def with_kinds(rows: pa.RecordBatch, kinds: Sequence[int] | np.ndarray) -> pa.Re
     return rows.append_column(CHANGE, pa.array(np.asarray(kinds, dtype=np.int8), pa.int8()))
 
 
-def check_chain(stages: Sequence[Any], names: Sequence[str]) -> None:
+def check_chain(stages: Sequence[Any], names: Sequence[str],
+                edges: Sequence[tuple[int, int]] | None = None) -> None:
     """Refuse a stage that cannot consume the changelog its upstream stage emits.
 
-    ``names``: the stages' names, in order.
+    ``names``: the stages' names, in order; ``edges``: ``(upstream, downstream)`` stage
+    indexes (default: each stage feeds the next).
 
     Raises:
         ValueError: naming the consuming stage, the upstream stage and why.
     """
-    for i, (up, down) in enumerate(itertools.pairwise(stages)):
+    links = list(itertools.pairwise(range(len(stages)))) if edges is None else edges
+    for i, j in links:
+        up, down = stages[i], stages[j]
         if not getattr(up, "emits_updates", False):
             continue
         why = down.changelog_refusal(retractions=getattr(up, "emits_retractions", False))
         if why is not None:
             first = f"stage {names[i]!r} ({type(up).__name__})"
-            second = f"stage {names[i + 1]!r} ({type(down).__name__})"
+            second = f"stage {names[j]!r} ({type(down).__name__})"
             msg = (
                 f"{second} reads the updates that {first} emits (a key's "
                 f"value again each time it changes), and {why}, so its results would "

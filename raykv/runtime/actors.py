@@ -21,6 +21,7 @@ from raykv.runtime.committer import KILL_WAIT
 from raykv.runtime.layout import placements
 from raykv.runtime.shard import ShardActor
 from raykv.runtime.specs import ShardSpec
+from raykv.topology import Topology
 
 log = logging.getLogger("raykv")
 
@@ -50,11 +51,12 @@ def create_shards(specs: list[list[ShardSpec]], actor_options: dict[str, Any] | 
     return out
 
 
-def connect_stages(actors: list[list[Any]]) -> None:
-    """Give every shard of stage ``s`` the handles of stage ``s + 1``'s shards."""
-    for s in range(len(actors) - 1):
-        for a in actors[s]:
-            a.set_downstream.remote(actors[s + 1])
+def connect_stages(actors: list[list[Any]], topology: Topology) -> None:
+    """Give every shard of each stage the handles of the shards of the stage it feeds."""
+    for s, feed in enumerate(topology.stage_feeds):
+        if feed is not None:
+            for a in actors[s]:
+                a.set_downstream.remote(actors[feed.stage])
 
 
 def check_driver_io_nodes(infos: list[dict[str, Any]], checkpoint: Any) -> None:

@@ -17,11 +17,12 @@ background.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from raykv.runtime.actors import check_driver_io_nodes, connect_stages, create_shards, kill_shards
 from raykv.runtime.failures import shard_get
-from raykv.runtime.layout import Base, shard_specs
+from raykv.runtime.layout import Base, input_sides, shard_specs
 from raykv.runtime.reader_actor import ReaderSpec, create_readers, plan_readers
 from raykv.runtime.specs import RestorePlan, ShardSpec, StageSpec
 from raykv.runtime.survivors import Survivors, keep_survivors
@@ -53,6 +54,7 @@ class AttemptActors:
         _actors: list[list[Any]]
         _handles: dict[str, Any]
         _readers: dict[str, Any]
+        _reader_stages: dict[str, int]
         _run_refs: dict[str, Any]
         _survivors: Survivors
         _standby: Standby
@@ -70,14 +72,14 @@ class AttemptActors:
         base: Base, *, paused: bool,
     ) -> None:
         """Start the shards (restored per ``plans``), connect them, then the readers."""
-        readers = self._plan_readers(base, stages[0], attempt, paused=paused)
+        readers, counts = self._plan_readers(base, stages, attempt, paused=paused)
         specs = shard_specs(
             stages, self._local_root(), self.rebalancer.rebalances,
             checkpoint=self.p.checkpoint, storage_options=self.p.storage_options,
             driver_io=self.driver_io, max_inflight=self.p.max_inflight,
             faults=self.p.faults, attempt=attempt, first_epoch=self._next_epoch,
             hot_keys=self.p.hot_keys, pipeline=self._metrics.pipeline,
-            first_inputs=len(readers),
+            topology=self.p.topology, readers=counts,
             sink=self.sink if self.sink.stages_on_shards else None,
             sink_changelog=self.sink.changelog,
             kept_epochs=self.p.max_pending_epochs + 1,
@@ -100,17 +102,26 @@ class AttemptActors:
         ]
         self._emit("starting", attempt=attempt, kept=len(kept))
         infos = shard_get(refs)
-        connect_stages(self._actors)
+        connect_stages(self._actors, self.p.topology)
         if self.driver_io:
             check_driver_io_nodes(infos, self.p.checkpoint)
-        handles, resets = create_readers(
-            readers, self.p.source, self._actors[0], self.p.actor_options,
-            first_slot=sum(len(row) for row in self._actors), kept=kept.readers)
-        self._readers = {sp.name: h for sp, h in zip(readers, handles, strict=True)}
+        slot = sum(len(row) for row in self._actors)
+        resets: list[Any] = []
+        self._readers = {}
+        self._reader_stages = {sp.name: sp.stage for sp in readers}
+        for name, source in self.p.source_map().items():
+            group = [sp for sp in readers if sp.source_name == name]
+            handles, refs = create_readers(
+                group, source, self._actors[group[0].stage], self.p.actor_options,
+                first_slot=slot, kept=kept.readers)
+            slot += len(group)
+            resets += refs
+            self._readers.update({sp.name: h for sp, h in zip(group, handles, strict=True)})
         self._survivors.readers = {}  # adopted
         shard_get(resets)
         if self.p.standby and not self.driver_io:
-            self._standby_templates = (specs[0][0], readers[0], self._actors[0])
+            self._standby_templates = (specs[0][0], readers[0],
+                                       self._actors[readers[0].stage])
 
     def _fill_standby(self) -> None:
         """Top the standby pool up to ``Pipeline.standby`` actors of each kind (no wait).
@@ -126,20 +137,56 @@ class AttemptActors:
         self._standby.fill(
             self.p.standby,
             lambda: create_shards([[shard]], options)[0][0],
-            lambda: create_readers([reader], self.p.source, first_stage, options)[0][0])
+            lambda: create_readers([reader], self.p.source_map()[reader.source_name],
+                                   first_stage, options)[0][0])
 
-    def _plan_readers(self, base: Base, first: StageSpec, attempt: int, *, paused: bool
-                      ) -> list[ReaderSpec]:
-        """The reader specs of an attempt: the source's splits at ``base``'s offsets."""
+    def _plan_readers(self, base: Base, stages: list[StageSpec], attempt: int, *,
+                      paused: bool) -> tuple[list[ReaderSpec], list[int]]:
+        """The reader specs of an attempt and the reader count of each source.
+
+        Every source's splits start at ``base``'s offsets. A source's readers feed one
+        side of one stage; their input ids there follow the senders of earlier sides.
+
+        Raises:
+            ValueError: ``base`` holds offsets of a source the pipeline does not have.
+        """
         p = self.p
-        parallelism = p.source_parallelism or first.num_shards
-        source = type(p.source).__name__
-        with self._user_code(f"source {source}.splits()", self._next_epoch):
-            return plan_readers(
-                p.source, base.offsets, parallelism, base.event_maxes, key=first.key,
-                partitioning=first.partitioning, max_inflight=p.max_inflight,
-                epoch_batches=p.epoch_every_batches, paused=paused, faults=p.faults,
-                attempt=attempt, first_epoch=self._next_epoch, watermark=p.watermark)
+        topo = p.topology
+        sources = p.source_map()
+        offsets, maxes = dict(base.offsets or {}), dict(base.event_maxes)
+        planned: list[list[ReaderSpec]] = []
+        for k, (name, source) in enumerate(sources.items()):
+            feed = topo.source_feeds[k]
+            stage = stages[feed.stage]
+            pre = p.split_prefix(name)
+            mine = {sid: off for sid, off in offsets.items() if sid.startswith(pre)}
+            for sid in mine:
+                offsets.pop(sid)
+            with self._user_code(f"source {type(source).__name__}.splits()",
+                                 self._next_epoch):
+                planned.append(plan_readers(
+                    source, None if base.offsets is None else _strip(mine, pre),
+                    p.source_parallelism_of(name) or stage.num_shards,
+                    _strip({s: m for s, m in maxes.items() if s.startswith(pre)}, pre),
+                    name="reader" if not pre else f"reader-{name}",
+                    key=topo.side_key(feed), partitioning=stage.partitioning,
+                    max_inflight=p.max_inflight, epoch_batches=p.epoch_every_batches,
+                    paused=paused, faults=p.faults, attempt=attempt,
+                    first_epoch=self._next_epoch, watermark=p.source_watermark(name),
+                    source_name=name, prefix=pre, stage=feed.stage))
+        if offsets:
+            msg = (f"the checkpoint holds offsets of splits {sorted(offsets)[:5]} of sources "
+                   f"this pipeline does not have (it has {list(sources)}); restore with the "
+                   "sources it was written with, or start a new run on an empty checkpoint")
+            raise ValueError(msg)
+        counts = [len(group) for group in planned]
+        sides = input_sides(stages, topo, counts)
+        out = []
+        for k, group in enumerate(planned):
+            feed = topo.source_feeds[k]
+            first = sum(sides[feed.stage][:feed.side])
+            out += [replace(sp, index=first + sp.index) for sp in group]
+        return out, counts
 
     def _teardown(self, *, keep: bool = False) -> None:
         """Stop the commit thread and the attempt's actors.
@@ -166,6 +213,11 @@ class AttemptActors:
         else:
             self._standby.drop()
             kill_shards([*readers.values(), *shards.values()])
+
+
+def _strip(by_split: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``by_split`` with ``prefix`` taken off each split id."""
+    return {sid[len(prefix):]: v for sid, v in by_split.items()}
 
 
 __all__ = ["AttemptActors"]

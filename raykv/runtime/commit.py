@@ -139,7 +139,7 @@ class EpochCommit:
                 )
                 for st, gen in zip(c._stages, c._generations, strict=True)
             ),
-            source=c.p.source.describe(),
+            source=c.p.describe_sources(),
             sink=sink.describe(),
             load=load,
         )

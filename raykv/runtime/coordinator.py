@@ -131,6 +131,7 @@ class Coordinator(AttemptActors):
         self._actors: list[list[Any]] = []
         self._handles: dict[str, Any] = {}
         self._readers: dict[str, Any] = {}
+        self._reader_stages: dict[str, int] = {}  # reader name -> the stage it feeds
         self._run_refs: dict[str, Any] = {}  # reader name -> its run() of this attempt
         self._survivors = Survivors()  # actors of a failed attempt kept for the next
         self._standby = Standby()  # idle actors ready to take a dead one's place

@@ -22,7 +22,8 @@ planned (decided by the commit thread), the next barrier pauses the readers behi
 resume with the first stage's new assignment.
 
 The feeder is a part of the :class:`~raykv.runtime.coordinator.Coordinator` and holds a
-reference to it. It reads ``p`` (the pipeline), ``clock``, ``_stages[0]``, ``_readers``,
+reference to it. It reads ``p`` (the pipeline), ``clock``, ``_stages``, ``_readers``,
+``_reader_stages``,
 ``_handles``, ``_committer`` and ``rebalancer``; it writes ``_next_epoch`` (one up per
 barrier) and emits ``"barrier"`` events.
 """
@@ -58,7 +59,10 @@ class Feeder:
 
         ``initial_barrier``: the readers start paused and an epoch without input is
         committed first (a rescaled or rolled-back layout becomes durable before any new
-        input). Raises the first failure of a reader, a shard or the commit thread.
+        input); they resume once it is. A rollback's first commit tells the sink which
+        epochs are abandoned, which drops staged output of later epochs: input that ran
+        ahead of it would lose its output. Raises the first failure of a reader, a shard
+        or the commit thread.
         """
         c = self._coord
         p = c.p
@@ -67,8 +71,10 @@ class Feeder:
         interval = p.checkpoint_interval if every is None else None
         self.offsets = {}
         self.event_maxes = {}  # every cut carries all its reader's (restored ones too)
-        if initial_barrier:
-            self.barrier(final=False)
+        if initial_barrier:  # durable before any input: the readers wait behind it
+            self.barrier(final=False, pause=True)
+            committer.drain()
+            shard_get([r.resume.remote() for r in readers])
         idle = [False] * len(readers)
         sent = [0] * len(readers)  # batches each reader sent in the epoch (last known)
         last = c.clock()
@@ -113,8 +119,8 @@ class Feeder:
         self.barrier(final=False, pause=planned)
         if planned:
             c.rebalancer.apply(committer)
-            shard_get([r.resume.remote(c._stages[0].partitioning)
-                       for r in c._readers.values()])
+            shard_get([r.resume.remote(c._stages[c._reader_stages[name]].partitioning)
+                       for name, r in c._readers.items()])
 
     def barrier(self, *, final: bool, pause: bool = False) -> list[Cut]:
         """End the current epoch at every reader (``finish`` when ``final``); submit it.

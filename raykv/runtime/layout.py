@@ -17,7 +17,7 @@ Contract (all driver side, no actors started here):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from raykv.runtime.localdirs import wait_dir_free, wipe_dir
 from raykv.runtime.metadata import EpochMetadata, is_pipeline_metadata
 from raykv.runtime.specs import RestorePlan, RestoreSource, ShardSpec, StageSpec
 from raykv.sources.base import WHOLE
+from raykv.topology import SOURCE, Topology
 
 if TYPE_CHECKING:
     from raykv.pipeline import Pipeline
@@ -253,26 +254,41 @@ def plan_layout(pipeline: Pipeline, base: Base, num_key_groups: int) -> Layout:
     return Layout(stages, plans, gens, changed or base.rollback)
 
 
+def input_sides(stages: list[StageSpec], topology: Topology, readers: Sequence[int]
+                ) -> list[list[int]]:
+    """Per stage, the senders of each input side, side after side.
+
+    A side's senders are a source's readers (``readers``: the count of each source) or
+    an upstream stage's shards; a stage's input ids run side after side.
+    """
+    return [[readers[i.index] if i.kind == SOURCE else stages[i.index].num_shards
+             for i in topology.inputs[s]] for s in range(len(stages))]
+
+
 def shard_specs(stages: list[StageSpec], root: Path, track_groups: Callable[[StageSpec], bool],
-                *, first_inputs: int, sink: Any = None, sink_changelog: bool = False,
-                **common: Any
+                *, topology: Topology, readers: Sequence[int], sink: Any = None,
+                sink_changelog: bool = False, **common: Any
                 ) -> list[list[ShardSpec]]:
     """Per stage, per shard, its :class:`ShardSpec`.
 
-    Data dir ``root/<stage>/<shard>``; inputs: ``first_inputs`` (the source readers)
-    for the first stage, else the previous stage's shard count; ``track_groups(stage)``:
-    whether its shards count key-group loads; ``sink``: given to the last stage's shards
-    (a sink they stage their output in themselves); ``common``: the fields every shard
-    shares (checkpoint, faults, attempt, ...).
+    Data dir ``root/<stage>/<shard>``; inputs per :func:`input_sides` (``readers``: the
+    reader count of each source); the stage it feeds and how (``topology``);
+    ``track_groups(stage)``: whether its shards count key-group loads; ``sink``: given to
+    the last stage's shards (a sink they stage their output in themselves); ``common``:
+    the fields every shard shares (checkpoint, faults, attempt, ...).
     """
+    sides = input_sides(stages, topology, readers)
     specs: list[list[ShardSpec]] = []
     for s, stage in enumerate(stages):
+        feed = topology.stage_feeds[s]
         specs.append([
             ShardSpec(
                 stage=stage, index=j,
                 data_dir=str(root / stage.name / stage.shard_names[j]),
-                num_inputs=first_inputs if s == 0 else stages[s - 1].num_shards,
-                downstream=stages[s + 1] if s + 1 < len(stages) else None,
+                num_inputs=sum(sides[s]), input_sides=tuple(sides[s]),
+                downstream=None if feed is None else stages[feed.stage],
+                downstream_key=None if feed is None else topology.side_key(feed),
+                downstream_offset=0 if feed is None else sum(sides[feed.stage][:feed.side]),
                 sink=sink if s + 1 == len(stages) else None,
                 sink_changelog=s + 1 == len(stages) and sink_changelog,
                 track_groups=track_groups(stage),
@@ -382,6 +398,7 @@ __all__ = [
     "check_compatible",
     "holders",
     "initial_state",
+    "input_sides",
     "placements",
     "plan_layout",
     "shard_specs",

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -52,11 +52,12 @@ class ReaderSpec:
     """Everything a reader actor needs besides the source and the shards (picklable).
 
     Attributes:
-        name: ``reader-<i>of<n>`` (for events, drills and errors).
-        index: the reader's input number at the first-stage shards.
+        name: ``reader-<i>of<n>`` (``reader-<source>-<i>of<n>`` with several sources; for
+            events, drills and errors).
+        index: the reader's input id at the shards it feeds.
         splits: ``(split id, offset)`` of every split it reads, in source order.
-        key: the first stage's key column.
-        partitioning: the first stage's key-group assignment.
+        key: the key column of the input it feeds.
+        partitioning: the key-group assignment of the stage it feeds.
         max_inflight: calls in flight per shard before waiting for the oldest.
         epoch_batches: ``Pipeline.epoch_every_batches`` (``None``: time-based epochs).
         paused: read nothing until the first barrier (a changed layout is made durable
@@ -66,6 +67,10 @@ class ReaderSpec:
         first_epoch: the epoch of the attempt's first barrier.
         watermark: ``Pipeline.watermark`` (``None``: barriers carry no watermark).
         event_maxes: the largest event time of each of its splits at the committed epoch.
+        source_name: the name of the source it reads.
+        prefix: what qualifies its split ids in the epoch's offsets (``"<source>:"`` with
+            several sources, else ``""``).
+        stage: the index of the stage it feeds.
     """
 
     name: str
@@ -81,19 +86,23 @@ class ReaderSpec:
     first_epoch: int | None = None
     watermark: Watermark | None = None
     event_maxes: tuple[tuple[str, int], ...] = ()
+    source_name: str = "source"
+    prefix: str = ""
+    stage: int = 0
 
 
 def plan_readers(source: Source, offsets: dict[str, Offset] | None, parallelism: int,
-                 event_maxes: dict[str, int] | None = None, **common: Any
-                 ) -> list[ReaderSpec]:
+                 event_maxes: dict[str, int] | None = None, *, name: str = "reader",
+                 first_index: int = 0, **common: Any) -> list[ReaderSpec]:
     """The readers of an attempt: ``source``'s splits, each at its offset in ``offsets``.
 
     ``offsets`` are the committed epoch's (``None``: a new run). A checkpoint whose only
     split is :data:`~raykv.sources.base.WHOLE` while the source now lists its own
     splits was written before splits existed: the source is read as one stream from that
     offset by one reader. At most one reader per split. ``event_maxes``: each split's
-    largest event time at the committed epoch. ``common``: the other :class:`ReaderSpec`
-    fields.
+    largest event time at the committed epoch. ``name``: the readers' name prefix;
+    ``first_index``: the first reader's input id. ``common``: the other
+    :class:`ReaderSpec` fields.
 
     Raises:
         ValueError: ``offsets`` name a split the source does not list (the checkpoint
@@ -117,7 +126,7 @@ def plan_readers(source: Source, offsets: dict[str, Offset] | None, parallelism:
     groups = groups or [[]]  # no splits: one reader that ends at once
     n = len(groups)
     return [
-        ReaderSpec(name=f"reader-{i}of{n}", index=i,
+        ReaderSpec(name=f"{name}-{i}of{n}", index=first_index + i,
                    splits=tuple((s.id, (offsets or {}).get(s.id)) for s in group),
                    event_maxes=tuple((s.id, (event_maxes or {})[s.id]) for s in group
                                      if s.id in (event_maxes or {})), **common)
@@ -138,13 +147,17 @@ class ReaderWorker:
         self._source = source
         self.reset(spec, shards)
 
-    def reset(self, spec: ReaderSpec, shards: Sequence[Any]) -> None:
+    def reset(self, spec: ReaderSpec, shards: Sequence[Any], source: Source | None = None
+              ) -> None:
         """Read ``spec``'s splits from their offsets into ``shards`` (a new attempt).
 
         Local recovery calls it on a surviving reader after :meth:`stop` and the end of
-        its ``run``: the same process reads on, with no actor start. Cost: opening the
-        splits' readers lazily, as a new actor would.
+        its ``run``: the same process reads on, with no actor start. ``source``: the
+        source the role reads (a standby may take the role of a reader of another
+        source). Cost: opening the splits' readers lazily, as a new actor would.
         """
+        if source is not None:
+            self._source = source
         self.spec = spec
         self._reads = 0
         self.loop = SourceReaderLoop(
@@ -175,8 +188,16 @@ class ReaderWorker:
 
     @ray.method(concurrency_group="control")
     def barrier(self, epoch: int, final: bool = False, pause: bool = False) -> Cut:
-        """``barrier(epoch)`` (``finish``) into every channel after the current batch."""
-        return self.loop.request_barrier(epoch, final=final, pause=pause)
+        """``barrier(epoch)`` (``finish``) into every channel after the current batch.
+
+        The cut's split ids carry the spec's ``prefix`` (the pipeline-wide split ids).
+        """
+        cut = self.loop.request_barrier(epoch, final=final, pause=pause)
+        pre = self.spec.prefix
+        if not pre:
+            return cut
+        return replace(cut, offsets={pre + k: v for k, v in cut.offsets.items()},
+                       event_maxes={pre + k: v for k, v in cut.event_maxes.items()})
 
     @ray.method(concurrency_group="control")
     def status(self, timeout: float = 0.0) -> Status:
@@ -247,12 +268,12 @@ def create_readers(specs: list[ReaderSpec], source: Source, shards: list[Any],
     options.update(actor_options or {})
     kept = kept or {}
     placement = placements(first_slot + len(specs), options)[first_slot:]
-    source_ref = ray.put(source) if any(s.name not in kept for s in specs) else None
+    source_ref = ray.put(source)
     out, resets = [], []
     for i, spec in enumerate(specs):
         old = kept.get(spec.name)
         if old is not None:
-            resets.append(old.reset.remote(spec, shards))
+            resets.append(old.reset.remote(spec, shards, source_ref))
             out.append(old)
         else:
             out.append(ReaderActor.options(**options, **placement[i]).remote(

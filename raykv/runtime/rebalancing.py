@@ -130,7 +130,7 @@ class Rebalancer:
            stay where they would be without rebalancing.)
         2. Every shard of the stage takes the key groups it gains from the givers'
            checkpoint of ``F`` and deletes those it loses (``ShardWorker.rebalance``).
-        3. The senders (the driver, or the previous stage's shards) route by the new
+        3. The senders (the readers, or the shards of the stages that feed it) route by the new
            assignment; the next commit writes it into its epoch manifest.
 
         A failure anywhere restores ``F``, whose manifest has the old assignment.
@@ -157,9 +157,8 @@ class Rebalancer:
                         epoch, sources, root / stage.name, stage.shard_names[j])
                 refs.append(actor.rebalance.remote(epoch, new, sources))
             infos = shard_get(refs)
-            if i > 0:
-                shard_get([a.set_downstream_partitioning.remote(new)
-                           for a in c._actors[i - 1]])
+            shard_get([a.set_downstream_partitioning.remote(new)
+                       for up in c.p.topology.stage_producers(i) for a in c._actors[up]])
             c._stages[i] = replace(stage, partitioning=new)
             with c._lock:
                 self._since_rebalance[i] = 0

@@ -82,6 +82,7 @@ from raykv.runtime.shard_rollback import LocalRollback
 from raykv.runtime.shard_uploads import EpochUploads
 from raykv.runtime.specs import Ack, RestorePlan, ShardSpec, StageSpec
 from raykv.runtime.uploader import Uploader
+from raykv.topology import sides_of
 from raykv.watermarks import combine
 
 
@@ -116,6 +117,10 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
         self._store: Any = None
         self._outbox: Outbox | None = None  # to the next stage's shards
         self._aligner = BarrierAligner(spec.num_inputs, self._context)
+        self._input_keys = sides_of(spec.stage.operator)[1]
+        #: input id -> side, for a stage of several inputs (``None``: one input)
+        self._sides = ([s for s, n in enumerate(spec.input_sides) for _ in range(n)]
+                       if len(spec.input_sides) > 1 else None)
         self._epoch: int | None = spec.first_epoch  # the epoch the stream is in
         self._uploader = Uploader(self.name, self._upload, self._upload_failed)
         self._counts = {"process": 0, "barrier": 0, "upload": 0, "rebalance": 0,
@@ -195,7 +200,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
         self.logic = self._build_logic()
         if spec.hot_keys:
             self._tracker = LoadTracker(
-                spec.stage.key, spec.stage.partitioning.num_key_groups, spec.hot_keys,
+                self._input_keys[0], spec.stage.partitioning.num_key_groups, spec.hot_keys,
                 track_groups=spec.track_groups,
             )
         if spec.checkpoint is not None:
@@ -299,7 +304,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
                     self._complete(step.epoch, final=step.final)
                     self._epoch = step.epoch + 1
                 else:
-                    self._process(step.batch)
+                    self._process(step.batch, step.input_id)
         except BaseException as err:
             err = self._contextualize(err)
             self._fail(err)
@@ -307,13 +312,18 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
         finally:
             self.stats_["busy_cpu_seconds"] += time.thread_time() - cpu
 
-    def _process(self, batch: pa.RecordBatch) -> None:
+    def _process(self, batch: pa.RecordBatch, input_id: int) -> None:
         t = time.perf_counter()
-        self.logic.process(batch)
+        side = 0
+        if self._sides is None:
+            self.logic.process(batch)
+        else:
+            side = self._sides[input_id]
+            self.logic.process(batch, side)
         t2 = time.perf_counter()
         self.stats_["process_seconds"] += t2 - t
         if self._tracker is not None:
-            self._tracker.observe(batch.column(self.spec.stage.key))
+            self._tracker.observe(batch.column(self._input_keys[side]))
             self.stats_["track_seconds"] += time.perf_counter() - t2
         self.stats_["rows_in"] += batch.num_rows
         self.stats_["batches_in"] += 1
@@ -341,8 +351,8 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
             for part in [out] if chunks is None else chunks:
                 if part is not None:
                     self._forward(part, down, self._outbox)
-            self._outbox.broadcast("finish" if final else "barrier", epoch, self.spec.index,
-                                   wm, idle)
+            self._outbox.broadcast("finish" if final else "barrier", epoch,
+                                   self.spec.downstream_offset + self.spec.index, wm, idle)
             self._outbox.reap()
             out = None
         elif chunks is not None:
@@ -410,7 +420,9 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
     def _forward(self, out: pa.Table, down: StageSpec, outbox: Outbox) -> None:
         """Re-partition ``out`` by the next stage's key and send it (backpressure)."""
         for batch in out.combine_chunks().to_batches():
-            outbox.send_parts(split_batch(batch, down.key, down.partitioning), self.spec.index)
+            outbox.send_parts(split_batch(batch, self.spec.downstream_key or down.key,
+                                          down.partitioning),
+                              self.spec.downstream_offset + self.spec.index)
         self.stats_["rows_out"] += out.num_rows
         self._metrics.inflight(down, outbox.queues)
 

@@ -57,7 +57,14 @@ class ShardSpec:
         data_dir: local directory of the engine (the same path on the same node makes a
             restore download only the files it lacks).
         num_inputs: number of upstream senders whose barriers must align.
-        downstream: the next stage (``None`` on the last stage).
+        input_sides: the senders of each input side, in side order (input ids
+            ``0..input_sides[0]-1`` are side 0, the next ``input_sides[1]`` side 1);
+            ``()``: one side.
+        downstream: the stage this one feeds (``None`` on the last stage).
+        downstream_key: the column the output is partitioned by for ``downstream`` (the
+            key of the side it feeds; ``None``: ``downstream.key``).
+        downstream_offset: this shard's input id at ``downstream`` is
+            ``downstream_offset + index`` (the senders of earlier sides come first).
         checkpoint: checkpoint store URL, or ``None`` (no seals, no uploads).
         storage_options: fsspec options of the store.
         driver_io: the driver uploads from the staging dir and restores before ``setup``
@@ -101,6 +108,9 @@ class ShardSpec:
     sink_changelog: bool = False
     kept_epochs: int = 1
     event_time: bool = False
+    input_sides: tuple[int, ...] = ()
+    downstream_key: str | None = None
+    downstream_offset: int = 0
 
     @property
     def name(self) -> str:

@@ -140,6 +140,14 @@ class Source(ABC):
         """A JSON-able description stored in epoch manifests (type and main parameters)."""
         return {"type": type(self).__name__}
 
+    def input_schema(self) -> pa.Schema | None:
+        """The schema of its batches when known without reading data, else ``None``.
+
+        The pipeline checks its wiring against it before anything runs (a missing key
+        or time column, join keys of two types). Default: unknown.
+        """
+        return None
+
 
 def unknown_split(source: Source, split_id: str) -> ValueError:
     """The error for a split id the source does not have (e.g. a checkpoint of other data)."""

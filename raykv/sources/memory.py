@@ -79,6 +79,10 @@ class TableSource(Source):
         """The whole input as one table."""
         return self._table
 
+    def input_schema(self) -> pa.Schema:
+        """The table's schema."""
+        return self._table.schema
+
     def open(self, offset: Offset | None = None) -> SourceReader:
         """Return a reader at row ``offset``."""
         start = int_offset(offset, "TableSource")

@@ -92,6 +92,19 @@ class ParquetSource(Source):
         return ds.dataset(source, format="parquet", filesystem=filesystem,
                           partitioning=partitioning, exclude_invalid_files=False)
 
+    def input_schema(self) -> pa.Schema | None:
+        """The dataset's schema (``columns`` only, when set); ``None`` while no file exists.
+
+        Cost: a listing and one Parquet footer.
+        """
+        try:
+            schema = self._dataset().schema
+        except FileNotFoundError:
+            return None
+        if self.columns is not None:
+            schema = pa.schema([schema.field(c) for c in self.columns if c in schema.names])
+        return schema
+
     def open(self, offset: Offset | None = None) -> SourceReader:
         """Return a reader at ``offset`` (see the class docstring for its shape)."""
         dataset = self._dataset()
