@@ -261,3 +261,62 @@ def test_left_join_without_right_input_at_finish(tmp_path: Path) -> None:
         out = logic.finish()
         assert out is not None
         assert out.to_pylist() == [{"k": 1, "t": 1, "lv": 7, "s": "a"}]
+
+
+def test_export_state_lists_the_stored_rows(tmp_path: Path) -> None:
+    op = Join("k", left="a", right="b")
+    with MemOnly(tmp_path) as store:
+        logic = op.build(store)
+        assert logic.export_state() is None  # type: ignore[attr-defined]
+        logic.process(to_batch([{"k": 1, "t": 5, "lv": 7, "s": "a"},
+                                {"k": 2, "t": 6, "lv": None, "s": None}], 0), 0)
+        logic.process(to_batch([{"k": 1, "t": 9, "rv": 3, "s": "b"}], 1), 1)
+        before = dict(store.items())
+        out = logic.export_state()  # type: ignore[attr-defined]
+        assert dict(store.items()) == before
+        assert out is not None
+        assert out.schema.names == ["k", "_side", "_time", "t", "lv", "s", "t_right", "rv",
+                                    "s_right"]
+        rows = {(r["k"], r["_side"]): r for r in out.to_pylist()}
+        assert set(rows) == {(1, "left"), (2, "left"), (1, "right")}
+        assert rows[(1, "right")]["rv"] == 3 and rows[(1, "right")]["lv"] is None
+        assert rows[(2, "left")]["t"] == 6
+
+
+@pytest.mark.parametrize("kind", ["str", "float", "dict", "bin", "ts", "bool"])
+def test_key_types_and_canonical_keys(tmp_path: Path, kind: str) -> None:
+    from tests.operators.helpers import key_values
+
+    rng = random.Random(kind)
+    lk = key_values(rng, kind, 40, 6)
+    rk = key_values(rng, kind, 40, 6)
+    if kind == "dict":  # a dictionary side joins a plain side of its value type
+        rk = rk.dictionary_decode()
+    left = pa.record_batch({"k": lk, "i": pa.array(range(40))})
+    right = pa.record_batch({"k": rk, "j": pa.array(range(40))})
+    op = Join("k", left="a", right="b", how="left")
+    with MemOnly(tmp_path) as store:
+        logic = op.build(store)
+        logic.process(left.slice(0, 25), 0)
+        logic.process(right, 1)
+        logic.process(left.slice(25), 0)
+        got = rows_of_all(logic.on_barrier(1), logic.finish())
+
+    def canon(v: Any) -> Any:
+        return v + 0.0 if isinstance(v, float) else v
+
+    want = []
+    for lrow in left.to_pylist():
+        hits = [r for r in right.to_pylist() if canon(r["k"]) == canon(lrow["k"])]
+        want += [(canon(lrow["k"]), lrow["i"], r["j"]) for r in hits]
+        if not hits:
+            want.append((canon(lrow["k"]), lrow["i"], None))
+    assert sorted(got, key=repr) == sorted(want, key=repr)
+
+
+def rows_of_all(*batches: pa.RecordBatch | None) -> list[tuple[Any, ...]]:
+    out = []
+    for b in batches:
+        if b is not None:
+            out += [(r["k"], r["i"], r["j"]) for r in b.to_pylist()]
+    return out

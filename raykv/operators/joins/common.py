@@ -31,8 +31,6 @@ epoch.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,15 +41,14 @@ import pyarrow.compute as pc
 from raykv.engines.base import KVStore
 from raykv.keys import canonical_key_array, check_key_type, decode_keys, encode_keys, value_type
 from raykv.operators.base import (
-    META_FORMAT,
     META_KEY,
     META_KEYS,
     WATERMARK_KEY,
     OperatorLogic,
 )
 from raykv.operators.joins.config import JoinOperator
-from raykv.operators.joins.rows import RowCodec
-from raykv.operators.joins.state import NONE, SIDE_NAMES, WM_RECORD
+from raykv.operators.joins.rows import BlobSet, RowCodec
+from raykv.operators.joins.state import NONE, SIDE_NAMES, WM_RECORD, decode_meta, encode_meta
 from raykv.operators.schemas import same_columns, schema_mismatch
 from raykv.operators.watermark import int64_times
 
@@ -325,32 +322,16 @@ class JoinLogic(OperatorLogic):
     # ------------------------------------------------------------------ metadata
 
     def _meta_value(self) -> bytes:
-        schemas = [None if s is None else base64.b64encode(s.serialize().to_pybytes()).decode()
-                   for s in self.schemas]
-        meta = {"format": META_FORMAT, "operator": type(self.op).__name__, "key": self.op.key,
-                "keys": list(self.input_keys), "layout": self._layout(), "schemas": schemas}
-        return json.dumps(meta, sort_keys=True).encode()
+        return encode_meta(self.op, self._layout(), self.schemas)
 
     def _load_meta(self, raw: bytes) -> None:
         where = f"state in {self.store.data_dir}"
-        try:
-            meta = json.loads(raw)
-            schemas = [None if s is None else pa.ipc.read_schema(pa.py_buffer(
-                base64.b64decode(s))) for s in meta["schemas"]]
-        except (ValueError, KeyError, TypeError, pa.ArrowException) as err:
-            msg = f"{where}: unreadable operator metadata ({err}); restore another epoch"
-            raise ValueError(msg) from err
-        if (meta.get("operator") != type(self.op).__name__ or meta.get("key") != self.op.key
-                or meta.get("keys") != list(self.input_keys)):
-            msg = (f"{where} was written by {meta.get('operator')}(key={meta.get('key')!r}, "
-                   f"keys={meta.get('keys')}), not by {self.name}; give each stage its own "
-                   "engine directory")
-            raise ValueError(msg)
-        for side, s in enumerate(schemas):
-            if s is not None:
-                self._adopt(s, side, stored=True)
-        if meta.get("layout") != self._layout():
-            msg = (f"{where} was written with state layout {meta.get('layout')!r}, but "
+        layout, schemas = decode_meta(raw, self.op, where)
+        for side, schema in enumerate(schemas):
+            if schema is not None:
+                self._adopt(schema, side, stored=True)
+        if layout != self._layout():
+            msg = (f"{where} was written with state layout {layout!r}, but "
                    f"{self.name} uses {self._layout()!r}: its configuration changed; keep "
                    "the old configuration or start from empty state")
             raise ValueError(msg)
@@ -406,10 +387,7 @@ class JoinLogic(OperatorLogic):
 
     def _key_values(self, enc: Sequence[bytes]) -> pa.Array:
         """Output key values of encoded user keys."""
-        left = self.schemas[0]
-        assert left is not None
-        t = value_type(left.field(self.input_keys[0]).type)
-        return decode_keys(list(enc), t)
+        return decode_keys(list(enc), self._key_type())
 
     def _emit(self, keys: pa.Array, left: pa.RecordBatch | None,
               right: pa.RecordBatch | None, extras: Sequence[pa.Array] = ()) -> None:
@@ -434,6 +412,61 @@ class JoinLogic(OperatorLogic):
         if cols[0].type != keys_t:
             cols[0] = cols[0].cast(keys_t)
         self._out.append(pa.RecordBatch.from_arrays(cols, schema=schema))
+
+    def export_state(self) -> pa.RecordBatch | None:
+        """Every row the state holds, changing nothing (``raykv checkpoints export``).
+
+        Columns: ``key``, ``_side`` (``"left"``/``"right"``), ``_time`` (the row's event
+        time, or its TTL stamp for ``Join``), then the left and right columns as in the
+        output (the other side's null). Rows sorted by state key. Cost: one ``items()``
+        pass; the whole state in memory.
+        """
+        pairs = sorted((k, v) for k, v in self.store.items() if k not in META_KEYS)
+        if not pairs or (self.schemas[0] is None and self.schemas[1] is None):
+            return None
+        cut = self.op.key_suffix_len
+        known = [i for i in (0, 1) if self.codecs[i] is not None]
+        fields = [pa.field(self.op.key, self._key_type()), pa.field("_side", pa.string()),
+                  pa.field("_time", pa.int64())]
+        for side in known:
+            fields += [pa.field(n, f.type) for n, f in zip(
+                self._side_names(side), self.codec(side).schema, strict=True)]
+        schema = pa.schema(fields)
+        parts = []
+        for side in known:
+            mine = [(k, v) for k, v in pairs if k[-cut] == side]
+            if not mine:
+                continue
+            rows = BlobSet([v for _, v in mine], range(len(mine)))
+            enc = [mine[g][0][:-cut] for g in rows.group.tolist()]
+            n = len(rows)
+            cols = [self._key_values(enc), pa.array([SIDE_NAMES[side]] * n, pa.string()),
+                    pa.array(rows.times, pa.int64())]
+            for other in known:
+                if other == side:
+                    part = rows.decode(self.codec(side), np.arange(n))
+                    cols += [part.column(i) for i in range(part.num_columns)]
+                else:
+                    cols += [pa.nulls(n, f.type) for f in self.codec(other).schema]
+            parts.append(pa.RecordBatch.from_arrays(cols, schema=schema))
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else pa.concat_batches(parts)
+
+    def _key_type(self) -> pa.DataType:
+        side = 0 if self.schemas[0] is not None else 1
+        schema = self.schemas[side]
+        assert schema is not None
+        return value_type(schema.field(self.input_keys[side]).type)
+
+    def _side_names(self, side: int) -> list[str]:
+        """The output names of a side's stored columns."""
+        names: list[str] = list(self.codec(side).schema.names)
+        if side == 0 or self.schemas[0] is None:
+            return names
+        if self._out_schema is None:
+            self._make_out_schema(final=True)
+        return self._right_names
 
     def _take_output(self) -> pa.RecordBatch | None:
         out, self._out = self._out, []

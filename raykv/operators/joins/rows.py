@@ -15,7 +15,8 @@ Blob layout (little-endian, no padding)::
 
 Row layout: ``ceil(columns / 8)`` validity bytes (bit ``i`` set: column ``i`` is not
 null), then every fixed-width column's value bytes (its Arrow storage: ints, floats,
-temporals, decimals, fixed-size binaries; bool as one byte), then one ``uint32`` length
+temporals, decimals, fixed-size binaries; bool as one byte; null columns nothing), then
+one ``uint32`` length
 per variable-width column (strings, binaries), then those columns' bytes. Dictionary
 columns are stored decoded and re-encoded on output.
 
@@ -38,7 +39,7 @@ _EMPTY_I64 = np.zeros(0, dtype=np.int64)
 
 SUPPORTED_COLUMN_TYPES = (
     "ints, uints, floats, bool, decimals, date/time/timestamp/duration, fixed-size binary, "
-    "string, binary (also large) and dictionaries of these"
+    "string, binary (also large), null and dictionaries of these"
 )
 
 
@@ -66,7 +67,7 @@ def _var_storage(t: pa.DataType) -> pa.DataType | None:
 def check_column_type(t: pa.DataType, column: str, owner: str) -> None:
     """Raise ``TypeError`` naming ``column`` if a join cannot keep values of type ``t``."""
     v = t.value_type if pa.types.is_dictionary(t) else t
-    if not (_fixed_width(v) or _var_storage(v) is not None):
+    if not (_fixed_width(v) or _var_storage(v) is not None or pa.types.is_null(v)):
         msg = (
             f"{owner}: column {column!r} has type {t}, which a join cannot keep in its "
             f"state; supported column types: {SUPPORTED_COLUMN_TYPES}. Cast or drop the "
@@ -112,7 +113,7 @@ class RowCodec:
             w = _fixed_width(v)
             if w:
                 self._fixed.append((i, w))
-            else:
+            elif not pa.types.is_null(v):
                 self._var.append(i)
         self._nbytes = (len(schema) + 7) // 8
         self._fixed_size = self._nbytes + sum(w for _, w in self._fixed) + 4 * len(self._var)
@@ -170,7 +171,7 @@ class RowCodec:
         ncols = len(self.schema)
         valid = np.unpackbits(fixed[:, : self._nbytes], axis=1, bitorder="little",
                               count=ncols).astype(bool) if ncols else np.ones((m, 0), bool)
-        arrays: list[pa.Array | None] = [None] * ncols
+        arrays: list[pa.Array] = [pa.nulls(m, f.type) for f in self.schema]  # null columns
         pos = self._nbytes
         for i, w in self._fixed:
             raw = np.ascontiguousarray(fixed[:, pos : pos + w])

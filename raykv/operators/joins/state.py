@@ -5,15 +5,23 @@ Contract: a join's state key is ``encode_keys(key) + side byte`` (:data:`SIDES`:
 big-endian, sign bit flipped, so byte order is numeric order). The watermark record
 (``WATERMARK_KEY``) is :data:`WM_RECORD`: the epoch watermark (:data:`NONE`: none yet)
 and the late count. :class:`EarliestIndex` keeps, per record, the earliest time of its
-rows in memory (rebuilt from the engine when a logic is built).
+rows in memory (rebuilt from the engine when a logic is built). The metadata record
+(``META_KEY``, :func:`encode_meta`) is JSON: format, operator, output key, input keys,
+state layout and each side's schema (base64 Arrow IPC, ``null`` until known).
 """
 
 from __future__ import annotations
 
+import base64
 import heapq
+import json
 import struct
+from collections.abc import Sequence
 
 import numpy as np
+import pyarrow as pa
+
+from raykv.operators.base import META_FORMAT, KeyedOperator
 
 SIDES = (b"\x00", b"\x01")
 SIDE_NAMES = ("left", "right")
@@ -70,3 +78,38 @@ class EarliestIndex:
                 del self.earliest[key]
                 out.add(key)
         return sorted(out)
+
+
+def encode_meta(op: KeyedOperator, layout: str, schemas: Sequence[pa.Schema | None]) -> bytes:
+    """The metadata record of a join's state (module docstring)."""
+    encoded = [None if s is None else base64.b64encode(s.serialize().to_pybytes()).decode()
+               for s in schemas]
+    meta = {"format": META_FORMAT, "operator": type(op).__name__, "key": op.key,
+            "keys": list(op.input_keys()), "layout": layout, "schemas": encoded}
+    return json.dumps(meta, sort_keys=True).encode()
+
+
+def decode_meta(raw: bytes, op: KeyedOperator, where: str
+                ) -> tuple[str, list[pa.Schema | None]]:
+    """``(layout, schemas)`` of a stored metadata record written for ``op``.
+
+    Raises:
+        ValueError: unreadable, or written by another operator or keys (names ``where``).
+    """
+    try:
+        meta = json.loads(raw)
+        schemas = [None if s is None else pa.ipc.read_schema(pa.py_buffer(base64.b64decode(s)))
+                   for s in meta["schemas"]]
+    except (ValueError, KeyError, TypeError, pa.ArrowException) as err:
+        msg = f"{where}: unreadable operator metadata ({err}); restore another epoch"
+        raise ValueError(msg) from err
+    if meta.get("format") != META_FORMAT:
+        msg = f"{where}: operator metadata format {meta.get('format')}, expected {META_FORMAT}"
+        raise ValueError(msg)
+    if (meta.get("operator") != type(op).__name__ or meta.get("key") != op.key
+            or meta.get("keys") != list(op.input_keys())):
+        msg = (f"{where} was written by {meta.get('operator')}(key={meta.get('key')!r}, "
+               f"keys={meta.get('keys')}), not by {op.name or type(op).__name__}; give each "
+               "stage its own engine directory")
+        raise ValueError(msg)
+    return str(meta.get("layout")), schemas
