@@ -11,8 +11,9 @@ import pyarrow.compute as pc
 import pytest
 
 import raykv
-from raykv.operators import Aggregate, Filter, Map
+from raykv.operators import Aggregate, Deduplicate, Filter, Map, TopN
 from raykv.sources import TableSource
+from raykv.watermarks import Watermark
 
 pytestmark = pytest.mark.ray
 
@@ -59,3 +60,45 @@ def test_map_last_stage_emits_every_epoch(ray_session: Any, tmp_path: Path) -> N
     want = sorted(zip(*data.filter(pc.field("v") >= 0).to_pydict().values(), strict=True))
     assert got == want
     assert len(summary.output_by_epoch) >= 2  # rows emitted at barriers, not only at the end
+
+
+def _run(tmp_path: Path, data: pa.Table, op: Any) -> Any:
+    return raykv.Pipeline(
+        source=TableSource(data, batch_size=BATCH), stages=[op], num_shards=2,
+        engine="hybridlog", epoch_every_batches=2, checkpoint=str(tmp_path / "ckpt"),
+        local_dir=str(tmp_path / "local"), source_parallelism=1,
+        watermark=Watermark("t", max_delay=100),
+    ).run()
+
+
+def test_topn_pipeline_matches_batch_model(ray_session: Any, tmp_path: Path) -> None:
+    data = table(3)
+    summary = _run(tmp_path, data, TopN("k", "v", 3, "t", 600, 200))
+    got = sorted((r["k"], r["window_start"], r["rank"], r["t"], r["v"])
+                 for out in summary.output_by_epoch.values() for r in out.to_pylist())
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for r in data.to_pylist():  # no row is late: jitter 40 < max_delay 100
+        start = (r["t"] - 600) // 200 * 200 + 200
+        while start <= r["t"]:
+            groups.setdefault((r["k"], start), []).append((-r["v"], r["t"]))
+            start += 200
+    want = sorted((k, s, rank, t, -neg) for (k, s), rows in groups.items()
+                  for rank, (neg, t) in enumerate(sorted(rows)[:3], 1))
+    assert got == want
+    assert len(summary.output_by_epoch) >= 3  # windows closed by the sources' watermark
+
+
+def test_deduplicate_pipeline_matches_batch_model(ray_session: Any, tmp_path: Path) -> None:
+    data = table(4)
+    data = data.set_column(1, "t", pa.array(np.arange(N, dtype=np.int64) * 3))  # in order
+    summary = _run(tmp_path, data, Deduplicate("k", 200, "t"))
+    got = sorted((r["k"], r["t"], r["v"]) for out in summary.output_by_epoch.values()
+                 for r in out.to_pylist())
+    last: dict[int, int] = {}
+    want = []
+    for r in data.to_pylist():
+        if r["k"] not in last or r["t"] >= last[r["k"]] + 200:
+            last[r["k"]] = r["t"]
+            want.append((r["k"], r["t"], r["v"]))
+    assert got == sorted(want)
+    assert len(summary.output_by_epoch) >= 3
