@@ -5,8 +5,9 @@ A :class:`Query` names the source kinds it reads, its stages (built from a
 ``finalize``: the renames/column order that turn the pipeline's collected output into the
 model's columns (the comparison and nothing else; the benchmark's sink discards rows).
 
-Single-source queries only: q3, q4, q8, q9 and q20 join two streams and wait for
-two-source pipelines (``Pipeline(sources=...)``, see :data:`MODEL_ONLY`). q15 and q16
+q3, q4, q8, q9 and q20 join two streams: they read two named sources
+(``Pipeline(sources=...)``, one per kind) and exist when raykv has those
+(:data:`SEVERAL_SOURCES`; else they are in :data:`MODEL_ONLY`). q15 and q16
 count distinct bidders and auctions at once without a fan-out: each bid becomes two rows,
 (group, bidder) and (group, auction), counted per id, and the changelog of those counts
 (0/1 flags per distinct count) is summed per group with retraction.
@@ -18,6 +19,7 @@ window and stateless queries (``"all"``) compare the union of every epoch's outp
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -32,7 +34,10 @@ import raykv
 from benchmarks.nexmark.models import (
     BID_COLUMNS,
     Q2_MODULO,
+    Q3_CATEGORY,
+    Q3_STATES,
     Q19_N,
+    Q20_CATEGORY,
     RANK1,
     RANK2,
     Config,
@@ -42,12 +47,16 @@ from benchmarks.nexmark.models import (
 )
 from raykv.operators import (
     Aggregate,
+    Filter,
+    IntervalJoin,
+    Join,
     KeyedOperator,
     Map,
     SessionWindow,
     SlidingWindow,
     TopN,
     TumblingWindow,
+    WindowJoin,
 )
 from raykv.sinks import Sink
 
@@ -58,13 +67,16 @@ Q5_TIES = 20  # q5 keeps up to this many auctions tied for the most bids in a wi
 Q7_TIES = 5  # q7: bids tied for the highest price in a window
 PROCESSING_LATENESS_MS = 60_000  # q12: how far behind the newest processing time a row may be
 
-MODEL_ONLY = {
+TWO_SOURCES = {
     "q3": "a join of persons and auctions (two sources)",
     "q4": "a join of auctions and bids (two sources), then two aggregations",
     "q8": "a window join of persons and auctions (two sources)",
     "q9": "a join of auctions and bids (two sources), then a top 1",
     "q20": "a join of bids and auctions (two sources)",
 }
+SEVERAL_SOURCES = "sources" in {f.name for f in dataclasses.fields(raykv.Pipeline)}
+"""Whether this raykv runs pipelines of several named sources (the joins need them)."""
+MODEL_ONLY = {} if SEVERAL_SOURCES else TWO_SOURCES
 """Queries with a model but no raykv pipeline yet, and what they need."""
 
 
@@ -244,6 +256,92 @@ def _q7(c: Config) -> list[KeyedOperator]:
             Map("window", functools.partial(_ties, "window", "price", out), name="ties")]
 
 
+def _max_auction_ms(c: Config) -> int:
+    """An upper bound of ``expires - date_time`` (the generator's auction length rule)."""
+    return 2 * (1666 * 1000 // c.rate + 1) + 1
+
+
+def _in_flight(c: Config) -> list[KeyedOperator]:
+    """Auctions joined with their bids made in ``[date_time, expires]`` (q4, q9): an
+    IntervalJoin over the longest auction, then the bid time checked against expires."""
+    return [IntervalJoin("auction", time_column="date_time", lower=0,
+                         upper=_max_auction_ms(c), left="auction", right="bid",
+                         left_key="id", right_key="auction", name="in_flight"),
+            Filter("auction", pc.field("date_time_right") <= pc.field("expires"),
+                   name="until_expiry")]
+
+
+def _bid_first(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """q9: the bid's time right after the key, so TopN breaks price ties by it first."""
+    names = ["auction", "date_time_right"] + [n for n in batch.schema.names
+                                              if n not in ("auction", "date_time_right")]
+    return batch.select(names).rename_columns(
+        {"date_time_right": "bid_date_time", "extra_right": "bid_extra"})
+
+
+def _pair_window(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """q8: a (person, window) key for the distinct pairs."""
+    key = np.asarray(batch.column("id")) * 10**13 + np.asarray(batch.column("window_start"))
+    return batch.select(["id", "name", "window_start"]).append_column("pair", pa.array(key))
+
+
+_Q9_AUCTION = ["item_name", "description", "initial_bid", "reserve", "date_time", "expires",
+               "seller", "category", "extra"]
+
+
+def _q9_result(t: pa.Table) -> pa.Table:
+    """The auction (``id`` and its columns), then the winning bid's columns."""
+    cols = {"id": t.column("auction"), **{n: t.column(n) for n in _Q9_AUCTION},
+            **{n: t.column(n) for n in ("auction", "bidder", "price", "bid_date_time",
+                                        "bid_extra")}}
+    return pa.table(cols)
+
+
+def _joins() -> list[Query]:
+    """The queries over two sources (a join of two named sources)."""
+    return [
+        Query("q3", lambda c: [
+            Filter("seller", pc.field("category") == Q3_CATEGORY, input="auction",
+                   name="category10"),
+            Filter("id", pc.is_in(pc.field("state"), pa.array(Q3_STATES)), input="person",
+                   name="states"),
+            Join("seller", left="category10", right="states", right_key="id")],
+              functools.partial(_rename, {}, ["name", "city", "state", "id"]),
+              kinds=("auction", "person")),
+        Query("q4", lambda c: [
+            *_in_flight(c),
+            Aggregate("auction", {"price": "max", "category": "first"}, name="winners"),
+            Aggregate("category_first", {"price_max": "mean"}, name="per_category")],
+              functools.partial(_rename, {"category_first": "category",
+                                          "price_max_mean": "final"},
+                                ["category", "final"]),
+              kinds=("auction", "bid"), output="final"),
+        Query("q8", lambda c: [
+            WindowJoin("id", time_column="date_time", size=c.window_ms, left="person",
+                       right="auction", right_key="seller", name="new_sellers"),
+            Map("id", _pair_window, name="pairs"),
+            Aggregate("pair", {"id": "first", "name": "first", "window_start": "first"})],
+              functools.partial(_rename, {"id_first": "id", "name_first": "name",
+                                          "window_start_first": "window_start"},
+                                ["id", "name", "window_start"]),
+              kinds=("person", "auction"), output="final"),
+        Query("q9", lambda c: [*_in_flight(c), Map("auction", _bid_first, name="bid_first"),
+                               TopN("auction", "price", 1, "date_time", EVER)],
+              _q9_result, kinds=("auction", "bid")),
+        Query("q20", lambda c: [
+            Filter("id", pc.field("category") == Q20_CATEGORY, input="auction",
+                   name="category10"),
+            Join("auction", left="bid", right="category10", right_key="id")],
+              functools.partial(_rename, {
+                  "date_time": "bid_date_time", "extra": "bid_extra",
+                  "date_time_right": "auction_date_time", "extra_right": "auction_extra"},
+                  ["auction", "bidder", "price", "channel", "url", "bid_date_time",
+                   "bid_extra", "item_name", "description", "initial_bid", "reserve",
+                   "auction_date_time", "expires", "seller", "category", "auction_extra"]),
+              kinds=("bid", "auction")),
+    ]
+
+
 def _rename(mapping: dict[str, str], columns: list[str], t: pa.Table) -> pa.Table:
     t = t.rename_columns([mapping.get(n, n) for n in t.column_names])
     return t.select(columns)
@@ -288,6 +386,7 @@ QUERIES: dict[str, Query] = {q.name: q for q in [
           functools.partial(_rename, {}, BID_COLUMNS)),
     Query("q19", lambda c: [TopN("auction", "price", Q19_N, "date_time", EVER)],
           functools.partial(_rename, {"rank": "rank_number"}, [*BID_COLUMNS, "rank_number"])),
+    *(_joins() if SEVERAL_SOURCES else []),
 ]}
 """Every query raykv runs as a pipeline today, by name."""
 
@@ -317,12 +416,16 @@ def pipeline(name: str, config: Config, *, num_splits: int = 2, batch_size: int 
     ``epoch_every_batches``, ...).
     """
     q = QUERIES[name]
-    (kind,) = q.kinds
-    source = config.source(kind, num_splits=num_splits, batch_size=batch_size)
+    sources = {k: config.source(k, num_splits=num_splits, batch_size=batch_size)
+               for k in q.kinds}
+    if len(sources) == 1:
+        kwargs["source"] = sources[q.kinds[0]]
+    else:
+        kwargs["sources"] = sources  # named by kind: "person", "auction", "bid"
     if q.watermark:
         kwargs.setdefault("watermark", raykv.Watermark("date_time",
                                                        max_delay=config.watermark_delay_ms))
-    return raykv.Pipeline(source=source, stages=q.stages(config), **kwargs)
+    return raykv.Pipeline(stages=q.stages(config), **kwargs)
 
 
 def result(name: str, summary: Any) -> pa.Table:
