@@ -61,7 +61,8 @@ class Deduplicate(EventTimeWindow):
 
     Cost per batch: the checks and one filter (no engine call). Per barrier: one sort of
     the epoch's rows, one ``multi_get`` and one ``multi_set`` of its distinct keys, and
-    a Python loop over the rows of keys seen more than once in the epoch.
+    a Python loop over the rows of the keys seen more than once in the epoch (a key seen
+    once is decided vectorized).
 
     Example:
         >>> import pyarrow as pa, tempfile
@@ -199,20 +200,27 @@ class DeduplicateLogic(EventTimeLogic):
         times = self._times(batch, check_range=False)[order]
         keys = self._state_keys(encoded.dictionary)
         last = self._last_times(keys)
-        keep = np.zeros(len(order), dtype=bool)
         within = self._within
-        # one pass in (time, key, ...) order; the common case, a key once in the epoch
-        # with no state, is decided by the same loop at O(1) per row
-        for i, (k, t) in enumerate(zip(ids.tolist(), times.tolist(), strict=True)):
-            prev = last[k]
-            if prev is None or t >= prev + within:
+        has = np.array([x is not None for x in last], dtype=bool)
+        prev = np.array([0 if x is None else x for x in last], dtype=np.int64)
+        # a key seen once in the epoch: decided from its state alone, vectorized
+        single = np.bincount(ids, minlength=len(keys))[ids] == 1
+        keep = single & (~has[ids] | (times >= prev[ids] + within))
+        # keys seen more than once: one pass over their rows in (time, key, ...) order
+        multi = np.flatnonzero(~single)
+        for i, k, t in zip(multi.tolist(), ids[multi].tolist(), times[multi].tolist(),
+                           strict=True):
+            p = last[k]
+            if p is None or t >= p + within:
                 keep[i] = True
                 last[k] = t
+        prev[~has] = np.iinfo(np.int64).min
+        np.maximum.at(prev, ids[keep], times[keep])  # each kept key's last kept time
         chosen = order[keep]
         if not len(chosen):
             return None
         kept_ids = np.unique(ids[keep])
-        new_times = np.array([last[k] for k in kept_ids.tolist()], dtype=np.int64)
+        new_times = prev[kept_ids]
         assert self.expiry is not None
         self._write([keys[k] for k in kept_ids.tolist()],
                     [_TIME.pack(x) for x in new_times.tolist()], track=False,
