@@ -143,7 +143,7 @@ class DeduplicateLogic(EventTimeLogic):
             msg = (f"{owner}: time column {op.time_column!r} must be a signed integer or "
                    f"timestamp, it is {t}")
             raise TypeError(msg)
-        self._stored = stored_schema(schema, "\x00none", owner)  # every column orderable
+        self._stored = stored_schema(schema, None, owner)  # every column orderable
         self._time_type = t
         self._within = to_units(owner, "within", op.within, t)
         self.clock.set_lateness(to_units(owner, "allowed_lateness", op.allowed_lateness, t))

@@ -37,8 +37,12 @@ def _orderable(t: pa.DataType) -> bool:
     )
 
 
-def stored_schema(schema: pa.Schema, key: str, owner: str) -> pa.Schema:
-    """``schema`` without ``key``, dictionaries decoded; ``TypeError`` for an unorderable column."""
+def stored_schema(schema: pa.Schema, key: str | None, owner: str) -> pa.Schema:
+    """``schema`` without ``key`` (``None``: all columns), dictionaries decoded.
+
+    Raises:
+        TypeError: a column has no order (nested types), naming it.
+    """
     fields = []
     for f in schema:
         if f.name == key:

@@ -207,3 +207,24 @@ def test_pickle_doctest_and_routing() -> None:
     assert pickle.loads(pickle.dumps(op)) == op
     assert op.routing_key(b"\x00" * 8) == b"\x00" * 8  # the state key is the encoded key
     assert doctest.testmod(dedup_module).failed == 0
+
+
+@pytest.mark.parametrize("engine", ["memonly", "hybridlog"])
+def test_rescale_gives_the_same_rows(tmp_path: Path, engine: str) -> None:
+    from tests.operators.test_topn import events as topn_events
+    from tests.operators.test_topn import rescale_run, sort_rows
+
+    rng = random.Random(12)
+    epochs = []
+    t = 0
+    for _ in range(6):
+        batches = [topn_events(rng, 40, t + 120 * i, ["a", "b", "c", "d", ""], jitter=5)
+                   for i in range(2)]
+        t += 240
+        epochs.append((batches, t - 200))
+    op = Deduplicate("k", 30, "t")
+    make = lambda p: open_engine_or_skip(engine, p)  # noqa: E731
+    whole = rescale_run(op, make, tmp_path / "a", epochs, at=len(epochs))
+    split = rescale_run(op, make, tmp_path / "b", epochs, at=3)
+    assert sort_rows(split) == sort_rows(whole)
+    assert len(whole) > 20
