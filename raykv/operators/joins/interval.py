@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from raykv.engines.base import KVStore
-from raykv.operators.joins.common import JoinLogic
+from raykv.operators.joins.common import TIME_LIMIT, JoinLogic
 from raykv.operators.joins.config import JoinOperator, check_bound, span_units
 from raykv.operators.joins.matching import pairs_in_range, unique_pairs
 from raykv.operators.joins.rows import BlobSet
@@ -109,6 +109,10 @@ class IntervalJoinLogic(JoinLogic):
         self.upper = span_units(self.name, "upper", op.upper, t)
         self.width = (self.upper - self.lower + 1 if op.bucket is None
                       else span_units(self.name, "bucket", op.bucket, t))
+        if max(abs(self.lower), abs(self.upper), self.width) >= TIME_LIMIT:
+            msg = (f"{self.name}: lower, upper and bucket must lie within +-2**62 time units, "
+                   f"got {self.lower}, {self.upper}, {self.width}")
+            raise ValueError(msg)
 
     def _layout(self) -> str:
         return (f"interval/1;how={self.op.how};lower={self.lower};upper={self.upper};"

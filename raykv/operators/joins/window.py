@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from raykv.engines.base import KVStore
 from raykv.operators.eventtime import WINDOW_END, WINDOW_START
-from raykv.operators.joins.common import JoinLogic
+from raykv.operators.joins.common import TIME_LIMIT, JoinLogic
 from raykv.operators.joins.config import JoinOperator, check_bound, span_units
 from raykv.operators.joins.matching import pairs_equal, unique_pairs
 from raykv.operators.joins.rows import BlobSet
@@ -108,6 +108,9 @@ class WindowJoinLogic(JoinLogic):
         self.size = span_units(self.name, "size", op.size, t)
         self.slide = self.size if op.slide is None else span_units(self.name, "slide",
                                                                      op.slide, t)
+        if self.size >= TIME_LIMIT:
+            msg = f"{self.name}: size must be below 2**62 time units, got {self.size}"
+            raise ValueError(msg)
         self.pane = math.gcd(self.size, self.slide)
         self._time_type = t
         self.extra_fields = [pa.field(WINDOW_START, t), pa.field(WINDOW_END, t)]
