@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from raykv.engines.base import KVStore
 from raykv.keys import decode_keys
-from raykv.operators.eventtime import LATE_MODES, EventTimeLogic, EventTimeWindow
+from raykv.operators.eventtime import LATE_MODES, TIME_LIMIT, EventTimeLogic, EventTimeWindow
 from raykv.operators.rowsort import row_order, stored_schema, to_stored
 from raykv.operators.ttl import TTL
 from raykv.operators.watermark import check_span, time_array, to_units
@@ -146,6 +146,9 @@ class DeduplicateLogic(EventTimeLogic):
         self._stored = stored_schema(schema, None, owner)  # every column orderable
         self._time_type = t
         self._within = to_units(owner, "within", op.within, t)
+        if self._within >= TIME_LIMIT:
+            msg = f"{owner}.within must be < 2**62 time units, got {self._within}"
+            raise ValueError(msg)
         self.clock.set_lateness(to_units(owner, "allowed_lateness", op.allowed_lateness, t))
         self._order = row_order(self._stored, [(op.time_column, "ascending"),
                                                (self.key, "ascending")])

@@ -25,6 +25,7 @@ from raykv.keys import decode_keys, is_fixed_width
 from raykv.operators.base import META_KEYS
 from raykv.operators.eventtime import (
     LATE_MODES,
+    TIME_LIMIT,
     WINDOW_END,
     WINDOW_START,
     EventTimeLogic,
@@ -186,6 +187,9 @@ class TopNLogic(EventTimeLogic):
         self._slide = self._size if op.slide is None else to_units(owner, "slide", op.slide, t)
         if self._slide > self._size:
             msg = f"{owner}.slide must be <= size ({self._slide} > {self._size} units)"
+            raise ValueError(msg)
+        if self._size >= TIME_LIMIT:
+            msg = f"{owner}.size must be < 2**62 time units, got {self._size}"
             raise ValueError(msg)
         self.clock.set_lateness(to_units(owner, "allowed_lateness", op.allowed_lateness, t))
         self._stored = stored
