@@ -57,8 +57,14 @@ def test_query_pipeline_equals_its_model(ray_session: Any, tmp_path: Path, name:
     assert len(summary.epochs_committed) >= 3
 
 
-def test_q5_through_a_sigkilled_shard(ray_session: Any, tmp_path: Path) -> None:
-    """q5 (sliding windows, a TopN and a Map) with a TopN shard SIGKILLed after epoch 2:
+KILLS = {"q5": "top_auctions", "q17": "Aggregate1", "q4": "winners"}
+"""Queries run with a SIGKILL: the stage whose first shard dies after epoch 2."""
+
+
+@pytest.mark.parametrize("name", [n for n in KILLS if n in QUERIES])
+def test_query_through_a_sigkilled_shard(ray_session: Any, tmp_path: Path, name: str) -> None:
+    """q5 (sliding windows, a TopN and a Map), q17 (final values of an Aggregate) and q4
+    (a join, then aggregates over its changelog) with a shard SIGKILLed after epoch 2:
     the restored run's output is still exactly the model's."""
     killed: list[int] = []
 
@@ -66,13 +72,13 @@ def test_q5_through_a_sigkilled_shard(ray_session: Any, tmp_path: Path) -> None:
         if not killed and ev.kind == "committed" and ev.epoch == 2:
             import ray
 
-            name = sorted(n for n in ev.shards if "top_auctions" in n)[0]
-            killed.append(ray.get(ev.shards[name].ping.remote()))
+            shard = sorted(n for n in ev.shards if n.startswith(KILLS[name]))[0]
+            killed.append(ray.get(ev.shards[shard].ping.remote()))
             os.kill(killed[0], signal.SIGKILL)
 
-    summary = _run("q5", tmp_path, on_progress=kill)
+    summary = _run(name, tmp_path, on_progress=kill)
     assert killed and summary.restarts == 1
-    _same(result("q5", summary), run_model("q5", CONFIG))
+    _same(result(name, summary), run_model(name, CONFIG))
 
 
 def test_discard_sink_runs_a_query(ray_session: Any, tmp_path: Path) -> None:
