@@ -178,42 +178,51 @@ class WindowJoinLogic(JoinLogic):
         done = np.ones(len(idx), bool) if wm is None else last_end <= wm
         if not read.any() and not done.any():
             return
-        encs = sorted({e for p in idx[read | done].tolist() for e in self.panes[p]})
-        kid = {e: i for i, e in enumerate(encs)}
+        encs = sorted({e for p in idx[read].tolist() for e in self.panes[p]})
+        kid = dict(zip(encs, range(len(encs)), strict=True))
         keys: list[bytes] = []
-        key_group: list[int] = []
-        key_pane: list[int] = []
+        sides: list[np.ndarray] = []
+        groups: list[np.ndarray] = []
+        panes: list[np.ndarray] = []
         for p, suffix in zip(idx[read].tolist(), bucket_bytes(idx[read]), strict=True):
-            for e in sorted(self.panes[p]):
-                for side in (0, 1):
-                    keys.append(e + SIDES[side] + suffix)
-                    key_group.append(kid[e])
-                    key_pane.append(p)
+            members = list(self.panes[p])
+            ids = np.fromiter(map(kid.__getitem__, members), dtype=np.int64,
+                              count=len(members))
+            for side in (0, 1):
+                tail = SIDES[side] + suffix
+                keys += [e + tail for e in members]
+                sides.append(np.full(len(members), side, dtype=np.int64))
+                groups.append(ids)
+                panes.append(np.full(len(members), p, dtype=np.int64))
         if keys:
-            self._emit_windows(win, keys, key_group, key_pane, [encs[g] for g in key_group])
+            self._emit_windows(win, keys, np.concatenate(sides), np.concatenate(groups),
+                               np.concatenate(panes), encs)
         writes: dict[bytes, bytes] = {}
         for p, suffix in zip(idx[done].tolist(), bucket_bytes(idx[done]), strict=True):
-            for e in self.panes.pop(p):
-                writes[e + SIDES[0] + suffix] = b""
-                writes[e + SIDES[1] + suffix] = b""
+            gone = self.panes.pop(p)
+            for side in (0, 1):
+                tail = SIDES[side] + suffix
+                writes.update(dict.fromkeys([e + tail for e in gone], b""))
         self._write(writes)
 
-    def _emit_windows(self, win: np.ndarray, keys: list[bytes], key_group: list[int],
-                      key_pane: list[int], key_enc: list[bytes]) -> None:
-        """Emit the pairs of every closing window ``win`` from the pane records ``keys``."""
+    def _emit_windows(self, win: np.ndarray, keys: list[bytes], key_side: np.ndarray,
+                      key_group: np.ndarray, key_pane: np.ndarray, encs: list[bytes]) -> None:
+        """Emit the pairs of every closing window ``win`` from the pane records ``keys``.
+
+        Per record: its side, key id (into the sorted encoded keys ``encs``) and pane.
+        """
         raws = self.store.multi_get(keys)
-        side_of = np.fromiter((k[-9] for k in keys), dtype=np.int64, count=len(keys))
         rows = BlobSet(raws, range(len(keys)))
         rec = rows.group
-        p_start = np.asarray(key_pane, dtype=np.int64)[rec] * self.pane
+        p_start = key_pane[rec] * self.pane
         lo = np.searchsorted(win, p_start + self.pane - self.size, side="left")
         hi = np.searchsorted(win, p_start, side="right")
         counts = hi - lo
         row = np.repeat(np.arange(len(rec)), counts)
         w = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
-        nkeys = max(key_group) + 1
-        grp = w * nkeys + np.asarray(key_group, dtype=np.int64)[rec[row]]
-        is_left = side_of[rec[row]] == 0
+        nkeys = len(encs)
+        grp = w * nkeys + key_group[rec[row]]
+        is_left = key_side[rec[row]] == 0
         li, ri = pairs_equal(grp[is_left], grp[~is_left])
         if not len(li):
             return
@@ -221,7 +230,7 @@ class WindowJoinLogic(JoinLogic):
         pw = w[is_left][li]
         order = np.lexsort((grp[is_left][li], pw))
         lrow, rrow, pw = lrow[order], rrow[order], pw[order]
-        enc = [key_enc[g] for g in rec[lrow].tolist()]
+        enc = [encs[g] for g in key_group[rec[lrow]].tolist()]
         t = self._time_type
         self._emit(self._key_values(enc), rows.decode(self.codec(0), lrow),
                    rows.decode(self.codec(1), rrow),
