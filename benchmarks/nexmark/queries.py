@@ -60,7 +60,7 @@ from raykv.operators import (
 )
 from raykv.sinks import Sink
 
-EVER = 1 << 62
+EVER = 1 << 61
 """A window size no event time reaches: one window holding everything, emitted at the end
 (TopN without a window, for q18/q19)."""
 Q5_TIES = 20  # q5 keeps up to this many auctions tied for the most bids in a window
