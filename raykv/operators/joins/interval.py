@@ -190,16 +190,20 @@ class IntervalJoinLogic(JoinLogic):
         """Delete rows no on-time row can match (``None``: all), padding left rows."""
         bounds = (self.upper, -self.lower)  # a row is dead once time + bound < wm
         keys: list[bytes] = []
+        spans: list[tuple[int, int, list[bytes]]] = []  # (side, bucket, its keys' encodings)
+        side_parts: list[np.ndarray] = []
         for side in (0, 1):
             due = [b for b in self.buckets[side]
                    if wm is None or b * self.width + bounds[side] < wm]
             for b, suffix in zip(due, bucket_bytes(np.array(due, dtype=np.int64)), strict=True):
                 tail = SIDES[side] + suffix
-                keys += [e + tail for e in self.buckets[side][b]]
+                encs = list(self.buckets[side][b])
+                spans.append((side, b, encs))
+                keys += [e + tail for e in encs]
+                side_parts.append(np.full(len(encs), side, dtype=np.int64))
         if not keys:
             return
-        keys.sort()
-        sides = np.fromiter((k[-9] for k in keys), dtype=np.int64, count=len(keys))
+        sides = np.concatenate(side_parts)
         blobs = BlobSet(self.store.multi_get(keys), range(len(keys)))
         row_side = sides[blobs.group]
         bound = np.where(row_side == 0, bounds[0], bounds[1])
@@ -214,15 +218,17 @@ class IntervalJoinLogic(JoinLogic):
                 rows = np.flatnonzero(pad)
                 enc = [keys[g][:-9] for g in blobs.group[rows].tolist()]
                 self._emit(self._key_values(enc), blobs.decode(self.codec(0), rows), None)
-        writes: dict[bytes, bytes] = {}
-        for i, v in enumerate(blobs.rewrite(~dead, flags)):
-            if v is not None:
-                writes[keys[i]] = v
-        self._write(writes)
-        for key, v in writes.items():
-            if not v:
-                side, b = key[-9], bucket_of(key[-8:])
-                encs = self.buckets[side][b]
-                encs.discard(key[:-9])
-                if not encs:
-                    del self.buckets[side][b]
+        values = blobs.rewrite(~dead, flags)
+        self._write({k: v for k, v in zip(keys, values, strict=True) if v is not None})
+        # the index: drop emptied buckets whole, else the keys whose record is gone
+        emptied = np.fromiter((v == b"" for v in values), dtype=bool, count=len(values))
+        start = 0
+        for side, b, encs in spans:
+            end = start + len(encs)
+            gone = emptied[start:end]
+            if gone.all():
+                del self.buckets[side][b]
+            elif gone.any():
+                self.buckets[side][b].difference_update(
+                    [e for e, g in zip(encs, gone.tolist(), strict=True) if g])
+            start = end
