@@ -146,8 +146,8 @@ class DeduplicateLogic(EventTimeLogic):
         self._stored = stored_schema(schema, None, owner)  # every column orderable
         self._time_type = t
         self._within = to_units(owner, "within", op.within, t)
-        if self._within >= TIME_LIMIT:
-            msg = f"{owner}.within must be < 2**62 time units, got {self._within}"
+        if self._within > TIME_LIMIT:  # times and spans <= 2**62: sums stay in int64
+            msg = f"{owner}.within must be <= 2**62 time units, got {self._within}"
             raise ValueError(msg)
         self.clock.set_lateness(to_units(owner, "allowed_lateness", op.allowed_lateness, t))
         self._order = row_order(self._stored, [(op.time_column, "ascending"),

@@ -188,8 +188,8 @@ class TopNLogic(EventTimeLogic):
         if self._slide > self._size:
             msg = f"{owner}.slide must be <= size ({self._slide} > {self._size} units)"
             raise ValueError(msg)
-        if self._size >= TIME_LIMIT:
-            msg = f"{owner}.size must be < 2**62 time units, got {self._size}"
+        if self._size > TIME_LIMIT:  # times and spans <= 2**62: sums stay in int64
+            msg = f"{owner}.size must be <= 2**62 time units, got {self._size}"
             raise ValueError(msg)
         self.clock.set_lateness(to_units(owner, "allowed_lateness", op.allowed_lateness, t))
         self._stored = stored

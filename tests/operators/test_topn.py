@@ -250,8 +250,8 @@ def test_bad_input(tmp_path: Path) -> None:
         logic.process(pa.record_batch({"k": [1], "t": [1], "v": [1], "l": [[1]]}))
     with pytest.raises(ValueError, match="clash"):
         logic.process(pa.record_batch({"k": [1], "t": [1], "v": [1], "rank": [1]}))
-    with pytest.raises(ValueError, match="size must be < 2"):
-        TopN("k", "v", 1, "t", 1 << 62).build(MemOnly(tmp_path / "x")).process(
+    with pytest.raises(ValueError, match="size must be <= 2"):
+        TopN("k", "v", 1, "t", (1 << 62) + 1).build(MemOnly(tmp_path / "x")).process(
             pa.record_batch({"k": [1], "t": [1], "v": [1]}))
     assert state(store) == {}
     logic.process(pa.record_batch({"k": [1], "t": [1], "v": [1]}))
