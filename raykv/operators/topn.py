@@ -13,7 +13,7 @@ start, ``key_suffix_len = 8``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
@@ -39,6 +39,8 @@ __all__ = ["RANK", "TopN", "TopNLogic"]
 #: Output column: the row's rank in its window, 1 = first.
 RANK = "rank"
 _G = "\x00group"
+_SK = "\x00state_key"
+_WS = "\x00window_start"
 _SIGN = np.uint64(1 << 63)
 
 
@@ -69,12 +71,16 @@ class TopN(EventTimeWindow):
     State: per (key, window) at most ``n`` rows (one engine value: a fixed-size record
     per row plus string bytes, ``rowsort.RowCodec``). Cost per batch: the rows are
     expanded to their ``ceil(size / slide)`` windows and sorted once (by group, ``by``,
-    the other columns), cut to ``n`` per group; then one ``multi_get`` of the touched
-    (key, window) pairs, one bulk decode of their stored candidates, one more sort, one
-    bulk encode and one ``multi_set`` of the pairs whose candidates changed. Per
-    barrier: one ``multi_get`` and one ``multi_set`` (deletes) of the closed windows.
-    Building the logic on a store with state scans ``store.items()`` once to index the
-    open windows.
+    the other columns), cut to ``n`` per group and buffered in memory, without an engine
+    call. The buffer is merged into the engine at each barrier (before the windows
+    close), at ``finish``/``export_state``, and whenever it holds more than
+    ``max_buffered_rows`` candidate rows: one ``multi_get`` of the touched (key, window)
+    pairs, one bulk decode of their stored candidates, one sort, one bulk encode and one
+    ``multi_set`` of the pairs whose candidates changed. Per barrier also one
+    ``multi_get`` and one ``multi_set`` (deletes) of the closed windows. Building the
+    logic on a store with state scans ``store.items()`` once to index the open windows.
+    Buffered candidates are not in the engine between barriers: restoring the last
+    epoch and replaying its input gives the same result (the runtime's recovery).
 
     Example:
         >>> import pyarrow as pa, tempfile
@@ -99,6 +105,8 @@ class TopN(EventTimeWindow):
         descending: ``True``: the largest ``by`` first; ``False``: the smallest.
         allowed_lateness: subtracted from the watermark (as for the windows); default 0.
         late: ``"drop"`` (default) or ``"emit"``.
+        max_buffered_rows: candidate rows kept in memory between merges into the engine
+            (keyword only; default 1,000,000; 0 merges after every batch).
     """
 
     by: str
@@ -109,10 +117,14 @@ class TopN(EventTimeWindow):
     descending: bool = True
     allowed_lateness: int | timedelta = 0
     late: str = "drop"
+    max_buffered_rows: int = field(default=1_000_000, kw_only=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         owner = type(self).__name__
+        if type(self.max_buffered_rows) is not int or self.max_buffered_rows < 0:
+            msg = f"{owner}.max_buffered_rows must be an int >= 0, got {self.max_buffered_rows!r}"
+            raise ValueError(msg)
         for attr in ("by", "time_column"):
             value = getattr(self, attr)
             if not isinstance(value, str) or not value:
@@ -154,8 +166,11 @@ class TopNLogic(EventTimeLogic):
         self._stored: pa.Schema | None = None
         self._codec: RowCodec | None = None
         self._order: list[tuple[str, str, str]] = []
-        #: Open windows: start -> state keys.
+        #: Open windows: start -> state keys (those in the engine).
         self._open: dict[int, set[bytes]] = {}
+        #: Candidates not yet merged into the engine (``_candidates`` tables).
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
         super().__init__(op, store)
         if self._schema is not None:
             for k, _ in store.items():
@@ -215,23 +230,24 @@ class TopNLogic(EventTimeLogic):
         late = first + size <= self.clock.running(t)
         original = batch
         batch, first, n_late = self._without_late(batch, first, late)
-        keys: list[bytes] = []
-        values: list[bytes] = []
-        starts: list[int] = []
-        if batch.num_rows:
-            keys, values, starts = self._merge(batch, first)
-        extra = self.clock.pending(t, n_late)
-        self._write(keys, values, track=False, extra=extra)
+        pending = self._candidates(batch, first) if batch.num_rows else None
+        self._write([], [], track=False, extra=self.clock.pending(t, n_late))
         self.clock.commit(t, n_late)
         self._keep_late(original, late)
-        for start, k in zip(starts, keys, strict=True):
-            self._open.setdefault(start, set()).add(k)
+        if pending is not None:
+            self._buffer.append(pending)
+            self._buffered += pending.num_rows
+            if self._buffered > self.op.max_buffered_rows:
+                self._flush()
 
-    def _merge(self, batch: pa.RecordBatch, first: np.ndarray
-               ) -> tuple[list[bytes], list[bytes], list[int]]:
-        """The changed (state key, value, window start) of the groups ``batch`` touches."""
+    def _candidates(self, batch: pa.RecordBatch, first: np.ndarray) -> pa.Table:
+        """``batch``'s rows in each of their windows, cut to ``n`` per (key, window).
+
+        Columns: the stored row, the state key (``_SK``) and the window start (``_WS``).
+        Raises (before anything is written) for a key the engine cannot hold.
+        """
         assert self._stored is not None
-        slide, n = self._slide, self.op.n
+        slide = self._slide
         t = self._times(batch, check_range=False)
         counts = (t // slide) - (first // slide) + 1  # windows per row, >= 1
         rows = np.repeat(np.arange(len(t)), counts)
@@ -242,13 +258,32 @@ class TopNLogic(EventTimeLogic):
         uniq_starts, ws_idx = np.unique(starts, return_inverse=True)
         combo, group = np.unique(key_idx * len(uniq_starts) + ws_idx.reshape(-1),
                                  return_inverse=True)
-        group = group.reshape(-1)
         g_key = combo // len(uniq_starts)
         g_start = uniq_starts[combo % len(uniq_starts)]
         suffixes = (g_start.view(np.uint64) ^ _SIGN).astype(">u8").view("V8").tolist()
         keys = self._state_keys(encoded.dictionary.take(pa.array(g_key)), suffixes)
         new = to_stored(batch, self._stored).take(pa.array(rows))
-        new = self._top(new.append_column(_G, pa.array(group)), n)
+        new = self._top(new.append_column(_G, pa.array(group.reshape(-1))), self.op.n)
+        g = new.column(_G)
+        return new.drop_columns([_G]).append_column(
+            _SK, pa.array(keys, pa.binary()).take(g)).append_column(
+            _WS, pa.array(g_start, pa.int64()).take(g))
+
+    def _flush(self) -> None:
+        """Merge the buffered candidates into the engine: one ``multi_get``/``multi_set``."""
+        parts, self._buffer, self._buffered = self._buffer, [], 0
+        if not parts:
+            return
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        enc = pc.dictionary_encode(table.column(_SK).combine_chunks())
+        group = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        keys: list[bytes] = enc.dictionary.to_pylist()
+        g_start = np.zeros(len(keys), dtype=np.int64)
+        g_start[group] = table.column(_WS).to_numpy()
+        new = table.drop_columns([_SK, _WS]).append_column(_G, pa.array(group))
+        n = self.op.n
+        if len(parts) > 1:
+            new = self._top(new, n)
         old = self.store.multi_get(keys)
         had = [i for i, v in enumerate(old) if v]
         codec = self._codec
@@ -258,18 +293,17 @@ class TopNLogic(EventTimeLogic):
             prior = prior.append_column(
                 _G, pa.array(np.repeat(np.array(had, dtype=np.int64), lens)))
             new = self._top(pa.concat_tables([new, prior]), n)
-        g = new.column(_G).to_numpy()
+        g = new.column(_G).to_numpy()  # each group's rows are contiguous, in rank order
         bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
         encoded_values = codec.encode(new.drop_columns([_G]), bounds.tolist())
         out_keys: list[bytes] = []
         out_values: list[bytes] = []
-        out_starts: list[int] = []
         for i, value in zip(g[bounds[:-1]].tolist(), encoded_values, strict=True):
             if value != old[i]:
                 out_keys.append(keys[i])
                 out_values.append(value)
-                out_starts.append(int(g_start[i]))
-        return out_keys, out_values, out_starts
+                self._open.setdefault(int(g_start[i]), set()).add(keys[i])
+        self._write(out_keys, out_values, track=False)
 
     def _top(self, table: pa.Table, n: int) -> pa.Table:
         """``table`` sorted by group then rank order, cut to ``n`` rows per group."""
@@ -282,6 +316,7 @@ class TopNLogic(EventTimeLogic):
 
     def _close(self, watermark: int | None) -> pa.RecordBatch | None:
         """Emit and delete every window whose end is ``<=`` ``watermark`` (``None``: all)."""
+        self._flush()
         starts = sorted(s for s in self._open
                         if watermark is None or s + self._size <= watermark)
         assert self._key_type is not None
@@ -298,6 +333,7 @@ class TopNLogic(EventTimeLogic):
 
     def export_state(self) -> pa.RecordBatch | None:
         """The open windows' current candidates, as ``finish`` would emit them (no change)."""
+        self._flush()
         pairs = sorted(self._items(), key=lambda p: (_window_start(p[0]), _user_part(p[0])))
         if not pairs:
             return None

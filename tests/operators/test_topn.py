@@ -135,7 +135,8 @@ def test_matches_python_model(tmp_path: Path, engine: str, size: int, slide: int
     print("seed", seed)
     rng = random.Random(seed)
     op = TopN("k", "v", n, "t", size, None if slide == size else slide,
-              descending=descending, allowed_lateness=lateness, late="emit")
+              descending=descending, allowed_lateness=lateness, late="emit",
+              max_buffered_rows=rng.choice([0, 30, 1_000_000]))
     make = lambda p: open_engine_or_skip(engine, p)  # noqa: E731
     store = make(tmp_path / "s")
     logic = op.build(store)
@@ -235,6 +236,8 @@ def test_bad_config() -> None:
         TopN("k", "v", 1, "t", 10, late="keep")
     with pytest.raises(TypeError, match="descending must be a bool"):
         TopN("k", "v", 1, "t", 10, descending="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_buffered_rows"):
+        TopN("k", "v", 1, "t", 10, max_buffered_rows=-1)
     with pytest.raises(TypeError, match="by must be"):
         TopN("k", None, 1, "t", 10)  # type: ignore[arg-type]
 
