@@ -131,6 +131,10 @@ class Pipeline:
             ``checkpoint`` (moved state travels through it) and ``hot_keys > 0``. Stages
             whose results depend on the assignment (``TumblingWindow``: per-shard
             watermarks) are never rebalanced.
+        overlap_epochs: a shard completes an epoch (the fold of its buffered aggregates,
+            output, seal) on a second thread while it combines the next epoch's batches,
+            for operators that can detach an epoch (``Aggregate``); ``False``: on the
+            data thread, the input waiting (``raykv.runtime.shard_epochs``).
         sources: several named sources instead of ``source`` (``{"bids": src, ...}``);
             each is read by its own readers, and its splits' offsets are stored in every
             epoch under ``"<name>:<split>"``. Stages name the source they read.
@@ -161,6 +165,7 @@ class Pipeline:
     faults: Faults | None = None
     hot_keys: int = 16
     rebalance: Rebalance | None = None
+    overlap_epochs: bool = True
     sources: Mapping[str, Source] | None = None
     topology: Topology = field(init=False, repr=False, compare=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)

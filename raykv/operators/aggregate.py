@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import compress
@@ -190,7 +190,27 @@ class AggregateLogic(KeyedStateLogic):
         # configs pickled before the field existed lack it (cloudpickled in epoch metadata)
         self._max_rows: int = getattr(op, "max_buffered_rows", DEFAULT_MAX_BUFFERED_ROWS)
         self._max_bytes: int = getattr(op, "max_buffered_bytes", DEFAULT_MAX_BUFFERED_BYTES)
+        # an epoch's partials moved aside by detach(), folded by the next on_barrier
+        self._detached: tuple[list[pa.Table], list[pa.Table], list[list[pa.Table]]] | None = None
+        #: Set by the shard when epochs end on its epoch thread: returns once that thread
+        #: is idle. Called before this logic touches the engine outside ``on_barrier``.
+        self.fence: Callable[[], None] = _no_fence
         super().__init__(op, store)
+
+    def detach(self) -> None:
+        """Move the epoch's buffered partials aside; the next ``on_barrier`` folds them.
+
+        For a shard that ends epochs on a second thread (``raykv.runtime.shard_epochs``):
+        after ``detach()``, ``on_barrier``/``changelog`` may run on that thread while
+        ``process`` buffers the next epoch's partials into fresh lists; ``process`` calls
+        :attr:`fence` before it folds or writes to the engine. The state at each barrier
+        is the same as without it. Cost: O(1).
+        """
+        assert self._detached is None, "detach() twice without on_barrier"
+        self._detached = (self._parts, self._tmax, self._deltas)
+        self._parts, self._tmax = [], []
+        self._deltas = [[] for _ in self._deltas]
+        self._buffered_rows = self._buffered_bytes = 0
 
     @property
     def buffered_rows(self) -> int:
@@ -239,6 +259,7 @@ class AggregateLogic(KeyedStateLogic):
         fold = self._buffered_rows + rows > self._max_rows or (
             0 < self._max_bytes < self._buffered_bytes + nbytes)
         if self._pending_meta and not fold:  # the first batch passed: store the schema now
+            self.fence()
             self._write((), (), track=False)
         if self.expiry is not None and self.expiry.event:  # each key's latest event time
             times = pa.table({self.key: batch.column(self.key),
@@ -282,14 +303,18 @@ class AggregateLogic(KeyedStateLogic):
             OverflowError: an int64 sum leaves int64 for some key (named); the engine and
                 the changelog are unchanged and the buffered input is dropped.
         """
-        parts = self._parts
-        if not parts:
-            return
-        deltas = self._deltas
-        self._parts = []
-        tmax, self._tmax = self._tmax, []
+        self.fence()
+        parts, tmax, deltas = self._parts, self._tmax, self._deltas
+        self._parts, self._tmax = [], []
         self._deltas = [[] for _ in deltas]
         self._buffered_rows = self._buffered_bytes = 0
+        self._fold(parts, tmax, deltas)
+
+    def _fold(self, parts: list[pa.Table], tmax: list[pa.Table],
+              deltas: list[list[pa.Table]]) -> None:
+        """:meth:`fold` of the given buffers (the current ones, or a detached epoch's)."""
+        if not parts:
+            return
         layout = self.layout
         assert layout is not None
         if len(parts) == 1:  # the partials of one batch: the per-batch path
@@ -423,8 +448,16 @@ class AggregateLogic(KeyedStateLogic):
         return self._emit([keys[i] for i in order], [values[i] for i in order])
 
     def _take_epoch(self) -> tuple[list[bytes], list[bytes], set[bytes]]:
-        """Fold; the epoch's written keys and values (deleted keys apart); reset them."""
-        self.fold()
+        """Fold; the epoch's written keys and values (deleted keys apart); reset them.
+
+        After :meth:`detach` the detached partials are folded (the current buffer belongs
+        to the next epoch), else the current buffer.
+        """
+        detached, self._detached = self._detached, None
+        if detached is not None:
+            self._fold(*detached)
+        else:
+            self.fold()
         deleted = self._epoch_deleted
         pairs = [(k, v) for k, v in zip(self._epoch_keys, self._epoch_values, strict=True)
                  if v]
@@ -493,3 +526,6 @@ class AggregateLogic(KeyedStateLogic):
                 self._minmax.split(values)[0])
         return self.layout.render(values)
 
+
+def _no_fence() -> None:
+    """The default :attr:`AggregateLogic.fence`: no epoch thread to wait for."""

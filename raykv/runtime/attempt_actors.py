@@ -83,7 +83,7 @@ class AttemptActors:
             sink=self.sink if self.sink.stages_on_shards else None,
             sink_changelog=self.sink.changelog,
             kept_epochs=self.p.max_pending_epochs + 1,
-            event_time=self.p.watermark is not None,
+            event_time=self.p.watermark is not None, overlap_epochs=self.p.overlap_epochs,
         )
         if self.driver_io:
             plans = self.restorer.materialize(specs, plans)

@@ -7,8 +7,9 @@ the specs it receives (:mod:`raykv.runtime.specs`), barrier alignment
 key-group copies for rescale and rebalance (:mod:`raykv.runtime.keygroups`, driven by
 the :class:`~raykv.runtime.shard_moves.KeyGroupMoves` mixin), the upload thread's side
 (:class:`~raykv.runtime.shard_uploads.EpochUploads`), local recovery
-(:class:`~raykv.runtime.shard_rollback.LocalRollback`: ``quiesce``, ``reset``) and how a
-failure is described (:func:`raykv.runtime.failures.describe_shard_failure`).
+(:class:`~raykv.runtime.shard_rollback.LocalRollback`: ``quiesce``, ``reset``), the
+epoch thread (:class:`~raykv.runtime.shard_epochs.EpochWorker`) and how a failure is
+described and poisons the shard (:class:`~raykv.runtime.shard_poison.ShardPoison`).
 
 One Ray actor runs per shard per stage (:data:`ShardActor`, built from the plain class
 :class:`ShardWorker`, which tests can also drive directly). It receives configs and paths,
@@ -47,6 +48,10 @@ when it has arrived from all of them the epoch is complete:
 4. the upload thread runs ``store.upload_shard`` and records an :class:`Ack` that
    ``wait_uploaded(e)`` returns.
 
+Steps 1-3 run on the epoch thread when the operator can detach its epoch (``Aggregate``;
+``Pipeline.overlap_epochs``): the data thread goes on with epoch ``e + 1`` meanwhile
+(``raykv.runtime.shard_epochs`` has the invariants).
+
 A failure of any call poisons the shard: every later call raises the same error, so the
 driver sees it whichever ref it waits on. Before that, the error is given its context
 (``raykv.errors.failure_context``: stage, shard, epoch; key and ``user_code`` when user
@@ -69,15 +74,16 @@ from typing import Any
 import pyarrow as pa
 import ray
 
-from raykv.errors import CorruptionError, add_context
+from raykv.errors import CorruptionError
 from raykv.hotkeys import LoadTracker
 from raykv.metrics import ShardMetrics, process_cpu_seconds
 from raykv.partitioning import Partitioning, split_batch
 from raykv.runtime.aligner import BARRIER, DATA, FINISH, Aligned, BarrierAligner
-from raykv.runtime.failures import describe_shard_failure
 from raykv.runtime.localdirs import cleanup_siblings, wait_dir_free, wipe_dir
 from raykv.runtime.outbox import Outbox, RayChannel
+from raykv.runtime.shard_epochs import EpochWorker
 from raykv.runtime.shard_moves import KeyGroupMoves
+from raykv.runtime.shard_poison import ShardPoison
 from raykv.runtime.shard_rollback import LocalRollback
 from raykv.runtime.shard_uploads import EpochUploads
 from raykv.runtime.specs import Ack, RestorePlan, ShardSpec, StageSpec
@@ -100,7 +106,7 @@ def _as_table(out: Any) -> pa.Table | None:
 # ---------------------------------------------------------------------------- the worker
 
 
-class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
+class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads, EpochWorker, ShardPoison):
     """One shard: engine + operator logic + barrier alignment + upload thread.
 
     Use through :data:`ShardActor` (a Ray actor); the plain class works in-process too.
@@ -130,7 +136,8 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
         self._cpu_reported = 0.0
         self._metrics = ShardMetrics(spec.pipeline, spec.stage.name, spec.name)
         self._quiesced = False  # between quiesce() and reset(): data calls are dropped
-        self._watermark: tuple[int | None, bool] = (None, False)  # at the last barrier
+        self._watermark: int | None = None  # at the last barrier (stats)
+        self._epoch_cpu = 0.0  # CPU seconds of the epoch thread (shard_epochs.py)
         self.stats_: dict[str, float] = {
             "rows_in": 0, "batches_in": 0, "rows_out": 0, "epochs": 0, "seal_seconds": 0.0,
             "upload_seconds": 0.0, "bytes_uploaded": 0, "files_uploaded": 0,
@@ -232,6 +239,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
         logic = self.spec.stage.operator.build(self.engine)
         if self._forwards_changelog:
             logic.keep_before_images = True
+        self._wire_fence(logic)
         advance = getattr(logic, "advance_watermark", None)
         if self.spec.event_time and advance is not None:
             advance(None)  # from the start: windows close by the sources' watermark alone
@@ -239,7 +247,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
 
     def set_downstream_partitioning(self, partitioning: Partitioning) -> None:
         """Route this shard's output by ``partitioning`` from now on (next stage rebalanced)."""
-        self._check_ok()
+        self._fence()
         down = self.spec.downstream
         assert down is not None
         self.spec = replace(self.spec, downstream=replace(down, partitioning=partitioning))
@@ -299,18 +307,30 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
         try:
             for step in self._aligner.receive(kind, input_id, payload, mark):
                 if isinstance(step, Aligned):
-                    self._epoch = step.epoch
-                    self._watermark = combine(step.marks)
-                    self._complete(step.epoch, final=step.final)
-                    self._epoch = step.epoch + 1
+                    self._end_epoch(step)
                 else:
                     self._process(step.batch, step.input_id)
         except BaseException as err:
-            err = self._contextualize(err)
-            self._fail(err)
+            if err is not self._uploader.failure:  # not the epoch thread's, raised again
+                err = self._contextualize(err)
+                self._fail(err)
             raise err
         finally:
             self.stats_["busy_cpu_seconds"] += time.thread_time() - cpu
+
+    def _end_epoch(self, step: Aligned) -> None:
+        """Complete an aligned epoch: here, or on the epoch thread (``shard_epochs.py``)."""
+        self._fence()  # the previous epoch is complete (and did not fail)
+        self._epoch = epoch = step.epoch
+        marks = combine(step.marks)
+        load = self._load_report()
+        if self._overlaps(step.final):
+            self.logic.detach()  # the epoch's buffered input, moved aside in O(1)
+            self._submit_epoch(epoch, lambda: self._complete(
+                epoch, final=False, watermark=marks, load=load))
+        else:
+            self._complete(epoch, final=step.final, watermark=marks, load=load)
+        self._epoch = epoch + 1
 
     def _process(self, batch: pa.RecordBatch, input_id: int) -> None:
         t = time.perf_counter()
@@ -329,11 +349,17 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
         self.stats_["batches_in"] += 1
         self._metrics.batch(batch.num_rows)
 
-    def _complete(self, epoch: int, *, final: bool) -> None:
-        """Steps 1-3 of the module docstring for an aligned ``epoch``."""
+    def _complete(self, epoch: int, *, final: bool, watermark: tuple[int | None, bool],
+                  load: dict[str, Any] | None) -> None:
+        """Steps 1-3 of the module docstring for an aligned ``epoch``.
+
+        ``watermark``: the inputs' combined ``(watermark, idle)`` at the barrier;
+        ``load``: the epoch's load report (taken on the data thread).
+        """
         t0 = time.perf_counter()
         self._fault("barrier")
-        wm, idle = self._watermark
+        wm, idle = watermark
+        self._watermark = wm
         advance = getattr(self.logic, "advance_watermark", None)
         if self.spec.event_time and wm is not None and advance is not None:
             advance(wm)  # event-time operators close windows by the sources' watermark
@@ -374,7 +400,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
             self._metrics.epoch(seconds, self.stats_["rows_out"], self.engine, self._tracker,
                             getattr(self.logic, "late_events", 0))
             ack = Ack(epoch, self.name, output=out, rows_out=rows_out, metadata=meta,
-                      seal_seconds=seconds, load=self._load_report(), late_output=late)
+                      seal_seconds=seconds, load=load, late_output=late)
             self._stage_output(ack)
             self._uploader.post(ack)
             return
@@ -391,8 +417,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
                             getattr(self.logic, "late_events", 0))
         self._uploader.queue(Ack(epoch, self.name, output=out, rows_out=rows_out,
                                  staging=str(staging), files=files, metadata=meta,
-                                 seal_seconds=seconds, load=self._load_report(),
-                                 late_output=late))
+                                 seal_seconds=seconds, load=load, late_output=late))
 
     def _final_chunks(self) -> Iterator[pa.Table]:
         """The end-of-input output as non-empty tables, one engine chunk at a time.
@@ -413,7 +438,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
             return None
         out = self._tracker.report()
         out["write_amplification"] = self.engine.stats.write_amplification
-        cpu = self.stats_["busy_cpu_seconds"]
+        cpu = self.stats_["busy_cpu_seconds"] + self._epoch_cpu
         out["cpu_seconds"], self._cpu_reported = cpu - self._cpu_reported, cpu
         return out
 
@@ -435,7 +460,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
         out["node_id"] = self._node_id
         out["pid"] = os.getpid()
         out["process_cpu_seconds"] = process_cpu_seconds()
-        out["watermark"] = self._watermark[0]
+        out["watermark"] = self._watermark
         out["late_events"] = getattr(self.logic, "late_events", 0)
         engine = self.engine
         if engine is not None:
@@ -456,48 +481,10 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads):
 
     def close(self) -> None:
         """Stop the upload thread and close the engine (seals it). Idempotent."""
+        self._fence(check=False)
         self._uploader.close(timeout=60)
         if self.engine is not None:
             self.engine.close()
-
-    # ------------------------------------------------------------------ failure
-
-    def _add_context(self, err: BaseException, *, epoch: int | None = None,
-                     phase: str | None = None) -> None:
-        """Record stage, shard and epoch on ``err`` (not on Ray's errors: not ours)."""
-        if isinstance(err, ray.exceptions.RayError):
-            return
-        add_context(err, stage=self.spec.stage.name, shard=self.name,
-                    epoch=self._epoch if epoch is None else epoch, phase=phase)
-
-    def _contextualize(self, err: BaseException) -> BaseException:
-        """The error a failed ``process``/``barrier``/``finish`` raises and poisons the shard with.
-
-        See :func:`raykv.runtime.failures.describe_shard_failure`.
-        """
-        return describe_shard_failure(err, context=self._context, key_column=self.spec.stage.key,
-                                      shard=self.name, add_context=self._add_context)
-
-    def _fail(self, err: BaseException) -> None:
-        self._uploader.fail(err)
-
-    def _check_ok(self) -> None:
-        failure = self._uploader.failure
-        if failure is not None:
-            raise failure
-
-    def _fault(self, point: str) -> None:
-        faults = self.spec.faults
-        if faults is None or faults.crash_at is None:
-            return
-        prefix, at, n = faults.crash_at
-        if at != point or not self.name.startswith(prefix):
-            return
-        if self.spec.attempt not in faults.crash_attempts:
-            return
-        self._counts[point] += 1
-        if self._counts[point] == n:
-            os._exit(1)
 
 
 # Ray's stubs do not type ``ray.remote(**options)`` applied to a class (``concurrency_groups``

@@ -36,6 +36,7 @@ class LocalRollback:
 
         def __init__(self, spec: ShardSpec) -> None: ...
         def setup(self, plan: RestorePlan) -> dict[str, Any]: ...  # noqa: D102
+        def _fence(self, *, check: bool = True) -> None: ...
 
     @ray.method(concurrency_group="ping")
     def warm(self) -> None:
@@ -68,6 +69,7 @@ class LocalRollback:
         """
         self._quiesced = True
         self._uploader.abandon(RuntimeError(f"shard {self.name}: rolled back by a recovery"))
+        self._fence(check=False)  # the epoch thread of the old attempt has ended
         if self.engine is not None:
             self.engine.discard()
         type(self).__init__(self, spec)  # a fresh attempt: stream, aligner, uploader, counts

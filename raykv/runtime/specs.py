@@ -63,6 +63,8 @@ class ShardSpec:
         downstream: the stage this one feeds (``None`` on the last stage).
         downstream_key: the column the output is partitioned by for ``downstream`` (the
             key of the side it feeds; ``None``: ``downstream.key``).
+        overlap_epochs: complete an epoch on the epoch thread when the operator can
+            detach it (``raykv.runtime.shard_epochs``).
         downstream_offset: this shard's input id at ``downstream`` is
             ``downstream_offset + index`` (the senders of earlier sides come first).
         checkpoint: checkpoint store URL, or ``None`` (no seals, no uploads).
@@ -111,6 +113,7 @@ class ShardSpec:
     input_sides: tuple[int, ...] = ()
     downstream_key: str | None = None
     downstream_offset: int = 0
+    overlap_epochs: bool = True
 
     @property
     def name(self) -> str:
