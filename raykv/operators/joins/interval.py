@@ -188,6 +188,8 @@ class IntervalJoinLogic(JoinLogic):
 
     def _close(self, wm: int | None) -> None:
         """Delete rows no on-time row can match (``None``: all), padding left rows."""
+        if wm is None and self.op.how == "inner":
+            return  # the end of input: nothing left to emit, nothing worth deleting
         bounds = (self.upper, -self.lower)  # a row is dead once time + bound < wm
         keys: list[bytes] = []
         spans: list[tuple[int, int, list[bytes]]] = []  # (side, bucket, its keys' encodings)

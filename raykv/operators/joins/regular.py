@@ -197,7 +197,7 @@ class RegularJoinLogic(JoinLogic):
         return super().on_barrier(epoch)
 
     def _close(self, wm: int | None) -> None:
-        if wm is None:
+        if wm is None and self.op.how == "left":  # an inner join has nothing left to emit
             self._expire(None)
 
     def _expire(self, horizon: int | None) -> None:
