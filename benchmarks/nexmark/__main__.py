@@ -36,7 +36,7 @@ def main() -> None:
     events = args.events or (30_000 if args.quick else 500_000)
     started = start_local_ray()
     try:
-        res = measure(events, names, 200_000 if args.quick else 2_000_000)
+        res = measure(events, names, 200_000 if args.quick else 2_000_000, args.out)
     finally:
         if started:
             import ray

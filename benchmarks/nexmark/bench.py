@@ -10,8 +10,8 @@ Per core, two ways (the 2-core machine is shared with other work, so wall time i
 
 * **CPU**: events / CPU seconds used by this process and every process it started (the
   local Ray's raylet, GCS and workers: shards, readers), sampled from ``/proc`` every
-  0.2 s during the run. That is the nexmark project's method too (throughput over the
-  average number of cores in use).
+  0.2 s, from the ``started`` progress event (actors created) to ``finished``. That is
+  the nexmark project's method too (throughput over the average number of cores in use).
 * **÷ cores**: events/s divided by the cores Ray was given (2): a lower bound.
 
 Flink's published figures (nexmark README, events/s per core, other hardware: 8 workers
@@ -20,6 +20,7 @@ of 8 cores, Flink 1.13) are shown beside, for scale only.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -89,8 +90,13 @@ class CpuMeter:
 
     @property
     def seconds(self) -> float:
-        """CPU seconds used since ``__enter__`` (user + system)."""
+        """CPU seconds used since ``__enter__`` (user + system), as of the last sample."""
         return sum(t - self._first.get(p, 0) for p, t in self._last.items()) / _TICK
+
+    def now(self) -> float:
+        """:attr:`seconds` after a fresh sample (call it to mark a point of the run)."""
+        self._last.update(self._sample())
+        return self.seconds
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
@@ -130,31 +136,46 @@ def run_query(name: str, config: Config, *, shards: int = 2, splits: int = 2,
 
     work = Path(tempfile.mkdtemp(prefix=f"nexmark-{name}-"))
     try:
+        marks: dict[str, float] = {}
+
+        def mark(ev: Any) -> None:  # CPU from the actors' start to the end of the run
+            if ev.kind in ("started", "finished") and ev.kind not in marks:
+                marks[ev.kind] = cpu.now()
+
         p = pipeline(name, config, num_splits=splits, num_shards=shards, sink=DiscardSink(),
                      checkpoint=str(work / "ckpt"), local_dir=str(work / "local"),
-                     checkpoint_interval=checkpoint_interval)
+                     checkpoint_interval=checkpoint_interval, on_progress=mark)
         with CpuMeter() as cpu:
             summary = p.run()
+        busy = marks.get("finished", cpu.seconds) - marks.get("started", 0.0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     seconds = summary.processing_time
     cores = int(ray.cluster_resources().get("CPU", 0)) or os.cpu_count() or 1
     return {"query": name, "events": config.events, "rows_in": summary.rows_in,
             "seconds": seconds, "events_per_s": config.events / seconds,
-            "cpu_seconds": cpu.seconds, "per_core_cpu": config.events / cpu.seconds,
+            "cpu_seconds": busy, "cpu_seconds_with_startup": cpu.seconds,
+            "per_core_cpu": config.events / busy,
             "cores": cores, "per_core_split": config.events / seconds / cores,
             "epochs": len(summary.epochs_committed), "stages": len(QUERIES[name].stages(config)),
+            "restarts": summary.restarts,
+            "failures": [str(f.get("error", f)) if isinstance(f, dict) else str(f)
+                         for f in summary.failures],
             "loadavg": loadavg()}
 
 
-def measure(events: int, queries: list[str], generator_events: int) -> dict[str, Any]:
-    """The generator and every query in ``queries`` over ``events`` events (seed 0)."""
+def measure(events: int, queries: list[str], generator_events: int,
+            out: Path | None = None) -> dict[str, Any]:
+    """The generator and every query in ``queries`` over ``events`` events (seed 0);
+    the results so far are written to ``out`` (JSON) after each query."""
     config = Config(events=events, seed=0)
     res: dict[str, Any] = {"machine": machine(), "generator": generator_throughput(
         generator_events), "queries": []}
     for name in queries:
         res["queries"].append(run_query(name, config))
         print(_line(res["queries"][-1]), flush=True)
+        if out is not None:
+            out.write_text(json.dumps(res, indent=1) + "\n")
     return res
 
 
@@ -163,7 +184,8 @@ def _line(r: dict[str, Any]) -> str:
     return (f"{r['query']:>4}: {r['events_per_s']:>10,.0f} events/s  "
             f"{r['per_core_cpu']:>9,.0f}/core (CPU {r['cpu_seconds']:.1f} s)  "
             f"{r['per_core_split']:>9,.0f}/core (÷{r['cores']})"
-            + (f"  Flink {flink:,}/core" if flink else ""))
+            + (f"  Flink {flink:,}/core" if flink else "")
+            + (f"  ({r['restarts']} recoveries: {r['failures']})" if r.get("restarts") else ""))
 
 
 def report_run(quick: bool, out: Path) -> dict[str, Any]:
