@@ -161,6 +161,27 @@ class MinMaxMultisets:
         return [self.join(p, s) for p, s in zip(fixed, sections, strict=True)]
 
 
+    @staticmethod
+    def check_sizes(values: Sequence[bytes], key_col: pa.Array | pa.ChunkedArray, limit: int,
+                    name: str) -> None:
+        """Refuse a value over the engine's ``limit``, naming the group (before writing).
+
+        Raises:
+            ValueError: a group keeps too many distinct values for one engine value.
+        """
+        if not values or max(map(len, values)) <= limit:
+            return
+        i = next(i for i, v in enumerate(values) if len(v) > limit)
+        msg = (
+            f"{name}: the state of key {key_col[i].as_py()!r} would be "
+            f"{len(values[i]):,} bytes, more than the engine's max_value_len={limit:,}: "
+            "min/max over a changelog keep every distinct value of a group (16 bytes each "
+            "for numbers); raise max_value_len in engine_params or aggregate fewer distinct "
+            "values per group"
+        )
+        raise ValueError(msg)
+
+
 def _entries(tables: Sequence[pa.Table], keys: pa.Array, kind: str) -> multiset.Entries:
     """The signed (group, value, count) entries of ``deltas`` tables, groups by ``keys``."""
     if not tables:

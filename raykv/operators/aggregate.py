@@ -340,7 +340,7 @@ class AggregateLogic(KeyedStateLogic):
         if self._minmax is not None:  # exact min/max from the multisets
             new = self._minmax.apply(sections, new, key_col, deltas)
             changed = np.fromiter(map(bytes.__ne__, new, old), dtype=bool, count=len(new))
-            self._check_sizes(new, key_col)
+            self._minmax.check_sizes(new, key_col, self.store.max_value_len, self._name())
         stamps: list[int] | None = None
         extra: list[tuple[bytes, bytes]] = []
         if self.expiry is not None:
@@ -388,21 +388,6 @@ class AggregateLogic(KeyedStateLogic):
     def _split(self, values: list[bytes]) -> tuple[list[bytes], list[bytes]]:
         """``(layout parts, multiset sections)`` of state values (no multisets: as is)."""
         return (values, []) if self._minmax is None else self._minmax.split(values)
-
-    def _check_sizes(self, values: Sequence[bytes], key_col: pa.Array | pa.ChunkedArray) -> None:
-        """Refuse a value the engine would refuse, naming the group (before writing)."""
-        limit = self.store.max_value_len
-        if not values or max(map(len, values)) <= limit:
-            return
-        i = next(i for i, v in enumerate(values) if len(v) > limit)
-        msg = (
-            f"{self._name()}: the state of key {key_col[i].as_py()!r} would be "
-            f"{len(values[i]):,} bytes, more than the engine's max_value_len={limit:,}: "
-            "min/max over a changelog keep every distinct value of a group (16 bytes each "
-            "for numbers); raise max_value_len in engine_params or aggregate fewer distinct "
-            "values per group"
-        )
-        raise ValueError(msg)
 
     def _drop_empty(self, keys: list[bytes], new: list[bytes]) -> tuple[list[bytes], list[bytes]]:
         """Retract mode: keys left with no rows are deleted (``b""``), the rest written."""
