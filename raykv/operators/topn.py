@@ -319,6 +319,8 @@ class TopNLogic(EventTimeLogic):
         self._flush()
         starts = sorted(s for s in self._open
                         if watermark is None or s + self._size <= watermark)
+        if not starts:
+            return None
         assert self._key_type is not None
         # within a window the suffix is equal: fixed-width keys sort as whole state keys
         by_user = None if is_fixed_width(self._key_type) else _user_part

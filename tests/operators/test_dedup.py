@@ -11,6 +11,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import raykv.operators.dedup as dedup_module
 from raykv.engines import ENGINES, MemOnly
@@ -231,3 +233,31 @@ def test_rescale_gives_the_same_rows(tmp_path: Path, engine: str) -> None:
     split = rescale_run(op, make, tmp_path / "b", epochs, at=3)
     assert sort_rows(split) == sort_rows(whole)
     assert len(whole) > 20
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    within=st.integers(1, 8),
+    lateness=st.integers(0, 6),
+    epochs=st.lists(st.lists(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 30),
+                                                st.integers(0, 2)),
+                                      min_size=1, max_size=6),
+                             max_size=3), min_size=1, max_size=4),
+)
+def test_hypothesis_against_model(within: int, lateness: int,
+                                  epochs: list[list[list[tuple[int, int, int]]]]) -> None:
+    """Any batches and epochs: the logic's kept and late rows are the model's."""
+    import tempfile
+
+    with MemOnly(tempfile.mkdtemp()) as store:
+        logic = Deduplicate("k", within, "t", allowed_lateness=lateness, late="emit").build(store)
+        model = DedupModel(within, lateness)
+        for e, batches in enumerate(epochs, 1):
+            before = len(model.late)
+            for rows_ in batches:
+                b = pa.RecordBatch.from_pylist(
+                    [{"k": k, "t": t, "v": v, "s": None} for k, t, v in rows_], schema=SCHEMA_INT)
+                logic.process(b)
+                model.add(b)
+            assert rows(logic.on_barrier(e)) == model.barrier()
+            assert rows(logic.late_rows()) == model.late[before:]

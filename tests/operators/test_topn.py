@@ -14,6 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import raykv.operators.topn as topn_module
 from raykv.engines import ENGINES, MemOnly
@@ -344,3 +346,39 @@ def test_rescale_gives_the_same_rows(tmp_path: Path, engine: str) -> None:
     split = rescale_run(op, make, tmp_path / "b", epochs, at=3)
     assert sort_rows(split) == sort_rows(whole)
     assert len(whole) > 50
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    size=st.integers(1, 12),
+    slide_div=st.integers(1, 3),
+    lateness=st.integers(0, 6),
+    descending=st.booleans(),
+    buffered=st.sampled_from([0, 1_000_000]),
+    epochs=st.lists(st.lists(st.lists(st.tuples(st.integers(0, 2), st.integers(-10, 40),
+                                                st.one_of(st.none(), st.integers(0, 3))),
+                                      min_size=1, max_size=6),
+                             max_size=3), min_size=1, max_size=4),
+)
+def test_hypothesis_against_model(n: int, size: int, slide_div: int, lateness: int,
+                                  descending: bool, buffered: int,
+                                  epochs: list[list[list[tuple[int, int, int | None]]]]) -> None:
+    """Any batches, epochs, window shapes and orders: the logic's rows are the model's."""
+    import tempfile
+
+    slide = max(1, size // slide_div)
+    op = TopN("k", "v", n, "t", size, slide, descending=descending,
+              allowed_lateness=lateness, max_buffered_rows=buffered)
+    with MemOnly(tempfile.mkdtemp()) as store:
+        logic = op.build(store)
+        model = TopNModel(size, slide, n, "v", descending, lateness)
+        for e, batches in enumerate(epochs, 1):
+            for rows_ in batches:
+                b = pa.RecordBatch.from_pylist(
+                    [{"k": k, "t": t, "v": v, "s": None} for k, t, v in rows_], schema=TIE_SCHEMA)
+                logic.process(b)
+                model.add(b)
+            assert out_rows(logic.on_barrier(e)) == normalized(model.close())
+            assert logic.late_events == model.late
+        assert out_rows(logic.finish()) == normalized(model.close(everything=True))
