@@ -382,3 +382,11 @@ def test_hypothesis_against_model(n: int, size: int, slide_div: int, lateness: i
             assert out_rows(logic.on_barrier(e)) == normalized(model.close())
             assert logic.late_events == model.late
         assert out_rows(logic.finish()) == normalized(model.close(everything=True))
+
+
+def test_watermark_before_any_row(tmp_path: Path) -> None:
+    """A shard that gets watermarks but no rows (external mode) emits nothing, no error."""
+    logic = TopN("k", "v", 1, "t", 10).build(MemOnly(tmp_path))
+    logic.advance_watermark(None)
+    logic.advance_watermark(100)
+    assert logic.on_barrier(1) is None and logic.finish() is None
