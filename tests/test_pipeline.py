@@ -362,6 +362,9 @@ def test_time_based_epochs_and_progress_events(ray_session: Any, tmp_path: Path)
     frozen = make("frozen", checkpoint_interval=0.01, clock=FakeClock()).run()
     assert frozen.epochs_committed == [1]  # no time passed: only the final epoch
     assert_tables_close(final_epoch(frozen), model, "user")
+    single = make("single", checkpoint_interval=None).run()  # None: only the final epoch
+    assert single.epochs_committed == [1]  # (it ended an epoch per poll once)
+    assert_tables_close(final_epoch(single), model, "user")
     kinds.clear()
     s = make("running", checkpoint_interval=0.1).run()
     assert len(s.epochs_committed) > 1 and s.rows_in == N

@@ -106,7 +106,7 @@ class Feeder:
                     committer.wait_below(p.max_pending_epochs)
                     self._end_epoch(committer)
                     sent = [0] * len(readers)
-            elif (any(sent) and c.clock() - last >= (interval or 0.0)
+            elif (interval is not None and any(sent) and c.clock() - last >= interval
                   and committer.pending < p.max_pending_epochs):
                 self._end_epoch(committer)
                 sent = [0] * len(readers)
