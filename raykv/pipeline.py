@@ -133,8 +133,11 @@ class Pipeline:
             watermarks) are never rebalanced.
         overlap_epochs: a shard completes an epoch (the fold of its buffered aggregates,
             output, seal) on a second thread while it combines the next epoch's batches,
-            for operators that can detach an epoch (``Aggregate``); ``False``: on the
-            data thread, the input waiting (``raykv.runtime.shard_epochs``).
+            for operators that can detach an epoch (``Aggregate``;
+            ``raykv.runtime.shard_epochs``). Off by default: on the 2-core machine it
+            was 5-15 % slower than completing epochs on the data thread (the two threads
+            of one process contend for the GIL and the cores are busy anyway;
+            ``benchmarks/README.md``, "Pipeline"). For machines with cores to spare.
         sources: several named sources instead of ``source`` (``{"bids": src, ...}``);
             each is read by its own readers, and its splits' offsets are stored in every
             epoch under ``"<name>:<split>"``. Stages name the source they read.
@@ -165,7 +168,7 @@ class Pipeline:
     faults: Faults | None = None
     hot_keys: int = 16
     rebalance: Rebalance | None = None
-    overlap_epochs: bool = True
+    overlap_epochs: bool = False
     sources: Mapping[str, Source] | None = None
     topology: Topology = field(init=False, repr=False, compare=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)

@@ -151,12 +151,17 @@ class Events:
 # ---------------------------------------------------------------------------- kills
 
 
-def test_kill_mid_batch(ray_session: Any, tmp_path: Path) -> None:
-    """Shard 0 dies as its 4th batch (the 2nd of epoch 2) arrives: epoch 2 never commits."""
+@pytest.mark.parametrize("overlap", [False, True])
+def test_kill_mid_batch(ray_session: Any, tmp_path: Path, overlap: bool) -> None:
+    """Shard 0 dies as its 4th batch (the 2nd of epoch 2) arrives: epoch 2 never commits.
+
+    ``overlap``: epochs end on the shards' epoch thread (``overlap_epochs``), so epoch 1
+    may still be folding and sealing there when the process dies.
+    """
     t = table()
     events = Events()
     faults = Faults(crash_at=("Aggregate0-0", "process", 4))
-    s = make(tmp_path, t, faults=faults, on_progress=events).run()
+    s = make(tmp_path, t, faults=faults, on_progress=events, overlap_epochs=overlap).run()
     assert s.restarts == 1
     assert ("acked", 2) not in events.before_failure()
     assert events.last_commit_before_failure() in (None, 1)  # 1 unless still being committed
@@ -165,12 +170,16 @@ def test_kill_mid_batch(ray_session: Any, tmp_path: Path) -> None:
     CheckpointStore(str(tmp_path / "ckpt")).verify()
 
 
-def test_kill_mid_upload(ray_session: Any, tmp_path: Path) -> None:
-    """Shard 1 dies inside its upload of epoch 2 (its 2nd): epoch 2 is never acknowledged."""
+@pytest.mark.parametrize("point", ["upload", "barrier"])
+@pytest.mark.parametrize("overlap", [False, True])
+def test_kill_mid_upload(ray_session: Any, tmp_path: Path, overlap: bool, point: str) -> None:
+    """Shard 1 dies inside its upload of epoch 2 (its 2nd), or as it completes epoch 2
+    (``"barrier"``: on the epoch thread with ``overlap``): epoch 2 is never acknowledged."""
     t = table(12)
     events = Events()
-    faults = Faults(crash_at=("Aggregate0-1", "upload", 2))
-    s = make(tmp_path, t, engine="lsm", faults=faults, on_progress=events).run()
+    faults = Faults(crash_at=("Aggregate0-1", point, 2))
+    s = make(tmp_path, t, engine="lsm", faults=faults, on_progress=events,
+             overlap_epochs=overlap).run()
     assert s.restarts == 1
     assert ("barrier", 2) in events.before_failure()
     assert ("acked", 2) not in events.before_failure()

@@ -22,8 +22,10 @@ Invariants (why the state at every barrier is the same as without the thread):
 
 Memory: one detached epoch plus the current epoch's buffer (each bounded by the
 operator's ``max_buffered_bytes``). Cost: a thread start per epoch (~0.1 ms); the fold
-and seal run beside the next epoch's combining (NumPy and Arrow release the GIL for
-most of both).
+and seal run beside the next epoch's combining, but both threads hold the process's
+GIL for their Python parts. Measured on the 2-core machine (``Pipeline.overlap_epochs``,
+off by default) it was slower than the data thread alone: docs/runtime.md,
+"Performance".
 """
 
 from __future__ import annotations

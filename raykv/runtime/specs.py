@@ -113,7 +113,7 @@ class ShardSpec:
     input_sides: tuple[int, ...] = ()
     downstream_key: str | None = None
     downstream_offset: int = 0
-    overlap_epochs: bool = True
+    overlap_epochs: bool = False
 
     @property
     def name(self) -> str:
