@@ -12,7 +12,7 @@ from raykv.engines.base import KVStore
 from raykv.operators.joins.common import JoinLogic
 from raykv.operators.joins.config import JoinOperator
 from raykv.operators.joins.matching import latest_at_or_before
-from raykv.operators.joins.rows import NO_ROWS, BlobSet, blob_times, group_min, latest_per_group
+from raykv.operators.joins.rows import BlobSet, blob_times, group_min, latest_per_group
 from raykv.operators.joins.state import NONE, SIDES, EarliestIndex
 
 VERSIONS = ("event_time", "latest")
@@ -115,18 +115,6 @@ class LookupJoinLogic(JoinLogic):
             times = blob_times(value)
             self.waiting.track(state_key[:-1], int(times.min()) if len(times) else None)
 
-    def _track(self, keys: list[bytes], groups: np.ndarray, times: np.ndarray,
-               before: np.ndarray | None = None) -> None:
-        """Index each record's earliest time now (``groups``/``times`` of all its rows).
-
-        ``before``: the records' earliest times as indexed (only changes are applied).
-        """
-        low = group_min(groups, times, len(keys))
-        todo = range(len(keys)) if before is None else np.flatnonzero(low != before).tolist()
-        for i in todo:
-            v = int(low[i])
-            self.waiting.track(keys[i], None if v == NO_ROWS else v)
-
     # ------------------------------------------------------------------ process
 
     def _apply(self, batch: pa.RecordBatch, side: int) -> None:
@@ -189,8 +177,9 @@ class LookupJoinLogic(JoinLogic):
         old = BlobSet(self.store.multi_get(keys), range(len(keys)))
         data, lens = self.codec(0).encode(self._stored(batch, 0))
         self._write(dict(zip(keys, old.append(kb.ids, t, flags, data, lens), strict=True)))
-        self._track(kb.enc, np.concatenate([old.group, kb.ids]), np.concatenate([old.times, t]),
-                    group_min(old.group, old.times, len(keys)))
+        self.waiting.track_groups(kb.enc, np.concatenate([old.group, kb.ids]),
+                                  np.concatenate([old.times, t]),
+                                  group_min(old.group, old.times, len(keys)))
 
     def _enrich_now(self, batch: pa.RecordBatch) -> None:
         """``latest`` left rows: emitted at once with the current right row of their key."""
@@ -271,4 +260,4 @@ class LookupJoinLogic(JoinLogic):
                 if v is not None:
                     writes[keys[n + i]] = v
         self._write(writes)
-        self._track(encs, left.group[~ready], left.times[~ready])
+        self.waiting.track_groups(encs, left.group[~ready], left.times[~ready])

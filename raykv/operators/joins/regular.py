@@ -15,7 +15,7 @@ from raykv.operators.base import META_KEYS
 from raykv.operators.joins.common import JoinLogic
 from raykv.operators.joins.config import JoinOperator, span_units
 from raykv.operators.joins.matching import pairs_equal
-from raykv.operators.joins.rows import NO_ROWS, BlobSet, blob_times, group_min
+from raykv.operators.joins.rows import BlobSet, blob_times, group_min
 from raykv.operators.joins.state import SIDES, EarliestIndex
 from raykv.operators.ttl import TTL, normalize_ttl
 
@@ -125,18 +125,6 @@ class RegularJoinLogic(JoinLogic):
             times = blob_times(value)
             self.expiring.track(state_key, int(times.min()) if len(times) else None)
 
-    def _track(self, keys: list[bytes], groups: np.ndarray, times: np.ndarray,
-               before: np.ndarray | None = None) -> None:
-        """Index each record's earliest time now (``groups``/``times`` of all its rows).
-
-        ``before``: the records' earliest times as indexed (only changes are applied).
-        """
-        low = group_min(groups, times, len(keys))
-        todo = range(len(keys)) if before is None else np.flatnonzero(low != before).tolist()
-        for i in todo:
-            v = int(low[i])
-            self.expiring.track(keys[i], None if v == NO_ROWS else v)
-
     # ------------------------------------------------------------------ process
 
     def _apply(self, batch: pa.RecordBatch, side: int) -> None:
@@ -173,9 +161,9 @@ class RegularJoinLogic(JoinLogic):
         writes.update(zip(own, mine_set.append(kb.ids, stamps, flags, data, lens), strict=True))
         self._write(writes)
         if self._ttl is not None:
-            self._track(own, np.concatenate([mine_set.group, kb.ids]),
-                        np.concatenate([mine_set.times, stamps]),
-                        group_min(mine_set.group, mine_set.times, k))
+            self.expiring.track_groups(own, np.concatenate([mine_set.group, kb.ids]),
+                                       np.concatenate([mine_set.times, stamps]),
+                                       group_min(mine_set.group, mine_set.times, k))
 
     def _stamps(self, batch: pa.RecordBatch, side: int) -> np.ndarray:
         n = batch.num_rows
@@ -233,4 +221,4 @@ class RegularJoinLogic(JoinLogic):
                 writes[keys[i]] = v
         self._write(writes)
         if horizon is not None and self._ttl is not None:
-            self._track(keys, blobs.group[~expired], blobs.times[~expired])
+            self.expiring.track_groups(keys, blobs.group[~expired], blobs.times[~expired])

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from raykv.operators.base import META_FORMAT, KeyedOperator
+from raykv.operators.joins.rows import NO_ROWS, group_min
 
 SIDES = (b"\x00", b"\x01")
 SIDE_NAMES = ("left", "right")
@@ -60,6 +61,20 @@ class EarliestIndex:
         elif self.earliest.get(key) != low:
             self.earliest[key] = low
             heapq.heappush(self._heap, (low, key))
+
+    def track_groups(self, keys: list[bytes], groups: np.ndarray, times: np.ndarray,
+                     before: np.ndarray | None = None) -> None:
+        """Track each record of ``keys``: its earliest time among its rows' ``times``.
+
+        ``groups``: each row's record (an index into ``keys``); ``before``: the records'
+        earliest times as tracked so far (only changes are applied). Cost: O(rows) NumPy
+        plus O(log n) per changed record.
+        """
+        low = group_min(groups, times, len(keys))
+        todo = range(len(keys)) if before is None else np.flatnonzero(low != before).tolist()
+        for i in todo:
+            v = int(low[i])
+            self.track(keys[i], None if v == NO_ROWS else v)
 
     def pop_due(self, limit: int | None) -> list[bytes]:
         """Remove and return (sorted) the keys whose earliest time is ``< limit``.
