@@ -25,7 +25,7 @@ from raykv.keys import decode_keys
 from raykv.operators.eventtime import LATE_MODES, TIME_LIMIT, EventTimeLogic, EventTimeWindow
 from raykv.operators.rowsort import row_order, stored_schema, to_stored
 from raykv.operators.ttl import TTL
-from raykv.operators.watermark import check_span, time_array, to_units
+from raykv.operators.watermark import check_span, time_array, time_type, to_units
 
 __all__ = ["LAST_KEPT", "Deduplicate", "DeduplicateLogic"]
 
@@ -134,15 +134,7 @@ class DeduplicateLogic(EventTimeLogic):
     def _setup(self, schema: pa.Schema) -> None:
         op = self.op
         owner = self._name()
-        if op.time_column not in schema.names:
-            msg = (f"{owner}: time column {op.time_column!r} is missing; "
-                   f"the columns are {schema.names}")
-            raise ValueError(msg)
-        t = schema.field(op.time_column).type
-        if not (pa.types.is_signed_integer(t) or pa.types.is_timestamp(t)):
-            msg = (f"{owner}: time column {op.time_column!r} must be a signed integer or "
-                   f"timestamp, it is {t}")
-            raise TypeError(msg)
+        t = time_type(owner, schema, op.time_column)
         self._stored = stored_schema(schema, None, owner)  # every column orderable
         self._time_type = t
         self._within = to_units(owner, "within", op.within, t)

@@ -45,7 +45,14 @@ from raykv.operators.aggspec import normalize_aggs
 from raykv.operators.aggstate import AggLayout
 from raykv.operators.base import WATERMARK_KEY, KeyedOperator
 from raykv.operators.keyed_state import KeyedStateLogic
-from raykv.operators.watermark import EventClock, check_span, int64_times, merge_records, to_units
+from raykv.operators.watermark import (
+    EventClock,
+    check_span,
+    int64_times,
+    merge_records,
+    time_type,
+    to_units,
+)
 
 WINDOW_START = "window_start"
 WINDOW_END = "window_end"
@@ -197,19 +204,7 @@ class EventTimeLogic(KeyedStateLogic):
     def _setup(self, schema: pa.Schema) -> None:
         owner = self._name()
         op = self.op
-        if op.time_column not in schema.names:
-            msg = (
-                f"{owner}: time column {op.time_column!r} is missing; "
-                f"the columns are {schema.names}"
-            )
-            raise ValueError(msg)
-        t = schema.field(op.time_column).type
-        if not (pa.types.is_signed_integer(t) or pa.types.is_timestamp(t)):
-            msg = (
-                f"{owner}: time column {op.time_column!r} must be a signed integer or "
-                f"timestamp, it is {t}"
-            )
-            raise TypeError(msg)
+        t = time_type(owner, schema, op.time_column)
         self._time_type = t
         self._setup_spans(t)
         self.clock.set_lateness(to_units(owner, "allowed_lateness", op.allowed_lateness, t))

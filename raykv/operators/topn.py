@@ -32,7 +32,7 @@ from raykv.operators.eventtime import (
     EventTimeWindow,
 )
 from raykv.operators.rowsort import RowCodec, rank_in_runs, row_order, stored_schema, to_stored
-from raykv.operators.watermark import check_span, time_array, to_units
+from raykv.operators.watermark import check_span, time_array, time_type, to_units
 
 __all__ = ["RANK", "TopN", "TopNLogic"]
 
@@ -186,11 +186,7 @@ class TopNLogic(EventTimeLogic):
             if col not in schema.names:
                 msg = f"{owner}: column {col!r} is missing; the columns are {schema.names}"
                 raise ValueError(msg)
-        t = schema.field(op.time_column).type
-        if not (pa.types.is_signed_integer(t) or pa.types.is_timestamp(t)):
-            msg = (f"{owner}: time column {op.time_column!r} must be a signed integer or "
-                   f"timestamp, it is {t}")
-            raise TypeError(msg)
+        t = time_type(owner, schema, op.time_column)
         stored = stored_schema(schema, self.key, owner)
         clash = [c for c in (WINDOW_START, WINDOW_END, RANK) if c in stored.names]
         if clash:

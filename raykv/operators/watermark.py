@@ -175,6 +175,23 @@ def merge_records(values: Sequence[bytes]) -> bytes:
 # ---------------------------------------------------------------------------- spans
 
 
+def time_type(owner: str, schema: pa.Schema, column: str) -> pa.DataType:
+    """The type of event-time ``column`` of ``schema`` (a signed integer or a timestamp).
+
+    Raises:
+        ValueError: the column is missing (the columns are listed).
+        TypeError: it has another type.
+    """
+    if column not in schema.names:
+        msg = f"{owner}: time column {column!r} is missing; the columns are {schema.names}"
+        raise ValueError(msg)
+    t = schema.field(column).type
+    if not (pa.types.is_signed_integer(t) or pa.types.is_timestamp(t)):
+        msg = f"{owner}: time column {column!r} must be a signed integer or timestamp, it is {t}"
+        raise TypeError(msg)
+    return t
+
+
 def check_span(owner: str, name: str, value: object, *, positive: bool) -> None:
     """Check a span config value: an int or ``timedelta``, ``> 0`` or ``>= 0``.
 
