@@ -389,6 +389,18 @@ class JoinLogic(OperatorLogic):
         """Output key values of encoded user keys."""
         return decode_keys(list(enc), self._key_type())
 
+    def _emit_pairs(self, keys: pa.Array, stored: pa.RecordBatch, new_i: np.ndarray,
+                    other: BlobSet, old_j: np.ndarray, side: int) -> None:
+        """Queue the pairs found for a batch of ``side``, left columns first.
+
+        Pair ``k``: row ``new_i[k]`` of ``stored`` (the batch) with row ``old_j[k]`` of
+        ``other`` (the other side's records), under key ``keys[k]``.
+        """
+        if len(new_i):
+            mine = stored.take(pa.array(new_i))
+            theirs = other.decode(self.codec(1 - side), old_j)
+            self._emit(keys, *((mine, theirs) if side == 0 else (theirs, mine)))
+
     def _emit(self, keys: pa.Array, left: pa.RecordBatch | None,
               right: pa.RecordBatch | None, extras: Sequence[pa.Array] = ()) -> None:
         """Queue output rows (``right``/``left`` ``None``: padded with nulls)."""

@@ -139,11 +139,8 @@ class RegularJoinLogic(JoinLogic):
             live = other.flags[old_j] != WAITING
             new_i, old_j = new_i[live], old_j[live]
         stored = self._stored(batch, side)
-        if len(new_i):
-            mine = stored.take(pa.array(new_i))
-            theirs = other.decode(self.codec(1 - side), old_j)
-            keys = kb.uniq.take(pa.array(kb.ids[new_i]))
-            self._emit(keys, *((mine, theirs) if side == 0 else (theirs, mine)))
+        self._emit_pairs(kb.uniq.take(pa.array(kb.ids[new_i])), stored, new_i, other, old_j,
+                         side)
         flags = np.zeros(batch.num_rows, dtype=np.uint8)
         writes: dict[bytes, bytes] = {}
         left_join = self.op.how == "left"
