@@ -391,11 +391,7 @@ class JoinLogic(OperatorLogic):
 
     def _emit_pairs(self, keys: pa.Array, stored: pa.RecordBatch, new_i: np.ndarray,
                     other: BlobSet, old_j: np.ndarray, side: int) -> None:
-        """Queue the pairs found for a batch of ``side``, left columns first.
-
-        Pair ``k``: row ``new_i[k]`` of ``stored`` (the batch) with row ``old_j[k]`` of
-        ``other`` (the other side's records), under key ``keys[k]``.
-        """
+        """Queue pairs: ``stored[new_i[k]]`` (side's batch) with ``other``'s row ``old_j[k]``."""
         if len(new_i):
             mine = stored.take(pa.array(new_i))
             theirs = other.decode(self.codec(1 - side), old_j)
