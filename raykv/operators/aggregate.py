@@ -10,24 +10,21 @@ from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from raykv.engines.base import KVStore
 from raykv.keys import is_fixed_width
 from raykv.operators.aggminmax import MinMaxMultisets
+from raykv.operators.aggretract import ROWS, drop_empty, signed_partials
 from raykv.operators.aggspec import normalize_aggs
 from raykv.operators.aggstate import AggLayout
 from raykv.operators.base import KeyedOperator
-from raykv.operators.changelog import CHANGE, ORDER_DEPENDENT, is_changelog, split_signs
+from raykv.operators.changelog import CHANGE, ORDER_DEPENDENT, is_changelog
 from raykv.operators.keyed_state import (
     DEFAULT_FINISH_CHUNK_ROWS,
     KeyedStateLogic,
     key_order,
 )
 from raykv.operators.ttl import TTL, normalize_ttl
-
-#: The hidden column a changelog input's rows are counted in (a key with none is deleted).
-ROWS = "\x00rows"
 
 #: Ops that an input row's retraction can undo exactly (a changelog input): count, sum
 #: and mean subtract; min and max keep a multiset of values per group (``aggminmax.py``).
@@ -243,7 +240,7 @@ class AggregateLogic(KeyedStateLogic):
         layout = self.layout
         assert layout is not None
         batch = self._canonical(batch)
-        parts = self._signed_partials(batch) if self._retract else [
+        parts = signed_partials(layout, batch, self.key) if self._retract else [
             layout.partials(batch, [self.key])]  # OverflowError within the batch
         assert self._key_type is not None
         for part in parts:
@@ -273,24 +270,6 @@ class AggregateLogic(KeyedStateLogic):
         self._buffered_bytes += nbytes
         if fold:
             self.fold()
-
-    def _signed_partials(self, batch: pa.RecordBatch) -> list[pa.Table]:
-        """Partials of a changelog batch: added rows, then retracted rows negated."""
-        layout = self.layout
-        assert layout is not None
-        out = []
-        for rows, sign in zip(split_signs(batch), (1, -1), strict=True):
-            if not rows.num_rows:
-                continue
-            rows = rows.append_column(ROWS, pa.array(np.ones(rows.num_rows, np.int64)))
-            part = layout.partials(rows, [self.key])
-            if sign < 0:
-                for name in part.column_names:
-                    if name.endswith(("_count", "_sum")) and name.startswith("\x00"):
-                        i = part.schema.get_field_index(name)
-                        part = part.set_column(i, name, pc.negate(part.column(name)))
-            out.append(part)
-        return out
 
     def fold(self) -> None:
         """Fold the buffered partials into the engine (no-op when nothing is buffered).
@@ -358,7 +337,7 @@ class AggregateLogic(KeyedStateLogic):
                 old = list(compress(old, changed))
         self._note_before(keys, old)
         if self._retract:
-            keys, new = self._drop_empty(keys, new)
+            new = drop_empty(layout, keys, new, self._epoch_deleted)
         self._write(keys, new, stamps=stamps, extra=extra)
         if not self._epoch_keys:
             self._epoch_keys, self._epoch_values = keys, new
@@ -388,29 +367,6 @@ class AggregateLogic(KeyedStateLogic):
     def _split(self, values: list[bytes]) -> tuple[list[bytes], list[bytes]]:
         """``(layout parts, multiset sections)`` of state values (no multisets: as is)."""
         return (values, []) if self._minmax is None else self._minmax.split(values)
-
-    def _drop_empty(self, keys: list[bytes], new: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-        """Retract mode: keys left with no rows are deleted (``b""``), the rest written."""
-        layout = self.layout
-        assert layout is not None
-        if not keys:
-            return keys, new
-        size = layout.size
-        st = np.frombuffer(b"".join(v[:size] for v in new), layout.dtype)  # fixed fields
-        empty = st[layout.cols[-1].field("count")] <= 0  # the hidden ROWS column
-        if not empty.any():
-            for k in keys:
-                self._epoch_deleted.discard(k)
-            return keys, new
-        out = []
-        for k, v, gone in zip(keys, new, empty.tolist(), strict=True):
-            if gone:
-                self._epoch_deleted.add(k)
-                out.append(b"")
-            else:
-                self._epoch_deleted.discard(k)
-                out.append(v)
-        return keys, out
 
     def on_barrier(self, epoch: int) -> pa.RecordBatch | None:
         """Fold the buffered partials, then emit the new values of the changed keys.
