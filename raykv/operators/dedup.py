@@ -25,7 +25,13 @@ from raykv.keys import decode_keys
 from raykv.operators.eventtime import LATE_MODES, TIME_LIMIT, EventTimeLogic, EventTimeWindow
 from raykv.operators.rowsort import row_order, stored_schema, to_stored
 from raykv.operators.ttl import TTL
-from raykv.operators.watermark import check_span, time_array, time_type, to_units
+from raykv.operators.watermark import (
+    check_span,
+    check_time_column,
+    time_array,
+    time_type,
+    to_units,
+)
 
 __all__ = ["LAST_KEPT", "Deduplicate", "DeduplicateLogic"]
 
@@ -94,12 +100,7 @@ class Deduplicate(EventTimeWindow):
     def __post_init__(self) -> None:
         super().__post_init__()
         owner = type(self).__name__
-        if not isinstance(self.time_column, str) or not self.time_column:
-            msg = f"{owner}.time_column must be a non-empty column name, got {self.time_column!r}"
-            raise TypeError(msg)
-        if self.time_column == self.key:
-            msg = f"{owner}.time_column must differ from the key column {self.key!r}"
-            raise ValueError(msg)
+        check_time_column(owner, self.time_column, self.key)
         check_span(owner, "within", self.within, positive=True)
         check_span(owner, "allowed_lateness", self.allowed_lateness, positive=False)
         if self.keep not in KEEP_MODES:

@@ -48,6 +48,7 @@ from raykv.operators.keyed_state import KeyedStateLogic
 from raykv.operators.watermark import (
     EventClock,
     check_span,
+    check_time_column,
     int64_times,
     merge_records,
     time_type,
@@ -77,12 +78,7 @@ class EventTimeWindow(KeyedOperator):
     def _check_window(self, spans: Sequence[tuple[str, object]]) -> None:
         """Validate the common fields and the ``(name, value)`` spans (all ``> 0``)."""
         owner = type(self).__name__
-        if not isinstance(self.time_column, str) or not self.time_column:
-            msg = f"{owner}.time_column must be a non-empty column name, got {self.time_column!r}"
-            raise TypeError(msg)
-        if self.time_column == self.key:
-            msg = f"{owner}.time_column must differ from the key column {self.key!r}"
-            raise ValueError(msg)
+        check_time_column(owner, self.time_column, self.key)
         for name, value in spans:
             check_span(owner, name, value, positive=True)
         check_span(owner, "allowed_lateness", self.allowed_lateness, positive=False)

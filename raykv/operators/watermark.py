@@ -175,6 +175,21 @@ def merge_records(values: Sequence[bytes]) -> bytes:
 # ---------------------------------------------------------------------------- spans
 
 
+def check_time_column(owner: str, column: object, key: str) -> None:
+    """A config's event-time column: a non-empty name other than the key column.
+
+    Raises:
+        TypeError: not a non-empty string.
+        ValueError: it is the key column.
+    """
+    if not isinstance(column, str) or not column:
+        msg = f"{owner}.time_column must be a non-empty column name, got {column!r}"
+        raise TypeError(msg)
+    if column == key:
+        msg = f"{owner}.time_column must differ from the key column {key!r}"
+        raise ValueError(msg)
+
+
 def time_type(owner: str, schema: pa.Schema, column: str) -> pa.DataType:
     """The type of event-time ``column`` of ``schema`` (a signed integer or a timestamp).
 
