@@ -10,7 +10,8 @@ changes if any pair is bad); deletes in it go through ``_delete`` one by one. Th
   that would pass through the read-only region on their way to a run are written to one
   run directly: the read-only records, the whole mutable region (with this batch's
   in-place updates) and the batch's appended records except the newest
-  ``ro_lag_interval``, which become the mutable region. No record is copied between
+  ``ro_lag_interval`` (or up to a page fewer, so that the run fills a flush), which
+  become the mutable region. No record is copied between
   region dicts, the run is one file (fewer, larger runs: fewer merges), and the index
   is updated a chunk at a time right after each chunk's lookups (the live count needs
   each new key's previous record), so the update finds the entries in the CPU cache.
@@ -98,8 +99,11 @@ class BulkWrites(Regions):
         mut, frozen, lag = self._mut, self._frozen, self.ro_lag_interval
         in_mut = mut.keys() & batch.keys()
         new = list(filterfalse(in_mut.__contains__, batch)) if in_mut else list(batch)
-        n_out = len(mut) + len(new) - lag  # records leaving the mutable region
-        if len(new) < lag or self._n_ro + n_out < self.flush_interval:
+        # the newest ``stay`` new records become the mutable region: ``lag`` of them, or
+        # fewer (down to a page less, the least ``_shift`` leaves) so that the records
+        # written fill a flush; a batch that cannot fill one takes the in-place path
+        stay_n = min(lag, len(new), self._n_ro + len(mut) + len(new) - self.flush_interval)
+        if stay_n < max(1, lag - self._page):
             return False
         index = self._index
         get = batch.__getitem__
@@ -121,8 +125,8 @@ class BulkWrites(Regions):
             ro_keys = [k for k, _ in kept]
             ro_values = [v for _, v in kept]
             tombs = len(kept) != sum(map(truth, ro_values))
-        out_new = new[: len(new) - lag]
-        stay = new[len(new) - lag :]
+        out_new = new[: len(new) - stay_n]
+        stay = new[len(new) - stay_n :]
         head = len(ro_keys) + len(mut)
         keys = [*ro_keys, *mut, *out_new]
         # the mutable region with this batch's in-place updates (its keys stay live)
@@ -134,17 +138,37 @@ class BulkWrites(Regions):
         self._index_tombs |= tombs
         if stale:
             deque(map(frozen.__delitem__, stale), maxlen=0)
-        index.update(zip(keys[:head], locs[:head], strict=True))
+        self._store_head(keys, locs, len(ro_keys), head)
         was_live = stale_live + self._swap_index(out_new, locs[head:])
-        was_live += sum(map(truth, map(LEN_SHIFT.__rrshift__, map(index.get, stay, repeat(0)))))
-        self._live += len(new) - was_live
+        self._live += len(new) - was_live  # ``stay`` counted as new: pending (regions.py)
         self._mut = dict(zip(stay, map(get, stay), strict=True))
+        self._pend = set(stay)
         del frozen[_WATERMARK]
         frozen[_WATERMARK] = None
         self._n_ro = 0
         self._evict()
         self._maintain()
         return True
+
+    def _store_head(self, keys: list[bytes], locs: list[int], n_ro: int, head: int) -> None:
+        """Point the read-only and mutable records (``keys[:head]``) at the new run.
+
+        The mutable region's pending keys (``regions.py``) are settled by these stores.
+        """
+        index, pend = self._index, self._pend
+        if not pend:
+            index.update(zip(keys[:head], locs[:head], strict=True))
+            return
+        index.update(zip(keys[:n_ro], locs[:n_ro], strict=True))
+        mut_keys, mut_locs = keys[n_ro:head], locs[n_ro:head]
+        if len(pend) < len(mut_keys):  # some keys of the region are not pending
+            settled = list(map(pend.__contains__, mut_keys))
+            index.update(zip(compress(mut_keys, map(not_, settled)),
+                             compress(mut_locs, map(not_, settled)), strict=True))
+            mut_keys = list(compress(mut_keys, settled))
+            mut_locs = list(compress(mut_locs, settled))
+        self._live -= self._swap_index(mut_keys, mut_locs)
+        self._pend = set()
 
     def _swap_index(self, keys: list[bytes], locs: list[int]) -> int:
         """Point ``keys`` (distinct) at ``locs``; return how many had a live durable record.

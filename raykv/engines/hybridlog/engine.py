@@ -150,6 +150,7 @@ class HybridLog(BulkWrites):
         self._n_ro = 0  # log records shifted into the read-only region since the last flush
         self._index: dict[bytes, int] = {}
         self._live = 0  # keys whose newest record holds a value (``live_keys``)
+        self._pend: set[bytes] = set()  # keys counted as new, not yet settled (``regions.py``)
         self._runs: list[RunFile] = []
         self._slots: list[RunFile] = []  # slot -> run; a free slot holds its last, closed run
         self._free_slots: list[int] = []
@@ -191,6 +192,7 @@ class HybridLog(BulkWrites):
         self._index = _CLOSED
         self._n_ro = 0
         self._live = 0
+        self._pend = set()
 
     def _seal(self) -> bool:
         """Write the dirty records (mutable + read-only regions) as one run; commit.
@@ -199,6 +201,7 @@ class HybridLog(BulkWrites):
         it every in-memory record is clean (cached). Never merges.
         """
         mut, frozen = self._mut, self._frozen
+        self._settle()  # the run written below makes every record clean
         if self._n_ro or mut:
             keys, values = self._read_only_records()
             keys.extend(mut)
@@ -343,8 +346,14 @@ class HybridLog(BulkWrites):
         }
 
     def live_keys(self) -> int:
-        """Number of live keys, exact. Cost: O(1) (a counter kept by the write paths)."""
+        """Number of live keys, exact.
+
+        Cost: O(1) (a counter kept by the write paths), plus one index lookup per key a
+        large batch left pending in the mutable region (``regions.py``; at most
+        ``ro_lag_interval``, each settled once).
+        """
         self._ensure_open()
+        self._settle()
         return self._live
 
     def __sizeof__(self) -> int:
@@ -373,7 +382,8 @@ class HybridLog(BulkWrites):
         assert len(mut) + len(frozen) - 1 <= self.mem_segment_len, "memory over bound"
         assert not (mut.keys() & frozen.keys()), "key in the mutable and another region"
         assert b"" not in mut.values(), "tombstone in the mutable region"
-        assert self._live == sum(1 for _ in self._iter_items()), "live key count is off"
+        assert self._pend <= mut.keys(), "pending key outside the mutable region"
+        assert self.live_keys() == sum(1 for _ in self._iter_items()), "live key count is off"
         assert sum(type(k) is not bytes for k in frozen) == 1, "watermark lost or doubled"
         ro = set(islice(reversed(frozen), n_ro))
         slots = {r.slot for r in self._runs}

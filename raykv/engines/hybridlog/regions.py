@@ -9,6 +9,16 @@ mutable region exceeds ``ro_lag_interval``; every ``flush_interval`` of them are
 as one run and become cached; cached records beyond ``mem_segment_len - ro_lag_interval -
 flush_interval`` are evicted, oldest first.
 
+Live count: ``_live`` counts a key whose newest record holds a value. A large batch
+(``bulk.py``) leaves its newest records in the mutable region without asking the index
+whether each key was live before: those keys are *pending* (``_pend``, a subset of the
+mutable region) and counted as new. A pending key is settled (minus one if the index
+holds a live record of it) when it leaves the mutable region: by the next large batch,
+whose index stores count the keys already there, else by one lookup (a shift to the
+read-only region, a delete, ``seal()``, ``live_keys()``). The index entry of a key in
+memory keeps its liveness until then (merges move or drop tombstones, and expire only
+keys held on disk alone).
+
 Cost: a move is C-level dict work per record; a flush is one run file (``runset.py``)
 followed by the due maintenance (``maintenance.py``).
 """
@@ -16,8 +26,9 @@ followed by the due maintenance (``maintenance.py``).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from itertools import islice
+from collections.abc import Callable, Iterable
+from itertools import islice, repeat
+from operator import truth
 from typing import Any, NoReturn, cast
 
 from raykv.engines.hybridlog.maintenance import Maintenance
@@ -60,6 +71,24 @@ class Regions(Maintenance):
     _frozen: dict[bytes, bytes | None]
     _n_ro: int
     _live: int
+    _pend: set[bytes]  # keys of the mutable region whose earlier liveness is not counted
+
+    def _settle(self, keys: Iterable[bytes] | None = None) -> None:
+        """Settle the pending keys among ``keys`` (``None``: all) by one index lookup each.
+
+        Cost: a set operation over ``keys`` and one index lookup per pending key found.
+        """
+        pend = self._pend
+        if not pend:
+            return
+        if keys is None:
+            hit: Iterable[bytes] = pend
+            self._pend = set()
+        else:
+            hit = pend.intersection(keys)
+            pend -= hit
+        durable = map(LEN_SHIFT.__rrshift__, map(self._index.get, hit, repeat(0)))
+        self._live -= sum(map(truth, durable))
 
     def _delete(self, key: bytes) -> None:
         """Delete ``key`` (validated): a read-copy-update straight into the read-only region.
@@ -81,6 +110,10 @@ class Regions(Maintenance):
         disk = self._index.get(key, 0) >> LEN_SHIFT
         if disk if old is None else old:
             self._live -= 1
+        if self._pend and key in self._pend:  # its durable record was not counted yet
+            self._pend.discard(key)
+            if disk:
+                self._live -= 1
         if disk:
             frozen[key] = b""  # after the watermark: a dirty read-only record
             self._n_ro += 1
@@ -97,6 +130,8 @@ class Regions(Maintenance):
         while len(mut) > lag:
             n = min(len(mut) - lag + page - 1, flush - self._n_ro, len(mut))
             old = list(islice(mut, n))
+            if self._pend:
+                self._settle(old)
             frozen.update(zip(old, map(mut.pop, old), strict=True))
             self._n_ro += n
             if self._n_ro >= flush:
