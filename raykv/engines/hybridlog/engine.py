@@ -37,8 +37,9 @@ seal, or right after a flush), never inside ``seal()``, and commit a manifest.
 
 Modules: ``regions.py`` (the in-memory regions and the moves between them), ``bulk.py``
 (``multi_set``), ``runset.py`` (run files and the hash index), ``maintenance.py`` (merges
-and compaction; the policy is in ``merge.py``), ``runfile.py`` (the bytes). ``HybridLog``
-is the last of a chain of base classes, one per module.
+and compaction; the policy is in ``merge.py``, splicing whole runs in ``splice.py``),
+``runfile.py`` (the bytes). ``HybridLog`` is the last of a chain of base classes, one
+per module (``splice.py`` is a helper of ``maintenance.py``).
 
 Lifecycle: ``open -> (get | set | multi_get | multi_set | items | seal)* -> close``.
 """
@@ -67,6 +68,7 @@ from raykv.engines.hybridlog.runfile import (
     RunFile,
     pack_locs,
 )
+from raykv.engines.hybridlog.runset import RunView
 from raykv.engines.manifest import Manifest
 
 MAX_RUNS_PER_LEVEL_CEILING = 1024
@@ -152,7 +154,7 @@ class HybridLog(BulkWrites):
         self._live = 0  # keys whose newest record holds a value (``live_keys``)
         self._pend: set[bytes] = set()  # keys counted as new, not yet settled (``regions.py``)
         self._runs: list[RunFile] = []
-        self._slots: list[RunFile] = []  # slot -> run; a free slot holds its last, closed run
+        self._slots: list[RunFile | RunView] = []  # slot -> run or view (splice.py)
         self._free_slots: list[int] = []
         self._maintenance = False  # merges/compaction to check on the next write
         self._index_tombs = False  # the index may hold tombstones (see ``runset.py``)
@@ -390,6 +392,15 @@ class HybridLog(BulkWrites):
         assert len(slots) == len(self._runs), "two runs share a slot"
         for run in self._runs:
             assert self._slots[run.slot] is run, "slot table out of date"
+            views = [seg for seg in run.segments if seg[0] != run.slot]
+            for slot, shift, _, _ in views:
+                view = self._slots[slot]
+                assert isinstance(view, RunView) and view.run is run, "view out of date"
+                assert view.shift == shift and slot not in slots, "view slot reused"
+                slots.add(slot)
+            spans = sorted((lo, hi) for _, _, lo, hi in run.segments)
+            assert [lo for lo, _ in spans] == [0, *(hi for _, hi in spans[:-1])], "segments"
+            assert spans[-1][1] == run.count, "segments do not cover the run"
         assert len({r.name for r in self._runs}) == len(self._runs), "duplicate run"
         for loc in index.values():
             owner = self._slots[loc & SLOT_MASK]

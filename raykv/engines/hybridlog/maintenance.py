@@ -9,14 +9,19 @@ below it are dropped from a prefix merge and written back as tombstones by any o
 Maintenance runs on the write path (the first write after a seal, or right after a
 flush), never inside ``seal()``, and commits a manifest when anything changed.
 
+A member whose every record is live and holds a value is spliced whole (``splice.py``):
+its bytes are copied and its slots become views of the new run, so its index entries
+stay. A run's records may thus name several slots (``RunFile.segments``).
+
 Cost: a merge reads every member once (verifying its pages) and writes its live records
-once; finding the live records and moving their index entries is vectorized.
+once; finding the live records and moving their index entries is vectorized; a spliced
+member costs a copy of its bytes and no index store.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from itertools import repeat
+from itertools import compress, repeat
 from operator import eq
 
 import numpy as np
@@ -25,39 +30,42 @@ import numpy.typing as npt
 from raykv.engines.expiry import STAMP_LEN, ExpiryPlanner, stamps_at
 from raykv.engines.hybridlog.merge import is_prefix, pick_merge
 from raykv.engines.hybridlog.runfile import (
-    LEN_FITS_U64,
     LEN_SHIFT,
     NO_LOC,
     RUN_VERSION,
-    SLOT_BITS,
     SLOT_MASK,
+    U64_MAX,
     RunFile,
     gather_values,
-    live_mask,
+    segment_locs,
 )
 from raykv.engines.hybridlog.runset import RunSet
+from raykv.engines.hybridlog.splice import Splicer
 
 _SCAN_RATIO = 16  # scan the whole index when a merge's records are at least 1/16 of it
 
 
-def _live_by_locs(held: tuple[np.ndarray, np.ndarray], slot: int, ends: np.ndarray
-                  ) -> tuple[npt.NDArray[np.bool_], np.ndarray] | None:
-    """Which records of the run in ``slot`` the index points to, and where in the index.
+def _live_by_locs(held: dict[int, tuple[np.ndarray, np.ndarray]],
+                  segments: list[tuple[int, int, int, int]], packed: np.ndarray
+                  ) -> tuple[npt.NDArray[np.bool_], np.ndarray]:
+    """Which records of a run the index points to, and where in the index.
 
-    ``held``: the locations the index holds in ``slot``, sorted, and the positions of
-    those entries in the index's iteration order. Returns the live mask and, per record,
-    the position of the index entry that matched (meaningful where the mask is set).
+    ``held``: per slot, the locations the index holds in it, sorted, and the positions
+    of those entries in the index's iteration order. ``packed``: the location of each
+    record while live (``segment_locs``). Returns the live mask and, per record, the
+    position of the index entry that matched (meaningful where the mask is set).
     Exact for records with a value (their locations are distinct); tombstones (length 0)
     may share a location with a neighbour, so the caller asks the index about them by
-    key. ``None`` when a location of this run does not fit a uint64.
+    key.
     """
-    held_locs, held_pos = held
-    e = np.asarray(ends, dtype=np.uint64)
-    lens = np.diff(e, prepend=np.uint64(0))
-    if len(lens) and int(lens.max()) >= LEN_FITS_U64:
-        return None
-    packed = (((e - lens) << np.uint64(SLOT_BITS)) | (lens << np.uint64(LEN_SHIFT))
-              | np.uint64(slot))
+    slots = [s for s, *_ in segments]
+    if len(slots) == 1:
+        held_locs, held_pos = held[slots[0]]
+    else:
+        held_locs = np.concatenate([held[s][0] for s in slots])
+        held_pos = np.concatenate([held[s][1] for s in slots])
+        order = np.argsort(held_locs)
+        held_locs, held_pos = held_locs[order], held_pos[order]
     if not len(held_locs):
         return np.zeros(len(packed), dtype=bool), np.zeros(len(packed), dtype=np.int64)
     at = np.minimum(np.searchsorted(held_locs, packed), len(held_locs) - 1)
@@ -65,11 +73,21 @@ def _live_by_locs(held: tuple[np.ndarray, np.ndarray], slot: int, ends: np.ndarr
     return found, held_pos[at]
 
 
-def _tomb_locs(slot: int, ends: np.ndarray, tomb: npt.NDArray[np.bool_]) -> list[int]:
-    """Packed locations of the tombstones (``tomb``) of the run in ``slot``."""
-    starts = np.asarray(ends, dtype=np.uint64)[tomb]  # a tombstone ends where it starts
-    located: list[int] = ((starts << np.uint64(SLOT_BITS)) | np.uint64(slot)).tolist()
-    return located
+def _same_locs(found: list[int], expected: np.ndarray | list[int]) -> npt.NDArray[np.bool_]:
+    """``found[i] == expected[i]`` per record (any int size; vectorized when both fit)."""
+    n = len(found)
+    if isinstance(expected, np.ndarray) and (not n or max(found) <= U64_MAX):
+        same: npt.NDArray[np.bool_] = np.fromiter(found, np.uint64, n) == expected
+        return same
+    exp = expected.tolist() if isinstance(expected, np.ndarray) else expected
+    return np.fromiter(map(eq, found, exp), dtype=bool, count=n)
+
+
+def _select(expected: np.ndarray | list[int], mask: npt.NDArray[np.bool_]
+            ) -> np.ndarray | list[int]:
+    if isinstance(expected, np.ndarray):
+        return expected[mask]
+    return list(compress(expected, mask.tolist()))
 
 
 class Maintenance(RunSet):
@@ -81,6 +99,7 @@ class Maintenance(RunSet):
 
     def _maintain(self) -> None:
         """Merge over-full levels (and compact sparse runs if enabled); commit if any changed."""
+        self._maintenance = True  # until done: a failed merge is retried on the next write
         changed = False
         while True:
             group = pick_merge([r.count for r in self._runs], self.max_runs_per_level)
@@ -138,7 +157,7 @@ class Maintenance(RunSet):
         """Position of the first run whose live fraction is below one half, if any."""
         live = self._live_counts()
         for pos, run in enumerate(self._runs):
-            if live.get(run.slot, 0) * 2 < run.count:
+            if sum(live.get(slot, 0) for slot, *_ in run.segments) * 2 < run.count:
                 return [pos]
         return None
 
@@ -147,13 +166,16 @@ class Maintenance(RunSet):
 
         The new run takes the place of the newest member. Tombstones are dropped only
         when ``group`` is a prefix (holds the oldest run and every run up to its newest
-        member). Cost: reads every member once (verifying its pages), writes the live
-        records once; vectorized over records.
+        member). A member whose every record is live and holds a value is *spliced*
+        (``splice.py``): its values and index section are copied whole and its slots
+        read from the new run, so none of its index entries moves. Cost: reads every
+        member once (verifying its pages), writes the live records once; vectorized
+        over records; one index store per live record of the members not spliced.
         """
         runs, index = self._runs, self._index
         members = [runs[pos] for pos in group]
         drop_tombstones = is_prefix(group)
-        held = self._held_locs({r.slot for r in members},
+        held = self._held_locs({s for r in members for s, *_ in r.segments},
                                sum(r.count for r in members))
         index_keys = list(index) if held is not None else []  # same order as the scan
         keys: list[bytes] = []
@@ -161,24 +183,27 @@ class Maintenance(RunSet):
         lens: list[np.ndarray] = []
         dropped: list[bytes] = []
         tombs: list[bytes] = []  # expired keys written back as tombstones (not a prefix)
+        splicer = Splicer(self) if self.expiry is None else None
         for run in members:
             run.verify_all()
             ends = run.ends()
             run_lens = np.diff(ends, prepend=np.uint64(0))
-            found = None if held is None else _live_by_locs(held[run.slot], run.slot, ends)
+            expected = segment_locs(run.segments, ends)
+            found = (None if held is None or not isinstance(expected, np.ndarray)
+                     else _live_by_locs(held, run.segments, expected))
             at = None
             if found is None:
                 run_keys = run.keys(np.ones(run.count, dtype=bool))
-                live = live_mask(list(map(index.get, run_keys, repeat(NO_LOC))), run.slot, ends)
+                live = _same_locs(list(map(index.get, run_keys, repeat(NO_LOC))), expected)
             else:
                 live, at = found
                 tomb = run_lens == 0  # tombstones share locations: ask the index by key
                 if tomb.any():
                     tomb_keys = run.keys(tomb)
-                    live[tomb] = np.fromiter(
-                        map(eq, map(index.get, tomb_keys, repeat(NO_LOC)),
-                            _tomb_locs(run.slot, ends, tomb)),
-                        dtype=bool, count=len(tomb_keys))
+                    live[tomb] = _same_locs(list(map(index.get, tomb_keys, repeat(NO_LOC))),
+                                            _select(expected, tomb))
+            if splicer is not None and splicer.take(run, live, run_lens):
+                continue
             if drop_tombstones:
                 dead = live & (run_lens == 0)
                 if dead.any():
@@ -201,7 +226,10 @@ class Maintenance(RunSet):
         if tombs:
             keys.extend(tombs)
             lens.append(np.zeros(len(tombs), dtype=np.uint64))
-        if keys:  # written before anything changes: a failure leaves the runs as they were
+        # written before anything changes: a failure leaves the runs as they were
+        if splicer is not None and splicer.spliced:
+            new_run, locs = splicer.write(keys, blobs, lens)
+        elif keys:
             ends_all = np.cumsum(np.concatenate(lens), dtype=np.uint64)
             new_run, locs = self._new_run(keys, b"".join(blobs), ends_all)
         where = group[-1] - (len(group) - 1)
@@ -217,7 +245,10 @@ class Maintenance(RunSet):
         if dropped and self._index_tombs:  # maybe the last ones: count (a C-level pass)
             self._index_tombs = not all(map(LEN_SHIFT.__rrshift__, index.values()))
         for run in members:
-            self._drop_run(run)
+            if splicer is not None and run in splicer.spliced:
+                splicer.retire(run)
+            else:
+                self._drop_run(run)
         self.stats.merges += 1
 
     def _expired(self, run: RunFile, ends: np.ndarray, lens: np.ndarray,

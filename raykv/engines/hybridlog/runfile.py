@@ -84,7 +84,18 @@ def encode_run(keys: Sequence[bytes], blob: bytes, ends: Sequence[int] | np.ndar
     value ``i - 1`` ends). Cost: a few C-level passes over the records (joins, numpy),
     one crc32 per 4 KiB of values and one over the index section.
     """
-    n = len(keys)
+    klens = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+    return encode_run_columns(klens, b"".join(keys), blob, ends)
+
+
+def encode_run_columns(klens: np.ndarray, keys: bytes, blob: bytes,
+                       ends: Sequence[int] | np.ndarray) -> bytes:
+    """``encode_run`` from the key lengths and the keys concatenated (``RunFile.columns``).
+
+    Cost: numpy passes over the records, one crc32 per 4 KiB of values and one over the
+    index section; no per-record Python step.
+    """
+    n = len(klens)
     vlen = len(blob)
     if vlen >= MAX_VALUES_LEN:
         msg = f"a HybridLog run holds at most {MAX_VALUES_LEN} value bytes, got {vlen}"
@@ -95,13 +106,12 @@ def encode_run(keys: Sequence[bytes], blob: bytes, ends: Sequence[int] | np.ndar
     view = memoryview(blob)
     pages = np.array([crc32(view[i : i + PAGE_SIZE]) for i in range(0, vlen, PAGE_SIZE)],
                      dtype="<u4")
-    klens = np.fromiter(map(len, keys), dtype=np.int64, count=n)
     key_width = _width_for(int(klens.max()) if n else 0)
     end_width = 4 if vlen < 1 << 32 else 8
     index = b"".join((
         pages.tobytes(),
         klens.astype(f"<u{key_width}").tobytes(),
-        b"".join(keys),
+        keys,
         np.asarray(ends, dtype=np.uint64).astype(f"<u{end_width}").tobytes(),
     ))
     head = _FOOTER_HEAD.pack(n, vlen, key_width, end_width, 0, RUN_VERSION)
@@ -161,6 +171,27 @@ def pack_locs(slot: int, ends: Sequence[int] | np.ndarray) -> list[int]:
     return list(map(or_, where.tolist(), map(lshift, lens.tolist(), repeat(LEN_SHIFT))))
 
 
+def segment_locs(segments: Sequence[tuple[int, int, int, int]], ends: np.ndarray
+                 ) -> np.ndarray | list[int]:
+    """The location the index holds for each record of a run while it is live.
+
+    ``segments`` as in ``RunFile.segments``, ``ends`` the run's value ends. A uint64 array
+    when every value is shorter than ``LEN_FITS_U64``, else a list of Python ints.
+    Cost: numpy passes per segment.
+    """
+    e = np.asarray(ends, dtype=np.uint64)
+    lens = np.diff(e, prepend=np.uint64(0))
+    starts = e - lens
+    where = np.empty(len(e), dtype=np.uint64)
+    for slot, shift, lo, hi in segments:
+        where[lo:hi] = ((starts[lo:hi] - np.uint64(shift)) << np.uint64(SLOT_BITS)
+                        | np.uint64(slot))
+    if not len(e) or int(lens.max()) < LEN_FITS_U64:
+        packed: np.ndarray = where | (lens << np.uint64(LEN_SHIFT))
+        return packed
+    return list(map(or_, where.tolist(), map(lshift, lens.tolist(), repeat(LEN_SHIFT))))
+
+
 def live_mask(found: list[int], slot: int, ends: np.ndarray) -> npt.NDArray[np.bool_]:
     """Which records of the run in ``slot`` are live: ``found[i]`` is record ``i``'s location.
 
@@ -194,6 +225,10 @@ class RunFile:
         name: file name in the data directory.
         path: full path (named in every ``CorruptionError``).
         slot: small int naming this run inside packed locations.
+        segments: ``(slot, shift, first, end)`` per stretch of records ``[first, end)``
+            whose locations name ``slot`` and start ``shift`` bytes before the value's
+            offset in this run. One ``(slot, 0, 0, count)`` unless a merge spliced
+            other runs into this one (``maintenance.py``); in memory only.
         count: number of records (``n`` in the footer).
         values_len: bytes in the values region.
         nbytes: file size.
@@ -201,7 +236,7 @@ class RunFile:
 
     __slots__ = (
         "_end_width", "_file", "_index_at", "_key_width", "_page_crcs", "_unverified",
-        "count", "mm", "name", "nbytes", "path", "pending", "slot", "values_len",
+        "count", "mm", "name", "nbytes", "path", "pending", "segments", "slot", "values_len",
     )
 
     def __init__(self, path: Path, slot: int) -> None:
@@ -221,6 +256,7 @@ class RunFile:
                 raise CorruptionError(path, "length", detail=f"{self.nbytes} bytes is too short")
             self.mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
             self._check_footer()
+            self.segments: list[tuple[int, int, int, int]] = [(slot, 0, 0, self.count)]
         except BaseException:
             self.close()
             raise
@@ -270,6 +306,14 @@ class RunFile:
     def ends(self) -> np.ndarray:
         """The value ends of the index section (uint64), checked as in ``index``."""
         return self._columns()[2]
+
+    def columns(self) -> tuple[np.ndarray, bytes, np.ndarray]:
+        """``(key lengths, the keys concatenated, value ends)``: the index section, raw.
+
+        Cost: numpy views and one copy of the keys; no per-record step.
+        """
+        klens, pos, ends = self._columns()
+        return klens, self.mm[pos : pos + int(klens.sum())], ends
 
     def keys(self, select: npt.NDArray[np.bool_]) -> list[bytes]:
         """The keys of the records whose ``select`` flag is set, in record order.

@@ -48,6 +48,29 @@ def _presync(path: Path) -> None:
     finally:
         os.close(fd)
 
+class RunView:
+    """A slot whose records a merge spliced into ``run``, ``shift`` bytes further on.
+
+    Index entries made for the spliced run keep naming this slot, so a splice moves no
+    index entry (``maintenance.py``). ``values_len`` bounds the starts it serves.
+    """
+
+    __slots__ = ("run", "shift", "slot", "values_len")
+
+    def __init__(self, run: RunFile, shift: int, slot: int, values_len: int) -> None:
+        self.run = run
+        self.shift = shift
+        self.slot = slot
+        self.values_len = values_len
+
+    def read(self, start: int, stop: int) -> bytes:
+        """Value bytes ``[start, stop)`` of the spliced run (read from ``run``)."""
+        return self.run.read(start + self.shift, stop + self.shift)
+
+    def close(self) -> None:
+        """Nothing to release: ``run`` owns the file."""
+
+
 class RunSet(KVStore):
     """Run files, slots and the disk index of a ``HybridLog`` (which sets these attributes)."""
 
@@ -56,7 +79,7 @@ class RunSet(KVStore):
     _presyncer: ThreadPoolExecutor | None
     _index: dict[bytes, int]
     _runs: list[RunFile]
-    _slots: list[RunFile]
+    _slots: list[RunFile | RunView]
     _free_slots: list[int]
     _maintenance: bool
     #: the index may hold tombstones (length 0); false: every entry is a live key
@@ -95,9 +118,16 @@ class RunSet(KVStore):
         return run
 
     def _drop_run(self, run: RunFile) -> None:
-        """Close ``run`` and free its slot (the closed run stays there until it is reused)."""
+        """Close ``run``, free its slot and its views' (the closed run stays in them)."""
         run.close()
+        for slot, *_ in run.segments:
+            if slot != run.slot:
+                self._slots[slot] = run
+                self._free_slots.append(slot)
         self._free_slots.append(run.slot)
+
+    def _slots_in_use(self) -> int:
+        return len(self._slots) - len(self._free_slots)
 
     def _new_run(self, keys: list[bytes], blob: bytes, ends: Sequence[int] | np.ndarray,
                  *, presync: bool = False) -> tuple[RunFile, list[int]]:
@@ -107,8 +137,12 @@ class RunSet(KVStore):
         ``presync=True`` (flushes) also starts that fsync now on a background thread, so
         neither the write path nor the next ``seal()`` waits for the disk.
         """
+        run = self._write_encoded(encode_run(keys, blob, ends), presync=presync)
+        return run, pack_locs(run.slot, ends)
+
+    def _write_encoded(self, data: bytes, *, presync: bool = False) -> RunFile:
+        """Write the encoded run ``data`` to a new file and open it (see ``_new_run``)."""
         name = self._new_file(RUN_KIND)
-        data = encode_run(keys, blob, ends)
         path = self.data_dir / name
         write_file(path, data, sync=False)
         self._written(name, len(data))
@@ -116,8 +150,7 @@ class RunSet(KVStore):
             if self._presyncer is None:
                 self._presyncer = ThreadPoolExecutor(1, thread_name_prefix="hybridlog-fsync")
             self._presyncer.submit(_presync, path)
-        run = self._open_run(name)
-        return run, pack_locs(run.slot, ends)
+        return self._open_run(name)
 
     def _write_run(self, keys: list[bytes], values: list[bytes], *, presync: bool = False
                    ) -> None:
