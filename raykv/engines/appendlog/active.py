@@ -62,6 +62,8 @@ class ActiveRun(RunSet):
         self._flushed = 0
         self._flush_at = min(self.threshold, FLUSH_BYTES)
         self._alens = array("I")
+        self._aklens = array("I")  # key and value lengths of the active run's records
+        self._avlens = array("I")
 
     def _grow(self, end: int) -> None:
         """Replace the active buffer by a larger one holding the same bytes."""
@@ -94,9 +96,11 @@ class ActiveRun(RunSet):
         assert self._writer is not None and self._aname is not None
         ns = self._alens.tolist()
         amm = self._amm
-        klens, vlens, kstarts = record_columns(amm, ns)
+        klens = self._aklens.tolist()
+        vlens = self._avlens.tolist()
         keys: list[bytes] | None = None
         if keys_in_index(vlens):
+            klens, vlens, kstarts = record_columns(amm, ns)
             keys = list(map(amm.__getitem__, map(slice, kstarts, map(add, kstarts, klens))))
         size = self._writer.finish(len(ns), encode_index(klens, vlens, keys))
         name = self._aname

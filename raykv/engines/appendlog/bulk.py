@@ -50,11 +50,10 @@ class BulkWrites(ActiveRun):
         kmax = max(klens)
         vmax = max(vlens)
         if kmax < 128 and vmax < 128 and min(klens) == kmax and min(vlens) == vmax:
-            self._append_fixed(keys, encode_fixed_records(keys, values, kmax, vmax),
-                               kmax + vmax + 6, tombstones=not vmax)
+            self._append_fixed(keys, encode_fixed_records(keys, values, kmax, vmax), kmax, vmax)
         else:
-            self._append_many(keys, encode_records(keys, values, klens, vlens),
-                              None if all(vlens) else vlens)
+            recs = encode_records(keys, values, klens, vlens)
+            self._append_many(keys, b"".join(recs), list(map(len, recs)), klens, vlens)
 
     def _mark_dead(self, keys: Sequence[bytes], vlens: Sequence[int] | None,
                    tombstones: bool = False) -> None:
@@ -73,12 +72,14 @@ class BulkWrites(ActiveRun):
         if vlens is not None:
             dead.update(compress(keys, map(not_, vlens)))
 
-    def _append_fixed(self, keys: Sequence[bytes], data: memoryview, n: int, *,
-                      tombstones: bool) -> None:
-        """Append records of ``n`` bytes each (``data``, in the order of ``keys``).
+    def _append_fixed(self, keys: Sequence[bytes], data: memoryview, kl: int, vl: int
+                      ) -> None:
+        """Append records of keys of ``kl`` and values of ``vl`` bytes (``data``, in order).
 
-        ``tombstones``: every record is one (else none is).
+        ``vl == 0``: every record is a tombstone (else none is).
         """
+        n = kl + vl + 6
+        tombstones = not vl
         count = len(keys)
         index = self._index
         step = n << N_BITS
@@ -95,20 +96,24 @@ class BulkWrites(ActiveRun):
             index.update(zip(chunk, range(first, first + step * take, step), strict=True))
             self._mark_dead(chunk, None, tombstones)
             self._alens.extend(repeat(n, take))
+            self._aklens.extend(repeat(kl, take))
+            self._avlens.extend(repeat(vl, take))
             self._pos = end
             i += take
             if end >= self._flush_at:
                 self._after_append()
 
-    def _append_many(self, keys: Sequence[bytes], recs: list[bytes],
-                     vlens: list[int] | None) -> None:
-        """Append records, closing the active run each time it reaches ``threshold``.
+    def _append_many(self, keys: Sequence[bytes], data: bytes, ns: list[int],
+                     klens: list[int], vlens: list[int]) -> None:
+        """Append records (``data``, lengths ``ns``), closing the active run at ``threshold``.
 
-        ``vlens``: the value lengths when some records are tombstones, else ``None``.
+        ``klens``/``vlens``: the records' key and value lengths (kept for the run's index
+        section, so closing the run need not parse the records again).
         """
-        ns = list(map(len, recs))
         ends = list(accumulate(ns))
-        total = len(recs)
+        total = len(ns)
+        tombstones = not all(vlens)
+        view = memoryview(data)
         i = 0
         done = 0  # batch bytes before record i
         index = self._index
@@ -116,18 +121,21 @@ class BulkWrites(ActiveRun):
             pos = self._pos
             # the first record whose end reaches the threshold closes this run
             j = min(bisect_left(ends, done + self.threshold - pos, i) + 1, total)
-            data = b"".join(recs[i:j])
-            end = pos + len(data)
+            end = pos + ends[j - 1] - done
             if end > self._acap:
                 self._grow(end)
-            self._amm[pos:end] = data
-            chunk_ns = ns[i:j]
+            self._amm[pos:end] = view[done : ends[j - 1]]
+            chunk_ns = ns[i:j] if i or j < total else ns
             offs = accumulate(chunk_ns[:-1], initial=pos)
             locs = map(or_, map(or_, map(lshift, offs, repeat(N_BITS)), chunk_ns),
                        repeat(self._abase))
-            index.update(zip(keys[i:j], locs, strict=True))
-            self._mark_dead(keys[i:j], None if vlens is None else vlens[i:j])
+            chunk = keys[i:j] if i or j < total else keys
+            index.update(zip(chunk, locs, strict=True))
+            self._mark_dead(chunk, (vlens[i:j] if i or j < total else vlens)
+                            if tombstones else None)
             self._alens.extend(chunk_ns)
+            self._aklens.extend(klens[i:j] if i or j < total else klens)
+            self._avlens.extend(vlens[i:j] if i or j < total else vlens)
             self._pos = end
             done = ends[j - 1]
             i = j

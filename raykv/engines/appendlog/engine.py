@@ -57,6 +57,7 @@ from raykv.engines.appendlog.runfile import (
     closed_map,
     pack_locs,
     parse_header,
+    record_columns,
     value_start,
 )
 from raykv.engines.base import StoreOptions, check_int_param
@@ -141,6 +142,8 @@ class AppendLog(BulkWrites):
         self._flushed = 0
         self._flush_at = 0
         self._alens = array("I")
+        self._aklens = array("I")
+        self._avlens = array("I")
 
     def _open(self, manifest: Manifest | None) -> None:
         self._reset()
@@ -295,7 +298,7 @@ class AppendLog(BulkWrites):
             + sys.getsizeof(index)
             + int(len(index) * (per_key + per_loc))
             + (0 if self._amm.closed else len(self._amm))
-            + sys.getsizeof(self._alens)
+            + 3 * sys.getsizeof(self._alens)
             + sys.getsizeof(self._bufs) * 2
             + len(self._runs) * 200
         )
@@ -333,6 +336,8 @@ class AppendLog(BulkWrites):
         self._amm[pos:end] = rec
         self._pos = end
         self._alens.append(n)
+        self._aklens.append(kl)
+        self._avlens.append(vl)
         self._index[key] = self._abase | pos << N_BITS | n
         if not vl:
             self._dead.add(key)
@@ -349,6 +354,11 @@ class AppendLog(BulkWrites):
         assert not self._amm.closed and self._bufs[self._aslot] is self._amm
         assert 0 <= self._pos < self.threshold
         assert sum(self._alens) == self._pos
+        if self._pos:  # the lengths kept for the index section are the records' own
+            klens, vlens, _ = record_columns(self._amm, self._alens.tolist())
+            assert self._aklens.tolist() == klens and self._avlens.tolist() == vlens
+        else:
+            assert not self._aklens and not self._avlens
         assert self._flushed <= self._pos <= self._acap
         run_levels = levels([r.size for r in self._runs], self.max_runs_per_level)
         assert run_levels == sorted(run_levels, reverse=True), run_levels

@@ -69,6 +69,8 @@ class RunSet(KVStore):
     _flush_at: int
     _acap: int
     _alens: array[int]
+    _aklens: array[int]
+    _avlens: array[int]
     _amm: mmap.mmap
 
     def _alloc_slot(self, buf: mmap.mmap | bytes, name: str) -> int:
