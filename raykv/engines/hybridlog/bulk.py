@@ -11,16 +11,19 @@ changes if any pair is bad); deletes in it go through ``_delete`` one by one. Th
   run directly: the read-only records, the whole mutable region (with this batch's
   in-place updates) and the batch's appended records except the newest
   ``ro_lag_interval`` (or up to a page fewer, so that the run fills a flush), which
-  become the mutable region. No record is copied between
-  region dicts, the run is one file (fewer, larger runs: fewer merges), and the index
-  is updated a chunk at a time right after each chunk's lookups (the live count needs
-  each new key's previous record), so the update finds the entries in the CPU cache.
-  Written records are not kept as cached records (reads of them go to the run).
+  become the mutable region. No record is copied between region dicts, and the run is
+  one file (fewer, larger runs: fewer merges). The live count needs to know which keys
+  had a live durable record: when the index holds no tombstone, that is how many keys
+  one store pass did not add; otherwise the index is updated a chunk at a time right
+  after each chunk's lookups, so the stores find the entries in the CPU cache. The
+  keys left in the mutable region are counted as new (*pending*, ``regions.py``) and
+  settled by the next large batch's stores. Written records are not kept as cached
+  records (reads of them go to the run).
 
 Cost of a large batch of ``n`` pairs: validation passes, two C-level set operations
-against the mutable and frozen regions, one index lookup and one index store per key
-(chunked), one run file holding about ``n`` records, then the due merges.
-A failure writing the run changes nothing in memory.
+against the mutable and frozen regions, one index store per key (plus one lookup, in
+the same chunk, when the index holds tombstones), one run file holding about ``n``
+records, then the due merges. A failure writing the run changes nothing in memory.
 """
 
 from __future__ import annotations
