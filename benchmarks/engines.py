@@ -8,6 +8,7 @@ Each (store, distribution) runs in a fresh subprocess so that resident memory is
     python -m benchmarks.engines --quick         # small sizes (seconds)
     python -m benchmarks.engines --lsm-memory    # 2,000,000 keys x 100-byte values in LSMTree
     python -m benchmarks.engines --bulk          # multi_set of 1,000,000 distinct keys (issue 15)
+    python -m benchmarks.engines --bulk-profile hybridlog 100000 update  # cProfile of a phase
 
 Results go to benchmarks/results/engines.json (and lsm_memory.json, bulk.json).
 
@@ -23,9 +24,11 @@ existing). The rate of a phase is keys over wall time, best of ``--repeat`` fres
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
 import json
 import os
+import pstats
 import subprocess
 import sys
 import tempfile
@@ -229,15 +232,8 @@ def fresh_copies(keys: list[bytes]) -> list[bytes]:
     return [blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
-def bulk_one(name: str, n_keys: int, batch: int, repeat: int = 2) -> dict[str, Any]:
-    """Rates of ``multi_set`` for the bulk workload on store ``name`` (default parameters).
-
-    ``name`` may be ``dict``: ``dict.update`` of the same batches, the ceiling of any
-    engine whose index is a dict. Every phase gets new key objects (equal bytes), so no
-    lookup is helped by finding the very object it looks for.
-    """
-    from raykv.engines import open_engine
-
+def bulk_phases(n_keys: int, batch: int) -> dict[str, list[dict[bytes, bytes]]]:
+    """The batches of the bulk workload's three phases (see the module docstring)."""
     keys = make_bulk_keys(2 * n_keys, seed=7)
     old, fresh = keys[:n_keys], keys[n_keys:]
     rng = np.random.default_rng(8)
@@ -252,8 +248,22 @@ def bulk_one(name: str, n_keys: int, batch: int, repeat: int = 2) -> dict[str, A
     updates = [old[i] for i in rng.permutation(n_keys)]
     half = n_keys // 2
     mixed_keys = [k for pair in zip(updates[:half], fresh[:half], strict=True) for k in pair]
-    phases = {"insert": batches(old, 1), "update": batches(updates, 2),
-              "mixed": batches(mixed_keys, 3)}
+    return {"insert": batches(old, 1), "update": batches(updates, 2),
+            "mixed": batches(mixed_keys, 3)}
+
+
+def bulk_one(name: str, n_keys: int, batch: int, repeat: int = 2,
+             profile: str | None = None) -> dict[str, Any]:
+    """Rates of ``multi_set`` for the bulk workload on store ``name`` (default parameters).
+
+    ``name`` may be ``dict``: ``dict.update`` of the same batches, the ceiling of any
+    engine whose index is a dict. Every phase gets new key objects (equal bytes), so no
+    lookup is helped by finding the very object it looks for. ``profile``: a phase whose
+    first run is profiled (cProfile, cumulative times to stderr).
+    """
+    from raykv.engines import open_engine
+
+    phases = bulk_phases(n_keys, batch)
     rates: dict[str, list[float]] = {p: [] for p in phases}
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as tmp:
@@ -261,10 +271,19 @@ def bulk_one(name: str, n_keys: int, batch: int, repeat: int = 2) -> dict[str, A
             write = store.update if name == "dict" else store.multi_set
             for phase, bs in phases.items():
                 gc.collect()
+                profiler = cProfile.Profile() if phase == profile else None
                 t = time.perf_counter()
+                if profiler is not None:
+                    profiler.enable()
                 for b in bs:
                     write(b)
+                if profiler is not None:
+                    profiler.disable()
                 rates[phase].append(sum(map(len, bs)) / (time.perf_counter() - t))
+                if profiler is not None:  # the profile of the first run, to stderr
+                    pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumtime").print_stats(
+                        40)
+                    profile = None
             if name != "dict":
                 store.close()
     out: dict[str, Any] = {"store": name, "n_keys": n_keys, "batch": batch, "repeat": repeat}
@@ -325,12 +344,18 @@ def main() -> None:
     ap.add_argument("--bulk-batches", default="10000,100000")
     ap.add_argument("--repeat", type=int, default=2, help="runs per rate (--bulk)")
     ap.add_argument("--bulk-one", nargs=4, metavar="X", help=argparse.SUPPRESS)
+    ap.add_argument("--bulk-profile", nargs=3, metavar=("STORE", "BATCH", "PHASE"),
+                    help="profile one phase of the bulk workload (cProfile, to stderr)")
     ap.add_argument("--one", nargs="+", metavar="STORE DIST NKEYS NOPS [REPEAT]",
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         name, dist, nk, no, *rep = args.one
         print(json.dumps(run_one(name, dist, int(nk), int(no), *map(int, rep))))
+        return
+    if args.bulk_profile:
+        name, batch, phase = args.bulk_profile
+        print(json.dumps(bulk_one(name, args.bulk_keys, int(batch), 1, profile=phase)))
         return
     if args.bulk_one:
         name, nk, batch, rep = args.bulk_one
