@@ -246,3 +246,36 @@ def test_restore_after_splices(tmp_path: Path) -> None:
     assert dict(store.items()) == snap and store.live_keys() == len(snap)
     store._check()
     store.close()
+
+
+def test_batches_of_a_mutable_region_stay_on_the_bulk_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of exactly ``ro_lag_interval`` new keys after a shift left a page short."""
+    from raykv.engines.hybridlog.bulk import BulkWrites
+
+    taken: list[bool] = []
+    real = BulkWrites._bulk_append
+
+    def spy(self: BulkWrites, batch: dict[bytes, bytes]) -> bool:
+        taken.append(real(self, batch))
+        return taken[-1]
+
+    monkeypatch.setattr(BulkWrites, "_bulk_append", spy)
+    params = {"ro_lag_interval": 64, "flush_interval": 64, "mem_segment_len": 256}
+    model: dict[bytes, bytes] = {}
+    with HybridLog(tmp_path, **params) as store:
+        first = {b"k%05d" % i: b"a" for i in range(64)}
+        store.multi_set(first)  # fills the mutable region
+        mixed = {b"k%05d" % i: b"b" for i in range(61, 125)}  # 3 in place, 61 new
+        store.multi_set(mixed)  # a shift leaves the region a few records short
+        model.update(first)
+        model.update(mixed)
+        taken.clear()
+        for a in range(1000, 3000, 64):
+            batch = {b"k%05d" % i: b"c" for i in range(a, a + 64)}
+            store.multi_set(batch)
+            model.update(batch)
+            assert store.region_sizes()["mutable"] >= 64 - store._page
+        assert all(taken), taken
+        assert dict(store.items()) == model and store.live_keys() == len(model)
+        store._check()
