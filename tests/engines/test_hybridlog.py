@@ -22,8 +22,9 @@ from raykv.engines.hybridlog.runfile import (
     SLOT_BITS,
     RunFile,
     encode_run,
-    live_mask,
     pack_locs,
+    same_locs,
+    segment_locs,
     value_ends,
 )
 from raykv.errors import CorruptionError, FormatVersionError
@@ -359,6 +360,11 @@ def test_merge_of_small_value_run_while_keys_live_in_large_value_run(
     with HybridLog(tmp_path, **params) as s:
         assert dict(s.items()) == model
         s._check()
+
+
+def live_mask(found: list[int], slot: int, ends: np.ndarray) -> np.ndarray:
+    """Which records of the one-segment run in ``slot`` the locations ``found`` point at."""
+    return same_locs(found, segment_locs([(slot, 0, 0, len(ends))], ends))
 
 
 def test_pack_locs_and_live_mask_hold_any_location() -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections import Counter
 from itertools import compress, repeat
-from operator import eq
 
 import numpy as np
 import numpy.typing as npt
@@ -34,9 +33,9 @@ from raykv.engines.hybridlog.runfile import (
     NO_LOC,
     RUN_VERSION,
     SLOT_MASK,
-    U64_MAX,
     RunFile,
     gather_values,
+    same_locs,
     segment_locs,
 )
 from raykv.engines.hybridlog.runset import RunSet
@@ -71,16 +70,6 @@ def _live_by_locs(held: dict[int, tuple[np.ndarray, np.ndarray]],
     at = np.minimum(np.searchsorted(held_locs, packed), len(held_locs) - 1)
     found: npt.NDArray[np.bool_] = held_locs[at] == packed
     return found, held_pos[at]
-
-
-def _same_locs(found: list[int], expected: np.ndarray | list[int]) -> npt.NDArray[np.bool_]:
-    """``found[i] == expected[i]`` per record (any int size; vectorized when both fit)."""
-    n = len(found)
-    if isinstance(expected, np.ndarray) and (not n or max(found) <= U64_MAX):
-        same: npt.NDArray[np.bool_] = np.fromiter(found, np.uint64, n) == expected
-        return same
-    exp = expected.tolist() if isinstance(expected, np.ndarray) else expected
-    return np.fromiter(map(eq, found, exp), dtype=bool, count=n)
 
 
 def _select(expected: np.ndarray | list[int], mask: npt.NDArray[np.bool_]
@@ -194,13 +183,13 @@ class Maintenance(RunSet):
             at = None
             if found is None:
                 run_keys = run.keys(np.ones(run.count, dtype=bool))
-                live = _same_locs(list(map(index.get, run_keys, repeat(NO_LOC))), expected)
+                live = same_locs(list(map(index.get, run_keys, repeat(NO_LOC))), expected)
             else:
                 live, at = found
                 tomb = run_lens == 0  # tombstones share locations: ask the index by key
                 if tomb.any():
                     tomb_keys = run.keys(tomb)
-                    live[tomb] = _same_locs(list(map(index.get, tomb_keys, repeat(NO_LOC))),
+                    live[tomb] = same_locs(list(map(index.get, tomb_keys, repeat(NO_LOC))),
                                             _select(expected, tomb))
             if splicer is not None and splicer.take(run, live, run_lens):
                 continue

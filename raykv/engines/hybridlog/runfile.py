@@ -25,7 +25,7 @@ A location (``loc``) packs where a value lives into one int, the disk index entr
 ``slot | start << 16 | length << 56`` where ``slot`` names the open run (``RunFile.slot``).
 It is a Python int of any size: a value of 256 bytes or more makes it exceed 64 bits, so
 vectorized code may hold locations in a uint64 array only after checking that they fit
-(``pack_locs``, ``live_mask``).
+(``segment_locs``, ``same_locs``).
 """
 
 from __future__ import annotations
@@ -160,15 +160,8 @@ def pack_locs(slot: int, ends: Sequence[int] | np.ndarray) -> list[int]:
     locations when every value is shorter than 256 bytes; otherwise numpy builds
     ``slot | start`` and two C-level ``map`` passes add the lengths as Python ints.
     """
-    if len(ends) == 0:
-        return []
-    e = np.asarray(ends, dtype=np.uint64)
-    lens = np.diff(e, prepend=np.uint64(0))
-    where = ((e - lens) << np.uint64(SLOT_BITS)) | np.uint64(slot)
-    if int(lens.max()) < LEN_FITS_U64:
-        packed: list[int] = (where | (lens << np.uint64(LEN_SHIFT))).tolist()
-        return packed
-    return list(map(or_, where.tolist(), map(lshift, lens.tolist(), repeat(LEN_SHIFT))))
+    locs = segment_locs([(slot, 0, 0, len(ends))], np.asarray(ends, dtype=np.uint64))
+    return locs.tolist() if isinstance(locs, np.ndarray) else locs
 
 
 def segment_locs(segments: Sequence[tuple[int, int, int, int]], ends: np.ndarray
@@ -192,30 +185,26 @@ def segment_locs(segments: Sequence[tuple[int, int, int, int]], ends: np.ndarray
     return list(map(or_, where.tolist(), map(lshift, lens.tolist(), repeat(LEN_SHIFT))))
 
 
-def live_mask(found: list[int], slot: int, ends: np.ndarray) -> npt.NDArray[np.bool_]:
-    """Which records of the run in ``slot`` are live: ``found[i]`` is record ``i``'s location.
+def same_locs(found: list[int], expected: np.ndarray | list[int]) -> npt.NDArray[np.bool_]:
+    """Which records are live: ``found[i] == expected[i]`` per record.
 
-    ``found[i]`` is what the index holds for the key of record ``i`` (``NO_LOC`` when it
-    holds nothing). It may be any location: the index can point the key at a record in
-    another run, with a value of any size, so the check must not assume that ``found``
-    fits a uint64 just because this run's values do (issue 11).
+    ``found[i]`` is what the index holds for record ``i``'s key (``NO_LOC`` for nothing),
+    ``expected[i]`` the record's location while live (``segment_locs``).
+
+    ``found[i]`` may be any location: the index can point the key at a record in another
+    run, with a value of any size, so the check must not assume that ``found`` fits a
+    uint64 just because this run's values do (issue 11).
 
     Cost: one C-level ``max`` over ``found``, then a vectorized uint64 comparison when
-    every location involved fits a uint64 (this run's values and the values ``found``
-    points at are all shorter than 256 bytes: the common case); otherwise one Python int
+    every location involved fits a uint64 (the common case); otherwise one Python int
     comparison per record (a C-level ``map``), which is exact for any location.
     """
     n = len(found)
-    if n == 0:
-        return np.zeros(0, dtype=bool)
-    e = np.asarray(ends, dtype=np.uint64)
-    lens = np.diff(e, prepend=np.uint64(0))
-    if int(lens.max()) < LEN_FITS_U64 and max(found) <= U64_MAX:
-        packed = (((e - lens) << np.uint64(SLOT_BITS)) | (lens << np.uint64(LEN_SHIFT))
-                  | np.uint64(slot))
-        fast: npt.NDArray[np.bool_] = np.fromiter(found, np.uint64, n) == packed
-        return fast
-    return np.fromiter(map(eq, found, pack_locs(slot, e)), dtype=bool, count=n)
+    if isinstance(expected, np.ndarray) and (not n or max(found) <= U64_MAX):
+        same: npt.NDArray[np.bool_] = np.fromiter(found, np.uint64, n) == expected
+        return same
+    exp = expected.tolist() if isinstance(expected, np.ndarray) else expected
+    return np.fromiter(map(eq, found, exp), dtype=bool, count=n)
 
 
 class RunFile:

@@ -122,9 +122,13 @@ class RunSet(KVStore):
         run.close()
         for slot, *_ in run.segments:
             if slot != run.slot:
-                self._slots[slot] = run
-                self._free_slots.append(slot)
-        self._free_slots.append(run.slot)
+                self._free_slot(slot, run)
+        self._free_slot(run.slot, run)
+
+    def _free_slot(self, slot: int, run: RunFile) -> None:
+        """Free ``slot``; it holds the closed ``run`` until it is reused."""
+        self._slots[slot] = run
+        self._free_slots.append(slot)
 
     def _slots_in_use(self) -> int:
         return len(self._slots) - len(self._free_slots)

@@ -108,5 +108,4 @@ class Splicer:
         """
         run.close()
         if all(slot != run.slot for slot, *_ in run.segments):
-            self.engine._slots[run.slot] = run
-            self.engine._free_slots.append(run.slot)
+            self.engine._free_slot(run.slot, run)
