@@ -125,17 +125,18 @@ class BulkWrites(ActiveRun):
             if end > self._acap:
                 self._grow(end)
             self._amm[pos:end] = view[done : ends[j - 1]]
-            chunk_ns = ns[i:j] if i or j < total else ns
+            # the batch's lists as they are when it fits this run (no copies), else slices
+            chunk, chunk_ns, chunk_k, chunk_v = (
+                (keys, ns, klens, vlens) if not i and j == total
+                else (keys[i:j], ns[i:j], klens[i:j], vlens[i:j]))
             offs = accumulate(chunk_ns[:-1], initial=pos)
             locs = map(or_, map(or_, map(lshift, offs, repeat(N_BITS)), chunk_ns),
                        repeat(self._abase))
-            chunk = keys[i:j] if i or j < total else keys
             index.update(zip(chunk, locs, strict=True))
-            self._mark_dead(chunk, (vlens[i:j] if i or j < total else vlens)
-                            if tombstones else None)
+            self._mark_dead(chunk, chunk_v if tombstones else None)
             self._alens.extend(chunk_ns)
-            self._aklens.extend(klens[i:j] if i or j < total else klens)
-            self._avlens.extend(vlens[i:j] if i or j < total else vlens)
+            self._aklens.extend(chunk_k)
+            self._avlens.extend(chunk_v)
             self._pos = end
             done = ends[j - 1]
             i = j
