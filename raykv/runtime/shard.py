@@ -79,6 +79,7 @@ from raykv.hotkeys import LoadTracker
 from raykv.metrics import ShardMetrics, process_cpu_seconds
 from raykv.partitioning import Partitioning, split_batch
 from raykv.runtime.aligner import BARRIER, DATA, FINISH, Aligned, BarrierAligner
+from raykv.runtime.heap import HeapTrimmer
 from raykv.runtime.localdirs import cleanup_siblings, wait_dir_free, wipe_dir
 from raykv.runtime.outbox import Outbox, RayChannel
 from raykv.runtime.shard_epochs import EpochWorker
@@ -135,6 +136,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads, EpochWorker, Shard
         self._tracker: LoadTracker | None = None
         self._cpu_reported = 0.0
         self._metrics = ShardMetrics(spec.pipeline, spec.stage.name, spec.name)
+        self._heap = HeapTrimmer()
         self._quiesced = False  # between quiesce() and reset(): data calls are dropped
         self._watermark: int | None = None  # at the last barrier (stats)
         self._epoch_cpu = 0.0  # CPU seconds of the epoch thread (shard_epochs.py)
@@ -403,6 +405,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads, EpochWorker, Shard
                       seal_seconds=seconds, load=load, late_output=late)
             self._stage_output(ack)
             self._uploader.post(ack)
+            self._heap.maybe_release()
             return
         from raykv.checkpointing import link_files
 
@@ -418,6 +421,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads, EpochWorker, Shard
         self._uploader.queue(Ack(epoch, self.name, output=out, rows_out=rows_out,
                                  staging=str(staging), files=files, metadata=meta,
                                  seal_seconds=seconds, load=load, late_output=late))
+        self._heap.maybe_release()  # the epoch's garbage back to the OS (runtime/heap.py)
 
     def _final_chunks(self) -> Iterator[pa.Table]:
         """The end-of-input output as non-empty tables, one engine chunk at a time.
