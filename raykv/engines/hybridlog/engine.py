@@ -56,7 +56,7 @@ from typing import Unpack, cast
 
 from raykv.engines.base import StoreOptions, check_int_param
 from raykv.engines.hybridlog.bulk import BulkWrites
-from raykv.engines.hybridlog.merge import pick_merge
+from raykv.engines.hybridlog.merge import over_space, pick_merge
 from raykv.engines.hybridlog.regions import _CLOSED, _WATERMARK
 from raykv.engines.hybridlog.runfile import (
     LEN_SHIFT,
@@ -416,6 +416,8 @@ class HybridLog(BulkWrites):
             else:
                 assert self._read_loc(durable) == value, "cached record differs from disk"
         if not self._maintenance:
-            assert pick_merge([r.count for r in self._runs], self.max_runs_per_level) is None
+            counts = [r.count for r in self._runs]
+            assert pick_merge(counts, self.max_runs_per_level, len(index)) is None
+            assert not over_space(counts, len(index)), "disk over SPACE_AMP x live records"
         for name in self._live_files:
             assert (self.data_dir / name).is_file(), f"live file {name} missing"

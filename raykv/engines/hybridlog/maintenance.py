@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from raykv.engines.expiry import STAMP_LEN, ExpiryPlanner, stamps_at
-from raykv.engines.hybridlog.merge import is_prefix, pick_merge
+from raykv.engines.hybridlog.merge import is_prefix, over_space, pick_dead, pick_merge
 from raykv.engines.hybridlog.runfile import (
     LEN_SHIFT,
     NO_LOC,
@@ -91,7 +91,11 @@ class Maintenance(RunSet):
         self._maintenance = True  # until done: a failed merge is retried on the next write
         changed = False
         while True:
-            group = pick_merge([r.count for r in self._runs], self.max_runs_per_level)
+            counts = [r.count for r in self._runs]
+            live = len(self._index)  # live records on disk: one per index entry
+            group = pick_merge(counts, self.max_runs_per_level, live)
+            if group is None and over_space(counts, live):
+                group = pick_dead(counts, self._run_live_counts(), live) or None
             if group is None and self.compaction_enabled:
                 group = self._sparse_run()
             expiring = False
@@ -142,11 +146,16 @@ class Maintenance(RunSet):
         """Live records per run slot. Cost: one C-level pass over the index."""
         return Counter(map(SLOT_MASK.__and__, self._index.values()))
 
+    def _run_live_counts(self) -> list[int]:
+        """Live records of each run (its own slot and its views'). Cost: one index pass."""
+        live = self._live_counts()
+        return [sum(live.get(slot, 0) for slot, *_ in run.segments) for run in self._runs]
+
     def _sparse_run(self) -> list[int] | None:
         """Position of the first run whose live fraction is below one half, if any."""
-        live = self._live_counts()
-        for pos, run in enumerate(self._runs):
-            if sum(live.get(slot, 0) for slot, *_ in run.segments) * 2 < run.count:
+        for pos, (run, live) in enumerate(zip(self._runs, self._run_live_counts(),
+                                              strict=True)):
+            if live * 2 < run.count:
                 return [pos]
         return None
 

@@ -11,11 +11,27 @@ incremental checkpoint uploads close to the bytes that changed.
 Runs of one level need not be adjacent in age. The engine copies only *live* records
 (those the disk index points to), so the merged run may take the place of the newest
 member: no record in a run after it can be older than a record it holds.
+
+Large stores (issue 15 item 3): rewriting a run that is still mostly live costs one index
+store per live record, so once a store holds ``BIG_RUN_RECORDS`` records the levels of
+runs that big which are within one level of the live key count (``big_level``) are not
+merged by count. Their dead records are reclaimed by space instead: when the disk holds
+more than ``SPACE_AMP`` times as many records as there are live records (index entries),
+the runs with the lowest live fraction are rewritten together (``pick_dead``) until the
+disk is back to ``TARGET_AMP`` times the live records. So the disk holds at most about
+``SPACE_AMP`` x the live records plus the flush that crossed the bound, and a key
+written once per pass over the store costs no merge at all until a pass has made the old
+runs mostly dead. The number of runs stays bounded: the exempt runs hold at least
+``live / base**2`` records each, so there are at most ``SPACE_AMP * base**2`` of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+BIG_RUN_RECORDS = 1 << 16  # runs this big, in stores this big, are merged by space
+SPACE_AMP = 2  # disk records above this multiple of the live records start a space merge
+TARGET_AMP = 1.5  # ... which rewrites the deadest runs until the disk is back to this
 
 
 def run_level(records: int, base: int) -> int:
@@ -27,12 +43,24 @@ def run_level(records: int, base: int) -> int:
     return level
 
 
-def pick_merge(counts: Sequence[int], max_runs_per_level: int) -> list[int] | None:
-    """Choose the runs to merge next, or ``None`` if every level is within bounds.
+def big_level(level: int, base: int, live: int) -> bool:
+    """True when runs of ``level`` are merged by space only (see the module docstring).
+
+    ``live``: live records on disk (index entries). A level is big when its runs hold at
+    least ``BIG_RUN_RECORDS`` records and it is within one level of ``live``'s level.
+    """
+    return base**level >= BIG_RUN_RECORDS and level >= run_level(live, base) - 1
+
+
+def pick_merge(counts: Sequence[int], max_runs_per_level: int,
+               live: int | None = None) -> list[int] | None:
+    """Choose the runs to merge by count next, or ``None`` if every level is within bounds.
 
     Args:
         counts: record counts of the runs, oldest first.
         max_runs_per_level: most runs a level may hold.
+        live: live records on disk (index entries); when given, big levels
+            (``big_level``) are left to ``over_space`` / ``pick_dead``.
 
     Returns:
         Positions (ascending, i.e. oldest first) of every run in the lowest level that
@@ -45,9 +73,36 @@ def pick_merge(counts: Sequence[int], max_runs_per_level: int) -> list[int] | No
     for pos, count in enumerate(counts):
         levels.setdefault(run_level(count, base), []).append(pos)
     for level in sorted(levels):
-        if len(levels[level]) > max_runs_per_level:
+        if len(levels[level]) > max_runs_per_level and (
+            live is None or not big_level(level, base, live)
+        ):
             return levels[level]
     return None
+
+
+def over_space(counts: Sequence[int], live: int) -> bool:
+    """True when a big store holds more than ``SPACE_AMP`` x ``live`` records. O(runs)."""
+    total = sum(counts)
+    return total >= BIG_RUN_RECORDS and total > SPACE_AMP * live
+
+
+def pick_dead(counts: Sequence[int], live_counts: Sequence[int], live: int) -> list[int]:
+    """The runs a space merge rewrites: the deadest first, down to ``TARGET_AMP`` x live.
+
+    Runs are taken by ascending live fraction until the disk would hold ``TARGET_AMP`` x
+    ``live`` records; never a run without dead records. ``live_counts[i]``: live records
+    of run ``i``. Returns positions, ascending (empty when no run has a dead record).
+    Cost: O(runs log runs).
+    """
+    total = sum(counts)
+    order = sorted(range(len(counts)), key=lambda p: live_counts[p] / max(1, counts[p]))
+    group = []
+    for pos in order:
+        if total <= TARGET_AMP * live or live_counts[pos] >= counts[pos]:
+            break
+        group.append(pos)
+        total -= counts[pos] - live_counts[pos]
+    return sorted(group)
 
 
 def is_prefix(positions: Sequence[int]) -> bool:

@@ -1,0 +1,196 @@
+"""Merges by space for large stores (issue 15 item 3): HybridLog.
+
+Once a store holds ``BIG_RUN_RECORDS`` records, the levels of big runs are not merged by
+count; their dead records are reclaimed when the disk holds more than ``SPACE_AMP``
+times the live records, by rewriting the deadest runs (``hybridlog/merge.py``). The tests
+shrink ``BIG_RUN_RECORDS`` so that a few thousand keys make a big store, and check the
+policy and the data against a dict model through seals, reopens and crashes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from raykv.engines import HybridLog
+from raykv.engines.hybridlog import merge as hl_merge
+from raykv.engines.hybridlog.merge import big_level, over_space, pick_dead, pick_merge
+
+HL_PARAMS: dict[str, Any] = {"ro_lag_interval": 64, "flush_interval": 64,
+                             "mem_segment_len": 256, "max_runs_per_level": 4}
+
+
+@pytest.fixture
+def small_big(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs of 256+ records in stores of 256+ records count as big."""
+    monkeypatch.setattr(hl_merge, "BIG_RUN_RECORDS", 256)
+
+
+def _disk_records(store: HybridLog) -> int:
+    return sum(r.count for r in store._runs)
+
+
+def test_policy_functions(small_big: None) -> None:
+    # base 4: level 4 holds 256..1023 records; with 2,000 live records (level 5) it is big
+    assert big_level(4, 4, 2000) and big_level(5, 4, 2000)
+    assert not big_level(3, 4, 2000)  # 64 records: below BIG_RUN_RECORDS
+    assert not big_level(4, 4, 100_000)  # more than one level below the live records
+    counts = [500] * 8 + [10] * 3
+    assert pick_merge(counts, 4) == list(range(8))  # without live: by count, as before
+    assert pick_merge(counts, 4, 2000) is None  # the big level is left alone
+    assert pick_merge([*counts, 10, 10], 4, 2000) == list(range(8, 13))  # small ones not
+    assert not over_space([500] * 8, 2000) and over_space([500] * 9, 2000)
+    assert not over_space([100, 100], 10)  # a small store: the count policy only
+    # deadest first, down to TARGET_AMP x live; never a run without dead records
+    live_counts = [100, 500, 0, 250, 100, 500, 500, 100, 100]  # 2,150 live of 4,500
+    assert pick_dead([500] * 9, live_counts, 2150) == [0, 2, 4]  # 3,200 <= 1.5 x 2,150
+    assert pick_dead([500] * 9, live_counts, 2800) == [2]  # as if 2,800: 4,000 <= 4,200
+    assert pick_dead([500, 500], [500, 500], 10) == []
+
+
+def test_an_update_pass_costs_no_merge_and_space_merges_bound_the_disk(
+        tmp_path: Path, small_big: None) -> None:
+    """Fails on the count-only policy: the first update pass would merge the big level."""
+    model: dict[bytes, bytes] = {}
+    keys = [b"key%05d" % i for i in range(2000)]
+    with HybridLog(tmp_path, **HL_PARAMS) as store:
+        for a in range(0, 2000, 500):
+            batch = {k: b"insert" for k in keys[a : a + 500]}
+            store.multi_set(batch)
+            model.update(batch)
+        store.seal()
+        order = keys[::-1]
+        for a in range(0, 2000, 500):  # every key once more: old runs die, none is merged
+            batch = {k: b"update%d" % a for k in order[a : a + 500]}
+            store.multi_set(batch)
+            model.update(batch)
+            assert store.stats.merges == 0
+        assert dict(store.items()) == model
+        store._check()
+        for rnd in range(6):  # further passes: merges by space keep the disk bounded
+            for a in range(0, 2000, 500):
+                batch = {k: b"r%d-%d" % (rnd, a) for k in keys[a : a + 500]}
+                store.multi_set(batch)
+                model.update(batch)
+                live = len(store._index)
+                assert _disk_records(store) <= hl_merge.SPACE_AMP * live, rnd
+            store.seal()
+        assert store.stats.merges > 0
+        assert dict(store.items()) == model and store.live_keys() == len(model)
+        store._check()
+    with HybridLog(tmp_path, **HL_PARAMS) as store:
+        assert dict(store.items()) == model
+        store._check()
+
+
+def test_dead_runs_are_dropped_and_tombstones_kept(tmp_path: Path, small_big: None) -> None:
+    model: dict[bytes, bytes] = {}
+    with HybridLog(tmp_path, **HL_PARAMS) as store:
+        store.multi_set({b"old%05d" % i: b"v" for i in range(1000)})
+        model.update({b"old%05d" % i: b"v" for i in range(1000)})
+        store.seal()
+        for i in range(0, 1000, 2):
+            store.delete(b"old%05d" % i)
+            model.pop(b"old%05d" % i)
+        store.seal()
+        for rnd in range(8):
+            batch = {b"new%05d" % i: b"n%d" % rnd for i in range(600)}
+            store.multi_set(batch)
+            model.update(batch)
+            store.seal()
+            assert _disk_records(store) <= hl_merge.SPACE_AMP * len(store._index) + 600
+        assert store.stats.merges > 0
+        assert dict(store.items()) == model and store.live_keys() == len(model)
+        store._check()
+    with HybridLog(tmp_path, **HL_PARAMS) as store:  # deleted keys stay deleted
+        assert dict(store.items()) == model
+        assert store.get(b"old00000") == b"" and store.get(b"old00001") == b"v"
+
+
+class SpaceMachine(RuleBasedStateMachine):
+    """Large batches over a few thousand keys, deletes, seals, reopens and crashes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+
+        self.tmp = Path(tempfile.mkdtemp())
+        self.store = HybridLog(self.tmp / "db", **HL_PARAMS)
+        self.model: dict[bytes, bytes] = {}
+        self.sealed: dict[bytes, bytes] = {}
+        self.since: dict[bytes, set[bytes]] = {}  # values written since the last seal
+
+    def _wrote(self, key: bytes, value: bytes) -> None:
+        self.since.setdefault(key, set()).add(value)
+        if value:
+            self.model[key] = value
+        else:
+            self.model.pop(key, None)
+
+    @rule(first=st.integers(0, 3000), n=st.integers(1, 700), step=st.sampled_from([1, 3]),
+          tag=st.binary(min_size=1, max_size=3), long=st.booleans())
+    def bulk(self, first: int, n: int, step: int, tag: bytes, long: bool) -> None:
+        value = tag * (100 if long else 1)
+        batch = {b"k%05d" % (i % 3000): value for i in range(first, first + n * step, step)}
+        self.store.multi_set(batch)
+        for k, v in batch.items():
+            self._wrote(k, v)
+
+    @rule(first=st.integers(0, 3000), n=st.integers(1, 200))
+    def delete_some(self, first: int, n: int) -> None:
+        batch = {b"k%05d" % (i % 3000): b"" for i in range(first, first + n)}
+        self.store.multi_set(batch)
+        for k, v in batch.items():
+            self._wrote(k, v)
+
+    @rule()
+    def seal(self) -> None:
+        self.store.seal()
+        self.sealed = dict(self.model)
+        self.since = {}
+
+    @rule()
+    def reopen(self) -> None:
+        self.store.close()
+        self.sealed = dict(self.model)
+        self.since = {}
+        self.store = HybridLog(self.tmp / "db", **HL_PARAMS)
+
+    @rule()
+    def crash(self) -> None:
+        """Like a kill: at least the last seal's state (merges commit flushed runs too)."""
+        self.store.discard()
+        self.store = HybridLog(self.tmp / "db", **HL_PARAMS)
+        got = dict(self.store.items())
+        for key in got.keys() | self.sealed.keys() | self.since.keys():
+            allowed = {self.sealed.get(key, b"")} | self.since.get(key, set())
+            assert got.get(key, b"") in allowed, key
+        self.model = got
+        self.sealed = dict(got)
+        self.since = {}
+
+    @invariant()
+    def matches_model(self) -> None:
+        assert self.store.live_keys() == len(self.model)
+        probe = [*list(self.model)[:20], b"k00001", b"k02999"]
+        assert self.store.multi_get(probe) == [self.model.get(k, b"") for k in probe]
+        # one batch (at most 700 records) may have crossed the bound since the last merge
+        assert _disk_records(self.store) <= hl_merge.SPACE_AMP * len(self.store._index) + 800
+
+    def teardown(self) -> None:
+        assert dict(self.store.items()) == self.model
+        self.store._check()
+        self.store.close()
+
+
+def test_space_state_machine(small_big: None) -> None:
+    machine = type("M", (SpaceMachine,), {})
+    machine.TestCase.settings = settings(max_examples=25, stateful_step_count=30,
+                                         deadline=None,
+                                         suppress_health_check=list(HealthCheck))
+    machine.TestCase().runTest()
