@@ -1,10 +1,11 @@
-"""Merges by space for large stores (issue 15 item 3): HybridLog.
+"""Merges by space for large stores (issue 15 item 3): HybridLog and AppendLog.
 
-Once a store holds ``BIG_RUN_RECORDS`` records, the levels of big runs are not merged by
-count; their dead records are reclaimed when the disk holds more than ``SPACE_AMP``
-times the live records, by rewriting the deadest runs (``hybridlog/merge.py``). The tests
-shrink ``BIG_RUN_RECORDS`` so that a few thousand keys make a big store, and check the
-policy and the data against a dict model through seals, reopens and crashes.
+Once a store is big, the levels of big runs are not merged by count; their dead records
+are reclaimed when the disk holds more than ``SPACE_AMP`` times the live records, by
+rewriting the deadest runs (``hybridlog/merge.py``, ``appendlog/merge.py``). The tests
+shrink ``BIG_RUN_RECORDS`` / ``BIG_RUN_BYTES`` so that a few thousand keys make a big
+store, and check the policy and the data against a dict model through seals, reopens
+and crashes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from raykv.engines import HybridLog
+from raykv.engines import AppendLog, HybridLog, KVStore
+from raykv.engines.appendlog import merge as al_merge
 from raykv.engines.hybridlog import merge as hl_merge
 from raykv.engines.hybridlog.merge import big_level, over_space, pick_dead, pick_merge
 
@@ -25,13 +27,17 @@ HL_PARAMS: dict[str, Any] = {"ro_lag_interval": 64, "flush_interval": 64,
                              "mem_segment_len": 256, "max_runs_per_level": 4}
 
 
+AL_PARAMS: dict[str, Any] = {"threshold": 16 << 10, "max_runs_per_level": 4}
+
+
 @pytest.fixture
 def small_big(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs of 256+ records in stores of 256+ records count as big."""
+    """HybridLog: runs of 256+ records count as big; AppendLog: runs of 16+ KiB."""
     monkeypatch.setattr(hl_merge, "BIG_RUN_RECORDS", 256)
+    monkeypatch.setattr(al_merge, "BIG_RUN_BYTES", 16 << 10)
 
 
-def _disk_records(store: HybridLog) -> int:
+def _disk_records(store: Any) -> int:
     return sum(r.count for r in store._runs)
 
 
@@ -115,12 +121,19 @@ def test_dead_runs_are_dropped_and_tombstones_kept(tmp_path: Path, small_big: No
 class SpaceMachine(RuleBasedStateMachine):
     """Large batches over a few thousand keys, deletes, seals, reopens and crashes."""
 
+    engine: Any = HybridLog
+    params: dict[str, Any] = HL_PARAMS
+
+    def open(self) -> KVStore:
+        store: KVStore = self.engine(self.tmp / "db", **self.params)
+        return store
+
     def __init__(self) -> None:
         super().__init__()
         import tempfile
 
         self.tmp = Path(tempfile.mkdtemp())
-        self.store = HybridLog(self.tmp / "db", **HL_PARAMS)
+        self.store = self.open()
         self.model: dict[bytes, bytes] = {}
         self.sealed: dict[bytes, bytes] = {}
         self.since: dict[bytes, set[bytes]] = {}  # values written since the last seal
@@ -159,13 +172,13 @@ class SpaceMachine(RuleBasedStateMachine):
         self.store.close()
         self.sealed = dict(self.model)
         self.since = {}
-        self.store = HybridLog(self.tmp / "db", **HL_PARAMS)
+        self.store = self.open()
 
     @rule()
     def crash(self) -> None:
         """Like a kill: at least the last seal's state (merges commit flushed runs too)."""
         self.store.discard()
-        self.store = HybridLog(self.tmp / "db", **HL_PARAMS)
+        self.store = self.open()
         got = dict(self.store.items())
         for key in got.keys() | self.sealed.keys() | self.since.keys():
             allowed = {self.sealed.get(key, b"")} | self.since.get(key, set())
@@ -180,17 +193,71 @@ class SpaceMachine(RuleBasedStateMachine):
         probe = [*list(self.model)[:20], b"k00001", b"k02999"]
         assert self.store.multi_get(probe) == [self.model.get(k, b"") for k in probe]
         # one batch (at most 700 records) may have crossed the bound since the last merge
-        assert _disk_records(self.store) <= hl_merge.SPACE_AMP * len(self.store._index) + 800
+        store: Any = self.store
+        assert _disk_records(store) <= 2 * len(store._index) + 800
+
+    @rule()
+    def check(self) -> None:
+        self.store._check()  # type: ignore[attr-defined]
 
     def teardown(self) -> None:
         assert dict(self.store.items()) == self.model
-        self.store._check()
+        self.store._check()  # type: ignore[attr-defined]
         self.store.close()
 
 
-def test_space_state_machine(small_big: None) -> None:
-    machine = type("M", (SpaceMachine,), {})
+@pytest.mark.parametrize("engine", ["hybridlog", "appendlog"])
+def test_space_state_machine(small_big: None, engine: str) -> None:
+    attrs = ({"engine": HybridLog, "params": HL_PARAMS} if engine == "hybridlog"
+             else {"engine": AppendLog, "params": AL_PARAMS})
+    machine = type("M", (SpaceMachine,), attrs)
     machine.TestCase.settings = settings(max_examples=25, stateful_step_count=30,
                                          deadline=None,
                                          suppress_health_check=list(HealthCheck))
     machine.TestCase().runTest()
+
+
+def test_appendlog_update_pass_costs_no_merge_and_space_merges_bound_the_disk(
+        tmp_path: Path, small_big: None) -> None:
+    """Fails on the count-only policy: the first update pass would merge the big level."""
+    model: dict[bytes, bytes] = {}
+    keys = [b"key%05d" % i for i in range(3000)]
+    with AppendLog(tmp_path, **AL_PARAMS) as store:
+        for a in range(0, 3000, 500):
+            batch = {k: b"insert%02d" % 0 for k in keys[a : a + 500]}
+            store.multi_set(batch)
+            model.update(batch)
+        store.seal()
+        merges = store.stats.merges
+        order = keys[::-1]
+        for a in range(0, 3000, 500):  # every key once more: old runs die, none is merged
+            batch = {k: b"update%02d" % (a % 97) for k in order[a : a + 500]}
+            store.multi_set(batch)
+            model.update(batch)
+            assert store.stats.merges == merges
+        store.seal()
+        store._check()
+        for rnd in range(6):  # further passes: merges by space keep the disk bounded
+            for a in range(0, 3000, 500):
+                batch = {k: b"r%d-%05d" % (rnd, a) for k in keys[a : a + 500]}
+                store.multi_set(batch)
+                model.update(batch)
+            store.seal()  # the run a seal closes is merged by the next write
+            bound = al_merge.SPACE_AMP * len(store._index) + store._runs[-1].count
+            assert _disk_records(store) <= bound, rnd
+        assert store.stats.merges > merges
+        assert dict(store.items()) == model and store.live_keys() == len(model)
+        store._check()
+        for i in range(0, 3000, 2):  # deletes, then passes over the rest: tombstones
+            store.delete(keys[i])
+            model.pop(keys[i])
+        for rnd in range(4):
+            batch = {k: b"again%d" % rnd for k in keys[1::2]}
+            store.multi_set(batch)
+            model.update(batch)
+            store.seal()
+        assert dict(store.items()) == model and store.live_keys() == len(model)
+        store._check()
+    with AppendLog(tmp_path, **AL_PARAMS) as store:
+        assert dict(store.items()) == model
+        store._check()

@@ -40,7 +40,7 @@ from operator import add, getitem, itemgetter, not_
 from typing import Unpack, cast
 
 from raykv.engines.appendlog.bulk import BulkWrites
-from raykv.engines.appendlog.merge import levels, plan_merge
+from raykv.engines.appendlog.merge import levels, over_space, plan_merge
 from raykv.engines.appendlog.runfile import (
     CRC_RESIDUE,
     N_BITS,
@@ -362,8 +362,14 @@ class AppendLog(BulkWrites):
         assert self._flushed <= self._pos <= self._acap
         run_levels = levels([r.size for r in self._runs], self.max_runs_per_level)
         assert run_levels == sorted(run_levels, reverse=True), run_levels
-        if not self._slow:  # the size policy only: expiry merges wait for the next close
-            assert plan_merge([r.size for r in self._runs], self.max_runs_per_level) is None
+        if not self._slow and not self._pos:  # merges are planned when a run closes, by
+            # count and space (expiry merges wait for the next close); the index points
+            # into the closed runs only while the active run is empty
+            sizes = [r.size for r in self._runs]
+            counts = [r.count for r in self._runs]
+            assert plan_merge(sizes, self.max_runs_per_level,
+                              self._live_bytes(sizes, counts)) is None
+            assert not over_space(sizes, counts, len(self._index)), "disk over bound"
         slots = {r.slot for r in self._runs} | {self._aslot}
         assert len(slots) == len(self._runs) + 1 and 0 not in slots
         for run in self._runs:

@@ -7,6 +7,17 @@ level holds ``max_runs_per_level`` runs they are merged into one, which lands ab
 level up. When the runs younger than the oldest (the *base*) take ``FULL_MERGE_RATIO``
 times the base's bytes, the merge takes every closed run instead, which bounds the disk
 to about three times the live data and is where tombstones are dropped.
+
+Large stores (issue 15 item 3): rewriting runs that are still mostly live costs one index
+store per live record, so once the closed runs hold ``BIG_RUN_BYTES``, levels of runs that
+big which are within one level of the live data (``big_level``) are not merged by count,
+and a count merge of a smaller level never escalates to a merge of every run. Dead
+records are reclaimed by space instead: when the closed runs hold more than ``SPACE_AMP``
+times as many records as there are live records (index entries), the runs with the lowest
+live fraction are merged (``pick_dead``, not necessarily adjacent) until the disk is back
+to ``TARGET_AMP`` times the live records. So a key written once per pass over the store
+costs no merge until a pass has made the old runs mostly dead; the disk holds at most
+about ``SPACE_AMP`` x the live records plus the run that crossed the bound.
 """
 
 from __future__ import annotations
@@ -36,6 +47,19 @@ from raykv.engines.appendlog.runfile import (
 FULL_MERGE_RATIO = 2
 LEVEL_UNIT = 4096  # runs below LEVEL_UNIT * max_runs_per_level bytes are on level 0
 SCAN_FACTOR = 4  # live records are found by scanning the index up to this index/input ratio
+BIG_RUN_BYTES = 1 << 20  # runs this big, in stores this big, are merged by space
+SPACE_AMP = 2  # closed-run records above this multiple of the live records: a space merge
+TARGET_AMP = 1.5  # ... rewrites the deadest runs until the disk is back to this
+
+
+def size_level(size: int, m: int) -> int:
+    """Size class of a run (or of data) of ``size`` bytes: ``log_m(size / LEVEL_UNIT)``."""
+    c = 0
+    bound = LEVEL_UNIT * m
+    while size >= bound:
+        c += 1
+        bound *= m
+    return c
 
 
 def levels(sizes: Sequence[int], m: int) -> list[int]:
@@ -43,37 +67,73 @@ def levels(sizes: Sequence[int], m: int) -> list[int]:
     out = []
     level = 0
     for size in reversed(sizes):
-        c = 0
-        bound = LEVEL_UNIT * m
-        while size >= bound:
-            c += 1
-            bound *= m
-        level = max(level, c)
+        level = max(level, size_level(size, m))
         out.append(level)
     out.reverse()
     return out
 
 
-def plan_merge(sizes: Sequence[int], max_runs_per_level: int) -> tuple[int, int] | None:
-    """Pick the next merge as a slice ``(first, end)`` of the runs, or ``None``.
+def big_level(level: int, m: int, live_bytes: int) -> bool:
+    """True when runs of ``level`` are merged by space only (see the module docstring).
+
+    Its runs hold ``BIG_RUN_BYTES`` or more and it is within one level of the live data
+    (``live_bytes``, an estimate).
+    """
+    return LEVEL_UNIT * m**level >= BIG_RUN_BYTES and level >= size_level(live_bytes, m) - 1
+
+
+def plan_merge(sizes: Sequence[int], max_runs_per_level: int,
+               live_bytes: int | None = None) -> tuple[int, int] | None:
+    """Pick the next merge by count as a slice ``(first, end)`` of the runs, or ``None``.
 
     ``sizes`` are the closed runs' file sizes, oldest first. The youngest level holding
     ``max_runs_per_level`` runs is merged; if the runs younger than the base take
     ``FULL_MERGE_RATIO`` times the base's bytes, every closed run is merged instead.
-    Cost: O(runs).
+    ``live_bytes`` (an estimate of the live data) turns on the large-store policy (see
+    the module docstring): big levels are skipped and, in a store of ``BIG_RUN_BYTES``
+    or more, a merge never escalates to every run. Cost: O(runs).
     """
     if len(sizes) < 2:
         return None
     run_levels = levels(sizes, max_runs_per_level)
     counts = Counter(run_levels)
+    big_store = live_bytes is not None and sum(sizes) >= BIG_RUN_BYTES
     for level in sorted(counts):
         if counts[level] < max_runs_per_level:
             continue
-        if sum(sizes[1:]) >= FULL_MERGE_RATIO * sizes[0]:
+        if live_bytes is not None and big_level(level, max_runs_per_level, live_bytes):
+            continue
+        if not big_store and sum(sizes[1:]) >= FULL_MERGE_RATIO * sizes[0]:
             return 0, len(sizes)
         first = run_levels.index(level)
         return first, first + counts[level]
     return None
+
+
+def over_space(sizes: Sequence[int], counts: Sequence[int], live: int) -> bool:
+    """True when a big store's runs hold more than ``SPACE_AMP`` x ``live`` records.
+
+    ``sizes``/``counts``: bytes and records of each closed run. Cost: O(runs).
+    """
+    return sum(sizes) >= BIG_RUN_BYTES and sum(counts) > SPACE_AMP * live
+
+
+def pick_dead(counts: Sequence[int], live_counts: Sequence[int], live: int) -> list[int]:
+    """The runs a space merge takes: the deadest first, down to ``TARGET_AMP`` x live.
+
+    Runs are taken by ascending live fraction until the closed runs would hold
+    ``TARGET_AMP`` x ``live`` records; never a run without dead records. Returns
+    positions, ascending (empty when no run has a dead record). Cost: O(runs log runs).
+    """
+    total = sum(counts)
+    order = sorted(range(len(counts)), key=lambda p: live_counts[p] / max(1, counts[p]))
+    group = []
+    for pos in order:
+        if total <= TARGET_AMP * live or live_counts[pos] >= counts[pos]:
+            break
+        group.append(pos)
+        total -= counts[pos] - live_counts[pos]
+    return sorted(group)
 
 
 class LiveRecords(NamedTuple):

@@ -16,13 +16,19 @@ from __future__ import annotations
 
 import mmap
 from array import array
+from collections import Counter
 from collections.abc import Sequence
 from itertools import accumulate
 
 import numpy as np
 
 from raykv.engines.appendlog.expire import expire_live, expiring_run, planner
-from raykv.engines.appendlog.merge import live_records, plan_merge
+from raykv.engines.appendlog.merge import (
+    live_records,
+    over_space,
+    pick_dead,
+    plan_merge,
+)
 from raykv.engines.appendlog.runfile import (
     FOOTER,
     N_BITS,
@@ -146,18 +152,43 @@ class RunSet(KVStore):
         self._commit([r.name for r in self._runs], {})
         self._uncommitted = False
 
-    def _plan_merge(self) -> tuple[int, int] | None:
-        """The next merge as a slice ``(first, end)`` of ``self._runs`` (see ``merge.py``).
+    def _plan_merge(self) -> list[int] | None:
+        """The next merge as positions in ``self._runs`` (ascending), or ``None``."""
+        return self._plan()[0]
 
-        With an expiry horizon, also a run merged alone because of expiry
-        (``expire.py``: half of it expired, or a share of the whole store).
+    def _plan(self) -> tuple[list[int] | None, bool]:
+        """The next merge (see ``merge.py``) and whether it is for expiry.
+
+        By count first, then by space (the active run is empty whenever merges are
+        planned, so the index entries are the closed runs' live records), then, with an
+        expiry horizon, a run merged alone because of expiry (``expire.py``: half of it
+        expired, or a share of the whole store). Cost: O(runs), plus one pass over the
+        index when a space merge is due.
         """
-        plan = plan_merge([r.size for r in self._runs], self.max_runs_per_level)
-        if plan is None and self.expiry is not None:
+        sizes = [r.size for r in self._runs]
+        counts = [r.count for r in self._runs]
+        live = len(self._index)
+        plan = plan_merge(sizes, self.max_runs_per_level, self._live_bytes(sizes, counts))
+        if plan is not None:
+            return list(range(*plan)), False
+        if over_space(sizes, counts, live):
+            group = pick_dead(counts, self._run_live_counts(), live)
+            if group:
+                return group, False
+        if self.expiry is not None:
             pos = expiring_run(self, self.expiry.horizon)
             if pos is not None:
-                return pos, pos + 1
-        return plan
+                return [pos], True
+        return None, False
+
+    def _live_bytes(self, sizes: list[int], counts: list[int]) -> int:
+        """Estimate of the live data's bytes: live records x the mean closed record."""
+        return len(self._index) * sum(sizes) // max(1, sum(counts))
+
+    def _run_live_counts(self) -> list[int]:
+        """Live records (index entries) of each closed run. Cost: one index pass."""
+        live = Counter(map(SLOT_SHIFT.__rrshift__, self._index.values()))
+        return [live.get(r.slot, 0) for r in self._runs]
 
     def _expiry_changed(self) -> None:
         if not self._pos:  # merges need an empty active run; else the next close plans
@@ -165,37 +196,48 @@ class RunSet(KVStore):
 
     def _run_merges(self) -> None:
         """Perform due merges (the active run is empty), then leave the slow path."""
-        while (plan := self._plan_merge()) is not None:
+        while True:
+            group, for_expiry = self._plan()
+            if group is None:
+                break
             before = {r.name for r in self._runs}
-            if plan != plan_merge([r.size for r in self._runs], self.max_runs_per_level):
+            if for_expiry:
                 self.stats.expiry_compactions += 1
-            self._merge(*plan)
+            self._merge_runs(group)
             if self.expiry is not None:  # a run it wrote is not merged again for expiry
                 planner(self).done({r.name for r in self._runs} - before,
                                    self.expiry.horizon)
         self._slow = self._closed
 
     def _merge(self, first: int, end: int) -> None:
-        """Copy the live records of ``self._runs[first:end]`` into one new run and commit.
+        """``_merge_runs`` of the runs ``self._runs[first:end]``."""
+        self._merge_runs(range(first, end))
 
-        A record is live when the index points at it (``merge.live_records``). Tombstones
-        are dropped (and their keys leave the index) only when the merge includes the
-        oldest run: then no older run can still hold the key. Every input's records are
+    def _merge_runs(self, group: Sequence[int]) -> None:
+        """Copy the live records of the runs at ``group`` (ascending) into one run; commit.
+
+        A record is live when the index points at it (``merge.live_records``). The new
+        run takes the place of the newest member: no run after it holds a record of a
+        key it holds (that record would be the live one). Tombstones are dropped (and
+        their keys leave the index) only when ``group`` is a prefix (the oldest runs):
+        then no older run can still hold the key. Every input's records are
         crc-verified (one C-level pass) before anything is copied.
         """
         assert not self._pos
-        inputs = self._runs[first:end]
+        runs = self._runs
+        inputs = [runs[pos] for pos in group]
+        prefix = group[-1] == len(group) - 1
         for run in inputs:
             self._verify_data(run)
         index = self._index
         rec = live_records(
-            index, inputs, self._bufs, self.data_dir, drop_tombstones=first == 0,
-            whole=first == 0 and end == len(self._runs))
+            index, inputs, self._bufs, self.data_dir, drop_tombstones=prefix,
+            whole=prefix and len(group) == len(runs))
         tombs: list[bytes] = []
         trecs: list[bytes] = []
         if self.expiry is not None:
             rec, tombs = expire_live(rec, self._bufs, self.expiry, self.stats,
-                                     drop=first == 0)
+                                     drop=prefix)
         keys, locs, ns, klens, vlens, gone = rec
         if tombs:  # expired records outside an oldest-run merge: key-only tombstones
             tklens = list(map(len, tombs))
@@ -233,7 +275,10 @@ class RunSet(KVStore):
             del index[key]
         self._dead.difference_update(gone)
         self._dead.update(tombs)
-        self._runs[first:end] = new
+        where = group[-1] - (len(group) - 1)  # the newest member's place, once they leave
+        for pos in reversed(group):
+            del runs[pos]
+        runs[where:where] = new
         for run in inputs:
             self._free_slot(run.slot)
         self.stats.merges += 1
