@@ -20,6 +20,7 @@ member costs a copy of its bytes and no index store.
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from itertools import compress, repeat
 
@@ -299,7 +300,7 @@ class Maintenance(RunSet):
         if records * _SCAN_RATIO < len(index):
             return None
         try:
-            locs = np.fromiter(index.values(), dtype=np.uint64, count=len(index))
+            locs = np.frombuffer(array("Q", index.values()), dtype=np.uint64)  # C-level
         except OverflowError:
             return None
         slot_of = locs & np.uint64(SLOT_MASK)
