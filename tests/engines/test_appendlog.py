@@ -29,10 +29,10 @@ def run_files(path: Path) -> list[Path]:
 def record_offset(store: AppendLog, key: bytes) -> tuple[str, int, int]:
     """(run file name, offset, length) of the record the index holds for ``key``."""
     loc = store._index[key]
-    slot = loc >> al.SLOT_SHIFT
+    slot = loc & al.SLOT_MASK
     name = store._slot_names[slot]
     assert name is not None and name.endswith(".run")
-    return name, loc >> al.N_BITS & al.OFF_MASK, loc & al.N_MASK
+    return name, loc >> al.SLOT_BITS & al.OFF_MASK, loc >> al.N_SHIFT
 
 
 def test_bad_parameters_are_rejected(tmp_path: Path) -> None:

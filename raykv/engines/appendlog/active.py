@@ -19,7 +19,6 @@ from operator import add
 from raykv.engines.appendlog.runfile import (
     FOOTER,
     RUN_KIND,
-    SLOT_SHIFT,
     Run,
     RunWriter,
     encode_index,
@@ -55,7 +54,7 @@ class ActiveRun(RunSet):
             self._acap = min(self.threshold, 1 << 26) + (1 << 16)
             self._amm = mmap.mmap(-1, self._acap)
         self._aslot = self._alloc_slot(self._amm, "<active run, in memory>")
-        self._abase = self._aslot << SLOT_SHIFT
+        self._abase = self._aslot  # a location's low bits
         self._aname = None
         self._writer = None
         self._pos = 0

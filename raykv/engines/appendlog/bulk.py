@@ -14,13 +14,17 @@ index store; amortized file writes, run closes and merges.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import accumulate, compress, repeat
 from operator import lshift, not_, or_
 
+import numpy as np
+
 from raykv.engines.appendlog.active import ActiveRun
 from raykv.engines.appendlog.runfile import (
-    N_BITS,
+    N_FITS_U64,
+    N_SHIFT,
+    SLOT_BITS,
     encode_fixed_records,
     encode_records,
 )
@@ -82,7 +86,7 @@ class BulkWrites(ActiveRun):
         tombstones = not vl
         count = len(keys)
         index = self._index
-        step = n << N_BITS
+        step = n << SLOT_BITS
         i = 0
         while i < count:
             pos = self._pos
@@ -91,7 +95,7 @@ class BulkWrites(ActiveRun):
             if end > self._acap:
                 self._grow(end)
             self._amm[pos:end] = data[i * n : (i + take) * n]
-            first = self._abase | pos << N_BITS | n
+            first = self._abase | pos << SLOT_BITS | n << N_SHIFT
             chunk = keys if take == count else keys[i : i + take]
             index.update(zip(chunk, range(first, first + step * take, step), strict=True))
             self._mark_dead(chunk, None, tombstones)
@@ -102,6 +106,22 @@ class BulkWrites(ActiveRun):
             i += take
             if end >= self._flush_at:
                 self._after_append()
+
+    def _locs(self, ns: list[int], pos: int) -> Iterable[int]:
+        """Locations of records of lengths ``ns`` appended to the active run at ``pos``.
+
+        Cost: numpy builds them (one ``tolist``) when every record is shorter than
+        ``N_FITS_U64`` bytes (the location fits a uint64); else three C-level maps.
+        """
+        if max(ns) < N_FITS_U64:
+            lens = np.array(ns, dtype=np.uint64)
+            offs = np.cumsum(lens) - lens + np.uint64(pos)
+            locs: list[int] = (offs << np.uint64(SLOT_BITS) | lens << np.uint64(N_SHIFT)
+                               | np.uint64(self._abase)).tolist()
+            return locs
+        return map(or_, map(or_, map(lshift, accumulate(ns[:-1], initial=pos),
+                                     repeat(SLOT_BITS)),
+                            map(lshift, ns, repeat(N_SHIFT))), repeat(self._abase))
 
     def _append_many(self, keys: Sequence[bytes], data: bytes, ns: list[int],
                      klens: list[int], vlens: list[int]) -> None:
@@ -129,10 +149,7 @@ class BulkWrites(ActiveRun):
             chunk, chunk_ns, chunk_k, chunk_v = (
                 (keys, ns, klens, vlens) if not i and j == total
                 else (keys[i:j], ns[i:j], klens[i:j], vlens[i:j]))
-            offs = accumulate(chunk_ns[:-1], initial=pos)
-            locs = map(or_, map(or_, map(lshift, offs, repeat(N_BITS)), chunk_ns),
-                       repeat(self._abase))
-            index.update(zip(chunk, locs, strict=True))
+            index.update(zip(chunk, self._locs(chunk_ns, pos), strict=True))
             self._mark_dead(chunk, chunk_v if tombstones else None)
             self._alens.extend(chunk_ns)
             self._aklens.extend(chunk_k)

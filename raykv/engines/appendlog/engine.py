@@ -43,14 +43,14 @@ from raykv.engines.appendlog.bulk import BulkWrites
 from raykv.engines.appendlog.merge import levels, over_space, plan_merge
 from raykv.engines.appendlog.runfile import (
     CRC_RESIDUE,
-    N_BITS,
-    N_MASK,
+    N_SHIFT,
     NULL_LOC,
     NULL_REC,
     OFF_MASK,
     PACK_CRC,
     PACK_HDR2,
-    SLOT_SHIFT,
+    SLOT_BITS,
+    SLOT_MASK,
     SMALL_N,
     Run,
     RunWriter,
@@ -215,9 +215,9 @@ class AppendLog(BulkWrites):
             if self._closed:
                 self._ensure_open()
             return b""
-        n = loc & N_MASK
-        off = loc >> N_BITS & OFF_MASK
-        rec = self._bufs[loc >> SLOT_SHIFT][off : off + n]
+        n = loc >> N_SHIFT
+        off = loc >> SLOT_BITS & OFF_MASK
+        rec = self._bufs[loc & SLOT_MASK][off : off + n]
         if crc32(rec) != CRC_RESIDUE:
             self._record_corrupt(loc)
         if n < SMALL_N:
@@ -239,7 +239,7 @@ class AppendLog(BulkWrites):
     def _read_many(self, keys: Sequence[bytes], locs: list[int]) -> list[bytes]:
         """Values at ``locs`` (one per key), every record crc-checked; C-level passes."""
         b = self._bufs
-        recs = [b[loc >> SLOT_SHIFT][(o := loc >> N_BITS & OFF_MASK) : o + (loc & N_MASK)]
+        recs = [b[loc & SLOT_MASK][(o := loc >> SLOT_BITS & OFF_MASK) : o + (loc >> N_SHIFT)]
                 for loc in locs]
         crcs = list(map(crc32, recs))
         if crcs.count(CRC_RESIDUE) != len(crcs):
@@ -292,7 +292,7 @@ class AppendLog(BulkWrites):
         index = self._index
         sample = list(islice(index, 64))
         per_key = sum(map(sys.getsizeof, sample)) / len(sample) if sample else 0.0
-        per_loc = sys.getsizeof(1 << (SLOT_SHIFT + 1))
+        per_loc = sys.getsizeof(1 << (N_SHIFT + 7))
         return (
             object.__sizeof__(self)
             + sys.getsizeof(index)
@@ -338,7 +338,7 @@ class AppendLog(BulkWrites):
         self._alens.append(n)
         self._aklens.append(kl)
         self._avlens.append(vl)
-        self._index[key] = self._abase | pos << N_BITS | n
+        self._index[key] = self._abase | pos << SLOT_BITS | n << N_SHIFT
         if not vl:
             self._dead.add(key)
         elif self._dead:
@@ -367,9 +367,10 @@ class AppendLog(BulkWrites):
             # into the closed runs only while the active run is empty
             sizes = [r.size for r in self._runs]
             counts = [r.count for r in self._runs]
+            by_space = self.expiry is None  # see RunSet._plan
             assert plan_merge(sizes, self.max_runs_per_level,
-                              self._live_bytes(sizes, counts)) is None
-            assert not over_space(sizes, counts, len(self._index)), "disk over bound"
+                              self._live_bytes(sizes, counts) if by_space else None) is None
+            assert not (by_space and over_space(sizes, counts, len(self._index)))
         slots = {r.slot for r in self._runs} | {self._aslot}
         assert len(slots) == len(self._runs) + 1 and 0 not in slots
         for run in self._runs:
@@ -382,9 +383,9 @@ class AppendLog(BulkWrites):
         assert set(self._live_files) <= set(names)
         limit = {r.slot: r.data_len for r in self._runs} | {self._aslot: self._pos}
         for key, loc in self._index.items():
-            slot = loc >> SLOT_SHIFT
-            off = loc >> N_BITS & OFF_MASK
-            n = loc & N_MASK
+            slot = loc & SLOT_MASK
+            off = loc >> SLOT_BITS & OFF_MASK
+            n = loc >> N_SHIFT
             assert slot in slots and off + n <= limit[slot], (key, slot, off, n)
             rec = self._bufs[slot][off : off + n]
             assert crc32(rec) == CRC_RESIDUE

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from raykv.engines.appendlog.merge import LiveRecords
-from raykv.engines.appendlog.runfile import N_BITS, OFF_MASK, SLOT_SHIFT, decode_index
+from raykv.engines.appendlog.runfile import OFF_MASK, SLOT_BITS, SLOT_MASK, decode_index
 from raykv.engines.expiry import STAMP_LEN, Expiry, ExpiryPlanner, stamps_at
 from raykv.engines.stats import EngineStats
 
@@ -57,8 +57,8 @@ def expire_live(rec: LiveRecords, bufs: Sequence[mmap.mmap | bytes], expiry: Exp
     if not cand.any():
         return rec, []
     # locations may exceed 64 bits: unpack them with C-level maps over Python ints
-    slots = np.fromiter(map(SLOT_SHIFT.__rrshift__, rec.locs), dtype=np.int64, count=n)
-    offs = np.fromiter(map(OFF_MASK.__and__, map(N_BITS.__rrshift__, rec.locs)),
+    slots = np.fromiter(map(SLOT_MASK.__and__, rec.locs), dtype=np.int64, count=n)
+    offs = np.fromiter(map(OFF_MASK.__and__, map(SLOT_BITS.__rrshift__, rec.locs)),
                        dtype=np.int64, count=n)
     starts = offs + _varint_len(klens) + _varint_len(vlens) + klens
     for slot in np.unique(slots[cand]).tolist():

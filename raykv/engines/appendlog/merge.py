@@ -17,7 +17,9 @@ times as many records as there are live records (index entries), the runs with t
 live fraction are merged (``pick_dead``, not necessarily adjacent) until the disk is back
 to ``TARGET_AMP`` times the live records. So a key written once per pass over the store
 costs no merge until a pass has made the old runs mostly dead; the disk holds at most
-about ``SPACE_AMP`` x the live records plus the run that crossed the bound.
+about ``SPACE_AMP`` x the live records plus the run that crossed the bound. With an
+expiry horizon set, the count policy applies to every level as for small stores: expired
+records stay index entries until a merge drops them, so the space bound cannot see them.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from raykv.engines.appendlog.runfile import (
-    N_BITS,
-    N_MASK,
+    N_SHIFT,
     OFF_MASK,
-    SLOT_SHIFT,
+    SLOT_BITS,
+    SLOT_MASK,
     SMALL_N,
     Run,
     decode_index,
@@ -169,7 +171,7 @@ def live_records(index: dict[bytes, int], inputs: Sequence[Run],
     elif len(index) <= SCAN_FACTOR * sum(r.count for r in inputs):
         slots = {r.slot for r in inputs}
         locs = list(index.values())
-        in_merge = list(map(slots.__contains__, map(rshift, locs, repeat(SLOT_SHIFT))))
+        in_merge = list(map(slots.__contains__, map(and_, locs, repeat(SLOT_MASK))))
         keys = list(compress(index, in_merge))
         locs = list(compress(locs, in_merge))
     else:
@@ -181,12 +183,12 @@ def live_records(index: dict[bytes, int], inputs: Sequence[Run],
             live = list(map(eq, map(index.get, run_keys), run_locs))
             keys.extend(compress(run_keys, live))
             locs.extend(compress(run_locs, live))
-    ns = list(map(and_, locs, repeat(N_MASK)))
+    ns = list(map(rshift, locs, repeat(N_SHIFT)))
     klens = list(map(len, keys))
     if not ns or max(ns) < SMALL_N:
         vlens = list(map(int.__sub__, ns, map(add, klens, repeat(6))))
     else:
-        vlens = [parse_header(bufs[loc >> SLOT_SHIFT], loc >> N_BITS & OFF_MASK)[1]
+        vlens = [parse_header(bufs[loc & SLOT_MASK], loc >> SLOT_BITS & OFF_MASK)[1]
                  for loc in locs]
     if not drop_tombstones or all(vlens):
         return LiveRecords(keys, locs, ns, klens, vlens, [])

@@ -12,8 +12,10 @@ length (and, for runs of larger values, the keys), which is all a restart reads.
 here is free of engine state: ``engine.py`` calls it with a path and a memory map.
 
 A location (``loc``) packs where a record lives into one int, the in-memory index entry:
-``slot << SLOT_SHIFT | offset << N_BITS | record length``; ``slot`` names a buffer of the
-engine (slot 0 holds ``NULL_REC``, the empty record that missing keys point at).
+``slot | offset << SLOT_BITS | record length << N_SHIFT``; ``slot`` names a buffer of the
+engine (slot 0 holds ``NULL_REC``, the empty record that missing keys point at). It fits
+a uint64 when the record is shorter than ``N_FITS_U64`` (256) bytes, so numpy can build
+the locations of a batch of small records (in memory only: nothing on disk holds one).
 """
 
 from __future__ import annotations
@@ -57,14 +59,16 @@ SMALL_N = 134  # a record shorter than this has key and value < 128 bytes: a 2-b
 _VERIFY_CHUNK = 16 << 20
 
 # ---------------------------------------------------------------------- in-memory locations
-N_BITS = 31
-N_MASK = (1 << N_BITS) - 1
+SLOT_BITS = 16
+MAX_SLOTS = 1 << SLOT_BITS
+SLOT_MASK = MAX_SLOTS - 1
 _OFF_BITS = 40
 OFF_MASK = (1 << _OFF_BITS) - 1
-SLOT_SHIFT = N_BITS + _OFF_BITS
+N_SHIFT = SLOT_BITS + _OFF_BITS  # the record length is the location's top part
+N_FITS_U64 = 1 << (64 - N_SHIFT)  # 256: a location fits a uint64 iff its record is shorter
 MAX_RUN_BYTES = 1 << _OFF_BITS  # a record offset must fit its 40 bits
 NULL_REC = b"\x00\x00" + PACK_CRC(crc32(b"\x00\x00"))
-NULL_LOC = len(NULL_REC)  # slot 0, offset 0
+NULL_LOC = len(NULL_REC) << N_SHIFT  # slot 0, offset 0
 
 
 def pack_locs(slot: int, offs: Sequence[int], ns: Sequence[int]) -> Sequence[int]:
@@ -73,12 +77,11 @@ def pack_locs(slot: int, offs: Sequence[int], ns: Sequence[int]) -> Sequence[int
     Cost: one comprehension; a ``range`` (no per-record work) when ``offs`` is a range of
     equal-length records.
     """
-    base = slot << SLOT_SHIFT
     if isinstance(offs, range) and offs:
-        first = base | offs.start << N_BITS | ns[0]
-        step = offs.step << N_BITS
+        first = slot | offs.start << SLOT_BITS | ns[0] << N_SHIFT
+        step = offs.step << SLOT_BITS
         return range(first, first + step * len(offs), step)
-    return [base | off << N_BITS | n for off, n in zip(offs, ns, strict=True)]
+    return [slot | off << SLOT_BITS | n << N_SHIFT for off, n in zip(offs, ns, strict=True)]
 
 
 @dataclass(slots=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import mmap
 from array import array
-from collections import Counter
 from collections.abc import Sequence
 from itertools import accumulate
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from raykv.engines.appendlog.expire import expire_live, expiring_run, planner
 from raykv.engines.appendlog.merge import (
+    LiveRecords,
     live_records,
     over_space,
     pick_dead,
@@ -31,11 +31,12 @@ from raykv.engines.appendlog.merge import (
 )
 from raykv.engines.appendlog.runfile import (
     FOOTER,
-    N_BITS,
-    N_MASK,
+    MAX_SLOTS,
+    N_SHIFT,
     OFF_MASK,
     RUN_KIND,
-    SLOT_SHIFT,
+    SLOT_BITS,
+    SLOT_MASK,
     Run,
     RunWriter,
     decode_index,
@@ -51,6 +52,8 @@ from raykv.engines.base import KVStore
 from raykv.errors import CorruptionError
 
 _MERGE_BATCH = 65536
+_LOW = (1 << N_SHIFT) - 1  # a location without its record length: offset << 16 | slot
+_OFF = OFF_MASK.bit_length()  # 40
 
 
 class RunSet(KVStore):
@@ -80,6 +83,9 @@ class RunSet(KVStore):
     _amm: mmap.mmap
 
     def _alloc_slot(self, buf: mmap.mmap | bytes, name: str) -> int:
+        if not self._free_slots and len(self._bufs) >= MAX_SLOTS:  # pragma: no cover
+            msg = f"AppendLog at {self.data_dir} has {MAX_SLOTS} runs; raise threshold"
+            raise RuntimeError(msg)
         if self._free_slots:
             slot = self._free_slots.pop()
             self._bufs[slot] = buf
@@ -109,10 +115,10 @@ class RunSet(KVStore):
         try:
             run = read_footer(path, mm)
             keys, vlens, offs, ns = decode_index(path, run, mm)
+            run.slot = self._alloc_slot(mm, name)
         except BaseException:
             mm.close()
             raise
-        run.slot = self._alloc_slot(mm, name)
         self._runs.append(run)
         return run, keys, vlens, offs, ns
 
@@ -121,9 +127,9 @@ class RunSet(KVStore):
         verify_data(self.data_dir / run.name, run, self._bufs[run.slot])
 
     def _record_corrupt(self, loc: int) -> None:
-        slot = loc >> SLOT_SHIFT
+        slot = loc & SLOT_MASK
         name = self._slot_names[slot] or "<unknown run>"
-        raise CorruptionError(self.data_dir / name, "crc", offset=loc >> N_BITS & OFF_MASK,
+        raise CorruptionError(self.data_dir / name, "crc", offset=loc >> SLOT_BITS & OFF_MASK,
                               detail="record checksum mismatch")
 
     def _read_records(self, locs: list[int]) -> bytes:
@@ -138,13 +144,15 @@ class RunSet(KVStore):
         if not locs:
             return b""
         n = len(locs)
-        where = np.fromiter(map(N_BITS.__rrshift__, locs), dtype=np.uint64, count=n)
-        ends = where + np.fromiter(map(N_MASK.__and__, locs), dtype=np.uint64, count=n)
+        # slot << 40 | offset: records adjacent in one buffer are adjacent numbers
+        low = np.fromiter(map(_LOW.__and__, locs), dtype=np.uint64, count=n)
+        where = (low & np.uint64(SLOT_MASK)) << np.uint64(_OFF) | low >> np.uint64(SLOT_BITS)
+        ends = where + np.fromiter(map(N_SHIFT.__rrshift__, locs), dtype=np.uint64, count=n)
         cut = np.flatnonzero(ends[:-1] != where[1:]) + 1  # a block starts after each gap
         firsts = where[np.concatenate(([0], cut))].tolist()
         lasts = ends[np.concatenate((cut - 1, [n - 1]))].tolist()
-        b, shift, mask = self._bufs, SLOT_SHIFT - N_BITS, OFF_MASK
-        return b"".join([b[w >> shift][w & mask : e & mask]
+        b, mask = self._bufs, OFF_MASK
+        return b"".join([b[w >> _OFF][w & mask : e & mask]
                          for w, e in zip(firsts, lasts, strict=True)])
 
     def _commit_runs(self) -> None:
@@ -156,30 +164,37 @@ class RunSet(KVStore):
         """The next merge as positions in ``self._runs`` (ascending), or ``None``."""
         return self._plan()[0]
 
-    def _plan(self) -> tuple[list[int] | None, bool]:
-        """The next merge (see ``merge.py``) and whether it is for expiry.
+    def _plan(self) -> tuple[list[int] | None, str]:
+        """The next merge (see ``merge.py``) and its kind.
 
-        By count first, then by space (the active run is empty whenever merges are
-        planned, so the index entries are the closed runs' live records), then, with an
-        expiry horizon, a run merged alone because of expiry (``expire.py``: half of it
-        expired, or a share of the whole store). Cost: O(runs), plus one pass over the
-        index when a space merge is due.
+        Kinds: ``"count"``, ``"space"``, ``"dead"`` (a space merge of runs without a live
+        record), ``"expiry"``; ``(None, "")`` when none is due. By count first, then by
+        space (the active run is empty whenever merges are planned, so the index entries
+        are the closed runs' live records), then, with an expiry horizon, a run merged
+        alone because of expiry (``expire.py``: half of it expired, or a share of the
+        whole store). Cost: O(runs), plus one pass over the index when a space merge is
+        due.
         """
         sizes = [r.size for r in self._runs]
         counts = [r.count for r in self._runs]
         live = len(self._index)
-        plan = plan_merge(sizes, self.max_runs_per_level, self._live_bytes(sizes, counts))
+        # with an expiry horizon, expired records are index entries until a merge drops
+        # them: the space bound cannot see them, so every level is merged by count
+        by_space = self.expiry is None
+        plan = plan_merge(sizes, self.max_runs_per_level,
+                          self._live_bytes(sizes, counts) if by_space else None)
         if plan is not None:
-            return list(range(*plan)), False
-        if over_space(sizes, counts, live):
-            group = pick_dead(counts, self._run_live_counts(), live)
+            return list(range(*plan)), "count"
+        if by_space and over_space(sizes, counts, live):
+            live_counts = self._run_live_counts()
+            group = pick_dead(counts, live_counts, live)
             if group:
-                return group, False
+                return group, "space" if any(live_counts[pos] for pos in group) else "dead"
         if self.expiry is not None:
             pos = expiring_run(self, self.expiry.horizon)
             if pos is not None:
-                return [pos], True
-        return None, False
+                return [pos], "expiry"
+        return None, ""
 
     def _live_bytes(self, sizes: list[int], counts: list[int]) -> int:
         """Estimate of the live data's bytes: live records x the mean closed record."""
@@ -187,8 +202,11 @@ class RunSet(KVStore):
 
     def _run_live_counts(self) -> list[int]:
         """Live records (index entries) of each closed run. Cost: one index pass."""
-        live = Counter(map(SLOT_SHIFT.__rrshift__, self._index.values()))
-        return [live.get(r.slot, 0) for r in self._runs]
+        index = self._index
+        slots = np.fromiter(map(SLOT_MASK.__and__, index.values()), dtype=np.int64,
+                            count=len(index))
+        live = np.bincount(slots, minlength=len(self._bufs)).tolist()
+        return [live[r.slot] for r in self._runs]
 
     def _expiry_changed(self) -> None:
         if not self._pos:  # merges need an empty active run; else the next close plans
@@ -197,13 +215,13 @@ class RunSet(KVStore):
     def _run_merges(self) -> None:
         """Perform due merges (the active run is empty), then leave the slow path."""
         while True:
-            group, for_expiry = self._plan()
+            group, kind = self._plan()
             if group is None:
                 break
             before = {r.name for r in self._runs}
-            if for_expiry:
+            if kind == "expiry":
                 self.stats.expiry_compactions += 1
-            self._merge_runs(group)
+            self._merge_runs(group, dead=kind == "dead")
             if self.expiry is not None:  # a run it wrote is not merged again for expiry
                 planner(self).done({r.name for r in self._runs} - before,
                                    self.expiry.horizon)
@@ -213,7 +231,7 @@ class RunSet(KVStore):
         """``_merge_runs`` of the runs ``self._runs[first:end]``."""
         self._merge_runs(range(first, end))
 
-    def _merge_runs(self, group: Sequence[int]) -> None:
+    def _merge_runs(self, group: Sequence[int], *, dead: bool = False) -> None:
         """Copy the live records of the runs at ``group`` (ascending) into one run; commit.
 
         A record is live when the index points at it (``merge.live_records``). The new
@@ -221,18 +239,22 @@ class RunSet(KVStore):
         key it holds (that record would be the live one). Tombstones are dropped (and
         their keys leave the index) only when ``group`` is a prefix (the oldest runs):
         then no older run can still hold the key. Every input's records are
-        crc-verified (one C-level pass) before anything is copied.
+        crc-verified (one C-level pass) before anything is copied. ``dead``: the caller
+        counted no live record in ``group`` (``_plan``): the runs are dropped, unread.
         """
         assert not self._pos
         runs = self._runs
         inputs = [runs[pos] for pos in group]
         prefix = group[-1] == len(group) - 1
-        for run in inputs:
-            self._verify_data(run)
         index = self._index
-        rec = live_records(
-            index, inputs, self._bufs, self.data_dir, drop_tombstones=prefix,
-            whole=prefix and len(group) == len(runs))
+        if dead:  # every record is superseded: nothing to copy, no tombstone to drop
+            rec = LiveRecords([], [], [], [], [], [])
+        else:
+            for run in inputs:
+                self._verify_data(run)
+            rec = live_records(
+                index, inputs, self._bufs, self.data_dir, drop_tombstones=prefix,
+                whole=prefix and len(group) == len(runs))
         tombs: list[bytes] = []
         trecs: list[bytes] = []
         if self.expiry is not None:

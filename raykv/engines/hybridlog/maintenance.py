@@ -93,9 +93,12 @@ class Maintenance(RunSet):
         changed = False
         while True:
             counts = [r.count for r in self._runs]
-            live = len(self._index)  # live records on disk: one per index entry
+            # live records on disk: one per index entry; with an expiry horizon, expired
+            # records are index entries until a merge drops them: the space bound cannot
+            # see them, so every level is merged by count (``merge.py``)
+            live = len(self._index) if self.expiry is None else None
             group = pick_merge(counts, self.max_runs_per_level, live)
-            if group is None and over_space(counts, live):
+            if group is None and live is not None and over_space(counts, live):
                 group = pick_dead(counts, self._run_live_counts(), live) or None
             if group is None and self.compaction_enabled:
                 group = self._sparse_run()

@@ -23,6 +23,8 @@ disk is back to ``TARGET_AMP`` times the live records. So the disk holds at most
 written once per pass over the store costs no merge at all until a pass has made the old
 runs mostly dead. The number of runs stays bounded: the exempt runs hold at least
 ``live / base**2`` records each, so there are at most ``SPACE_AMP * base**2`` of them.
+With an expiry horizon set, every level is merged by count as in small stores: expired
+records stay index entries until a merge drops them, so the space bound cannot see them.
 """
 
 from __future__ import annotations
