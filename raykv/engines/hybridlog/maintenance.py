@@ -20,7 +20,6 @@ member costs a copy of its bytes and no index store.
 
 from __future__ import annotations
 
-from array import array
 from collections import Counter
 from itertools import compress, repeat
 
@@ -303,7 +302,7 @@ class Maintenance(RunSet):
         if records * _SCAN_RATIO < len(index):
             return None
         try:
-            locs = np.frombuffer(array("Q", index.values()), dtype=np.uint64)  # C-level
+            locs = np.fromiter(index.values(), dtype=np.uint64, count=len(index))
         except OverflowError:
             return None
         slot_of = locs & np.uint64(SLOT_MASK)
