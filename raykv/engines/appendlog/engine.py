@@ -13,10 +13,11 @@ Life of a run::
       --(its level reaches max_runs_per_level runs)-->
     merged (its live records are copied into a new run; the commit deletes it)
 
-Merges are size-tiered (``merge.py``); a merge that takes every closed run is where
-tombstones are dropped. Merges run on the write path, never inside ``seal()``: a seal that
-leaves a level full only marks a merge as due, and the next write performs it before
-appending.
+Merges are size-tiered (``merge.py``), and in a large store the big runs are merged by
+space instead (when the runs hold over twice as many records as are live, the deadest are
+rewritten); a merge of the oldest runs (a prefix) is where tombstones are dropped. Merges
+run on the write path, never inside ``seal()``: a seal that leaves a level full only
+marks a merge as due, and the next write performs it before appending.
 
 Modules: ``bulk.py`` (``multi_set``), ``active.py`` (the active run), ``runset.py`` (closed
 runs, slots and merges), ``merge.py`` (the merge policy and live records), ``runfile.py``
@@ -82,7 +83,9 @@ class AppendLog(BulkWrites):
             started (thesis ``threshold``; default 4 MiB). Larger: fewer, bigger runs and
             merges; the active run is held in memory, so this also bounds that buffer.
         max_runs_per_level: number of runs of one size class (level) that triggers their
-            merge into one run (thesis ``max_runs_per_level``; default 10, at least 2).
+            merge into one run (thesis ``max_runs_per_level``; default 10, at least 2);
+            in a large store, levels of big runs are merged by space instead
+            (``merge.py``).
         **kwargs: ``max_key_len``, ``max_value_len``, ``remote``, ``storage_options``
             (see ``KVStore``).
 

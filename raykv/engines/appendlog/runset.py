@@ -2,11 +2,12 @@
 
 A slot names a buffer of the engine (``_bufs``): a closed run's memory map, the active
 run's buffer, or ``b""`` for a free slot (a stale location then fails its crc check and
-never reads other data). Merges are size-tiered (the policy and the search for live
-records are in ``merge.py``): a merge copies the live records of its runs into one new
-run, moves their index entries there and commits; a merge that takes every closed run
-also drops tombstones. With an expiry horizon, expired records leave in merges too
-(``expire.py``). Merges run on the write path, never inside ``seal()``.
+never reads other data). Merges are size-tiered, or by space for the big runs of a large
+store (the policy and the search for live records are in ``merge.py``): a merge copies
+the live records of its runs into one new run, moves their index entries there and
+commits; a merge of the oldest runs (a prefix) also drops tombstones. With an expiry
+horizon, expired records leave in merges too (``expire.py``). Merges run on the write
+path, never inside ``seal()``.
 
 Cost: loading a run reads its footer and index section only; a merge verifies every
 input's records once (one crc32 pass), then copies the live records.

@@ -59,7 +59,7 @@ class BulkWrites(Regions):
             ...                mem_segment_len=4) as db:
             ...     db.multi_set([(b"a", b"1"), (b"b", b"2"), (b"a", b"3"), (b"c", b"4")])
             ...     db.multi_get([b"a", b"b", b"c", b"d"]), db.region_sizes()["mutable"]
-            ([b'3', b'2', b'4', b''], 2)
+            ([b'3', b'2', b'4', b''], 1)
         """
         self._ensure_open()
         batch = self._check_batch(pairs)

@@ -86,7 +86,8 @@ class HybridLog(BulkWrites):
             records can still be updated in place.
         flush_interval: records in the read-only region that trigger a flush to a run.
         max_runs_per_level: runs a size tier may hold before its runs are merged
-            (1..1024; see ``merge.py``).
+            (1..1024); in a large store, tiers of big runs are merged by space instead
+            (see ``merge.py``).
         compaction_enabled: also rewrite any run whose live fraction fell below one
             half (FASTER log compaction; thesis 4.1.2 found it not worth it).
         **kwargs: ``max_key_len``, ``max_value_len``, ``remote``, ``storage_options``
