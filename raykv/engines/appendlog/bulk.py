@@ -2,8 +2,9 @@
 
 The batch is validated as a whole first (nothing changes if any pair is bad), a key
 repeated in it keeps its last value, and ``b""`` deletes (a tombstone record). The
-records are built and checksummed with C-level passes (numpy when every key has one
-length and every value one length), copied into the active run a run's worth at a time
+records are built and checksummed with C-level passes (numpy when every value has one
+length: per key length, a large batch's keys being distinct, its records may be written
+grouped by key length), copied into the active run a run's worth at a time
 (the active run closes at ``threshold`` bytes) and indexed with one ``dict.update`` per
 run's worth.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from itertools import accumulate, compress, repeat
+from itertools import accumulate, compress, pairwise, repeat
 from operator import lshift, not_, or_
 
 import numpy as np
@@ -30,6 +31,8 @@ from raykv.engines.appendlog.runfile import (
 )
 from raykv.engines.base import Pairs
 
+_GROUP_MIN = 256  # batches of varied key lengths at least this long are grouped by length
+
 
 class BulkWrites(ActiveRun):
     """``multi_set`` of an ``AppendLog`` (a base class)."""
@@ -40,7 +43,8 @@ class BulkWrites(ActiveRun):
         The whole batch is validated before anything is applied. Cost: the records are
         built, checksummed and appended with C-level passes over the batch; when every key
         has one length and every value one length (under 128 bytes), numpy assembles the
-        records and the locations are a ``range``.
+        records and the locations are a ``range``; when only the values have one length,
+        a large batch is grouped by key length and numpy assembles each group.
         """
         if self._closed:
             self._ensure_open()
@@ -53,11 +57,36 @@ class BulkWrites(ActiveRun):
         vlens = list(map(len, values))
         kmax = max(klens)
         vmax = max(vlens)
-        if kmax < 128 and vmax < 128 and min(klens) == kmax and min(vlens) == vmax:
+        one_vlen = min(vlens) == vmax
+        if kmax < 128 and vmax < 128 and min(klens) == kmax and one_vlen:
             self._append_fixed(keys, encode_fixed_records(keys, values, kmax, vmax), kmax, vmax)
+        elif kmax < 128 and vmax < 128 and one_vlen and len(keys) >= _GROUP_MIN:
+            self._append_grouped(keys, values, klens, vmax)
         else:
             recs = encode_records(keys, values, klens, vlens)
             self._append_many(keys, b"".join(recs), list(map(len, recs)), klens, vlens)
+
+    def _append_grouped(self, keys: Sequence[bytes], values: Sequence[bytes],
+                        klens: list[int], vl: int) -> None:
+        """Append records of keys under 128 bytes and values of ``vl`` bytes (< 128).
+
+        The keys of a batch are distinct, so their records may go to the log in any
+        order: they are grouped by key length (a stable sort) and each group is
+        assembled by numpy (``encode_fixed_records``). Cost: a sort of the key lengths,
+        two list gathers, then numpy per group and two crc32 calls per record (about
+        0.7x the cost of ``encode_records``).
+        """
+        lens = np.array(klens, dtype=np.int64)
+        order = np.argsort(lens, kind="stable")
+        pick = order.tolist()
+        ks = list(map(keys.__getitem__, pick))
+        vs = list(map(values.__getitem__, pick))
+        lens = lens[order]
+        cuts = [0, *(np.flatnonzero(np.diff(lens)) + 1).tolist(), len(ks)]
+        klens = lens.tolist()
+        data = b"".join([encode_fixed_records(ks[a:b], vs[a:b], klens[a], vl)
+                         for a, b in pairwise(cuts)])
+        self._append_many(ks, data, (lens + (vl + 6)).tolist(), klens, [vl] * len(ks))
 
     def _mark_dead(self, keys: Sequence[bytes], vlens: Sequence[int] | None,
                    tombstones: bool = False) -> None:

@@ -100,8 +100,9 @@ class AppendLog(BulkWrites):
     run buffer (about ``threshold`` bytes) and 4 bytes per record of the active run.
     Closed runs are memory-mapped (page cache, not counted by ``__sizeof__``), one mapping per run.
 
-    ``items()`` yields pairs in arbitrary order (the order keys were first written, except
-    after a restart or a merge); it is not sorted and offers no ordered iteration.
+    ``items()`` yields pairs in arbitrary order (about the order keys were first written:
+    a large batch's new keys grouped by key length, and not after a restart or a merge);
+    it is not sorted and offers no ordered iteration.
     """
 
     engine_name = "appendlog"
