@@ -49,17 +49,19 @@ def test_every_query_has_a_model_or_a_pipeline() -> None:
     assert not set(QUERIES) & set(MODEL_ONLY)
 
 
-@pytest.mark.parametrize("name", sorted(QUERIES, key=lambda n: int(n[1:])))
+KILLS = {"q5": "top_auctions", "q17": "Aggregate1", "q4": "winners"}
+"""Queries run with a SIGKILL: the stage whose first shard dies after epoch 2. Their output
+is compared with the model there, so they are not run a second time without the kill."""
+
+
+@pytest.mark.parametrize(
+    "name", sorted((n for n in QUERIES if n not in KILLS), key=lambda n: int(n[1:])))
 def test_query_pipeline_equals_its_model(ray_session: Any, tmp_path: Path, name: str) -> None:
     summary = _run(name, tmp_path)
     want = run_model(name, CONFIG)
     assert want.num_rows > 0
     _same(result(name, summary), want)
     assert len(summary.epochs_committed) >= 3
-
-
-KILLS = {"q5": "top_auctions", "q17": "Aggregate1", "q4": "winners"}
-"""Queries run with a SIGKILL: the stage whose first shard dies after epoch 2."""
 
 
 @pytest.mark.parametrize("name", [n for n in KILLS if n in QUERIES])
@@ -79,7 +81,10 @@ def test_query_through_a_sigkilled_shard(ray_session: Any, tmp_path: Path, name:
 
     summary = _run(name, tmp_path, on_progress=kill)
     assert killed and summary.restarts == 1
-    _same(result(name, summary), run_model(name, CONFIG))
+    want = run_model(name, CONFIG)
+    assert want.num_rows > 0
+    _same(result(name, summary), want)
+    assert len(summary.epochs_committed) >= 3
 
 
 def test_discard_sink_runs_a_query(ray_session: Any, tmp_path: Path) -> None:
