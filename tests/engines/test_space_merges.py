@@ -21,7 +21,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from raykv.engines import AppendLog, HybridLog, KVStore
 from raykv.engines.appendlog import merge as al_merge
 from raykv.engines.hybridlog import merge as hl_merge
-from raykv.engines.hybridlog.merge import big_level, over_space, pick_dead, pick_merge
+from raykv.engines.hybridlog.merge import big_level, over_space, pick_merge
+from raykv.engines.space import pick_dead
 
 HL_PARAMS: dict[str, Any] = {"ro_lag_interval": 64, "flush_interval": 64,
                              "mem_segment_len": 256, "max_runs_per_level": 4}

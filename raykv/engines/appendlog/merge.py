@@ -43,6 +43,7 @@ from raykv.engines.appendlog.runfile import (
     pack_locs,
     parse_header,
 )
+from raykv.engines.space import SPACE_AMP
 
 # every closed run is merged when the runs younger than the oldest hold this many times its
 # bytes: the disk holds at most about (1 + FULL_MERGE_RATIO) x the live data
@@ -50,8 +51,6 @@ FULL_MERGE_RATIO = 2
 LEVEL_UNIT = 4096  # runs below LEVEL_UNIT * max_runs_per_level bytes are on level 0
 SCAN_FACTOR = 4  # live records are found by scanning the index up to this index/input ratio
 BIG_RUN_BYTES = 1 << 20  # runs this big, in stores this big, are merged by space
-SPACE_AMP = 2  # closed-run records above this multiple of the live records: a space merge
-TARGET_AMP = 1.5  # ... rewrites the deadest runs until the disk is back to this
 
 
 def size_level(size: int, m: int) -> int:
@@ -118,24 +117,6 @@ def over_space(sizes: Sequence[int], counts: Sequence[int], live: int) -> bool:
     ``sizes``/``counts``: bytes and records of each closed run. Cost: O(runs).
     """
     return sum(sizes) >= BIG_RUN_BYTES and sum(counts) > SPACE_AMP * live
-
-
-def pick_dead(counts: Sequence[int], live_counts: Sequence[int], live: int) -> list[int]:
-    """The runs a space merge takes: the deadest first, down to ``TARGET_AMP`` x live.
-
-    Runs are taken by ascending live fraction until the closed runs would hold
-    ``TARGET_AMP`` x ``live`` records; never a run without dead records. Returns
-    positions, ascending (empty when no run has a dead record). Cost: O(runs log runs).
-    """
-    total = sum(counts)
-    order = sorted(range(len(counts)), key=lambda p: live_counts[p] / max(1, counts[p]))
-    group = []
-    for pos in order:
-        if total <= TARGET_AMP * live or live_counts[pos] >= counts[pos]:
-            break
-        group.append(pos)
-        total -= counts[pos] - live_counts[pos]
-    return sorted(group)
 
 
 class LiveRecords(NamedTuple):

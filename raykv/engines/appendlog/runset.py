@@ -27,7 +27,6 @@ from raykv.engines.appendlog.merge import (
     LiveRecords,
     live_records,
     over_space,
-    pick_dead,
     plan_merge,
 )
 from raykv.engines.appendlog.runfile import (
@@ -50,6 +49,7 @@ from raykv.engines.appendlog.runfile import (
     verify_data,
 )
 from raykv.engines.base import KVStore
+from raykv.engines.space import pick_dead
 from raykv.errors import CorruptionError
 
 _MERGE_BATCH = 65536

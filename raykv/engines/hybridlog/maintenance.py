@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from raykv.engines.expiry import STAMP_LEN, ExpiryPlanner, stamps_at
-from raykv.engines.hybridlog.merge import is_prefix, over_space, pick_dead, pick_merge
+from raykv.engines.hybridlog.merge import is_prefix, over_space, pick_merge
 from raykv.engines.hybridlog.runfile import (
     LEN_SHIFT,
     NO_LOC,
@@ -40,6 +40,7 @@ from raykv.engines.hybridlog.runfile import (
 )
 from raykv.engines.hybridlog.runset import RunSet
 from raykv.engines.hybridlog.splice import Splicer
+from raykv.engines.space import pick_dead
 
 _SCAN_RATIO = 16  # scan the whole index when a merge's records are at least 1/16 of it
 

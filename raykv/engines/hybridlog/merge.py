@@ -31,9 +31,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from raykv.engines.space import SPACE_AMP
+
 BIG_RUN_RECORDS = 1 << 16  # runs this big, in stores this big, are merged by space
-SPACE_AMP = 2  # disk records above this multiple of the live records start a space merge
-TARGET_AMP = 1.5  # ... which rewrites the deadest runs until the disk is back to this
 
 
 def run_level(records: int, base: int) -> int:
@@ -88,25 +88,6 @@ def over_space(counts: Sequence[int], live: int) -> bool:
     return total >= BIG_RUN_RECORDS and total > SPACE_AMP * live
 
 
-def pick_dead(counts: Sequence[int], live_counts: Sequence[int], live: int) -> list[int]:
-    """The runs a space merge rewrites: the deadest first, down to ``TARGET_AMP`` x live.
-
-    Runs are taken by ascending live fraction until the disk would hold ``TARGET_AMP`` x
-    ``live`` records; never a run without dead records. ``live_counts[i]``: live records
-    of run ``i``. Returns positions, ascending (empty when no run has a dead record).
-    Cost: O(runs log runs).
-    """
-    total = sum(counts)
-    order = sorted(range(len(counts)), key=lambda p: live_counts[p] / max(1, counts[p]))
-    group = []
-    for pos in order:
-        if total <= TARGET_AMP * live or live_counts[pos] >= counts[pos]:
-            break
-        group.append(pos)
-        total -= counts[pos] - live_counts[pos]
-    return sorted(group)
-
-
 def is_prefix(positions: Sequence[int]) -> bool:
     """True when ``positions`` (ascending) are exactly the oldest runs ``0..k``.
 
@@ -114,3 +95,4 @@ def is_prefix(positions: Sequence[int]) -> bool:
     record of a deleted key.
     """
     return bool(positions) and positions[-1] == len(positions) - 1
+
