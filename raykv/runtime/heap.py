@@ -10,7 +10,8 @@ memory at its peak against about 60 MiB of live objects; 154 MiB with a trim per
 :func:`release_free_memory` asks glibc (``malloc_trim(0)``: every arena, free pages
 returned with ``madvise``) and pyarrow's memory pool (``release_unused``) to return what
 is free. Cost: about 0.1-3 ms per call (measured with a 300 MiB fragmented heap); the
-shard calls it at most once per :data:`MIN_INTERVAL` seconds at the end of an epoch.
+shard calls it at most once per :data:`MIN_INTERVAL` seconds when an epoch ends,
+before its fold and seal (so it returns the garbage of the input and of the epoch before).
 On a libc without ``malloc_trim`` (musl, macOS) only the pyarrow pool is asked.
 """
 

@@ -360,6 +360,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads, EpochWorker, Shard
         """
         t0 = time.perf_counter()
         self._fault("barrier")
+        self._heap.maybe_release()  # the previous epoch's garbage back to the OS (heap.py)
         wm, idle = watermark
         self._watermark = wm
         advance = getattr(self.logic, "advance_watermark", None)
@@ -405,7 +406,6 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads, EpochWorker, Shard
                       seal_seconds=seconds, load=load, late_output=late)
             self._stage_output(ack)
             self._uploader.post(ack)
-            self._heap.maybe_release()
             return
         from raykv.checkpointing import link_files
 
@@ -421,7 +421,6 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads, EpochWorker, Shard
         self._uploader.queue(Ack(epoch, self.name, output=out, rows_out=rows_out,
                                  staging=str(staging), files=files, metadata=meta,
                                  seal_seconds=seconds, load=load, late_output=late))
-        self._heap.maybe_release()  # the epoch's garbage back to the OS (runtime/heap.py)
 
     def _final_chunks(self) -> Iterator[pa.Table]:
         """The end-of-input output as non-empty tables, one engine chunk at a time.
