@@ -98,6 +98,27 @@ def test_reset_without_a_commit_starts_empty(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- through Ray
 
 
+def test_warm_readies_a_standby_without_touching_the_template_shards_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``warm`` opens an engine and the operator's logic in a scratch folder it removes,
+    and probes the store; the template shard's ``data_dir`` (a live shard's on this node)
+    is never created. A store it cannot open is logged, not raised (the reset meets it)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    w = _worker(tmp_path, attempt=0)
+    w.warm()
+    assert not Path(w.spec.data_dir).exists()
+    assert list(scratch.iterdir()) == []
+    assert (tmp_path / "ckpt").is_dir()  # the store was opened (a file:// store is made)
+    bad = ShardWorker(replace(w.spec, checkpoint="nosuchscheme://bucket/x"))
+    with caplog.at_level("WARNING", logger="raykv"):
+        bad.warm()
+    assert "could not warm up" in caplog.text and "nosuchscheme" in caplog.text
+    assert list(scratch.iterdir()) == []
+
+
 class Pids:
     """on_progress hook: the pid of every actor when each attempt has started."""
 
@@ -192,6 +213,37 @@ def test_a_standby_takes_the_dead_shards_place(ray_session: Any, tmp_path: Path)
     assert {n: p for n, p in after.items() if n != "Aggregate0-0of2-g0"} == {
         n: p for n, p in before.items() if n != "Aggregate0-0of2-g0"}
     assert_exact(s.output_by_epoch, t)
+
+
+class _Idle:
+    """A stand-in standby: answers ``ping`` once its ``__init__`` (``delay`` s) is over."""
+
+    def __init__(self, delay: float) -> None:
+        time.sleep(delay)
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+@pytest.mark.ray
+def test_a_recovery_takes_a_ready_standby_before_one_still_starting(ray_session: Any) -> None:
+    """``Standby.check`` drops a dead standby and orders the ready ones first, whatever
+    their order in the pool; ``Survivors.take`` gives a dead role the first. (Before,
+    the newest standby was taken: after two kills in a row, one still starting.)"""
+    import ray
+
+    from raykv.runtime.survivors import Standby, Survivors
+
+    idle = ray.remote(num_cpus=0)(_Idle)
+    starting, ready, dead, newest = (idle.remote(d) for d in (60.0, 0.0, 0.0, 60.0))
+    ray.get([ready.ping.remote(), dead.ping.remote()], timeout=60)
+    ray.kill(dead)
+    pool = Standby(shards=[starting, dead, ready, newest])
+    pool.check(pool.ping(), timeout=1.0)
+    assert pool.shards == [ready, starting, newest]
+    kept = Survivors().take(["shard-0"], [], pool)
+    assert kept.shards == {"shard-0": ready} and pool.shards == [starting, newest]
+    pool.drop()
 
 
 @pytest.mark.ray

@@ -206,8 +206,9 @@ class AttemptActors:
         self._survivors = Survivors()
         self._actors, self._handles, self._readers, self._run_refs = [], {}, {}, {}
         if keep and not self.driver_io:
+            pings = self._standby.ping()
             self._survivors = keep_survivors(readers, shards, runs)
-            self._standby.check()
+            self._standby.check(pings)
             if committer is not None:
                 committer.release()
         else:

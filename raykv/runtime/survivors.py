@@ -72,7 +72,7 @@ class Survivors:
                                    (reader_names, self.readers, standby.readers)):
             for name in names:
                 if name not in kept and spare:
-                    kept[name] = spare.pop()
+                    kept[name] = spare.pop(0)  # the oldest: ready (Standby.check)
         return Survivors(dict(self.shards), dict(self.readers))
 
     def drop(self) -> None:
@@ -94,6 +94,7 @@ class Standby:
 
     shards: list[Any] = field(default_factory=list)
     readers: list[Any] = field(default_factory=list)
+    _pinged: float = field(default=0.0, repr=False)  # when :meth:`ping` was sent
 
     def fill(self, n: int, make_shard: Any, make_reader: Any) -> None:
         """Start actors until there are ``n`` of each kind (``make_*()`` starts one)."""
@@ -104,22 +105,35 @@ class Standby:
         while len(self.readers) < n:
             self.readers.append(make_reader())
 
-    def check(self, timeout: float = STANDBY_CHECK_WAIT) -> None:
-        """Forget the standbys whose ``ping`` fails (their process or node died).
+    def ping(self) -> dict[str, Any]:
+        """Ping every standby (no wait); pass the result to :meth:`check`.
 
-        One still starting (no answer within ``timeout``) is kept: if it dies later, its
-        ``reset`` fails and the next recovery replaces it. A dead actor's ping fails at
-        once, so the wait is short: it is on the recovery path (a standby topped up
-        right after the last commit is often still starting when the next kill comes,
-        and a 1 s wait here was most of the detection time of the standby drills).
+        Sent before the survivors are stilled, so that the standbys' answers and the
+        survivors' overlap on the recovery path.
         """
+        self._pinged = time.monotonic()
         pool = {f"s{i}": h for i, h in enumerate(self.shards)}
         pool.update({f"r{i}": h for i, h in enumerate(self.readers)})
-        dead = _failed({n: h.ping.remote() for n, h in pool.items()},
-                       time.monotonic() + timeout)
-        kill_shards([h for n, h in pool.items() if n in dead])
-        self.shards = [h for n, h in pool.items() if n not in dead and n[0] == "s"]
-        self.readers = [h for n, h in pool.items() if n not in dead and n[0] == "r"]
+        return {n: (h, h.ping.remote()) for n, h in pool.items()}
+
+    def check(self, pings: dict[str, Any], timeout: float = STANDBY_CHECK_WAIT) -> None:
+        """Forget the standbys whose ``ping`` failed (their process or node died).
+
+        ``pings``: what :meth:`ping` returned. The standbys that answered come first in
+        the pool, so that a recovery takes a ready one before one still starting
+        (topped up after the last commit: a process start takes 1.4-4 s on the 2-core
+        machine, longer than the gap between the kills of a drill). One still starting
+        (no answer ``timeout`` s after the pings were sent) is kept: if it dies later,
+        its ``reset`` fails and the next recovery replaces it. A dead actor's ping
+        fails at once, so the wait is short: it is on the recovery path.
+        """
+        outcomes = _outcomes({n: ref for n, (_, ref) in pings.items()},
+                             self._pinged + timeout)
+        kill_shards([h for n, (h, _) in pings.items() if outcomes.get(n) is False])
+        order = sorted((n for n in pings if outcomes.get(n) is not False),
+                       key=lambda n: n not in outcomes)  # stable: answered first
+        self.shards = [pings[n][0] for n in order if n[0] == "s"]
+        self.readers = [pings[n][0] for n in order if n[0] == "r"]
 
     def drop(self) -> None:
         """Kill every standby."""
