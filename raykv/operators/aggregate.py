@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from itertools import compress
+from itertools import chain, compress
 from typing import ClassVar
 
 import numpy as np
@@ -35,6 +35,10 @@ DEFAULT_MAX_BUFFERED_ROWS = 1_000_000
 
 #: Default bound on the Arrow bytes of buffered partials (``Aggregate.max_buffered_bytes``).
 DEFAULT_MAX_BUFFERED_BYTES = 16 << 20
+
+#: Distinct keys read and combined at a time by a fold: its transient memory is one
+#: slice's (``multi_get`` internals, the combine's arrays), not the epoch's.
+FOLD_SLICE_KEYS = 65_536
 
 
 @dataclass(frozen=True)
@@ -275,8 +279,10 @@ class AggregateLogic(KeyedStateLogic):
         """Fold the buffered partials into the engine (no-op when nothing is buffered).
 
         One pass over the buffered partial rows, one ``multi_get`` and one ``multi_set``
-        of their distinct keys; the keys whose stored value changed join the changelog.
-        The buffer is emptied whether or not the fold succeeds.
+        per ``FOLD_SLICE_KEYS`` of their distinct keys (every slice is combined before
+        any is written); the keys whose stored value changed join the changelog. The
+        buffer is emptied whether or not the fold succeeds. Memory: the partials, the
+        epoch's changed keys and values, and one slice's reads and writes.
 
         Raises:
             OverflowError: an int64 sum leaves int64 for some key (named); the engine and
@@ -296,14 +302,10 @@ class AggregateLogic(KeyedStateLogic):
             return
         layout = self.layout
         assert layout is not None
-        if len(parts) == 1:  # the partials of one batch: the per-batch path
+        index: np.ndarray | None = None
+        if len(parts) == 1:  # the partials of one batch: one row per key
             part = parts[0]
             key_col: pa.Array | pa.ChunkedArray = part.column(self.key)
-            keys = self._state_keys(key_col)
-            old = self._read(keys)
-            base, sections = self._split(old)
-            new, changed = layout.combine(base, part,
-                                          lambda i: f"key {key_col[i].as_py()!r}")
         else:
             part = pa.concat_tables(parts)
             both = pa.concat_arrays([c for p in parts for c in p.column(self.key).chunks])
@@ -311,11 +313,35 @@ class AggregateLogic(KeyedStateLogic):
             encoded = (both.cast(pa.int8()) if is_bool else both).dictionary_encode()
             key_col = encoded.dictionary.cast(pa.bool_()) if is_bool else encoded.dictionary
             index = encoded.indices.to_numpy(zero_copy_only=False)
-            keys = self._state_keys(key_col)
-            old = self._read(keys)
-            base, sections = self._split(old)
-            new, changed = layout.fold(base, part, index,
-                                       lambda i: f"key {key_col[i].as_py()!r}")
+        keys = self._state_keys(key_col)
+        # read and combine in slices of FOLD_SLICE_KEYS keys (memory: one slice's reads
+        # and arrays, not the whole fold's); min/max multisets and TTL stamps: one slice
+        whole = self._minmax is not None or self.expiry is not None
+        step = max(1, len(keys)) if whole else FOLD_SLICE_KEYS
+        sections: list[bytes] = []
+        olds, news, flags = [], [], []
+        for lo in range(0, max(1, len(keys)), step):
+            one = lo == 0 and step >= len(keys)
+            hi = lo + step
+            col = key_col if one else key_col.slice(lo, step)
+            got = self._read(keys if one else keys[lo:hi])
+            base, sections = self._split(got)
+            describe = lambda i, c=col: f"key {c[i].as_py()!r}"  # noqa: E731
+            if index is None:
+                got_new, got_changed = layout.combine(
+                    base, part if one else part.slice(lo, step), describe)
+            elif one:
+                got_new, got_changed = layout.fold(base, part, index, describe)
+            else:
+                rows = np.flatnonzero((index >= lo) & (index < hi))
+                got_new, got_changed = layout.fold(base, part.take(rows), index[rows] - lo,
+                                                   describe)
+            olds.append(got)
+            news.append(got_new)
+            flags.append(got_changed)
+        old, new = (olds[0], news[0]) if len(olds) == 1 else (
+            list(chain.from_iterable(olds)), list(chain.from_iterable(news)))
+        changed = flags[0] if len(flags) == 1 else np.concatenate(flags)
         if self._minmax is not None:  # exact min/max from the multisets
             new = self._minmax.apply(sections, new, key_col, deltas)
             changed = np.fromiter(map(bytes.__ne__, new, old), dtype=bool, count=len(new))
@@ -338,7 +364,9 @@ class AggregateLogic(KeyedStateLogic):
         self._note_before(keys, old)
         if self._retract:
             new = drop_empty(layout, keys, new, self._epoch_deleted)
-        self._write(keys, new, stamps=stamps, extra=extra)
+        for lo in range(0, max(1, len(keys)), step):  # one multi_set per slice too
+            self._write(keys[lo:lo + step], new[lo:lo + step],
+                        stamps=stamps, extra=extra if lo == 0 else ())
         if not self._epoch_keys:
             self._epoch_keys, self._epoch_values = keys, new
         elif keys:  # a second fold in the epoch (the bound): later values win
@@ -383,8 +411,9 @@ class AggregateLogic(KeyedStateLogic):
         zero = bytes(self.layout.size) if self.layout is not None else b""
         if self._minmax is not None:
             zero = self._minmax.join(zero, b"")
-        keys = keys + sorted(deleted)
-        values = values + [zero] * len(deleted)
+        if deleted:
+            keys = keys + sorted(deleted)
+            values = values + [zero] * len(deleted)
         order = key_order(keys)
         return self._emit([keys[i] for i in order], [values[i] for i in order])
 
@@ -400,12 +429,14 @@ class AggregateLogic(KeyedStateLogic):
         else:
             self.fold()
         deleted = self._epoch_deleted
-        pairs = [(k, v) for k, v in zip(self._epoch_keys, self._epoch_values, strict=True)
-                 if v]
+        keys, values = self._epoch_keys, self._epoch_values
+        if not all(values):  # b"": a deleted key (in ``deleted``)
+            live = list(map(bool, values))
+            keys, values = list(compress(keys, live)), list(compress(values, live))
         self._epoch_keys, self._epoch_values = [], []
         self._epoch_deleted = set()
         self._changed = set()
-        return [k for k, _ in pairs], [v for _, v in pairs], deleted
+        return keys, values, deleted
 
     def changelog(self, epoch: int) -> pa.RecordBatch | None:
         """Fold; the epoch's changes with their row kinds (``raykv.operators.changelog``).

@@ -505,3 +505,53 @@ def test_a_detached_epoch_folds_to_the_same_state_while_the_next_one_buffers(
     assert dict(store.items()) == dict(plain_store.items())
     assert_rows_equal(rows_by_key(logic.finish()), model_aggregate(seen, "k", aggs))
     assert fenced > 0
+
+
+@pytest.mark.parametrize("bound", [60, DEFAULT_MAX_BUFFERED_ROWS])
+@pytest.mark.parametrize("key_kind", ["int", "str"])
+def test_a_fold_in_slices_equals_one_fold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          key_kind: str, bound: int) -> None:
+    """``FOLD_SLICE_KEYS`` of 7: the same engine bytes and changelogs as one slice, one
+    ``multi_get`` per slice, and an int64 overflow in a later slice writes nothing."""
+    rng = random.Random(11)
+    aggs = {**AGGS, "f": ["sum", "mean", "min", "max", "first", "last", "count"]}
+    stores = [CountingMemOnly(tmp_path / "whole"), CountingMemOnly(tmp_path / "sliced")]
+    logics = [Aggregate("k", aggs, max_buffered_rows=bound).build(s) for s in stores]
+    seen: list[pa.RecordBatch] = []
+
+    def barrier(epoch: int) -> list[pa.RecordBatch | None]:
+        outs = []
+        for slice_keys, logic in zip((1 << 30, 7), logics, strict=True):
+            monkeypatch.setattr(aggregate_module, "FOLD_SLICE_KEYS", slice_keys)
+            outs.append(logic.on_barrier(epoch))
+        return outs
+
+    for epoch in range(1, 6):
+        for _ in range(rng.randrange(1, 5)):
+            b = random_batch(rng, rng.randrange(1, 120), key_kind=key_kind, space=40)
+            seen.append(b)
+            for logic in logics:
+                logic.process(b)
+        gets = stores[1].gets
+        whole, sliced = barrier(epoch)
+        assert dict(stores[1].items()) == dict(stores[0].items())  # bit-identical state
+        assert (whole is None) == (sliced is None)
+        if whole is not None and sliced is not None:
+            assert sliced.column("k").equals(whole.column("k"))
+            assert_rows_equal(rows_by_key(sliced), rows_by_key(whole))
+            if bound == DEFAULT_MAX_BUFFERED_ROWS:  # one fold per epoch: a read per slice
+                assert stores[1].gets - gets == -(-whole.num_rows // 7)
+    monkeypatch.setattr(aggregate_module, "FOLD_SLICE_KEYS", 7)
+    assert_rows_equal(rows_by_key(logics[1].finish()), model_aggregate(seen, "k", aggs))
+
+    big = 2**62
+    with MemOnly(tmp_path / "overflow") as store:
+        logic = Aggregate("k", {"v": ["sum"]}).build(store)
+        logic.process(pa.record_batch({"k": list(range(20)), "v": [big] * 20}))
+        logic.on_barrier(1)
+        snapshot = dict(store.items())
+        logic.process(pa.record_batch({"k": list(range(20)), "v": [1] * 17 + [big] + [1, 1]}))
+        logic.process(pa.record_batch({"k": [0], "v": [1]}))
+        with pytest.raises(OverflowError, match=r"column 'v'.*key 17"):
+            logic.on_barrier(2)  # slices 0-6 and 7-13 combine first; nothing is written
+        assert dict(store.items()) == snapshot
