@@ -215,7 +215,7 @@ def test_windows_are_never_rebalanced(ray_session: Any, tmp_path: Path) -> None:
         source=TableSource(t, batch_size=BATCH),
         stages=[TumblingWindow("user", "t", 5_000, {"amount": ["sum"]})], num_shards=4,
         checkpoint=str(tmp_path / "ckpt"), local_dir=str(tmp_path / "local"),
-        epoch_every_batches=EVERY, rebalance=REBALANCE,
+        epoch_every_batches=EVERY, rebalance=REBALANCE, source_parallelism=1,
     ).run()
     assert s.finished and not s.rebalances and s.load
 
