@@ -109,8 +109,8 @@ def test_keyed_aggregation_stop_resume_and_bad_input(
 def test_rescale_2_to_3(ray_session: Any, tmp_path: Path,
                         capsys: pytest.CaptureFixture[str]) -> None:
     ex = example("rescale")
-    code = ex.main(["--events", "48000", "--keys", "600", "--batch-size", "3000",
-                    "--stop-after", "2"])
+    code = ex.main(["--events", "24000", "--keys", "600", "--batch-size", "3000",
+                    "--stop-after", "2"])  # 4 epochs and the final one
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "3 shards, resumed from epoch" in out.out and "-2of3-g1" in out.out
@@ -134,7 +134,8 @@ def test_windowed_sessions(ray_session: Any, capsys: pytest.CaptureFixture[str])
 def test_skewed_keys_rebalances_and_survives_a_kill(
     ray_session: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = example("skewed_keys").main(["--events", "120000", "--keys", "5000"])
+    code = example("skewed_keys").main(["--events", "60000", "--keys", "5000",
+                                             "--batch-size", "5000"])  # 6 epochs
     out = capsys.readouterr()
     assert code == 0, out.out + out.err
     assert "rebalanced at epoch" in out.out and "killing" in out.out
