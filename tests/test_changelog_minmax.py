@@ -83,14 +83,15 @@ def _kill_once(kills: list[str], epoch: int, prefix: str) -> Any:
     return on_progress
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_three_stages_of_min_max_with_a_sigkill(ray_session: Any, tmp_path: Path,
-                                                 seed: int) -> None:
+def test_three_stages_of_min_max_with_a_sigkill(ray_session: Any, tmp_path: Path) -> None:
     """user -> country (min/max, re-keyed) -> users-per-country buckets (min/max,
-    re-keyed); epochs every 1-3 batches; a shard of the country stage SIGKILLed after a
-    commit: it restores its multisets from the checkpoint and the replay is exact."""
+    re-keyed); an epoch every 3 batches (10 epochs); a shard of the country stage SIGKILLed
+    after a commit: it restores its multisets from the checkpoint and the replay is exact.
+    (One seed: a second one, with epochs every 2 batches, ran the same code.)"""
+    seed = 2
     t = events(12_000, seed)
     every = int(np.random.default_rng(seed).integers(1, 4))
+    assert every == 3
     kills: list[str] = []
     s = pipeline(tmp_path, t, 3, epoch_every_batches=every, max_pending_epochs=1,
                  on_progress=_kill_once(kills, 3, "country")).run()
