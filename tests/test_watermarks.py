@@ -190,10 +190,10 @@ def _pipeline(tmp_path: Path, source: ParquetSource, late: str = "drop",
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("seed", [3, 4])
-def test_windows_close_by_the_sources_watermark(ray_session: Any, tmp_path: Path,
-                                                seed: int) -> None:
-    _write_splits(tmp_path / "in", 5, seed)
+def test_windows_close_by_the_sources_watermark(ray_session: Any, tmp_path: Path) -> None:
+    # one seed of split sizes (a second one ran the same code; the SIGKILL test below
+    # checks the same windows on a third)
+    _write_splits(tmp_path / "in", 5, 3)
     source = ParquetSource(str(tmp_path / "in"), batch_size=BATCH)
     want = _model(source, 2)
     s = _pipeline(tmp_path, source).run()
