@@ -186,8 +186,8 @@ def test_resume_with_another_source_parallelism(ray_session: Any, tmp_path: Path
                                     max_pending_epochs=1)
     s1 = first.run()
     assert s1.stopped and 0 < s1.rows_in < table.num_rows
-    s2 = aggregate(tmp_path, source, sink=ParquetSink(str(out)), source_parallelism=5).run(
-        resume=True)
+    s2 = aggregate(tmp_path, source, sink=ParquetSink(str(out)), source_parallelism=3).run(
+        resume=True)  # 5 files on 3 readers: split assignment changes and is uneven
     assert s2.finished and s1.rows_in + s2.rows_in == table.num_rows
     assert latest(ParquetSink(str(out)).read()) == model(table)
 
@@ -278,6 +278,8 @@ def test_a_bad_file_fails_naming_it_and_the_committed_epochs_stay(
     store = CheckpointStore(str(tmp_path / "ckpt"))
     committed = store.epochs()
     assert store.intact_epochs(committed) == committed
+    if damage != "truncated":
+        return  # the resume below is the same for every damage: it runs once
     bad.write_bytes(good)  # the file repaired: the run goes on from the last commit
     s = aggregate(tmp_path, source, sink=ParquetSink(str(out)), source_parallelism=2).run(
         resume=bool(committed))
