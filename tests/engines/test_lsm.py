@@ -11,7 +11,15 @@ import pytest
 
 from raykv.engines import LSMTree
 from raykv.engines.fileio import crc32
-from raykv.engines.lsm.bloom import BloomFilter, hash_many, hash_pair, mask_of, masks_of
+from raykv.engines.lsm.bloom import (
+    BloomBuilder,
+    BloomFilter,
+    hash_many,
+    hash_pair,
+    mask_of,
+    masks_of,
+    nwords_for,
+)
 from raykv.engines.lsm.compaction import (
     MergePlan,
     drop_tombstones,
@@ -122,6 +130,66 @@ def test_bloom_masks_agree_and_round_trip() -> None:
     assert again.words == bloom.words
     always = BloomFilter.build(h, 0)  # bits_per_key=0: no filter, every probe says maybe
     assert always.nwords == 1 and all(always.may_contain(k) for k in (b"x", b"y", b"zz"))
+
+
+def _reference_words(h: Any, bits: int) -> list[int]:
+    """The filter of hashes ``h`` built at its own size in one pass (the model)."""
+    nwords = nwords_for(len(h), bits)
+    words = np.zeros(nwords, dtype=np.uint64)
+    if len(h):
+        np.bitwise_or.at(words, (h[:, 0] & np.uint64(nwords - 1)).astype(np.intp),
+                         masks_of(h[:, 1]))
+    return words.tolist()
+
+
+def test_a_bloom_built_in_chunks_for_an_overestimate_equals_the_one_pass_filter() -> None:
+    """``BloomBuilder`` sized for up to 40x the keys it gets, fed in random chunks, folds
+    to exactly the filter built at the right size; more keys than announced still give a
+    filter without false negatives."""
+    rng = random.Random(5)
+    for n in (0, 1, 6, 7, 64, 65, 1000, 4099):
+        keys = [rng.randbytes(rng.randrange(1, 20)) for _ in range(n)]
+        h = hash_many(keys)
+        for over in (1, 3, 40):
+            builder = BloomBuilder(n * over, 10)
+            i = 0
+            while i < n:
+                j = i + rng.randrange(1, 300)
+                builder.add(h[i:j])
+                i = j
+            assert list(builder.build(n).words) == _reference_words(h, 10), (n, over)
+    keys = [b"k%d" % i for i in range(5000)]
+    h = hash_many(keys)
+    builder = BloomBuilder(100, 10)
+    builder.add(h)
+    small = builder.build(len(keys))
+    assert small.nwords < nwords_for(len(keys), 10)
+    assert small.may_contain_many(h[:, 0], masks_of(h[:, 1])).all()
+
+
+def test_a_big_runs_writer_holds_its_filter_not_a_hash_per_key(tmp_path: Path) -> None:
+    """A big run (1,000,000 keys) is written in a few bytes per key: the filter is built
+    as the keys stream in (before: 16 bytes of hash per key, 160 MiB for the bottom level
+    of a 10M-key shard, plus the build's temporaries). The file's filter is the one-pass
+    filter of its keys."""
+    import tracemalloc
+
+    keys = [i.to_bytes(8, "big") for i in range(1_000_000)]
+    values = [b"v"] * len(keys)
+    tracemalloc.start()
+    try:
+        w = RunWriter(tmp_path / "big.run", density_factor=64, bits_per_key=10,
+                      expected_keys=len(keys))
+        for i in range(0, len(keys), 8192):
+            w.add(keys[i:i + 8192], values[i:i + 8192])
+        w.finish()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * len(keys), f"the writer peaked at {peak / len(keys):.1f} B/key"
+    r = RunReader(tmp_path / "big.run")
+    assert list(r.bloom.words) == _reference_words(hash_many(keys), 10)
+    r.close()
 
 
 # ---------------------------------------------------------------------- run files

@@ -100,14 +100,12 @@ class BloomFilter:
     @classmethod
     def build(cls, hashes: npt.NDArray[np.uint64], bits_per_key: int) -> BloomFilter:
         """Build a filter from an ``(n, 2)`` hash array (``hash_many``). Cost: O(n), numpy."""
-        n = len(hashes)
-        if bits_per_key == 0:
-            return cls(array("Q", [ALL_ONES]))
-        nwords = nwords_for(n, bits_per_key)
-        words = np.zeros(nwords, dtype=np.uint64)
-        if n:
-            idx = (hashes[:, 0] & np.uint64(nwords - 1)).astype(np.intp)
-            np.bitwise_or.at(words, idx, masks_of(hashes[:, 1]))
+        builder = BloomBuilder(len(hashes), bits_per_key)
+        builder.add(hashes)
+        return builder.build(len(hashes))
+
+    @classmethod
+    def _of(cls, words: npt.NDArray[np.uint64]) -> BloomFilter:
         out = array("Q")
         out.frombytes(words.tobytes())
         return cls(out)
@@ -147,3 +145,45 @@ class BloomFilter:
 
     def __sizeof__(self) -> int:
         return object.__sizeof__(self) + 16 * self.nwords + 200
+
+
+class BloomBuilder:
+    """Builds the filter of a run chunk by chunk, in the memory of the filter itself.
+
+    Sized for ``max_keys`` (an upper bound on the keys added); :meth:`build` folds the
+    words down to the size ``nkeys`` keys get (``nwords_for``). Folding is exact: with a
+    power-of-two ``nwords`` a key's word in the half-size filter is its word modulo the
+    half, so ORing the two halves gives bit for bit the filter built at the smaller size
+    from the same keys. A writer thus keeps about ``bits_per_key / 8`` to twice that
+    bytes per key (not the 16 bytes per key of a hash buffer). More keys than
+    ``max_keys`` give a filter with fewer bits per key (more false positives, never a
+    false negative). Cost: one numpy OR-scatter per chunk, one OR per fold.
+    """
+
+    __slots__ = ("_bits", "_words")
+
+    def __init__(self, max_keys: int, bits_per_key: int) -> None:
+        self._bits = bits_per_key
+        self._words = np.zeros(nwords_for(max_keys, bits_per_key) if bits_per_key else 0,
+                               dtype=np.uint64)
+
+    def add(self, hashes: npt.NDArray[np.uint64]) -> None:
+        """Add the keys of an ``(n, 2)`` hash array (``hash_many``)."""
+        if len(hashes) and len(self._words):
+            idx = (hashes[:, 0] & np.uint64(len(self._words) - 1)).astype(np.intp)
+            np.bitwise_or.at(self._words, idx, masks_of(hashes[:, 1]))
+
+    def finish(self, nkeys: int) -> npt.NDArray[np.uint64]:
+        """The words of the filter of the ``nkeys`` keys added (the builder is spent)."""
+        if not self._bits:
+            return np.array([ALL_ONES], dtype=np.uint64)
+        words, self._words = self._words, np.zeros(0, dtype=np.uint64)
+        target = nwords_for(nkeys, self._bits)
+        while len(words) > target:
+            half = len(words) // 2
+            words = words[:half] | words[half:]
+        return words
+
+    def build(self, nkeys: int) -> BloomFilter:
+        """:meth:`finish` as a :class:`BloomFilter`."""
+        return BloomFilter._of(self.finish(nkeys))

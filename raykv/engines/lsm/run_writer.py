@@ -2,8 +2,9 @@
 
 Call order: ``RunWriter(path, ...) (add)* (finish | abort)``. ``add`` takes sorted chunks
 (keys strictly increasing, also across chunks) and streams full data blocks to a
-temporary file, so a merge of any size holds only one chunk, the fence pointers and 16
-bytes of hash per key in memory. ``finish`` appends the index, the bloom filter and the
+temporary file, so a merge of any size holds only one chunk, the fence pointers and the
+bloom filter being built (``BloomBuilder``: 1.25-2.5 bytes per key at 10 bits per key)
+in memory. ``finish`` appends the index, the bloom filter and the
 footer and renames the file to its final name (FORMAT.md, "LSM run file"). The file is not
 fsynced here: the engine's manifest commit fsyncs it before any manifest refers to it.
 """
@@ -19,10 +20,8 @@ from itertools import accumulate, chain
 from pathlib import Path
 from zlib import crc32
 
-import numpy as np
-
 from raykv.engines.filename import TMP_SUFFIX
-from raykv.engines.lsm.bloom import BloomFilter, hash_many
+from raykv.engines.lsm.bloom import BloomBuilder, hash_many
 from raykv.engines.lsm.run_format import (
     BLOCK_MAX_BYTES,
     BLOOM_K,
@@ -45,8 +44,8 @@ class RunWriter:
         density_factor: entries per data block (the last block may hold fewer; a block
             is also cut early when it would exceed ``BLOCK_MAX_BYTES``).
         bits_per_key: bloom filter budget (0: a filter that always answers "maybe").
-        expected_keys: an upper bound on the number of entries (sizes the hash buffer;
-            exceeding it only costs a reallocation).
+        expected_keys: an upper bound on the number of entries (sizes the bloom filter
+            being built; exceeding it gives a filter with fewer bits per key).
 
     Attributes:
         entry_count: entries written so far (tombstones included).
@@ -60,7 +59,6 @@ class RunWriter:
         self.path = path
         self._tmp = path.with_name(path.name + TMP_SUFFIX)
         self._density = density_factor
-        self._bits_per_key = bits_per_key
         self._f = open(self._tmp, "wb")  # noqa: SIM115 - closed in finish/abort
         self._parts: list[bytes] = []
         self._buffered = 0
@@ -69,8 +67,7 @@ class RunWriter:
         self._fences: list[bytes] = []
         self._pending_keys: list[bytes] = []
         self._pending_values: list[bytes] = []
-        # np.empty of a large size is backed by untouched pages: only what is used is resident
-        self._hashes = np.empty((max(expected_keys, 1), 2), dtype=np.uint64)
+        self._bloom = BloomBuilder(max(expected_keys, 1), bits_per_key)
         self._last_key: bytes | None = None
         self.entry_count = 0
         self.data_bytes = 0
@@ -88,13 +85,8 @@ class RunWriter:
             msg = f"run entries must be added in increasing key order ({self.path})"
             raise ValueError(msg)
         self._last_key = keys[-1]
-        pos = self.entry_count
-        if pos + n > len(self._hashes):
-            grown = np.empty((max(2 * len(self._hashes), pos + n), 2), dtype=np.uint64)
-            grown[:pos] = self._hashes[:pos]
-            self._hashes = grown
-        self._hashes[pos : pos + n] = hash_many(keys)
-        self.entry_count = pos + n
+        self._bloom.add(hash_many(keys))
+        self.entry_count += n
         if self._pending_keys:
             keys = self._pending_keys + list(keys)
             values = self._pending_values + list(values)
@@ -183,13 +175,14 @@ class RunWriter:
             offsets.byteswap()
             fence_lens.byteswap()
         index = b"".join(chain((offsets.tobytes(), fence_lens.tobytes()), self._fences))
-        bloom = BloomFilter.build(self._hashes[: self.entry_count], self._bits_per_key)
-        self._hashes = np.empty((0, 2), dtype=np.uint64)
-        bloom_bytes = bloom.to_bytes()
+        words = self._bloom.finish(self.entry_count)
+        bloom_bytes = words.astype("<u8", copy=False).tobytes()  # BloomFilter.to_bytes
+        del words
         sections_crc = crc32(bloom_bytes, crc32(index))
         fields = [
             index_offset, index_offset + len(index), self.entry_count, self.data_bytes,
-            len(self._fences), bloom.nwords, sections_crc, RUN_VERSION, BLOOM_K, 0, RUN_MAGIC,
+            len(self._fences), len(bloom_bytes) // 8, sections_crc, RUN_VERSION, BLOOM_K, 0,
+            RUN_MAGIC,
         ]
         footer = FOOTER.pack(*fields)
         fields[9] = crc32(footer[:FOOTER_CRC_SPAN])
