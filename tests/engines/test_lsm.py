@@ -167,6 +167,25 @@ def test_a_bloom_built_in_chunks_for_an_overestimate_equals_the_one_pass_filter(
     assert small.may_contain_many(h[:, 0], masks_of(h[:, 1])).all()
 
 
+def test_an_open_filter_holds_its_words_once() -> None:
+    """A run's filter stays in memory for as long as the run is open: its words are held
+    once (the scalar probes' array and the vectorised probes' numpy view share them)."""
+    import tracemalloc
+
+    keys = [b"k%d" % i for i in range(50_000)]
+    data = BloomFilter.build(hash_many(keys), 10).to_bytes()
+    tracemalloc.start()
+    try:
+        bloom = BloomFilter.from_bytes(data)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 1.25 * len(data), f"{held} bytes held for {len(data)} bytes of filter"
+    h = hash_many(keys)
+    assert bloom.may_contain_many(h[:, 0], masks_of(h[:, 1])).all()
+    assert all(bloom.may_contain(k) for k in keys[::50])
+
+
 def test_a_big_runs_writer_holds_its_filter_not_a_hash_per_key(tmp_path: Path) -> None:
     """A big run (1,000,000 keys) is written in a few bytes per key: the filter is built
     as the keys stream in (before: 16 bytes of hash per key, 160 MiB for the bottom level

@@ -89,8 +89,9 @@ class BloomFilter:
             msg = f"a bloom filter needs a power-of-two number of words, got {self.nwords}"
             raise ValueError(msg)
         self.word_mask = self.nwords - 1
-        self._np = ~np.frombuffer(words, dtype=np.uint64)
-        self.absent = array("Q", self._np.tobytes())
+        self.absent = array("Q", (~np.frombuffer(words, dtype=np.uint64)).tobytes())
+        # the vectorised probes' view of the same words (one copy in memory, not two)
+        self._np = np.frombuffer(self.absent, dtype=np.uint64)
 
     @property
     def words(self) -> array[int]:
@@ -144,7 +145,7 @@ class BloomFilter:
         return maybe
 
     def __sizeof__(self) -> int:
-        return object.__sizeof__(self) + 16 * self.nwords + 200
+        return object.__sizeof__(self) + 8 * self.nwords + 200
 
 
 class BloomBuilder:
