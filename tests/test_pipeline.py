@@ -173,7 +173,7 @@ def test_barriers_align_across_stages(ray_session: Any, tmp_path: Path) -> None:
     the same epoch from both stages (no row crossed a barrier), every row arrives exactly
     once, and rows from one stage-1 shard reach stage 2 in the order they were sent.
     """
-    n = 600
+    n = 300  # 15 epochs
     seqs = np.arange(n)
     table = pa.table({"k": seqs % 11, "k2": (seqs * 7) % 5, "seq": seqs})
     p = raykv.Pipeline(
@@ -474,4 +474,9 @@ def test_key_too_long_is_a_clear_error(ray_session: Any, tmp_path: Path) -> None
     with pytest.raises(ValueError, match=r"'xxxx.*column 'user'.*max_key_len=32") as info:
         p.run()
     assert "Aggregate0" in str(info.value)  # the stage and shard are named too
-    _assert_still_restorable(tmp_path, p, good)
+    # the committed epochs stay intact (resuming after a bad-input error with the input
+    # fixed: test_null_key_is_a_clear_error, the same code)
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    latest = store.latest_epoch()
+    assert latest is not None
+    store.verify(latest)
