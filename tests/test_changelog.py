@@ -126,7 +126,7 @@ def test_a_sink_keeps_the_row_kinds_when_asked(ray_session: Any, tmp_path: Path)
         source=TableSource(t, batch_size=2_000),
         stages=[Aggregate("user", {"amount": ["sum"]})],
         sink=ParquetSink(str(out), changelog=True), engine="appendlog", num_shards=2,
-        epoch_every_batches=1, checkpoint=str(tmp_path / "ckpt"),
+        epoch_every_batches=2, source_parallelism=1, checkpoint=str(tmp_path / "ckpt"),
         local_dir=str(tmp_path / "local"), on_progress=_kill_once([], 3, "Aggregate0"),
     ).run()
     assert s.finished and s.restarts == 1
@@ -155,7 +155,7 @@ def test_users_per_maximum_after_a_reduce(ray_session: Any, tmp_path: Path) -> N
     s = raykv.Pipeline(
         source=TableSource(t, batch_size=1_000),
         stages=[Reduce("user", _max, "amount"), Aggregate("amount", {"user": ["count"]})],
-        engine="hybridlog", num_shards=2, epoch_every_batches=2,
+        engine="hybridlog", num_shards=2, epoch_every_batches=4, source_parallelism=1,
         checkpoint=str(tmp_path / "ckpt"), local_dir=str(tmp_path / "local"),
     ).run()
     per_user = t.group_by("user").aggregate([("amount", "max")])

@@ -38,7 +38,7 @@ def test_map_filter_then_aggregate(ray_session: Any, tmp_path: Path) -> None:
     summary = raykv.Pipeline(
         source=TableSource(data, batch_size=BATCH), stages=stages, num_shards=2,
         engine="hybridlog", epoch_every_batches=2, checkpoint=str(tmp_path / "ckpt"),
-        local_dir=str(tmp_path / "local"),
+        local_dir=str(tmp_path / "local"), source_parallelism=1,
     ).run()
     kept = data.filter(pc.greater(data["v"], 0))
     want = {r["k"]: (2 * r["v_sum"], r["v_count"]) for r in
@@ -52,7 +52,7 @@ def test_map_last_stage_emits_every_epoch(ray_session: Any, tmp_path: Path) -> N
     data = table(2)
     summary = raykv.Pipeline(
         source=TableSource(data, batch_size=BATCH), stages=[Filter("k", pc.field("v") >= 0)],
-        num_shards=2, engine="memonly", epoch_every_batches=2,
+        num_shards=2, engine="memonly", epoch_every_batches=2, source_parallelism=1,
         checkpoint=str(tmp_path / "ckpt"), local_dir=str(tmp_path / "local"),
     ).run()
     got = sorted(r for t in summary.output_by_epoch.values()
