@@ -191,14 +191,19 @@ def _pipeline(tmp_path: Path, source: ParquetSource, late: str = "drop",
 
 @pytest.mark.ray
 def test_windows_close_by_the_sources_watermark(ray_session: Any, tmp_path: Path) -> None:
-    # one seed of split sizes (a second one ran the same code; the SIGKILL test below
-    # checks the same windows on a third)
+    """One seed of split sizes (a second one ran the same code; the SIGKILL test below
+    checks the same windows, late rows dropped, on a third). Late rows are emitted here:
+    CollectSink's ``late_output`` holds each exactly once (the ``late="emit"`` run
+    without a kill of test_late_rows_leave_on_their_own_output_exactly_once)."""
     _write_splits(tmp_path / "in", 5, 3)
     source = ParquetSource(str(tmp_path / "in"), batch_size=BATCH)
-    want = _model(source, 2)
-    s = _pipeline(tmp_path, source).run()
+    late: list[tuple[int, int, int]] = []
+    want = _model(source, 2, late)
+    assert late  # the input has late rows
+    s = _pipeline(tmp_path, source, late="emit").run()
     got = {e: w for e, w in _by_epoch(s).items() if w}
     assert got == {e: w for e, w in want.items() if w}
+    assert _rows(s.late_output) == sorted(late)
     assert sum(st["late_events"] for st in s.shards.values()) > 0  # the rule was exercised
     # every split's largest event time is stored with the offsets
     with CheckpointStore(str(tmp_path / "ckpt")) as store:
@@ -262,8 +267,9 @@ def _rows(t: pa.Table | None) -> list[tuple[int, int, int]]:
 @pytest.mark.ray
 def test_late_rows_leave_on_their_own_output_exactly_once(ray_session: Any,
                                                           tmp_path: Path) -> None:
-    """``late="emit"``: CollectSink's ``late_output``, ParquetSink's ``_late/`` folder;
-    with a SIGKILL in the middle the late rows are neither lost nor doubled."""
+    """``late="emit"``: ParquetSink's ``_late/`` folder; with a SIGKILL in the middle the
+    late rows are neither lost nor doubled (CollectSink's ``late_output`` without a kill:
+    test_windows_close_by_the_sources_watermark)."""
     from raykv.sinks import ParquetSink
 
     _write_splits(tmp_path / "in", 5, 3)
@@ -271,9 +277,6 @@ def test_late_rows_leave_on_their_own_output_exactly_once(ray_session: Any,
     late: list[tuple[int, int, int]] = []
     want = _model(source, 2, late)
     assert late  # the input has late rows
-    s = _pipeline(tmp_path / "a", source, late="emit").run()
-    assert _rows(s.late_output) == sorted(late)
-    assert {e: w for e, w in _by_epoch(s).items() if w} == {e: w for e, w in want.items() if w}
 
     killed: list[int] = []
 
