@@ -20,6 +20,18 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
+TINY_ENV = "RAYKV_BENCH_TINY"
+
+
+def tiny() -> bool:
+    """Whether the quick sizes shrink to the test suite's (``RAYKV_BENCH_TINY=1``).
+
+    ``python -m benchmarks.report --quick --tiny`` sets it (``tests/test_benchmarks.py``):
+    every section then runs each of its code paths once at the smallest size that still
+    gives the results the tests check. Its figures measure nothing; ``--quick`` alone
+    keeps its documented sizes.
+    """
+    return os.environ.get(TINY_ENV) == "1"
 
 
 def rss_bytes() -> int:
@@ -94,6 +106,15 @@ def start_local_ray() -> bool:
 
     if ray.is_initialized():
         return False
+    if tiny():
+        # the test suite's size: the workers inherit PYTHONPATH from this process instead
+        # of a runtime_env, which starts every worker through a setup process first
+        # (most of a tiny pipeline run is its actors' start)
+        path = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = str(REPO) + (os.pathsep + path if path else "")
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+                 log_to_driver=False)
+        return True
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
              log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     return True

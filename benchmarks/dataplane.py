@@ -16,6 +16,7 @@ the extra epochs x actors) gives where one driver stops scaling. Then events/s o
 
     python -m benchmarks.dataplane            # 1M and 4M events, results/report_dataplane.json
     python -m benchmarks.dataplane --quick    # 100k and 400k events
+    RAYKV_BENCH_TINY=1 python -m benchmarks.dataplane --quick  # the test suite's 10k and 30k
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import RESULTS, loadavg, machine, start_local_ray
+from benchmarks.common import RESULTS, loadavg, machine, start_local_ray, tiny
 from benchmarks.pipeline import running_count
 
 KEYS = 100_000
@@ -45,17 +46,17 @@ def driver_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def write_events(folder: Path, events: int) -> None:
-    """``events`` rows of (user, amount) in Parquet files of ``FILE_ROWS`` rows."""
+def write_events(folder: Path, events: int, file_rows: int = FILE_ROWS) -> None:
+    """``events`` rows of (user, amount) in Parquet files of ``file_rows`` rows."""
     import numpy as np
 
     rng = np.random.default_rng(7)
     folder.mkdir(parents=True)
-    for start in range(0, events, FILE_ROWS):
-        n = min(FILE_ROWS, events - start)
+    for start in range(0, events, file_rows):
+        n = min(file_rows, events - start)
         users = (rng.zipf(1.2, n) % KEYS).astype("int64")
         pq.write_table(pa.table({"user": users, "amount": rng.integers(1, 100, n)}),
-                       folder / f"part-{start // FILE_ROWS:05d}.parquet")
+                       folder / f"part-{start // file_rows:05d}.parquet")
 
 
 def one_run(workload: str, src: Path, work: Path, shards: int = 2,
@@ -112,11 +113,13 @@ def ceilings(reader: float, shard: float, driver_per_actor_epoch: float) -> dict
 
 
 def measure(small: int, large: int, sweep: tuple[tuple[int, int], ...], *,
-            warm_each: bool = True) -> dict[str, Any]:
+            warm_each: bool = True, warm_up: bool = True,
+            file_rows: int = FILE_ROWS) -> dict[str, Any]:
     """Both workloads at ``small`` and ``large`` events, then the ``(shards, readers)`` sweep.
 
     ``warm_each``: a discarded warm-up run before every workload (else before the first
-    only: the quick report in the test suite, where only completeness is checked).
+    only: the quick report). ``warm_up=False``: none at all (the test suite's size, where
+    only completeness is checked). ``file_rows``: rows per Parquet file (the splits).
     """
     started = start_local_ray()
     tmp = Path(tempfile.mkdtemp(prefix="raykv-dataplane-"))
@@ -125,9 +128,9 @@ def measure(small: int, large: int, sweep: tuple[tuple[int, int], ...], *,
                                "parallelism": {}}
     try:
         for n in (small, large):
-            write_events(tmp / f"in-{n}", n)
+            write_events(tmp / f"in-{n}", n, file_rows)
         for i, workload in enumerate(("aggregate", "statefulmap", "raydata")):
-            if warm_each or i == 0:  # warm-up: imports, workers
+            if warm_up and (warm_each or i == 0):  # warm-up: imports, workers
                 one_run(workload, tmp / f"in-{small}", tmp / "work")
             runs = {n: one_run(workload, tmp / f"in-{n}", tmp / "work") for n in (small, large)}
             driver = per_event(runs, "cpu_s", small, large)
@@ -172,6 +175,8 @@ QUICK_SWEEP = ((2, 2),)
 def report_run(quick: bool, out: Path) -> dict[str, Any]:
     """The report's section: :func:`measure` at quick or full sizes."""
     del out  # no figure: the section is a table
+    if quick and tiny():  # as --quick: one file (split) in the small folder, two in the large
+        return measure(10_000, 30_000, QUICK_SWEEP, warm_up=False, file_rows=15_000)
     return (measure(100_000, 400_000, QUICK_SWEEP, warm_each=False) if quick
             else measure(1_000_000, 4_000_000, SWEEP))
 

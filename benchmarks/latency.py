@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import engines
-from benchmarks.common import percentiles, pyplot, save, write_csv
+from benchmarks.common import percentiles, pyplot, save, tiny, write_csv
 
 LATENCY_STORES = ["rocksdb", "memonly", "lsm", "hybridlog", "appendlog"]
 ALL_STORES = engines.STORES  # dict and RocksDB next to the four engines
@@ -184,6 +184,10 @@ def plot_latency(path: Path, rows: list[dict[str, Any]], title: str, series: str
 
 
 def sizes(quick: bool) -> dict[str, Any]:
+    if quick and tiny():  # the test suite's: every store and rate, fewer keys and calls
+        return {"n_keys": 2_000, "rates": [20_000.0, 100_000.0, 400_000.0], "seconds": 0.02,
+                "fit_keys": 1_000, "fit_ops": 4_000, "fit_repeat": 1,
+                "mem_keys": 1_000, "mem_ops": 4_000, "mem_dists": ["uniform"]}
     if quick:
         return {"n_keys": 5_000, "rates": [20_000.0, 100_000.0, 400_000.0], "seconds": 0.05,
                 "fit_keys": 2_000, "fit_ops": 10_000, "fit_repeat": 1,

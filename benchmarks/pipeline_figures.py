@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks import pipeline as bp
-from benchmarks.common import loadavg, pyplot, save, start_local_ray, write_csv
+from benchmarks.common import loadavg, pyplot, save, start_local_ray, tiny, write_csv
 
 INTERVALS: list[tuple[str, float | None]] = [("off", None), ("1s", 1.0), ("0.5s", 0.5),
                                               ("0.1s", 0.1)]
@@ -37,6 +37,10 @@ SHARDS = [1, 2, 4]
 
 
 def sizes(quick: bool) -> dict[str, Any]:
+    if quick and tiny():  # the test suite's: every run of --quick, a fifth of the events
+        return {"events": 20_000, "keys": 1_000, "batch_size": 4_096,
+                "resume_keys": [2_000], "update_keys": 1_000,
+                "update_rates": [100, 500, 1_000], "update_epochs": 1}
     if quick:
         return {"events": 100_000, "keys": 5_000, "batch_size": 16_384,
                 "resume_keys": [10_000], "update_keys": 5_000,
@@ -62,7 +66,9 @@ def throughput_run(bench: bp.Bench, table: pa.Table, expected: pa.Table, name: s
     p = bench.pipeline(TableSource(table, batch_size=bench.args.batch_size),
                        [Aggregate("user", {"amount": ["sum", "count"]})], name,
                        num_shards=shards, ckpt=interval is not None,
-                       checkpoint_interval=interval)
+                       checkpoint_interval=interval,
+                       # tiny: one reader (not one per shard), fewer actors to start
+                       source_parallelism=1 if tiny() else None)
     s = p.run()
     epochs = len(s.epochs_committed)
     row = {"shards": shards, "interval": "off" if interval is None else f"{interval:g}s",

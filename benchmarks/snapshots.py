@@ -363,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.insert_rounds, args.insert_keys = 10, 500
         args.update_keys, args.update_rounds, args.updates_per_round = 8192, 10, 200
+        if os.environ.get("RAYKV_BENCH_TINY") == "1":  # benchmarks.common.tiny()
+            args.insert_rounds, args.insert_keys = 5, 200
+            args.update_keys, args.update_rounds, args.updates_per_round = 2048, 5, 100
     engines = [e for e in args.engines.split(",") if importable(e)]
     experiments = args.experiments.split(",")
     stores = ["file", "s3"] if args.store == "both" else [args.store]

@@ -1,8 +1,10 @@
-"""The benchmark report runs end to end at quick sizes, and its figures say sane things.
+"""The benchmark report runs end to end at the test suite's sizes; its figures say sane things.
 
-``python -m benchmarks.report --quick --out <tmp>`` runs every section (sweeps, engine
-comparison, snapshots, amplification, pipeline on its own local Ray) in a subprocess;
-then the CSV files are checked for the invariants any correct measurement keeps.
+``python -m benchmarks.report --quick --tiny --out <tmp>`` runs every section (sweeps, engine
+comparison, snapshots, amplification, pipeline, data plane, recovery, ... on one local Ray)
+in a subprocess; ``--tiny`` shrinks the quick sizes to the smallest that still run each
+section's code paths (``benchmarks.common.tiny``). Then the CSV and JSON files are checked
+for the invariants any correct measurement keeps.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report")
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.report", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.report", "--quick", "--tiny", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
