@@ -320,9 +320,9 @@ def _with_seq(t: pa.Table) -> pa.Table:
 def _map_pipeline(tmp_path: Path, t: pa.Table, fn: Any, **kw: Any) -> raykv.Pipeline:
     return raykv.Pipeline(
         source=TableSource(t, batch_size=BATCH), stages=[StatefulMap("user", fn, name="m")],
-        engine="hybridlog", num_shards=2, checkpoint=str(tmp_path / "ckpt"),
+        engine="hybridlog", checkpoint=str(tmp_path / "ckpt"),
         local_dir=str(tmp_path / "local"), epoch_every_batches=EVERY, retain=10,
-        source_parallelism=1, **kw)
+        source_parallelism=1, **{"num_shards": 2, **kw})
 
 
 def test_poison_row_in_a_stateful_map_stops_after_one_retry(
@@ -375,8 +375,8 @@ def test_user_exception_that_cannot_cross_an_actor_arrives_as_user_code_error(
 ) -> None:
     t = _with_seq(table(43).slice(0, 2 * BATCH))
     events = Events()
-    with pytest.raises(UserCodeError) as info:
-        _map_pipeline(tmp_path, t, _stubborn, on_progress=events).run()
+    with pytest.raises(UserCodeError) as info:  # one shard: the error's crossing is checked
+        _map_pipeline(tmp_path, t, _stubborn, on_progress=events, num_shards=1).run()
     err = info.value
     assert err.error_type.endswith("_StubbornError") and err.context["epoch"] == 1
     assert "StatefulMap.fn raised _StubbornError in stage 'm'" in str(err)
@@ -393,7 +393,7 @@ def test_source_error_names_the_source_and_epoch(ray_session: Any, tmp_path: Pat
             raise KeyError("partition 3")
         return t.slice(i * BATCH, BATCH).to_batches()[0] if i * BATCH < N else None
 
-    p = make(tmp_path, t)
+    p = make(tmp_path, t, num_shards=1)  # the reader fails: one shard is enough
     p.source = raykv.sources.GeneratorSource(batch)
     with pytest.raises(KeyError) as info:
         p.run()
@@ -420,7 +420,8 @@ def test_sink_error_names_the_call_and_epoch(ray_session: Any, tmp_path: Path) -
     """Driver-side user code in the commit thread: raised at once, the user's type."""
     events = Events()
     with pytest.raises(_SinkBroke) as info:
-        make(tmp_path, table(47), sink=_BreakingSink(), on_progress=events).run()
+        make(tmp_path, table(47), sink=_BreakingSink(), on_progress=events,
+             num_shards=1).run()  # the driver's publish fails: one shard is enough
     text = full_text(info.value)
     assert "sink _BreakingSink.publish(2) raised _SinkBroke in the driver at epoch 2" in text
     assert events.attempts == 1 and events.of("fatal")[0].detail["reason"] == "driver"
