@@ -112,10 +112,10 @@ def start_local_ray() -> bool:
         # (most of a tiny pipeline run is its actors' start)
         path = os.environ.get("PYTHONPATH")
         os.environ["PYTHONPATH"] = str(REPO) + (os.pathsep + path if path else "")
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-                 log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 configure_logging=False, log_to_driver=False)
         return True
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
              log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     return True
 

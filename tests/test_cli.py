@@ -172,3 +172,20 @@ def test_export_stage_state_as_parquet(ray_session: Any, tmp_path: Path,
                  "--out", str(tmp_path / "out2")]) == 2
     assert "totals" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
+
+
+def test_the_demos_output_goes_to_the_streams_of_the_call(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """The demo's progress line and summary write to ``sys.stderr`` / ``sys.stdout`` as
+    they are when the demo runs. (They were bound when the module was first imported: a
+    test that imported it under pytest's capture left ``raykv demo`` failing later with
+    "I/O operation on closed file".)"""
+    import inspect
+    import io
+
+    from raykv.tools import demo
+
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    assert demo.ProgressLine(10).stream is err
+    assert inspect.signature(demo.pipeline_demo).parameters["stream"].default is None

@@ -83,10 +83,12 @@ _CDF_CACHE: dict[tuple[int, float], np.ndarray] = {}
 class ProgressLine:
     """A one-line live progress display on a terminal (plain lines when not a TTY)."""
 
-    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
         self.total = total
-        self.stream = stream
-        self.tty = stream.isatty()
+        # resolved per call, not at import: a stream bound at import outlives a swap
+        # of sys.stderr (pytest's capture) and fails once that stream is closed
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = self.stream.isatty()
         self.last = 0.0
 
     def __call__(self, event: ProgressEvent) -> None:
@@ -118,9 +120,14 @@ def pipeline_demo(
     *, events: int = 3_000_000, keys: int = 100_000, engine: str = "hybridlog",
     num_shards: int = 2, checkpoint: str | None = None, checkpoint_interval: float = 1.0,
     batch_size: int = 65_536, top: int = 10, rebalance: bool = False,
-    stream: TextIO = sys.stdout,
+    stream: TextIO | None = None,
 ) -> bool:
-    """Run the demo pipeline; print progress, a summary and the top keys; return exactness."""
+    """Run the demo pipeline; print progress, a summary and the top keys; return exactness.
+
+    ``stream``: where the summary goes (default: ``sys.stdout`` at the time of the call).
+    """
+    if stream is None:
+        stream = sys.stdout
     import ray
 
     import raykv
