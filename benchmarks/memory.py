@@ -255,6 +255,10 @@ def report_render(res: dict[str, Any], image_prefix: str) -> list[str]:
         "(no mapped files) | events/s | epochs | wall | final rows exact |",
         "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
+    for b in res.get("before", []):  # earlier runs kept for comparison (same command)
+        lines.append(
+            f"| {b['keys']:,} (before: {b['commit']}) | {b['peak_rss_max_mib']:,.0f} MiB | "
+            f"- | {b['peak_anon_max_mib']:,.0f} MiB | - | - | - | - |")
     for r in res["runs"]:
         peaks = " / ".join(f"{v / MIB:,.0f}" for v in r["peak_rss"].values())
         before = max(r["peak_rss_before_end"].values(), default=0) / MIB
