@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import loadavg, machine, section_main, start_local_ray
+from benchmarks.common import loadavg, machine, section_main, start_local_ray, tiny
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -44,13 +44,13 @@ def _pct(values: list[float], q: float) -> float | None:
     return v[max(1, math.ceil(len(v) * q / 100)) - 1] if v else None
 
 
-def drill(kills: int, standby: int, seed: int = 1) -> dict[str, Any]:
+def drill(kills: int, standby: int, seed: int = 1, events: int = 60_000) -> dict[str, Any]:
     """``raykv drill`` with ``kills`` kills; percentiles of detect, ready and commit."""
     from raykv.tools.drill import DrillConfig, run_drill
 
     with tempfile.TemporaryDirectory() as work:
         cfg = DrillConfig(kills=kills, num_shards=3, seed=seed, standby=standby,
-                          moments=("mid-batch", "acked"), work_dir=work)
+                          moments=("mid-batch", "acked"), work_dir=work, events=events)
         t0, load = time.perf_counter(), loadavg()
         res = run_drill(cfg)
     out: dict[str, Any] = {"standby": standby, "kills": len(res.kills), "exact": res.ok,
@@ -137,13 +137,16 @@ def report_run(quick: bool, out_dir: Path) -> dict[str, Any]:
     del out_dir  # tables only
     kills = 2 if quick else 20
     events, run_kills = (200_000, 1) if quick else (3_000_000, 6)
+    drill_events = 60_000
+    if quick and tiny():  # the test suite's size: one kill, 12 epochs of drill input
+        kills, events, drill_events = 1, 100_000, 24_000
     owned = start_local_ray()
     try:
-        # quick: the report runs in the test suite. 2 standbys: a drill's kills come
-        # about 2 s apart, less than a standby's process start on the 2-core machine
+        # 2 standbys: a drill's kills come about 2 s apart, less than a standby's
+        # process start on the 2-core machine
         standbys = (1,) if quick else (0, 1, 2)
         res = {"machine": machine(),
-               "drill": [drill(kills, s) for s in standbys],
+               "drill": [drill(kills, s, events=drill_events) for s in standbys],
                "added": [added(events, run_kills, s, repeat=1 if quick else 2)
                          for s in standbys]}
     finally:

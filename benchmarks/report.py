@@ -90,31 +90,8 @@ OPTIONAL: dict[str, tuple[str, str, bool]] = {
 }
 
 
-def recovery_tiny(quick: bool, out: Path) -> dict[str, Any]:
-    """The ``recovery`` section at the test suite's size (``--tiny``): its ``--quick`` run
-    with one kill in the drill instead of two (``benchmarks/recovery.py`` has no smaller
-    size of its own: the drill's events are fixed by ``recovery.drill``)."""
-    from benchmarks import recovery
-
-    del quick, out
-    owned = start_local_ray()
-    try:
-        return {"machine": machine(), "drill": [recovery.drill(1, 1)],
-                "added": [recovery.added(200_000, 1, 1, repeat=1)]}
-    finally:
-        if owned:
-            import ray
-
-            ray.shutdown()
-
-
-# name -> the run function used instead of the module's ``report_run`` with ``--tiny``
-TINY_RUNS: dict[str, Callable[[bool, Path], dict[str, Any]]] = {"recovery": recovery_tiny}
-
-
 def sections() -> list[Section]:
-    """``SECTIONS`` plus the optional ones whose module is present (``--tiny``: with the
-    run functions of ``TINY_RUNS``)."""
+    """``SECTIONS`` plus the optional ones whose module is present."""
     out = list(SECTIONS)
     for name, (title, module, uses_ray) in OPTIONAL.items():
         try:
@@ -125,7 +102,6 @@ def sections() -> list[Section]:
             continue
         run, render = getattr(mod, "report_run", None), getattr(mod, "report_render", None)
         if callable(run) and callable(render):
-            run = TINY_RUNS.get(name, run) if tiny() else run
             out.append(Section(name, title, run, render, uses_ray))
     return out
 
