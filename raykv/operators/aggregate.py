@@ -321,27 +321,23 @@ class AggregateLogic(KeyedStateLogic):
         sections: list[bytes] = []
         olds, news, flags = [], [], []
         for lo in range(0, max(1, len(keys)), step):
-            one = lo == 0 and step >= len(keys)
-            hi = lo + step
-            col = key_col if one else key_col.slice(lo, step)
-            got = self._read(keys if one else keys[lo:hi])
+            got = self._read(keys[lo:lo + step])
             base, sections = self._split(got)
+            col = key_col.slice(lo, step)
             describe = lambda i, c=col: f"key {c[i].as_py()!r}"  # noqa: E731
-            if index is None:
-                got_new, got_changed = layout.combine(
-                    base, part if one else part.slice(lo, step), describe)
-            elif one:
-                got_new, got_changed = layout.fold(base, part, index, describe)
-            else:
-                rows = np.flatnonzero((index >= lo) & (index < hi))
-                got_new, got_changed = layout.fold(base, part.take(rows), index[rows] - lo,
-                                                   describe)
+            if index is None:  # one row per key
+                got_new, got_changed = layout.combine(base, part.slice(lo, step), describe)
+            else:  # the rows of this slice's keys, in arrival order
+                rows = None if step >= len(keys) else np.flatnonzero(
+                    (index >= lo) & (index < lo + step))
+                got_new, got_changed = layout.fold(
+                    base, part if rows is None else part.take(rows),
+                    index if rows is None else index[rows] - lo, describe)
             olds.append(got)
             news.append(got_new)
             flags.append(got_changed)
-        old, new = (olds[0], news[0]) if len(olds) == 1 else (
-            list(chain.from_iterable(olds)), list(chain.from_iterable(news)))
-        changed = flags[0] if len(flags) == 1 else np.concatenate(flags)
+        old, new = list(chain.from_iterable(olds)), list(chain.from_iterable(news))
+        changed = np.concatenate(flags)
         if self._minmax is not None:  # exact min/max from the multisets
             new = self._minmax.apply(sections, new, key_col, deltas)
             changed = np.fromiter(map(bytes.__ne__, new, old), dtype=bool, count=len(new))
