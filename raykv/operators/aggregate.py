@@ -361,8 +361,8 @@ class AggregateLogic(KeyedStateLogic):
         if self._retract:
             new = drop_empty(layout, keys, new, self._epoch_deleted)
         for lo in range(0, max(1, len(keys)), step):  # one multi_set per slice too
-            self._write(keys[lo:lo + step], new[lo:lo + step],
-                        stamps=stamps, extra=extra if lo == 0 else ())
+            self._write(keys[lo:lo + step], new[lo:lo + step], extra=extra if lo == 0 else (),
+                        stamps=None if stamps is None else stamps[lo:lo + step])
         if not self._epoch_keys:
             self._epoch_keys, self._epoch_values = keys, new
         elif keys:  # a second fold in the epoch (the bound): later values win
