@@ -106,17 +106,17 @@ def start_local_ray() -> bool:
 
     if ray.is_initialized():
         return False
+    options: dict[str, Any] = {}
     if tiny():
         # the test suite's size: the workers inherit PYTHONPATH from this process instead
         # of a runtime_env, which starts every worker through a setup process first
         # (most of a tiny pipeline run is its actors' start)
         path = os.environ.get("PYTHONPATH")
         os.environ["PYTHONPATH"] = str(REPO) + (os.pathsep + path if path else "")
-        ray.init(address="local", num_cpus=2, include_dashboard=False,
-                 configure_logging=False, log_to_driver=False)
-        return True
+    else:
+        options["runtime_env"] = {"env_vars": {"PYTHONPATH": str(REPO)}}
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
-             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+             log_to_driver=False, **options)
     return True
 
 

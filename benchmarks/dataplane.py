@@ -113,13 +113,12 @@ def ceilings(reader: float, shard: float, driver_per_actor_epoch: float) -> dict
 
 
 def measure(small: int, large: int, sweep: tuple[tuple[int, int], ...], *,
-            warm_each: bool = True, warm_up: bool = True,
-            file_rows: int = FILE_ROWS) -> dict[str, Any]:
+            warm: str = "each", file_rows: int = FILE_ROWS) -> dict[str, Any]:
     """Both workloads at ``small`` and ``large`` events, then the ``(shards, readers)`` sweep.
 
-    ``warm_each``: a discarded warm-up run before every workload (else before the first
-    only: the quick report). ``warm_up=False``: none at all (the test suite's size, where
-    only completeness is checked). ``file_rows``: rows per Parquet file (the splits).
+    ``warm``: a discarded warm-up run before every workload (``"each"``), before the
+    first only (``"first"``: the quick report) or none (``"none"``: the test suite's
+    size, where only completeness is checked). ``file_rows``: rows per Parquet file.
     """
     started = start_local_ray()
     tmp = Path(tempfile.mkdtemp(prefix="raykv-dataplane-"))
@@ -130,7 +129,7 @@ def measure(small: int, large: int, sweep: tuple[tuple[int, int], ...], *,
         for n in (small, large):
             write_events(tmp / f"in-{n}", n, file_rows)
         for i, workload in enumerate(("aggregate", "statefulmap", "raydata")):
-            if warm_up and (warm_each or i == 0):  # warm-up: imports, workers
+            if warm == "each" or (warm == "first" and i == 0):  # imports, workers
                 one_run(workload, tmp / f"in-{small}", tmp / "work")
             runs = {n: one_run(workload, tmp / f"in-{n}", tmp / "work") for n in (small, large)}
             driver = per_event(runs, "cpu_s", small, large)
@@ -176,8 +175,8 @@ def report_run(quick: bool, out: Path) -> dict[str, Any]:
     """The report's section: :func:`measure` at quick or full sizes."""
     del out  # no figure: the section is a table
     if quick and tiny():  # as --quick: one file (split) in the small folder, two in the large
-        return measure(10_000, 30_000, QUICK_SWEEP, warm_up=False, file_rows=15_000)
-    return (measure(100_000, 400_000, QUICK_SWEEP, warm_each=False) if quick
+        return measure(10_000, 30_000, QUICK_SWEEP, warm="none", file_rows=15_000)
+    return (measure(100_000, 400_000, QUICK_SWEEP, warm="first") if quick
             else measure(1_000_000, 4_000_000, SWEEP))
 
 
