@@ -27,6 +27,7 @@ from raykv.engines.lsm.compaction import (
     output_level,
     pick_merge,
 )
+from raykv.engines.lsm.fences import ListFences
 from raykv.engines.lsm.run_format import BLOCK_MAX_BYTES, FOOTER, FOOTER_CRC_SPAN, FOOTER_SIZE
 from raykv.engines.lsm.run_reader import RunReader
 from raykv.engines.lsm.run_writer import RunWriter
@@ -209,6 +210,41 @@ def test_a_big_runs_writer_holds_its_filter_not_a_hash_per_key(tmp_path: Path) -
     r = RunReader(tmp_path / "big.run")
     assert list(r.bloom.words) == _reference_words(hash_many(keys), 10)
     r.close()
+
+
+def test_writing_and_opening_a_big_run_cost_its_index_and_filter_about_once(
+        tmp_path: Path) -> None:
+    """A merge writes a run as big as the state and opens it while the old runs are open:
+    finishing the file and opening it must not hold its index and filter several times
+    over (before: the finish joined index and filter into one more copy, peaking at 8.6
+    bytes per key, and the open peaked at 5x what the open run holds, 15.8 bytes per key,
+    with a Python list of every block's fence end and two copies of the filter)."""
+    import tracemalloc
+
+    keys = [(i * 7919).to_bytes(8, "big") for i in range(1_000_000)]
+    values = [b"v" * 16] * 4096
+    tracemalloc.start()
+    try:
+        w = RunWriter(tmp_path / "big.run", density_factor=16, bits_per_key=10,
+                      expected_keys=len(keys))
+        for i in range(0, len(keys), 4096):
+            w.add(keys[i:i + 4096], values[: len(keys[i:i + 4096])])
+        tracemalloc.reset_peak()
+        w.finish()
+        _, finish_peak = tracemalloc.get_traced_memory()
+        del w
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        run = RunReader(tmp_path / "big.run")
+        held, open_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = run.__sizeof__()
+    assert held - base <= 1.1 * size
+    assert finish_peak < 4.5 * len(keys), f"finish peaked at {finish_peak / len(keys):.1f} B/key"
+    assert open_peak - base < 2.5 * size, f"open peaked at {(open_peak - base) / size:.1f}x"
+    assert run.multi_lookup(keys[::1001]) == [b"v" * 16] * len(keys[::1001])
+    run.close()
 
 
 # ---------------------------------------------------------------------- run files
@@ -521,11 +557,13 @@ def test_check_detects_broken_invariants(tmp_path: Path) -> None:
         s.seal()
         s._check()
         run = runs_of(s)[0]
-        saved = list(run.fences)
-        run.fences[0], run.fences[1] = run.fences[1], run.fences[0]
+        saved = run.fences
+        keys = list(saved)
+        keys[0], keys[1] = keys[1], keys[0]
+        run.fences = ListFences(keys)
         with pytest.raises(AssertionError, match="fence"):
             s._check()
-        run.fences[:] = saved
+        run.fences = saved
         bloom = run.bloom
         run.bloom = BloomFilter(array("Q", bytes(8 * bloom.nwords)))  # an empty filter
         with pytest.raises(AssertionError, match="bloom false negative"):

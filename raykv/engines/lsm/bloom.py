@@ -84,14 +84,20 @@ class BloomFilter:
     __slots__ = ("_np", "absent", "nwords", "word_mask")
 
     def __init__(self, words: array[int]) -> None:
+        """A filter of ``words`` (as stored, native byte order).
+
+        The filter takes ``words`` over and complements them in place: no copy, so a
+        run's filter costs its size once, also while it is being opened.
+        """
         self.nwords = len(words)
         if self.nwords & (self.nwords - 1) or not self.nwords:
             msg = f"a bloom filter needs a power-of-two number of words, got {self.nwords}"
             raise ValueError(msg)
         self.word_mask = self.nwords - 1
-        self.absent = array("Q", (~np.frombuffer(words, dtype=np.uint64)).tobytes())
         # the vectorised probes' view of the same words (one copy in memory, not two)
-        self._np = np.frombuffer(self.absent, dtype=np.uint64)
+        self._np = np.frombuffer(words, dtype=np.uint64)
+        np.invert(self._np, out=self._np)
+        self.absent = words
 
     @property
     def words(self) -> array[int]:

@@ -17,7 +17,7 @@ import mmap
 import os
 import sys
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,9 +39,10 @@ from raykv.engines.manifest import Manifest
 from raykv.errors import CorruptionError
 
 # What get() walks, newest run first: runs in a row whose filters have the same number of
-# words share one word index. A run is (bloom's complemented words, (fences, block offsets,
-# mmap, reader)).
-RunProbe = tuple["array[int]", tuple[list[bytes], "array[int]", mmap.mmap, RunReader]]
+# words share one word index. A run is (bloom's complemented words, (its fences' position,
+# block offsets, mmap, reader)).
+RunProbe = tuple["array[int]", tuple[Callable[[bytes], int], "array[int]", mmap.mmap,
+                                     RunReader]]
 ProbeGroup = tuple[int, list[RunProbe]]
 
 
@@ -199,7 +200,7 @@ class LevelSet(KVStore):
         self._newest_first = newest
         groups: list[ProbeGroup] = []
         for r in newest:
-            probe = (r.bloom.absent, (r.fences, r.block_offsets, r.mm, r))
+            probe = (r.bloom.absent, (r.fences.position, r.block_offsets, r.mm, r))
             if groups and groups[-1][0] == r.bloom.word_mask:
                 groups[-1][1].append(probe)
             else:

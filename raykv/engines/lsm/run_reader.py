@@ -19,7 +19,6 @@ import mmap
 import os
 import sys
 from array import array
-from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from itertools import accumulate, pairwise, repeat
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from raykv.engines.lsm.bloom import BloomFilter, hash_pair, mask_of
+from raykv.engines.lsm.fences import fences_of
 from raykv.engines.lsm.run_format import (
     BLOOM_K,
     CRC_RESIDUE,
@@ -54,7 +54,8 @@ class RunReader:
         entry_count: entries in the run (tombstones included).
         data_bytes: sum of key and value lengths (the size used by leveling).
         file_size: bytes on disk.
-        fences: first key of every data block, increasing (a plain list for ``bisect``).
+        fences: first key of every data block, increasing (``fences.py``: packed for
+            fixed-width keys, 8 bytes per block).
         block_offsets: start offset of every block plus the end of the last one.
         bloom: the run's bloom filter.
         block_reads: data blocks read so far through this object (each read verifies the
@@ -124,25 +125,27 @@ class RunReader:
         ):
             raise CorruptionError(path, "footer", offset=footer_at,
                                   detail="section offsets do not fit the file size")
-        sections = self._pread(index_off, footer_at - index_off)  # not mapped: no RSS kept
-        if crc32(sections) != sections_crc:
+        # read, not mapped (no RSS kept); the filter straight into its words, so that
+        # opening a run costs its filter once (a merge opens one as big as the state)
+        index = self._pread(index_off, bloom_off - index_off)
+        words = self._pread_words(bloom_off, nwords)
+        if crc32(words, crc32(index)) != sections_crc:
             raise CorruptionError(path, "index crc", offset=index_off,
                                   detail="fence index or bloom filter damaged")
         offsets = array("Q")
-        offsets.frombytes(sections[: 8 * (block_count + 1)])
+        offsets.frombytes(index[: 8 * (block_count + 1)])
         lens = array("I")
-        lens.frombytes(sections[8 * (block_count + 1) : index_size])
+        lens.frombytes(index[8 * (block_count + 1) : index_size])
         if sys.byteorder == "big":  # pragma: no cover
             offsets.byteswap()
             lens.byteswap()
-        key_ends = list(accumulate(lens, initial=index_size))
-        if offsets[0] != 0 or offsets[-1] != index_off or key_ends[-1] != bloom_off - index_off:
+        fence_bytes = int(np.frombuffer(lens, dtype=np.uint32).sum(dtype=np.int64))
+        if offsets[0] != 0 or offsets[-1] != index_off or index_size + fence_bytes != len(index):
             raise CorruptionError(path, "index", offset=index_off,
                                   detail="block offsets or fence lengths are inconsistent")
-        get = sections.__getitem__
-        self.fences = list(map(get, map(slice, key_ends[:-1], key_ends[1:])))
+        self.fences = fences_of(lens, index[index_size:])
         self.block_offsets = offsets  # an array: in a random read mix as fast as a list
-        self.bloom = BloomFilter.from_bytes(sections[bloom_off - index_off :])
+        self.bloom = BloomFilter(words)
         self.entry_count = entries
         self.data_bytes = data_bytes
 
@@ -179,7 +182,7 @@ class RunReader:
         h1, h2 = hash_pair(key, 0)
         if not self.bloom.may_contain_hashed(h1, mask_of(h2)):
             return None
-        i = bisect_right(self.fences, key)
+        i = self.fences.position(key)
         return self.lookup(i - 1, key) if i else None
 
     def multi_lookup(self, keys: Sequence[bytes]) -> list[bytes | None]:
@@ -190,7 +193,7 @@ class RunReader:
         that serve several keys each are decoded whole, otherwise each key is found in its
         block with ``bytes.find`` and its entry located in the block's offset table.
         """
-        positions = list(map(bisect_right, repeat(self.fences), keys))  # block index + 1
+        positions = self.fences.positions(keys)  # block index + 1
         wanted = dict.fromkeys(positions)
         wanted.pop(0, None)  # keys before the first fence
         if not wanted:
@@ -295,6 +298,17 @@ class RunReader:
                                   detail=f"read {len(data)} of {length} bytes")
         return data
 
+    def _pread_words(self, offset: int, count: int) -> array[int]:
+        """``count`` little-endian u64 words at ``offset``, read into a new ``array('Q')``."""
+        words = array("Q", [0]) * count
+        got = os.preadv(self.fd, [words], offset)
+        if got != 8 * count:
+            raise CorruptionError(self.path, "length", offset=offset,
+                                  detail=f"read {got} of {8 * count} bytes")
+        if sys.byteorder == "big":  # pragma: no cover
+            words.byteswap()
+        return words
+
     def _pread_blocks(self, indices: Sequence[int]) -> list[bytes]:
         """Blocks ``indices`` (crc verified), one ``pread`` each."""
         offs = self.block_offsets
@@ -324,7 +338,7 @@ class RunReader:
         increasing, entry count and sizes as in the footer, and no bloom false negative
         for every ``sample_every``-th key.
         """
-        fences = self.fences
+        fences = list(self.fences)
         assert fences == sorted(set(fences)), f"{self.name}: fence keys not increasing"
         offs = self.block_offsets
         assert all(a < b for a, b in pairwise(offs)), "block offsets"
@@ -353,11 +367,9 @@ class RunReader:
 
     def __sizeof__(self) -> int:
         """Memory held for this run: fences, offsets and bloom words (computed in O(blocks))."""
-        fences = self.fences
         return (
             object.__sizeof__(self)
-            + sys.getsizeof(fences)
-            + sum(map(sys.getsizeof, fences))
+            + self.fences.nbytes
             + sys.getsizeof(self.block_offsets)
             + sys.getsizeof(self.bloom)
         )

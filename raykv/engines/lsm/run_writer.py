@@ -16,7 +16,8 @@ import os
 import sys
 from array import array
 from collections.abc import Sequence
-from itertools import accumulate, chain
+from functools import reduce
+from itertools import accumulate
 from pathlib import Path
 from zlib import crc32
 
@@ -34,6 +35,11 @@ from raykv.engines.lsm.run_format import (
 )
 
 _WRITE_BUFFER = 1 << 20
+
+
+def _crc_of(crc: int, part: bytes | array[int]) -> int:
+    """``crc32`` of ``part`` continuing ``crc`` (a ``reduce`` step over the index pieces)."""
+    return crc32(part, crc)
 
 
 class RunWriter:
@@ -64,7 +70,8 @@ class RunWriter:
         self._buffered = 0
         self._offset = 0
         self._block_offsets = array("Q")
-        self._fences: list[bytes] = []
+        self._fence_keys: list[bytes] = []  # the fences back to back, a chunk per item
+        self._fence_lens = array("I")
         self._pending_keys: list[bytes] = []
         self._pending_values: list[bytes] = []
         self._bloom = BloomBuilder(max(expected_keys, 1), bits_per_key)
@@ -110,7 +117,9 @@ class RunWriter:
         if encoded is not None:
             data, sizes, data_bytes = encoded
             self.data_bytes += data_bytes
-            self._fences += keys[0:end:d]
+            fences = keys[0:end:d]
+            self._fence_keys.append(b"".join(fences))
+            self._fence_lens.extend(map(len, fences))
             self._block_offsets.extend(accumulate(sizes[:-1], initial=self._offset))
             size = sum(sizes)
             self._offset += size
@@ -144,7 +153,8 @@ class RunWriter:
     def _emit(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
         payload, crc = encode_block(keys, values)
         self.data_bytes += sum(map(len, keys)) + sum(map(len, values))
-        self._fences.append(keys[0])
+        self._fence_keys.append(keys[0])
+        self._fence_lens.append(len(keys[0]))
         self._block_offsets.append(self._offset)
         size = len(payload) + len(crc)
         self._offset += size
@@ -168,30 +178,37 @@ class RunWriter:
             self._emit_blocks(self._pending_keys, self._pending_values, len(self._pending_keys))
             self._pending_keys, self._pending_values = [], []
         index_offset = self._offset
-        offsets = array("Q", self._block_offsets)
+        f = self._f
+        if self._parts:
+            f.write(b"".join(self._parts))
+            self._parts.clear()
+        # the index and the filter are written piece by piece, never joined: a merge's
+        # new run must not cost its index and filter twice more while it is written
+        offsets, fence_lens = self._block_offsets, self._fence_lens
         offsets.append(index_offset)
-        fence_lens = array("I", map(len, self._fences))
         if sys.byteorder == "big":  # pragma: no cover
             offsets.byteswap()
             fence_lens.byteswap()
-        index = b"".join(chain((offsets.tobytes(), fence_lens.tobytes()), self._fences))
-        words = self._bloom.finish(self.entry_count)
-        bloom_bytes = words.astype("<u8", copy=False).tobytes()  # BloomFilter.to_bytes
-        del words
-        sections_crc = crc32(bloom_bytes, crc32(index))
+        index: list[bytes | array[int]] = [offsets, fence_lens, *self._fence_keys]
+        index_size = 8 * len(offsets) + 4 * len(fence_lens) + sum(map(len, self._fence_keys))
+        words = self._bloom.finish(self.entry_count).astype("<u8", copy=False)
+        bloom = words.data  # a memoryview of the words: written and checksummed, not copied
+        sections_crc = crc32(bloom, reduce(_crc_of, index, 0))
         fields = [
-            index_offset, index_offset + len(index), self.entry_count, self.data_bytes,
-            len(self._fences), len(bloom_bytes) // 8, sections_crc, RUN_VERSION, BLOOM_K, 0,
-            RUN_MAGIC,
+            index_offset, index_offset + index_size, self.entry_count, self.data_bytes,
+            len(fence_lens), len(words), sections_crc, RUN_VERSION, BLOOM_K, 0, RUN_MAGIC,
         ]
         footer = FOOTER.pack(*fields)
         fields[9] = crc32(footer[:FOOTER_CRC_SPAN])
         footer = FOOTER.pack(*fields)
-        self._parts += (index, bloom_bytes, footer)
-        self._f.write(b"".join(self._parts))
-        self._parts.clear()
-        self._f.close()
-        self.file_size = index_offset + len(index) + len(bloom_bytes) + len(footer)
+        for part in index:
+            f.write(part)
+        f.write(bloom)
+        f.write(footer)
+        f.close()
+        self.file_size = index_offset + index_size + words.nbytes + len(footer)
+        # spent: what the writer held per block goes before the new run is opened
+        self._fence_keys, self._fence_lens, self._block_offsets = [], array("I"), array("Q")
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
