@@ -9,6 +9,7 @@ Each (store, distribution) runs in a fresh subprocess so that resident memory is
     python -m benchmarks.engines --lsm-memory    # 2,000,000 keys x 100-byte values in LSMTree
     python -m benchmarks.engines --bulk          # multi_set of 1,000,000 distinct keys (issue 15)
     python -m benchmarks.engines --bulk-profile hybridlog 100000 update  # cProfile of a phase
+    python -m benchmarks.engines --fold hybridlog 20000000 4  # an Aggregate's barriers (issue 15)
 
 Results go to benchmarks/results/engines.json (and lsm_memory.json, bulk.json).
 
@@ -19,6 +20,15 @@ one store with the engine's default parameters: ``insert`` (every key new), ``up
 (every key again, in another order) and ``mixed`` (half the keys of each batch new, half
 existing). The rate of a phase is keys over wall time, best of ``--repeat`` fresh stores;
 ``dict`` is ``dict.update`` of the same batches (the ceiling for a dict index).
+
+The fold workload (``--fold ENGINE EVENTS EPOCH_BATCHES``) is what a pipeline shard pays
+per checkpoint: an ``Aggregate`` (sum and count of ``amount`` per ``user``) over one
+shard's half of ``zipf_events(EVENTS, 100,000 keys)`` in batches of 131,072 rows, in
+process (no Ray), with a barrier (the fold: ``multi_get`` of the epoch's keys, combine,
+``multi_set``) and a ``seal()`` every ``EPOCH_BATCHES`` batches. It reports the thread
+CPU seconds of ``process``, the barriers, the seals, and within the barriers the
+engine's ``multi_get`` and ``multi_set`` (CPU time: less disturbed by other load than
+wall time).
 """
 
 from __future__ import annotations
@@ -291,6 +301,55 @@ def bulk_one(name: str, n_keys: int, batch: int, repeat: int = 2,
     return out
 
 
+def fold_one(name: str, events: int, per_epoch: int) -> dict[str, Any]:
+    """The fold workload (module docstring) on engine ``name`` with default parameters."""
+    import pyarrow.compute as pc
+
+    from raykv.engines import open_engine
+    from raykv.operators import Aggregate
+    from raykv.testing import zipf_events
+
+    table = zipf_events(events, 100_000, seed=0)
+    table = table.filter(pc.equal(pc.bit_wise_and(table["user"], 1), 0))  # one shard's
+    batches = table.to_batches(max_chunksize=131_072)
+    secs = dict.fromkeys(["process", "barrier", "seal", "multi_get", "multi_set"], 0.0)
+    keys = {"multi_get": 0, "multi_set": 0}
+    clock = time.thread_time
+    with tempfile.TemporaryDirectory() as tmp:
+        store: Any = open_engine(name, tmp)
+        get, put = store.multi_get, store.multi_set
+
+        def multi_get(ks: Any) -> Any:
+            t = clock()
+            out = get(ks)
+            secs["multi_get"] += clock() - t
+            keys["multi_get"] += len(ks)
+            return out
+
+        def multi_set(pairs: Any) -> None:
+            t = clock()
+            put(pairs)
+            secs["multi_set"] += clock() - t
+            keys["multi_set"] += len(pairs)
+
+        store.multi_get, store.multi_set = multi_get, multi_set
+        logic = Aggregate("user", {"amount": ["sum", "count"]}).build(store)
+        for i, b in enumerate(batches):
+            t = clock()
+            logic.process(b)
+            secs["process"] += clock() - t
+            if (i + 1) % per_epoch == 0:
+                t = clock()
+                logic.on_barrier(i)
+                secs["barrier"] += clock() - t
+                t = clock()
+                store.seal()
+                secs["seal"] += clock() - t
+        store.close()
+    return {"store": name, "events": events, "rows": table.num_rows,
+            "epochs": len(batches) // per_epoch, "cpu_s": secs, "keys": keys}
+
+
 def run_bulk(stores: list[str], n_keys: int, batches: list[int], repeat: int
              ) -> dict[str, Any]:
     """``bulk_one`` for every (store, batch size), each in a fresh subprocess."""
@@ -346,12 +405,18 @@ def main() -> None:
     ap.add_argument("--bulk-one", nargs=4, metavar="X", help=argparse.SUPPRESS)
     ap.add_argument("--bulk-profile", nargs=3, metavar=("STORE", "BATCH", "PHASE"),
                     help="profile one phase of the bulk workload (cProfile, to stderr)")
+    ap.add_argument("--fold", nargs=3, metavar=("STORE", "EVENTS", "EPOCH_BATCHES"),
+                    help="an Aggregate's per-epoch fold and seal, in process (see above)")
     ap.add_argument("--one", nargs="+", metavar="STORE DIST NKEYS NOPS [REPEAT]",
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         name, dist, nk, no, *rep = args.one
         print(json.dumps(run_one(name, dist, int(nk), int(no), *map(int, rep))))
+        return
+    if args.fold:
+        name, events, per_epoch = args.fold
+        print(json.dumps(fold_one(name, int(events), int(per_epoch))))
         return
     if args.bulk_profile:
         name, batch, phase = args.bulk_profile

@@ -17,8 +17,10 @@ changes if any pair is bad); deletes in it go through ``_delete`` one by one. Th
   one store pass did not add; otherwise the index is updated a chunk at a time right
   after each chunk's lookups, so the stores find the entries in the CPU cache. The
   keys left in the mutable region are counted as new (*pending*, ``regions.py``) and
-  settled by the next large batch's stores. Written records are not kept as cached
-  records (reads of them go to the run).
+  settled by the next large batch's stores. The newest written records stay in memory
+  as cached records, up to the cached region's bound (``mem_segment_len -
+  ro_lag_interval - flush_interval``), so the next epoch's reads of them (an operator
+  reads back the keys it folded) find them there.
 
 Cost of a large batch of ``n`` pairs: validation passes, two C-level set operations
 against the mutable and frozen regions, one index store per key (plus one lookup, in
@@ -111,13 +113,15 @@ class BulkWrites(Regions):
         index = self._index
         get = batch.__getitem__
         stale = frozen.keys() & batch.keys()  # read-copy-update: their copies leave memory
-        stale_live = 0
-        if stale:
-            stale_live = sum(map(truth, map(frozen.__getitem__, stale)))
-            # index liveness of stale keys is counted below with the others: take it back
-            stale_live -= sum(map(truth, map(LEN_SHIFT.__rrshift__,
-                                             map(index.get, stale, repeat(0)))))
         ro_keys, ro_values = self._read_only_records()
+        stale_live = 0
+        # the index liveness of stale keys is counted below with the others; a cached
+        # record is its durable record (same liveness): only read-only ones differ
+        ro_stale = stale.intersection(ro_keys) if stale and ro_keys else ()
+        if ro_stale:
+            stale_live = sum(map(truth, map(frozen.__getitem__, ro_stale)))
+            stale_live -= sum(map(truth, map(LEN_SHIFT.__rrshift__,
+                                             map(index.get, ro_stale, repeat(0)))))
         tombs = False
         if stale:
             keep = list(map(not_, map(stale.__contains__, ro_keys)))
@@ -146,7 +150,10 @@ class BulkWrites(Regions):
         self._live += len(new) - was_live  # ``stay`` counted as new: pending (regions.py)
         self._mut = dict(zip(stay, map(get, stay), strict=True))
         self._pend = set(stay)
-        del frozen[_WATERMARK]
+        del frozen[_WATERMARK]  # the read-only records are clean: cached
+        # the newest written records stay cached too (the region's bound holds them)
+        tail = max(len(ro_keys), len(keys) - self._cache_cap)
+        frozen.update(zip(keys[tail:], values[tail:], strict=True))
         frozen[_WATERMARK] = None
         self._n_ro = 0
         self._evict()

@@ -50,8 +50,8 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import compress, islice, repeat
-from operator import is_, truth
+from itertools import islice
+from operator import truth
 from typing import Unpack, cast
 
 from raykv.engines.base import StoreOptions, check_int_param
@@ -256,17 +256,14 @@ class HybridLog(BulkWrites):
         """Return the values of ``keys`` in order (``b""`` for missing keys).
 
         Cost: two C-level ``map`` passes over the batch (the mutable region's answer is
-        the default of the frozen region's lookup), then one index lookup and one read
-        per key that only the disk holds.
+        the default of the frozen region's lookup), then one index lookup per key that
+        only the disk holds and vectorized reads of their values (``_read_missing``).
         """
         self._ensure_open()
         self._check_keys(keys)
         res: list[bytes | None] = list(map(self._frozen.get, keys, map(self._mut.get, keys)))
         if None in res:
-            read, index = self._read_loc, self._index
-            for i in compress(range(len(res)), list(map(is_, res, repeat(None)))):
-                loc = index.get(keys[i])
-                res[i] = b"" if loc is None else read(loc)
+            self._read_missing(keys, res)
         return cast(list[bytes], res)  # every None was replaced
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:

@@ -21,7 +21,8 @@ member costs a copy of its bytes and no index store.
 from __future__ import annotations
 
 from collections import Counter
-from itertools import compress, repeat
+from collections.abc import Iterable
+from itertools import compress, islice, repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +44,7 @@ from raykv.engines.hybridlog.splice import Splicer
 from raykv.engines.space import pick_dead
 
 _SCAN_RATIO = 16  # scan the whole index when a merge's records are at least 1/16 of it
+_CLIP_CHUNK = 4096  # index entries per pass of ``_clipped_locs``
 
 
 def _live_by_locs(held: dict[int, tuple[np.ndarray, np.ndarray]],
@@ -71,6 +73,27 @@ def _live_by_locs(held: dict[int, tuple[np.ndarray, np.ndarray]],
     at = np.minimum(np.searchsorted(held_locs, packed), len(held_locs) - 1)
     found: npt.NDArray[np.bool_] = held_locs[at] == packed
     return found, held_pos[at]
+
+
+def _clipped_locs(values: Iterable[int], n: int) -> np.ndarray:
+    """``n`` locations as a uint64 array; those beyond a uint64 as ``NO_LOC``.
+
+    A location beyond a uint64 is a value of 256 bytes or more; ``NO_LOC`` equals no
+    record's location.
+
+    Cost: one C-level pass per chunk of ``_CLIP_CHUNK``; a second, slower one (a ``min``
+    per entry) only for the chunks holding such a location.
+    """
+    out = np.empty(n, dtype=np.uint64)
+    it = iter(values)
+    for a in range(0, n, _CLIP_CHUNK):
+        chunk = list(islice(it, _CLIP_CHUNK))
+        try:
+            out[a : a + len(chunk)] = np.fromiter(chunk, dtype=np.uint64, count=len(chunk))
+        except OverflowError:
+            out[a : a + len(chunk)] = np.fromiter(map(min, chunk, repeat(NO_LOC)),
+                                                  dtype=np.uint64, count=len(chunk))
+    return out
 
 
 def _select(expected: np.ndarray | list[int], mask: npt.NDArray[np.bool_]
@@ -296,8 +319,11 @@ class Maintenance(RunSet):
         nanoseconds to microseconds, against tens for a sequential step). The positions
         (in the index's iteration order) let a merge reuse the index's own key objects,
         whose stores then find the key by identity. ``None`` when per-record lookups are
-        cheaper (few records against a large index) or when a location does not fit a
-        uint64 (a value of 256 bytes or more).
+        cheaper (few records against a large index). Entries of values of 256 bytes or
+        more (locations beyond a uint64) are held as ``NO_LOC``, which no record's
+        location equals; the caller asks the index by key about the runs holding such
+        values (``segment_locs`` gives no array for them). Before, one such entry (an
+        operator's metadata value) sent every merge to per-record lookups.
         """
         index = self._index
         if records * _SCAN_RATIO < len(index):
@@ -305,7 +331,7 @@ class Maintenance(RunSet):
         try:
             locs = np.fromiter(index.values(), dtype=np.uint64, count=len(index))
         except OverflowError:
-            return None
+            locs = _clipped_locs(index.values(), len(index))
         slot_of = locs & np.uint64(SLOT_MASK)
         held = {}
         for s in slots:

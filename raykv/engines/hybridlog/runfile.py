@@ -35,6 +35,7 @@ import os
 import struct
 import sys
 from array import array
+from collections import deque
 from collections.abc import Sequence
 from itertools import repeat
 from operator import eq, lshift, or_
@@ -66,6 +67,8 @@ LEN_FITS_U64 = 1 << (64 - LEN_SHIFT)  # 256: a location fits a uint64 iff its le
 NO_LOC = U64_MAX  # never a location: its start + length (2**40 - 1 + 255) pass MAX_VALUES_LEN
 
 _WIDTH_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+_GATHER_MAX = 64  # values up to this long are gathered by numpy (``take_values``)
+_GATHER_WIDTHS = 8  # ... when they come in at most this many distinct lengths
 _LITTLE = sys.byteorder == "little"
 
 
@@ -147,6 +150,38 @@ def gather_values(mm: mmap.mmap | bytes, ends: np.ndarray, keep: np.ndarray) -> 
     try:
         shift = np.repeat(sel_starts - (np.cumsum(sel_lens) - sel_lens), sel_lens)
         return buf[shift + np.arange(kept_bytes)].tobytes()
+    finally:
+        del buf  # release the buffer export so the mmap can close
+
+
+def take_values(mm: mmap.mmap | bytes, starts: np.ndarray, lens: np.ndarray) -> list[bytes]:
+    """The values ``mm[starts[i] : starts[i] + lens[i]]`` as a list (lengths above 0).
+
+    Cost: values of at most ``_GATHER_MAX`` bytes in few distinct lengths are gathered by
+    numpy, one fancy-index pass and one ``tolist`` per length (about 0.2 us per value
+    against 0.4 us for a slice each); otherwise one slice per value. The caller has
+    verified the pages.
+    """
+    n = len(starts)
+    if not n:
+        return []
+    widths = np.unique(lens) if int(lens.max()) <= _GATHER_MAX else None
+    if widths is None or len(widths) > _GATHER_WIDTHS:
+        return [mm[a : a + b] for a, b in zip(starts.tolist(), lens.tolist(), strict=True)]
+    buf = np.frombuffer(mm, dtype=np.uint8)
+    try:
+        if len(widths) == 1:
+            width = int(widths[0])
+            grid = starts[:, None] + np.arange(width)
+            same: list[bytes] = buf[grid].view(f"V{width}").ravel().tolist()
+            return same
+        out: list[bytes] = [b""] * n
+        for width in widths.tolist():
+            at = np.flatnonzero(lens == width)
+            grid = starts[at][:, None] + np.arange(width)
+            deque(map(out.__setitem__, at.tolist(),
+                      buf[grid].view(f"V{width}").ravel().tolist()), maxlen=0)
+        return out
     finally:
         del buf  # release the buffer export so the mmap can close
 
@@ -367,6 +402,26 @@ class RunFile:
         """Verify every value page (cost: one crc32 pass over the values region)."""
         if self.pending:
             self.verify_pages(0, len(self._unverified) - 1)
+
+    def read_many(self, starts: np.ndarray, lens: np.ndarray) -> list[bytes]:
+        """Values at ``starts`` (int64) of ``lens`` bytes (above 0): ``read`` vectorized.
+
+        Verifies the pages they touch that are not yet verified. Cost: numpy passes, a
+        crc32 per new page and ``take_values``.
+        """
+        if self.pending and len(starts):
+            first = starts >> PAGE_BITS
+            last = (starts + lens - 1) >> PAGE_BITS
+            pages = np.union1d(first, last)
+            flags = np.frombuffer(self._unverified, dtype=np.uint8)
+            todo = pages[flags[pages] != 0].tolist()
+            del flags  # release the export
+            for p in todo:
+                self.verify_pages(p, p)
+            wide = np.flatnonzero(last - first > 1)  # values spanning 3+ pages
+            for i in wide.tolist():
+                self.verify_pages(int(first[i]), int(last[i]))
+        return take_values(self.mm, starts, lens)
 
     def read(self, start: int, stop: int) -> bytes:
         """Return value bytes ``[start, stop)``, verifying their pages on first touch."""

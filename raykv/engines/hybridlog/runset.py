@@ -13,8 +13,11 @@ crc32 of its 4 KiB page the first time that page is read.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import compress, repeat
+from operator import is_
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,10 @@ def _presync(path: Path) -> None:
     finally:
         os.close(fd)
 
+
+_READ_VECTOR = 64  # multi_get reads this many disk-only keys or more vectorized
+
+
 class RunView:
     """A slot whose records a merge spliced into ``run``, ``shift`` bytes further on.
 
@@ -66,6 +73,10 @@ class RunView:
     def read(self, start: int, stop: int) -> bytes:
         """Value bytes ``[start, stop)`` of the spliced run (read from ``run``)."""
         return self.run.read(start + self.shift, stop + self.shift)
+
+    def read_many(self, starts: np.ndarray, lens: np.ndarray) -> list[bytes]:
+        """``RunFile.read_many`` of the spliced run (``starts`` shifted)."""
+        return self.run.read_many(starts + self.shift, lens)
 
     def close(self) -> None:
         """Nothing to release: ``run`` owns the file."""
@@ -97,6 +108,45 @@ class RunSet(KVStore):
         return self._slots[loc & SLOT_MASK].read(
             start, start + (loc >> LEN_SHIFT)
         )
+
+    def _read_missing(self, keys: Sequence[bytes], res: list[bytes | None]) -> None:
+        """Fill each ``None`` of ``res`` with the durable value of ``keys[i]`` (``b""``: none).
+
+        Cost: one index lookup per such key, then, for ``_READ_VECTOR`` keys or more
+        whose locations fit a uint64 (values under 256 bytes), numpy passes over the
+        locations and one ``RunFile.read_many`` per run involved; otherwise one
+        ``_read_loc`` per key.
+        """
+        miss = list(compress(range(len(res)), map(is_, res, repeat(None))))
+        locs = list(map(self._index.get, map(keys.__getitem__, miss), repeat(0)))
+        values: list[bytes] | None = None
+        if len(miss) >= _READ_VECTOR:
+            try:
+                arr = np.fromiter(locs, dtype=np.uint64, count=len(locs))
+            except OverflowError:  # a value of 256 bytes or more
+                pass
+            else:
+                values = self._read_locs(arr)
+        if values is None:
+            read = self._read_loc
+            values = [read(loc) if loc >> LEN_SHIFT else b"" for loc in locs]
+        deque(map(res.__setitem__, miss, values), maxlen=0)
+
+    def _read_locs(self, locs: np.ndarray) -> list[bytes]:
+        """The values at packed uint64 ``locs`` (length 0: ``b""``), one pass per run."""
+        slots = (locs & np.uint64(SLOT_MASK)).astype(np.intp)
+        starts = (locs >> np.uint64(SLOT_BITS) & np.uint64(START_MASK)).astype(np.int64)
+        lens = (locs >> np.uint64(LEN_SHIFT)).astype(np.int64)
+        some = lens > 0
+        used = np.unique(slots[some])
+        if len(used) == 1 and bool(some.all()):
+            return self._slots[int(used[0])].read_many(starts, lens)
+        out: list[bytes] = [b""] * len(locs)
+        for slot in used.tolist():
+            at = np.flatnonzero((slots == slot) & some)
+            got = self._slots[slot].read_many(starts[at], lens[at])
+            deque(map(out.__setitem__, at.tolist(), got), maxlen=0)
+        return out
 
     def _open_run(self, name: str) -> RunFile:
         """Open run file ``name`` in a free slot (a dropped run's, else a new one)."""
