@@ -35,10 +35,13 @@ import mmap
 import os
 import sys
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from itertools import compress, islice, repeat
 from operator import add, getitem, itemgetter, not_
 from typing import Unpack, cast
+
+import numpy as np
 
 from raykv.engines.appendlog.bulk import BulkWrites
 from raykv.engines.appendlog.merge import levels, over_space, plan_merge
@@ -63,12 +66,14 @@ from raykv.engines.appendlog.runfile import (
 )
 from raykv.engines.base import StoreOptions, check_int_param
 from raykv.engines.fileio import crc32, encode_varint
+from raykv.engines.hybridlog.runfile import take_values  # a numpy gather of byte ranges
 from raykv.engines.manifest import Manifest
 
 DEFAULT_THRESHOLD = 4 * 1024 * 1024
 DEFAULT_MAX_RUNS_PER_LEVEL = 10
 MAX_THRESHOLD = 1 << 36
 _READ_BATCH = 4096
+_GATHER_MIN = 64  # reads of this many records or more gather them with numpy
 # rec[s] as a function for C-level maps (operator.getitem: faster than bytes.__getitem__;
 # its stub types a slice of a Sequence as a Sequence, not bytes)
 _cut = cast(Callable[[bytes, slice], bytes], getitem)
@@ -242,9 +247,7 @@ class AppendLog(BulkWrites):
 
     def _read_many(self, keys: Sequence[bytes], locs: list[int]) -> list[bytes]:
         """Values at ``locs`` (one per key), every record crc-checked; C-level passes."""
-        b = self._bufs
-        recs = [b[loc & SLOT_MASK][(o := loc >> SLOT_BITS & OFF_MASK) : o + (loc >> N_SHIFT)]
-                for loc in locs]
+        recs = self._records(locs)
         crcs = list(map(crc32, recs))
         if crcs.count(CRC_RESIDUE) != len(crcs):
             for loc, crc in zip(locs, crcs, strict=True):
@@ -256,6 +259,36 @@ class AppendLog(BulkWrites):
                 return list(map(_cut, recs, repeat(slice(klens[0] + 2, -4))))
             return list(map(_cut, recs, map(slice, map(add, klens, repeat(2)), repeat(-4))))
         return [rec[value_start(rec) : -4] for rec in recs]
+
+    def _records(self, locs: list[int]) -> list[bytes]:
+        """The raw records at ``locs``, one bytes object each (unchecked).
+
+        Cost: for ``_GATHER_MIN`` locations or more that fit a uint64 (records under 256
+        bytes), numpy passes over them and per buffer involved one gather per record
+        length (``take_values``, about 0.2 us per record); otherwise one slice each
+        (about 1 us per record in a Python loop).
+        """
+        b = self._bufs
+        if len(locs) >= _GATHER_MIN:
+            try:
+                arr = np.fromiter(locs, dtype=np.uint64, count=len(locs))
+            except OverflowError:  # a record of 256 bytes or more
+                pass
+            else:
+                slots = (arr & np.uint64(SLOT_MASK)).astype(np.intp)
+                offs = (arr >> np.uint64(SLOT_BITS) & np.uint64(OFF_MASK)).astype(np.int64)
+                ns = (arr >> np.uint64(N_SHIFT)).astype(np.int64)
+                used = np.unique(slots).tolist()
+                if len(used) == 1:
+                    return take_values(b[used[0]], offs, ns)
+                out: list[bytes] = [b""] * len(locs)
+                for slot in used:
+                    at = np.flatnonzero(slots == slot)
+                    deque(map(out.__setitem__, at.tolist(),
+                              take_values(b[slot], offs[at], ns[at])), maxlen=0)
+                return out
+        return [b[loc & SLOT_MASK][(o := loc >> SLOT_BITS & OFF_MASK) : o + (loc >> N_SHIFT)]
+                for loc in locs]
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Iterate over all live ``(key, value)`` pairs, in arbitrary (unsorted) order.

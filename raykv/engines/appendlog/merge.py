@@ -141,8 +141,9 @@ def live_records(index: dict[bytes, int], inputs: Sequence[Run],
     ``index`` holds at most ``SCAN_FACTOR`` times as many keys as the inputs have
     records, C-level passes over the index's values; otherwise the inputs' index
     sections are decoded and their keys looked up (about 4x dearer per record). Value
-    lengths come from the locations alone for small records, else from one header parse
-    per record.
+    lengths come from the locations alone for records under ``SMALL_N`` bytes, else from
+    one header parse per such record (an operator's one long metadata value no longer
+    makes every record's header parsed).
     """
     keys: list[bytes]
     locs: list[int]
@@ -166,11 +167,12 @@ def live_records(index: dict[bytes, int], inputs: Sequence[Run],
             locs.extend(compress(run_locs, live))
     ns = list(map(rshift, locs, repeat(N_SHIFT)))
     klens = list(map(len, keys))
-    if not ns or max(ns) < SMALL_N:
-        vlens = list(map(int.__sub__, ns, map(add, klens, repeat(6))))
-    else:
-        vlens = [parse_header(bufs[loc & SLOT_MASK], loc >> SLOT_BITS & OFF_MASK)[1]
-                 for loc in locs]
+    # a record under SMALL_N bytes has a 2-byte header: its value length is what is left
+    vlens = list(map(int.__sub__, ns, map(add, klens, repeat(6))))
+    if ns and max(ns) >= SMALL_N:  # parse the headers of the longer records only (before:
+        for i in compress(range(len(ns)), map(SMALL_N.__le__, ns)):  # of every record)
+            loc = locs[i]
+            vlens[i] = parse_header(bufs[loc & SLOT_MASK], loc >> SLOT_BITS & OFF_MASK)[1]
     if not drop_tombstones or all(vlens):
         return LiveRecords(keys, locs, ns, klens, vlens, [])
     has_value = list(map(bool, vlens))
