@@ -103,7 +103,11 @@ class BulkWrites(Regions):
         """
         mut, frozen, lag = self._mut, self._frozen, self.ro_lag_interval
         in_mut = mut.keys() & batch.keys()
-        new = list(filterfalse(in_mut.__contains__, batch)) if in_mut else list(batch)
+        if in_mut:
+            new = list(filterfalse(in_mut.__contains__, batch))
+            new_values = list(map(batch.__getitem__, new))
+        else:  # the batch's own order: no lookup per key
+            new, new_values = list(batch), list(batch.values())
         # the newest ``stay`` new records become the mutable region: ``lag`` of them, or
         # fewer (down to a page less, the least ``_shift`` leaves) so that the records
         # written fill a flush; a batch that cannot fill one takes the in-place path
@@ -111,7 +115,6 @@ class BulkWrites(Regions):
         if stay_n < max(1, lag - self._page):
             return False
         index = self._index
-        get = batch.__getitem__
         stale = frozen.keys() & batch.keys()  # read-copy-update: their copies leave memory
         ro_keys, ro_values = self._read_only_records()
         stale_live = 0
@@ -138,7 +141,7 @@ class BulkWrites(Regions):
         keys = [*ro_keys, *mut, *out_new]
         # the mutable region with this batch's in-place updates (its keys stay live)
         mut_values = map(batch.get, mut, mut.values()) if in_mut else mut.values()
-        values = [*ro_values, *mut_values, *map(get, out_new)]
+        values = [*ro_values, *mut_values, *islice(new_values, len(out_new))]
         run, locs = self._new_run(keys, b"".join(values), value_ends(values), presync=True)
         # the run is written: from here on nothing can fail half-way
         self._runs.append(run)
@@ -148,7 +151,7 @@ class BulkWrites(Regions):
         self._store_head(keys, locs, len(ro_keys), head)
         was_live = stale_live + self._swap_index(out_new, locs[head:])
         self._live += len(new) - was_live  # ``stay`` counted as new: pending (regions.py)
-        self._mut = dict(zip(stay, map(get, stay), strict=True))
+        self._mut = dict(zip(stay, new_values[len(out_new) :], strict=True))
         self._pend = set(stay)
         del frozen[_WATERMARK]  # the read-only records are clean: cached
         # the newest written records stay cached too (the region's bound holds them)
