@@ -18,7 +18,7 @@ import pytest
 
 import raykv.engines.hybridlog.maintenance as maintenance_module
 from raykv.engines.hybridlog import HybridLog
-from raykv.engines.hybridlog.runfile import PAGE_SIZE, RUN_KIND
+from raykv.engines.hybridlog.runfile import PAGE_SIZE, RUN_KIND, SLOT_MASK
 from raykv.errors import CorruptionError
 
 BULK = {"ro_lag_interval": 100, "flush_interval": 100, "mem_segment_len": 300,
@@ -134,6 +134,12 @@ def test_merge_scans_the_index_beside_a_value_beyond_a_uint64(tmp_path: Path,
         assert held is not None
         # every entry but the big one (NO_LOC: slot 65535, matches no record)
         assert sum(len(locs) for locs, _ in held.values()) == len(s._index) - 1
+        # live records per run, counted through the numpy scan: exact, big entry included
+        per_slot: dict[int, int] = {}
+        for loc in s._index.values():
+            per_slot[loc & SLOT_MASK] = per_slot.get(loc & SLOT_MASK, 0) + 1
+        assert s._run_live_counts() == [
+            sum(per_slot.get(slot, 0) for slot, *_ in r.segments) for r in s._runs]
         assert dict(s.items()) == model
         s._check()
     # only the run holding the 561-byte value (a list of locations) is looked up by key
