@@ -4,7 +4,6 @@
   (``RunSet._read_missing``): checked against a dict model over runs, spliced views,
   tombstones, repeated keys and every value length class (gathered, sliced, beyond a
   uint64 location), and for the page checks.
-* A large ``multi_set`` keeps its newest written records cached, within the bound.
 * A merge finds live records by one scan of the index even when some index entry is a
   value of 256 bytes or more (an operator's metadata).
 """
@@ -86,24 +85,6 @@ def test_multi_get_checks_the_pages_it_reads(tmp_path: Path) -> None:
         assert s.multi_get(intact) == [model[k] for k in intact]
         with pytest.raises(CorruptionError, match="value page 3"):
             s.multi_get(keys)
-
-
-def test_large_batch_keeps_its_newest_records_cached(tmp_path: Path) -> None:
-    params = {"ro_lag_interval": 1000, "flush_interval": 1000, "mem_segment_len": 4000}
-    with HybridLog(tmp_path, **params) as s:
-        first = {b"a%06d" % i: b"%08d" % i for i in range(5000)}
-        s.multi_set(first)
-        sizes = s.region_sizes()
-        assert sizes["mutable"] == 1000 and sizes["cached"] == 2000  # the bound: 4000 - 2000
-        newest_written = list(first)[-3000:-1000]
-        assert all(k in s._frozen for k in newest_written)
-        s._check()
-        # read back, then written again (an operator's next fold): served from memory
-        s.multi_set({k: b"x" + v for k, v in zip(newest_written, s.multi_get(newest_written),
-                                                  strict=True)})
-        assert s.multi_get(newest_written) == [b"x" + first[k] for k in newest_written]
-        assert s.live_keys() == len(first)
-        s._check()
 
 
 def test_merge_scans_the_index_beside_a_value_beyond_a_uint64(tmp_path: Path,
