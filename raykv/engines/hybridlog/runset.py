@@ -31,6 +31,7 @@ from raykv.engines.hybridlog.runfile import (
     SLOT_BITS,
     SLOT_MASK,
     START_MASK,
+    U64_MAX,
     RunFile,
     encode_run,
     pack_locs,
@@ -112,24 +113,28 @@ class RunSet(KVStore):
     def _read_missing(self, keys: Sequence[bytes], res: list[bytes | None]) -> None:
         """Fill each ``None`` of ``res`` with the durable value of ``keys[i]`` (``b""``: none).
 
-        Cost: one index lookup per such key, then, for ``_READ_VECTOR`` keys or more
-        whose locations fit a uint64 (values under 256 bytes), numpy passes over the
-        locations and one ``RunFile.read_many`` per run involved; otherwise one
-        ``_read_loc`` per key.
+        Cost: one index lookup per such key, then, for ``_READ_VECTOR`` keys or more,
+        numpy passes over the locations and one ``RunFile.read_many`` per run involved
+        (a value of 256 bytes or more, whose location does not fit a uint64, is read
+        apart); for fewer keys one ``_read_loc`` each.
         """
         miss = list(compress(range(len(res)), map(is_, res, repeat(None))))
         locs = list(map(self._index.get, map(keys.__getitem__, miss), repeat(0)))
-        values: list[bytes] | None = None
-        if len(miss) >= _READ_VECTOR:
+        read = self._read_loc
+        if len(miss) < _READ_VECTOR:
+            values = [read(loc) if loc >> LEN_SHIFT else b"" for loc in locs]
+        else:
+            big: list[tuple[int, int]] = []
             try:
                 arr = np.fromiter(locs, dtype=np.uint64, count=len(locs))
-            except OverflowError:  # a value of 256 bytes or more
-                pass
-            else:
-                values = self._read_locs(arr)
-        if values is None:
-            read = self._read_loc
-            values = [read(loc) if loc >> LEN_SHIFT else b"" for loc in locs]
+            except OverflowError:  # values of 256+ bytes: read apart, the rest vectorized
+                big = [(i, loc) for i, loc in enumerate(locs) if loc > U64_MAX]
+                for i, _ in big:
+                    locs[i] = 0
+                arr = np.fromiter(locs, dtype=np.uint64, count=len(locs))
+            values = self._read_locs(arr)
+            for i, loc in big:
+                values[i] = read(loc)
         deque(map(res.__setitem__, miss, values), maxlen=0)
 
     def _read_locs(self, locs: np.ndarray) -> list[bytes]:
