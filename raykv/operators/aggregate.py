@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from itertools import chain, compress
 from typing import ClassVar
 
 import numpy as np
@@ -13,12 +12,14 @@ import pyarrow as pa
 
 from raykv.engines.base import KVStore
 from raykv.keys import is_fixed_width
+from raykv.operators.aggfold import FOLD_SLICE_KEYS, AggregateFold
 from raykv.operators.aggminmax import MinMaxMultisets
-from raykv.operators.aggretract import ROWS, drop_empty, signed_partials
+from raykv.operators.aggretract import ROWS, signed_partials
 from raykv.operators.aggspec import normalize_aggs
 from raykv.operators.aggstate import AggLayout
 from raykv.operators.base import KeyedOperator
 from raykv.operators.changelog import CHANGE, ORDER_DEPENDENT, is_changelog
+from raykv.operators.epoch_changes import EpochChanges
 from raykv.operators.keyed_state import (
     DEFAULT_FINISH_CHUNK_ROWS,
     KeyedStateLogic,
@@ -36,9 +37,6 @@ DEFAULT_MAX_BUFFERED_ROWS = 1_000_000
 #: Default bound on the Arrow bytes of buffered partials (``Aggregate.max_buffered_bytes``).
 DEFAULT_MAX_BUFFERED_BYTES = 16 << 20
 
-#: Distinct keys read and combined at a time by a fold: its transient memory is one
-#: slice's (``multi_get`` internals, the combine's arrays), not the epoch's.
-FOLD_SLICE_KEYS = 65_536
 
 
 @dataclass(frozen=True)
@@ -162,7 +160,7 @@ class Aggregate(KeyedOperator):
         return AggregateLogic(self, store)
 
 
-class AggregateLogic(KeyedStateLogic):
+class AggregateLogic(AggregateFold, KeyedStateLogic):
     """Running logic of :class:`Aggregate` on one shard (buffers partials between folds)."""
 
     op: Aggregate
@@ -178,8 +176,7 @@ class AggregateLogic(KeyedStateLogic):
         self._buffered_rows = 0
         self._buffered_bytes = 0
         # what the folds since the last barrier wrote (the changelog's keys and values)
-        self._epoch_keys: list[bytes] = []
-        self._epoch_values: list[bytes] = []
+        self._changes = EpochChanges()
         # a changelog input (``_change`` column): rows are added or retracted, and a key
         # whose rows were all retracted is deleted (kept here until the barrier)
         self._retract = False
@@ -295,81 +292,6 @@ class AggregateLogic(KeyedStateLogic):
         self._buffered_rows = self._buffered_bytes = 0
         self._fold(parts, tmax, deltas)
 
-    def _fold(self, parts: list[pa.Table], tmax: list[pa.Table],
-              deltas: list[list[pa.Table]]) -> None:
-        """:meth:`fold` of the given buffers (the current ones, or a detached epoch's)."""
-        if not parts:
-            return
-        layout = self.layout
-        assert layout is not None
-        index: np.ndarray | None = None
-        if len(parts) == 1:  # the partials of one batch: one row per key
-            part = parts[0]
-            key_col: pa.Array | pa.ChunkedArray = part.column(self.key)
-        else:
-            part = pa.concat_tables(parts)
-            both = pa.concat_arrays([c for p in parts for c in p.column(self.key).chunks])
-            is_bool = pa.types.is_boolean(both.type)
-            encoded = (both.cast(pa.int8()) if is_bool else both).dictionary_encode()
-            key_col = encoded.dictionary.cast(pa.bool_()) if is_bool else encoded.dictionary
-            index = encoded.indices.to_numpy(zero_copy_only=False)
-        keys = self._state_keys(key_col)
-        # read and combine in slices of FOLD_SLICE_KEYS keys (memory: one slice's reads
-        # and arrays, not the whole fold's); min/max multisets and TTL stamps: one slice
-        whole = self._minmax is not None or self.expiry is not None
-        step = max(1, len(keys)) if whole else FOLD_SLICE_KEYS
-        sections: list[bytes] = []
-        olds, news, flags = [], [], []
-        for lo in range(0, max(1, len(keys)), step):
-            got = self._read(keys[lo:lo + step])
-            base, sections = self._split(got)
-            col = key_col.slice(lo, step)
-            describe = lambda i, c=col: f"key {c[i].as_py()!r}"  # noqa: E731
-            if index is None:  # one row per key
-                got_new, got_changed = layout.combine(base, part.slice(lo, step), describe)
-            else:  # the rows of this slice's keys, in arrival order
-                rows = None if step >= len(keys) else np.flatnonzero(
-                    (index >= lo) & (index < lo + step))
-                got_new, got_changed = layout.fold(
-                    base, part if rows is None else part.take(rows),
-                    index if rows is None else index[rows] - lo, describe)
-            olds.append(got)
-            news.append(got_new)
-            flags.append(got_changed)
-        old, new = list(chain.from_iterable(olds)), list(chain.from_iterable(news))
-        changed = np.concatenate(flags)
-        if self._minmax is not None:  # exact min/max from the multisets
-            new = self._minmax.apply(sections, new, key_col, deltas)
-            changed = np.fromiter(map(bytes.__ne__, new, old), dtype=bool, count=len(new))
-            self._minmax.check_sizes(new, key_col, self.store.max_value_len, self._name())
-        stamps: list[int] | None = None
-        extra: list[tuple[bytes, bytes]] = []
-        if self.expiry is not None:
-            all_stamps = self._stamps(keys, tmax)
-            restamp = (np.asarray(all_stamps) != np.asarray(self._read_stamps)) & ~changed
-            if restamp.any():  # unchanged values with a new stamp: rewritten, not emitted
-                at = np.flatnonzero(restamp).tolist()
-                extra = list(zip([keys[i] for i in at], self.expiry.stamp(
-                    [new[i] for i in at], [all_stamps[i] for i in at]), strict=True))
-            stamps = list(compress(all_stamps, changed))
-        if not changed.all():
-            keys = list(compress(keys, changed))
-            new = list(compress(new, changed))
-            if self.keep_before_images:
-                old = list(compress(old, changed))
-        self._note_before(keys, old)
-        if self._retract:
-            new = drop_empty(layout, keys, new, self._epoch_deleted)
-        for lo in range(0, max(1, len(keys)), step):  # one multi_set per slice too
-            self._write(keys[lo:lo + step], new[lo:lo + step], extra=extra if lo == 0 else (),
-                        stamps=None if stamps is None else stamps[lo:lo + step])
-        if not self._epoch_keys:
-            self._epoch_keys, self._epoch_values = keys, new
-        elif keys:  # a second fold in the epoch (the bound): later values win
-            merged = dict(zip(self._epoch_keys, self._epoch_values, strict=True))
-            merged.update(zip(keys, new, strict=True))
-            self._epoch_keys, self._epoch_values = list(merged), list(merged.values())
-
     def _stamps(self, keys: list[bytes], tables: list[pa.Table]) -> list[int]:
         """TTL stamps of the fold's ``keys``: max(old stamp, fresh).
 
@@ -388,10 +310,6 @@ class AggregateLogic(KeyedStateLogic):
         out: list[int] = np.maximum(fresh, np.asarray(self._read_stamps, dtype=np.int64)).tolist()
         return out
 
-    def _split(self, values: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-        """``(layout parts, multiset sections)`` of state values (no multisets: as is)."""
-        return (values, []) if self._minmax is None else self._minmax.split(values)
-
     def on_barrier(self, epoch: int) -> pa.RecordBatch | None:
         """Fold the buffered partials, then emit the new values of the changed keys.
 
@@ -400,21 +318,21 @@ class AggregateLogic(KeyedStateLogic):
         changelog input, a key whose rows were all retracted is emitted once with a
         zero state (count and sum 0, mean null): the sink's tombstone of a deleted key.
         """
-        keys, values, deleted = self._take_epoch()
+        changes, deleted = self._take_epoch()
         self._end_epoch()
-        if not keys and not deleted:
-            return None
-        zero = bytes(self.layout.size) if self.layout is not None else b""
-        if self._minmax is not None:
-            zero = self._minmax.join(zero, b"")
         if deleted:
-            keys = keys + sorted(deleted)
-            values = values + [zero] * len(deleted)
-        order = key_order(keys)
-        return self._emit([keys[i] for i in order], [values[i] for i in order])
+            zero = bytes(self.layout.size) if self.layout is not None else b""
+            if self._minmax is not None:
+                zero = self._minmax.join(zero, b"")
+            changes.add(sorted(deleted), [zero] * len(deleted))
+        batches = [self._emit(keys, values)
+                   for keys, values in changes.sorted_chunks(FOLD_SLICE_KEYS)]
+        if not batches:
+            return None
+        return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
 
-    def _take_epoch(self) -> tuple[list[bytes], list[bytes], set[bytes]]:
-        """Fold; the epoch's written keys and values (deleted keys apart); reset them.
+    def _take_epoch(self) -> tuple[EpochChanges, set[bytes]]:
+        """Fold; the epoch's written keys and values, and its deleted keys; reset them.
 
         After :meth:`detach` the detached partials are folded (the current buffer belongs
         to the next epoch), else the current buffer.
@@ -424,15 +342,11 @@ class AggregateLogic(KeyedStateLogic):
             self._fold(*detached)
         else:
             self.fold()
-        deleted = self._epoch_deleted
-        keys, values = self._epoch_keys, self._epoch_values
-        if not all(values):  # b"": a deleted key (in ``deleted``)
-            live = list(map(bool, values))
-            keys, values = list(compress(keys, live)), list(compress(values, live))
-        self._epoch_keys, self._epoch_values = [], []
+        changes, deleted = self._changes, self._epoch_deleted
+        self._changes = EpochChanges()
         self._epoch_deleted = set()
         self._changed = set()
-        return keys, values, deleted
+        return changes, deleted
 
     def changelog(self, epoch: int) -> pa.RecordBatch | None:
         """Fold; the epoch's changes with their row kinds (``raykv.operators.changelog``).
@@ -443,11 +357,18 @@ class AggregateLogic(KeyedStateLogic):
         output feeds another stage (``keep_before_images``). Cost: a sort of the changed
         keys, their old values kept since the first fold of the epoch.
         """
-        keys, values, deleted = self._take_epoch()
-        keys = keys + sorted(deleted)
-        values = values + [b""] * len(deleted)  # b"": deleted (-D of the before-image)
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-        out = self._changes_of([keys[i] for i in order], [values[i] for i in order])
+        changes, deleted = self._take_epoch()
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        for chunk_keys, chunk_values in changes.sorted_chunks(FOLD_SLICE_KEYS):
+            keys += chunk_keys
+            values += chunk_values
+        if deleted:  # b"": deleted (-D of the before-image)
+            keys += deleted
+            values += [b""] * len(deleted)
+            order = key_order(keys)
+            keys, values = [keys[i] for i in order], [values[i] for i in order]
+        out = self._changes_of(keys, values)
         self._end_epoch()
         return out
 

@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+import raykv.operators.aggfold as aggfold_module
 import raykv.operators.aggregate as aggregate_module
 from raykv.engines import ENGINES, MemOnly
 from raykv.engines.base import KVStore
@@ -522,7 +523,7 @@ def test_a_fold_in_slices_equals_one_fold(tmp_path: Path, monkeypatch: pytest.Mo
     def barrier(epoch: int) -> list[pa.RecordBatch | None]:
         outs = []
         for slice_keys, logic in zip((1 << 30, 7), logics, strict=True):
-            monkeypatch.setattr(aggregate_module, "FOLD_SLICE_KEYS", slice_keys)
+            monkeypatch.setattr(aggfold_module, "FOLD_SLICE_KEYS", slice_keys)
             outs.append(logic.on_barrier(epoch))
         return outs
 
@@ -541,7 +542,7 @@ def test_a_fold_in_slices_equals_one_fold(tmp_path: Path, monkeypatch: pytest.Mo
             assert_rows_equal(rows_by_key(sliced), rows_by_key(whole))
             if bound == DEFAULT_MAX_BUFFERED_ROWS:  # one fold per epoch: a read per slice
                 assert stores[1].gets - gets == -(-whole.num_rows // 7)
-    monkeypatch.setattr(aggregate_module, "FOLD_SLICE_KEYS", 7)
+    monkeypatch.setattr(aggfold_module, "FOLD_SLICE_KEYS", 7)
     assert_rows_equal(rows_by_key(logics[1].finish()), model_aggregate(seen, "k", aggs))
 
     big = 2**62

@@ -1,0 +1,173 @@
+"""The fold of ``Aggregate``'s buffered partials into the engine (a mixin of its logic).
+
+Contract: :meth:`AggregateFold._fold` folds the given partial tables (one per buffered
+batch, or a detached epoch's) into the engine: the distinct keys are read, combined with
+the partials (float sums in arrival order) and the changed ones written; they join the
+epoch's changes (:class:`~raykv.operators.epoch_changes.EpochChanges`) and, with
+``keep_before_images``, their before-images. Every key is read and combined before any is
+written: an int64 overflow (``OverflowError`` naming column and key) writes nothing.
+
+Memory: the partials, then one slice of ``FOLD_SLICE_KEYS`` keys at a time as Python
+objects (its keys, reads and writes), plus per key of the fold its new value packed in one
+``bytes`` per slice and a changed flag: the keys are encoded again for the writes, so that
+a fold of many distinct keys never holds them all as ``bytes`` objects (about 250 bytes
+per key when it did). Min/max multisets over a changelog and TTL stamps fold in one slice.
+
+Cost: per slice one ``multi_get`` and one ``multi_set``; the keys encoded twice (Arrow to
+bytes, vectorized for fixed-width keys); the combine in numpy (``aggkernels.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import compress
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from raykv.operators.aggretract import drop_empty
+
+if TYPE_CHECKING:
+    from raykv.operators.aggminmax import MinMaxMultisets
+    from raykv.operators.aggstate import AggLayout
+    from raykv.operators.epoch_changes import EpochChanges
+
+#: Distinct keys read and combined at a time by a fold: its transient memory is one
+#: slice's (``multi_get`` internals, the combine's arrays), not the fold's.
+FOLD_SLICE_KEYS = 65_536
+
+
+class AggregateFold:
+    """The fold of :class:`~raykv.operators.aggregate.AggregateLogic` (module docstring)."""
+
+    if TYPE_CHECKING:
+        layout: AggLayout | None
+        key: str
+        expiry: Any
+        store: Any
+        keep_before_images: bool
+        _minmax: MinMaxMultisets | None
+        _retract: bool
+        _epoch_deleted: set[bytes]
+        _changes: EpochChanges
+        _read_stamps: list[int]
+
+        def _state_keys(self, key_values: pa.Array | pa.ChunkedArray,
+                        suffixes: Sequence[bytes] | None = None) -> list[bytes]: ...
+        def _read(self, keys: Sequence[bytes]) -> list[bytes]: ...
+        def _write(self, keys: Sequence[bytes], values: Sequence[bytes], *,
+                   track: bool = True, extra: Sequence[tuple[bytes, bytes]] = (),
+                   stamps: Sequence[int] | None = None) -> None: ...
+        def _note_before(self, keys: Sequence[bytes], old: Sequence[bytes]) -> None: ...
+        def _stamps(self, keys: list[bytes], tables: list[pa.Table]) -> list[int]: ...
+        def _name(self) -> str: ...
+
+    def _fold(self, parts: list[pa.Table], tmax: list[pa.Table],
+              deltas: list[list[pa.Table]]) -> None:
+        """Fold ``parts`` into the engine (module docstring).
+
+        ``tmax``: with a TTL on event time, each batch's keys' latest event times;
+        ``deltas``: over a changelog, the min/max multisets' signed counts per column.
+        """
+        if not parts:
+            return
+        layout = self.layout
+        assert layout is not None
+        index: np.ndarray | None = None
+        if len(parts) == 1:  # the partials of one batch: one row per key
+            part = parts[0]
+            key_col: pa.Array | pa.ChunkedArray = part.column(self.key)
+        else:
+            part = pa.concat_tables(parts)
+            both = pa.concat_arrays([c for p in parts for c in p.column(self.key).chunks])
+            is_bool = pa.types.is_boolean(both.type)
+            encoded = (both.cast(pa.int8()) if is_bool else both).dictionary_encode()
+            key_col = encoded.dictionary.cast(pa.bool_()) if is_bool else encoded.dictionary
+            index = encoded.indices.to_numpy(zero_copy_only=False)
+        n = len(key_col)
+        whole = self._minmax is not None or self.expiry is not None
+        step = max(1, n) if whole else FOLD_SLICE_KEYS
+        keep_old = self._minmax is not None or self.keep_before_images
+        combined = []  # per slice: new values (packed), changed flags, reads (keep_old)
+        for lo in range(0, max(1, n), step):
+            keys = self._state_keys(key_col.slice(lo, step))
+            got = self._read(keys)
+            base, sections = (got, []) if self._minmax is None else self._minmax.split(got)
+            describe = _describer(key_col.slice(lo, step))
+            if index is None:  # one row per key
+                new, changed = layout.combine(base, part.slice(lo, step), describe)
+            else:  # the rows of this slice's keys, in arrival order
+                rows = None if step >= n else np.flatnonzero((index >= lo) & (index < lo + step))
+                new, changed = layout.fold(
+                    base, part if rows is None else part.take(rows),
+                    index if rows is None else index[rows] - lo, describe)
+            if self._minmax is not None:  # exact min/max from the multisets (one slice)
+                new = self._minmax.apply(sections, new, key_col, deltas)
+                changed = np.fromiter(map(bytes.__ne__, new, got), dtype=bool, count=len(new))
+                self._minmax.check_sizes(new, key_col, self.store.max_value_len, self._name())
+            if whole or n <= step:  # one slice: nothing else to combine before it is written
+                self._write_slice(keys, new, changed, got, tmax)
+                return
+            combined.append((_pack(new), changed, got if keep_old else None))
+        for lo, (packed, changed, reads) in zip(range(0, n, step), combined, strict=True):
+            keys = self._state_keys(key_col.slice(lo, step))  # again: not held meanwhile
+            self._write_slice(keys, _unpack(packed), changed, reads, tmax)
+
+    def _write_slice(self, keys: list[bytes], new: list[bytes], changed: np.ndarray,
+                     old: list[bytes] | None, tmax: list[pa.Table]) -> None:
+        """Write one combined slice: its changed keys (TTL: also its restamped ones)."""
+        stamps: list[int] | None = None
+        extra: list[tuple[bytes, bytes]] = []
+        if self.expiry is not None:
+            all_stamps = self._stamps(keys, tmax)
+            restamp = (np.asarray(all_stamps) != np.asarray(self._read_stamps)) & ~changed
+            if restamp.any():  # unchanged values with a new stamp: rewritten, not emitted
+                at = np.flatnonzero(restamp).tolist()
+                extra = list(zip([keys[i] for i in at], self.expiry.stamp(
+                    [new[i] for i in at], [all_stamps[i] for i in at]), strict=True))
+            stamps = list(compress(all_stamps, changed))
+        if not changed.all():
+            keys = list(compress(keys, changed))
+            new = list(compress(new, changed))
+            if old is not None:
+                old = list(compress(old, changed))
+        if self.keep_before_images:
+            assert old is not None
+            self._note_before(keys, old)
+        if self._retract:
+            assert self.layout is not None
+            new = drop_empty(self.layout, keys, new, self._epoch_deleted)
+        self._write(keys, new, extra=extra, stamps=stamps)
+        self._changes.add(keys, new)
+
+
+
+def _describer(col: pa.Array | pa.ChunkedArray) -> Callable[[int], str]:
+    """How an error names row ``i`` of a slice's key column."""
+    return lambda i: f"key {col[i].as_py()!r}"
+
+
+Packed = tuple[bytes, int] | list[bytes]
+
+
+def _pack(values: list[bytes]) -> Packed:
+    """A slice's new values as one ``bytes`` and their size, else the list as it is.
+
+    Packed when every value has one size (a fixed layout: the usual case).
+    """
+    size = len(values[0]) if values else 0
+    if size and min(map(len, values)) == size == max(map(len, values)):
+        return b"".join(values), size
+    return values
+
+
+def _unpack(packed: Packed) -> list[bytes]:
+    """The values :func:`_pack` packed."""
+    if isinstance(packed, list):
+        return packed
+    joined, size = packed
+    return [joined[i:i + size] for i in range(0, len(joined), size)]
+
+
+__all__ = ["FOLD_SLICE_KEYS", "AggregateFold"]

@@ -1,0 +1,122 @@
+"""What an epoch's folds wrote, kept until its barrier emits it (``Aggregate``).
+
+Contract: :meth:`EpochChanges.add` takes one fold's written keys (distinct) and their new
+values; a key added again by a later fold of the same epoch takes its later value.
+:meth:`EpochChanges.sorted_chunks` hands back the latest value of every key, in ascending
+key order (bytewise), a bounded chunk at a time, and empties the object. Values ``b""``
+(a deleted key) are left out.
+
+Memory: an epoch may change far more keys than a fold holds (``Aggregate`` folds every
+``max_buffered_bytes`` of partials, an epoch lasts as long as the checkpoint interval),
+and as Python objects every key costs two ``bytes`` and two list slots, about 115 bytes
+with an 8-byte key and a 16-byte value, plus a heap fragmented by millions of them. When
+every key is 8 bytes (every integer, float and temporal key) and every value has one
+size, the changes are kept *compact*: numpy rows of ``8 + value size`` bytes per key
+(24 for sum+count); Python objects exist only for the chunk being emitted. Any other
+add (variable-length keys or values, deletes) switches the epoch to lists.
+
+Cost: ``add`` one ``join`` of the keys and of the values; ``sorted_chunks`` one stable
+numpy sort of the key words (O(n log n)) plus one ``bytes`` per key and value of each
+chunk. The list form sorts with :func:`~raykv.operators.keyed_state.key_order`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from raykv.operators.keyed_state import key_order
+
+KEY_WIDTH = 8  # the compact form's key length (raykv.keys: fixed-width keys)
+
+
+class EpochChanges:
+    """One epoch's written keys and latest values (module docstring)."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._words: list[npt.NDArray[np.uint64]] = []  # compact: per add, the key words
+        self._rows: list[npt.NDArray[np.uint8]] = []  # and the values, one row per key
+        self._size = -1  # the compact values' size (-1: no compact add yet)
+        self._keys: list[bytes] = []  # list form (after a non-compact add)
+        self._values: list[bytes] = []
+        self._merge = False  # the list form holds more than one add (a key may repeat)
+
+    def __bool__(self) -> bool:
+        return bool(self._words or self._keys)
+
+    def add(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        """One fold's writes: distinct ``keys``, their new ``values`` (``b""``: deleted)."""
+        n = len(keys)
+        if not n:
+            return
+        if not self._keys:
+            size = len(values[0]) if self._size < 0 else self._size
+            if size and _uniform(keys, KEY_WIDTH) and _uniform(values, size):
+                self._size = size
+                self._words.append(np.frombuffer(b"".join(keys), ">u8").astype(np.uint64))
+                self._rows.append(np.frombuffer(b"".join(values), np.uint8).reshape(n, size))
+                return
+            self._to_lists()
+        self._merge = bool(self._keys)
+        self._keys += keys
+        self._values += values
+
+    def _to_lists(self) -> None:
+        """Switch to the list form (keeps what was added; order of adds preserved)."""
+        for words, rows in zip(self._words, self._rows, strict=True):
+            self._keys += _split(words.astype(">u8").tobytes(), KEY_WIDTH)
+            self._values += _split(rows.tobytes(), self._size)
+        self._merge = len(self._words) > 1
+        self._words, self._rows = [], []
+
+    def sorted_chunks(self, rows: int) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """The latest value of every key added, ascending, at most ``rows`` keys a chunk.
+
+        Empties the object first (the chunks are taken from what it held).
+        """
+        words, values_rows, size = self._words, self._rows, self._size
+        keys, values, merge = self._keys, self._values, self._merge
+        self._reset()  # empty: the next epoch starts here
+        if words:
+            every = np.concatenate(words)
+            order = np.argsort(every, kind="stable")  # equal keys stay in order of adds
+            ordered = every[order]
+            latest = np.ones(len(order), dtype=bool)
+            latest[:-1] = ordered[1:] != ordered[:-1]  # the last of each run of equal keys
+            pick = order[latest]
+            del ordered, latest, order
+            table = np.concatenate(values_rows) if len(values_rows) > 1 else values_rows[0]
+            for lo in range(0, len(pick), rows):
+                at = pick[lo:lo + rows]
+                yield (_split(every[at].astype(">u8").tobytes(), KEY_WIDTH),
+                       _split(table[at].tobytes(), size))
+            return
+        if merge:  # a key written by two folds: its later value
+            latest_of = dict(zip(keys, values, strict=True))
+            keys, values = list(latest_of), list(latest_of.values())
+        if not all(values):  # deleted keys are not emitted as values
+            live = list(map(bool, values))
+            keys = [k for k, ok in zip(keys, live, strict=True) if ok]
+            values = [v for v, ok in zip(values, live, strict=True) if ok]
+        positions = key_order(keys)
+        for lo in range(0, len(positions), rows):
+            chunk = positions[lo:lo + rows]
+            yield [keys[i] for i in chunk], [values[i] for i in chunk]
+
+
+def _uniform(items: Sequence[bytes], size: int) -> bool:
+    """Every item is ``size`` bytes long (C-level passes)."""
+    return bool((np.fromiter(map(len, items), np.int64, len(items)) == size).all())
+
+
+def _split(joined: bytes, size: int) -> list[bytes]:
+    """``joined`` cut into ``size``-byte pieces."""
+    return [joined[i:i + size] for i in range(0, len(joined), size)]
+
+
+__all__ = ["KEY_WIDTH", "EpochChanges"]
