@@ -15,6 +15,7 @@ import pytest
 
 from raykv.engines.appendlog import AppendLog
 from raykv.errors import CorruptionError
+from tests.engines.boundaries import apply
 from tests.engines.test_appendlog import record_offset
 
 
@@ -33,11 +34,7 @@ def test_multi_get_of_many_keys_matches_a_dict(tmp_path: Path, seed: int) -> Non
                 size = rng.choice([0, 1, 16, 16, 16, 40, 100, 250, 300])
                 batch[k] = (b"%d." % step + rng.randbytes(size))[:size]
             store.multi_set(batch)
-            for k, v in batch.items():
-                if v:
-                    model[k] = v
-                else:
-                    model.pop(k, None)
+            apply(model, list(batch.items()))
             if rng.random() < 0.3:
                 store.seal()
             if rng.random() < 0.1:

@@ -19,6 +19,7 @@ import raykv.engines.hybridlog.maintenance as maintenance_module
 from raykv.engines.hybridlog import HybridLog
 from raykv.engines.hybridlog.runfile import PAGE_SIZE, RUN_KIND, SLOT_MASK
 from raykv.errors import CorruptionError
+from tests.engines.boundaries import apply
 
 BULK = {"ro_lag_interval": 100, "flush_interval": 100, "mem_segment_len": 300,
         "max_runs_per_level": 3}
@@ -48,11 +49,7 @@ def test_multi_get_of_disk_keys_matches_a_dict(tmp_path: Path, seed: int) -> Non
             batch = {k: (b"" if rng.random() < 0.1 else _value(rng, step))
                      for k in rng.sample(keys, rng.choice([50, 400, 900]))}
             store.multi_set(batch)
-            for k, v in batch.items():
-                if v:
-                    model[k] = v
-                else:
-                    model.pop(k, None)
+            apply(model, list(batch.items()))
             if rng.random() < 0.3:
                 store.seal()
             if rng.random() < 0.15:
