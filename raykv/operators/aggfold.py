@@ -60,7 +60,6 @@ class AggregateFold:
                    track: bool = True, extra: Sequence[tuple[bytes, bytes]] = (),
                    stamps: Sequence[int] | None = None) -> None: ...
         def _note_before(self, keys: Sequence[bytes], old: Sequence[bytes]) -> None: ...
-        def _stamps(self, keys: list[bytes], tables: list[pa.Table]) -> list[int]: ...
         def _name(self) -> str: ...
 
     def _fold(self, parts: list[pa.Table], tmax: list[pa.Table],
@@ -141,6 +140,24 @@ class AggregateFold:
         self._write(keys, new, extra=extra, stamps=stamps)
         self._changes.add(keys, new)
 
+
+    def _stamps(self, keys: list[bytes], tables: list[pa.Table]) -> list[int]:
+        """TTL stamps of the fold's ``keys``: max(old stamp, fresh).
+
+        ``tables``: per buffered batch, each key's largest event time (event time only).
+        """
+        expiry = self.expiry
+        assert expiry is not None
+        times = None
+        if expiry.event:
+            both = pa.concat_tables(tables).group_by(self.key, use_threads=False).aggregate(
+                [("t_max", "max")])
+            latest = dict(zip(self._state_keys(both.column(self.key)),
+                              both.column("t_max_max").to_pylist(), strict=True))
+            times = np.fromiter(map(latest.__getitem__, keys), dtype=np.int64, count=len(keys))
+        fresh = expiry.fresh_stamps(len(keys), times)
+        out: list[int] = np.maximum(fresh, np.asarray(self._read_stamps, dtype=np.int64)).tolist()
+        return out
 
 
 def _describer(col: pa.Array | pa.ChunkedArray) -> Callable[[int], str]:

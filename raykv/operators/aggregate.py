@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import ClassVar
 
-import numpy as np
 import pyarrow as pa
 
 from raykv.engines.base import KVStore
@@ -36,7 +35,6 @@ DEFAULT_MAX_BUFFERED_ROWS = 1_000_000
 
 #: Default bound on the Arrow bytes of buffered partials (``Aggregate.max_buffered_bytes``).
 DEFAULT_MAX_BUFFERED_BYTES = 16 << 20
-
 
 
 @dataclass(frozen=True)
@@ -291,24 +289,6 @@ class AggregateLogic(AggregateFold, KeyedStateLogic):
         self._deltas = [[] for _ in deltas]
         self._buffered_rows = self._buffered_bytes = 0
         self._fold(parts, tmax, deltas)
-
-    def _stamps(self, keys: list[bytes], tables: list[pa.Table]) -> list[int]:
-        """TTL stamps of the fold's ``keys``: max(old stamp, fresh).
-
-        ``tables``: per buffered batch, each key's largest event time (event time only).
-        """
-        expiry = self.expiry
-        assert expiry is not None
-        times = None
-        if expiry.event:
-            both = pa.concat_tables(tables).group_by(self.key, use_threads=False).aggregate(
-                [("t_max", "max")])
-            latest = dict(zip(self._state_keys(both.column(self.key)),
-                              both.column("t_max_max").to_pylist(), strict=True))
-            times = np.fromiter(map(latest.__getitem__, keys), dtype=np.int64, count=len(keys))
-        fresh = expiry.fresh_stamps(len(keys), times)
-        out: list[int] = np.maximum(fresh, np.asarray(self._read_stamps, dtype=np.int64)).tolist()
-        return out
 
     def on_barrier(self, epoch: int) -> pa.RecordBatch | None:
         """Fold the buffered partials, then emit the new values of the changed keys.
