@@ -11,13 +11,16 @@ Memory: an epoch may change far more keys than a fold holds (``Aggregate`` folds
 and as Python objects every key costs two ``bytes`` and two list slots, about 115 bytes
 with an 8-byte key and a 16-byte value, plus a heap fragmented by millions of them. When
 every key is 8 bytes (every integer, float and temporal key) and every value has one
-size, the changes are kept *compact*: numpy rows of ``8 + value size`` bytes per key
-(24 for sum+count); Python objects exist only for the chunk being emitted. Any other
-add (variable-length keys or values, deletes) switches the epoch to lists.
+size, the changes are kept *compact* from an epoch's second add on (``Aggregate`` adds
+once per fold slice of ``FOLD_SLICE_KEYS`` keys): numpy rows of ``8 + value size`` bytes
+per key (24 for sum+count); Python objects exist only for the chunk being emitted. The
+first add is kept as it is, so an epoch of one slice costs what it did before. Any add
+that does not fit (variable-length keys or values, deletes) switches the epoch to lists.
 
-Cost: ``add`` one ``join`` of the keys and of the values; ``sorted_chunks`` one stable
-numpy sort of the key words (O(n log n)) plus one ``bytes`` per key and value of each
-chunk. The list form sorts with :func:`~raykv.operators.keyed_state.key_order`.
+Cost: the first add nothing; a compact add one ``join`` of the keys and of the values;
+``sorted_chunks`` one stable numpy sort of the key words (O(n log n)) plus one ``bytes``
+per key and value of each chunk. The list form sorts with
+:func:`~raykv.operators.keyed_state.key_order`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class EpochChanges:
         self._words: list[npt.NDArray[np.uint64]] = []  # compact: per add, the key words
         self._rows: list[npt.NDArray[np.uint8]] = []  # and the values, one row per key
         self._size = -1  # the compact values' size (-1: no compact add yet)
-        self._keys: list[bytes] = []  # list form (after a non-compact add)
+        self._keys: list[bytes] = []  # the first add as given, or the list form
         self._values: list[bytes] = []
         self._merge = False  # the list form holds more than one add (a key may repeat)
 
@@ -50,28 +53,47 @@ class EpochChanges:
         return bool(self._words or self._keys)
 
     def add(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
-        """One fold's writes: distinct ``keys``, their new ``values`` (``b""``: deleted)."""
-        n = len(keys)
-        if not n:
+        """One fold's writes: distinct ``keys``, their new ``values`` (``b""``: deleted).
+
+        The first add is kept as it is (a fold of one slice costs nothing more); from the
+        second on, the changes are packed if they can be.
+        """
+        if not keys:
             return
-        if not self._keys:
-            size = len(values[0]) if self._size < 0 else self._size
-            if size and _uniform(keys, KEY_WIDTH) and _uniform(values, size):
-                self._size = size
-                self._words.append(np.frombuffer(b"".join(keys), ">u8").astype(np.uint64))
-                self._rows.append(np.frombuffer(b"".join(values), np.uint8).reshape(n, size))
-                return
-            self._to_lists()
-        self._merge = bool(self._keys)
+        if not self._keys and not self._words:
+            self._keys, self._values = list(keys), list(values)
+            return
+        if self._keys and not self._merge and self._pack(self._keys, self._values):
+            self._keys, self._values = [], []  # the first add, packed
+        if self._words and self._pack(keys, values):
+            return
+        self._to_lists()
+        self._merge = True
         self._keys += keys
         self._values += values
 
+    def _pack(self, keys: Sequence[bytes], values: Sequence[bytes]) -> bool:
+        """Add ``keys``/``values`` in the compact form if they fit it (else ``False``)."""
+        n = len(keys)
+        size = len(values[0]) if self._size < 0 else self._size
+        if not (size and _uniform(keys, KEY_WIDTH) and _uniform(values, size)):
+            return False
+        self._size = size
+        self._words.append(np.frombuffer(b"".join(keys), ">u8").astype(np.uint64))
+        self._rows.append(np.frombuffer(b"".join(values), np.uint8).reshape(n, size))
+        return True
+
     def _to_lists(self) -> None:
-        """Switch to the list form (keeps what was added; order of adds preserved)."""
+        """Switch to the list form (keeps what was added, in the order of the adds)."""
+        if not self._words:
+            return
+        keys: list[bytes] = []
+        values: list[bytes] = []
         for words, rows in zip(self._words, self._rows, strict=True):
-            self._keys += _split(words.astype(">u8").tobytes(), KEY_WIDTH)
-            self._values += _split(rows.tobytes(), self._size)
-        self._merge = len(self._words) > 1
+            keys += _split(words.astype(">u8").tobytes(), KEY_WIDTH)
+            values += _split(rows.tobytes(), self._size)
+        self._keys, self._values = keys, values
+        self._merge = True
         self._words, self._rows = [], []
 
     def sorted_chunks(self, rows: int) -> Iterator[tuple[list[bytes], list[bytes]]]:
