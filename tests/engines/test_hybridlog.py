@@ -460,16 +460,23 @@ def test_newer_format_version_is_refused(tmp_path: Path) -> None:
         RunFile(path, 0)
 
 
-def test_damaged_value_page_is_reported_on_get(tmp_path: Path) -> None:
-    model = {b"k%05d" % i: b"%08d" % i for i in range(2000)}  # 16,000 value bytes: 4 pages
-    params = {"ro_lag_interval": 5000, "flush_interval": 5000, "mem_segment_len": 10_000}
+def damage_sealed_run(tmp_path: Path, model: dict[bytes, bytes], params: dict[str, int],
+                      offset: int) -> str:
+    """Write ``model``, seal it as one run, flip a byte of that run at ``offset``; its name."""
     with HybridLog(tmp_path, **params) as s:
         s.multi_set(model)
         (name,) = [n for n in s.seal() if n.endswith(RUN_KIND)]
     path = tmp_path / name
     data = bytearray(path.read_bytes())
-    data[PAGE_SIZE + 10] ^= 0xFF  # second page of values
+    data[offset] ^= 0xFF
     path.write_bytes(bytes(data))
+    return name
+
+
+def test_damaged_value_page_is_reported_on_get(tmp_path: Path) -> None:
+    model = {b"k%05d" % i: b"%08d" % i for i in range(2000)}  # 16,000 value bytes: 4 pages
+    params = {"ro_lag_interval": 5000, "flush_interval": 5000, "mem_segment_len": 10_000}
+    name = damage_sealed_run(tmp_path, model, params, PAGE_SIZE + 10)  # 2nd page of values
     with HybridLog(tmp_path, **params) as s:
         run = next(r for r in s._runs if r.name == name)
         keys, ends = run.index()

@@ -17,9 +17,10 @@ import pytest
 
 import raykv.engines.hybridlog.maintenance as maintenance_module
 from raykv.engines.hybridlog import HybridLog
-from raykv.engines.hybridlog.runfile import PAGE_SIZE, RUN_KIND, SLOT_MASK
+from raykv.engines.hybridlog.runfile import PAGE_SIZE, SLOT_MASK
 from raykv.errors import CorruptionError
 from tests.engines.boundaries import apply
+from tests.engines.test_hybridlog import damage_sealed_run
 
 BULK = {"ro_lag_interval": 100, "flush_interval": 100, "mem_segment_len": 300,
         "max_runs_per_level": 3}
@@ -69,13 +70,7 @@ def test_multi_get_of_disk_keys_matches_a_dict(tmp_path: Path, seed: int) -> Non
 def test_multi_get_checks_the_pages_it_reads(tmp_path: Path) -> None:
     model = {b"k%05d" % i: b"%016d" % i for i in range(2000)}  # 32,000 value bytes
     params = {"ro_lag_interval": 5000, "flush_interval": 5000, "mem_segment_len": 10_000}
-    with HybridLog(tmp_path, **params) as s:
-        s.multi_set(model)
-        (name,) = [n for n in s.seal() if n.endswith(RUN_KIND)]
-    path = tmp_path / name
-    data = bytearray(path.read_bytes())
-    data[3 * PAGE_SIZE + 10] ^= 0xFF  # fourth page of values
-    path.write_bytes(bytes(data))
+    damage_sealed_run(tmp_path, model, params, 3 * PAGE_SIZE + 10)  # 4th page of values
     keys = list(model)
     with HybridLog(tmp_path, **params) as s:
         intact = keys[:200]  # values in the first page only
