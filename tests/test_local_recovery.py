@@ -204,7 +204,9 @@ def test_a_standby_takes_the_dead_shards_place(ray_session: Any, tmp_path: Path)
     # standbys start after an attempt's first commit: kill after the second
     pids, kill = Pids(), SigKill("Aggregate0-0of2", "committed", 2)
     events = Events(lambda ev: (pids(ev), kill(ev)))
-    s = make(tmp_path, t, standby=1, on_progress=events).run()
+    # max_pending_epochs=1: the next barrier waits for this commit, so the dead shard is
+    # always asked for more work (with 4, its last epochs could all be acked already)
+    s = make(tmp_path, t, standby=1, on_progress=events, max_pending_epochs=1).run()
     assert kill.killed and s.restarts == 1
     kept = [d["kept"] for k, _, d in events.seen if k == "starting"]
     assert kept == [0, 3]  # attempt 1: the reader, shard 1 and the standby as shard 0

@@ -138,7 +138,7 @@ def test_a_sigkill_in_a_two_input_pipeline_replays_exactly(ray_session: Any, tmp
             killed.append(ray.get(ev.actors[name].ping.remote()))
             os.kill(killed[0], signal.SIGKILL)
 
-    s = _pipeline(tmp_path, left, right, on_progress=kill).run()
+    s = _pipeline(tmp_path, left, right, on_progress=kill, max_pending_epochs=1).run()
     assert killed and s.restarts >= 1
     assert _final(s) == _model(left, right)
     with CheckpointStore(str(tmp_path / "ckpt")) as store:

@@ -117,6 +117,7 @@ SCRIPT = textwrap.dedent("""
         num_shards=2, engine="lsm", checkpoint=tmp + "/ckpt2", local_dir=tmp + "/local2",
         epoch_every_batches=EVERY, retain=10, on_progress=on_progress,
         faults=raykv.testing.Faults(process_delay=0.1), source_parallelism=1,
+        max_pending_epochs=1,
     )
     s = p.run()
     assert_exact(s.output_by_epoch, t)

@@ -228,7 +228,7 @@ def test_a_sigkilled_shard_replays_to_the_same_windows(ray_session: Any,
             killed.append(ray.get(ev.shards[name].ping.remote()))
             os.kill(killed[0], signal.SIGKILL)
 
-    s = _pipeline(tmp_path, source, on_progress=kill).run()
+    s = _pipeline(tmp_path, source, on_progress=kill, max_pending_epochs=1).run()
     assert killed and s.restarts == 1
     got = {e: w for e, w in _by_epoch(s).items() if w}
     assert got == {e: w for e, w in want.items() if w}
@@ -289,7 +289,7 @@ def test_late_rows_leave_on_their_own_output_exactly_once(ray_session: Any,
 
     out = tmp_path / "out"
     s = _pipeline(tmp_path / "b", source, late="emit", sink=ParquetSink(out),
-                  on_progress=kill).run()
+                  on_progress=kill, max_pending_epochs=1).run()
     assert killed and s.restarts == 1 and s.late_output is None
     assert _rows(pq.read_table(out / "_late")) == sorted(late)
     assert sorted(p.name for p in (out / "_late").glob("*.parquet"))  # part files per epoch
@@ -381,7 +381,7 @@ def test_every_window_kind_follows_the_sources_watermark_through_a_kill(
         source_parallelism=readers,
         checkpoint=str(tmp_path / "ckpt"), local_dir=str(tmp_path / "local"),
         epoch_every_batches=EVERY, watermark=Watermark("t", max_delay=DELAY),
-        on_progress=kill).run()
+        on_progress=kill, max_pending_epochs=1).run()
     assert killed and s.restarts == 1
     got = {e: sorted(zip(*t.to_pydict().values(), strict=True))
            for e, t in s.output_by_epoch.items() if t.num_rows}
