@@ -164,7 +164,7 @@ class RunReader:
     def block_error(self, i: int) -> CorruptionError:
         """The error to raise when block ``i`` fails its crc check."""
         return CorruptionError(self.path, "block crc", offset=self.block_offsets[i],
-                               detail=f"data block {i} of {len(self.fences)}")
+                               detail=f"data block {i} of {len(self.block_offsets) - 1}")
 
     def lookup(self, i: int, key: bytes) -> bytes | None:
         """Return ``key``'s value from block ``i`` (``b""`` for a tombstone) or ``None``.
@@ -261,12 +261,12 @@ class RunReader:
         Each chunk holds whole blocks, at least ``min_entries`` entries except the last.
         Every block's crc is verified. Memory: one chunk.
         """
-        nblocks = len(self.fences)
+        nblocks = len(self.block_offsets) - 1
         per = max(1, min_entries * nblocks // max(1, self.entry_count))
-        offsets = np.frombuffer(self.block_offsets, dtype=np.uint64).astype(np.int64)
+        offsets = np.frombuffer(self.block_offsets, dtype=np.uint64)  # a view: no copy
         for first in range(0, nblocks, per):
             last = min(first + per, nblocks)
-            yield self._read_blocks(first, last, offsets[first : last + 1])
+            yield self._read_blocks(first, last, offsets[first : last + 1].astype(np.int64))
 
     def _read_blocks(
         self, first: int, last: int, offsets: npt.NDArray[np.int64]
@@ -325,6 +325,25 @@ class RunReader:
             bad = next(j for j, c in enumerate(crcs) if c != CRC_RESIDUE)
             raise self.block_error(indices[bad])
 
+    def release_probes(self) -> None:
+        """Drop the filter and the fences: this run is a merge's input from now on.
+
+        A merge reads its inputs only through :meth:`iter_chunks` (block offsets and
+        ``pread``), so their probe structures, about 2.6 bytes per entry, need not stay
+        in memory while the merge writes a run as big as they are and opens it. Point
+        and batch reads of this run fail until :meth:`reload_probes`.
+        """
+        del self.bloom, self.fences
+
+    def reload_probes(self) -> None:
+        """Read the filter and fences again after :meth:`release_probes` (a merge failed).
+
+        Cost: what opening the run costs (footer, index and filter read, crc checked).
+        A run whose probes are in memory is left as it is.
+        """
+        if not hasattr(self, "bloom"):
+            self._load_index(self.file_size)
+
     def may_contain(self, key: bytes) -> bool:
         """Bloom probe only: False means ``key`` is certainly not in this run."""
         return self.bloom.may_contain(key)
@@ -366,16 +385,18 @@ class RunReader:
             self.fd = -1
 
     def __sizeof__(self) -> int:
-        """Memory held for this run: fences, offsets and bloom words (computed in O(blocks))."""
-        return (
-            object.__sizeof__(self)
-            + self.fences.nbytes
-            + sys.getsizeof(self.block_offsets)
-            + sys.getsizeof(self.bloom)
-        )
+        """Memory held for this run: fences, offsets and bloom words (computed in O(blocks)).
+
+        After :meth:`release_probes`: the offsets only.
+        """
+        held = object.__sizeof__(self) + sys.getsizeof(self.block_offsets)
+        if hasattr(self, "bloom"):
+            held += self.fences.nbytes + sys.getsizeof(self.bloom)
+        return held
 
     def __repr__(self) -> str:
-        return f"RunReader({self.name!r}, entries={self.entry_count}, blocks={len(self.fences)})"
+        blocks = len(self.block_offsets) - 1
+        return f"RunReader({self.name!r}, entries={self.entry_count}, blocks={blocks})"
 
 
 # multi_lookup decodes whole blocks when they serve at least this many keys each on average
