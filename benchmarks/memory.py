@@ -62,21 +62,25 @@ def make_batch(rows: int, total: int, i: int) -> pa.RecordBatch | None:
     return pa.record_batch({"user": keys, "amount": (n % 1000).astype(np.int64)})
 
 
-def vm_rss(pid: int, field: str = "VmRSS") -> int | None:
-    """Resident bytes of process ``pid`` (``None`` once it is gone).
+RSS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+"""``VmRSS`` (all resident pages) = ``RssAnon`` (the process's own memory) + ``RssFile``
+(pages of mapped files: libraries, LSM runs read through ``mmap``; page cache the kernel
+can drop) + ``RssShmem`` (shared memory it touched: Ray's object store, where the batches
+it receives live)."""
 
-    ``field``: ``VmRSS`` (all resident pages), ``RssAnon`` (the process's own memory) or
-    ``RssFile`` (pages of mapped files: the LSM runs read through ``mmap``, page cache
-    that the kernel can drop).
-    """
+
+def rss_parts(pid: int) -> dict[str, int] | None:
+    """The :data:`RSS_FIELDS` of process ``pid`` in bytes (``None`` once it is gone)."""
+    out = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
+                name = line.split(":", 1)[0]
+                if name in RSS_FIELDS:
+                    out[name] = int(line.split()[1]) * 1024
     except OSError:
         return None
-    return None
+    return out if "VmRSS" in out else None
 
 
 class RssSampler:
@@ -88,6 +92,7 @@ class RssSampler:
         self.peak: dict[str, int] = {}
         self.peak_before_end: dict[str, int] = {}
         self.peak_anon: dict[str, int] = {}
+        self.peak_parts: dict[str, dict[str, float]] = {}  # each peak RSS sample, and when
         self.series: list[tuple[float, dict[str, int]]] = []
         self.final_started: float | None = None  # when the final epoch's barrier went out
         self._stop = threading.Event()
@@ -115,13 +120,15 @@ class RssSampler:
             now = time.monotonic() - self._t0
             sample = {}
             for name, pid in self.pids.items():
-                rss = vm_rss(pid)
-                if rss is None:
+                parts = rss_parts(pid)
+                if parts is None:
                     continue
-                sample[name] = rss
-                anon = vm_rss(pid, "RssAnon") or 0
+                rss = sample[name] = parts["VmRSS"]
+                anon = parts.get("RssAnon", 0)
                 self.peak_anon[name] = max(self.peak_anon.get(name, 0), anon)
-                self.peak[name] = max(self.peak.get(name, 0), rss)
+                if rss > self.peak.get(name, 0):
+                    self.peak[name] = rss
+                    self.peak_parts[name] = {**parts, "t": round(now, 2)}
                 if self.final_started is None:
                     self.peak_before_end[name] = max(self.peak_before_end.get(name, 0), rss)
             self.series.append((now, sample))
@@ -176,6 +183,7 @@ def run_one(keys: int, *, interval: float = 2.0, shards: int = 2, engine: str = 
             "final_rows": final, "correct": final == keys,
             "peak_rss": peaks, "peak_rss_before_end": before,
             "peak_anon": {n: sampler.peak_anon.get(n, 0) for n in sorted(sampler.pids)},
+            "peak_parts": {n: sampler.peak_parts.get(n, {}) for n in sorted(sampler.pids)},
             "peak_rss_max_mib": max(peaks.values(), default=0) / MIB,
             "samples": len(sampler.series), "loadavg": loadavg(),
             "end_of_input_marked": sampler.final_started is not None,
@@ -206,8 +214,12 @@ def _line(r: dict[str, Any]) -> str:
     peaks = ", ".join(f"{n}: {v / MIB:,.0f} MiB" for n, v in r["peak_rss"].items())
     before = max(r["peak_rss_before_end"].values(), default=0) / MIB
     anon = max(r["peak_anon"].values(), default=0) / MIB
+    parts = "; ".join(
+        f"{n} at {p['t']:.0f} s: " + " + ".join(f"{k[3:].lower()} {p.get(k, 0) / MIB:,.0f}"
+                                               for k in RSS_FIELDS[1:])
+        for n, p in r.get("peak_parts", {}).items() if p)
     return (f"{r['keys']:>11,} keys: peak RSS {peaks} (before the end of input <= "
-            f"{before:,.0f} MiB; anonymous <= {anon:,.0f} MiB); "
+            f"{before:,.0f} MiB; anonymous <= {anon:,.0f} MiB; the peaks: {parts}); "
             f"{r['events_per_s']:,.0f} events/s, {r['epochs']} epochs, "
             f"wall {r['wall_s']:.0f} s, final rows {r['final_rows']:,} "
             f"({'correct' if r['correct'] else 'WRONG'})")
