@@ -218,7 +218,10 @@ def test_writing_and_opening_a_big_run_cost_its_index_and_filter_about_once(
     finishing the file and opening it must not hold its index and filter several times
     over (before: the finish joined index and filter into one more copy, peaking at 8.6
     bytes per key, and the open peaked at 5x what the open run holds, 15.8 bytes per key,
-    with a Python list of every block's fence end and two copies of the filter)."""
+    with a Python list of every block's fence end and two copies of the filter). Then
+    4.5 B/key at the finish (the write buffer joined into one more copy: this test failed
+    now and then at 4.50-4.51) and 2.1x at the open (the index read as one piece and
+    sliced); now 3.9 B/key and 1.6x."""
     import tracemalloc
 
     keys = [(i * 7919).to_bytes(8, "big") for i in range(1_000_000)]
@@ -241,8 +244,8 @@ def test_writing_and_opening_a_big_run_cost_its_index_and_filter_about_once(
         tracemalloc.stop()
     size = run.__sizeof__()
     assert held - base <= 1.1 * size
-    assert finish_peak < 4.5 * len(keys), f"finish peaked at {finish_peak / len(keys):.1f} B/key"
-    assert open_peak - base < 2.5 * size, f"open peaked at {(open_peak - base) / size:.1f}x"
+    assert finish_peak < 4.25 * len(keys), f"finish peaked at {finish_peak / len(keys):.2f} B/key"
+    assert open_peak - base < 1.8 * size, f"open peaked at {(open_peak - base) / size:.2f}x"
     assert run.multi_lookup(keys[::1001]) == [b"v" * 16] * len(keys[::1001])
     run.close()
 

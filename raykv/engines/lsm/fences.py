@@ -192,8 +192,11 @@ def fences_of(lens: Sequence[int], keys: bytes) -> Fences:
             rows = np.frombuffer(keys, np.uint8).reshape(n, width)
             padded = np.zeros((n, 8), np.uint8)
             padded[:, 8 - tail:] = rows[:, len(prefix):]
+            native = padded.view(np.uint64).ravel()
+            if sys.byteorder == "little":
+                native.byteswap(inplace=True)  # big-endian bytes to values, in place
             tails = array("Q")
-            tails.frombytes(padded.view(">u8").astype(np.uint64).tobytes())
+            tails.frombytes(native.data.cast("B"))
             return PackedFences(prefix, width, tails)
     ends = np.concatenate(([0], np.cumsum(lengths))).tolist()
     return ListFences(list(map(keys.__getitem__, map(slice, ends[:-1], ends[1:]))))

@@ -125,25 +125,25 @@ class RunReader:
         ):
             raise CorruptionError(path, "footer", offset=footer_at,
                                   detail="section offsets do not fit the file size")
-        # read, not mapped (no RSS kept); the filter straight into its words, so that
-        # opening a run costs its filter once (a merge opens one as big as the state)
-        index = self._pread(index_off, bloom_off - index_off)
-        words = self._pread_words(bloom_off, nwords)
-        if crc32(words, crc32(index)) != sections_crc:
+        # read, not mapped (no RSS kept); each section straight into the array that keeps
+        # it, so that opening a run costs its index and filter about once (a merge opens
+        # one as big as the state)
+        offsets = self._pread_array("Q", index_off, block_count + 1)
+        lens = self._pread_array("I", index_off + 8 * (block_count + 1), block_count)
+        fence_keys = self._pread(index_off + index_size, bloom_off - index_off - index_size)
+        words = self._pread_array("Q", bloom_off, nwords)
+        if crc32(words, crc32(fence_keys, crc32(lens, crc32(offsets)))) != sections_crc:
             raise CorruptionError(path, "index crc", offset=index_off,
                                   detail="fence index or bloom filter damaged")
-        offsets = array("Q")
-        offsets.frombytes(index[: 8 * (block_count + 1)])
-        lens = array("I")
-        lens.frombytes(index[8 * (block_count + 1) : index_size])
         if sys.byteorder == "big":  # pragma: no cover
             offsets.byteswap()
             lens.byteswap()
+            words.byteswap()
         fence_bytes = int(np.frombuffer(lens, dtype=np.uint32).sum(dtype=np.int64))
-        if offsets[0] != 0 or offsets[-1] != index_off or index_size + fence_bytes != len(index):
+        if offsets[0] != 0 or offsets[-1] != index_off or fence_bytes != len(fence_keys):
             raise CorruptionError(path, "index", offset=index_off,
                                   detail="block offsets or fence lengths are inconsistent")
-        self.fences = fences_of(lens, index[index_size:])
+        self.fences = fences_of(lens, fence_keys)
         self.block_offsets = offsets  # an array: in a random read mix as fast as a list
         self.bloom = BloomFilter(words)
         self.entry_count = entries
@@ -298,16 +298,19 @@ class RunReader:
                                   detail=f"read {len(data)} of {length} bytes")
         return data
 
-    def _pread_words(self, offset: int, count: int) -> array[int]:
-        """``count`` little-endian u64 words at ``offset``, read into a new ``array('Q')``."""
-        words = array("Q", [0]) * count
-        got = os.preadv(self.fd, [words], offset)
-        if got != 8 * count:
+    def _pread_array(self, typecode: str, offset: int, count: int) -> array[int]:
+        """``count`` items of ``typecode`` at ``offset``, read into a new ``array``.
+
+        No copy in between. The items are in the file's byte order: the caller swaps them
+        on a big-endian machine.
+        """
+        out = array(typecode, [0]) * count
+        size = out.itemsize * count
+        got = os.preadv(self.fd, [out], offset) if count else 0
+        if got != size:
             raise CorruptionError(self.path, "length", offset=offset,
-                                  detail=f"read {got} of {8 * count} bytes")
-        if sys.byteorder == "big":  # pragma: no cover
-            words.byteswap()
-        return words
+                                  detail=f"read {got} of {size} bytes")
+        return out
 
     def _pread_blocks(self, indices: Sequence[int]) -> list[bytes]:
         """Blocks ``indices`` (crc verified), one ``pread`` each."""

@@ -126,7 +126,7 @@ class RunWriter:
             self._parts.append(data)
             self._buffered += size
             if self._buffered >= _WRITE_BUFFER:
-                self._f.write(b"".join(self._parts))
+                self._f.writelines(self._parts)  # no joined copy
                 self._parts.clear()
                 self._buffered = 0
             return
@@ -161,7 +161,7 @@ class RunWriter:
         self._parts += (payload, crc)
         self._buffered += size
         if self._buffered >= _WRITE_BUFFER:
-            self._f.write(b"".join(self._parts))
+            self._f.writelines(self._parts)  # no joined copy
             self._parts.clear()
             self._buffered = 0
 
@@ -180,17 +180,19 @@ class RunWriter:
         index_offset = self._offset
         f = self._f
         if self._parts:
-            f.write(b"".join(self._parts))
+            f.writelines(self._parts)
             self._parts.clear()
         # the index and the filter are written piece by piece, never joined: a merge's
         # new run must not cost its index and filter twice more while it is written
         offsets, fence_lens = self._block_offsets, self._fence_lens
-        offsets.append(index_offset)
+        end = array("Q", [index_offset])  # not appended: growing the array may copy it
         if sys.byteorder == "big":  # pragma: no cover
             offsets.byteswap()
+            end.byteswap()
             fence_lens.byteswap()
-        index: list[bytes | array[int]] = [offsets, fence_lens, *self._fence_keys]
-        index_size = 8 * len(offsets) + 4 * len(fence_lens) + sum(map(len, self._fence_keys))
+        index: list[bytes | array[int]] = [offsets, end, fence_lens, *self._fence_keys]
+        index_size = 8 * (len(offsets) + 1) + 4 * len(fence_lens) + sum(
+            map(len, self._fence_keys))
         words = self._bloom.finish(self.entry_count).astype("<u8", copy=False)
         bloom = words.data  # a memoryview of the words: written and checksummed, not copied
         sections_crc = crc32(bloom, reduce(_crc_of, index, 0))
