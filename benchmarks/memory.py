@@ -214,12 +214,8 @@ def _line(r: dict[str, Any]) -> str:
     peaks = ", ".join(f"{n}: {v / MIB:,.0f} MiB" for n, v in r["peak_rss"].items())
     before = max(r["peak_rss_before_end"].values(), default=0) / MIB
     anon = max(r["peak_anon"].values(), default=0) / MIB
-    parts = "; ".join(
-        f"{n} at {p['t']:.0f} s: " + " + ".join(f"{k[3:].lower()} {p.get(k, 0) / MIB:,.0f}"
-                                               for k in RSS_FIELDS[1:])
-        for n, p in r.get("peak_parts", {}).items() if p)
     return (f"{r['keys']:>11,} keys: peak RSS {peaks} (before the end of input <= "
-            f"{before:,.0f} MiB; anonymous <= {anon:,.0f} MiB; the peaks: {parts}); "
+            f"{before:,.0f} MiB; anonymous <= {anon:,.0f} MiB; the peaks: {_parts(r)}); "
             f"{r['events_per_s']:,.0f} events/s, {r['epochs']} epochs, "
             f"wall {r['wall_s']:.0f} s, final rows {r['final_rows']:,} "
             f"({'correct' if r['correct'] else 'WRONG'})")
@@ -279,7 +275,19 @@ def report_render(res: dict[str, Any], image_prefix: str) -> list[str]:
             f"| {r['keys']:,} | {peaks} MiB | {before:,.0f} MiB | {anon:,.0f} MiB | "
             f"{r['events_per_s']:,.0f} | "
             f"{r['epochs']} | {r['wall_s']:.0f} s | {'yes' if r['correct'] else 'NO'} |")
+    lines.append("")
+    for r in res["runs"]:  # what the peak sample was made of (runs since 2026-12-03)
+        if any(r.get("peak_parts", {}).values()):
+            lines.append(f"- {r['keys']:,} keys, each shard's peak sample: {_parts(r)}.")
     return [*lines, ""]
+
+
+def _parts(r: dict[str, Any]) -> str:
+    """``"<shard> at <t> s: anon A + file F + shmem S"`` for each shard's peak sample."""
+    return "; ".join(
+        f"{n} at {p['t']:.0f} s: " + " + ".join(f"{k[3:].lower()} {p.get(k, 0) / MIB:,.0f}"
+                                               for k in RSS_FIELDS[1:]) + " MiB"
+        for n, p in r.get("peak_parts", {}).items() if p)
 
 
 def main(argv: list[str] | None = None) -> int:
