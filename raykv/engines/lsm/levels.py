@@ -147,8 +147,9 @@ class LevelSet(KVStore):
         ``inputs``: the runs ``sources`` read (a merge). Their filters and fences leave
         memory until the caller swaps in the new run (the merge reads them through their
         block offsets; nothing reads the engine meanwhile), so that a merge as big as the
-        state holds the new run's probes, not both runs' (measured: 6.7 -> 1.7 bytes per
-        input entry above the open runs). If the merge fails they are read again.
+        state holds the new run's probes, not both runs' (``tracemalloc``, two runs of 1M
+        8-byte keys merged: peak 6.7 -> 4.1 bytes per input entry above the open runs).
+        If the merge fails they are read again.
         With an expiry horizon, also notes the new run's stamp summary (``stamps.py``).
         """
         if inputs:
