@@ -338,13 +338,18 @@ class RunReader:
         """
         del self.bloom, self.fences
 
+    @property
+    def probes_released(self) -> bool:
+        """Whether :meth:`release_probes` dropped the filter and fences (not reloaded)."""
+        return not hasattr(self, "bloom")
+
     def reload_probes(self) -> None:
         """Read the filter and fences again after :meth:`release_probes` (a merge failed).
 
         Cost: what opening the run costs (footer, index and filter read, crc checked).
         A run whose probes are in memory is left as it is.
         """
-        if not hasattr(self, "bloom"):
+        if self.probes_released:
             self._load_index(self.file_size)
 
     def may_contain(self, key: bytes) -> bool:
@@ -393,7 +398,7 @@ class RunReader:
         After :meth:`release_probes`: the offsets only.
         """
         held = object.__sizeof__(self) + sys.getsizeof(self.block_offsets)
-        if hasattr(self, "bloom"):
+        if not self.probes_released:
             held += self.fences.nbytes + sys.getsizeof(self.bloom)
         return held
 

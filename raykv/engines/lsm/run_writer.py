@@ -191,8 +191,8 @@ class RunWriter:
             end.byteswap()
             fence_lens.byteswap()
         index: list[bytes | array[int]] = [offsets, end, fence_lens, *self._fence_keys]
-        index_size = 8 * (len(offsets) + 1) + 4 * len(fence_lens) + sum(
-            map(len, self._fence_keys))
+        fence_bytes = sum(map(len, self._fence_keys))
+        index_size = 8 * (len(offsets) + 1) + 4 * len(fence_lens) + fence_bytes
         words = self._bloom.finish(self.entry_count).astype("<u8", copy=False)
         bloom = words.data  # a memoryview of the words: written and checksummed, not copied
         sections_crc = crc32(bloom, reduce(_crc_of, index, 0))
