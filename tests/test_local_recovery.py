@@ -227,6 +227,20 @@ class _Idle:
         return os.getpid()
 
 
+def _wait_until_dead(actor: Any) -> None:
+    """Return once a call to ``actor`` fails (at most 60 s)."""
+    import ray
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.ping.remote(), timeout=60)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{actor} still answers 60 s after its SIGKILL")
+
+
 @pytest.mark.ray
 def test_a_recovery_takes_a_ready_standby_before_one_still_starting(ray_session: Any) -> None:
     """``Standby.check`` drops a dead standby and orders the ready ones first, whatever
@@ -238,8 +252,9 @@ def test_a_recovery_takes_a_ready_standby_before_one_still_starting(ray_session:
 
     idle = ray.remote(num_cpus=0)(_Idle)
     starting, ready, dead, newest = (idle.remote(d) for d in (60.0, 0.0, 0.0, 60.0))
-    ray.get([ready.ping.remote(), dead.ping.remote()], timeout=60)
-    ray.kill(dead)
+    ray.get(ready.ping.remote(), timeout=60)
+    os.kill(ray.get(dead.ping.remote(), timeout=60), signal.SIGKILL)
+    _wait_until_dead(dead)  # else its next ping may be sent before Ray knows it died
     pool = Standby(shards=[starting, dead, ready, newest])
     pool.check(pool.ping(), timeout=1.0)
     assert pool.shards == [ready, starting, newest]
