@@ -35,6 +35,8 @@ import fcntl
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Sequence
+from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypedDict
 
@@ -190,6 +192,17 @@ class KVStore(Validation, ABC):
         """Assert internal invariants (tests call this); engines override."""
 
     # ------------------------------------------------------------------ built on the hooks
+
+    def item_chunks(self, rows: int) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """The pairs of :meth:`items`, in its order, as ``(keys, values)`` lists.
+
+        At most ``rows`` pairs per chunk, none empty. The store must not be modified
+        while the iterator is in use. Engines override this with chunked reads (no Python
+        object per pair beyond its key and value); this version groups ``items()``.
+        """
+        items = self.items()
+        while pairs := list(islice(items, rows)):
+            yield list(map(itemgetter(0), pairs)), list(map(itemgetter(1), pairs))
 
     def delete(self, key: bytes) -> None:
         """Delete ``key``; deleting a missing key is not an error."""

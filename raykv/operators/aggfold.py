@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from raykv.keys import split_fixed
 from raykv.operators.aggretract import drop_empty
 
 if TYPE_CHECKING:
@@ -137,7 +138,8 @@ class AggregateFold:
         if self._retract:
             assert self.layout is not None
             new = drop_empty(self.layout, keys, new, self._epoch_deleted)
-        self._write(keys, new, extra=extra, stamps=stamps)
+        # the epoch's changes are kept by ``_changes`` (not the base class's changed set)
+        self._write(keys, new, track=False, extra=extra, stamps=stamps)
         self._changes.add(keys, new)
 
 
@@ -184,7 +186,7 @@ def _unpack(packed: Packed) -> list[bytes]:
     if isinstance(packed, list):
         return packed
     joined, size = packed
-    return [joined[i:i + size] for i in range(0, len(joined), size)]
+    return split_fixed(joined, size)
 
 
 __all__ = ["FOLD_SLICE_KEYS", "AggregateFold"]

@@ -18,12 +18,13 @@ from raykv.operators.aggspec import normalize_aggs
 from raykv.operators.aggstate import AggLayout
 from raykv.operators.base import KeyedOperator
 from raykv.operators.changelog import CHANGE, ORDER_DEPENDENT, is_changelog
-from raykv.operators.epoch_changes import EpochChanges
+from raykv.operators.epoch_changes import EpochChanges, as_lists
 from raykv.operators.keyed_state import (
     DEFAULT_FINISH_CHUNK_ROWS,
     KeyedStateLogic,
     key_order,
 )
+from raykv.operators.packed import Packed
 from raykv.operators.ttl import TTL, normalize_ttl
 
 #: Ops that an input row's retraction can undo exactly (a changelog input): count, sum
@@ -305,8 +306,8 @@ class AggregateLogic(AggregateFold, KeyedStateLogic):
             if self._minmax is not None:
                 zero = self._minmax.join(zero, b"")
             changes.add(sorted(deleted), [zero] * len(deleted))
-        batches = [self._emit(keys, values)
-                   for keys, values in changes.sorted_chunks(FOLD_SLICE_KEYS)]
+        batches = [self._emit_packed(c) if isinstance(c, Packed) else self._emit(*c)
+                   for c in changes.sorted_chunks(FOLD_SLICE_KEYS)]
         if not batches:
             return None
         return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
@@ -340,7 +341,8 @@ class AggregateLogic(AggregateFold, KeyedStateLogic):
         changes, deleted = self._take_epoch()
         keys: list[bytes] = []
         values: list[bytes] = []
-        for chunk_keys, chunk_values in changes.sorted_chunks(FOLD_SLICE_KEYS):
+        for chunk in changes.sorted_chunks(FOLD_SLICE_KEYS):
+            chunk_keys, chunk_values = as_lists(chunk)
             keys += chunk_keys
             values += chunk_values
         if deleted:  # b"": deleted (-D of the before-image)
@@ -384,6 +386,13 @@ class AggregateLogic(AggregateFold, KeyedStateLogic):
             return None
         order = key_order(keys)
         return self._emit([keys[i] for i in order], [values[i] for i in order])
+
+    def _render_rows(self, p: Packed) -> list[tuple[str, pa.Array]]:
+        """The rows read as the layout's numpy records (no multisets, no string fields)."""
+        assert self.layout is not None
+        if self._minmax is not None or self.layout.var_fields:
+            return super()._render_rows(p)
+        return self.layout.render_records(p.rows)
 
     def _render(
         self, state_keys: Sequence[bytes], values: Sequence[bytes]

@@ -189,6 +189,15 @@ class AggLayout(AggKernels):
             split = [split_tail(v[size:], nvar) for v in values]
             for j, (i, stat) in enumerate(self.var_fields):
                 var[(i, stat)] = [s[j] for s in split]
+        return self._columns(st, var)
+
+    def render_records(self, rows: np.ndarray) -> list[tuple[str, pa.Array]]:
+        """:meth:`render` of values given as a ``(n, size)`` ``uint8`` array (no var fields)."""
+        assert not self.var_fields and rows.shape[1] == self.size
+        return self._columns(np.ascontiguousarray(rows).view(self.dtype).reshape(-1), {})
+
+    def _columns(self, st: np.ndarray, var: Mapping[tuple[int, str], list[bytes | None]]
+                 ) -> list[tuple[str, pa.Array]]:
         out: list[tuple[str, pa.Array]] = []
         for c in self.cols:
             count = st[c.field("count")]

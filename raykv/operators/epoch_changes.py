@@ -17,10 +17,11 @@ per key (24 for sum+count); Python objects exist only for the chunk being emitte
 first add is kept as it is, so an epoch of one slice costs what it did before. Any add
 that does not fit (variable-length keys or values, deletes) switches the epoch to lists.
 
-Cost: the first add nothing; a compact add one ``join`` of the keys and of the values;
-``sorted_chunks`` one stable numpy sort of the key words (O(n log n)) plus one ``bytes``
-per key and value of each chunk. The list form sorts with
-:func:`~raykv.operators.keyed_state.key_order`.
+Cost: the first add nothing; a compact add one ``join`` of the keys and of the values
+(nothing for an add given :class:`~raykv.operators.packed.Packed`); ``sorted_chunks``
+one stable numpy sort of the key words (O(n log n)) and numpy gathers, handing back
+:class:`~raykv.operators.packed.Packed` chunks (no ``bytes`` per key). The list form
+sorts with :func:`~raykv.operators.keyed_state.key_order`.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ import numpy as np
 import numpy.typing as npt
 
 from raykv.operators.keyed_state import key_order
+from raykv.operators.packed import Packed, pack, unpack
 
-KEY_WIDTH = 8  # the compact form's key length (raykv.keys: fixed-width keys)
+#: A chunk of :meth:`EpochChanges.sorted_chunks`: packed, or the keys and values.
+Chunk = Packed | tuple[list[bytes], list[bytes]]
 
 
 class EpochChanges:
@@ -74,13 +77,12 @@ class EpochChanges:
 
     def _pack(self, keys: Sequence[bytes], values: Sequence[bytes]) -> bool:
         """Add ``keys``/``values`` in the compact form if they fit it (else ``False``)."""
-        n = len(keys)
-        size = len(values[0]) if self._size < 0 else self._size
-        if not (size and _uniform(keys, KEY_WIDTH) and _uniform(values, size)):
+        p = pack(keys, values, None if self._size < 0 else self._size)
+        if p is None:
             return False
-        self._size = size
-        self._words.append(np.frombuffer(b"".join(keys), ">u8").astype(np.uint64))
-        self._rows.append(np.frombuffer(b"".join(values), np.uint8).reshape(n, size))
+        self._size = p.rows.shape[1]
+        self._words.append(p.words)
+        self._rows.append(p.rows)
         return True
 
     def _to_lists(self) -> None:
@@ -90,18 +92,21 @@ class EpochChanges:
         keys: list[bytes] = []
         values: list[bytes] = []
         for words, rows in zip(self._words, self._rows, strict=True):
-            keys += _split(words.astype(">u8").tobytes(), KEY_WIDTH)
-            values += _split(rows.tobytes(), self._size)
+            more_keys, more_values = unpack(Packed(words, rows))
+            keys += more_keys
+            values += more_values
         self._keys, self._values = keys, values
         self._merge = True
         self._words, self._rows = [], []
 
-    def sorted_chunks(self, rows: int) -> Iterator[tuple[list[bytes], list[bytes]]]:
+    def sorted_chunks(self, rows: int) -> Iterator[Chunk]:
         """The latest value of every key added, ascending, at most ``rows`` keys a chunk.
 
-        Empties the object first (the chunks are taken from what it held).
+        Compact changes come as :class:`Packed` chunks, the list form as ``(keys,
+        values)``; :func:`as_lists` turns either into lists. Empties the object first
+        (the chunks are taken from what it held).
         """
-        words, values_rows, size = self._words, self._rows, self._size
+        words, values_rows = self._words, self._rows
         keys, values, merge = self._keys, self._values, self._merge
         self._reset()  # empty: the next epoch starts here
         if words:
@@ -115,8 +120,7 @@ class EpochChanges:
             table = np.concatenate(values_rows) if len(values_rows) > 1 else values_rows[0]
             for lo in range(0, len(pick), rows):
                 at = pick[lo:lo + rows]
-                yield (_split(every[at].astype(">u8").tobytes(), KEY_WIDTH),
-                       _split(table[at].tobytes(), size))
+                yield Packed(every[at], table[at])
             return
         if merge:  # a key written by two folds: its later value
             latest_of = dict(zip(keys, values, strict=True))
@@ -131,14 +135,9 @@ class EpochChanges:
             yield [keys[i] for i in chunk], [values[i] for i in chunk]
 
 
-def _uniform(items: Sequence[bytes], size: int) -> bool:
-    """Every item is ``size`` bytes long (C-level passes)."""
-    return bool((np.fromiter(map(len, items), np.int64, len(items)) == size).all())
+def as_lists(chunk: Chunk) -> tuple[list[bytes], list[bytes]]:
+    """The keys and values of a chunk of :meth:`EpochChanges.sorted_chunks`."""
+    return unpack(chunk) if isinstance(chunk, Packed) else chunk
 
 
-def _split(joined: bytes, size: int) -> list[bytes]:
-    """``joined`` cut into ``size``-byte pieces."""
-    return [joined[i:i + size] for i in range(0, len(joined), size)]
-
-
-__all__ = ["KEY_WIDTH", "EpochChanges"]
+__all__ = ["Chunk", "EpochChanges", "as_lists"]

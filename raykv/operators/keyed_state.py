@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
-from itertools import compress, islice
+from itertools import compress
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,7 @@ from raykv.engines.base import KVStore
 from raykv.keys import (
     canonical_key_array,
     decode_keys,
+    decode_words,
     encode_keys,
     is_binary_like,
     is_fixed_width,
@@ -53,6 +54,7 @@ from raykv.operators.base import (
     OperatorLogic,
 )
 from raykv.operators.changelog import DELETE, INSERT, UPDATE_AFTER, UPDATE_BEFORE, with_kinds
+from raykv.operators.packed import Packed, pack, sort_packed, unpack
 from raykv.operators.state_meta import StateMetadata
 from raykv.operators.ttl import ExpiryState
 
@@ -261,7 +263,7 @@ class KeyedStateLogic(StateMetadata, OperatorLogic):
         """Every live key's rendered state, ``max_rows`` engine pairs at a time.
 
         Order: each chunk is sorted by encoded key; chunks follow the engine's
-        ``items()`` order, so the whole stream is in key order (the order of
+        ``item_chunks`` order, so the whole stream is in key order (the order of
         :meth:`finish`) when the engine iterates in key order (``LSMTree``) and in no
         particular order across chunks otherwise (HybridLog, AppendLog, MemOnly). The
         store must not be written while the stream is consumed. Memory: one chunk of
@@ -269,14 +271,7 @@ class KeyedStateLogic(StateMetadata, OperatorLogic):
         per-key index of HybridLog/AppendLog that the engine keeps anyway). Cost: one
         ``items()`` pass, a sort per chunk.
         """
-        items = self.store.items()
-        while True:
-            pairs = list(islice(items, max_rows))
-            if not pairs:
-                return
-            keys = [k for k, _ in pairs]
-            values = [v for _, v in pairs]
-            del pairs
+        for keys, values in self.store.item_chunks(max_rows):
             if not META_KEYS.isdisjoint(keys):
                 keep = [k not in META_KEYS for k in keys]
                 keys, values = list(compress(keys, keep)), list(compress(values, keep))
@@ -284,10 +279,7 @@ class KeyedStateLogic(StateMetadata, OperatorLogic):
                 values, _ = self.expiry.split(values)
                 if not all(values):
                     keys, values = list(compress(keys, values)), [v for v in values if v]
-            if not keys:
-                continue
-            order = key_order(keys)
-            out = self._emit([keys[i] for i in order], [values[i] for i in order])
+            out = self._emit_sorted(keys, values)
             if out is not None:
                 yield out
 
@@ -410,6 +402,42 @@ class KeyedStateLogic(StateMetadata, OperatorLogic):
         assert self._key_type is not None
         cols = [(self.key, decode_keys(self._user_keys(state_keys), self._key_type))]
         cols.extend(self._render(state_keys, values))
+        return self._batch(cols)
+
+    def _emit_sorted(self, state_keys: list[bytes], values: list[bytes]
+                     ) -> pa.RecordBatch | None:
+        """:meth:`_emit` of distinct ``state_keys`` put in ascending key order first.
+
+        Packed (``packed.py``: no ``bytes`` per key sorted, gathered or decoded) when the
+        keys are 8-byte numbers and the values have one size; else :func:`key_order`.
+        """
+        packed = pack(state_keys, values) if self._packs_keys() else None
+        if packed is not None:
+            return self._emit_packed(sort_packed(packed))
+        order = key_order(state_keys)
+        return self._emit([state_keys[i] for i in order], [values[i] for i in order])
+
+    def _packs_keys(self) -> bool:
+        """State keys are the 8-byte encoding of the key alone (``packed.py`` applies)."""
+        t = self._key_type
+        return (t is not None and not self._suffix_len and is_fixed_width(t)
+                and not pa.types.is_boolean(value_type(t)))
+
+    def _emit_packed(self, p: Packed) -> pa.RecordBatch | None:
+        """:meth:`_emit` of packed pairs (only when :meth:`_packs_keys`), in their order."""
+        if not len(p):
+            return None
+        assert self._key_type is not None
+        cols = [(self.key, decode_words(p.words, self._key_type))]
+        cols.extend(self._render_rows(p))
+        return self._batch(cols)
+
+    def _render_rows(self, p: Packed) -> list[tuple[str, pa.Array]]:
+        """:meth:`_render` of packed pairs; layers may render the rows without unpacking."""
+        return self._render(*unpack(p))
+
+    def _batch(self, cols: list[tuple[str, pa.Array]]) -> pa.RecordBatch:
+        """The output batch of named columns (the output schema once it is known)."""
         if self._out_schema is not None:
             return pa.RecordBatch.from_arrays([c for _, c in cols], schema=self._out_schema)
         out = pa.RecordBatch.from_arrays([c for _, c in cols], names=[n for n, _ in cols])

@@ -50,11 +50,22 @@ class KVStoreContract(BoundaryContract, ExpiryContract):
     def assert_state(store: KVStore, model: dict[bytes, bytes]) -> None:
         BoundaryContract.assert_live_keys(store, model)
         assert dict(store.items()) == model
+        KVStoreContract.assert_item_chunks(store, 7)
         keys = list(model)
         assert store.multi_get(keys) == [model[k] for k in keys]
         for k in keys[:50]:
             assert store.get(k) == model[k]
         store._check()
+
+    @staticmethod
+    def assert_item_chunks(store: KVStore, rows: int) -> None:
+        """``item_chunks(rows)``: the pairs of ``items()`` in its order, no chunk empty or
+        over ``rows`` pairs (the base class groups ``items()``; engines but MemOnly read
+        their own chunks)."""
+        chunks = list(store.item_chunks(rows))
+        assert all(0 < len(keys) == len(values) <= rows for keys, values in chunks)
+        assert [p for keys, values in chunks for p in zip(keys, values, strict=True)] == list(
+            store.items())
 
     @staticmethod
     def apply_random(store: KVStore, model: dict[bytes, bytes], rng: random.Random,
@@ -455,6 +466,7 @@ class KVStoreContract(BoundaryContract, ExpiryContract):
                 if hasattr(self, "store"):
                     contract.assert_live_keys(self.store, self.model)
                     assert dict(self.store.items()) == self.model
+                    contract.assert_item_chunks(self.store, 3)
 
             def teardown(self) -> None:
                 if hasattr(self, "store"):

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raykv.operators import Aggregate
-from raykv.operators.epoch_changes import EpochChanges
+from raykv.operators.epoch_changes import EpochChanges, as_lists
 
 INT_KEY = st.integers(0, 40).map(lambda i: i.to_bytes(8, "big"))
 ANY_KEY = st.one_of(INT_KEY, st.binary(min_size=1, max_size=9))
@@ -41,7 +41,7 @@ def test_sorted_chunks_are_the_latest_values_in_key_order(
         changes.add(keys, values)
         model.update(zip(keys, values, strict=True))
     assert bool(changes) == any(keys for keys, _ in adds)
-    chunks = list(changes.sorted_chunks(rows))
+    chunks = [as_lists(c) for c in changes.sorted_chunks(rows)]
     assert all(0 < len(k) == len(v) <= rows for k, v in chunks)
     got = [(k, v) for keys, values in chunks for k, v in zip(keys, values, strict=True)]
     assert got == sorted((k, v) for k, v in model.items() if v)
@@ -64,7 +64,7 @@ def test_an_epoch_of_int_keys_is_held_in_a_few_bytes_per_key() -> None:
     finally:
         tracemalloc.stop()
     assert (held - base) / n < 30, f"{(held - base) / n:.0f} bytes per key"
-    got = [k for chunk, _ in changes.sorted_chunks(65_536) for k in chunk]
+    got = [k for chunk in changes.sorted_chunks(65_536) for k in as_lists(chunk)[0]]
     assert got == keys
 
 

@@ -37,7 +37,7 @@ import sys
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from itertools import compress, islice, repeat
+from itertools import chain, compress, islice, repeat, starmap
 from operator import add, getitem, itemgetter, not_
 from typing import Unpack, cast
 
@@ -298,17 +298,29 @@ class AppendLog(BulkWrites):
         the work of ``multi_get`` for every key. The store must not be modified while the
         iterator is in use.
         """
+        return chain.from_iterable(starmap(zip, self.item_chunks(_READ_BATCH)))
+
+    def item_chunks(self, rows: int) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """The pairs of :meth:`items` as ``(keys, values)`` lists of at most ``rows``.
+
+        Cost: the verification of :meth:`items` and a list of the index's entries, then
+        per chunk the vectorized reads of ``multi_get``.
+        """
         self._ensure_open()
         for run in self._runs:
             self._verify_data(run)
-        return self._iter_items(list(self._index.items()))
+        return self._item_chunks(list(self._index.items()), rows)
 
-    def _iter_items(self, pairs: list[tuple[bytes, int]]) -> Iterator[tuple[bytes, bytes]]:
-        for a in range(0, len(pairs), _READ_BATCH):
-            chunk = pairs[a : a + _READ_BATCH]
+    def _item_chunks(self, pairs: list[tuple[bytes, int]], rows: int
+                     ) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        for a in range(0, len(pairs), rows):
+            chunk = pairs[a : a + rows]
             keys = list(map(itemgetter(0), chunk))
             values = self._read_many(keys, list(map(itemgetter(1), chunk)))
-            yield from filter(itemgetter(1), zip(keys, values, strict=True))
+            if not all(values):  # tombstones
+                keys, values = list(compress(keys, values)), list(filter(None, values))
+            if keys:
+                yield keys, values
 
     def live_keys(self) -> int:
         """Number of live keys, exact. Cost: O(1).

@@ -113,29 +113,34 @@ class RunSet(KVStore):
     def _read_missing(self, keys: Sequence[bytes], res: list[bytes | None]) -> None:
         """Fill each ``None`` of ``res`` with the durable value of ``keys[i]`` (``b""``: none).
 
-        Cost: one index lookup per such key, then, for ``_READ_VECTOR`` keys or more,
-        numpy passes over the locations and one ``RunFile.read_many`` per run involved
-        (a value of 256 bytes or more, whose location does not fit a uint64, is read
-        apart); for fewer keys one ``_read_loc`` each.
+        Cost: one index lookup per such key, then :meth:`_values_at`.
         """
         miss = list(compress(range(len(res)), map(is_, res, repeat(None))))
         locs = list(map(self._index.get, map(keys.__getitem__, miss), repeat(0)))
+        deque(map(res.__setitem__, miss, self._values_at(locs)), maxlen=0)
+
+    def _values_at(self, locs: list[int]) -> list[bytes]:
+        """The values at index locations ``locs`` (length 0: ``b""``); ``locs`` may change.
+
+        Cost: for ``_READ_VECTOR`` locations or more, numpy passes and one
+        ``RunFile.read_many`` per run involved (a value of 256 bytes or more, whose
+        location does not fit a uint64, is read apart); for fewer one ``_read_loc`` each.
+        """
         read = self._read_loc
-        if len(miss) < _READ_VECTOR:
-            values = [read(loc) if loc >> LEN_SHIFT else b"" for loc in locs]
-        else:
-            big: list[tuple[int, int]] = []
-            try:
-                arr = np.fromiter(locs, dtype=np.uint64, count=len(locs))
-            except OverflowError:  # values of 256+ bytes: read apart, the rest vectorized
-                big = [(i, loc) for i, loc in enumerate(locs) if loc > U64_MAX]
-                for i, _ in big:
-                    locs[i] = 0
-                arr = np.fromiter(locs, dtype=np.uint64, count=len(locs))
-            values = self._read_locs(arr)
-            for i, loc in big:
-                values[i] = read(loc)
-        deque(map(res.__setitem__, miss, values), maxlen=0)
+        if len(locs) < _READ_VECTOR:
+            return [read(loc) if loc >> LEN_SHIFT else b"" for loc in locs]
+        big: list[tuple[int, int]] = []
+        try:
+            arr = np.fromiter(locs, dtype=np.uint64, count=len(locs))
+        except OverflowError:  # values of 256+ bytes: read apart, the rest vectorized
+            big = [(i, loc) for i, loc in enumerate(locs) if loc > U64_MAX]
+            for i, _ in big:
+                locs[i] = 0
+            arr = np.fromiter(locs, dtype=np.uint64, count=len(locs))
+        values = self._read_locs(arr)
+        for i, loc in big:
+            values[i] = read(loc)
+        return values
 
     def _read_locs(self, locs: np.ndarray) -> list[bytes]:
         """The values at packed uint64 ``locs`` (length 0: ``b""``), one pass per run."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import compress, repeat
+from itertools import chain, compress, repeat, starmap
 from operator import is_, is_not
 from typing import Unpack, cast
 from zlib import crc32
@@ -50,6 +50,7 @@ from raykv.errors import CorruptionError
 _MEMTABLE_ENTRY_OVERHEAD = 112
 # Below this many memtable misses, multi_get probes run by run per key (no numpy setup).
 _VECTOR_MIN = 32
+_ITEM_ROWS = 4096  # pairs per chunk behind ``items()``
 
 
 
@@ -292,13 +293,21 @@ class LSMTree(LevelSet):
         of a key wins and tombstones are skipped. Memory: one chunk per run. The store
         must not be modified while the iterator is in use.
         """
+        return chain.from_iterable(starmap(zip, self.item_chunks(_ITEM_ROWS)))
+
+    def item_chunks(self, rows: int) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """The pairs of :meth:`items` (increasing key order) as lists of at most ``rows``.
+
+        Cost: the merge of :meth:`items`, whose chunks (a block or a few per run) are cut
+        or left as they are; no Python object per pair beyond its key and value.
+        """
         self._ensure_open()
         keys, values = self._mem.sorted_items()
         sources: list[Iterator[Chunk]] = [
             r.iter_chunks() for level in reversed(self._levels) for r in level
         ]
         sources.append(iter(chunked(keys, values)))
-        return _live_pairs(merge_sorted_chunks(sources))
+        return _live_chunks(merge_sorted_chunks(sources), rows)
 
     # ------------------------------------------------------------------ writes
 
@@ -395,9 +404,19 @@ class LSMTree(LevelSet):
             assert (self.data_dir / name).is_file(), f"live file {name} missing"
 
 
-def _live_pairs(chunks: Iterator[Chunk]) -> Iterator[tuple[bytes, bytes]]:
-    for keys, values in chunks:
-        if all(values):
-            yield from zip(keys, values, strict=True)
+def _live_chunks(chunks: Iterator[Chunk], rows: int) -> Iterator[tuple[list[bytes], list[bytes]]]:
+    """``chunks`` without tombstones, regrouped into ``rows`` pairs a chunk (the last fewer)."""
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    for more_keys, more_values in chunks:
+        if all(more_values):
+            keys += more_keys
+            values += more_values
         else:
-            yield from zip(compress(keys, values), filter(None, values), strict=True)
+            keys += compress(more_keys, more_values)
+            values += filter(None, more_values)
+        while len(keys) >= rows:
+            yield keys[:rows], values[:rows]
+            del keys[:rows], values[:rows]
+    if keys:
+        yield keys, values
