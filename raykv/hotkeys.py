@@ -29,7 +29,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raykv.keys import canonical_key_array, decode_keys, encode_keys
+from raykv.keys import (
+    canonical_key_array,
+    decode_keys,
+    encode_key_words,
+    encode_keys,
+    split_fixed,
+)
 from raykv.partitioning import key_groups_of
 
 #: Hot keys a report carries per shard (into the epoch manifest and the run summary).
@@ -137,7 +143,7 @@ class LoadTracker:
 
     Cost per batch: one Arrow ``value_counts`` over the key column, a top-``k`` selection,
     encoding ``k`` keys; with ``track_groups`` also encoding and hashing every distinct
-    key of the batch (one mmh3 call each).
+    key of the batch (numpy passes for 8-byte keys, else one mmh3 call each).
     """
 
     def __init__(self, key: str, num_key_groups: int, hot_keys: int, *,
@@ -167,11 +173,13 @@ class LoadTracker:
         else:
             top, floor = np.arange(len(counts)), 0
         if self.track_groups:
-            keys = encode_keys(values, self.key)
+            words = encode_key_words(values, self.key)  # 8-byte keys: no bytes per key
+            keys = encode_keys(values, self.key) if words is None else words
             groups = key_groups_of(keys, self.num_key_groups)
             self._groups += np.bincount(groups, weights=counts, minlength=self.num_key_groups
                                         ).astype(np.int64)
-            top_keys = [keys[i] for i in top.tolist()]
+            top_keys = ([keys[i] for i in top.tolist()] if words is None
+                        else split_fixed(words[top].tobytes(), 8))
         else:
             top_keys = encode_keys(values.take(pa.array(top)), self.key)
         self.hot.update(top_keys, counts[top], floor)

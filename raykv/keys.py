@@ -176,6 +176,34 @@ def encode_keys(array: pa.Array | pa.ChunkedArray, column: str) -> list[bytes]:
     Cost: O(rows), vectorized (numpy/Arrow) for fixed-width types; one Arrow-to-Python
     conversion for strings and binaries. No Python call per value except the final list.
     """
+    array, kind = _checked(array, column)
+    if kind in ("s", "y"):
+        if pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type):
+            target = pa.large_binary()
+        else:
+            target = pa.binary()
+        if array.type != target:
+            array = array.cast(target)
+        return array.to_pylist()  # type: ignore[no-any-return]
+    if kind == "b":
+        bits = array.to_numpy(zero_copy_only=False).astype(np.uint8)
+        return split_fixed(bits.tobytes(), 1)
+    return split_fixed(_words(array, kind).tobytes(), 8)
+
+
+def encode_key_words(array: pa.Array | pa.ChunkedArray, column: str) -> np.ndarray | None:
+    """The keys of an 8-byte key type as big-endian words (``>u8``), else ``None``.
+
+    What :func:`encode_keys` returns, without a ``bytes`` object per key: the array's
+    memory is the keys' bytes, one after the other. ``None`` for string, binary and bool
+    keys. Raises like :func:`encode_keys`. Cost: a few numpy passes.
+    """
+    array, kind = _checked(array, column)
+    return None if kind in ("s", "y", "b") else _words(array, kind)
+
+
+def _checked(array: pa.Array | pa.ChunkedArray, column: str) -> tuple[pa.Array, str]:
+    """``array`` as one array of its value type, and its kind; raises on a bad type or null."""
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
     check_key_type(array.type, column)
@@ -189,33 +217,24 @@ def encode_keys(array: pa.Array | pa.ChunkedArray, column: str) -> list[bytes]:
         raise ValueError(msg)
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
-    kind = _kind(array.type)
-    if kind in ("s", "y"):
-        if pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type):
-            target = pa.large_binary()
-        else:
-            target = pa.binary()
-        if array.type != target:
-            array = array.cast(target)
-        return array.to_pylist()  # type: ignore[no-any-return]
-    if kind == "b":
-        bits = array.to_numpy(zero_copy_only=False).astype(np.uint8)
-        return split_fixed(bits.tobytes(), 1)
+    return array, _kind(array.type)
+
+
+def _words(array: pa.Array, kind: str) -> np.ndarray:
+    """The big-endian key words of an integer, unsigned, float or temporal array."""
     if kind == "t":
         array = _int64_storage(array)
         kind = "i"
     if kind == "i":
         ints = array.cast(pa.int64()).to_numpy(zero_copy_only=False)
-        out = (ints.view(np.uint64) ^ _SIGN).astype(">u8")
-    elif kind == "u":
-        out = array.cast(pa.uint64()).to_numpy(zero_copy_only=False).astype(">u8")
-    else:  # float
-        floats = array.cast(pa.float64()).to_numpy(zero_copy_only=False) + 0.0  # no -0.0
-        bits = floats.view(np.uint64).copy()
-        bits[np.isnan(floats)] = _NAN_BITS
-        neg = (bits & _SIGN).astype(bool)
-        out = np.where(neg, bits ^ _ALL, bits | _SIGN).astype(">u8")
-    return split_fixed(out.tobytes(), 8)
+        return (ints.view(np.uint64) ^ _SIGN).astype(">u8")
+    if kind == "u":
+        return array.cast(pa.uint64()).to_numpy(zero_copy_only=False).astype(">u8")
+    floats = array.cast(pa.float64()).to_numpy(zero_copy_only=False) + 0.0  # no -0.0
+    bits = floats.view(np.uint64).copy()
+    bits[np.isnan(floats)] = _NAN_BITS
+    neg = (bits & _SIGN).astype(bool)
+    return np.where(neg, bits ^ _ALL, bits | _SIGN).astype(">u8")
 
 
 def _fixed_words(keys: Sequence[bytes], width: int, type_: pa.DataType) -> bytes:

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import raykv.partitioning as partitioning
-from raykv.keys import decode_keys, encode_keys
+from raykv.keys import decode_keys, encode_key_words, encode_keys, is_fixed_width, value_type
 from raykv.partitioning import DEFAULT_NUM_KEY_GROUPS, Partitioning, key_groups_of, split_batch
 
 
@@ -191,6 +191,37 @@ def test_key_groups_are_mmh3_and_stable() -> None:
     assert mmh3.hash(b"a", 0, signed=False) == 0x3C2569B2
     assert key_groups_of(keys, 4096).dtype == np.int64
     assert key_groups_of([], 16).tolist() == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=8, max_size=8), max_size=40), st.integers(1, 1 << 31))
+def test_numpy_hash_of_8_byte_keys_is_mmh3(keys: list[bytes], groups: int) -> None:
+    """8-byte keys (given as bytes, or as the words ``encode_key_words`` makes) are hashed
+    by numpy; the groups must be ``mmh3``'s, bit for bit (the checkpoint format)."""
+    expected = [mmh3.hash(k, 0, signed=False) % groups for k in keys]
+    assert key_groups_of(keys, groups).tolist() == expected
+    words = np.frombuffer(b"".join(keys), ">u8")
+    assert key_groups_of(words, groups).tolist() == expected
+    mixed = [*keys, b"short"]  # one other length: every key through mmh3
+    assert key_groups_of(mixed, groups).tolist() == [
+        *expected, mmh3.hash(b"short", 0, signed=False) % groups]
+
+
+@pytest.mark.parametrize(("t", "strategy"), TYPES, ids=[str(t) for t, _ in TYPES])
+def test_encode_key_words_are_the_encoded_keys(t: pa.DataType,
+                                               strategy: st.SearchStrategy[Any]) -> None:
+    @settings(max_examples=10, deadline=None)
+    @given(st.lists(strategy, max_size=30))
+    def check(values: list[Any]) -> None:
+        arr = _array(values, t)
+        words = encode_key_words(arr, "k")
+        keys = encode_keys(arr, "k")
+        eight_bytes = is_fixed_width(t) and not pa.types.is_boolean(value_type(t))
+        assert (words is not None) == eight_bytes  # None: strings, binaries, bools
+        if words is not None:
+            assert words.dtype == np.dtype(">u8") and words.tobytes() == b"".join(keys)
+
+    check()
 
 
 def test_key_groups_are_uniform() -> None:
