@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from raykv.keys import split_fixed
 from raykv.operators.aggretract import drop_empty
+from raykv.operators.packed import Packed
 
 if TYPE_CHECKING:
     from raykv.operators.aggminmax import MinMaxMultisets
@@ -62,6 +63,7 @@ class AggregateFold:
                    stamps: Sequence[int] | None = None) -> None: ...
         def _note_before(self, keys: Sequence[bytes], old: Sequence[bytes]) -> None: ...
         def _name(self) -> str: ...
+        def _packs_keys(self) -> bool: ...
 
     def _fold(self, parts: list[pa.Table], tmax: list[pa.Table],
               deltas: list[list[pa.Table]]) -> None:
@@ -140,7 +142,15 @@ class AggregateFold:
             new = drop_empty(self.layout, keys, new, self._epoch_deleted)
         # the epoch's changes are kept by ``_changes`` (not the base class's changed set)
         self._write(keys, new, track=False, extra=extra, stamps=stamps)
-        self._changes.add(keys, new)
+        layout = self.layout
+        assert layout is not None
+        if self._packs_keys() and not (self._minmax or self._retract or layout.var_fields):
+            # 8-byte keys and fixed-size values by construction: packed without checks
+            self._changes.add_packed(Packed(
+                np.frombuffer(b"".join(keys), ">u8").astype(np.uint64),
+                np.frombuffer(b"".join(new), np.uint8).reshape(len(new), layout.size)))
+        else:
+            self._changes.add(keys, new)
 
 
     def _stamps(self, keys: list[bytes], tables: list[pa.Table]) -> list[int]:
@@ -167,10 +177,10 @@ def _describer(col: pa.Array | pa.ChunkedArray) -> Callable[[int], str]:
     return lambda i: f"key {col[i].as_py()!r}"
 
 
-Packed = tuple[bytes, int] | list[bytes]
+PackedValues = tuple[bytes, int] | list[bytes]
 
 
-def _pack(values: list[bytes]) -> Packed:
+def _pack(values: list[bytes]) -> PackedValues:
     """A slice's new values as one ``bytes`` and their size, else the list as it is.
 
     Packed when every value has one size (a fixed layout: the usual case).
@@ -181,7 +191,7 @@ def _pack(values: list[bytes]) -> Packed:
     return values
 
 
-def _unpack(packed: Packed) -> list[bytes]:
+def _unpack(packed: PackedValues) -> list[bytes]:
     """The values :func:`_pack` packed."""
     if isinstance(packed, list):
         return packed

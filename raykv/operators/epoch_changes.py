@@ -75,6 +75,17 @@ class EpochChanges:
         self._keys += keys
         self._values += values
 
+    def add_packed(self, p: Packed) -> None:
+        """:meth:`add` of pairs already packed (no length checks: the caller knows them)."""
+        if not len(p):
+            return
+        if self._keys or 0 <= self._size != p.rows.shape[1]:  # the list form, or a new size
+            self.add(*unpack(p))
+            return
+        self._size = p.rows.shape[1]
+        self._words.append(p.words)
+        self._rows.append(p.rows)
+
     def _pack(self, keys: Sequence[bytes], values: Sequence[bytes]) -> bool:
         """Add ``keys``/``values`` in the compact form if they fit it (else ``False``)."""
         p = pack(keys, values, None if self._size < 0 else self._size)

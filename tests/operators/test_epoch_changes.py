@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from raykv.operators import Aggregate
 from raykv.operators.epoch_changes import EpochChanges, as_lists
+from raykv.operators.packed import pack
 
 INT_KEY = st.integers(0, 40).map(lambda i: i.to_bytes(8, "big"))
 ANY_KEY = st.one_of(INT_KEY, st.binary(min_size=1, max_size=9))
@@ -32,13 +33,18 @@ def folds(draw: st.DrawFn) -> list[tuple[list[bytes], list[bytes]]]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(folds(), st.integers(1, 7))
+@given(folds(), st.integers(1, 7), st.lists(st.booleans(), min_size=5, max_size=5))
 def test_sorted_chunks_are_the_latest_values_in_key_order(
-        adds: list[tuple[list[bytes], list[bytes]]], rows: int) -> None:
+        adds: list[tuple[list[bytes], list[bytes]]], rows: int, packed: list[bool]) -> None:
+    """Adds as lists or, where they pack, packed (``add_packed``), in any mix."""
     changes = EpochChanges()
     model: dict[bytes, bytes] = {}
-    for keys, values in adds:
-        changes.add(keys, values)
+    for (keys, values), as_packed in zip(adds, packed, strict=False):
+        p = pack(keys, values) if as_packed else None
+        if p is not None:
+            changes.add_packed(p)
+        else:
+            changes.add(keys, values)
         model.update(zip(keys, values, strict=True))
     assert bool(changes) == any(keys for keys, _ in adds)
     chunks = [as_lists(c) for c in changes.sorted_chunks(rows)]
@@ -92,3 +98,16 @@ def test_aggregate_epochs_of_several_folds_equal_a_group_by(tmp_path: Path) -> N
         assert out.column("k").to_pylist() == sorted(touched)
         assert out.column("v_sum").to_pylist() == model["v_sum"].to_pylist()
         assert out.column("v_count").to_pylist() == model["v_count"].to_pylist()
+
+
+def test_packed_adds_of_another_value_size_switch_to_lists() -> None:
+    """A packed add whose values have another size than the epoch's packed ones cannot
+    join their rows: both are kept (as lists) and every key keeps its own value."""
+    changes = EpochChanges()
+    keys = [i.to_bytes(8, "big") for i in range(6)]
+    first, second = pack(keys[:4], [b"a" * 16] * 4), pack(keys[2:], [b"b" * 3] * 4)
+    assert first is not None and second is not None
+    changes.add_packed(first)
+    changes.add_packed(second)
+    got = [p for c in changes.sorted_chunks(10) for p in zip(*as_lists(c), strict=True)]
+    assert got == [(k, b"a" * 16) for k in keys[:2]] + [(k, b"b" * 3) for k in keys[2:]]
