@@ -87,6 +87,8 @@ OPTIONAL: dict[str, tuple[str, str, bool]] = {
     "memory": ("Memory bounded by the work: shard RSS with 20M-40M keys (issue 15)",
                "benchmarks.memory", True),
     "nexmark": ("Nexmark: generator and queries (issue 14)", "benchmarks.nexmark.bench", True),
+    "manykeys": ("Many distinct keys: Aggregate over 1,000,000 zipf keys (issue 15)",
+                 "benchmarks.manykeys", True),
 }
 
 

@@ -175,3 +175,13 @@ def test_recovery_section_survives_its_kills_exactly(report: Path) -> None:
         assert a["killed_rows_out"] == a["events"], a  # StatefulMap: one row per event
         assert a["killed_restarts"] >= 1, a
     assert "Recovery: local rollback" in (report / "REPORT.md").read_text()
+
+
+def test_manykeys_section_runs_every_mode_exactly(report: Path) -> None:
+    import json
+
+    res = json.loads((report / "report_manykeys.json").read_text())
+    assert set(res["rows"]) == {"off", "1s", "0.1s"}
+    assert all(r["correct"] and r["events_per_s"] > 0 for r in res["rows"].values())
+    assert res["group_by_events_per_s"] > 0
+    assert "Many distinct keys" in (report / "REPORT.md").read_text()
