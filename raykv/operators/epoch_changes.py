@@ -82,19 +82,21 @@ class EpochChanges:
         if self._keys or 0 <= self._size != p.rows.shape[1]:  # the list form, or a new size
             self.add(*unpack(p))
             return
-        self._size = p.rows.shape[1]
-        self._words.append(p.words)
-        self._rows.append(p.rows)
+        self._append(p)
 
     def _pack(self, keys: Sequence[bytes], values: Sequence[bytes]) -> bool:
         """Add ``keys``/``values`` in the compact form if they fit it (else ``False``)."""
         p = pack(keys, values, None if self._size < 0 else self._size)
         if p is None:
             return False
+        self._append(p)
+        return True
+
+    def _append(self, p: Packed) -> None:
+        """Add packed pairs to the compact form (their values have its size, if any)."""
         self._size = p.rows.shape[1]
         self._words.append(p.words)
         self._rows.append(p.rows)
-        return True
 
     def _to_lists(self) -> None:
         """Switch to the list form (keeps what was added, in the order of the adds)."""

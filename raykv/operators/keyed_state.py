@@ -269,7 +269,7 @@ class KeyedStateLogic(StateMetadata, OperatorLogic):
         store must not be written while the stream is consumed. Memory: one chunk of
         pairs and its batch (the engine's iterator holds one block per LSM run, or the
         per-key index of HybridLog/AppendLog that the engine keeps anyway). Cost: one
-        ``items()`` pass, a sort per chunk.
+        ``item_chunks`` pass, a sort per chunk (numpy for packed keys: ``packed.py``).
         """
         for keys, values in self.store.item_chunks(max_rows):
             if not META_KEYS.isdisjoint(keys):
