@@ -141,7 +141,8 @@ class LoadTracker:
         hot_keys: Space-Saving counters (``k``).
         track_groups: also count updates per key group (needed by the rebalancer).
 
-    Cost per batch: one Arrow ``value_counts`` over the key column, a top-``k`` selection,
+    Cost per batch: one Arrow ``value_counts`` over the key column (none when the operator
+    counted the keys: ``observe(counted=)``), a top-``k`` selection,
     encoding ``k`` keys; with ``track_groups`` also encoding and hashing every distinct
     key of the batch (numpy passes for 8-byte keys, else one mmh3 call each).
     """
@@ -157,15 +158,22 @@ class LoadTracker:
         self._groups = np.zeros(num_key_groups if track_groups else 0, dtype=np.int64)
         self._type: pa.DataType | None = None
 
-    def observe(self, column: pa.Array | pa.ChunkedArray) -> None:
-        """Count one batch's key column (already validated by the operator)."""
+    def observe(self, column: pa.Array | pa.ChunkedArray,
+                counted: tuple[pa.Array | pa.ChunkedArray, np.ndarray] | None = None) -> None:
+        """Count one batch's key column (already validated by the operator).
+
+        ``counted``: the column's distinct canonical keys and their row counts, when the
+        operator counted them already (``OperatorLogic.key_counts``): no ``value_counts``.
+        """
         n = len(column)
         if n == 0:
             return
-        col = canonical_key_array(column)
-        self._type = col.type
-        vc = pc.value_counts(col)
-        values, counts = vc.field("values"), vc.field("counts").to_numpy(zero_copy_only=False)
+        if counted is None:
+            vc = pc.value_counts(canonical_key_array(column))
+            values, counts = vc.field("values"), vc.field("counts").to_numpy(zero_copy_only=False)
+        else:
+            values, counts = counted
+        self._type = values.type
         k = self.hot.k
         if len(counts) > k:
             part = np.argpartition(-counts, k)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -112,3 +113,38 @@ def test_load_tracker_forgets_hot_keys_of_groups_it_gave_away() -> None:
     tracker.retain_groups(owned)
     kept = [h[0] for h in tracker.report()["hot_keys"]]
     assert "1" not in kept and "2" in kept
+
+
+@pytest.mark.parametrize("key_type", ["int64", "string"])
+def test_aggregate_hands_the_tracker_the_counts_it_would_count(tmp_path: Path,
+                                                               key_type: str) -> None:
+    """An ``Aggregate`` told to count its keys (``count_keys``, what a load-tracking shard
+    sets) counts each key's rows in its partials' group_by; the tracker fed with them
+    reports what it reports counting itself (rows, not non-null values)."""
+    from raykv.engines import MemOnly
+    from raykv.operators import Aggregate
+
+    def batch(ints: np.ndarray) -> pa.RecordBatch:
+        keys = pa.array(ints) if key_type == "int64" else pa.array([f"u{i}" for i in ints])
+        values = pa.array([None if i % 3 == 0 else float(i) for i in ints])  # some nulls
+        return pa.record_batch({"k": keys, "v": values})
+
+    logic = Aggregate("k", {"v": ["sum", "count"]}).build(MemOnly(tmp_path))
+    logic.process(batch(np.array([0, 1, 1])))
+    assert logic.key_counts() is None  # not asked for
+    logic.count_keys = True
+    own, given = (LoadTracker("k", 64, 16, track_groups=True) for _ in range(2))
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        b = batch(rng.integers(0, 12, 500))
+        keys = b.column("k")
+        logic.process(b)
+        counted = logic.key_counts()
+        assert counted is not None and logic.key_counts() is None  # taken once
+        own.observe(keys)
+        given.observe(keys, counted)
+    a, b = own.report(), given.report()
+    assert a["rows"] == b["rows"] == 3_000
+    assert np.array_equal(a["groups"], b["groups"])
+    assert np.array_equal(a["group_counts"], b["group_counts"])
+    assert sorted(map(tuple, a["hot_keys"])) == sorted(map(tuple, b["hot_keys"]))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import ClassVar
 
+import numpy as np
 import pyarrow as pa
 
 from raykv.engines.base import KVStore
@@ -189,10 +190,19 @@ class AggregateLogic(AggregateFold, KeyedStateLogic):
         self._max_bytes: int = getattr(op, "max_buffered_bytes", DEFAULT_MAX_BUFFERED_BYTES)
         # an epoch's partials moved aside by detach(), folded by the next on_barrier
         self._detached: tuple[list[pa.Table], list[pa.Table], list[list[pa.Table]]] | None = None
+        self._key_counts: tuple[pa.Array | pa.ChunkedArray, np.ndarray] | None = None
         #: Set by the shard when epochs end on its epoch thread: returns once that thread
         #: is idle. Called before this logic touches the engine outside ``on_barrier``.
         self.fence: Callable[[], None] = _no_fence
         super().__init__(op, store)
+
+    def key_counts(self) -> tuple[pa.Array | pa.ChunkedArray, np.ndarray] | None:
+        """The last batch's distinct keys and row counts (see the base class).
+
+        Counted by the partials' group_by when ``count_keys`` is set. Cost: O(1).
+        """
+        out, self._key_counts = self._key_counts, None
+        return out
 
     def detach(self) -> None:
         """Move the epoch's buffered partials aside; the next ``on_barrier`` folds them.
@@ -239,9 +249,16 @@ class AggregateLogic(AggregateFold, KeyedStateLogic):
     def _process(self, batch: pa.RecordBatch) -> None:
         layout = self.layout
         assert layout is not None
+        self._key_counts = None
         batch = self._canonical(batch)
+        # with a load-tracking shard, each key's rows are counted in the same group_by
+        count = self.count_keys and not self._retract and self.key != "count_all"
         parts = signed_partials(layout, batch, self.key) if self._retract else [
-            layout.partials(batch, [self.key])]  # OverflowError within the batch
+            layout.partials(batch, [self.key], row_counts=count)]  # OverflowError in the batch
+        if count:
+            part = parts[0]
+            counts = part.column("count_all").to_numpy()
+            parts[0] = part.drop_columns(["count_all"])
         assert self._key_type is not None
         for part in parts:
             key_col = part.column(self.key)
@@ -264,6 +281,8 @@ class AggregateLogic(AggregateFold, KeyedStateLogic):
             self._tmax.append(times.group_by(self.key, use_threads=False).aggregate(
                 [("t", "max")]))
         self._parts.extend(parts)
+        if count:  # the batch is taken: its counts are the tracker's
+            self._key_counts = (parts[0].column(self.key), counts)
         for buffered, d in zip(self._deltas, deltas, strict=True):
             buffered.append(d)
         self._buffered_rows += rows

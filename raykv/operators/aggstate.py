@@ -38,6 +38,7 @@ variable-tail codec in ``aggstorage.py``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -130,11 +131,13 @@ class AggLayout(AggKernels):
 
     # ------------------------------------------------------------------ partials
 
-    def partials(self, batch: pa.RecordBatch, group_cols: Sequence[str]) -> pa.Table:
+    def partials(self, batch: pa.RecordBatch, group_cols: Sequence[str], *,
+                 row_counts: bool = False) -> pa.Table:
         """Per-group partial aggregates of ``batch`` (one Arrow group_by, arrival order kept).
 
-        The result has the ``group_cols`` plus ``{tmp}_{stat}`` columns in storage types.
-        Raises ``OverflowError`` if an int64 partial sum would overflow.
+        The result has the ``group_cols`` plus ``{tmp}_{stat}`` columns in storage types,
+        and with ``row_counts`` a last column ``count_all`` (each group's rows, in the same
+        pass). Raises ``OverflowError`` if an int64 partial sum would overflow.
         """
         arrays = [batch.column(g) for g in group_cols]
         names = list(group_cols)
@@ -158,7 +161,8 @@ class AggLayout(AggKernels):
                 else:
                     specs.append((c.tmp, stat, None))
         table = pa.Table.from_arrays(arrays, names=names)
-        part = table.group_by(list(group_cols), use_threads=False).aggregate(specs)
+        every: list[Any] = [([], "count_all")] if row_counts else []
+        part = table.group_by(list(group_cols), use_threads=False).aggregate([*specs, *every])
         for c in self.cols:
             if "sum" not in c.stats:
                 continue

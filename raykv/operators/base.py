@@ -20,11 +20,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
 from raykv.engines.base import KVStore
+
+if TYPE_CHECKING:
+    import numpy as np
 
 META_KEY = b"\xff\xffM"
 WATERMARK_KEY = b"\xff\xffW"
@@ -232,3 +235,15 @@ class OperatorLogic(ABC):
     @abstractmethod
     def output_schema(self) -> pa.Schema | None:
         """Schema of the emitted batches (``None`` until the first batch or restored state)."""
+
+    #: Set by a shard that tracks its load (``raykv.hotkeys``): a logic that groups every
+    #: batch by its key anyway may keep the groups' row counts for :meth:`key_counts`.
+    count_keys = False
+
+    def key_counts(self) -> tuple[pa.Array | pa.ChunkedArray, np.ndarray] | None:
+        """The last processed batch's distinct canonical keys and their row counts.
+
+        ``None`` (the default) when the logic did not count them: the caller counts them
+        itself. Taken once (a second call returns ``None``). Cost: O(1).
+        """
+        return None

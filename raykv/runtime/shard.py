@@ -241,6 +241,8 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads, EpochWorker, Shard
         logic = self.spec.stage.operator.build(self.engine)
         if self._forwards_changelog:
             logic.keep_before_images = True
+        if self.spec.hot_keys:  # the load tracker takes the keys' counts if it has them
+            logic.count_keys = True
         self._wire_fence(logic)
         advance = getattr(logic, "advance_watermark", None)
         if self.spec.event_time and advance is not None:
@@ -345,7 +347,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads, EpochWorker, Shard
         t2 = time.perf_counter()
         self.stats_["process_seconds"] += t2 - t
         if self._tracker is not None:
-            self._tracker.observe(batch.column(self._input_keys[side]))
+            self._tracker.observe(batch.column(self._input_keys[side]), self.logic.key_counts())
             self.stats_["track_seconds"] += time.perf_counter() - t2
         self.stats_["rows_in"] += batch.num_rows
         self.stats_["batches_in"] += 1
