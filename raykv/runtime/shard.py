@@ -347,7 +347,10 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads, EpochWorker, Shard
         t2 = time.perf_counter()
         self.stats_["process_seconds"] += t2 - t
         if self._tracker is not None:
-            self._tracker.observe(batch.column(self._input_keys[side]), self.logic.key_counts())
+            # a logic need not subclass OperatorLogic: key_counts is optional
+            key_counts = getattr(self.logic, "key_counts", None)
+            self._tracker.observe(batch.column(self._input_keys[side]),
+                                  key_counts() if key_counts is not None else None)
             self.stats_["track_seconds"] += time.perf_counter() - t2
         self.stats_["rows_in"] += batch.num_rows
         self.stats_["batches_in"] += 1
