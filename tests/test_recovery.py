@@ -83,13 +83,17 @@ class Killer:
 
     The kill is synchronous with the event (no timer): the driver goes on only after the
     hook returns, so with ``wait_dead`` every later call to that shard meets a dead actor.
+    ``ray.kill`` reaches the actor through Ray's control plane, which can take longer than
+    the call it should interrupt on a busy machine; ``sigkill`` kills its process by pid
+    (asked with ``ping``, which a shard answers while it restores) at once.
     """
 
     def __init__(self, kind: str, epoch: int | None, index: int = 0,
-                 times: int = 1, wait_dead: bool = False) -> None:
+                 times: int = 1, wait_dead: bool = False, sigkill: bool = False) -> None:
         self.kind, self.epoch, self.index = kind, epoch, index
         self.left = times
         self.wait_dead = wait_dead  # return only once Ray reports the actor dead
+        self.sigkill = sigkill
         self.killed: list[str] = []
 
     def __call__(self, ev: raykv.ProgressEvent) -> None:
@@ -100,7 +104,10 @@ class Killer:
             name = sorted(ev.shards)[self.index]
             self.killed.append(name)
             handle = ev.shards[name]
-            ray.kill(handle)
+            if self.sigkill:
+                os.kill(ray.get(handle.ping.remote(), timeout=60), signal.SIGKILL)
+            else:
+                ray.kill(handle)
             if self.wait_dead:
                 with contextlib.suppress(ray.exceptions.RayActorError):
                     while True:
@@ -207,8 +214,9 @@ def test_kill_during_recovery(ray_session: Any, tmp_path: Path) -> None:
     t = table(14)
     first = Killer("barrier", 3, wait_dead=True)
     # "starting": the replacements are created and restoring (restore_delay holds them
-    # there); the kill is synchronous, so it lands before they report ready
-    second = Killer("starting", None, index=1, wait_dead=True)
+    # there); the kill is synchronous, so it lands before they report ready (a SIGKILL:
+    # in one CI run a ray.kill landed after the 0.5 s restore, and attempt 1 started)
+    second = Killer("starting", None, index=1, wait_dead=True, sigkill=True)
 
     def on_progress(ev: raykv.ProgressEvent) -> None:
         first(ev)
