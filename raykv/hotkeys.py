@@ -132,6 +132,12 @@ class SpaceSaving:
         return [HotKey(k, self._count[k], self._error[k]) for k in keys]
 
 
+def counts_of(logic: object) -> tuple[pa.Array | pa.ChunkedArray, np.ndarray] | None:
+    """``logic.key_counts()`` (``OperatorLogic``), or ``None`` for a logic without it."""
+    key_counts = getattr(logic, "key_counts", None)  # logics need not subclass the ABC
+    return key_counts() if key_counts is not None else None
+
+
 class LoadTracker:
     """Per-shard updates, hot keys and (optionally) key-group loads of one stage's input.
 

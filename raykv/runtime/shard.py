@@ -75,7 +75,7 @@ import pyarrow as pa
 import ray
 
 from raykv.errors import CorruptionError
-from raykv.hotkeys import LoadTracker
+from raykv.hotkeys import LoadTracker, counts_of
 from raykv.metrics import ShardMetrics, process_cpu_seconds
 from raykv.partitioning import Partitioning, split_batch
 from raykv.runtime.aligner import BARRIER, DATA, FINISH, Aligned, BarrierAligner
@@ -241,8 +241,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads, EpochWorker, Shard
         logic = self.spec.stage.operator.build(self.engine)
         if self._forwards_changelog:
             logic.keep_before_images = True
-        if self.spec.hot_keys:  # the load tracker takes the keys' counts if it has them
-            logic.count_keys = True
+        logic.count_keys = bool(self.spec.hot_keys)  # the load tracker takes its counts
         self._wire_fence(logic)
         advance = getattr(logic, "advance_watermark", None)
         if self.spec.event_time and advance is not None:
@@ -347,10 +346,7 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads, EpochWorker, Shard
         t2 = time.perf_counter()
         self.stats_["process_seconds"] += t2 - t
         if self._tracker is not None:
-            # a logic need not subclass OperatorLogic: key_counts is optional
-            key_counts = getattr(self.logic, "key_counts", None)
-            self._tracker.observe(batch.column(self._input_keys[side]),
-                                  key_counts() if key_counts is not None else None)
+            self._tracker.observe(batch.column(self._input_keys[side]), counts_of(self.logic))
             self.stats_["track_seconds"] += time.perf_counter() - t2
         self.stats_["rows_in"] += batch.num_rows
         self.stats_["batches_in"] += 1
@@ -499,7 +495,6 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads, EpochWorker, Shard
 # is missing from the keyword overload).
 ShardActor = ray.remote(concurrency_groups={"io": 1, "ping": 1}, max_restarts=0)(  # type: ignore[call-overload]
     ShardWorker)
-"""The Ray actor class of :class:`ShardWorker` (groups: default, ``"io"``, ``"ping"``: 1 thread
-each)."""
+"""The Ray actor class of :class:`ShardWorker` (groups default, ``io``, ``ping``: 1 thread each)."""
 
 __all__ = ["BARRIER", "DATA", "FINISH", "ShardActor", "ShardWorker"]
