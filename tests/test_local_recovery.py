@@ -201,7 +201,7 @@ def test_a_survivor_killed_while_it_rolls_back(ray_session: Any, tmp_path: Path)
 def test_a_standby_takes_the_dead_shards_place(ray_session: Any, tmp_path: Path) -> None:
     """``standby=1``: the killed shard's role goes to the standby, no actor is started."""
     t = table(23)
-    # standbys start after an attempt's first commit: kill after the second
+    # the standbys start beside the first attempt's actors: kill after the second commit
     pids, kill = Pids(), SigKill("Aggregate0-0of2", "committed", 2)
     events = Events(lambda ev: (pids(ev), kill(ev)))
     # max_pending_epochs=1: the next barrier waits for this commit, so the dead shard is
@@ -260,6 +260,26 @@ def test_a_recovery_takes_a_ready_standby_before_one_still_starting(ray_session:
     assert pool.shards == [ready, starting, newest]
     kept = Survivors().take(["shard-0"], [], pool)
     assert kept.shards == {"shard-0": ready} and pool.shards == [starting, newest]
+    pool.drop()
+
+
+@pytest.mark.ray
+def test_a_recovery_waits_only_for_the_standbys_it_needs(ray_session: Any) -> None:
+    """``need=(1, 0)``: the check ends once one shard standby answered; one still
+    starting keeps its place behind it and is not waited for (without ``need`` the
+    check waits for every answer until the timeout, and keeps the pool's order)."""
+    import ray
+
+    from raykv.runtime.survivors import Standby
+
+    idle = ray.remote(num_cpus=0)(_Idle)
+    late, ready = idle.remote(5.0), idle.remote(0.0)
+    ray.get(ready.ping.remote(), timeout=60)
+    pool = Standby(shards=[late, ready])
+    pool.check(pool.ping(), timeout=60.0, need=(1, 0))
+    assert pool.shards == [ready, late]
+    pool.check(pool.ping(), timeout=60.0)  # no need: both answer, the order stays
+    assert pool.shards == [ready, late]
     pool.drop()
 
 

@@ -109,7 +109,6 @@ class EpochCommit:
                    bytes_uploaded_total=s.bytes_uploaded)
         if c.p.rebalance is not None and not pending.final:
             c.rebalancer.decide(acks)
-        c._fill_standby()  # after the first commit: new standbys never slow a recovery
         if store is not None and (pending.final or time.monotonic() - self._last_gc > GC_INTERVAL):
             self._last_gc = time.monotonic()
             try:

@@ -101,18 +101,17 @@ class Committer:
         self._thread.join(timeout=KILL_WAIT)
 
     def release(self, timeout: float = 0.5) -> None:
-        """After :meth:`stop`: collect the acks that will never be committed.
+        """After :meth:`stop`: collect the acks that will never be committed (no wait).
 
         Their errors (a quiesced survivor fails its waiters) are read and dropped, so
-        that Ray does not report them as unhandled. Waits at most ``timeout`` seconds.
+        that Ray does not report them as unhandled: on a daemon thread, at most
+        ``timeout`` seconds, off the recovery path (it waited there for survivors' acks
+        that were still on their way).
         """
         refs = [r for pending in self._queue for r in pending.refs.values()]
-        if not refs:
-            return
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        for ref in ready:
-            with contextlib.suppress(Exception):
-                ray.get(ref)
+        if refs:
+            threading.Thread(target=_drop_errors, args=(refs, timeout), daemon=True,
+                             name="raykv-release").start()
 
     def _run(self) -> None:
         while True:
@@ -144,11 +143,20 @@ class Committer:
         while waiting:
             if self._stopping:
                 return None
-            ready, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0.2)
+            # the first ref to end returns at once: a dead shard's failure is seen then
+            ready, waiting = ray.wait(waiting, num_returns=1, timeout=0.2)
             if ready:
                 shard_get(ready)  # raise a failure as soon as it is known
         acks: list[Ack] = shard_get([pending.refs[n] for n in names])
         return acks
+
+
+def _drop_errors(refs: list[Any], timeout: float) -> None:
+    """Read (and drop) the results of ``refs`` that end within ``timeout`` seconds."""
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    for ref in ready:
+        with contextlib.suppress(Exception):
+            ray.get(ref)
 
 
 __all__ = ["KILL_WAIT", "Committer", "PendingEpoch"]

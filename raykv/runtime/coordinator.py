@@ -135,7 +135,6 @@ class Coordinator(AttemptActors):
         self._run_refs: dict[str, Any] = {}  # reader name -> its run() of this attempt
         self._survivors = Survivors()  # actors of a failed attempt kept for the next
         self._standby = Standby()  # idle actors ready to take a dead one's place
-        self._standby_templates: Any = None  # set by an attempt's start, see _fill_standby
         self._committer: Committer | None = None
         self._committed: Base | None = None  # last commit of this run
         self._base: Base = Base()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +117,8 @@ class Standby:
         pool.update({f"r{i}": h for i, h in enumerate(self.readers)})
         return {n: (h, h.ping.remote()) for n, h in pool.items()}
 
-    def check(self, pings: dict[str, Any], timeout: float = STANDBY_CHECK_WAIT) -> None:
+    def check(self, pings: dict[str, Any], timeout: float = STANDBY_CHECK_WAIT, *,
+              need: tuple[int, int] | None = None) -> None:
         """Forget the standbys whose ``ping`` failed (their process or node died).
 
         ``pings``: what :meth:`ping` returned. The standbys that answered come first in
@@ -126,9 +128,19 @@ class Standby:
         (no answer ``timeout`` s after the pings were sent) is kept: if it dies later,
         its ``reset`` fails and the next recovery replaces it. A dead actor's ping
         fails at once, so the wait is short: it is on the recovery path.
+
+        ``need``: (shards, readers) the recovery takes; the wait ends as soon as that
+        many of each kind answered (the others keep their place behind them).
         """
+
+        def enough(out: dict[str, bool]) -> bool:
+            if need is None:
+                return False
+            answered = [n[0] for n, ok in out.items() if ok]
+            return answered.count("s") >= need[0] and answered.count("r") >= need[1]
+
         outcomes = _outcomes({n: ref for n, (_, ref) in pings.items()},
-                             self._pinged + timeout)
+                             self._pinged + timeout, enough)
         kill_shards([h for n, (h, _) in pings.items() if outcomes.get(n) is False])
         order = sorted((n for n in pings if outcomes.get(n) is not False),
                        key=lambda n: n not in outcomes)  # stable: answered first
@@ -141,23 +153,27 @@ class Standby:
         kill_shards(doomed)
 
 
-def _outcomes(refs: dict[str, Any], deadline: float) -> dict[str, bool]:
+def _outcomes(refs: dict[str, Any], deadline: float,
+              enough: Callable[[dict[str, bool]], bool] | None = None) -> dict[str, bool]:
     """Per name: its call in ``refs`` returned (True) or raised (False) by ``deadline``.
 
-    Names whose call is still waiting are left out.
+    Names whose call is still waiting are left out. ``enough``: stop waiting as soon as
+    it holds for the outcomes so far.
     """
-    if not refs:
-        return {}
-    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs),
-                        timeout=max(0.0, deadline - time.monotonic()))
-    done = set(ready)
-    out = {}
-    for name, ref in refs.items():
-        if ref in done:
-            out[name] = False
+    names = {ref: name for name, ref in refs.items()}
+    waiting = list(refs.values())
+    out: dict[str, bool] = {}
+    while waiting and not (enough is not None and enough(out)):
+        ready, waiting = ray.wait(
+            waiting, num_returns=len(waiting) if enough is None else 1,
+            timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        for ref in ready:
+            out[names[ref]] = False
             with contextlib.suppress(Exception):
                 ray.get(ref)
-                out[name] = True
+                out[names[ref]] = True
     return out
 
 
