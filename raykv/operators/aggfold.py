@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from raykv.keys import split_fixed
 from raykv.operators.aggretract import drop_empty
-from raykv.operators.packed import Packed
+from raykv.operators.packed import Packed, uniform
 
 if TYPE_CHECKING:
     from raykv.operators.aggminmax import MinMaxMultisets
@@ -186,9 +186,7 @@ def _pack(values: list[bytes]) -> PackedValues:
     Packed when every value has one size (a fixed layout: the usual case).
     """
     size = len(values[0]) if values else 0
-    if size and min(map(len, values)) == size == max(map(len, values)):
-        return b"".join(values), size
-    return values
+    return (b"".join(values), size) if size and uniform(values, size) else values
 
 
 def _unpack(packed: PackedValues) -> list[bytes]:

@@ -11,14 +11,15 @@ Memory: an epoch may change far more keys than a fold holds (``Aggregate`` folds
 and as Python objects every key costs two ``bytes`` and two list slots, about 115 bytes
 with an 8-byte key and a 16-byte value, plus a heap fragmented by millions of them. When
 every key is 8 bytes (every integer, float and temporal key) and every value has one
-size, the changes are kept *compact* from an epoch's second add on (``Aggregate`` adds
-once per fold slice of ``FOLD_SLICE_KEYS`` keys): numpy rows of ``8 + value size`` bytes
-per key (24 for sum+count); Python objects exist only for the chunk being emitted. The
-first add is kept as it is, so an epoch of one slice costs what it did before. Any add
-that does not fit (variable-length keys or values, deletes) switches the epoch to lists.
+size, the changes are kept *compact* (``Aggregate`` adds once per fold slice of
+``FOLD_SLICE_KEYS`` keys, packed already when it can): numpy rows of ``8 + value size``
+bytes per key (24 for sum+count); Python objects exist only for the chunk being emitted.
+Any add that does not fit (variable-length keys or values, deletes) switches the epoch to
+lists.
 
-Cost: the first add nothing; a compact add one ``join`` of the keys and of the values
-(nothing for an add given :class:`~raykv.operators.packed.Packed`); ``sorted_chunks``
+Cost: an add two C-level length passes over the keys (and values), then one ``join`` of
+each if they fit (nothing for an add given :class:`~raykv.operators.packed.Packed`);
+``sorted_chunks``
 one stable numpy sort of the key words (O(n log n)) and numpy gathers, handing back
 :class:`~raykv.operators.packed.Packed` chunks (no ``bytes`` per key). The list form
 sorts with :func:`~raykv.operators.keyed_state.key_order`.
@@ -58,20 +59,14 @@ class EpochChanges:
     def add(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
         """One fold's writes: distinct ``keys``, their new ``values`` (``b""``: deleted).
 
-        The first add is kept as it is (a fold of one slice costs nothing more); from the
-        second on, the changes are packed if they can be.
+        Packed if they fit (and the epoch is not in the list form already).
         """
         if not keys:
             return
-        if not self._keys and not self._words:
-            self._keys, self._values = list(keys), list(values)
-            return
-        if self._keys and not self._merge and self._pack(self._keys, self._values):
-            self._keys, self._values = [], []  # the first add, packed
-        if self._words and self._pack(keys, values):
+        if not self._keys and self._pack(keys, values):
             return
         self._to_lists()
-        self._merge = True
+        self._merge = bool(self._keys)  # a key may repeat from here on
         self._keys += keys
         self._values += values
 
@@ -80,7 +75,7 @@ class EpochChanges:
         if not len(p):
             return
         if self._keys or 0 <= self._size != p.rows.shape[1]:  # the list form, or a new size
-            self.add(*unpack(p))
+            self.add(*unpack(p))  # (a new size does not pack: lists)
             return
         self._append(p)
 
