@@ -16,8 +16,9 @@ recovery"):
   exactness checks use them; ``raykv drill`` with its defaults).
 * ``added``: what a SIGKILL adds to a run: ``StatefulMap`` (one output row per event),
   3 shards, 0.25 s checkpoints, ``events`` events; the wall time of a run with ``kills``
-  SIGKILLs of random shard processes at random times, minus the best of two runs
-  without, divided by the kills.
+  SIGKILLs of random shard processes at random times (each once the attempt before it
+  committed: one recovery per kill), minus the best of the runs without, divided by its
+  restarts; runs with and without kills alternate, the mean of the killed runs' figures.
 
     python -m benchmarks.recovery            # 20 kills; 3,000,000 events with 6 kills
     python -m benchmarks.recovery --quick    # 2 kills; 200,000 events with 1 kill
@@ -67,8 +68,15 @@ def _running_count(state: Any, row: dict[str, Any]) -> tuple[Any, Any]:
     return n, {"n": n}
 
 
-def _one_run(events: int, kills: int, standby: int, seed: int) -> dict[str, Any]:
-    """One ``StatefulMap`` run; ``kills`` SIGKILLs of random shards at random times."""
+def _one_run(events: int, kills: int, standby: int, seed: int, expected: float = 0.0
+             ) -> dict[str, Any]:
+    """One ``StatefulMap`` run; ``kills`` SIGKILLs of random shards at random times.
+
+    The kills are spread over ``expected`` seconds (a kill-free run's processing time)
+    from the first attempt's start on; each waits until the attempt it strikes started,
+    so that every kill is a recovery of its own (two kills in one outage would count as
+    one restart).
+    """
     import ray
 
     import raykv
@@ -80,25 +88,31 @@ def _one_run(events: int, kills: int, standby: int, seed: int) -> dict[str, Any]
     rng = random.Random(seed)
     table = zipf_events(events, 100_000, seed=5)
     shards: dict[str, Any] = {}
-    started = threading.Event()
+    steady = threading.Event()  # an attempt started and was not struck yet
     killed: list[float] = []
 
     def on_progress(ev: raykv.ProgressEvent) -> None:
         if ev.kind == "started":
             shards.clear()
             shards.update(ev.shards)
-            started.set()
+            steady.set()
 
-    def killer(stop: threading.Event, expected: float) -> None:
-        started.wait()
-        for _ in range(kills):
-            if stop.wait(rng.uniform(0.3, 1.0) * expected / (kills + 1)):
+    def killer(stop: threading.Event) -> None:
+        while not steady.wait(0.05):
+            if stop.is_set():
                 return
+        for _ in range(kills):
+            if stop.wait(rng.uniform(0.5, 1.0) * expected / (kills + 1)):
+                return
+            while not steady.wait(0.05):
+                if stop.is_set():
+                    return
             try:
                 handle = shards[rng.choice(sorted(shards))]
                 pid = ray.get(handle.ping.remote(), timeout=10)
             except Exception:  # an actor between attempts: try the next one
                 continue
+            steady.clear()
             os.kill(pid, signal.SIGKILL)
             killed.append(time.perf_counter())
 
@@ -110,8 +124,7 @@ def _one_run(events: int, kills: int, standby: int, seed: int) -> dict[str, Any]
             checkpoint_interval=0.25, on_progress=on_progress, standby=standby,
             max_restarts=3 * kills + 3)
         stop = threading.Event()
-        # kills spread over the expected run time (the kill-free run's, re-estimated)
-        thread = threading.Thread(target=killer, args=(stop, events / 400_000), daemon=True)
+        thread = threading.Thread(target=killer, args=(stop,), daemon=True)
         t0 = time.perf_counter()
         if kills:
             thread.start()
@@ -119,15 +132,25 @@ def _one_run(events: int, kills: int, standby: int, seed: int) -> dict[str, Any]
         seconds = time.perf_counter() - t0
         stop.set()
     return {"seconds": seconds, "kills": len(killed), "restarts": summary.restarts,
-            "rows_out": summary.rows_out}
+            "rows_out": summary.rows_out, "processing": summary.processing_time}
 
 
 def added(events: int, kills: int, standby: int, repeat: int = 2) -> dict[str, Any]:
-    """Seconds a SIGKILL adds to a ``StatefulMap`` run (see the module docstring)."""
-    base = min(_one_run(events, 0, standby, seed=0)["seconds"] for _ in range(repeat))
-    with_kills = _one_run(events, kills, standby, seed=7)
-    per_kill = ((with_kills["seconds"] - base) / with_kills["restarts"]
-                if with_kills["restarts"] else None)
+    """Seconds a SIGKILL adds to a ``StatefulMap`` run (see the module docstring).
+
+    Runs without and with kills alternate ``repeat`` times (this machine's speed drifts);
+    each run with kills is compared with the best run without, per restart, and the
+    figure is their mean (``killed_*``: the killed runs' means).
+    """
+    bases, runs = [], []
+    for i in range(repeat):
+        bases.append(_one_run(events, 0, standby, seed=0))
+        expected = min(b["processing"] for b in bases)
+        runs.append(_one_run(events, kills, standby, seed=7 + i, expected=expected))
+    base = min(b["seconds"] for b in bases)
+    per_run = [(r["seconds"] - base) / r["restarts"] for r in runs if r["restarts"]]
+    per_kill = sum(per_run) / len(per_run) if per_run else None
+    with_kills = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
     return {"standby": standby, "events": events, "base_s": base, "load": loadavg(),
             **{f"killed_{k}": v for k, v in with_kills.items()}, "added_per_kill_s": per_kill}
 
@@ -189,7 +212,7 @@ def report_render(res: dict[str, Any], image_prefix: str) -> list[str]:
     for a in res["added"]:
         lines.append(
             f"| {a['standby']} | {a['events']:,} | {a['base_s']:.2f} s | "
-            f"{a['killed_seconds']:.2f} s ({a['killed_restarts']}) | "
+            f"{a['killed_seconds']:.2f} s ({a['killed_restarts']:g}) | "
             f"{_s(a['added_per_kill_s'])} s | {a['load']:.1f} |")
     lines.append("")
     return lines
