@@ -58,15 +58,25 @@ def _kill_once(kills: list[str], epoch: int, prefix: str) -> Any:
     return on_progress
 
 
-@pytest.mark.parametrize("killed", ["count", "hist"])
+@pytest.mark.parametrize(("killed", "standby"), [("count", 0), ("hist", 0), ("hist", 1)])
 def test_three_stage_histogram_with_a_kill(ray_session: Any, tmp_path: Path,
-                                           killed: str) -> None:
+                                           killed: str, standby: int) -> None:
     """events -> per-user count -> users per count (re-keyed) -> buckets per user count
-    (re-keyed again), 2 readers, 2 shards a stage; a shard of one stage SIGKILLed."""
+    (re-keyed again), 2 readers, 2 shards a stage; a shard of one stage SIGKILLed. With
+    ``standby=1`` the standby (built from the first stage's template) takes the role of
+    the second stage's dead shard."""
     rng = np.random.default_rng(3)
     n = 60_000
     t = pa.table({"user": rng.zipf(1.5, n) % 2_000, "amount": rng.integers(1, 9, n)})
     kills: list[str] = []
+    killer = _kill_once(kills, 3, killed)
+    kept: list[int] = []
+
+    def on_progress(ev: raykv.ProgressEvent) -> None:
+        if ev.kind == "starting":
+            kept.append(ev.detail["kept"])
+        killer(ev)
+
     s = raykv.Pipeline(
         source=TableSource(t, batch_size=2_500),
         stages=[Aggregate("user", {"amount": ["count"]}, name="count"),
@@ -74,9 +84,10 @@ def test_three_stage_histogram_with_a_kill(ray_session: Any, tmp_path: Path,
                 Aggregate("user_count", {"amount_count": ["count"]}, name="buckets")],
         engine="hybridlog", num_shards=2, source_parallelism=2, epoch_every_batches=2,
         checkpoint=str(tmp_path / "ckpt"), local_dir=str(tmp_path / "local"),
-        on_progress=_kill_once(kills, 3, killed), max_pending_epochs=1,
+        on_progress=on_progress, max_pending_epochs=1, standby=standby,
     ).run()
     assert s.finished and s.restarts == 1 and kills == [killed]
+    assert kept == [0, 8 - 1 + standby]  # 6 shards, 2 readers: all but the dead one kept
     per_user = t.group_by("user").aggregate([("amount", "count")])
     hist = per_user.group_by("amount_count").aggregate([("user", "count")])
     buckets = hist.group_by("user_count").aggregate([("amount_count", "count")])

@@ -285,3 +285,52 @@ def test_a_bad_file_fails_naming_it_and_the_committed_epochs_stay(
         resume=bool(committed))
     assert s.finished
     assert latest(ParquetSink(str(out)).read()) == model(table)
+
+
+class _Shard:
+    """A stand-in shard (its methods only need to exist: it is SIGKILLed before any call)."""
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def process(self, *args: Any, **kw: Any) -> int:
+        return 0
+
+    def barrier(self, *args: Any, **kw: Any) -> None:
+        return None
+
+    def finish(self, *args: Any, **kw: Any) -> None:
+        return None
+
+
+def test_a_reader_feeding_a_dead_shard_fails_transiently_however_often(
+        ray_session: Any) -> None:
+    """A reader actor whose shard's process was SIGKILLed: its ``run`` and the barrier it
+    then refuses both reach the driver as the shard's death (transient), so the same
+    failure at the same epoch in every attempt is still recovered from. (The refusal
+    arrived as a bare ``RuntimeError``, pickling having dropped its cause: two SIGKILLs
+    before the first commit stopped a run as a "repeated" failure; benchmarks.recovery.)"""
+    import ray
+
+    from raykv.partitioning import Partitioning
+    from raykv.runtime.failures import FailurePolicy, ShardFailure, shard_get
+    from raykv.runtime.reader_actor import create_readers, plan_readers
+
+    shard = ray.remote(num_cpus=0)(_Shard).remote()
+    os.kill(ray.get(shard.ping.remote(), timeout=60), signal.SIGKILL)
+    source = TableSource(pa.table({"user": list(range(40))}), batch_size=5)
+    (spec,) = plan_readers(source, None, 1, key="user",
+                           partitioning=Partitioning(num_key_groups=8, num_shards=1))
+    (reader,), _ = create_readers([spec], source, [shard], None)
+    policy = FailurePolicy()
+    verdicts = []
+    for attempt in range(3):
+        for call in ("run", "barrier"):  # the barrier once the loop failed
+            with pytest.raises(ShardFailure) as info:
+                shard_get(getattr(reader, call).remote(*([1] if call == "barrier" else [])))
+            verdicts.append(policy.judge(info.value, attempt))
+        if attempt < 2:
+            ray.kill(reader)  # the next attempt's reader meets the same dead shard
+            (reader,), _ = create_readers([spec], source, [shard], None)
+    assert {(v.action, v.reason) for v in verdicts} == {("recover", "transient")}
+    ray.kill(reader)

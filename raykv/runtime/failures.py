@@ -55,6 +55,21 @@ class ShardFailure(Exception):
         self.err = err
 
 
+class ReaderFailed(RuntimeError):
+    """A reader refused a barrier because its loop failed; ``err`` is that failure.
+
+    The failure travels as an attribute (``__dict__``), not only as ``__cause__``, which
+    pickling drops: the driver receives it through Ray and classifies the refusal by it
+    (:func:`root_cause`). Without it, two SIGKILLed shards before one commit made two
+    refusals with the same message at the same epoch, a "repeated" failure that stopped
+    the run.
+    """
+
+    def __init__(self, msg: str, err: BaseException | None = None) -> None:
+        super().__init__(msg)
+        self.err = err
+
+
 class CommitFailure(Exception):
     """The driver's commit step failed (store write, sink)."""
 
@@ -85,9 +100,15 @@ def shard_get(refs: Any, timeout: float | None = None) -> Any:
 
 
 def root_cause(err: BaseException) -> BaseException:
-    """Unwrap Ray task errors (nested when an actor called an actor) to the original error."""
+    """Unwrap Ray task errors (nested when an actor called an actor) to the original error.
+
+    A reader's refused barrier (:class:`ReaderFailed`) is unwrapped to its loop's failure.
+    """
     for _ in range(16):
         if isinstance(err, ShardFailure | CommitFailure | HookFailure):
+            err = err.err
+            continue
+        if isinstance(err, ReaderFailed) and err.err is not None:
             err = err.err
             continue
         cause = getattr(err, "cause", None)
@@ -338,6 +359,7 @@ __all__ = [
     "CommitFailure",
     "FailurePolicy",
     "HookFailure",
+    "ReaderFailed",
     "ShardFailure",
     "Verdict",
     "classify",

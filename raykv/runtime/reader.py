@@ -33,6 +33,7 @@ import pyarrow as pa
 from raykv.errors import add_context, failure_context, mark_user_code
 from raykv.operators.schemas import describe_schema_change
 from raykv.partitioning import Partitioning, split_batch
+from raykv.runtime.failures import ReaderFailed
 from raykv.runtime.outbox import Channel, Outbox
 from raykv.sources import Offset, Source, SourceReader, Split, StopSource
 from raykv.sources.base import WHOLE
@@ -299,8 +300,8 @@ class SourceReaderLoop:
 
         Raises:
             TimeoutError: not sent within ``timeout`` seconds.
-            RuntimeError: the loop failed (its error is the ``__cause__``) or stopped
-                before it sent the barrier.
+            ReaderFailed: (a ``RuntimeError``) the loop failed (its error is ``err`` and
+                the ``__cause__``) or stopped before it sent the barrier.
         """
         req = _BarrierRequest(epoch, final, pause)
         with self._cond:
@@ -318,7 +319,7 @@ class SourceReaderLoop:
     def _refuse(self, req: _BarrierRequest) -> NoReturn:
         why = "failed" if self.error is not None else "stopped"
         msg = f"reader {self._input_id} {why} before barrier({req.epoch})"
-        raise RuntimeError(msg) from self.error
+        raise ReaderFailed(msg, self.error) from self.error
 
     def status(self, timeout: float = 0.0) -> Status:
         """The loop's :class:`Status`, waiting up to ``timeout`` s for it to become ready.

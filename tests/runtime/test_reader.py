@@ -208,3 +208,55 @@ def test_a_failing_reader_fails_its_barrier_requests_instead_of_hanging() -> Non
     with pytest.raises(RuntimeError, match="failed before barrier"):
         loop.request_barrier(2, timeout=60)
     assert len(fake.processed[0]) == 1  # the first batch went out, nothing after
+
+
+class _DeadShard:
+    """A channel to a shard that was SIGKILLed: every wait meets Ray's ``ActorDiedError``."""
+
+    def send(self, shard: int, method: str, *args: Any) -> Any:
+        return shard
+
+    def wait(self, ref: Any) -> Any:
+        import ray
+
+        raise ray.exceptions.ActorDiedError()
+
+    def done(self, ref: Any) -> bool:
+        return True
+
+
+def test_a_refused_barrier_is_judged_by_the_failure_of_its_loop() -> None:
+    """The reader's sends to a dead shard failed: its refused barrier carries that failure
+    through pickling (as Ray sends it to the driver) and is judged transient, however often
+    it repeats at one epoch. (It was a ``RuntimeError`` whose ``__cause__`` pickling drops,
+    so two SIGKILLs before the first commit stopped a run as a "repeated" failure.)"""
+    import ray
+    from ray import cloudpickle
+
+    from raykv.runtime.failures import FailurePolicy, ReaderFailed, ShardFailure, root_cause
+
+    loop = SourceReaderLoop(SplitCursor(TableSource({"k": list(range(8))}, batch_size=2),
+                                        [("all", None)]), "k",
+                            Partitioning(num_key_groups=8, num_shards=1), _DeadShard(), 0,
+                            max_inflight=1)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run()
+        except ray.exceptions.ActorDiedError as err:
+            errors.append(err)
+
+    t = threading.Thread(target=run)
+    t.start()
+    with pytest.raises(ReaderFailed, match="reader 0 failed before barrier") as info:
+        loop.request_barrier(1, timeout=60)
+    t.join(timeout=60)
+    assert errors
+    sent = cloudpickle.loads(cloudpickle.dumps(info.value))
+    assert sent.__cause__ is None  # what pickling keeps: not the cause, the attribute
+    got = ShardFailure(ray.exceptions.RayTaskError("barrier", "", sent))  # as ray.get gives it
+    assert isinstance(root_cause(got), ray.exceptions.ActorDiedError)
+    policy = FailurePolicy()
+    verdicts = [policy.judge(got, attempt) for attempt in range(3)]
+    assert [(v.action, v.reason) for v in verdicts] == [("recover", "transient")] * 3
