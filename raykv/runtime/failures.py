@@ -67,7 +67,8 @@ class ReaderFailed(RuntimeError):
 
     def __init__(self, msg: str, err: BaseException | None = None) -> None:
         super().__init__(msg)
-        self.err = err
+        # one that would not survive the trip is left out (the refusal is still sent)
+        self.err = err if err is not None and not round_trips(err) else None
 
 
 class CommitFailure(Exception):
