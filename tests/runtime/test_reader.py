@@ -249,10 +249,10 @@ def test_a_refused_barrier_is_judged_by_the_failure_of_its_loop() -> None:
 
     t = threading.Thread(target=run)
     t.start()
+    t.join(timeout=60)  # the loop failed (a barrier asked before could still be sent)
+    assert errors
     with pytest.raises(ReaderFailed, match="reader 0 failed before barrier") as info:
         loop.request_barrier(1, timeout=60)
-    t.join(timeout=60)
-    assert errors
     sent = cloudpickle.loads(cloudpickle.dumps(info.value))
     assert sent.__cause__ is None  # what pickling keeps: not the cause, the attribute
     got = ShardFailure(ray.exceptions.RayTaskError("barrier", "", sent))  # as ray.get gives it
