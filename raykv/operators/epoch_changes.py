@@ -19,10 +19,9 @@ lists.
 
 Cost: an add two C-level length passes over the keys (and values), then one ``join`` of
 each if they fit (nothing for an add given :class:`~raykv.operators.packed.Packed`);
-``sorted_chunks``
-one stable numpy sort of the key words (O(n log n)) and numpy gathers, handing back
-:class:`~raykv.operators.packed.Packed` chunks (no ``bytes`` per key). The list form
-sorts with :func:`~raykv.operators.keyed_state.key_order`.
+``sorted_chunks`` one stable numpy sort of the key words (O(n log n)) and numpy gathers,
+handing back :class:`~raykv.operators.packed.Packed` chunks (no ``bytes`` per key). The
+list form sorts with :func:`~raykv.operators.keyed_state.key_order`.
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ a standby (``Pipeline.standby``) or a new actor in the same placement slot. Othe
 (the run ends or stops) every actor is killed and waited for until gone.
 
 Order at the start of an attempt: shard specs and plans; survivors taken (the unused
-killed), standbys assigned to dead roles; shards created, ``reset``/``setup`` and
-waited for; stages connected; readers created or ``reset`` and waited for (so that no
-control call reaches the loop of the failed attempt); standbys topped up in the
-background.
+killed), standbys assigned to dead roles; shards created; standbys topped up in the
+background; shards ``reset``/``setup`` and waited for; stages connected; readers created
+or ``reset`` and waited for (so that no control call reaches the loop of the failed
+attempt).
 """
 
 from __future__ import annotations

@@ -123,24 +123,23 @@ class Standby:
 
         ``pings``: what :meth:`ping` returned. The standbys that answered come first in
         the pool, so that a recovery takes a ready one before one still starting
-        (topped up after the last commit: a process start takes 1.4-4 s on the 2-core
-        machine, longer than the gap between the kills of a drill). One still starting
-        (no answer ``timeout`` s after the pings were sent) is kept: if it dies later,
+        (replaced at the last attempt's start: a process start takes 1.4-4 s on the
+        2-core machine, longer than the gap between the kills of a drill). One still
+        starting (no answer ``timeout`` s after the pings were sent) is kept: if it dies later,
         its ``reset`` fails and the next recovery replaces it. A dead actor's ping
         fails at once, so the wait is short: it is on the recovery path.
 
         ``need``: (shards, readers) the recovery takes; the wait ends as soon as that
         many of each kind answered (the others keep their place behind them).
         """
+        shards, readers = need or (0, 0)
 
         def enough(out: dict[str, bool]) -> bool:
-            if need is None:
-                return False
             answered = [n[0] for n, ok in out.items() if ok]
-            return answered.count("s") >= need[0] and answered.count("r") >= need[1]
+            return answered.count("s") >= shards and answered.count("r") >= readers
 
         outcomes = _outcomes({n: ref for n, (_, ref) in pings.items()},
-                             self._pinged + timeout, enough)
+                             self._pinged + timeout, None if need is None else enough)
         kill_shards([h for n, (h, _) in pings.items() if outcomes.get(n) is False])
         order = sorted((n for n in pings if outcomes.get(n) is not False),
                        key=lambda n: n not in outcomes)  # stable: answered first
