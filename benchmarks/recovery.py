@@ -16,8 +16,8 @@ recovery"):
   exactness checks use them; ``raykv drill`` with its defaults).
 * ``added``: what a SIGKILL adds to a run: ``StatefulMap`` (one output row per event),
   3 shards, 0.25 s checkpoints, ``events`` events; the wall time of a run with ``kills``
-  SIGKILLs of random shard processes at random times (each once the attempt before it
-  committed: one recovery per kill), minus the best of the runs without, divided by its
+  SIGKILLs of random shard processes at random times (each once the attempt it strikes
+  started: one recovery per kill), minus the best of the runs without, divided by its
   restarts; runs with and without kills alternate, the mean of the killed runs' figures.
 
     python -m benchmarks.recovery            # 20 kills; 3,000,000 events with 6 kills
@@ -97,16 +97,21 @@ def _one_run(events: int, kills: int, standby: int, seed: int, expected: float =
             shards.update(ev.shards)
             steady.set()
 
-    def killer(stop: threading.Event) -> None:
+    def steady_or_stop(stop: threading.Event) -> bool:
+        """Wait until an attempt stands unstruck; ``False``: the run ended first."""
         while not steady.wait(0.05):
             if stop.is_set():
-                return
+                return False
+        return True
+
+    def killer(stop: threading.Event) -> None:
+        if not steady_or_stop(stop):
+            return
         for _ in range(kills):
             if stop.wait(rng.uniform(0.5, 1.0) * expected / (kills + 1)):
                 return
-            while not steady.wait(0.05):
-                if stop.is_set():
-                    return
+            if not steady_or_stop(stop):
+                return
             try:
                 handle = shards[rng.choice(sorted(shards))]
                 pid = ray.get(handle.ping.remote(), timeout=10)

@@ -13,8 +13,8 @@ one for the next attempt.
 
 from __future__ import annotations
 
-import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +22,13 @@ from typing import Any
 
 import ray
 
-from raykv.runtime.failures import CommitFailure, HookFailure, ShardFailure, shard_get
+from raykv.runtime.failures import (
+    CommitFailure,
+    HookFailure,
+    ShardFailure,
+    call_outcomes,
+    shard_get,
+)
 from raykv.runtime.specs import Ack
 
 KILL_WAIT = 15.0
@@ -108,10 +114,10 @@ class Committer:
         ``timeout`` seconds, off the recovery path (it waited there for survivors' acks
         that were still on their way).
         """
-        refs = [r for pending in self._queue for r in pending.refs.values()]
+        refs = dict(enumerate(r for pending in self._queue for r in pending.refs.values()))
         if refs:
-            threading.Thread(target=_drop_errors, args=(refs, timeout), daemon=True,
-                             name="raykv-release").start()
+            threading.Thread(target=call_outcomes, args=(refs, time.monotonic() + timeout),
+                             daemon=True, name="raykv-release").start()
 
     def _run(self) -> None:
         while True:
@@ -149,14 +155,6 @@ class Committer:
                 shard_get(ready)  # raise a failure as soon as it is known
         acks: list[Ack] = shard_get([pending.refs[n] for n in names])
         return acks
-
-
-def _drop_errors(refs: list[Any], timeout: float) -> None:
-    """Read (and drop) the results of ``refs`` that end within ``timeout`` seconds."""
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-    for ref in ready:
-        with contextlib.suppress(Exception):
-            ray.get(ref)
 
 
 __all__ = ["KILL_WAIT", "Committer", "PendingEpoch"]

@@ -12,12 +12,15 @@ Contract (docs/recovery.md, "Failure classification"):
 * Shard side: :func:`describe_shard_failure` gives an error raised in a shard its context
   and notes before Ray pickles it to the driver.
 
-Pure apart from recognizing Ray's exception types (no actors, no store).
+No actors, no store: Ray's exception types, and waiting on refs (:func:`shard_get`,
+:func:`call_outcomes`: which calls answered, which failed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,6 +98,31 @@ def shard_get(refs: Any, timeout: float | None = None) -> Any:
         raise
     except Exception as err:
         raise ShardFailure(err) from err
+
+
+def call_outcomes(refs: dict[Any, Any], deadline: float,
+                  enough: Callable[[dict[Any, bool]], bool] | None = None) -> dict[Any, bool]:
+    """Per name: its call in ``refs`` returned (True) or raised (False) by ``deadline``.
+
+    ``deadline``: a ``time.monotonic()`` time. Names whose call is still waiting are left
+    out; every result that ended is read (so Ray reports no error as unhandled).
+    ``enough``: stop waiting as soon as it holds for the outcomes so far.
+    """
+    names = {ref: name for name, ref in refs.items()}
+    waiting = list(refs.values())
+    out: dict[Any, bool] = {}
+    while waiting and not (enough is not None and enough(out)):
+        ready, waiting = ray.wait(
+            waiting, num_returns=len(waiting) if enough is None else 1,
+            timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        for ref in ready:
+            out[names[ref]] = False
+            with contextlib.suppress(Exception):
+                ray.get(ref)
+                out[names[ref]] = True
+    return out
 
 
 # ---------------------------------------------------------------------------- classification
@@ -363,6 +391,7 @@ __all__ = [
     "ReaderFailed",
     "ShardFailure",
     "Verdict",
+    "call_outcomes",
     "classify",
     "describe_shard_failure",
     "failure_epoch",

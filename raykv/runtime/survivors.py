@@ -24,16 +24,15 @@ machine).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
 from raykv.runtime.actors import kill_shards
+from raykv.runtime.failures import call_outcomes
 
 log = logging.getLogger("raykv")
 
@@ -138,7 +137,7 @@ class Standby:
             answered = [n[0] for n, ok in out.items() if ok]
             return answered.count("s") >= shards and answered.count("r") >= readers
 
-        outcomes = _outcomes({n: ref for n, (_, ref) in pings.items()},
+        outcomes = call_outcomes({n: ref for n, (_, ref) in pings.items()},
                              self._pinged + timeout, None if need is None else enough)
         kill_shards([h for n, (h, _) in pings.items() if outcomes.get(n) is False])
         order = sorted((n for n in pings if outcomes.get(n) is not False),
@@ -152,40 +151,6 @@ class Standby:
         kill_shards(doomed)
 
 
-def _outcomes(refs: dict[str, Any], deadline: float,
-              enough: Callable[[dict[str, bool]], bool] | None = None) -> dict[str, bool]:
-    """Per name: its call in ``refs`` returned (True) or raised (False) by ``deadline``.
-
-    Names whose call is still waiting are left out. ``enough``: stop waiting as soon as
-    it holds for the outcomes so far.
-    """
-    names = {ref: name for name, ref in refs.items()}
-    waiting = list(refs.values())
-    out: dict[str, bool] = {}
-    while waiting and not (enough is not None and enough(out)):
-        ready, waiting = ray.wait(
-            waiting, num_returns=len(waiting) if enough is None else 1,
-            timeout=max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        for ref in ready:
-            out[names[ref]] = False
-            with contextlib.suppress(Exception):
-                ray.get(ref)
-                out[names[ref]] = True
-    return out
-
-
-def _answered(refs: dict[str, Any], deadline: float) -> set[str]:
-    """The names whose call in ``refs`` returned without error before ``deadline``."""
-    return {n for n, ok in _outcomes(refs, deadline).items() if ok}
-
-
-def _failed(refs: dict[str, Any], deadline: float) -> set[str]:
-    """The names whose call in ``refs`` raised before ``deadline``."""
-    return {n for n, ok in _outcomes(refs, deadline).items() if not ok}
-
-
 def keep_survivors(readers: dict[str, Any], shards: dict[str, Any],
                    run_refs: dict[str, Any], timeout: float = QUIESCE_WAIT) -> Survivors:
     """Still the live actors of a failed attempt; kill the others (module docstring).
@@ -197,7 +162,7 @@ def keep_survivors(readers: dict[str, Any], shards: dict[str, Any],
     deadline = time.monotonic() + timeout
     calls = {n: h.stop.remote() for n, h in readers.items()}
     calls.update({n: h.quiesce.remote() for n, h in shards.items()})
-    live = _answered(calls, deadline)
+    live = {n for n, ok in call_outcomes(calls, deadline).items() if ok}
     runs = {n: r for n, r in run_refs.items() if n in live}
     if runs:
         ended, _ = ray.wait(list(runs.values()), num_returns=len(runs),
