@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from raykv.runtime.specs import RestorePlan, ShardSpec
+from raykv.runtime.warmup import preload_lazy_imports
 
 if TYPE_CHECKING:
     from raykv.runtime.uploader import Uploader
@@ -50,13 +51,16 @@ class LocalRollback:
         scratch folder and build the operator's logic on it (the logic's lazy imports),
         and open the checkpoint store (its filesystem's imports and connection). All
         of it is thrown away; in a fresh process it is 0.3-0.9 s of the ``reset`` that
-        a recovery would otherwise wait for (measured on the 2-core machine).
+        a recovery would otherwise wait for (measured on the 2-core machine). Also what
+        pyarrow imports lazily, which the first ``process`` call would wait for
+        (``warmup.py``).
         """
         import tempfile
 
         import raykv.checkpointing
         from raykv.engines import open_engine
 
+        preload_lazy_imports()
         stage = self.spec.stage
         try:
             with tempfile.TemporaryDirectory(prefix="raykv-warm-") as scratch:
