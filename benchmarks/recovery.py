@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import loadavg, machine, section_main, start_local_ray, tiny
+from benchmarks.common import loadavg, machine, machine_line, section_main, start_local_ray, tiny
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -197,6 +197,7 @@ def report_render(res: dict[str, Any], image_prefix: str) -> list[str]:
         "recovery`). Surviving actors roll back in place in every row; `standby` is "
         "`Pipeline.standby`. Before local recovery (the issue's figures): a median of "
         "3.9-4.1 s per recovery in `raykv drill`, 1.7 s added per SIGKILL.",
+        f"Machine: {machine_line(res['machine'])}.",
         "",
         "| standby | kills | kill -> detected p50 | kill -> ready p50 / p95 | "
         "kill -> next commit p50 / p95 / max | exact | load |",
