@@ -60,9 +60,9 @@ class LocalRollback:
         import raykv.checkpointing
         from raykv.engines import open_engine
 
-        preload_lazy_imports()
         stage = self.spec.stage
         try:
+            preload_lazy_imports()
             with tempfile.TemporaryDirectory(prefix="raykv-warm-") as scratch:
                 engine = open_engine(stage.engine, Path(scratch) / "e", **stage.engine_params)
                 try:

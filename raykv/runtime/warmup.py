@@ -8,8 +8,9 @@ runs at full speed from its first batch. (A reader process imports pandas with
 
 Measured on the 2-core machine (``StatefulMap``, 3 shards, a standby taking a killed
 shard's role): the standby's first ``process`` call took 0.65-0.88 s against 0.1 s
-later, all of it pyarrow importing pandas; the readers feeding it waited that long
-(backpressure), so the whole pipeline stood still. With the import paid ahead: 0.2 s.
+later, nearly all of it pyarrow importing pandas; the readers feeding it waited that
+long (backpressure), so the whole pipeline stood still. With the import paid ahead:
+0.2 s.
 """
 
 from __future__ import annotations
