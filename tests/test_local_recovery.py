@@ -135,7 +135,7 @@ def test_the_preload_pays_the_import_a_fresh_shards_first_batch_would_wait_for()
     code = ("import sys\n"
             "import raykv.runtime.shard\n"
             "assert 'pandas' not in sys.modules, 'a shard process imports pandas already'\n"
-            "from raykv.runtime.warmup import preload_lazy_imports\n"
+            "from raykv.runtime.shard_rollback import preload_lazy_imports\n"
             "preload_lazy_imports()\n"
             "assert 'pandas' in sys.modules, 'the preload did not import it'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

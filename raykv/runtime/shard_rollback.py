@@ -20,12 +20,26 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from raykv.runtime.specs import RestorePlan, ShardSpec
-from raykv.runtime.warmup import preload_lazy_imports
 
 if TYPE_CHECKING:
     from raykv.runtime.uploader import Uploader
 
 log = logging.getLogger("raykv")
+
+
+def preload_lazy_imports() -> None:
+    """Import what pyarrow imports on its first conversion (pandas, when installed).
+
+    In a fresh shard process that import lands on the first ``process`` call: measured
+    on the 2-core machine, a standby's first call after it took a killed shard's role
+    took 0.65-0.88 s against 0.1 s later, nearly all of it this import, while the readers
+    feeding it waited (backpressure); 0.2 s with the import paid in ``warm``. (A reader
+    process imports pandas with ``raykv.sources`` already.) Cost: that import, once per
+    process; nothing when pandas is absent or imported already.
+    """
+    import pyarrow as pa
+
+    pa.array([0])
 
 
 class LocalRollback:
@@ -52,8 +66,7 @@ class LocalRollback:
         and open the checkpoint store (its filesystem's imports and connection). All
         of it is thrown away; in a fresh process it is 0.3-0.9 s of the ``reset`` that
         a recovery would otherwise wait for (measured on the 2-core machine). Also what
-        pyarrow imports lazily, which the first ``process`` call would wait for
-        (``warmup.py``).
+        pyarrow imports lazily (:func:`preload_lazy_imports`).
         """
         import tempfile
 
