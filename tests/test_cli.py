@@ -89,6 +89,14 @@ def test_restore_local(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
                  str(out_dir)]) == 0
     with MemOnly(out_dir) as eng:
         assert dict(eng.items()) == states[2]
+    first = capsys.readouterr().out
+    assert "file(s) downloaded" in first and " 0 already there" in first
+    # again into the same dir: the files there are verified and reused, none downloaded
+    assert main(["checkpoints", "restore-local", url, "2", "--shard", "agg/0000",
+                 str(out_dir)]) == 0
+    assert ": 0 file(s) downloaded (0 B)" in capsys.readouterr().out
+    with MemOnly(out_dir) as eng:
+        assert dict(eng.items()) == states[2]
     assert main(["checkpoints", "restore-local", url, "2", "--shard", "nope", str(out_dir)]) == 2
     assert "agg/0000" in capsys.readouterr().err
 

@@ -209,7 +209,9 @@ def cmd_restore_local(args: argparse.Namespace) -> int:
     em = store.read_epoch(args.epoch)
     shard = _shard_name(em, args.shard)
     result = store.restore_shard(args.epoch, shard, Path(args.dir))
-    print(f"restored shard {shard} of epoch {args.epoch} into {args.dir}: {result}")
+    print(f"restored shard {shard} of epoch {args.epoch} into {args.dir}: "
+          f"{result.downloaded_files} file(s) downloaded ({human_bytes(result.downloaded_bytes)}), "
+          f"{result.reused_files + result.linked_files} already there")
     return EXIT_OK
 
 
