@@ -68,14 +68,16 @@ def _running_count(state: Any, row: dict[str, Any]) -> tuple[Any, Any]:
     return n, {"n": n}
 
 
-def _one_run(events: int, kills: int, standby: int, seed: int, expected: float = 0.0
-             ) -> dict[str, Any]:
+def _one_run(events: int, kills: int, standby: int, seed: int, expected: float = 0.0,
+             max_inflight: int | None = None) -> dict[str, Any]:
     """One ``StatefulMap`` run; ``kills`` SIGKILLs of random shards at random times.
 
     The kills are spread over ``expected`` seconds (a kill-free run's processing time)
     from the first attempt's start on; each waits until the attempt it strikes started,
     so that every kill is a recovery of its own (two kills in one outage would count as
-    one restart).
+    one restart). Also returns the epochs committed and the median and largest time
+    from an epoch's barrier (the driver asking for it) to its commit; ``max_inflight``:
+    ``Pipeline.max_inflight`` (its default when ``None``).
     """
     import ray
 
@@ -91,7 +93,14 @@ def _one_run(events: int, kills: int, standby: int, seed: int, expected: float =
     steady = threading.Event()  # an attempt started and was not struck yet
     killed: list[float] = []
 
+    asked: dict[int, float] = {}
+    lags: list[float] = []
+
     def on_progress(ev: raykv.ProgressEvent) -> None:
+        if ev.kind == "barrier" and ev.epoch is not None:
+            asked[ev.epoch] = time.perf_counter()
+        elif ev.kind == "committed" and ev.epoch in asked:
+            lags.append(time.perf_counter() - asked.pop(ev.epoch))
         if ev.kind == "started":
             shards.clear()
             shards.update(ev.shards)
@@ -127,7 +136,8 @@ def _one_run(events: int, kills: int, standby: int, seed: int, expected: float =
             stages=[StatefulMap("user", _running_count)], sink=ParquetSink(f"{work}/out"),
             num_shards=3, checkpoint=f"{work}/ckpt", local_dir=f"{work}/local",
             checkpoint_interval=0.25, on_progress=on_progress, standby=standby,
-            max_restarts=3 * kills + 3)
+            max_restarts=3 * kills + 3,
+            **({} if max_inflight is None else {"max_inflight": max_inflight}))
         stop = threading.Event()
         thread = threading.Thread(target=killer, args=(stop,), daemon=True)
         t0 = time.perf_counter()
@@ -137,7 +147,9 @@ def _one_run(events: int, kills: int, standby: int, seed: int, expected: float =
         seconds = time.perf_counter() - t0
         stop.set()
     return {"seconds": seconds, "kills": len(killed), "restarts": summary.restarts,
-            "rows_out": summary.rows_out, "processing": summary.processing_time}
+            "rows_out": summary.rows_out, "processing": summary.processing_time,
+            "epochs": len(lags), "commit_lag_p50": _pct(lags, 50), "commit_lag_max":
+            max(lags, default=None)}
 
 
 def added(events: int, kills: int, standby: int, repeat: int = 2) -> dict[str, Any]:
@@ -155,7 +167,8 @@ def added(events: int, kills: int, standby: int, repeat: int = 2) -> dict[str, A
     base = min(b["seconds"] for b in bases)
     per_run = [(r["seconds"] - base) / r["restarts"] for r in runs if r["restarts"]]
     per_kill = sum(per_run) / len(per_run) if per_run else None
-    with_kills = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+    with_kills = {k: sum(r[k] for r in runs) / len(runs)
+                  for k in ("seconds", "kills", "restarts", "rows_out", "processing")}
     return {"standby": standby, "events": events, "base_s": base, "load": loadavg(),
             **{f"killed_{k}": v for k, v in with_kills.items()}, "added_per_kill_s": per_kill}
 

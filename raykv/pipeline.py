@@ -96,7 +96,10 @@ class Pipeline:
             checkpoint's; giving another value than the checkpoint's is an error).
         max_restarts: recoveries allowed in one ``run`` before it gives up.
         max_inflight: ``process`` calls in flight per shard before the sender waits
-            (backpressure).
+            (backpressure). A barrier queues behind them, so fewer commit sooner:
+            barrier to commit p50 0.45-0.64 s with 1 against 1.16-1.41 s with 4 for a
+            ``StatefulMap`` at 0.25 s checkpoints, for up to 10 % of its throughput
+            (docs/runtime.md, "Checkpoint latency").
         max_pending_epochs: epochs sealed but not committed before new barriers wait.
         source_parallelism: source reader actors (default: the shard count of the stage
             the source feeds; at most one per split of the source); with ``sources``,

@@ -1,0 +1,67 @@
+"""How long an epoch takes to commit, against ``Pipeline.max_inflight``.
+
+A reader puts an epoch's barrier after the batch it is sending, and that send waits for
+room when the shard already has ``max_inflight`` calls from it in flight; the barrier
+then reaches the shard behind every batch queued before it. So the queue depth sets how
+long a barrier takes to become a commit, which is the latency of exactly-once output
+(a sink publishes an epoch at its commit) and, with the epochs' length, how much work a
+failure throws away.
+
+The run is ``benchmarks.recovery``'s ``StatefulMap`` without kills (one output row per
+event, 3 shards, one reader per shard, 50,000-row batches, 0.25 s checkpoints), once
+per ``max_inflight`` value, the values alternated ``--repeat`` times. Reported per run:
+processing time, epochs committed, and the median and largest time from the driver
+asking for an epoch's barrier to its commit.
+
+    python -m benchmarks.commit_latency                   # 3,000,000 events, 1 / 2 / 4
+    python -m benchmarks.commit_latency --events 500000   # smaller
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS, loadavg, machine, machine_line, start_local_ray
+from benchmarks.recovery import _one_run
+
+
+def measure(events: int, values: list[int], repeat: int) -> dict[str, Any]:
+    """One kill-free run per ``max_inflight`` value, alternated ``repeat`` times."""
+    owned = start_local_ray()
+    try:
+        runs = [{"max_inflight": m, "load": loadavg(),
+                 **_one_run(events, 0, 0, seed=0, max_inflight=m)}
+                for _ in range(repeat) for m in values]
+    finally:
+        if owned:
+            import ray
+
+            ray.shutdown()
+    return {"events": events, "machine": machine(), "runs": runs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--events", type=int, default=3_000_000)
+    ap.add_argument("--values", default="1,2,4", help="max_inflight values to compare")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=RESULTS / "commit_latency.json")
+    args = ap.parse_args(argv)
+    res = measure(args.events, [int(v) for v in args.values.split(",")], args.repeat)
+    print(f"{machine_line(res['machine'])}; StatefulMap, {args.events:,} events, 3 shards, "
+          "0.25 s checkpoints")
+    print("| max_inflight | processing | epochs | barrier -> commit p50 / max | load |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in res["runs"]:
+        print(f"| {r['max_inflight']} | {r['processing']:.2f} s | {r['epochs']} | "
+              f"{r['commit_lag_p50']:.2f} / {r['commit_lag_max']:.2f} s | {r['load']:.1f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
