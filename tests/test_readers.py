@@ -11,6 +11,8 @@ import os
 import random
 import signal
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,45 @@ def test_readers_split_the_input_and_the_result_is_exact(
     offsets = store.read_epoch(store.latest_epoch()).offsets
     split_ids = [sp.id for sp in ParquetSource(str(tmp_path / "in")).splits()]
     assert sorted(offsets["splits"]) == sorted(split_ids) and len(split_ids) == 6
+
+
+@dataclass(frozen=True, eq=False)
+class SlowToStart(TableSource):
+    """A ``TableSource`` that takes 1 s to unpickle (in each reader's process, before its
+    constructor runs), then appends the time (``time.time()``) to the file ``marks``."""
+
+    marks: str = ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_slow_to_start, (self.data, self.batch_size, self.marks))
+
+
+def _slow_to_start(data: pa.Table, batch_size: int, marks: str) -> SlowToStart:
+    time.sleep(1.0)
+    with open(marks, "a") as f:
+        f.write(f"{time.time()!r}\n")
+    return SlowToStart(data, batch_size, marks)
+
+
+def test_the_run_clock_starts_once_every_reader_is_up(ray_session: Any, tmp_path: Path) -> None:
+    """``processing_time`` counts from the first batch: the readers' process start-up is
+    not in it (it was: new readers were created after the shards' restore and not waited
+    for, so the clock and the ``started`` event came before they could read)."""
+    table = write_files(tmp_path / "in", files=2, rows=500)
+    marks = tmp_path / "constructed"
+    started: list[float] = []
+
+    def on_progress(ev: raykv.ProgressEvent) -> None:
+        if ev.kind == "started":
+            started.append(time.time())
+
+    source = SlowToStart(pq.read_table(tmp_path / "in"), batch_size=250, marks=str(marks))
+    s = aggregate(tmp_path, source, source_parallelism=2, on_progress=on_progress).run()
+    assert s.finished and latest(s.output) == model(table)
+    ends = [float(v) for v in marks.read_text().split()]
+    assert len(ends) == 2  # one per reader
+    assert started and started[0] >= max(ends)
+    assert s.processing_time <= s.wall_time
 
 
 def assert_one_row_per_event(got: pa.Table, table: pa.Table) -> None:

@@ -259,10 +259,12 @@ def create_readers(specs: list[ReaderSpec], source: Source, shards: list[Any],
     put in the object store once and shared by every new reader. A reader named in
     ``kept`` (a survivor of local recovery, its ``run`` ended) is ``reset`` to its spec;
     the caller waits for ``resets`` (the refs of those calls) before it asks anything
-    of the readers, so that no control call reaches the loop of the failed attempt.
+    of the readers, so that no control call reaches the loop of the failed attempt. A
+    new reader gets a ``ping`` among them, which returns once its process has started
+    and its constructor ran (the caller's clock then starts with the first batch).
 
     Returns:
-        (the handles by spec, the refs of the ``reset`` calls)
+        (the handles by spec, the refs to wait for: ``reset`` calls and new readers' pings)
     """
     options: dict[str, Any] = {"num_cpus": 0}
     options.update(actor_options or {})
@@ -278,6 +280,7 @@ def create_readers(specs: list[ReaderSpec], source: Source, shards: list[Any],
         else:
             out.append(ReaderActor.options(**options, **placement[i]).remote(
                 spec, source_ref, shards))
+            resets.append(out[-1].ping.remote())
     return out, resets
 
 
