@@ -111,23 +111,23 @@ class AttemptActors:
         ]
         self._emit("starting", attempt=attempt, kept=len(kept))
         slot = sum(len(row) for row in self._actors)
-        resets: list[Any] = []
+        waits: list[Any] = []  # kept readers' resets, new readers' pings
         self._readers = {}
         self._reader_stages = {sp.name: sp.stage for sp in readers}
         for name, source in self.p.source_map().items():
             group = [sp for sp in readers if sp.source_name == name]
-            handles, waits = create_readers(
+            handles, group_waits = create_readers(
                 group, source, self._actors[group[0].stage], self.p.actor_options,
                 first_slot=slot, kept=kept.readers)
             slot += len(group)
-            resets += waits
+            waits += group_waits
             self._readers.update({sp.name: h for sp, h in zip(group, handles, strict=True)})
         self._survivors.readers = {}  # adopted
         infos = shard_get(refs)
         connect_stages(self._actors, self.p.topology)
         if self.driver_io:
             check_driver_io_nodes(infos, self.p.checkpoint)
-        shard_get(resets)
+        shard_get(waits)
 
     def _fill_standby(self, shard: ShardSpec, reader: ReaderSpec, first_stage: list[Any]
                       ) -> None:
