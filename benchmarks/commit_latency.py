@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS, loadavg, machine, machine_line, start_local_ray
-from benchmarks.recovery import _one_run
+from benchmarks.recovery import one_run
 
 
 def measure(events: int, values: list[int], repeat: int) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def measure(events: int, values: list[int], repeat: int) -> dict[str, Any]:
     owned = start_local_ray()
     try:
         runs = [{"max_inflight": m, "load": loadavg(),
-                 **_one_run(events, 0, 0, seed=0, max_inflight=m)}
+                 **one_run(events, 0, 0, seed=0, max_inflight=m)}
                 for _ in range(repeat) for m in values]
     finally:
         if owned:

@@ -68,7 +68,7 @@ def _running_count(state: Any, row: dict[str, Any]) -> tuple[Any, Any]:
     return n, {"n": n}
 
 
-def _one_run(events: int, kills: int, standby: int, seed: int, expected: float = 0.0,
+def one_run(events: int, kills: int, standby: int, seed: int, expected: float = 0.0,
              max_inflight: int | None = None) -> dict[str, Any]:
     """One ``StatefulMap`` run; ``kills`` SIGKILLs of random shards at random times.
 
@@ -161,9 +161,9 @@ def added(events: int, kills: int, standby: int, repeat: int = 2) -> dict[str, A
     """
     bases, runs = [], []
     for i in range(repeat):
-        bases.append(_one_run(events, 0, standby, seed=0))
+        bases.append(one_run(events, 0, standby, seed=0))
         expected = min(b["processing"] for b in bases)
-        runs.append(_one_run(events, kills, standby, seed=7 + i, expected=expected))
+        runs.append(one_run(events, kills, standby, seed=7 + i, expected=expected))
     base = min(b["seconds"] for b in bases)
     per_run = [(r["seconds"] - base) / r["restarts"] for r in runs if r["restarts"]]
     per_kill = sum(per_run) / len(per_run) if per_run else None

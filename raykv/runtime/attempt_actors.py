@@ -116,11 +116,13 @@ class AttemptActors:
         self._reader_stages = {sp.name: sp.stage for sp in readers}
         for name, source in self.p.source_map().items():
             group = [sp for sp in readers if sp.source_name == name]
-            handles, group_waits = create_readers(
+            handles, resets = create_readers(
                 group, source, self._actors[group[0].stage], self.p.actor_options,
                 first_slot=slot, kept=kept.readers)
             slot += len(group)
-            waits += group_waits
+            waits += resets
+            waits += [h.ping.remote() for sp, h in zip(group, handles, strict=True)
+                      if sp.name not in kept.readers]  # answers once constructed
             self._readers.update({sp.name: h for sp, h in zip(group, handles, strict=True)})
         self._survivors.readers = {}  # adopted
         infos = shard_get(refs)

@@ -258,30 +258,27 @@ def create_readers(specs: list[ReaderSpec], source: Source, shards: list[Any],
     the round-robin over the nodes goes on where the shards' ended. The source config is
     put in the object store once and shared by every new reader. A reader named in
     ``kept`` (a survivor of local recovery, its ``run`` ended) is ``reset`` to its spec;
-    the caller waits for those calls before it asks anything of the readers, so that no
-    control call reaches the loop of the failed attempt, and for a ``ping`` of each new
-    reader, which returns once its process has started and its constructor ran (the
-    caller's clock then starts with the first batch).
+    the caller waits for ``resets`` (the refs of those calls) before it asks anything
+    of the readers, so that no control call reaches the loop of the failed attempt.
 
     Returns:
-        (the handles by spec, the refs to wait for: ``reset`` calls and new readers' pings)
+        (the handles by spec, the refs of the ``reset`` calls)
     """
     options: dict[str, Any] = {"num_cpus": 0}
     options.update(actor_options or {})
     kept = kept or {}
     placement = placements(first_slot + len(specs), options)[first_slot:]
     source_ref = ray.put(source)
-    out, waits = [], []
+    out, resets = [], []
     for i, spec in enumerate(specs):
         old = kept.get(spec.name)
         if old is not None:
-            waits.append(old.reset.remote(spec, shards, source_ref))
+            resets.append(old.reset.remote(spec, shards, source_ref))
             out.append(old)
         else:
             out.append(ReaderActor.options(**options, **placement[i]).remote(
                 spec, source_ref, shards))
-            waits.append(out[-1].ping.remote())
-    return out, waits
+    return out, resets
 
 
 __all__ = ["IDLE_SLEEP", "ReaderActor", "ReaderSpec", "ReaderWorker", "create_readers",
