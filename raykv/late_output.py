@@ -37,6 +37,11 @@ class WithLateOutput(Sink):
         self.main.start(epoch, new_run=new_run, abandoned=abandoned)
         self.late.start(epoch, new_run=new_run, abandoned=abandoned)
 
+    def for_attempt(self, writer: str, committed: str | None) -> Sink:
+        """Both sinks bound to the attempt (:meth:`Sink.for_attempt`)."""
+        return WithLateOutput(self.main.for_attempt(writer, committed),
+                              self.late.for_attempt(writer, committed))
+
     def stage(self, epoch: int, part: str, table: pa.Table) -> None:
         """Late parts to the late sink (prefix removed), the rest to the main one."""
         if part.startswith(LATE_PART):

@@ -83,6 +83,69 @@ def test_parquet_sink_two_phase(tmp_path: Path) -> None:
     assert s2.read().column("k").to_pylist() == [1]
 
 
+def test_parquet_sink_never_publishes_what_a_failed_attempt_stages_late(tmp_path: Path) -> None:
+    """Writers fence the staging: only the committing attempt's output is published.
+
+    A shard of a failed attempt can stage after the recovery reconciled the sink (a
+    survivor completing the upload it was running, a process Ray reported dead but still
+    writing: CI met one). Its epoch 2 differs from the replay's, which has no output of
+    shard 1; an unfenced sink published the stale part beside the replay's.
+    """
+    out = tmp_path / "out"
+    base = ParquetSink(out)
+    a = base.for_attempt("a", None)
+    a.start(None, new_run=True)
+    a.stage(1, "agg-0000", t(1))
+    a.publish(1)
+    b = base.for_attempt("b", "a")  # attempt a failed in epoch 2; b starts at epoch 1
+    b.start(1, new_run=False)
+    a.stage(2, "agg-0000", t(20))  # a's shards, still running, stage epoch 2 late
+    a.stage(2, "agg-0001", t(21))
+    b.stage(2, "agg-0000", t(2))
+    b.publish(2)
+    assert base.read().column("k").to_pylist() == [1, 2]
+    # b commits epoch 3; the driver dies before it publishes; a stages 3 as well
+    b.stage(3, "agg-0000", t(3))
+    a.stage(3, "agg-0001", t(30))
+    (out / "_staging" / "a" / ".0123abcd.tmp").write_bytes(b"PAR1 half a file")
+    c = base.for_attempt("c", "b")  # the next run resumes at epoch 3, committed by b
+    c.start(3, new_run=False)
+    assert base.read().column("k").to_pylist() == [1, 2, 3]
+    assert [p.name for p in (out / "_staging").iterdir()] == []
+    a.stage(4, "agg-0001", t(40))  # still later; c's close drops it, keeps its own
+    c.stage(4, "agg-0000", t(4))
+    c.close()
+    assert [p.name for p in (out / "_staging").iterdir()] == ["c"]
+    c.publish(4)
+    c.close()
+    assert base.read().column("k").to_pylist() == [1, 2, 3, 4]
+    assert [p.name for p in (out / "_staging").iterdir()] == []
+
+
+def test_a_rollbacks_first_commit_keeps_the_attempts_later_epochs(tmp_path: Path) -> None:
+    """``start`` at the commit that ends a rollback publishes the own epoch, keeps the rest."""
+    out = tmp_path / "out"
+    base = ParquetSink(out)
+    a = base.for_attempt("a", None)
+    a.start(None, new_run=True)
+    for e in (1, 2, 3):
+        a.stage(e, "p", t(e))
+        a.publish(e)
+    b = base.for_attempt("b", "a")  # restore_epoch=1: the sink still sees epoch 3 until
+    b.start(3, new_run=False)  # the first commit (epoch 4) says that 2-3 are abandoned
+    b.stage(4, "p", t(4))
+    b.stage(5, "p", t(5))  # staged before epoch 4 commits
+    b.start(4, new_run=False, abandoned=[[2, 3]])
+    b.publish(5)
+    assert base.read().column("k").to_pylist() == [1, 4, 5]
+
+
+def test_a_writer_is_a_plain_name(tmp_path: Path) -> None:
+    for bad in ("", "a/b", ".x"):
+        with pytest.raises(ValueError, match="writer"):
+            ParquetSink(tmp_path).for_attempt(bad, None)
+
+
 def test_parquet_sink_refuses_to_mix_runs(tmp_path: Path) -> None:
     out = tmp_path / "out"
     s = ParquetSink(out)

@@ -46,6 +46,7 @@ class AttemptActors:
     if TYPE_CHECKING:  # what the mixin uses of the coordinator
         p: Pipeline
         sink: Sink
+        attempt_sink: Sink
         driver_io: bool
         rebalancer: Rebalancer
         _metrics: DriverMetrics
@@ -87,7 +88,7 @@ class AttemptActors:
             faults=self.p.faults, attempt=attempt, first_epoch=self._next_epoch,
             hot_keys=self.p.hot_keys, pipeline=self._metrics.pipeline,
             topology=self.p.topology, readers=counts,
-            sink=self.sink if self.sink.stages_on_shards else None,
+            sink=self.attempt_sink if self.sink.stages_on_shards else None,
             sink_changelog=self.sink.changelog,
             kept_epochs=self.p.max_pending_epochs + 1,
             event_time=self.p.watermark is not None, overlap_epochs=self.p.overlap_epochs,

@@ -8,15 +8,15 @@ Contract: :meth:`EpochCommit.commit` is the ``commit`` callable of the
    was staged by the shards themselves);
 2. ``store.commit_epoch(e, shard manifests, offsets={"splits": {id: offset}},
    metadata=EpochMetadata)``: THE commit, one write, last;
-3. ``sink.publish(e)`` (after a rollback: ``sink.start(e)``, which also drops the
-   abandoned epochs' output); update the summary and the committed base; let the
-   rebalancer decide; garbage-collect down to ``retain`` epochs at most every
+3. ``sink.publish(e)`` on the attempt's sink (after a rollback: ``sink.start(e)``, which
+   also drops the abandoned epochs' output); update the summary and the committed base;
+   let the rebalancer decide; garbage-collect down to ``retain`` epochs at most every
    ``GC_INTERVAL`` seconds.
 
 A part of the :class:`~raykv.runtime.coordinator.Coordinator`, holding a reference to it
-(like the feeder and the rebalancer). It reads ``p``, ``store``, ``_stages``,
-``_generations``, ``_operator_configs``, ``_num_key_groups`` and ``_base``; under the
-coordinator's ``_lock`` it writes ``summary`` and ``_committed``; it clears
+(like the feeder and the rebalancer). It reads ``p``, ``store``, ``attempt_sink``,
+``writer``, ``_stages``, ``_generations``, ``_operator_configs``, ``_num_key_groups`` and
+``_base``; under the coordinator's ``_lock`` it writes ``summary`` and ``_committed``; it clears
 ``_abandon_on_commit`` and emits ``"acked"`` and ``"committed"``.
 """
 
@@ -54,7 +54,7 @@ class EpochCommit:
         c = self._coord
         e = pending.epoch
         c._emit("acked", e)
-        sink = c.sink
+        sink = c.attempt_sink
         store = c.store
         manifests: dict[str, Any] = {}
         if store is not None:
@@ -141,6 +141,7 @@ class EpochCommit:
             source=c.p.describe_sources(),
             sink=sink.describe(),
             load=load,
+            writer=c.writer,
         )
 
 

@@ -17,8 +17,9 @@ split's offset, THE commit, one write, last; then ``sink.publish(e)``.
 
 Recovery (a reader or shard call fails, an actor dies, the store fails transiently) is
 local (``attempt_actors``, ``survivors``): stop; still the live actors (readers stop,
-shards quiesce) and kill the dead; reconcile the sink (drop staged output of uncommitted
-epochs); roll every surviving shard back in place to the last committed epoch from its
+shards quiesce) and kill the dead; bind the sink to the next attempt's writer and
+reconcile it (drop staged output of uncommitted epochs and of every other writer,
+``Sink.for_attempt``); roll every surviving shard back in place to the last committed epoch from its
 own files (``reset``: ``restore_shard`` downloads only what the local dir lacks) and
 give each dead actor's role to a standby (``Pipeline.standby``) or a new actor; deal the
 splits to the readers again, each at its committed offset; go on. At most ``max_restarts``
@@ -91,6 +92,7 @@ from raykv.runtime.feeding import Feeder
 from raykv.runtime.layout import (
     Base,
     DriverRestore,
+    Start,
     initial_state,
     plan_layout,
     sink_view_of_latest,
@@ -143,6 +145,8 @@ class Coordinator(AttemptActors):
         self.feeder = Feeder(self)
         self.committing = EpochCommit(self)
         self.sink = with_late_output(pipeline)  # the user's sink (+ its late rows' sink)
+        self.writer = ""  # the attempt's writer: the id its staged sink output is fenced by
+        self.attempt_sink: Sink = self.sink  # self.sink bound to the attempt's writer
         # engine dirs live under local_dir/<ident>: stable per checkpoint URL, so a restore
         # on the same node finds the files it already has
         url = pipeline.checkpoint
@@ -158,17 +162,17 @@ class Coordinator(AttemptActors):
         """Run to the end of input (or stop); recover from failures; return the summary."""
         if not ray.is_initialized():
             ray.init()
-        sink = self.sink
         try:
             self._open_store()
             try:
-                base, sink_epoch, sink_abandoned, new_run = self._initial()
+                start = self._initial()
             except CorruptionError as err:  # a damaged epoch manifest
                 self._explain_corruption(err, self.restore_epoch)
                 raise
-            self._base = base
+            self._base = base = start.base
             self.summary.restored_from = base.epoch
-            sink.start(sink_epoch, new_run=new_run, abandoned=sink_abandoned)
+            self._bind_sink(start.sink_writer).start(
+                start.sink_epoch, new_run=start.new_run, abandoned=start.sink_abandoned)
             if base.metadata is not None and base.metadata.final:
                 self.summary.finished = True
                 self.summary.last_epoch = base.epoch
@@ -200,7 +204,7 @@ class Coordinator(AttemptActors):
             return self._finish_summary(stats)
         finally:
             self._teardown()
-            sink.close()
+            self.attempt_sink.close()
             if self.store is not None:
                 self.store.close()
 
@@ -337,13 +341,21 @@ class Coordinator(AttemptActors):
         if self.store is not None:
             self.store.close()
             self._open_store()  # fresh caches: files of uncommitted uploads are rewritten
-        sink = self.sink
-        sink_epoch = base.epoch
-        abandoned = base.abandoned
+        sink_epoch, abandoned = base.epoch, base.abandoned
+        writer = base.metadata.writer if base.metadata is not None else None
         if base.rollback:
-            sink_epoch, abandoned = sink_view_of_latest(self.store)
-        sink.start(sink_epoch, new_run=False, abandoned=abandoned)
+            sink_epoch, abandoned, writer = sink_view_of_latest(self.store)
+        self._bind_sink(writer).start(sink_epoch, new_run=False, abandoned=abandoned)
         return base
+
+    def _bind_sink(self, committed: str | None) -> Sink:
+        """A new writer for the next attempt, and the sink bound to it (``attempt_sink``).
+
+        ``committed``: the writer that committed the epoch the sink starts at.
+        """
+        self.writer = uuid.uuid4().hex[:16]
+        self.attempt_sink = self.sink.for_attempt(self.writer, committed)
+        return self.attempt_sink
 
     # ------------------------------------------------------------------ initial state
 
@@ -361,8 +373,8 @@ class Coordinator(AttemptActors):
         """Driver I/O: restores shards from the run's store in the driver."""
         return DriverRestore(self.store)
 
-    def _initial(self) -> tuple[Base, int | None, list[list[int]], bool]:
-        """Decide where to start: (base, sink epoch, sink abandoned ranges, new run)."""
+    def _initial(self) -> Start:
+        """Decide where to start (:func:`initial_state`) and take its numbers."""
         start = initial_state(self.store, self.p, resume=self.resume,
                               restore_epoch=self.restore_epoch)
         if start.first_epoch is not None:
@@ -370,7 +382,7 @@ class Coordinator(AttemptActors):
         if start.num_key_groups is not None:
             self._num_key_groups = start.num_key_groups
         self._abandon_on_commit = start.abandon_on_commit
-        return start.base, start.sink_epoch, start.sink_abandoned, start.new_run
+        return start
 
     def _local_root(self) -> Path:
         root = Path(self.p.local_dir or default_local_dir())

@@ -72,6 +72,7 @@ class Start:
         first_epoch: the number of the run's first new epoch (``None``: no store).
         abandon_on_commit: a rollback: the first commit tells the sink what it abandons.
         num_key_groups: the checkpoint's key groups (``None``: no checkpoint to follow).
+        sink_writer: the writer that committed ``sink_epoch`` (``Sink.for_attempt``).
     """
 
     base: Base
@@ -81,6 +82,7 @@ class Start:
     first_epoch: int | None = None
     abandon_on_commit: bool = False
     num_key_groups: int | None = None
+    sink_writer: str | None = None
 
 
 def initial_state(store: Any, pipeline: Pipeline, *, resume: bool,
@@ -126,11 +128,12 @@ def initial_state(store: Any, pipeline: Pipeline, *, resume: bool,
     if rollback:
         assert epoch is not None and latest is not None
         base.abandoned = [*abandoned, [epoch + 1, latest]]
-        sink_epoch, sink_abandoned = sink_view_of_latest(store)
+        sink_epoch, sink_abandoned, writer = sink_view_of_latest(store)
         return Start(base, sink_epoch, sink_abandoned, False, first_epoch=first_epoch,
-                     abandon_on_commit=True, num_key_groups=meta.num_key_groups)
+                     abandon_on_commit=True, num_key_groups=meta.num_key_groups,
+                     sink_writer=writer)
     return Start(base, epoch, abandoned, False, first_epoch=first_epoch,
-                 num_key_groups=meta.num_key_groups)
+                 num_key_groups=meta.num_key_groups, sink_writer=meta.writer)
 
 
 def split_offsets(offsets: dict[str, Any], meta: EpochMetadata) -> dict[str, Any]:
@@ -145,13 +148,16 @@ def split_offsets(offsets: dict[str, Any], meta: EpochMetadata) -> dict[str, Any
     return {WHOLE: offsets.get("source")}
 
 
-def sink_view_of_latest(store: Any) -> tuple[int | None, list[list[int]]]:
-    """The committed lineage as of the store's latest epoch (before a rollback commits)."""
+def sink_view_of_latest(store: Any) -> tuple[int | None, list[list[int]], str | None]:
+    """The committed lineage as of the store's latest epoch (before a rollback commits).
+
+    ``(latest epoch, its abandoned ranges, the writer that committed it)``.
+    """
     latest = store.latest_epoch()
     if latest is None:
-        return None, []
+        return None, [], None
     meta = store.read_epoch(latest).metadata
-    return latest, [list(r) for r in meta.get("abandoned", [])]
+    return latest, [list(r) for r in meta.get("abandoned", [])], meta.get("writer")
 
 
 def check_compatible(data: dict[str, Any], where: str, pipeline: Pipeline) -> EpochMetadata:

@@ -142,6 +142,8 @@ class EpochMetadata:
         source: the source's ``describe()``.
         sink: the sink's ``describe()``.
         load: per stage, per shard, the epoch's load (``None``: not tracked).
+        writer: the run attempt that committed the epoch: the sink publishes only what
+            it staged (``Sink.for_attempt``; ``None`` in manifests older than writers).
         version: the metadata version (:data:`METADATA_VERSION`).
     """
 
@@ -154,6 +156,7 @@ class EpochMetadata:
     source: dict[str, Any]
     sink: dict[str, Any]
     load: dict[str, dict[str, ShardLoad]] | None = None
+    writer: str | None = None
     version: int = field(default=METADATA_VERSION)
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,6 +172,8 @@ class EpochMetadata:
             "source": self.source,
             "sink": self.sink,
         }
+        if self.writer is not None:
+            out["writer"] = self.writer
         if self.load is not None:
             out["load"] = {stage: {shard: v.to_dict() for shard, v in shards.items()}
                            for stage, shards in self.load.items()}
@@ -196,6 +201,7 @@ class EpochMetadata:
             stages=tuple(StageMetadata.from_dict(st) for st in data["stages"]),
             source=dict(data.get("source") or {}),
             sink=dict(data.get("sink") or {}),
+            writer=data.get("writer"),
             load=None if load is None else {
                 stage: {shard: ShardLoad.from_dict(v) for shard, v in shards.items()}
                 for stage, shards in load.items()
