@@ -279,7 +279,12 @@ class ParquetSink(Sink):
             msg = f"ParquetSink {self.path!r} has no published output"
             raise FileNotFoundError(msg)
         return pa.concat_tables(
-            [pq.read_table(p, filesystem=self.fs) for p in files], promote_options="permissive"
+            # use_threads=False: pyarrow's thread pool, after a read through a Python
+            # file (an fsspec filesystem), can abort the interpreter at exit (SIGABRT,
+            # "terminate called without an active exception"; apache/arrow#33975,
+            # #50482): 4 of 30 processes on the 2-core machine
+            [pq.read_table(p, filesystem=self.fs, use_threads=False) for p in files],
+            promote_options="permissive",
         )
 
     def describe(self) -> dict[str, Any]:

@@ -56,7 +56,8 @@ def read_published(path: str | Path, storage_options: dict[str, Any] | None = No
         if parsed is None:
             continue
         with fs.open(p, "rb") as f:
-            parts.setdefault(parsed[0], []).append(pq.read_table(f))
+            # no thread pool: see ParquetSink.read (an abort at the process's exit)
+            parts.setdefault(parsed[0], []).append(pq.read_table(f, use_threads=False))
     return {e: pa.concat_tables(ts).sort_by(KEY) for e, ts in sorted(parts.items())}
 
 
