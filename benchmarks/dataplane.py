@@ -33,7 +33,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import RESULTS, loadavg, machine, start_local_ray, tiny
+from benchmarks.common import (
+    RESULTS,
+    loadavg,
+    machine,
+    proc_cpu_seconds,
+    start_local_ray,
+    tiny,
+)
 from benchmarks.pipeline import running_count
 
 KEYS = 100_000
@@ -62,6 +69,8 @@ def write_events(folder: Path, events: int, file_rows: int = FILE_ROWS) -> None:
 def one_run(workload: str, src: Path, work: Path, shards: int = 2,
             parallelism: int | None = None, interval: float = 1.0) -> dict[str, Any]:
     """Run ``workload`` over the folder ``src``; CPU of the driver, readers and shards."""
+    import ray
+
     import raykv
     from raykv.operators import Aggregate, StatefulMap
     from raykv.sinks import ParquetSink
@@ -74,18 +83,31 @@ def one_run(workload: str, src: Path, work: Path, shards: int = 2,
         import ray.data
 
         source = RayDataSource(ray.data.read_parquet(str(src)), batch_size=65_536)
+    started: dict[str, float] = {}  # each actor's process CPU when the run starts
+
+    def at_start(ev: raykv.ProgressEvent) -> None:
+        if ev.kind == "started" and not started:
+            pids = ray.get([h.ping.remote() for h in ev.actors.values()])
+            started.update({name: proc_cpu_seconds(pid)
+                            for name, pid in zip(ev.actors, pids, strict=True)})
+
     shutil.rmtree(work, ignore_errors=True)
     p = raykv.Pipeline(
         source=source, stages=[stage],
         sink=ParquetSink(str(work / "out")), num_shards=shards, engine="hybridlog",
         checkpoint=str(work / "ckpt"), local_dir=str(work / "local"), checkpoint_interval=interval,
-        source_parallelism=parallelism,
+        source_parallelism=parallelism, on_progress=at_start,
     )
     cpu0, t0 = driver_cpu(), time.perf_counter()
     s = p.run()
+    # the actors' CPU from the start of the run: their process start-up (about 1 CPU-s
+    # each on the 2-core machine, varying by a few tenths) made the per-event differences
+    # of two runs negative at times (stop 31)
     return {"cpu_s": driver_cpu() - cpu0, "wall_s": time.perf_counter() - t0,
-            "readers_cpu_s": sum(r["process_cpu_seconds"] for r in s.readers.values()),
-            "shards_cpu_s": sum(x["process_cpu_seconds"] for x in s.shards.values()),
+            "readers_cpu_s": sum(r["process_cpu_seconds"] - started[n]
+                                 for n, r in s.readers.items()),
+            "shards_cpu_s": sum(x["process_cpu_seconds"] - started[n]
+                                for n, x in s.shards.items()),
             "sink_s": sum(x["sink_seconds"] for x in s.shards.values()),
             "actors": len(s.readers) + len(s.shards), "epochs": len(s.epochs_committed),
             "rows_in": s.rows_in, "rows_out": s.rows_out, "events_per_s": s.events_per_s}
@@ -180,6 +202,11 @@ def report_run(quick: bool, out: Path) -> dict[str, Any]:
             else measure(1_000_000, 4_000_000, SWEEP))
 
 
+def _noise(x: float, text: str) -> str:
+    """``text``, or "~0 (noise)" for a difference of two runs below zero."""
+    return text if x >= 0 else "~0 (noise)"
+
+
 def report_render(res: dict[str, Any], prefix: str) -> list[str]:
     """Markdown for REPORT.md: CPU per event per component, ceilings, parallelism."""
     del prefix
@@ -187,7 +214,8 @@ def report_render(res: dict[str, Any], prefix: str) -> list[str]:
     lines = [
         f"Parquet folder -> one keyed stage -> `ParquetSink` (written by the shards), 2 shards, "
         f"2 source readers, 1 s checkpoints, HybridLog. CPU per event of each part: its "
-        f"process CPU (`getrusage`, every thread) in a {large:,}-event run minus a "
+        f"process CPU (`getrusage`, every thread; an actor's from the run's `started` "
+        f"event, without its process start-up) in a {large:,}-event run minus a "
         f"{small:,}-event run, over the difference (load average {res['load_start']:.1f} "
         f"at the start, {res.get('load_end', 0):.1f} at the end). The driver's cost per "
         "epoch and actor: the larger run again with 0.1 s checkpoints, its extra CPU over the "
@@ -202,15 +230,19 @@ def report_render(res: dict[str, Any], prefix: str) -> list[str]:
     for w, v in res["workloads"].items():
         big, little = v["runs"][str(large)], v["runs"][str(small)]
         busy = (big["cpu_s"] - little["cpu_s"]) / max(1e-9, big["wall_s"] - little["wall_s"])
+        driver = v["driver_us_per_event"]
         lines.append(
-            f"| {names.get(w, w)} | {v['driver_us_per_event']:.4f} µs | {busy:.1%} "
+            f"| {names.get(w, w)} | {_noise(driver, f'{driver:.4f} µs')} "
+            f"| {_noise(busy, f'{busy:.1%}')} "
             f"| {v['reader_us_per_event']:.3f} µs | {v['shard_us_per_event']:.3f} µs "
             f"| {v['driver_ms_per_actor_epoch']:.2f} ms "
             f"| {v['runs'][str(large)]['events_per_s']:,.0f} |")
     lines += ["", "\"Driver busy\" is the same difference over the difference in wall time: "
               "the driver's share of one core while the run goes. What the driver does "
               "then is per second and per epoch (polls, barriers, commits), not per event, "
-              "so a slower pipeline shows more driver CPU per event at the same share.", "",
+              "so a slower pipeline shows more driver CPU per event at the same share; "
+              "where it is below what two runs differ by anyway, the table says ~0 "
+              "(noise).", "",
               "What the measured CPU implies for clusters of 16-core nodes (one reader or "
               "shard per core, 1 s epochs; CPU only, no network):", "",
               "| workload | nodes | workers' ceiling (events/s) | driver cores busy |",

@@ -40,14 +40,16 @@ def sizes(quick: bool) -> dict[str, Any]:
     if quick and tiny():  # the test suite's: every run of --quick, a fifth of the events
         return {"events": 20_000, "keys": 1_000, "batch_size": 4_096,
                 "resume_keys": [2_000], "update_keys": 1_000,
-                "update_rates": [100, 500, 1_000], "update_epochs": 1}
+                "update_rates": [100, 500, 1_000], "update_epochs": 1, "repeat": 1}
     if quick:
         return {"events": 100_000, "keys": 5_000, "batch_size": 16_384,
                 "resume_keys": [10_000], "update_keys": 5_000,
-                "update_rates": [500, 2_500, 5_000], "update_epochs": 1}
+                "update_rates": [500, 2_500, 5_000], "update_epochs": 1, "repeat": 1}
+    # a run lasts 1.3-2.5 s on the 2-core machine: one run per point varied by up to 1.8x
+    # between neighbouring points (stop 31), so each point is the best of two
     return {"events": 8_000_000, "keys": 100_000, "batch_size": 262_144,
             "resume_keys": [10_000, 100_000, 1_000_000], "update_keys": 100_000,
-            "update_rates": [1_000, 10_000, 30_000, 100_000], "update_epochs": 3}
+            "update_rates": [1_000, 10_000, 30_000, 100_000], "update_epochs": 3, "repeat": 2}
 
 
 def bench_args(s: dict[str, Any]) -> argparse.Namespace:
@@ -56,6 +58,17 @@ def bench_args(s: dict[str, Any]) -> argparse.Namespace:
     args.events, args.keys, args.batch_size = s["events"], s["keys"], s["batch_size"]
     args.resume_keys = s["resume_keys"]
     return args
+
+
+def best_run(bench: bp.Bench, table: pa.Table, expected: pa.Table, name: str,
+             shards: int, interval: float | None, repeat: int) -> dict[str, Any]:
+    """The fastest of ``repeat`` :func:`throughput_run` (all rates: ``all_events_per_s``)."""
+    runs = [throughput_run(bench, table, expected, name, shards, interval)
+            for _ in range(repeat)]
+    best = dict(max(runs, key=lambda r: r["events_per_s"]))
+    best["all_events_per_s"] = [r["events_per_s"] for r in runs]
+    best["correct"] = all(r["correct"] for r in runs)
+    return best
 
 
 def throughput_run(bench: bp.Bench, table: pa.Table, expected: pa.Table, name: str,
@@ -135,11 +148,12 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     try:
         table = zipf_events(s["events"], s["keys"], seed=0)
         expected = bp.model(table)
-        res["shards"] = [throughput_run(bench, table, expected, f"shards-{n}", n, 1.0)
+        rep = s.get("repeat", 1)
+        res["shards"] = [best_run(bench, table, expected, f"shards-{n}", n, 1.0, rep)
                          for n in SHARDS]
         two = next(r for r in res["shards"] if r["shards"] == 2)  # 2 shards, 1 s: run once
         res["intervals"] = [two if iv == 1.0 else
-                            throughput_run(bench, table, expected, f"ckpt-{label}", 2, iv)
+                            best_run(bench, table, expected, f"ckpt-{label}", 2, iv, rep)
                             for label, iv in INTERVALS]
         del table
         resume = bench.resume()
@@ -218,7 +232,9 @@ def render(res: dict[str, Any], img: str) -> list[str]:
         f"{s['keys']:,} keys, HybridLog shards, batches of {s['batch_size']:,}, on a local Ray "
         f"with 2 CPUs (load average {res['loadavg_start']:.1f} at the start, "
         f"{res['loadavg_end']:.1f} at the end). events/s = rows / processing time (first "
-        "batch to last commit; actor start-up excluded). Every final result was checked "
+        "batch to last commit; actor start-up excluded)"
+        + (f", the best of {s['repeat']} runs" if s.get("repeat", 1) > 1 else "")
+        + ". Every final result was checked "
         f"against a pyarrow group-by: {'all correct' if correct else 'NOT ALL CORRECT'}.",
         "",
         f"![pipeline]({img}pipeline.png)",
