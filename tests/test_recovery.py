@@ -325,8 +325,13 @@ def published_by_epoch(out: Path) -> dict[int, pa.Table]:
     return {e: pa.concat_tables(ts) for e, ts in parts.items()}
 
 
-def test_driver_killed_then_resume(ray_session: Any, tmp_path: Path) -> None:
-    """SIGKILL a real driver process after 2 commits; resume here; output exactly once."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_driver_killed_then_resume(ray_session: Any, tmp_path: Path, sig: int) -> None:
+    """SIGKILL (or Ctrl-C: SIGINT) a real driver process after 2 commits; resume here.
+
+    Output exactly once either way. Interrupted, the driver must stop by itself, soon,
+    with the ``KeyboardInterrupt`` (an interrupt is not a failure to recover from).
+    """
     ray = ray_session
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
@@ -347,8 +352,16 @@ def test_driver_killed_then_resume(ray_session: Any, tmp_path: Path) -> None:
             time.sleep(0.05)
         else:
             pytest.fail("the driver committed nothing in 120 s")
+        proc.send_signal(sig)
+        if sig == signal.SIGINT:
+            try:
+                _, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the interrupted driver did not stop within 60 s")
+            assert proc.returncode != 0
+            assert "KeyboardInterrupt" in err.decode(), err.decode()[-3000:]
     finally:
-        proc.send_signal(signal.SIGKILL)
+        proc.kill()
         proc.wait()
     store = CheckpointStore(str(ckpt))
     committed = store.epochs()
