@@ -12,10 +12,10 @@ on the bulk workload's shape and puts it beside a vectorized alternative:
   of ``multi_set`` for updates with a dict index.
 * ``dict_get``: ``map(dict.__getitem__)`` of the same keys: the floor of ``multi_get``'s
   index lookups.
-* ``table_upsert`` / ``table_get``: the same keys as 8-byte words (uint64) in an
-  open-addressing table with linear probing, updated and read by numpy passes, one per
-  probe round (:class:`U64Table`, a prototype here, not library code; checked against
-  the dict on every run).
+* ``table_upsert`` / ``table_get``: the same keys as 8-byte words (uint64) in
+  :class:`raykv.engines.u64index.U64Index` (open addressing, linear probing, numpy passes
+  per probe round; ``swap``, which also returns each key's old value, and ``get``),
+  checked against the dict on every run. Until stop 31 a prototype in this file.
 * ``words``: turning the ``bytes`` keys into words (``join`` + ``frombuffer``), what the
   table costs more when keys come as ``bytes`` rather than as an Arrow column.
 
@@ -38,62 +38,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import RESULTS, machine, machine_line
-
-_EMPTY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # no key: the table's keys must differ from it
-_MIX = np.uint64(0x9E37_79B9_7F4A_7C15)
-
-
-class U64Table:
-    """Open addressing over uint64 keys (linear probing), vectorized per probe round.
-
-    ``capacity`` is a power of two, at least twice the keys held (load <= 0.5: short
-    probe sequences). Not resizable: a prototype for the measurement above.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.mask = capacity - 1
-        self.keys = np.full(capacity, _EMPTY, dtype=np.uint64)
-        self.values = np.zeros(capacity, dtype=np.uint64)
-        self.size = 0
-
-    def _home(self, keys: np.ndarray) -> np.ndarray:
-        x = keys * _MIX
-        return ((x ^ (x >> np.uint64(29))) & np.uint64(self.mask)).astype(np.int64)
-
-    def upsert(self, keys: np.ndarray, values: np.ndarray) -> None:
-        """Set ``keys[i]`` (distinct) to ``values[i]``. Cost: numpy passes per round."""
-        slot, todo = self._home(keys), np.arange(len(keys))
-        while todo.size:
-            held = self.keys[slot]
-            mine = keys[todo]
-            hit = held == mine
-            self.values[slot[hit]] = values[todo[hit]]
-            free = held == _EMPTY
-            done = hit.copy()
-            if free.any():  # the first key of the round for each free slot takes it
-                at = np.flatnonzero(free)
-                claimed, first = np.unique(slot[at], return_index=True)
-                winners = todo[at[first]]
-                self.keys[claimed] = keys[winners]
-                self.values[claimed] = values[winners]
-                self.size += len(claimed)
-                done[at[first]] = True
-            step = ~done & ~free  # a free slot's losers look at it again (now taken)
-            slot = np.where(step, (slot + 1) & self.mask, slot)
-            keep = ~done
-            slot, todo = slot[keep], todo[keep]
-
-    def get(self, keys: np.ndarray) -> np.ndarray:
-        """The values of ``keys`` (0 where absent). Cost: numpy passes per round."""
-        out = np.zeros(len(keys), dtype=np.uint64)
-        slot, todo = self._home(keys), np.arange(len(keys))
-        while todo.size:
-            held = self.keys[slot]
-            hit = held == keys[todo]
-            out[todo[hit]] = self.values[slot[hit]]
-            keep = ~hit & (held != _EMPTY)
-            slot, todo = (slot[keep] + 1) & self.mask, todo[keep]
-        return out
+from raykv.engines.u64index import U64Index
 
 
 def _best(fn: Any, repeat: int) -> float:
@@ -119,9 +64,9 @@ def measure(n: int, batch: int, repeat: int, seed: int = 1) -> dict[str, Any]:
     cuts = range(0, n, batch)
 
     index = dict(zip(keys, locs.tolist(), strict=True))
-    table = U64Table(1 << max(1, (2 * n - 1).bit_length()))
+    table = U64Index(2 * n)
     for a in cuts:
-        table.upsert(words[a : a + batch], locs[a : a + batch])
+        table.swap(words[a : a + batch], locs[a : a + batch])
 
     def dict_update() -> None:
         for a in cuts:
@@ -133,7 +78,7 @@ def measure(n: int, batch: int, repeat: int, seed: int = 1) -> dict[str, Any]:
 
     def table_upsert() -> None:
         for a in cuts:
-            table.upsert(again_words[a : a + batch], fresh[a : a + batch])
+            table.swap(again_words[a : a + batch], fresh[a : a + batch])
 
     def table_get() -> None:
         for a in cuts:
@@ -149,8 +94,8 @@ def measure(n: int, batch: int, repeat: int, seed: int = 1) -> dict[str, Any]:
     # the table holds what the dict holds
     got = table.get(again_words)
     want = np.fromiter(map(index.__getitem__, again), dtype=np.uint64, count=n)
-    if table.size != len(index) or not bool((got == want).all()):
-        msg = "U64Table disagrees with the dict"
+    if len(table) != len(index) or not bool((got == want).all()):
+        msg = "U64Index disagrees with the dict"
         raise AssertionError(msg)
     return {"keys": n, "batch": batch, "repeat": repeat,
             "keys_s": {k: n / s for k, s in secs.items()}, "machine": machine()}

@@ -186,3 +186,12 @@ def test_manykeys_section_runs_every_mode_exactly(report: Path) -> None:
     assert all(r["correct"] and r["events_per_s"] > 0 for r in res["rows"].values())
     assert res["group_by_events_per_s"] > 0
     assert "Many distinct keys" in (report / "REPORT.md").read_text()
+
+
+def test_index_ceiling_measures_a_table_that_agrees_with_the_dict() -> None:
+    from benchmarks.index_ceiling import measure
+
+    res = measure(20_000, 5_000, repeat=1)  # raises if U64Index and the dict disagree
+    assert res["keys"] == 20_000
+    assert set(res["keys_s"]) == {"dict_update", "dict_get", "table_upsert", "table_get",
+                                  "words"}

@@ -1,0 +1,275 @@
+"""A hash index from 8-byte keys to 8-byte locations, updated and read by numpy passes.
+
+Why: HybridLog and AppendLog index every key with a ``dict`` from its bytes to a packed
+location. A bulk write of keys already present pays one dict store per key, and with the
+keys spread over a dict of a million entries each store misses the CPU cache several
+times (the slot, the entry, the stored key object, the old value): 0.58 µs a key on the
+2-core machine, the floor under ``multi_set`` (``python -m benchmarks.index_ceiling``).
+Every integer and time key is 8 bytes (``raykv.keys``), so those keys fit a flat table of
+``uint64`` words whose probes numpy does a whole batch at a time. This module is that
+table; the engines do not use it yet (issue 15, item 3: the next step).
+
+Layout: two ``uint64`` arrays of a power-of-two capacity, ``keys`` and ``values``; open
+addressing with linear probing from a multiplicative hash of the key. A slot holds a key,
+or one of two markers: ``EMPTY`` (never used: ends a probe) and ``DELETED`` (a removed
+key: probes go on past it; only a rebuild reclaims it). The two keys equal to the
+markers live in a small dict beside the table. Live plus deleted slots stay at most half
+the capacity (a rebuild doubles it, or only clears the deleted slots), so probe
+sequences stay short: about 1.5 slots for a hit at load 1/2.
+
+Each call works on a batch: one round per probe step, every pending key of the batch at
+once (gather, compare, scatter); keys found or placed leave the batch. Cost per key: a
+few numpy element operations per round (rounds average under 2), no Python per key;
+20-21M swaps (upserts returning the old values) and 24-25M lookups a second at a
+million keys, batches of 100,000 (``benchmarks.index_ceiling``, against 1.7-2.0M for a
+dict). Memory: 16 bytes per slot, 32-64 bytes per key.
+
+Keys of one call should be distinct (an engine's batch is): with duplicates the last
+value wins, and the old value reported for a duplicate is unspecified.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EMPTY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+"""Marker of a slot never used (a probe for a key stops there)."""
+
+DELETED = np.uint64(0xFFFF_FFFF_FFFF_FFFE)
+"""Marker of a slot whose key was removed (probes go on past it)."""
+
+_MIX = np.uint64(0x9E37_79B9_7F4A_7C15)  # 2^64 / golden ratio: Fibonacci hashing
+_MIN_CAPACITY = 16
+
+
+def _as_words(a: np.ndarray, what: str) -> np.ndarray:
+    """``a`` as a 1-d ``uint64`` array (no copy when it is one already)."""
+    arr = np.asarray(a)
+    if arr.ndim != 1 or arr.dtype != np.uint64:
+        msg = f"{what} must be a 1-d numpy array of uint64, got {arr.dtype} of shape {arr.shape}"
+        raise TypeError(msg)
+    return arr
+
+
+class U64Index:
+    """Open-addressing hash table ``uint64 -> uint64``, vectorized per probe round.
+
+    See the module docstring. ``capacity``: slots to start with (rounded up to a power
+    of two, at least 16); the table grows by itself.
+
+    Example:
+        >>> import numpy as np
+        >>> ix = U64Index()
+        >>> found, old = ix.swap(np.array([7, 9], dtype=np.uint64),
+        ...                      np.array([70, 90], dtype=np.uint64))
+        >>> found.tolist(), len(ix)
+        ([False, False], 2)
+        >>> ix.get(np.array([9, 8], dtype=np.uint64), default=0).tolist()
+        [90, 0]
+        >>> ix.delete(np.array([7], dtype=np.uint64)).tolist(), len(ix)
+        ([True], 1)
+    """
+
+    def __init__(self, capacity: int = _MIN_CAPACITY) -> None:
+        cap = _MIN_CAPACITY
+        while cap < capacity:
+            cap <<= 1
+        self._alloc(cap)
+        self._special: dict[int, int] = {}  # keys equal to EMPTY or DELETED
+        self._size = 0  # live keys in the table (not in _special)
+
+    def _alloc(self, capacity: int) -> None:
+        self._keys = np.full(capacity, EMPTY, dtype=np.uint64)
+        self._values = np.zeros(capacity, dtype=np.uint64)
+        self._mask = capacity - 1
+        self._shift = np.uint64(64 - (capacity.bit_length() - 1))
+        self._deleted = 0
+
+    @property
+    def capacity(self) -> int:
+        """Slots of the table."""
+        return self._mask + 1
+
+    def __len__(self) -> int:
+        return self._size + len(self._special)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the two slot arrays (the dict of marker keys aside)."""
+        return int(self._keys.nbytes + self._values.nbytes)
+
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        """Each key's first slot: the top bits of ``key * _MIX`` (Fibonacci hashing)."""
+        return ((keys * _MIX) >> self._shift).astype(np.int64)
+
+    @staticmethod
+    def _split(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions of the keys that go to the table, and of the marker-valued ones."""
+        special = keys >= DELETED
+        if not special.any():
+            return np.arange(len(keys)), np.empty(0, dtype=np.int64)
+        return np.flatnonzero(~special), np.flatnonzero(special)
+
+    def _find(self, keys: np.ndarray) -> np.ndarray:
+        """The slot of each key (``-1``: absent). ``keys`` hold no marker value."""
+        out = np.full(len(keys), -1, dtype=np.int64)
+        slot, todo = self._home(keys), np.arange(len(keys))
+        mask, table = self._mask, self._keys
+        while todo.size:
+            held = table[slot]
+            hit = held == keys[todo]
+            out[todo[hit]] = slot[hit]
+            go = ~hit & (held != EMPTY)
+            slot, todo = (slot[go] + 1) & mask, todo[go]
+        return out
+
+    def get(self, keys: np.ndarray, default: int = 0) -> np.ndarray:
+        """The value of each key, ``default`` where it is absent. Cost: probe rounds."""
+        keys = _as_words(keys, "keys")
+        out = np.full(len(keys), default, dtype=np.uint64)
+        table, special = self._split(keys)
+        if table.size:
+            ks = keys if table.size == len(keys) else keys[table]
+            slots = self._find(ks)
+            found = slots >= 0
+            out[table[found]] = self._values[slots[found]]
+        for i in special.tolist():
+            out[i] = self._special.get(int(keys[i]), default)
+        return out
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """Whether each key is present (a bool array). Cost: probe rounds."""
+        keys = _as_words(keys, "keys")
+        out = np.zeros(len(keys), dtype=bool)
+        table, special = self._split(keys)
+        if table.size:
+            out[table] = self._find(keys[table]) >= 0
+        for i in special.tolist():
+            out[i] = int(keys[i]) in self._special
+        return out
+
+    def swap(self, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Set each key to its value; return ``(found, old)`` as they were before.
+
+        ``found[i]``: the key was present; ``old[i]``: its value then (0 where absent).
+        Grows the table first when the new keys could push it over half full. Cost:
+        probe rounds, plus a rebuild when it grows (every live key rehashed).
+        """
+        keys, values = _as_words(keys, "keys"), _as_words(values, "values")
+        if len(keys) != len(values):
+            msg = f"{len(keys)} keys but {len(values)} values"
+            raise ValueError(msg)
+        found = np.zeros(len(keys), dtype=bool)
+        old = np.zeros(len(keys), dtype=np.uint64)
+        table, special = self._split(keys)
+        for i in special.tolist():
+            k = int(keys[i])
+            if k in self._special:
+                found[i], old[i] = True, self._special[k]
+            self._special[k] = int(values[i])
+        if not table.size:
+            return found, old
+        ks, vs = (keys, values) if table.size == len(keys) else (keys[table], values[table])
+        self._reserve(len(ks))
+        f, o = self._upsert(ks, vs)
+        found[table], old[table] = f, o
+        return found, old
+
+    def _reserve(self, extra: int) -> None:
+        """Make room for ``extra`` more keys at load <= 1/2 (rebuild if needed)."""
+        need = self._size + self._deleted + extra
+        if 2 * need <= self.capacity:
+            return
+        cap = self.capacity
+        while 2 * (self._size + extra) > cap:
+            cap <<= 1
+        self._rebuild(cap)
+
+    def _rebuild(self, capacity: int) -> None:
+        """Rehash every live key into a table of ``capacity`` slots (deleted slots go)."""
+        live = self._keys < DELETED
+        keys, values = self._keys[live], self._values[live]
+        self._alloc(capacity)
+        self._size = 0
+        if keys.size:
+            self._upsert(keys, values)
+
+    def _upsert(self, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`swap` of keys that hold no marker value, with room for them all."""
+        n = len(keys)
+        found = np.zeros(n, dtype=bool)
+        old = np.zeros(n, dtype=np.uint64)
+        # first the keys already present: their slots, wherever deleted slots lie
+        slots = self._find(keys) if self._size else np.full(n, -1, dtype=np.int64)
+        hit = slots >= 0
+        if hit.any():
+            at = slots[hit]
+            found[hit] = True
+            old[hit] = self._values[at]
+            self._values[at] = values[hit]
+        # then the new ones: each takes the first empty or deleted slot of its probe
+        todo = np.flatnonzero(~hit)
+        slot = self._home(keys[todo])
+        mask, table = self._mask, self._keys
+        while todo.size:
+            held = table[slot]
+            free = held >= DELETED
+            same = held == keys[todo]  # a duplicate placed earlier in this call
+            if same.any():
+                at = slot[same]
+                found[todo[same]] = True
+                old[todo[same]] = self._values[at]
+                self._values[at] = values[todo[same]]
+            placed = same.copy()
+            if free.any():  # per free slot, the first key of the round that probes it
+                cand = np.flatnonzero(free)
+                claimed, first = np.unique(slot[cand], return_index=True)
+                winners = todo[cand[first]]
+                self._deleted -= int(np.count_nonzero(table[claimed] == DELETED))
+                table[claimed] = keys[winners]
+                self._values[claimed] = values[winners]
+                self._size += len(claimed)
+                placed[cand[first]] = True
+            # the losers of a free slot look at it again (it holds another key now)
+            step = ~placed & ~free
+            slot = np.where(step, (slot + 1) & mask, slot)
+            keep = ~placed
+            slot, todo = slot[keep], todo[keep]
+        return found, old
+
+    def delete(self, keys: np.ndarray) -> np.ndarray:
+        """Remove each key; return whether it was present before the call. Cost: probe rounds.
+
+        The slots become ``DELETED``; a later :meth:`swap` that needs room rebuilds the
+        table without them.
+        """
+        keys = _as_words(keys, "keys")
+        found = np.zeros(len(keys), dtype=bool)
+        table, special = self._split(keys)
+        marked = [int(keys[i]) for i in special.tolist()]
+        found[special] = [k in self._special for k in marked]  # as before the call
+        for k in marked:
+            self._special.pop(k, None)
+        if table.size:
+            slots = self._find(keys[table])
+            hit = slots >= 0
+            at = np.unique(slots[hit])  # a key given twice is removed once
+            self._keys[at] = DELETED
+            self._values[at] = 0
+            self._size -= len(at)
+            self._deleted += len(at)
+            found[table] = hit
+        return found
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every ``(key, value)`` held, as two arrays (slot order, marker keys last)."""
+        live = self._keys < DELETED
+        keys, values = self._keys[live], self._values[live]
+        if self._special:
+            keys = np.concatenate([keys, np.array(list(self._special), dtype=np.uint64)])
+            values = np.concatenate(
+                [values, np.array(list(self._special.values()), dtype=np.uint64)])
+        return keys, values
+
+
+__all__ = ["DELETED", "EMPTY", "U64Index"]
