@@ -15,9 +15,10 @@ Contract: :meth:`EpochCommit.commit` is the ``commit`` callable of the
 
 A part of the :class:`~raykv.runtime.coordinator.Coordinator`, holding a reference to it
 (like the feeder and the rebalancer). It reads ``p``, ``store``, ``attempt_sink``,
-``writer``, ``_stages``, ``_generations``, ``_operator_configs``, ``_num_key_groups`` and
-``_base``; under the coordinator's ``_lock`` it writes ``summary`` and ``_committed``; it clears
-``_abandon_on_commit`` and emits ``"acked"`` and ``"committed"``.
+``writer``, ``_stages``, ``_generations``, ``_operator_configs``, ``_num_key_groups``
+and ``_base``; under the coordinator's ``_lock`` it writes ``summary`` and
+``_committed``; it clears ``_abandon_on_commit`` and emits ``"acked"`` and
+``"committed"``.
 """
 
 from __future__ import annotations

@@ -19,18 +19,19 @@ Recovery (a reader or shard call fails, an actor dies, the store fails transient
 local (``attempt_actors``, ``survivors``): stop; still the live actors (readers stop,
 shards quiesce) and kill the dead; bind the sink to the next attempt's writer and
 reconcile it (drop staged output of uncommitted epochs and of every other writer,
-``Sink.for_attempt``); roll every surviving shard back in place to the last committed epoch from its
-own files (``reset``: ``restore_shard`` downloads only what the local dir lacks) and
-give each dead actor's role to a standby (``Pipeline.standby``) or a new actor; deal the
-splits to the readers again, each at its committed offset; go on. At most ``max_restarts``
-times per run. Bad input (``ValueError``/``TypeError`` from a reader or a shard) and
-errors of the source are not retried: replay would fail the same way; they are raised
-with the column, split or file named, and the last committed epoch stays restorable. A
-corrupt or missing checkpoint file is not retried either: the ``CorruptionError`` is
-raised with the epochs that are still intact. Any other failure that is not transient
-(``is_transient``: dead processes, lost nodes, I/O) is retried once: when the same error
-(type and message) happens again at the same epoch, the run stops and raises it (the
-repeat rule, :meth:`Coordinator.judge`; docs/recovery.md, "Failure classification").
+``Sink.for_attempt``); roll every surviving shard back in place to the last committed
+epoch from its own files (``reset``: ``restore_shard`` downloads only what the local dir
+lacks) and give each dead actor's role to a standby (``Pipeline.standby``) or a new
+actor; deal the splits to the readers again, each at its committed offset; go on. At
+most ``max_restarts`` times per run. Bad input (``ValueError``/``TypeError`` from a
+reader or a shard) and errors of the source are not retried: replay would fail the same
+way; they are raised with the column, split or file named, and the last committed epoch
+stays restorable. A corrupt or missing checkpoint file is not retried either: the
+``CorruptionError`` is raised with the epochs that are still intact. Any other failure
+that is not transient (``is_transient``: dead processes, lost nodes, I/O) is retried
+once: when the same error (type and message) happens again at the same epoch, the run
+stops and raises it (the repeat rule, :meth:`Coordinator.judge`; docs/recovery.md,
+"Failure classification").
 
 Restore with another shard count or engine (rescaling): each new shard rebuilds its
 state from the old shards whose key-group ranges overlap its own. Shard names carry a
