@@ -25,6 +25,7 @@ import os
 import re
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -217,6 +218,14 @@ class Pipeline:
         elif not isinstance(self.sink, Sink):
             msg = f"sink must be a raykv.sinks.Sink, got {type(self.sink).__name__}"
             raise TypeError(msg)
+        elif self.sink.stages_on_shards and type(self.sink).for_attempt is Sink.for_attempt:
+            warnings.warn(
+                f"{type(self.sink).__name__} stages output on the shards (stages_on_shards) "
+                "but does not implement Sink.for_attempt: output a shard of a failed run "
+                "attempt stages after the recovery could be published beside the replay's. "
+                "Stage per writer in for_attempt (as ParquetSink does; docs/runtime.md, "
+                "'Sinks'), or override it to return self when nothing needs fencing",
+                stacklevel=3)
         _positive_int("num_shards", self.num_shards)
         _positive_int("retain", self.retain)
         _positive_int("max_inflight", self.max_inflight)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 import raykv
 from raykv.operators import Aggregate
 from raykv.sinks import CollectSink, ParquetSink, parse_part_file_name, part_file_name
-from raykv.sources import ParquetSource
+from raykv.sources import ParquetSource, TableSource
 from raykv.testing import zipf_events
 from tests.test_recovery import BATCH, EVERY, Killer, N, assert_exact, published_by_epoch
 
@@ -169,6 +170,26 @@ def test_reading_the_output_through_fsspec_lets_the_process_exit(tmp_path: Path)
                             check=False, cwd=Path(__file__).parent.parent).returncode
              for _ in range(12)]
     assert codes == [0] * 12
+
+
+def test_a_shard_staging_sink_without_a_fence_is_warned_about() -> None:
+    """A sink of one's own that stages on the shards must fence its writers (or say why not)."""
+
+    class Unfenced(CollectSink):
+        stages_on_shards = True
+
+    class Fenced(Unfenced):
+        def for_attempt(self, writer: str, committed: str | None) -> Unfenced:
+            return self  # e.g. nothing staged
+
+    source = TableSource(t(1))
+    with pytest.warns(UserWarning, match="Unfenced stages output on the shards.*for_attempt"):
+        raykv.Pipeline(source=source, stages=[Aggregate("k", {"k": ["count"]})],
+                       sink=Unfenced())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for sink in (Fenced(), ParquetSink("/tmp/raykv-unused"), CollectSink()):
+            raykv.Pipeline(source=source, stages=[Aggregate("k", {"k": ["count"]})], sink=sink)
 
 
 def test_parquet_sink_refuses_to_mix_runs(tmp_path: Path) -> None:

@@ -407,6 +407,10 @@ class DiscardSink(Sink):
     def publish(self, epoch: int) -> None:
         """Nothing to publish."""
 
+    def for_attempt(self, writer: str, committed: str | None) -> Sink:
+        """Itself: nothing is staged, so no stale writer can publish anything."""
+        return self
+
 
 def pipeline(name: str, config: Config, *, num_splits: int = 2, batch_size: int = 16_384,
              **kwargs: Any) -> raykv.Pipeline:
