@@ -90,6 +90,7 @@ from raykv.runtime.failures import (
     shard_get,
 )
 from raykv.runtime.feeding import Feeder
+from raykv.runtime.interrupts import sigint_flag
 from raykv.runtime.layout import (
     Base,
     DriverRestore,
@@ -146,6 +147,7 @@ class Coordinator(AttemptActors):
         self.feeder = Feeder(self)
         self.committing = EpochCommit(self)
         self.sink = with_late_output(pipeline)  # the user's sink (+ its late rows' sink)
+        self.interrupted = threading.Event()  # set by Ctrl-C (raykv.runtime.interrupts)
         self.writer = ""  # the attempt's writer: the id its staged sink output is fenced by
         self.attempt_sink: Sink = self.sink  # self.sink bound to the attempt's writer
         # engine dirs live under local_dir/<ident>: stable per checkpoint URL, so a restore
@@ -163,6 +165,10 @@ class Coordinator(AttemptActors):
         """Run to the end of input (or stop); recover from failures; return the summary."""
         if not ray.is_initialized():
             ray.init()
+        with sigint_flag(self.interrupted):
+            return self._run()
+
+    def _run(self) -> RunSummary:
         try:
             self._open_store()
             try:

@@ -36,6 +36,7 @@ import ray
 
 from raykv.runtime.committer import Committer, PendingEpoch
 from raykv.runtime.failures import shard_get
+from raykv.runtime.interrupts import raise_if_interrupted
 from raykv.runtime.reader import Cut, Status
 from raykv.sources import Offset
 
@@ -79,6 +80,7 @@ class Feeder:
         sent = [0] * len(readers)  # batches each reader sent in the epoch (last known)
         last = c.clock()
         while True:
+            raise_if_interrupted(c.interrupted)
             committer.check()
             _raise_failed(run_refs)
             if p.stop_requested:
