@@ -345,6 +345,9 @@ def test_driver_killed_then_resume(ray_session: Any, tmp_path: Path, sig: int) -
     proc = subprocess.Popen(
         [sys.executable, str(script), address, str(ckpt), str(out), str(local)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # a terminal's Ctrl-C: SIGINT not ignored, even where this process inherited it
+        # ignored (CI starts the suite in the background of a non-interactive shell)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120

@@ -7,10 +7,25 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from raykv.runtime.interrupts import raise_if_interrupted, sigint_flag
+
+
+@pytest.fixture(autouse=True)
+def python_sigint() -> Iterator[None]:
+    """Python's own SIGINT handler, whatever this process inherited.
+
+    A process started in the background by a non-interactive shell (as CI runs the
+    suite) inherits SIGINT ignored, and Python then installs no handler of its own.
+    """
+    prev = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, prev)
 
 
 class SignalsInDel:
