@@ -2,9 +2,9 @@
 
 Python raises ``KeyboardInterrupt`` in whatever the main thread runs when SIGINT arrives.
 When that is a finalizer (a Ray ``ObjectRef`` freed, a weakref callback), the exception
-is printed as "Exception ignored in ..." and lost, and the run went on: to its end, or
-forever on a source whose read blocks (found by ``tests/test_recovery.py``, which
-interrupts a real driver; 2 CI runs of 3 lost the interrupt). :func:`sigint_flag` keeps
+is printed as "Exception ignored in ..." and lost, and the run goes on: to its end, or
+forever on a source whose read blocks (``tests/runtime/test_interrupts.py`` reproduces
+it with a finalizer that signals its own process). :func:`sigint_flag` keeps
 a record that survives: the handler sets an event, then raises as Python's own does; the
 coordinator's control loop raises ``KeyboardInterrupt`` when it sees the event set
 (:func:`raise_if_interrupted`), within one poll.
