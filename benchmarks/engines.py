@@ -8,13 +8,15 @@ Each (store, distribution) runs in a fresh subprocess so that resident memory is
     python -m benchmarks.engines --quick         # small sizes (seconds)
     python -m benchmarks.engines --lsm-memory    # 2,000,000 keys x 100-byte values in LSMTree
     python -m benchmarks.engines --bulk          # multi_set of 1,000,000 distinct keys (issue 15)
+    python -m benchmarks.engines --bulk --bulk-8  # the same with 8-byte keys (integer keys)
     python -m benchmarks.engines --bulk-profile hybridlog 100000 update  # cProfile of a phase
     python -m benchmarks.engines --fold hybridlog 20000000 4  # an Aggregate's barriers (issue 15)
 
 Results go to benchmarks/results/engines.json (and lsm_memory.json, bulk.json).
 
 The bulk workload (``--bulk``) is the per-epoch fold of an operator: 1,000,000 distinct
-keys of 8-16 random bytes with 16-byte values, written with ``multi_set`` of a ``dict``
+keys of 8-16 random bytes (``--bulk-8``: exactly 8, as an operator keyed by an integer
+or time column writes them) with 16-byte values, written with ``multi_set`` of a ``dict``
 (what ``keyed_state`` sends) in batches of 10,000 and 100,000 pairs, in three phases on
 one store with the engine's default parameters: ``insert`` (every key new), ``update``
 (every key again, in another order) and ``mixed`` (half the keys of each batch new, half
@@ -227,10 +229,13 @@ BULK_STORES = ["dict", "hybridlog", "appendlog", "memonly", "lsm"]
 BULK_VALUE_LEN = 16
 
 
-def make_bulk_keys(n: int, seed: int) -> list[bytes]:
-    """``n`` distinct random keys of 8-16 bytes (distinct: 8 random bytes or more each)."""
+def make_bulk_keys(n: int, seed: int, eight: bool = False) -> list[bytes]:
+    """``n`` distinct random keys of 8-16 bytes (distinct: 8 random bytes or more each).
+
+    ``eight``: every key 8 bytes (what an operator keyed by an integer column writes).
+    """
     rng = np.random.default_rng(seed)
-    lens = rng.integers(8, 17, n)
+    lens = np.full(n, 8) if eight else rng.integers(8, 17, n)
     blob = rng.integers(0, 256, int(lens.sum()), dtype=np.uint8).tobytes()
     ends = np.cumsum(lens).tolist()
     keys = [blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
@@ -244,9 +249,10 @@ def fresh_copies(keys: list[bytes]) -> list[bytes]:
     return [blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
-def bulk_phases(n_keys: int, batch: int) -> dict[str, list[dict[bytes, bytes]]]:
+def bulk_phases(n_keys: int, batch: int, eight: bool = False
+                ) -> dict[str, list[dict[bytes, bytes]]]:
     """The batches of the bulk workload's three phases (see the module docstring)."""
-    keys = make_bulk_keys(2 * n_keys, seed=7)
+    keys = make_bulk_keys(2 * n_keys, seed=7, eight=eight)
     old, fresh = keys[:n_keys], keys[n_keys:]
     rng = np.random.default_rng(8)
     value = np.arange(BULK_VALUE_LEN, dtype=np.uint8).tobytes()
@@ -265,7 +271,7 @@ def bulk_phases(n_keys: int, batch: int) -> dict[str, list[dict[bytes, bytes]]]:
 
 
 def bulk_one(name: str, n_keys: int, batch: int, repeat: int = 2,
-             profile: str | None = None) -> dict[str, Any]:
+             profile: str | None = None, eight: bool = False) -> dict[str, Any]:
     """Rates of ``multi_set`` for the bulk workload on store ``name`` (default parameters).
 
     ``name`` may be ``dict``: ``dict.update`` of the same batches, the ceiling of any
@@ -275,7 +281,7 @@ def bulk_one(name: str, n_keys: int, batch: int, repeat: int = 2,
     """
     from raykv.engines import open_engine
 
-    phases = bulk_phases(n_keys, batch)
+    phases = bulk_phases(n_keys, batch, eight)
     rates: dict[str, list[float]] = {p: [] for p in phases}
     cpu_rates: dict[str, list[float]] = {p: [] for p in phases}
     for _ in range(repeat):
@@ -356,18 +362,19 @@ def fold_one(name: str, events: int, per_epoch: int) -> dict[str, Any]:
             "epochs": len(batches) // per_epoch, "cpu_s": secs, "keys": keys}
 
 
-def run_bulk(stores: list[str], n_keys: int, batches: list[int], repeat: int
-             ) -> dict[str, Any]:
+def run_bulk(stores: list[str], n_keys: int, batches: list[int], repeat: int,
+             eight: bool = False) -> dict[str, Any]:
     """``bulk_one`` for every (store, batch size), each in a fresh subprocess."""
     rows = []
     for batch in batches:
         for name in stores:
-            res = subprocess_json(["--bulk-one", name, str(n_keys), str(batch), str(repeat)])
+            res = subprocess_json(["--bulk-one", name, str(n_keys), str(batch), str(repeat),
+                                   *(["--bulk-8"] if eight else [])])
             res.update(store=name, batch=batch)
             rows.append(res)
             print(f"# {name} batch {batch}: {res}", file=sys.stderr)
     return {"machine": machine(), "loadavg": os.getloadavg()[0], "n_keys": n_keys,
-            "value_len": BULK_VALUE_LEN, "rows": rows}
+            "key_len": "8" if eight else "8-16", "value_len": BULK_VALUE_LEN, "rows": rows}
 
 
 def subprocess_json(args: list[str]) -> dict[str, Any]:
@@ -408,6 +415,8 @@ def main() -> None:
     ap.add_argument("--bulk-keys", type=int, default=1_000_000)
     ap.add_argument("--bulk-batches", default="10000,100000")
     ap.add_argument("--repeat", type=int, default=2, help="runs per rate (--bulk)")
+    ap.add_argument("--bulk-8", action="store_true",
+                    help="--bulk with keys of 8 bytes (an integer key column) instead of 8-16")
     ap.add_argument("--bulk-one", nargs=4, metavar="X", help=argparse.SUPPRESS)
     ap.add_argument("--bulk-profile", nargs=3, metavar=("STORE", "BATCH", "PHASE"),
                     help="profile one phase of the bulk workload (cProfile, to stderr)")
@@ -426,21 +435,25 @@ def main() -> None:
         return
     if args.bulk_profile:
         name, batch, phase = args.bulk_profile
-        print(json.dumps(bulk_one(name, args.bulk_keys, int(batch), 1, profile=phase)))
+        print(json.dumps(bulk_one(name, args.bulk_keys, int(batch), 1, profile=phase,
+                                  eight=args.bulk_8)))
         return
     if args.bulk_one:
         name, nk, batch, rep = args.bulk_one
-        print(json.dumps(bulk_one(name, int(nk), int(batch), int(rep))))
+        print(json.dumps(bulk_one(name, int(nk), int(batch), int(rep), eight=args.bulk_8)))
         return
     RESULTS.mkdir(exist_ok=True)
     if args.bulk:
         stores = args.stores.split(",") if args.stores != ",".join(STORES) else BULK_STORES
         n = 100_000 if args.quick else args.bulk_keys
-        rep = run_bulk(stores, n, [int(b) for b in args.bulk_batches.split(",")], args.repeat)
+        rep = run_bulk(stores, n, [int(b) for b in args.bulk_batches.split(",")], args.repeat,
+                       args.bulk_8)
         if not args.quick:
-            (RESULTS / "bulk.json").write_text(json.dumps(rep, indent=1))
+            name = "bulk_keys8.json" if args.bulk_8 else "bulk.json"
+            (RESULTS / name).write_text(json.dumps(rep, indent=1))
         print(f"Machine: {rep['machine']}; load average {rep['loadavg']:.1f}; {n:,} distinct "
-              f"keys of 8-16 bytes, {BULK_VALUE_LEN}-byte values, best of {args.repeat}\n")
+              f"keys of {rep['key_len']} bytes, {BULK_VALUE_LEN}-byte values, "
+              f"best of {args.repeat}\n")
         print("| store | batch | insert keys/s | update keys/s | mixed keys/s "
               "| insert / update / mixed keys per CPU s |")
         print("|---|---:|---:|---:|---:|---:|")

@@ -7,7 +7,7 @@ times (the slot, the entry, the stored key object, the old value): 0.58 µs a ke
 2-core machine, the floor under ``multi_set`` (``python -m benchmarks.index_ceiling``).
 Every integer and time key is 8 bytes (``raykv.keys``), so those keys fit a flat table of
 ``uint64`` words whose probes numpy does a whole batch at a time. This module is that
-table; the engines do not use it yet (issue 15, item 3: the next step).
+table; ``keyindex.py`` puts it under HybridLog's index.
 
 Layout: two ``uint64`` arrays of a power-of-two capacity, ``keys`` and ``values``; open
 addressing with linear probing from a multiplicative hash of the key. A slot holds a key,
@@ -39,6 +39,8 @@ DELETED = np.uint64(0xFFFF_FFFF_FFFF_FFFE)
 """Marker of a slot whose key was removed (probes go on past it)."""
 
 _MIX = np.uint64(0x9E37_79B9_7F4A_7C15)  # 2^64 / golden ratio: Fibonacci hashing
+_MIX_INT, _M64 = int(_MIX), (1 << 64) - 1
+_EMPTY_INT, _DELETED_INT = int(EMPTY), int(DELETED)
 _MIN_CAPACITY = 16
 
 
@@ -83,6 +85,7 @@ class U64Index:
         self._values = np.zeros(capacity, dtype=np.uint64)
         self._mask = capacity - 1
         self._shift = np.uint64(64 - (capacity.bit_length() - 1))
+        self._shift_int = int(self._shift)
         self._deleted = 0
 
     @property
@@ -137,6 +140,42 @@ class U64Index:
             out[i] = self._special.get(int(keys[i]), default)
         return out
 
+    def lookup(self, key: int) -> int | None:
+        """The value of one key (a Python int), ``None`` if absent.
+
+        Cost: a Python probe loop (about 1.5 slots at load 1/2), 0.3-0.5 µs: for the
+        single reads of an engine; batches go through :meth:`get`.
+        """
+        if key >= _DELETED_INT:
+            return self._special.get(key)
+        keys, mask = self._keys, self._mask
+        slot = ((key * _MIX_INT) & _M64) >> self._shift_int
+        while True:
+            held = keys.item(slot)
+            if held == key:
+                return int(self._values.item(slot))
+            if held == _EMPTY_INT:
+                return None
+            slot = (slot + 1) & mask
+
+    def found(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(found, value)`` of each key (value 0 where absent). Cost: probe rounds."""
+        keys = _as_words(keys, "keys")
+        found = np.zeros(len(keys), dtype=bool)
+        out = np.zeros(len(keys), dtype=np.uint64)
+        table, special = self._split(keys)
+        if table.size:
+            ks = keys if table.size == len(keys) else keys[table]
+            slots = self._find(ks)
+            hit = slots >= 0
+            found[table[hit]] = True
+            out[table[hit]] = self._values[slots[hit]]
+        for i in special.tolist():
+            k = int(keys[i])
+            if k in self._special:
+                found[i], out[i] = True, self._special[k]
+        return found, out
+
     def contains(self, keys: np.ndarray) -> np.ndarray:
         """Whether each key is present (a bool array). Cost: probe rounds."""
         keys = _as_words(keys, "keys")
@@ -170,7 +209,6 @@ class U64Index:
         if not table.size:
             return found, old
         ks, vs = (keys, values) if table.size == len(keys) else (keys[table], values[table])
-        self._reserve(len(ks))
         f, o = self._upsert(ks, vs)
         found[table], old[table] = f, o
         return found, old
@@ -192,14 +230,19 @@ class U64Index:
         self._alloc(capacity)
         self._size = 0
         if keys.size:
-            self._upsert(keys, values)
+            self._insert(keys, values, np.zeros(len(keys), dtype=bool),
+                         np.zeros(len(keys), dtype=np.uint64))
 
     def _upsert(self, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`swap` of keys that hold no marker value, with room for them all."""
+        """:meth:`swap` of keys that hold no marker value.
+
+        First the keys already present (updated where they are, wherever deleted slots
+        lie), then room for the others only (a batch of updates never grows the table),
+        then their insertion.
+        """
         n = len(keys)
         found = np.zeros(n, dtype=bool)
         old = np.zeros(n, dtype=np.uint64)
-        # first the keys already present: their slots, wherever deleted slots lie
         slots = self._find(keys) if self._size else np.full(n, -1, dtype=np.int64)
         hit = slots >= 0
         if hit.any():
@@ -207,29 +250,52 @@ class U64Index:
             found[hit] = True
             old[hit] = self._values[at]
             self._values[at] = values[hit]
-        # then the new ones: each takes the first empty or deleted slot of its probe
-        todo = np.flatnonzero(~hit)
-        slot = self._home(keys[todo])
+            if hit.all():
+                return found, old
+            miss = np.flatnonzero(~hit)
+            keys, values = keys[miss], values[miss]
+            self._reserve(len(miss))
+            f, o = self._insert(keys, values, found[miss], old[miss])
+            found[miss], old[miss] = f, o
+            return found, old
+        self._reserve(n)
+        return self._insert(keys, values, found, old)
+
+    def _insert(self, keys: np.ndarray, values: np.ndarray, found: np.ndarray,
+                old: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Place keys that are absent (but may repeat in the batch), with room for them all.
+
+        Each key takes the first empty or deleted slot of its probe. Keys of a round that
+        probe the same free slot all write their position into it, in reverse, so the
+        first of them stays there and takes it (one scatter and one gather, no sort); the
+        others look at that slot again next round, where a repeat of the key finds it
+        placed and updates it (the last value of a repeated key wins).
+        """
+        todo = np.arange(len(keys))
+        slot = self._home(keys)
         mask, table = self._mask, self._keys
         while todo.size:
             held = table[slot]
             free = held >= DELETED
-            same = held == keys[todo]  # a duplicate placed earlier in this call
+            same = held == keys[todo]  # a repeat of a key placed earlier in this call
             if same.any():
                 at = slot[same]
                 found[todo[same]] = True
                 old[todo[same]] = self._values[at]
                 self._values[at] = values[todo[same]]
             placed = same.copy()
-            if free.any():  # per free slot, the first key of the round that probes it
+            if free.any():
                 cand = np.flatnonzero(free)
-                claimed, first = np.unique(slot[cand], return_index=True)
-                winners = todo[cand[first]]
-                self._deleted -= int(np.count_nonzero(table[claimed] == DELETED))
-                table[claimed] = keys[winners]
-                self._values[claimed] = values[winners]
+                where = slot[cand]
+                mark = cand.astype(np.uint64)  # (below DELETED: never read as a marker)
+                table[where[::-1]] = mark[::-1]  # the last write wins: the first of a repeat
+                won = table[where] == mark
+                winners, claimed = cand[won], where[won]
+                self._deleted -= int(np.count_nonzero(held[winners] == DELETED))
+                table[claimed] = keys[todo[winners]]
+                self._values[claimed] = values[todo[winners]]
                 self._size += len(claimed)
-                placed[cand[first]] = True
+                placed[winners] = True
             # the losers of a free slot look at it again (it holds another key now)
             step = ~placed & ~free
             slot = np.where(step, (slot + 1) & mask, slot)

@@ -16,12 +16,15 @@ from typing import Any
 
 import pytest
 
-from raykv.engines import open_engine
+from raykv.engines import keyindex, open_engine
 from raykv.engines.base import KVStore
 
 SMALL_PARAMS: dict[str, dict[str, Any]] = {
     "hybridlog": {"ro_lag_interval": 8, "flush_interval": 8, "mem_segment_len": 32,
                   "max_runs_per_level": 2},
+    # keys mostly 8 bytes, indexed by a KeyIndex from the start (``keyindex.py``)
+    "hybridlog_table": {"ro_lag_interval": 8, "flush_interval": 8, "mem_segment_len": 32,
+                        "max_runs_per_level": 2},
     "hybridlog_compacting": {"ro_lag_interval": 4, "flush_interval": 16,
                              "mem_segment_len": 24, "max_runs_per_level": 3,
                              "compaction_enabled": True},
@@ -41,15 +44,19 @@ def _value(rng: random.Random, step: int) -> bytes:
     return (b"%d:" % step + bytes([rng.randrange(256)]) * size)[:size]
 
 
-def _batch(rng: random.Random, known: list[bytes], step: int) -> list[tuple[bytes, bytes]]:
-    """A batch of pairs: existing and new keys, repeats, some deletes."""
+def _batch(rng: random.Random, known: list[bytes], step: int, pads: list[int]
+           ) -> list[tuple[bytes, bytes]]:
+    """A batch of pairs: existing and new keys, repeats, some deletes.
+
+    New keys are ``k`` and six digits, padded by a number of ``x`` drawn from ``pads``.
+    """
     n = rng.choice([1, 7, 8, 9, 20, 60, 150])
     pairs = []
     for _ in range(n):
         if known and rng.random() < 0.5:
             key = rng.choice(known)
         else:
-            key = b"k%06d" % rng.randrange(10**6) + b"x" * rng.randrange(9)
+            key = b"k%06d" % rng.randrange(10**6) + b"x" * rng.choice(pads)
             known.append(key)
         value = b"" if rng.random() < 0.1 else _value(rng, step)
         pairs.append((key, value))
@@ -69,14 +76,19 @@ def _compare(store: KVStore, model: dict[bytes, bytes], known: list[bytes], seed
 
 @pytest.mark.parametrize("name", sorted(SMALL_PARAMS))
 @pytest.mark.parametrize("seed", range(4))
-def test_multi_set_matches_a_dict(tmp_path: Path, name: str, seed: int) -> None:
+def test_multi_set_matches_a_dict(tmp_path: Path, name: str, seed: int,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(seed)
+    pads = list(range(9))  # key lengths 7 to 15
+    if name.endswith("_table"):
+        monkeypatch.setattr(keyindex, "PROMOTE_MIN_KEYS", 0)
+        pads = [1, 1, 1, 1, 0, 2]
     model: dict[bytes, bytes] = {}
     known: list[bytes] = []
     store = _engine(name, tmp_path)
     try:
         for step in range(60):
-            pairs = _batch(rng, known, step)
+            pairs = _batch(rng, known, step, pads)
             as_dict = rng.random() < 0.5
             store.multi_set(dict(pairs) if as_dict else pairs)
             for k, v in pairs:
@@ -104,6 +116,8 @@ def test_multi_set_matches_a_dict(tmp_path: Path, name: str, seed: int) -> None:
         store.close()
         store = _engine(name, tmp_path)
         _compare(store, model, known, seed)
+        if name.endswith("_table"):
+            assert isinstance(store._index, keyindex.KeyIndex)  # type: ignore[attr-defined]
     finally:
         store.close()
 

@@ -39,9 +39,12 @@ from itertools import compress, filterfalse, islice, repeat
 from operator import not_, truth
 from typing import cast
 
+import numpy as np
+
 from raykv.engines.base import Pairs
 from raykv.engines.hybridlog.regions import _WATERMARK, Regions, _Lookup
 from raykv.engines.hybridlog.runfile import LEN_SHIFT, value_ends
+from raykv.engines.keyindex import KeyIndex, get_many, promoted, store
 
 _CHUNK = 4096  # keys per index lookup + store pass (fits the CPU cache)
 
@@ -70,6 +73,7 @@ class BulkWrites(Regions):
         batch = self._check_batch(pairs)
         if not batch:
             return
+        self._index = promoted(self._index, batch, len(batch))  # 8-byte keys: keyindex.py
         if self._maintenance:
             self._maintain()
         if b"" in batch.values():  # deletes (keys are distinct: order does not matter)
@@ -89,7 +93,7 @@ class BulkWrites(Regions):
             # each new key's newest record before the batch: its frozen value (popped:
             # read-copy-update), else its value length on disk (0: tombstone or absent)
             olds: Iterator[object] = (
-                map(LEN_SHIFT.__rrshift__, map(index.get, new, repeat(0))) if index
+                map(LEN_SHIFT.__rrshift__, get_many(index, new, 0)) if index
                 else repeat(0, added)
             )
             if len(frozen) > 1:
@@ -127,7 +131,7 @@ class BulkWrites(Regions):
         if ro_stale:
             stale_live = sum(map(truth, map(frozen.__getitem__, ro_stale)))
             stale_live -= sum(map(truth, map(LEN_SHIFT.__rrshift__,
-                                             map(index.get, ro_stale, repeat(0)))))
+                                             get_many(index, list(ro_stale), 0))))
         tombs = False
         if stale:
             keep = list(map(not_, map(stale.__contains__, ro_keys)))
@@ -163,27 +167,28 @@ class BulkWrites(Regions):
         self._maintain()
         return True
 
-    def _store_head(self, keys: list[bytes], locs: list[int], n_ro: int, head: int) -> None:
+    def _store_head(self, keys: list[bytes], locs: list[int] | np.ndarray, n_ro: int,
+                    head: int) -> None:
         """Point the read-only and mutable records (``keys[:head]``) at the new run.
 
         The mutable region's pending keys (``regions.py``) are settled by these stores.
         """
         index, pend = self._index, self._pend
         if not pend:
-            index.update(zip(keys[:head], locs[:head], strict=True))
+            store(index, keys[:head], locs[:head])
             return
-        index.update(zip(keys[:n_ro], locs[:n_ro], strict=True))
+        store(index, keys[:n_ro], locs[:n_ro])
         mut_keys, mut_locs = keys[n_ro:head], locs[n_ro:head]
         if len(pend) < len(mut_keys):  # some keys of the region are not pending
             settled = list(map(pend.__contains__, mut_keys))
-            index.update(zip(compress(mut_keys, map(not_, settled)),
-                             compress(mut_locs, map(not_, settled)), strict=True))
+            unsettled = list(map(not_, settled))
+            store(index, list(compress(mut_keys, unsettled)), _pick(mut_locs, unsettled))
             mut_keys = list(compress(mut_keys, settled))
-            mut_locs = list(compress(mut_locs, settled))
+            mut_locs = _pick(mut_locs, settled)
         self._live -= self._swap_index(mut_keys, mut_locs)
         self._pend = set()
 
-    def _swap_index(self, keys: list[bytes], locs: list[int]) -> int:
+    def _swap_index(self, keys: list[bytes], locs: list[int] | np.ndarray) -> int:
         """Point ``keys`` (distinct) at ``locs``; return how many had a live durable record.
 
         When the index holds no tombstone (``_index_tombs`` is false: no deletes reached
@@ -193,6 +198,9 @@ class BulkWrites(Regions):
         CPU cache (about half the cost of a lookup pass and a store pass).
         """
         index = self._index
+        if isinstance(index, KeyIndex):  # old locations come back from the stores
+            return index.swap_count(keys, locs, LEN_SHIFT)
+        assert isinstance(locs, list)  # (``_locs``: a dict index gets lists)
         if not self._index_tombs:  # every entry is live: count the keys already there
             before = len(index)
             index.update(zip(keys, locs, strict=True))
@@ -204,3 +212,10 @@ class BulkWrites(Regions):
             live += sum(map(truth, olds))
             index.update(zip(chunk, locs[a : a + _CHUNK], strict=True))
         return live
+
+
+def _pick(locs: list[int] | np.ndarray, mask: list[bool]) -> list[int] | np.ndarray:
+    """The locations where ``mask`` is true (an array stays an array)."""
+    if isinstance(locs, np.ndarray):
+        return cast(np.ndarray, locs[np.asarray(mask, dtype=bool)])
+    return list(compress(locs, mask))

@@ -17,7 +17,9 @@ The log is split by age into regions (newest first):
   flush_interval`` records, so the three regions never hold more than
   ``mem_segment_len`` records.
 * **disk**: immutable run files; the hash index ``_index`` maps every key with a durable
-  record to one packed int (run slot, value offset, value length).
+  record to one packed int (run slot, value offset, value length). It is a dict, or a
+  ``KeyIndex`` (``keyindex.py``: 8-byte keys in a vectorized table) once a large batch
+  of 8-byte keys comes.
 
 In memory, the read-only and cached regions share one dict, ``_frozen``, in log order:
 the cached records, then a watermark entry (``_WATERMARK``), then the read-only records.
@@ -51,7 +53,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain, compress, islice, starmap
-from operator import itemgetter, truth
+from operator import itemgetter
 from typing import Unpack, cast
 
 from raykv.engines.base import StoreOptions, check_int_param
@@ -66,9 +68,9 @@ from raykv.engines.hybridlog.runfile import (
     SLOT_MASK,
     START_MASK,
     RunFile,
-    pack_locs,
 )
 from raykv.engines.hybridlog.runset import RunView
+from raykv.engines.keyindex import KeyIndex, count_set, new_index, promoted, store
 from raykv.engines.manifest import Manifest
 
 MAX_RUNS_PER_LEVEL_CEILING = 1024
@@ -94,7 +96,8 @@ class HybridLog(BulkWrites):
         **kwargs: ``max_key_len``, ``max_value_len``, ``remote``, ``storage_options``
             (see ``KVStore``).
 
-    Memory: O(live keys) for the index plus at most ``mem_segment_len`` records; an
+    Memory: O(live keys) for the index (about 110 bytes a key in a dict; 32-64 for an
+    8-byte key in a ``KeyIndex``) plus at most ``mem_segment_len`` records; an
     overwrite never adds memory. ``items()`` yields pairs in no particular order.
     Not thread-safe (one thread drives an engine).
 
@@ -152,7 +155,7 @@ class HybridLog(BulkWrites):
         # cached records, the watermark, then read-only records (see the module docstring)
         self._frozen: dict[bytes, bytes | None] = {_WATERMARK: None}
         self._n_ro = 0  # log records shifted into the read-only region since the last flush
-        self._index: dict[bytes, int] = {}
+        self._index = new_index()  # a dict until 8-byte keys come in bulk (``keyindex.py``)
         self._live = 0  # keys whose newest record holds a value (``live_keys``)
         self._pend: set[bytes] = set()  # keys counted as new, not yet settled (``regions.py``)
         self._runs: list[RunFile] = []
@@ -172,18 +175,20 @@ class HybridLog(BulkWrites):
                 "open it with that engine or use another directory"
             )
             raise ValueError(msg)
-        index = self._index
         try:
             for name in manifest.files:
-                run = self._open_run(name)
-                self._runs.append(run)
+                self._runs.append(self._open_run(name))
+            for i, run in enumerate(self._runs):
                 keys, ends = run.index()
-                index.update(zip(keys, pack_locs(run.slot, ends), strict=True))
+                if i == 0:  # a store of 8-byte keys indexes them in a table
+                    self._index = promoted(self._index, keys, sum(r.count for r in self._runs))
+                store(self._index, keys, self._locs(run.slot, ends))
         except BaseException:
             self._release_runs()
             raise
+        index = self._index
         # live = index entries whose newest record is not a tombstone (length 0)
-        self._live = sum(map(truth, map(LEN_SHIFT.__rrshift__, index.values())))
+        self._live = count_set(index, LEN_SHIFT)
         self._index_tombs = self._live < len(index)
         self._maintenance = True
 
@@ -376,7 +381,14 @@ class HybridLog(BulkWrites):
         total = object.__sizeof__(self)
         if self._closed:
             return total
-        for table in (self._mut, self._frozen, self._index):
+        index = self._index
+        tables: list[dict[bytes, int] | dict[bytes, bytes] | dict[bytes, bytes | None]] = [
+            self._mut, self._frozen]
+        if isinstance(index, KeyIndex):
+            total += index.__sizeof__()
+        else:
+            tables.append(index)
+        for table in tables:
             total += sys.getsizeof(table)
             sample = list(islice(table.items(), 32))
             if sample:

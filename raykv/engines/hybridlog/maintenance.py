@@ -20,6 +20,7 @@ member costs a copy of its bytes and no index store.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from itertools import compress, islice, repeat
 
 import numpy as np
@@ -39,6 +40,7 @@ from raykv.engines.hybridlog.runfile import (
 )
 from raykv.engines.hybridlog.runset import RunSet
 from raykv.engines.hybridlog.splice import Splicer
+from raykv.engines.keyindex import Index, KeyIndex, count_set, delete_many, get_many, store
 from raykv.engines.space import pick_dead
 
 _SCAN_RATIO = 16  # scan the whole index when a merge's records are at least 1/16 of it
@@ -73,22 +75,33 @@ def _live_by_locs(held: dict[int, tuple[np.ndarray, np.ndarray]],
     return found, held_pos[at]
 
 
-def _index_locs(index: dict[bytes, int]) -> tuple[np.ndarray, list[int]]:
+def _index_locs(index: Index) -> tuple[np.ndarray, list[int]]:
     """The index's locations (iteration order) as uint64, and the slots of the big ones.
 
     A location beyond a uint64 (a value of 256 bytes or more) is held as ``NO_LOC``,
-    which equals no record's location; its slot is listed apart. Cost: one C-level pass;
-    a second one (a ``min`` per entry) only for the chunks of ``_CLIP_CHUNK`` entries
-    holding such a location.
+    which equals no record's location; its slot is listed apart. Cost: one C-level pass
+    over a dict's values (a ``KeyIndex``'s table is an array already); a second one (a
+    ``min`` per entry) only for the chunks of ``_CLIP_CHUNK`` entries holding such a
+    location.
     """
-    n = len(index)
+    if isinstance(index, KeyIndex):
+        d_vals, t_vals, big_vals = index.value_parts()
+        head, big = _dict_locs(d_vals, len(d_vals))
+        tail = np.full(len(big_vals), NO_LOC, dtype=np.uint64)
+        return (np.concatenate([head, t_vals, tail]),
+                big + [loc & SLOT_MASK for loc in big_vals])
+    return _dict_locs(index.values(), len(index))
+
+
+def _dict_locs(values: Iterable[int], n: int) -> tuple[np.ndarray, list[int]]:
+    """``_index_locs`` of ``n`` locations held as Python ints."""
     try:
-        return np.fromiter(index.values(), dtype=np.uint64, count=n), []
+        return np.fromiter(values, dtype=np.uint64, count=n), []
     except OverflowError:
         pass
     out = np.empty(n, dtype=np.uint64)
     big: list[int] = []
-    it = iter(index.values())
+    it = iter(values)
     for a in range(0, n, _CLIP_CHUNK):
         chunk = list(islice(it, _CLIP_CHUNK))
         try:
@@ -232,13 +245,13 @@ class Maintenance(RunSet):
             at = None
             if found is None:
                 run_keys = run.keys(np.ones(run.count, dtype=bool))
-                live = same_locs(list(map(index.get, run_keys, repeat(NO_LOC))), expected)
+                live = same_locs(get_many(index, run_keys, NO_LOC), expected)
             else:
                 live, at = found
                 tomb = run_lens == 0  # tombstones share locations: ask the index by key
                 if tomb.any():
                     tomb_keys = run.keys(tomb)
-                    live[tomb] = same_locs(list(map(index.get, tomb_keys, repeat(NO_LOC))),
+                    live[tomb] = same_locs(get_many(index, tomb_keys, NO_LOC),
                                             _select(expected, tomb))
             if splicer is not None and splicer.take(run, live, run_lens):
                 continue
@@ -261,6 +274,7 @@ class Maintenance(RunSet):
             blobs.append(gather_values(run.mm, ends, live))
             lens.append(run_lens[live])
         new_run = None
+        locs: list[int] | np.ndarray
         if tombs:
             keys.extend(tombs)
             lens.append(np.zeros(len(tombs), dtype=np.uint64))
@@ -275,13 +289,12 @@ class Maintenance(RunSet):
             del runs[pos]
         if new_run is not None:
             runs.insert(where, new_run)
-            index.update(zip(keys, locs, strict=True))
-        for key in dropped:
-            del index[key]
+            store(index, keys, locs)
+        delete_many(index, dropped)
         if tombs:
             self._index_tombs = True
         if dropped and self._index_tombs:  # maybe the last ones: count (a C-level pass)
-            self._index_tombs = not all(map(LEN_SHIFT.__rrshift__, index.values()))
+            self._index_tombs = count_set(index, LEN_SHIFT) < len(index)
         for run in members:
             if splicer is not None and run in splicer.spliced:
                 splicer.retire(run)
@@ -332,15 +345,16 @@ class Maintenance(RunSet):
         nanoseconds to microseconds, against tens for a sequential step). The positions
         (in the index's iteration order) let a merge reuse the index's own key objects,
         whose stores then find the key by identity. ``None`` when per-record lookups are
-        cheaper (few records against a large index). Entries of values of 256 bytes or
+        cheaper: few records against a large index, or a ``KeyIndex`` (a batch lookup
+        there is vectorized, and a scan would build every key). Entries of values of 256 bytes or
         more (locations beyond a uint64) are held as ``NO_LOC``, which no record's
         location equals; the caller asks the index by key about the runs holding such
         values (``segment_locs`` gives no array for them). Before, one such entry (an
         operator's metadata value) sent every merge to per-record lookups.
         """
         index = self._index
-        if records * _SCAN_RATIO < len(index):
-            return None
+        if records * _SCAN_RATIO < len(index) or isinstance(index, KeyIndex):
+            return None  # (a KeyIndex looks up a batch of 8-byte keys at 60-100 ns a key)
         locs = _index_locs(index)[0]
         slot_of = locs & np.uint64(SLOT_MASK)
         held = {}

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from itertools import islice, repeat
+from itertools import islice
 from operator import truth
 from typing import Any, NoReturn, cast
 
 from raykv.engines.hybridlog.maintenance import Maintenance
 from raykv.engines.hybridlog.runfile import LEN_SHIFT
+from raykv.engines.keyindex import get_many
 from raykv.errors import StoreClosedError
 
 
@@ -87,7 +88,7 @@ class Regions(Maintenance):
         else:
             hit = pend.intersection(keys)
             pend -= hit
-        durable = map(LEN_SHIFT.__rrshift__, map(self._index.get, hit, repeat(0)))
+        durable = map(LEN_SHIFT.__rrshift__, get_many(self._index, list(hit), 0))
         self._live -= sum(map(truth, durable))
 
     def _delete(self, key: bytes) -> None:

@@ -3,7 +3,9 @@
 The index ``_index`` maps every key with a durable record to one packed location,
 ``slot | start << SLOT_BITS | length << LEN_SHIFT`` (``runfile.py``): the run (by slot),
 where the value starts in that run's values region and its length (0: a tombstone). A
-slot names an open run; a dropped run's slot is reused by the next run opened.
+slot names an open run; a dropped run's slot is reused by the next run opened. The
+index is a dict or a ``KeyIndex`` (``keyindex.py``); the functions of ``keyindex`` take
+either.
 
 Cost: writing a run is one file write (fsynced by the next commit, or in the background
 for flushes) and one index update per record; reading a value is one mmap slice, plus a
@@ -35,8 +37,10 @@ from raykv.engines.hybridlog.runfile import (
     RunFile,
     encode_run,
     pack_locs,
+    segment_locs,
     value_ends,
 )
+from raykv.engines.keyindex import Index, get_many, store
 
 
 def _presync(path: Path) -> None:
@@ -89,7 +93,7 @@ class RunSet(KVStore):
     max_runs_per_level: int
     compaction_enabled: bool
     _presyncer: ThreadPoolExecutor | None
-    _index: dict[bytes, int]
+    _index: Index  # ``keyindex.py``: a dict, or a KeyIndex once 8-byte keys came in bulk
     _runs: list[RunFile]
     _slots: list[RunFile | RunView]
     _free_slots: list[int]
@@ -116,7 +120,7 @@ class RunSet(KVStore):
         Cost: one index lookup per such key, then :meth:`_values_at`.
         """
         miss = list(compress(range(len(res)), map(is_, res, repeat(None))))
-        locs = list(map(self._index.get, map(keys.__getitem__, miss), repeat(0)))
+        locs = get_many(self._index, list(map(keys.__getitem__, miss)), 0)
         deque(map(res.__setitem__, miss, self._values_at(locs)), maxlen=0)
 
     def _values_at(self, locs: list[int]) -> list[bytes]:
@@ -193,16 +197,26 @@ class RunSet(KVStore):
     def _slots_in_use(self) -> int:
         return len(self._slots) - len(self._free_slots)
 
+    def _locs(self, slot: int, ends: Sequence[int] | np.ndarray) -> list[int] | np.ndarray:
+        """The packed locations of values ending at ``ends`` in ``slot``, as the index takes them.
+
+        A list of ints for a dict index (``pack_locs``); for a ``KeyIndex`` the uint64 array
+        when every location fits one (no list of ints to build).
+        """
+        if isinstance(self._index, dict):
+            return pack_locs(slot, ends)
+        return segment_locs([(slot, 0, 0, len(ends))], np.asarray(ends, dtype=np.uint64))
+
     def _new_run(self, keys: list[bytes], blob: bytes, ends: Sequence[int] | np.ndarray,
-                 *, presync: bool = False) -> tuple[RunFile, list[int]]:
-        """Write a new run file; return it and the packed locations of its values.
+                 *, presync: bool = False) -> tuple[RunFile, list[int] | np.ndarray]:
+        """Write a new run file; return it and the packed locations of its values (``_locs``).
 
         The next commit fsyncs the file (durability never depends on anything else).
         ``presync=True`` (flushes) also starts that fsync now on a background thread, so
         neither the write path nor the next ``seal()`` waits for the disk.
         """
         run = self._write_encoded(encode_run(keys, blob, ends), presync=presync)
-        return run, pack_locs(run.slot, ends)
+        return run, self._locs(run.slot, ends)
 
     def _write_encoded(self, data: bytes, *, presync: bool = False) -> RunFile:
         """Write the encoded run ``data`` to a new file and open it (see ``_new_run``)."""
@@ -232,4 +246,4 @@ class RunSet(KVStore):
             return
         run, locs = self._new_run(keys, b"".join(values), value_ends(values), presync=presync)
         self._runs.append(run)
-        index.update(zip(keys, locs, strict=True))
+        store(index, keys, locs)

@@ -1,0 +1,96 @@
+"""``KeyIndex`` against a dict: mixed key lengths, locations beyond a uint64, every call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raykv.engines import keyindex
+from raykv.engines.keyindex import KeyIndex
+
+SHIFT = 56
+
+# short alphabets make keys of one batch and across batches collide often
+keys_st = st.one_of(st.binary(min_size=8, max_size=8).map(lambda b: b[:1] * 7 + b[7:]),
+                    st.binary(min_size=1, max_size=12).map(lambda b: b[:2] * (len(b) // 2 or 1)),
+                    st.sampled_from([b"\xff" * 8, b"\xfe" + b"\xff" * 7, b"\x00" * 8]))
+locs_st = st.one_of(st.integers(0, 1 << 20),
+                    st.integers(0, 255).map(lambda n: n << SHIFT),  # tombstone-like: 0 length
+                    st.integers(1 << 64, 1 << 70))  # beyond a uint64
+op_st = st.tuples(st.sampled_from(["swap", "store", "delete", "set1", "del1"]),
+                  st.dictionaries(keys_st, locs_st, max_size=40))
+
+
+def _live(loc: int | None) -> bool:
+    return loc is not None and bool(loc >> SHIFT)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(op_st, max_size=25), st.booleans())
+def test_keyindex_matches_a_dict(ops: list[tuple[str, dict[bytes, int]]], as_array: bool) -> None:
+    ix, model = KeyIndex(), {}
+    for op, batch in ops:
+        keys, locs = list(batch), list(batch.values())
+        if op == "swap":
+            want = sum(_live(model.get(k)) for k in keys)
+            arg = (np.array(locs, dtype=np.uint64)
+                   if as_array and all(v <= keyindex._M64 for v in locs) else locs)
+            assert ix.swap_count(keys, arg, SHIFT) == want
+            model.update(batch)
+        elif op == "store":
+            ix.store(keys, locs)
+            model.update(batch)
+        elif op == "delete":
+            ix.delete_many(keys)
+            for k in keys:
+                model.pop(k, None)
+        elif op == "set1" and keys:
+            ix[keys[0]] = locs[0]
+            model[keys[0]] = locs[0]
+        elif op == "del1" and keys:
+            if keys[0] in model:
+                del ix[keys[0]]
+                del model[keys[0]]
+            else:
+                with pytest.raises(KeyError):
+                    del ix[keys[0]]
+        assert len(ix) == len(model)
+        probe = [*keys, b"absent", b"absent!!"]
+        assert ix.get_many(probe, 7) == [model.get(k, 7) for k in probe]
+        assert [ix.get(k) for k in probe] == [model.get(k) for k in probe]
+    assert dict(ix.items()) == model
+    assert list(ix) == [k for k, _ in ix.items()]
+    assert list(ix.values()) == [v for _, v in ix.items()]
+    d_vals, t_vals, big_vals = ix.value_parts()
+    assert [*d_vals, *t_vals.tolist(), *big_vals] == list(ix.values())
+    assert keyindex.count_set(ix, SHIFT) == sum(map(_live, model.values()))
+    assert dict(KeyIndex.of(model).items()) == model
+
+
+def test_dict_calls_and_errors() -> None:
+    ix = KeyIndex.of({b"12345678": 5, b"short": 6})
+    assert b"12345678" in ix and 3 not in ix and [1] not in ix
+    assert ix[b"short"] == 6 and ix.pop(b"short") == 6 and ix.pop(b"short", None) is None
+    with pytest.raises(KeyError):
+        ix[b"nothere!"]
+    with pytest.raises(KeyError):
+        ix.pop(b"nothere!")
+    with pytest.raises(ValueError, match="2 keys but 1 locations"):
+        ix.swap_count([b"a", b"b"], [1], 0)
+    assert ix.__sizeof__() > ix._t.nbytes and bool(ix) and not KeyIndex()
+
+
+def test_only_dicts_meeting_large_8_byte_batches_are_promoted(monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    eight = [b"%08d" % i for i in range(keyindex.PROMOTE_MIN_KEYS)]
+    old = {b"short": 1, b"12345678": 2}
+    new = keyindex.promoted(old, eight, len(eight))
+    assert isinstance(new, KeyIndex) and dict(new.items()) == old
+    assert keyindex.promoted(old, eight[:10], 10) is old
+    assert keyindex.promoted(old, [b"x" + k for k in eight], len(eight)) is old
+    assert keyindex.promoted(new, eight, len(eight)) is new
+    assert type(keyindex.new_index()) is dict
+    monkeypatch.setattr(keyindex, "PROMOTE_MIN_KEYS", 0)
+    assert isinstance(keyindex.new_index(), KeyIndex)
