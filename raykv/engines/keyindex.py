@@ -141,7 +141,13 @@ class KeyIndex:
             return False
 
     def __setitem__(self, key: bytes, loc: int) -> None:
-        self.store([key], [loc])
+        if len(key) == 8 and 0 <= loc <= _M64:  # a Python probe (a batch call: 10-20 µs)
+            word = int.from_bytes(key, "little")
+            if self._big:
+                self._big.pop(word, None)
+            self._t.put(word, loc)
+        else:
+            self.store([key], [loc])
 
     def __delitem__(self, key: bytes) -> None:
         if key not in self:

@@ -158,6 +158,32 @@ class U64Index:
                 return None
             slot = (slot + 1) & mask
 
+    def put(self, key: int, value: int) -> None:
+        """Set one key (Python ints) to ``value``. Cost: a Python probe loop, as :meth:`lookup`."""
+        if key >= _DELETED_INT:
+            self._special[key] = value
+            return
+        self._reserve(1)
+        keys, mask = self._keys, self._mask
+        slot = ((key * _MIX_INT) & _M64) >> self._shift_int
+        free = -1  # the first deleted slot on the probe: the key goes there if absent
+        while True:
+            held = keys.item(slot)
+            if held == key:
+                self._values[slot] = value
+                return
+            if held == _EMPTY_INT:
+                break
+            if held == _DELETED_INT and free < 0:
+                free = slot
+            slot = (slot + 1) & mask
+        if free >= 0:
+            slot = free
+            self._deleted -= 1
+        keys[slot] = key
+        self._values[slot] = value
+        self._size += 1
+
     def found(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(found, value)`` of each key (value 0 where absent). Cost: probe rounds."""
         keys = _as_words(keys, "keys")
@@ -230,8 +256,32 @@ class U64Index:
         self._alloc(capacity)
         self._size = 0
         if keys.size:
-            self._insert(keys, values, np.zeros(len(keys), dtype=bool),
-                         np.zeros(len(keys), dtype=np.uint64))
+            self._place_fresh(keys, values)
+
+    def _place_fresh(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Place distinct keys into an empty table, without probe rounds.
+
+        Sorted by home slot, each key takes the first slot at or after its home that the
+        keys before it left free: ``pos[i] = max(home[i], pos[i-1] + 1)``, a running
+        maximum of ``home - i`` plus ``i``. That is the layout linear probing builds
+        (every slot from a key's home to its own is taken), so lookups find each key.
+        The few pushed past the last slot wrap round through :meth:`_insert`. Cost: one
+        sort and a few passes (a third of the probe rounds' time at a million keys).
+        """
+        n = len(keys)
+        home = self._home(keys)
+        order = np.argsort(home, kind="stable")
+        step = np.arange(n)
+        pos = np.maximum.accumulate(home[order] - step) + step
+        fits = pos <= self._mask
+        at, where = order[fits], pos[fits]
+        self._keys[where] = keys[at]
+        self._values[where] = values[at]
+        self._size = len(at)
+        if len(at) < n:
+            rest = order[~fits]
+            self._insert(keys[rest], values[rest], np.zeros(len(rest), dtype=bool),
+                         np.zeros(len(rest), dtype=np.uint64))
 
     def _upsert(self, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`swap` of keys that hold no marker value.

@@ -324,17 +324,23 @@ def test_merges_bound_runs_and_disk_under_overwrites(tmp_path: Path) -> None:
         s._check()
 
 
-def test_sizeof_grows_with_live_keys_not_overwrites(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("fmt", "per_key"), [
+    (b"key%06d", 80),  # 9-byte keys, a dict: its slot, the key object and the location
+    (b"key%05d", 16),  # 8-byte keys, a KeyIndex: two uint64 words, at load 1/2 or less
+])
+def test_sizeof_grows_with_live_keys_not_overwrites(tmp_path: Path, fmt: bytes,
+                                                    per_key: int) -> None:
     with AppendLog(tmp_path, threshold=64 << 10) as s:
-        s.multi_set({b"key%05d" % i: b"v" * 8 for i in range(5000)})
+        s.multi_set({fmt % i: b"v" * 8 for i in range(5000)})
         base = s.__sizeof__()
         for r in range(20):
-            s.multi_set({b"key%05d" % i: b"w%07d" % r for i in range(5000)})
+            s.multi_set({fmt % i: b"w%07d" % r for i in range(5000)})
             assert s.__sizeof__() <= base * 1.1 + (64 << 10)
-        s.multi_set({b"new%05d" % i: b"v" * 8 for i in range(5000)})
+        s.multi_set({fmt % (i + 50_000): b"v" * 8 for i in range(5000)})
         grown = s.__sizeof__()
-        assert grown - base >= 5000 * 80  # dict slot, key object and location per key
+        assert grown - base >= 5000 * per_key
         assert s.__sizeof__() == s.__sizeof__()  # estimate is deterministic
+        assert isinstance(s._index, dict) == (len(fmt % 0) != 8)
 
 
 def test_expired_bytes_of_the_whole_store_trigger_a_merge(tmp_path: Path) -> None:

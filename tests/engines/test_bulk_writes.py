@@ -29,6 +29,7 @@ SMALL_PARAMS: dict[str, dict[str, Any]] = {
                              "mem_segment_len": 24, "max_runs_per_level": 3,
                              "compaction_enabled": True},
     "appendlog": {"threshold": 2048, "max_runs_per_level": 2},
+    "appendlog_table": {"threshold": 2048, "max_runs_per_level": 2},
     "lsm": {"memtable_bytes_limit": 2048, "max_runs_per_level": 2, "density_factor": 4},
     "memonly": {},
 }

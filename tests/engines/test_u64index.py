@@ -84,3 +84,35 @@ def test_bad_arguments_say_what_was_wrong() -> None:
         ix.swap(np.zeros((2, 2), dtype=np.uint64), np.zeros(4, dtype=np.uint64))
     with pytest.raises(ValueError, match="2 keys but 1 values"):
         ix.swap(words([1, 2]), words([1]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["put", "delete"]), st.integers(0, 40),
+                          st.integers(0, 2**64 - 1)), max_size=200))
+def test_single_puts_and_lookups_match_a_dict(ops: list[tuple[str, int, int]]) -> None:
+    """``put`` / ``lookup`` one key at a time, mixed with batch deletes (reused slots)."""
+    ix, model = U64Index(), {}
+    for op, k, v in ops:
+        key = k if k < 38 else 2**64 - 1 - (k - 38)  # keys 0..37 and the two marker words
+        if op == "put":
+            ix.put(key, v)
+            model[key] = v
+        else:
+            ix.delete(words([key]))
+            model.pop(key, None)
+        assert ix.lookup(key) == model.get(key)
+    check_same(ix, model)
+    assert [ix.lookup(k) for k in range(40)] == [model.get(k) for k in range(40)]
+
+
+def test_a_rebuild_wraps_keys_pushed_past_the_last_slot() -> None:
+    """Keys whose home is the last slot fill it and wrap round to the first slots."""
+    ix = U64Index(64)
+    cand = np.arange(1, 200_000, dtype=np.uint64)
+    keys = cand[ix._home(cand) == 63][:20]
+    assert len(keys) == 20
+    ix._place_fresh(keys, keys + np.uint64(1))
+    assert set(np.flatnonzero(ix._keys != EMPTY).tolist()) == {63, *range(19)}
+    check_same(ix, {k: k + 1 for k in keys.tolist()})
+    ix.swap(keys[:5], keys[:5])  # found where the probe from home 63 wraps
+    assert ix.get(keys[:6]).tolist() == [*keys[:5].tolist(), int(keys[5]) + 1]

@@ -15,7 +15,7 @@ index store; amortized file writes, run closes and merges.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from itertools import accumulate, compress, pairwise, repeat
 from operator import lshift, not_, or_
 
@@ -30,6 +30,7 @@ from raykv.engines.appendlog.runfile import (
     encode_records,
 )
 from raykv.engines.base import Pairs
+from raykv.engines.keyindex import promoted, store
 
 _GROUP_MIN = 256  # batches of varied key lengths at least this long are grouped by length
 
@@ -51,6 +52,7 @@ class BulkWrites(ActiveRun):
         keys, values = self._split_pairs(pairs)  # before any merge: a bad batch changes nothing
         if not keys:
             return
+        self._index = promoted(self._index, keys, len(keys))  # 8-byte keys: keyindex.py
         if self._slow:
             self._before_write()
         klens = list(map(len, keys))
@@ -126,7 +128,11 @@ class BulkWrites(ActiveRun):
             self._amm[pos:end] = data[i * n : (i + take) * n]
             first = self._abase | pos << SLOT_BITS | n << N_SHIFT
             chunk = keys if take == count else keys[i : i + take]
-            index.update(zip(chunk, range(first, first + step * take, step), strict=True))
+            if isinstance(index, dict) or n >= N_FITS_U64:
+                store(index, chunk, range(first, first + step * take, step))
+            else:  # (numpy: no int per key)
+                store(index, chunk, np.uint64(first)
+                      + np.arange(take, dtype=np.uint64) * np.uint64(step))
             self._mark_dead(chunk, None, tombstones)
             self._alens.extend(repeat(n, take))
             self._aklens.extend(repeat(kl, take))
@@ -136,21 +142,22 @@ class BulkWrites(ActiveRun):
             if end >= self._flush_at:
                 self._after_append()
 
-    def _locs(self, ns: list[int], pos: int) -> Iterable[int]:
+    def _locs(self, ns: list[int], pos: int) -> list[int] | np.ndarray:
         """Locations of records of lengths ``ns`` appended to the active run at ``pos``.
 
-        Cost: numpy builds them (one ``tolist``) when every record is shorter than
-        ``N_FITS_U64`` bytes (the location fits a uint64); else three C-level maps.
+        Cost: numpy builds them when every record is shorter than ``N_FITS_U64`` bytes
+        (the location fits a uint64): an array for a ``KeyIndex``, else one ``tolist``;
+        otherwise three C-level maps.
         """
         if max(ns) < N_FITS_U64:
             lens = np.array(ns, dtype=np.uint64)
             offs = np.cumsum(lens) - lens + np.uint64(pos)
-            locs: list[int] = (offs << np.uint64(SLOT_BITS) | lens << np.uint64(N_SHIFT)
-                               | np.uint64(self._abase)).tolist()
-            return locs
-        return map(or_, map(or_, map(lshift, accumulate(ns[:-1], initial=pos),
+            locs = (offs << np.uint64(SLOT_BITS) | lens << np.uint64(N_SHIFT)
+                    | np.uint64(self._abase))
+            return locs.tolist() if isinstance(self._index, dict) else locs
+        return list(map(or_, map(or_, map(lshift, accumulate(ns[:-1], initial=pos),
                                      repeat(SLOT_BITS)),
-                            map(lshift, ns, repeat(N_SHIFT))), repeat(self._abase))
+                            map(lshift, ns, repeat(N_SHIFT))), repeat(self._abase)))
 
     def _append_many(self, keys: Sequence[bytes], data: bytes, ns: list[int],
                      klens: list[int], vlens: list[int]) -> None:
@@ -178,7 +185,7 @@ class BulkWrites(ActiveRun):
             chunk, chunk_ns, chunk_k, chunk_v = (
                 (keys, ns, klens, vlens) if not i and j == total
                 else (keys[i:j], ns[i:j], klens[i:j], vlens[i:j]))
-            index.update(zip(chunk, self._locs(chunk_ns, pos), strict=True))
+            store(index, chunk, self._locs(chunk_ns, pos))
             self._mark_dead(chunk, chunk_v if tombstones else None)
             self._alens.extend(chunk_ns)
             self._aklens.extend(chunk_k)

@@ -67,6 +67,7 @@ from raykv.engines.appendlog.runfile import (
 from raykv.engines.base import StoreOptions, check_int_param
 from raykv.engines.fileio import crc32, encode_varint
 from raykv.engines.hybridlog.runfile import take_values  # a numpy gather of byte ranges
+from raykv.engines.keyindex import Index, KeyIndex, get_many, new_index, promoted, store
 from raykv.engines.manifest import Manifest
 
 DEFAULT_THRESHOLD = 4 * 1024 * 1024
@@ -134,7 +135,7 @@ class AppendLog(BulkWrites):
 
     def _reset(self) -> None:
         """Empty in-memory state (no files touched)."""
-        self._index: dict[bytes, int] = {}
+        self._index: Index = new_index()  # a KeyIndex once 8-byte keys come in bulk
         self._dead: set[bytes] = set()  # keys of the index whose latest record is a tombstone
         # slot -> a run's mmap or the active buffer (slot 0: the null record; free: b"")
         self._bufs: list[mmap.mmap | bytes] = [NULL_REC]
@@ -170,7 +171,8 @@ class AppendLog(BulkWrites):
                 for name in manifest.files:
                     run, keys, vlens, offs, ns = self._load_run(name)
                     locs = pack_locs(run.slot, offs, ns)
-                    index.update(zip(keys, locs, strict=True))
+                    index = self._index = promoted(index, keys, len(keys))  # keyindex.py
+                    store(index, keys, locs)
                     if not all(vlens):
                         dead = list(map(not_, vlens))
                         tomb_locs.update(compress(locs, dead))
@@ -243,7 +245,7 @@ class AppendLog(BulkWrites):
         self._check_keys(keys)
         if not keys:
             return []
-        return self._read_many(keys, list(map(self._index.get, keys, repeat(NULL_LOC))))
+        return self._read_many(keys, get_many(self._index, keys, NULL_LOC))
 
     def _read_many(self, keys: Sequence[bytes], locs: list[int]) -> list[bytes]:
         """Values at ``locs`` (one per key), every record crc-checked; C-level passes."""
@@ -339,13 +341,16 @@ class AppendLog(BulkWrites):
         cache) are not counted.
         """
         index = self._index
-        sample = list(islice(index, 64))
-        per_key = sum(map(sys.getsizeof, sample)) / len(sample) if sample else 0.0
-        per_loc = sys.getsizeof(1 << (N_SHIFT + 7))
+        if isinstance(index, KeyIndex):
+            held = index.__sizeof__()
+        else:
+            sample = list(islice(index, 64))
+            per_key = sum(map(sys.getsizeof, sample)) / len(sample) if sample else 0.0
+            per_loc = sys.getsizeof(1 << (N_SHIFT + 7))
+            held = sys.getsizeof(index) + int(len(index) * (per_key + per_loc))
         return (
             object.__sizeof__(self)
-            + sys.getsizeof(index)
-            + int(len(index) * (per_key + per_loc))
+            + held
             + (0 if self._amm.closed else len(self._amm))
             + 3 * sys.getsizeof(self._alens)
             + sys.getsizeof(self._bufs) * 2
@@ -441,4 +446,4 @@ class AppendLog(BulkWrites):
             klen, vlen, hsize = parse_header(rec, 0)
             assert rec[hsize : hsize + klen] == key and hsize + klen + vlen + 4 == n
             assert (vlen == 0) == (key in self._dead), ("dead key set out of date", key)
-        assert self._dead <= self._index.keys(), "dead key set holds a key the index lacks"
+        assert all(map(self._index.__contains__, self._dead)), "dead key lacks an index entry"

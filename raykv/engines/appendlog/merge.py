@@ -43,6 +43,7 @@ from raykv.engines.appendlog.runfile import (
     pack_locs,
     parse_header,
 )
+from raykv.engines.keyindex import Index, get_many
 from raykv.engines.space import SPACE_AMP
 
 # every closed run is merged when the runs younger than the oldest hold this many times its
@@ -130,7 +131,7 @@ class LiveRecords(NamedTuple):
     gone: list[bytes]  # keys of dropped tombstones (to remove from the index)
 
 
-def live_records(index: dict[bytes, int], inputs: Sequence[Run],
+def live_records(index: Index, inputs: Sequence[Run],
                  bufs: Sequence[mmap.mmap | bytes], data_dir: Path, *,
                  drop_tombstones: bool, whole: bool = False) -> LiveRecords:
     """Find the records of ``inputs`` that ``index`` points at (their live records).
@@ -150,7 +151,8 @@ def live_records(index: dict[bytes, int], inputs: Sequence[Run],
     if whole:  # every index entry points into the inputs: no selection
         keys = list(index)
         locs = list(index.values())
-    elif len(index) <= SCAN_FACTOR * sum(r.count for r in inputs):
+    elif (len(index) <= SCAN_FACTOR * sum(r.count for r in inputs)
+          and isinstance(index, dict)):  # (a KeyIndex's lookups are vectorized)
         slots = {r.slot for r in inputs}
         locs = list(index.values())
         in_merge = list(map(slots.__contains__, map(and_, locs, repeat(SLOT_MASK))))
@@ -162,7 +164,7 @@ def live_records(index: dict[bytes, int], inputs: Sequence[Run],
         for run in inputs:
             run_keys, _, offs, ns = decode_index(data_dir / run.name, run, bufs[run.slot])
             run_locs = pack_locs(run.slot, offs, ns)
-            live = list(map(eq, map(index.get, run_keys), run_locs))
+            live = list(map(eq, get_many(index, run_keys, 0), run_locs))  # 0: no record
             keys.extend(compress(run_keys, live))
             locs.extend(compress(run_locs, live))
     ns = list(map(rshift, locs, repeat(N_SHIFT)))

@@ -49,6 +49,7 @@ from raykv.engines.appendlog.runfile import (
     verify_data,
 )
 from raykv.engines.base import KVStore
+from raykv.engines.keyindex import Index, KeyIndex, delete_many, store
 from raykv.engines.space import pick_dead
 from raykv.errors import CorruptionError
 
@@ -62,7 +63,7 @@ class RunSet(KVStore):
 
     threshold: int
     max_runs_per_level: int
-    _index: dict[bytes, int]
+    _index: Index  # ``keyindex.py``: a dict, or a KeyIndex once 8-byte keys came in bulk
     _dead: set[bytes]
     _bufs: list[mmap.mmap | bytes]
     _slot_names: list[str | None]
@@ -204,8 +205,15 @@ class RunSet(KVStore):
     def _run_live_counts(self) -> list[int]:
         """Live records (index entries) of each closed run. Cost: one index pass."""
         index = self._index
-        slots = np.fromiter(map(SLOT_MASK.__and__, index.values()), dtype=np.int64,
-                            count=len(index))
+        if isinstance(index, KeyIndex):
+            d_vals, t_vals, big_vals = index.value_parts()
+            slots = np.concatenate([
+                np.fromiter(map(SLOT_MASK.__and__, [*d_vals, *big_vals]), dtype=np.int64,
+                            count=len(d_vals) + len(big_vals)),
+                (t_vals & np.uint64(SLOT_MASK)).astype(np.int64)])
+        else:
+            slots = np.fromiter(map(SLOT_MASK.__and__, index.values()), dtype=np.int64,
+                                count=len(index))
         live = np.bincount(slots, minlength=len(self._bufs)).tolist()
         return [live[r.slot] for r in self._runs]
 
@@ -290,12 +298,11 @@ class RunSet(KVStore):
                     new_offs = range(0, ns[0] * len(ns), ns[0])
                 else:
                     new_offs = list(accumulate(ns[:-1], initial=0))
-                index.update(zip(keys, pack_locs(slot, new_offs, ns), strict=True))
+                store(index, keys, pack_locs(slot, new_offs, ns))
         except BaseException:
             writer.abort()
             raise
-        for key in gone:
-            del index[key]
+        delete_many(index, gone)
         self._dead.difference_update(gone)
         self._dead.update(tombs)
         where = group[-1] - (len(group) - 1)  # the newest member's place, once they leave
