@@ -89,6 +89,7 @@ OPTIONAL: dict[str, tuple[str, str, bool]] = {
     "nexmark": ("Nexmark: generator and queries (issue 14)", "benchmarks.nexmark.bench", True),
     "manykeys": ("Many distinct keys: Aggregate over 1,000,000 zipf keys (issue 15)",
                  "benchmarks.manykeys", True),
+    "bulk": ("Bulk writes: multi_set of 1,000,000 keys (issue 15)", "benchmarks.bulk", False),
 }
 
 

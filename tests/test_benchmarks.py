@@ -195,3 +195,14 @@ def test_index_ceiling_measures_a_table_that_agrees_with_the_dict() -> None:
     assert res["keys"] == 20_000
     assert set(res["keys_s"]) == {"dict_update", "dict_get", "table_upsert", "table_get",
                                   "words"}
+
+
+def test_bulk_section_measures_both_kinds_of_key(report: Path) -> None:
+    import json
+
+    res = json.loads((report / "report_bulk.json").read_text())
+    assert [r["key_len"] for r in res["runs"]] == ["8-16", "8"]
+    for run in res["runs"]:
+        assert {r["store"] for r in run["rows"]} == {"dict", "hybridlog", "appendlog"}
+        assert all("error" not in r and r["update_keys_s"] > 0 for r in run["rows"]), run
+    assert "Bulk writes" in (report / "REPORT.md").read_text()
