@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 import raykv
@@ -27,7 +28,7 @@ from raykv.operators import Aggregate
 from raykv.partitioning import Partitioning
 from raykv.runtime.shard import ShardWorker
 from raykv.runtime.specs import RestorePlan, RestoreSource, ShardSpec, StageSpec
-from raykv.testing import Faults
+from raykv.testing import Faults, zipf_events
 from tests.test_recovery import Events, assert_exact, make, table
 
 # ---------------------------------------------------------------------------- in process
@@ -328,3 +329,32 @@ def test_a_failure_after_the_final_commit_does_not_replay_the_end(ray_session: A
     s = make(tmp_path, t, on_progress=events, faults=Faults(process_delay=0.3)).run()
     assert killed and s.finished and s.restarts == 1  # the failure was seen, and survived
     assert_exact(s.output_by_epoch, t)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("engine", ["hybridlog", "appendlog"])
+def test_a_kill_with_many_integer_keys_is_exact(ray_session: Any, tmp_path: Path,
+                                                engine: str) -> None:
+    """Epochs of 6,000+ distinct integer keys a shard: the engines index them in a
+    ``KeyIndex`` (``raykv/engines/keyindex.py``), so the survivor rolls back, and the
+    replacement reopens, an engine whose keys come from its runs into the table."""
+    from raykv.engines.keyindex import PROMOTE_MIN_KEYS
+    from raykv.sources import TableSource
+
+    rows = 30_000  # an epoch: two batches of 15,000
+    t = zipf_events(120_000, 1_000_000, seed=31)
+    fewest = min(pc.count_distinct(t.slice(a, rows)["user"]).as_py()
+                 for a in range(0, t.num_rows, rows))
+    assert fewest > 2.5 * PROMOTE_MIN_KEYS  # every epoch's fold promotes (two shards)
+    # after the second commit, and max_pending_epochs=1 (the next barrier waits for it):
+    # both shards restore two epochs of runs, whatever the timing
+    kill = SigKill("Aggregate0-0of2", "committed", 2)
+    events = Events(kill)
+    s = raykv.Pipeline(source=TableSource(t, batch_size=15_000),
+                       stages=[Aggregate("user", {"amount": ["sum", "count"]})],
+                       engine=engine, num_shards=2, checkpoint=str(tmp_path / "ckpt"),
+                       local_dir=str(tmp_path / "local"), source_parallelism=1,
+                       epoch_every_batches=2, max_pending_epochs=1, on_progress=events).run()
+    assert kill.killed and s.restarts == 1
+    assert events.restored_from(1) == 2
+    assert_exact(s.output_by_epoch, t, rows=rows)

@@ -29,7 +29,7 @@ Cost per key of a batch of 8-byte keys: one ``len`` and one ``b"".join`` step (C
 then the table's numpy rounds: about 0.1 µs for ``swap_count`` against 0.6 µs for a dict
 store at a million keys. A single ``get`` of an 8-byte key is a Python probe loop (0.3-0.5
 µs against 0.05 µs for a dict). Memory: 32-64 bytes per 8-byte key (two uint64 slots at a
-load of 1/4 to 1/2) against about 110 for a dict entry with its key and int objects.
+load of 1/4 to 1/2) against about 120 for a dict entry with its key and int objects.
 """
 
 from __future__ import annotations
@@ -342,11 +342,16 @@ def promoted(index: Index, keys: Iterable[bytes], n: int) -> Index:
     """``index``, or a ``KeyIndex`` of its entries to take a batch of ``n`` ``keys``.
 
     A ``KeyIndex`` when ``index`` is a dict, the batch holds at least
-    ``PROMOTE_MIN_KEYS`` keys and its first ``_SAMPLE`` keys are 8 bytes long. Cost:
-    O(_SAMPLE), plus one batch store of the dict's entries when it promotes.
+    ``PROMOTE_MIN_KEYS`` keys and at least 3/4 of a sample of ``_SAMPLE`` of them are 8
+    bytes long (spread over the batch when it is a sequence, else its first ones): a
+    metadata key among integer keys does not keep them in a dict. Cost: O(_SAMPLE), plus
+    one batch store of the dict's entries when it promotes.
     """
-    if (type(index) is dict and n >= PROMOTE_MIN_KEYS
-            and all(len(k) == 8 for k in islice(keys, _SAMPLE))):
+    if type(index) is not dict or n < PROMOTE_MIN_KEYS:
+        return index
+    sample = (keys[:: max(1, n // _SAMPLE)] if isinstance(keys, Sequence)
+              else list(islice(keys, _SAMPLE)))
+    if 4 * sum(len(k) == 8 for k in sample) >= 3 * len(sample):
         return KeyIndex.of(index)
     return index
 

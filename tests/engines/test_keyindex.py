@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -90,7 +92,38 @@ def test_only_dicts_meeting_large_8_byte_batches_are_promoted(monkeypatch: pytes
     assert isinstance(new, KeyIndex) and dict(new.items()) == old
     assert keyindex.promoted(old, eight[:10], 10) is old
     assert keyindex.promoted(old, [b"x" + k for k in eight], len(eight)) is old
+    mixed = [b"meta", *eight[1:]]  # a metadata key first: the sample decides
+    assert isinstance(keyindex.promoted(old, mixed, len(mixed)), KeyIndex)
+    half = [k if i % 2 else b"x" + k for i, k in enumerate(eight)]
+    assert keyindex.promoted(old, half, len(half)) is old
     assert keyindex.promoted(new, eight, len(eight)) is new
     assert type(keyindex.new_index()) is dict
     monkeypatch.setattr(keyindex, "PROMOTE_MIN_KEYS", 0)
     assert isinstance(keyindex.new_index(), KeyIndex)
+
+
+@pytest.mark.parametrize("name", ["hybridlog", "appendlog"])
+@pytest.mark.parametrize("width", [8, 9])
+def test_engines_promote_8_byte_keys_and_reopen_into_a_table(tmp_path: Path, name: str,
+                                                             width: int) -> None:
+    """A large batch of 8-byte keys moves the index to a table, a reopen loads it there;
+    other keys stay in a dict. Values, deletes and the live count survive both."""
+    from raykv.engines import open_engine
+
+    n = keyindex.PROMOTE_MIN_KEYS + 500
+    model = {b"%0*d" % (width, i): b"v%d" % i for i in range(n)}
+    with open_engine(name, tmp_path) as db:
+        db.multi_set(model)
+        db.multi_set({k: b"" for k in list(model)[:100]})  # deletes
+        db.set(b"%0*d" % (width, n), b"single")  # one write beside the batches
+        assert isinstance(db._index, KeyIndex) == (width == 8)  # type: ignore[attr-defined]
+        db.seal()
+    for k in list(model)[:100]:
+        del model[k]
+    model[b"%0*d" % (width, n)] = b"single"
+    with open_engine(name, tmp_path) as db:
+        assert isinstance(db._index, KeyIndex) == (width == 8)  # type: ignore[attr-defined]
+        assert dict(db.items()) == model and db.live_keys() == len(model)
+        probe = [*list(model)[:50], b"%0*d" % (width, 0), b"%0*d" % (width, n + 1)]
+        assert db.multi_get(probe) == [model.get(k, b"") for k in probe]
+        db._check()  # type: ignore[attr-defined]

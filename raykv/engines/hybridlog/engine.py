@@ -96,7 +96,7 @@ class HybridLog(BulkWrites):
         **kwargs: ``max_key_len``, ``max_value_len``, ``remote``, ``storage_options``
             (see ``KVStore``).
 
-    Memory: O(live keys) for the index (about 110 bytes a key in a dict; 32-64 for an
+    Memory: O(live keys) for the index (about 120 bytes a key in a dict; 32-64 for an
     8-byte key in a ``KeyIndex``) plus at most ``mem_segment_len`` records; an
     overwrite never adds memory. ``items()`` yields pairs in no particular order.
     Not thread-safe (one thread drives an engine).
@@ -178,10 +178,10 @@ class HybridLog(BulkWrites):
         try:
             for name in manifest.files:
                 self._runs.append(self._open_run(name))
-            for i, run in enumerate(self._runs):
+            for run in self._runs:
                 keys, ends = run.index()
-                if i == 0:  # a store of 8-byte keys indexes them in a table
-                    self._index = promoted(self._index, keys, sum(r.count for r in self._runs))
+                # the first large run of 8-byte keys moves the index to a table
+                self._index = promoted(self._index, keys, len(keys))
                 store(self._index, keys, self._locs(run.slot, ends))
         except BaseException:
             self._release_runs()
