@@ -20,9 +20,10 @@ sequences stay short: about 1.5 slots for a hit at load 1/2.
 Each call works on a batch: one round per probe step, every pending key of the batch at
 once (gather, compare, scatter); keys found or placed leave the batch. Cost per key: a
 few numpy element operations per round (rounds average under 2), no Python per key;
-20-21M swaps (upserts returning the old values) and 24-25M lookups a second at a
-million keys, batches of 100,000 (``benchmarks.index_ceiling``, against 1.7-2.0M for a
-dict). Memory: 16 bytes per slot, 32-64 bytes per key.
+16-21M swaps (upserts returning the old values) and 18-25M lookups a second at a
+million keys, batches of 100,000 (``benchmarks.index_ceiling``, over several hours of
+the 2-core VM; 7-13x a dict in the same run). Memory: 16 bytes per slot, 32-64 bytes
+per key.
 
 Keys of one call should be distinct (an engine's batch is): with duplicates the last
 value wins, and the old value reported for a duplicate is unspecified.
