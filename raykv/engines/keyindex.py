@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice, repeat
 from operator import and_, truth
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 
@@ -78,6 +78,21 @@ def _loc_array(locs: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray
     except OverflowError:
         big = np.fromiter(map(_M64.__lt__, locs), dtype=bool, count=n)
         return np.fromiter(map(and_, locs, repeat(_M64)), dtype=np.uint64, count=n), big
+
+
+def _set_above(found: np.ndarray, old: np.ndarray, shift: int) -> int:
+    """How many found keys had an old location nonzero above ``shift``."""
+    return int(np.count_nonzero(found & ((old >> np.uint64(shift)) != 0)))
+
+
+def dict_sizeof(table: dict[Any, Any]) -> int:
+    """Estimated bytes of ``table`` with its keys and values (32 entries sampled). O(1)."""
+    total = sys.getsizeof(table)
+    sample = list(islice(table.items(), 32))
+    if sample:
+        per = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in sample) / len(sample)
+        total += int(per * len(table))
+    return total
 
 
 class KeyIndex:
@@ -203,14 +218,8 @@ class KeyIndex:
 
     def __sizeof__(self) -> int:
         """Bytes held: the table's arrays, the dicts and (sampled) their entries. O(1)."""
-        total = object.__sizeof__(self) + self._t.nbytes
-        for table in (self._d, self._big):
-            total += sys.getsizeof(table)
-            sample = list(islice(table.items(), 32))
-            if sample:
-                per = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in sample) / len(sample)
-                total += int(per * len(table))
-        return total
+        return (object.__sizeof__(self) + self._t.nbytes + dict_sizeof(self._d)
+                + dict_sizeof(self._big))
 
     # ------------------------------------------------------------ batches
 
@@ -292,13 +301,12 @@ class KeyIndex:
             moving = np.isin(words, np.fromiter(big, dtype=np.uint64, count=len(big)))
             for word in words[moving].tolist():
                 live += truth(big.pop(word) >> shift)
-        found, old = self._t.swap(words, locs)
-        return live + int(np.count_nonzero(found & ((old >> np.uint64(shift)) != 0)))
+        return live + _set_above(*self._t.swap(words, locs), shift)
 
     def _swap_big(self, keys: list[bytes], locs: list[int], shift: int) -> int:
         words = _words(keys)
         found, old = self._t.found(words)
-        live = int(np.count_nonzero(found & ((old >> np.uint64(shift)) != 0)))
+        live = _set_above(found, old, shift)
         if found.any():
             self._t.delete(words[found])
         big = self._big
@@ -390,5 +398,5 @@ def count_set(index: Index, shift: int) -> int:
             + sum(map(truth, map(shift.__rrshift__, big_vals))))
 
 
-__all__ = ["PROMOTE_MIN_KEYS", "Index", "KeyIndex", "count_set", "delete_many", "get_many",
-           "new_index", "promoted", "store"]
+__all__ = ["PROMOTE_MIN_KEYS", "Index", "KeyIndex", "count_set", "delete_many", "dict_sizeof",
+           "get_many", "new_index", "promoted", "store"]

@@ -106,6 +106,10 @@ class U64Index:
         """Each key's first slot: the top bits of ``key * _MIX`` (Fibonacci hashing)."""
         return ((keys * _MIX) >> self._shift).astype(np.int64)
 
+    def _home_int(self, key: int) -> int:
+        """:meth:`_home` of one key, in Python ints."""
+        return ((key * _MIX_INT) & _M64) >> self._shift_int
+
     @staticmethod
     def _split(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Positions of the keys that go to the table, and of the marker-valued ones."""
@@ -129,16 +133,8 @@ class U64Index:
 
     def get(self, keys: np.ndarray, default: int = 0) -> np.ndarray:
         """The value of each key, ``default`` where it is absent. Cost: probe rounds."""
-        keys = _as_words(keys, "keys")
-        out = np.full(len(keys), default, dtype=np.uint64)
-        table, special = self._split(keys)
-        if table.size:
-            ks = keys if table.size == len(keys) else keys[table]
-            slots = self._find(ks)
-            found = slots >= 0
-            out[table[found]] = self._values[slots[found]]
-        for i in special.tolist():
-            out[i] = self._special.get(int(keys[i]), default)
+        found, out = self.found(keys)
+        out[~found] = default
         return out
 
     def lookup(self, key: int) -> int | None:
@@ -150,7 +146,7 @@ class U64Index:
         if key >= _DELETED_INT:
             return self._special.get(key)
         keys, mask = self._keys, self._mask
-        slot = ((key * _MIX_INT) & _M64) >> self._shift_int
+        slot = self._home_int(key)
         while True:
             held = keys.item(slot)
             if held == key:
@@ -166,7 +162,7 @@ class U64Index:
             return
         self._reserve(1)
         keys, mask = self._keys, self._mask
-        slot = ((key * _MIX_INT) & _M64) >> self._shift_int
+        slot = self._home_int(key)
         free = -1  # the first deleted slot on the probe: the key goes there if absent
         while True:
             held = keys.item(slot)
@@ -205,14 +201,7 @@ class U64Index:
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         """Whether each key is present (a bool array). Cost: probe rounds."""
-        keys = _as_words(keys, "keys")
-        out = np.zeros(len(keys), dtype=bool)
-        table, special = self._split(keys)
-        if table.size:
-            out[table] = self._find(keys[table]) >= 0
-        for i in special.tolist():
-            out[i] = int(keys[i]) in self._special
-        return out
+        return self.found(keys)[0]
 
     def swap(self, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Set each key to its value; return ``(found, old)`` as they were before.

@@ -49,7 +49,6 @@ Lifecycle: ``open -> (get | set | multi_get | multi_set | items | seal)* -> clos
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain, compress, islice, starmap
@@ -70,7 +69,7 @@ from raykv.engines.hybridlog.runfile import (
     RunFile,
 )
 from raykv.engines.hybridlog.runset import RunView
-from raykv.engines.keyindex import KeyIndex, count_set, new_index, promoted, store
+from raykv.engines.keyindex import KeyIndex, count_set, dict_sizeof, new_index, promoted, store
 from raykv.engines.manifest import Manifest
 
 MAX_RUNS_PER_LEVEL_CEILING = 1024
@@ -382,18 +381,8 @@ class HybridLog(BulkWrites):
         if self._closed:
             return total
         index = self._index
-        tables: list[dict[bytes, int] | dict[bytes, bytes] | dict[bytes, bytes | None]] = [
-            self._mut, self._frozen]
-        if isinstance(index, KeyIndex):
-            total += index.__sizeof__()
-        else:
-            tables.append(index)
-        for table in tables:
-            total += sys.getsizeof(table)
-            sample = list(islice(table.items(), 32))
-            if sample:
-                per = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in sample) / len(sample)
-                total += int(per * len(table))
+        total += dict_sizeof(self._mut) + dict_sizeof(self._frozen) + (
+            index.__sizeof__() if isinstance(index, KeyIndex) else dict_sizeof(index))
         for run in self._runs:
             total += 5 * (-(-run.values_len // PAGE_SIZE)) + 256
         return total
