@@ -224,8 +224,14 @@ def test_kill_during_recovery(ray_session: Any, tmp_path: Path) -> None:
             second(ev)
 
     events = Events(on_progress)
-    s = make(tmp_path, t, faults=Faults(restore_delay=0.5), on_progress=events).run()
+    # max_pending_epochs=1: barrier 3 goes out after epoch 2's commit, so attempt 1
+    # restores an epoch and every shard of it (survivors too) sleeps in its restore;
+    # with nothing committed yet it restored empty at once, and a busy CI machine let it
+    # start before the second kill (one CI run of many)
+    s = make(tmp_path, t, faults=Faults(restore_delay=1.0), max_pending_epochs=1,
+             on_progress=events).run()
     assert first.killed and second.killed
+    assert events.last_commit_before_failure() == 2  # attempt 1 had an epoch to restore
     assert s.restarts == 2 and events.attempts() == [0, 1, 2]
     assert not events.started(1)  # attempt 1 died during its restore, committing nothing
     assert events.restored_from(2) == events.last_commit_before_failure()
