@@ -69,7 +69,7 @@ def _running_count(state: Any, row: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def one_run(events: int, kills: int, standby: int, seed: int, expected: float = 0.0,
-             max_inflight: int | None = None) -> dict[str, Any]:
+             max_inflight: int | None = None, **pipeline: Any) -> dict[str, Any]:
     """One ``StatefulMap`` run; ``kills`` SIGKILLs of random shards at random times.
 
     The kills are spread over ``expected`` seconds (a kill-free run's processing time)
@@ -77,7 +77,8 @@ def one_run(events: int, kills: int, standby: int, seed: int, expected: float = 
     so that every kill is a recovery of its own (two kills in one outage would count as
     one restart). Also returns the epochs committed and the median and largest time
     from an epoch's barrier (the driver asking for it) to its commit; ``max_inflight``:
-    ``Pipeline.max_inflight`` (its default when ``None``).
+    ``Pipeline.max_inflight`` (its default when ``None``); ``pipeline``: more
+    ``Pipeline`` arguments.
     """
     import ray
 
@@ -137,7 +138,7 @@ def one_run(events: int, kills: int, standby: int, seed: int, expected: float = 
             num_shards=3, checkpoint=f"{work}/ckpt", local_dir=f"{work}/local",
             checkpoint_interval=0.25, on_progress=on_progress, standby=standby,
             max_restarts=3 * kills + 3,
-            **({} if max_inflight is None else {"max_inflight": max_inflight}))
+            **({} if max_inflight is None else {"max_inflight": max_inflight}), **pipeline)
         stop = threading.Event()
         thread = threading.Thread(target=killer, args=(stop,), daemon=True)
         t0 = time.perf_counter()

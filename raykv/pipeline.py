@@ -83,11 +83,9 @@ class Pipeline:
         storage_options: fsspec options for ``checkpoint`` (e.g. S3 endpoint, keys).
         checkpoint_interval: seconds between epochs (``None``: only the final epoch).
             An epoch ends once the interval has passed, some input was read in it and
-            fewer than ``max_pending_epochs`` epochs wait for their commit. A lower
-            bound: each reader puts the barrier after the batch it is sending, which
-            waits for room when its shards are behind (``max_inflight``), so slow shards
-            make longer epochs (measured: 0.25 s asked, epochs of 0.6-1 s for a
-            ``StatefulMap`` fed 50,000-row batches on the 2-core machine).
+            fewer than ``max_pending_epochs`` epochs wait for their commit. Each reader
+            puts the barrier after the batch it sent last, also while it waits for room
+            to send the next.
         epoch_every_batches: end an epoch every this many source batches per reader
             instead (each reader holds after that many until the barrier), so epochs are
             identical run to run for a given ``source_parallelism`` (tests, drills,
@@ -96,11 +94,15 @@ class Pipeline:
         num_key_groups: key groups (default 4096 for a new pipeline; a restore uses the
             checkpoint's; giving another value than the checkpoint's is an error).
         max_restarts: recoveries allowed in one ``run`` before it gives up.
-        max_inflight: ``process`` calls in flight per shard before the sender waits
-            (backpressure). A barrier queues behind them, so fewer commit sooner:
-            barrier to commit p50 0.45-0.64 s with 1 against 1.16-1.41 s with 4 for a
-            ``StatefulMap`` at 0.25 s checkpoints, for up to 10 % of its throughput
-            (docs/runtime.md, "Checkpoint latency").
+        max_inflight: ``process`` calls in flight per shard and sender at most before
+            the sender waits (backpressure).
+        inflight_seconds: the seconds of a shard's work its senders keep in flight to
+            it (buffer debloating): each sender's calls in flight follow the seconds
+            the shard reports per call, its share of this target, at least 1 (2 for a
+            sole sender) and at most ``max_inflight``. A barrier queues behind them, so
+            this bounds the time from a barrier to its commit when the shards are the
+            bottleneck (docs/runtime.md, "Checkpoint latency"). ``None``: always
+            ``max_inflight``.
         max_pending_epochs: epochs sealed but not committed before new barriers wait.
         source_parallelism: source reader actors (default: the shard count of the stage
             the source feeds; at most one per split of the source); with ``sources``,
@@ -166,6 +168,7 @@ class Pipeline:
     num_key_groups: int | None = None
     max_restarts: int = 10
     max_inflight: int = 4
+    inflight_seconds: float | None = 0.1
     max_pending_epochs: int = 4
     source_parallelism: int | Mapping[str, int] | None = None
     standby: int = 0
@@ -230,6 +233,12 @@ class Pipeline:
         _positive_int("retain", self.retain)
         _positive_int("max_inflight", self.max_inflight)
         _positive_int("max_pending_epochs", self.max_pending_epochs)
+        if self.inflight_seconds is not None and (
+                type(self.inflight_seconds) not in (int, float)
+                or not self.inflight_seconds > 0):
+            msg = (f"inflight_seconds must be a number > 0 (seconds of a shard's work in "
+                   f"flight per sender) or None, got {self.inflight_seconds!r}")
+            raise ValueError(msg)
         for name in self.source_map():
             par = self.source_parallelism_of(name)
             if par is not None:

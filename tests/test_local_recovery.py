@@ -66,7 +66,7 @@ def test_reset_rolls_back_to_the_committed_epoch_and_fences_old_calls(tmp_path: 
     w.process(pa.record_batch({"user": [2], "qty": [100]}), 0, attempt=0)
 
     w.quiesce()
-    assert w.process(pa.record_batch({"user": [9], "qty": [9]}), 0, attempt=0) == 0
+    assert w.process(pa.record_batch({"user": [9], "qty": [9]}), 0, attempt=0)[0] == 0
     with pytest.raises(RuntimeError, match="rolled back by a recovery"):
         w.wait_uploaded(3)  # a waiter of the failed attempt is released, not left hanging
 
@@ -75,12 +75,12 @@ def test_reset_rolls_back_to_the_committed_epoch_and_fences_old_calls(tmp_path: 
     assert info["pid"] == os.getpid()
     assert info["downloaded_files"] == 0  # data_dir and the kept links held them all
     # queued calls of attempt 0 that run after the reset are dropped
-    assert w.process(pa.record_batch({"user": [1], "qty": [1000]}), 0, attempt=0) == 0
+    assert w.process(pa.record_batch({"user": [1], "qty": [1000]}), 0, attempt=0)[0] == 0
     w.barrier(2, 0, attempt=0)
     # an old commit thread's wait for epoch 2 must not take the replayed epoch 2's ack
     with pytest.raises(RuntimeError, match="of attempt 0 reached attempt 1"):
         w.wait_uploaded(2, 0)
-    assert w.process(pa.record_batch({"user": [4], "qty": [4]}), 0, attempt=1) == 1
+    assert w.process(pa.record_batch({"user": [4], "qty": [4]}), 0, attempt=1)[0] == 1
     assert _totals(w) == {1: 4, 2: 2, 4: 4}  # epoch 1 plus attempt 1's row, nothing else
     w.close()
     store.close()

@@ -85,6 +85,7 @@ class AttemptActors:
             stages, self._local_root(), self.rebalancer.rebalances,
             checkpoint=self.p.checkpoint, storage_options=self.p.storage_options,
             driver_io=self.driver_io, max_inflight=self.p.max_inflight,
+            inflight_seconds=self.p.inflight_seconds,
             faults=self.p.faults, attempt=attempt, first_epoch=self._next_epoch,
             hot_keys=self.p.hot_keys, pipeline=self._metrics.pipeline,
             topology=self.p.topology, readers=counts,
@@ -181,7 +182,8 @@ class AttemptActors:
                     _strip({s: m for s, m in maxes.items() if s.startswith(pre)}, pre),
                     name="reader" if not pre else f"reader-{name}",
                     key=topo.side_key(feed), partitioning=stage.partitioning,
-                    max_inflight=p.max_inflight, epoch_batches=p.epoch_every_batches,
+                    max_inflight=p.max_inflight, inflight_seconds=p.inflight_seconds,
+                    epoch_batches=p.epoch_every_batches,
                     paused=paused, faults=p.faults, attempt=attempt,
                     first_epoch=self._next_epoch, watermark=p.source_watermark(name),
                     source_name=name, prefix=pre, stage=feed.stage))

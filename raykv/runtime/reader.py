@@ -39,6 +39,9 @@ from raykv.sources import Offset, Source, SourceReader, Split, StopSource
 from raykv.sources.base import WHOLE
 from raykv.watermarks import ReaderClock
 
+_ROOM_POLL = 0.02
+"""Longest wait (s) for room in the outbox between two looks at the barrier requests."""
+
 
 def assign_splits(splits: Sequence[Split], readers: int) -> list[list[Split]]:
     """Deal ``splits`` to ``readers`` so that the largest total size is small.
@@ -250,6 +253,8 @@ class SourceReaderLoop:
         channel: the way to the shards.
         input_id: this reader's input number at the shards.
         max_inflight: calls in flight per shard before the loop waits for the oldest.
+        inflight_seconds: the seconds of a shard's work its senders keep in flight (the
+            outbox's target; ``None``: always ``max_inflight`` calls).
         idle: called when the source has nothing right now (e.g. sleep a little).
         epoch_batches: when set, the loop reads at most this many batches per epoch and
             then waits for the barrier (``Pipeline(epoch_every_batches=...)``: epochs
@@ -263,13 +268,15 @@ class SourceReaderLoop:
 
     def __init__(self, cursor: SplitCursor, key: str, partitioning: Partitioning,
                  channel: Channel, input_id: int, max_inflight: int = 4,
+                 inflight_seconds: float | None = None,
                  idle: Callable[[], None] = lambda: None, epoch_batches: int | None = None,
                  on_batch: Callable[[], None] = lambda: None, paused: bool = False,
                  first_epoch: int | None = None, clock: ReaderClock | None = None) -> None:
         self.cursor = cursor
         self._key = key
         self._partitioning = partitioning
-        self._outbox = Outbox(channel, partitioning.num_shards, max_inflight)
+        self._outbox = Outbox(channel, partitioning.num_shards, max_inflight,
+                              inflight_seconds)
         self._input_id = input_id
         self._idle = idle
         self._epoch_batches = epoch_batches
@@ -401,6 +408,9 @@ class SourceReaderLoop:
             with self._cond:
                 if self._due():
                     continue
+            if not self._outbox.has_room():  # wait here, where a barrier can still go out
+                self._outbox.wait_room(_ROOM_POLL)
+                continue
             try:
                 batch = self.cursor.read()
             except StopSource:

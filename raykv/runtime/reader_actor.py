@@ -59,6 +59,7 @@ class ReaderSpec:
         key: the key column of the input it feeds.
         partitioning: the key-group assignment of the stage it feeds.
         max_inflight: calls in flight per shard before waiting for the oldest.
+        inflight_seconds: ``Pipeline.inflight_seconds`` (the outbox's target).
         epoch_batches: ``Pipeline.epoch_every_batches`` (``None``: time-based epochs).
         paused: read nothing until the first barrier (a changed layout is made durable
             before new input).
@@ -79,6 +80,7 @@ class ReaderSpec:
     key: str
     partitioning: Partitioning
     max_inflight: int = 4
+    inflight_seconds: float | None = None
     epoch_batches: int | None = None
     paused: bool = False
     faults: Any = None
@@ -163,6 +165,7 @@ class ReaderWorker:
         self.loop = SourceReaderLoop(
             SplitCursor(self._source, spec.splits), spec.key, spec.partitioning,
             RayChannel(shards, spec.attempt), spec.index, spec.max_inflight,
+            inflight_seconds=spec.inflight_seconds,
             idle=lambda: time.sleep(IDLE_SLEEP), epoch_batches=spec.epoch_batches,
             on_batch=self._fault, paused=spec.paused, first_epoch=spec.first_epoch,
             clock=(ReaderClock(spec.watermark, dict(spec.event_maxes))

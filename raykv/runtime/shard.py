@@ -258,30 +258,33 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads, EpochWorker, Shard
     def set_downstream(self, handles: list[Any]) -> None:
         """Connect the next stage's shard actors (by index)."""
         self._outbox = Outbox(RayChannel(handles, self.spec.attempt), len(handles),
-                              self.spec.max_inflight)
+                              self.spec.max_inflight, self.spec.inflight_seconds)
 
     # ------------------------------------------------------------------ the stream
 
     def process(self, batch: pa.RecordBatch, input_id: int = 0, attempt: int | None = None
-                ) -> int:
+                ) -> tuple[int, float, int]:
         """Apply ``batch`` from ``input_id`` (buffered if that input is past a barrier).
 
         ``attempt``: the sender's run attempt; a call of another attempt than this
         shard's (queued before a local recovery, see :meth:`reset`) is dropped and
-        returns 0. Returns the number of rows received. Raises the operator's
+        counts 0 rows. Returns the rows received, the seconds the call took here and
+        the number of inputs (senders) of the shard: the sender's ``Outbox`` sizes its
+        calls in flight by the last two. Raises the operator's
         ``ValueError``/``TypeError`` with the stage, key column and shard named, and an
         error of user code as the user's exception with stage, shard, key, epoch and
         traceback noted (see :meth:`_contextualize`).
         """
+        t = time.perf_counter()
         if self._stale(attempt):
-            return 0
+            return 0, 0.0, self.spec.num_inputs
         self._check_ok()
         self._fault("process")
         faults = self.spec.faults
         if faults is not None and faults.process_delay:
             time.sleep(faults.process_delay)
         self._receive(DATA, input_id, batch)
-        return int(batch.num_rows)
+        return batch.num_rows, time.perf_counter() - t, self.spec.num_inputs
 
     def barrier(self, epoch: int, input_id: int = 0, watermark: int | None = None,
                 idle: bool = False, attempt: int | None = None) -> None:

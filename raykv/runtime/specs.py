@@ -72,6 +72,7 @@ class ShardSpec:
         driver_io: the driver uploads from the staging dir and restores before ``setup``
             (``memory://`` stores live in the driver's process).
         max_inflight: calls to one downstream shard in flight before waiting.
+        inflight_seconds: ``Pipeline.inflight_seconds`` (the outbox's target).
         faults: ``raykv.testing.Faults`` or ``None``.
         attempt: run attempt number (0, then +1 per recovery).
         first_epoch: the epoch number of the attempt's first barrier (``None``: unknown);
@@ -100,6 +101,7 @@ class ShardSpec:
     storage_options: dict[str, Any] | None
     driver_io: bool = False
     max_inflight: int = 4
+    inflight_seconds: float | None = None
     faults: Any = None
     attempt: int = 0
     first_epoch: int | None = None

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from raykv.runtime.outbox import Outbox, compact
 
@@ -60,3 +61,46 @@ def test_compact_keeps_batches_that_own_their_buffers() -> None:
     got = compact(tail)
     assert got.equals(tail) and got.num_rows == 10
     assert got.get_total_buffer_size() < 10_000
+
+
+class _Timed(_Recorder):
+    """A channel whose ``process`` calls answer ``answers[dest]`` when collected."""
+
+    def __init__(self, answers: list[Any]) -> None:
+        super().__init__()
+        self.answers = answers
+
+    def send(self, dest: int, method: str, *args: Any) -> Any:
+        super().send(dest, method, *args)
+        return dest
+
+    def wait(self, ref: Any) -> Any:
+        return self.answers[ref]
+
+
+@pytest.mark.parametrize(("answer", "max_inflight", "limit"), [
+    ((1, 0.2, 1), 4, 2),     # slow, a sole sender: one call running, one queued
+    ((1, 0.04, 1), 4, 3),    # ceil(0.1 / 0.04) = 3
+    ((1, 0.03, 1), 8, 4),    # ceil(0.1 / 0.03) = 4
+    ((1, 0.01, 2), 8, 5),    # two senders share the queue: ceil(0.1 / (0.01 * 2)) = 5
+    ((1, 0.1, 3), 4, 1),     # three senders keep the other calls queued
+    ((1, 0.001, 1), 4, 4),   # fast: never above max_inflight
+    ((1, 0.2, 1), 1, 1),     # never above max_inflight either
+    (7, 4, 1),            # an answer that is not (rows, seconds, senders): no change
+])
+def test_calls_in_flight_follow_the_seconds_a_call_takes(answer: Any, max_inflight: int,
+                                                         limit: int) -> None:
+    """Buffer debloating: a barrier waits behind the calls in flight, so the senders keep
+    about ``target_seconds`` of the destination's work queued, not a fixed count."""
+    channel = _Timed([answer, (1, 0.001, 1)])
+    box = Outbox(channel, 2, max_inflight, target_seconds=0.1)
+    assert box.limits == [1, 1]  # until the first answer: the speed is unknown
+    part = _table(10).to_batches()[0]
+    for _ in range(20):
+        box.send_parts({0: part, 1: part}, 0)
+    assert box.limits == [limit, max_inflight]
+    assert len(box.queues[0]) == limit and box.has_room() and not box.queues[0]
+    fixed = Outbox(_Timed([(1, 0.2, 1)]), 1, max_inflight)  # no target: always max_inflight
+    for _ in range(20):
+        fixed.send_parts({0: part}, 0)
+    assert fixed.limits == [max_inflight] and len(fixed.queues[0]) == max_inflight
