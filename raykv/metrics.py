@@ -98,8 +98,8 @@ METRICS: tuple[MetricDef, ...] = (
               "watermark), dropped or emitted on the late output, counted per epoch."),
     MetricDef("batches_in_flight", "raykv_batches_in_flight", GAUGE, SHARD_TAGS, "both",
               "Batches sent to this shard and not processed yet, per sender (the driver "
-              "or an upstream shard; sum over senders). At max_inflight the sender "
-              "waits: backpressure."),
+              "or an upstream shard; sum over senders). At its limit (max_inflight, or "
+              "fewer by inflight_seconds) the sender waits: backpressure."),
     MetricDef("seal_seconds", "raykv_seal_seconds", HISTOGRAM, SHARD_TAGS, "shard",
               "Seconds a shard spent ending an epoch: on_barrier or finish, seal, linking "
               "the files for upload."),

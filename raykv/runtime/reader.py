@@ -9,11 +9,13 @@ tested in-process, and a reader actor wraps it.
 * :class:`SourceReaderLoop` reads batches from a cursor, splits each by the first stage's
   partitioning and sends the parts to the shards through an
   :class:`~raykv.runtime.outbox.Outbox` (at most ``max_inflight`` calls in flight per
-  shard: backpressure), and injects barriers between
-  two batches when asked (:meth:`SourceReaderLoop.request_barrier`): ``barrier(e)`` goes
-  into every channel after the reader's last batch of epoch ``e``, and the request is
-  answered with every split's offset at that cut. Shards align that barrier over all
-  readers, so each epoch is a consistent cut across splits (DESIGN invariant 2).
+  shard, fewer by ``inflight_seconds``: backpressure; the loop waits for room before it
+  reads a batch), and injects barriers between two batches when asked
+  (:meth:`SourceReaderLoop.request_barrier`), also while it waits for room:
+  ``barrier(e)`` goes into every channel after the reader's last batch of epoch ``e``,
+  and the request is answered with every split's offset at that cut. Shards align that
+  barrier over all readers, so each epoch is a consistent cut across splits (DESIGN
+  invariant 2).
 
 Ordering: one reader's calls to one shard go through one channel in order (Ray keeps
 the order of one caller's calls to one actor), so everything a reader sent before
@@ -299,7 +301,10 @@ class SourceReaderLoop:
 
     def request_barrier(self, epoch: int, *, final: bool = False, pause: bool = False,
                         timeout: float | None = None) -> Cut:
-        """Ask for ``barrier(epoch)`` (``finish`` when ``final``) after the current batch.
+        """Ask for ``barrier(epoch)`` (``finish`` when ``final``) after the last batch sent.
+
+        Served between two batches, within ``_ROOM_POLL`` s while the loop waits for
+        room at the shards (nothing is read meanwhile, so the cut is exact).
 
         Blocks until the loop sent it into every channel; returns the :class:`Cut`. A
         final barrier is sent only once the cursor is exhausted. With ``pause`` the loop
