@@ -191,6 +191,7 @@ class AggregateLogic(AggregateFold, KeyedStateLogic):
         # an epoch's partials moved aside by detach(), folded by the next on_barrier
         self._detached: tuple[list[pa.Table], list[pa.Table], list[list[pa.Table]]] | None = None
         self._key_counts: tuple[pa.Array | pa.ChunkedArray, np.ndarray] | None = None
+        self._cache: Packed | None = None  # the last epoch's changes (aggfold.py)
         #: Set by the shard when epochs end on its epoch thread: returns once that thread
         #: is idle. Called before this logic touches the engine outside ``on_barrier``.
         self.fence: Callable[[], None] = _no_fence
@@ -325,8 +326,10 @@ class AggregateLogic(AggregateFold, KeyedStateLogic):
             if self._minmax is not None:
                 zero = self._minmax.join(zero, b"")
             changes.add(sorted(deleted), [zero] * len(deleted))
+        chunks = list(changes.sorted_chunks(FOLD_SLICE_KEYS))
+        self._remember(chunks)
         batches = [self._emit_packed(c) if isinstance(c, Packed) else self._emit(*c)
-                   for c in changes.sorted_chunks(FOLD_SLICE_KEYS)]
+                   for c in chunks]
         if not batches:
             return None
         return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
@@ -360,7 +363,9 @@ class AggregateLogic(AggregateFold, KeyedStateLogic):
         changes, deleted = self._take_epoch()
         keys: list[bytes] = []
         values: list[bytes] = []
-        for chunk in changes.sorted_chunks(FOLD_SLICE_KEYS):
+        chunks = list(changes.sorted_chunks(FOLD_SLICE_KEYS))
+        self._remember(chunks)
+        for chunk in chunks:
             chunk_keys, chunk_values = as_lists(chunk)
             keys += chunk_keys
             values += chunk_values
