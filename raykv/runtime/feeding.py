@@ -14,7 +14,7 @@ the source, batches sent in the epoch) and ends an epoch with :meth:`Feeder.barr
   called (the run is paused, ``run(resume=True)`` goes on).
 
 A barrier asks every reader for ``barrier(e)``; each sends it into all its channels after
-the last batch it sent and answers with its splits' offsets (a
+its current batch and answers with its splits' offsets (a
 :class:`~raykv.runtime.reader.Cut`); the union of those offsets and the rows of the
 epoch go to the committer with every shard's ``wait_uploaded(e)``. When a rebalance is
 planned (decided by the commit thread), the next barrier pauses the readers behind it

@@ -5,11 +5,10 @@ run, :class:`RayChannel`; fakes in tests) to ``n`` destinations, indexed ``0..n-
 ``send_parts`` calls ``process(part, input_id)`` on each destination that gets a part
 and keeps at most ``max_inflight`` calls in flight per destination: one more and it
 waits for that destination's oldest (backpressure; where a failed or dead destination
-first surfaces, as the error of that wait). ``has_room``/``wait_room`` let a sender wait
-for room *before* it reads its next batch, so that it can still send a barrier while it
-waits. ``broadcast`` sends a control call (a barrier) to every destination without
-waiting. Calls from one caller to one actor run in the order they were made (Ray's
-guarantee), so a barrier sent after a destination's parts arrives after them.
+first surfaces, as the error of that wait). ``broadcast`` sends a control call (a
+barrier) to every destination without waiting. Calls from one caller to one actor run in
+the order they were made (Ray's guarantee), so a barrier sent after a destination's
+parts arrives after them.
 
 Buffer debloating (``target_seconds``): a barrier queues behind the calls in flight, so
 their number bounds the time from a barrier to its commit when the destinations are the
@@ -73,9 +72,6 @@ class Channel(Protocol):
     def done(self, ref: Any) -> bool:
         """Whether ``ref`` is done (without blocking)."""
 
-    def wait_any(self, refs: Sequence[Any], timeout: float) -> None:
-        """Block until one of ``refs`` is done or ``timeout`` seconds passed (no error)."""
-
 
 class RayChannel:
     """A :class:`Channel` over Ray actor handles (one caller: calls run in order).
@@ -100,10 +96,6 @@ class RayChannel:
         """A zero-timeout ``ray.wait``."""
         ready, _ = ray.wait([ref], timeout=0)
         return bool(ready)
-
-    def wait_any(self, refs: Sequence[Any], timeout: float) -> None:
-        """``ray.wait`` for one of ``refs``."""
-        ray.wait(list(refs), num_returns=1, timeout=timeout)
 
 
 class Outbox:
@@ -154,25 +146,6 @@ class Outbox:
         self.seconds_per_call[dest] = avg
         share = math.ceil(self._target / (avg * senders)) if avg > 0 else self._max_inflight
         self.limits[dest] = min(self._max_inflight, max(2 if senders == 1 else 1, share))
-
-    def has_room(self) -> bool:
-        """Whether every destination has fewer calls in flight than its limit.
-
-        Collects the calls that are done first (raising the first failure). Cost: one
-        zero-timeout check per destination with calls in flight.
-        """
-        self.reap()
-        return all(len(q) < limit for q, limit in zip(self.queues, self.limits, strict=True))
-
-    def wait_room(self, timeout: float) -> None:
-        """Block until a full destination's oldest call is done, or ``timeout`` s.
-
-        Never raises for a failed call: :meth:`has_room` (its reap) does.
-        """
-        full = [q[0] for q, limit in zip(self.queues, self.limits, strict=True)
-                if len(q) >= limit]
-        if full:
-            self._channel.wait_any(full, timeout)
 
     def broadcast(self, method: str, *args: Any) -> None:
         """``method(*args)`` on every destination, not waited for."""

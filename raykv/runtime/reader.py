@@ -9,11 +9,10 @@ tested in-process, and a reader actor wraps it.
 * :class:`SourceReaderLoop` reads batches from a cursor, splits each by the first stage's
   partitioning and sends the parts to the shards through an
   :class:`~raykv.runtime.outbox.Outbox` (at most ``max_inflight`` calls in flight per
-  shard, fewer by ``inflight_seconds``: backpressure; the loop waits for room before it
-  reads a batch), and injects barriers between two batches when asked
-  (:meth:`SourceReaderLoop.request_barrier`), also while it waits for room:
-  ``barrier(e)`` goes into every channel after the reader's last batch of epoch ``e``,
-  and the request is answered with every split's offset at that cut. Shards align that
+  shard, fewer by ``inflight_seconds``: backpressure), and injects barriers between two
+  batches when asked (:meth:`SourceReaderLoop.request_barrier`): ``barrier(e)`` goes
+  into every channel after the reader's last batch of epoch ``e``, and the request is
+  answered with every split's offset at that cut. Shards align that
   barrier over all readers, so each epoch is a consistent cut across splits (DESIGN
   invariant 2).
 
@@ -40,9 +39,6 @@ from raykv.runtime.outbox import Channel, Outbox
 from raykv.sources import Offset, Source, SourceReader, Split, StopSource
 from raykv.sources.base import WHOLE
 from raykv.watermarks import ReaderClock
-
-_ROOM_POLL = 0.02
-"""Longest wait (s) for room in the outbox between two looks at the barrier requests."""
 
 
 def assign_splits(splits: Sequence[Split], readers: int) -> list[list[Split]]:
@@ -301,10 +297,10 @@ class SourceReaderLoop:
 
     def request_barrier(self, epoch: int, *, final: bool = False, pause: bool = False,
                         timeout: float | None = None) -> Cut:
-        """Ask for ``barrier(epoch)`` (``finish`` when ``final``) after the last batch sent.
+        """Ask for ``barrier(epoch)`` (``finish`` when ``final``) after the current batch.
 
-        Served between two batches, within ``_ROOM_POLL`` s while the loop waits for
-        room at the shards (nothing is read meanwhile, so the cut is exact).
+        The current batch's send waits for room at the shards first (backpressure), so
+        a slow shard delays the barrier by up to one of its calls.
 
         Blocks until the loop sent it into every channel; returns the :class:`Cut`. A
         final barrier is sent only once the cursor is exhausted. With ``pause`` the loop
@@ -413,9 +409,6 @@ class SourceReaderLoop:
             with self._cond:
                 if self._due():
                     continue
-            if not self._outbox.has_room():  # wait here, where a barrier can still go out
-                self._outbox.wait_room(_ROOM_POLL)
-                continue
             try:
                 batch = self.cursor.read()
             except StopSource:

@@ -13,7 +13,7 @@ Methods (the actor's default group runs the loop, ``"control"`` answers the driv
     run()                                 # default group: returns at the end (or raises)
     reset(spec, shards)                   # default group: a new attempt (local recovery)
     stop()                                # control: run returns after the current batch
-    barrier(epoch, final, pause) -> Cut   # control: barrier after the last batch sent
+    barrier(epoch, final, pause) -> Cut   # control: barrier after the current batch
     status(timeout) -> Status             # control: ended / stopped / epoch batches
     resume(partitioning)  ping() -> pid   # control
 
@@ -191,7 +191,7 @@ class ReaderWorker:
 
     @ray.method(concurrency_group="control")
     def barrier(self, epoch: int, final: bool = False, pause: bool = False) -> Cut:
-        """``barrier(epoch)`` (``finish``) into every channel after the last batch sent.
+        """``barrier(epoch)`` (``finish``) into every channel after the current batch.
 
         The cut's split ids carry the spec's ``prefix`` (the pipeline-wide split ids).
         """
