@@ -241,7 +241,7 @@ class Pipeline:
         _positive_int("max_pending_epochs", self.max_pending_epochs)
         if self.inflight_seconds is not None and (
                 type(self.inflight_seconds) not in (int, float)
-                or not self.inflight_seconds > 0):
+                or not 0 < self.inflight_seconds < float("inf")):
             msg = (f"inflight_seconds must be a number > 0 (seconds of a shard's work in "
                    f"flight per sender) or None, got {self.inflight_seconds!r}")
             raise ValueError(msg)

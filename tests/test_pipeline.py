@@ -480,3 +480,16 @@ def test_key_too_long_is_a_clear_error(ray_session: Any, tmp_path: Path) -> None
     latest = store.latest_epoch()
     assert latest is not None
     store.verify(latest)
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, "0.1", True, float("nan"), float("inf")])
+def test_inflight_seconds_must_be_a_positive_number_or_none(bad: Any) -> None:
+    def make(**kw: Any) -> raykv.Pipeline:
+        return raykv.Pipeline(source=TableSource({"k": [1], "v": [2]}),
+                              stages=[Aggregate("k", {"v": "sum"})],
+                              checkpoint=None, **kw)
+
+    with pytest.raises(ValueError, match=r"inflight_seconds must be a number > 0 .* or None"):
+        make(inflight_seconds=bad)
+    assert make(inflight_seconds=None).inflight_seconds is None
+    assert make(inflight_seconds=0.5).inflight_seconds == 0.5
