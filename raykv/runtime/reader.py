@@ -12,9 +12,8 @@ tested in-process, and a reader actor wraps it.
   shard, fewer by ``inflight_seconds``: backpressure), and injects barriers between two
   batches when asked (:meth:`SourceReaderLoop.request_barrier`): ``barrier(e)`` goes
   into every channel after the reader's last batch of epoch ``e``, and the request is
-  answered with every split's offset at that cut. Shards align that
-  barrier over all readers, so each epoch is a consistent cut across splits (DESIGN
-  invariant 2).
+  answered with every split's offset at that cut. Shards align that barrier over all
+  readers, so each epoch is a consistent cut across splits (DESIGN invariant 2).
 
 Ordering: one reader's calls to one shard go through one channel in order (Ray keeps
 the order of one caller's calls to one actor), so everything a reader sent before

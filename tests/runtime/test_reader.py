@@ -260,4 +260,3 @@ def test_a_refused_barrier_is_judged_by_the_failure_of_its_loop() -> None:
     policy = FailurePolicy()
     verdicts = [policy.judge(got, attempt) for attempt in range(3)]
     assert [(v.action, v.reason) for v in verdicts] == [("recover", "transient")] * 3
-
