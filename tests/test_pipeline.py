@@ -162,6 +162,10 @@ def test_actor_calls_from_one_caller_run_in_order(ray_session: Any, tmp_path: Pa
         out = ray.get(ref).output
         assert out.column("seq").to_pylist() == sent[epoch]
         assert set(out.column("e1").to_pylist()) == {epoch}
+    # what a sender's Outbox sizes its calls in flight by: rows, seconds here, senders
+    rows, seconds, senders = ray.get(actor.process.remote(pa.record_batch(
+        {"k": [1, 2], "seq": [seq, seq + 1]})))
+    assert (rows, senders) == (2, 1) and type(seconds) is float and seconds > 0
     ray.kill(actor)
 
 
