@@ -85,13 +85,10 @@ class Pipeline:
             An epoch ends once the interval has passed, some input was read in it and
             fewer than ``max_pending_epochs`` epochs wait for their commit. A lower
             bound: each reader puts the barrier after the batch it is sending, which
-            waits for room when its shards are behind, so a busy shard lengthens the
-            epochs by up to one of its calls (a natural pause between checkpoints:
-            ``Aggregate`` at 0.1 s makes epochs of about 0.25 s, each shard folding
-            for about 0.1 s of them). Sending the barrier before that wait was
-            measured twice and not kept: the epochs then come as asked, and at 0.1 s
-            ``Aggregate`` lost 40 % of its events/s (docs/runtime.md, "Checkpoint
-            latency").
+            waits for room when its shards are behind: a busy shard lengthens the
+            epoch by up to one of its calls, a pause between checkpoints
+            (docs/runtime.md, "Checkpoint latency": at 0.1 s, ``Aggregate``'s epochs
+            last about 0.25 s, and epochs as asked cost it 40 % of its events/s).
         epoch_every_batches: end an epoch every this many source batches per reader
             instead (each reader holds after that many until the barrier), so epochs are
             identical run to run for a given ``source_parallelism`` (tests, drills,

@@ -267,13 +267,10 @@ class ShardWorker(KeyGroupMoves, LocalRollback, EpochUploads, EpochWorker, Shard
         """Apply ``batch`` from ``input_id`` (buffered if that input is past a barrier).
 
         ``attempt``: the sender's run attempt; a call of another attempt than this
-        shard's (queued before a local recovery, see :meth:`reset`) is dropped and
-        counts 0 rows. Returns the rows received, the seconds the call took here and
-        the number of inputs (senders) of the shard: the sender's ``Outbox`` sizes its
-        calls in flight by the last two. Raises the operator's
-        ``ValueError``/``TypeError`` with the stage, key column and shard named, and an
-        error of user code as the user's exception with stage, shard, key, epoch and
-        traceback noted (see :meth:`_contextualize`).
+        shard's (queued before a local recovery, see :meth:`reset`) is dropped (0 rows).
+        Returns the rows, the seconds taken and the shard's number of senders (what the
+        sender's ``Outbox`` sizes its calls in flight by). Raises the operator's errors
+        with stage, key column and shard named, and user code's (:meth:`_contextualize`).
         """
         t = time.perf_counter()
         if self._stale(attempt):
