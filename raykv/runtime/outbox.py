@@ -19,8 +19,8 @@ keeps its share of about ``target_seconds`` of the destination's work in flight:
 so the destination never waits for the sender). Until a destination's first answer the
 bound is 1 call: senders that start together would otherwise queue ``max_inflight``
 calls each at a destination of unknown speed, with the first barrier behind all of them
-(measured: 1.4 s after it was asked for, a ``StatefulMap`` fed by 3 readers at 0.25 s
-checkpoints).
+(measured: a ``StatefulMap`` fed by 3 readers at 0.25 s checkpoints got its first
+barrier 1.4 s after it was sent).
 
 Used by source readers (:mod:`raykv.runtime.reader`) to reach the first stage and by
 shards (:mod:`raykv.runtime.shard`) to reach the next stage.
