@@ -41,10 +41,10 @@ def measure(events: int, values: list[str], repeat: int) -> dict[str, Any]:
     """One kill-free run per configuration, alternated ``repeat`` times."""
     owned = start_local_ray()
     try:
+        configs = [(v, *parse(v)) for v in values]
         runs = [{"config": v, "load": loadavg(),
-                 **one_run(events, 0, 0, seed=0, max_inflight=parse(v)[0],
-                           inflight_seconds=parse(v)[1])}
-                for _ in range(repeat) for v in values]
+                 **one_run(events, 0, 0, seed=0, max_inflight=m, inflight_seconds=t)}
+                for _ in range(repeat) for v, m, t in configs]
     finally:
         if owned:
             import ray

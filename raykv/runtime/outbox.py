@@ -116,9 +116,9 @@ class Outbox:
         self._max_inflight = max_inflight
         self._target = target_seconds
         self.queues: list[deque[Any]] = [deque() for _ in range(n)]
-        #: per destination: calls in flight allowed now, and seconds per call (average)
+        #: per destination: calls in flight allowed now
         self.limits = [max_inflight if target_seconds is None else 1] * n
-        self.seconds_per_call = [0.0] * n
+        self._seconds = [0.0] * n  # per destination: seconds per call (moving average)
 
     def send_parts(self, parts: dict[int, pa.RecordBatch], input_id: int) -> None:
         """``process(part, input_id)`` on every destination of ``parts``, with backpressure.
@@ -141,9 +141,9 @@ class Outbox:
         if self._target is None or type(answer) is not tuple:
             return
         _, took, senders = answer
-        avg = self.seconds_per_call[dest]
+        avg = self._seconds[dest]
         avg = took if avg == 0.0 else avg + _ALPHA * (took - avg)
-        self.seconds_per_call[dest] = avg
+        self._seconds[dest] = avg
         share = math.ceil(self._target / (avg * senders)) if avg > 0 else self._max_inflight
         self.limits[dest] = min(self._max_inflight, max(2 if senders == 1 else 1, share))
 
