@@ -39,7 +39,7 @@ import pyarrow as pa
 
 from raykv.keys import split_fixed
 from raykv.operators.aggretract import drop_empty
-from raykv.operators.packed import Packed, uniform
+from raykv.operators.packed import Packed, key_words, uniform
 
 if TYPE_CHECKING:
     from raykv.operators.aggminmax import MinMaxMultisets
@@ -142,10 +142,7 @@ class AggregateFold:
         """
         if not keys:
             return []
-        joined = b"".join(keys)
-        if len(joined) != 8 * len(keys):  # (not 8-byte keys after all: no shortcut)
-            return self._read(keys)
-        words = np.frombuffer(joined, ">u8").astype(np.uint64)
+        words = key_words(keys)
         pos = np.searchsorted(cache.words, words)
         pos[pos == len(cache)] = 0
         hit = cache.words[pos] == words
@@ -159,14 +156,23 @@ class AggregateFold:
                   maxlen=0)
         return out
 
-    def _remember(self, chunks: list[Chunk]) -> None:
-        """Keep an epoch's changes (``sorted_chunks``) for the next fold (module docstring).
+    def _sorted_changes(self, changes: EpochChanges) -> list[Chunk]:
+        """``changes.sorted_chunks`` as a list, remembered for the next fold (module docstring).
 
-        Only packed chunks of an operator without TTL, min/max multisets or a changelog
-        input, and at most ``CACHE_MAX_KEYS`` keys. Cost: one concatenation.
+        Only packed chunks of an operator whose key type packs (``_packs_keys``), without
+        TTL, min/max multisets or a changelog input, and at most ``CACHE_MAX_KEYS`` keys,
+        are remembered. Cost: the sort, and
+        one concatenation of the chunks kept.
         """
+        chunks = list(changes.sorted_chunks(FOLD_SLICE_KEYS))
+        self._remember(chunks)
+        return chunks
+
+    def _remember(self, chunks: list[Chunk]) -> None:
+        """Keep ``chunks`` as the cache when they qualify (:meth:`_sorted_changes`)."""
         self._cache = None
         if (self.expiry is not None or self._minmax is not None or self._retract
+                or not self._packs_keys()  # every key 8 bytes by its type, not by chance
                 or not chunks or not all(isinstance(c, Packed) for c in chunks)):
             return
         packed = cast(list[Packed], chunks)
@@ -206,7 +212,7 @@ class AggregateFold:
         if self._packs_keys() and not (self._minmax or self._retract or layout.var_fields):
             # 8-byte keys and fixed-size values by construction: packed without checks
             self._changes.add_packed(Packed(
-                np.frombuffer(b"".join(keys), ">u8").astype(np.uint64),
+                key_words(keys),
                 np.frombuffer(b"".join(new), np.uint8).reshape(len(new), layout.size)))
         else:
             self._changes.add(keys, new)

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from raykv.engines.base import KVStore
 from raykv.keys import is_fixed_width
-from raykv.operators.aggfold import FOLD_SLICE_KEYS, AggregateFold
+from raykv.operators.aggfold import AggregateFold
 from raykv.operators.aggminmax import MinMaxMultisets
 from raykv.operators.aggretract import ROWS, signed_partials
 from raykv.operators.aggspec import normalize_aggs
@@ -326,10 +326,9 @@ class AggregateLogic(AggregateFold, KeyedStateLogic):
             if self._minmax is not None:
                 zero = self._minmax.join(zero, b"")
             changes.add(sorted(deleted), [zero] * len(deleted))
-        chunks = list(changes.sorted_chunks(FOLD_SLICE_KEYS))
-        self._remember(chunks)
-        batches = [self._emit_packed(c) if isinstance(c, Packed) else self._emit(*c)
-                   for c in chunks]
+        packs = self._packs_keys()  # (string keys that all had 8 bytes pack too)
+        batches = [self._emit_packed(c) if packs and isinstance(c, Packed)
+                   else self._emit(*as_lists(c)) for c in self._sorted_changes(changes)]
         if not batches:
             return None
         return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
@@ -363,9 +362,7 @@ class AggregateLogic(AggregateFold, KeyedStateLogic):
         changes, deleted = self._take_epoch()
         keys: list[bytes] = []
         values: list[bytes] = []
-        chunks = list(changes.sorted_chunks(FOLD_SLICE_KEYS))
-        self._remember(chunks)
-        for chunk in chunks:
+        for chunk in self._sorted_changes(changes):
             chunk_keys, chunk_values = as_lists(chunk)
             keys += chunk_keys
             values += chunk_values

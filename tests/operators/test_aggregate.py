@@ -607,3 +607,24 @@ def test_the_last_epochs_values_are_read_from_memory_and_stay_exact(
     assert stores[2].keys_read < folded  # keys of the previous epoch came from memory
     for s in stores:
         s.close()
+
+
+def test_string_keys_that_all_have_8_bytes_are_emitted_as_strings(tmp_path: Path) -> None:
+    """An epoch's changes are kept packed whenever every key has 8 bytes, string keys
+    included (``epoch_changes.py``); they were then emitted as if the key type were 8 bytes
+    wide (``ValueError: Non-fixed width type``), and the next fold could look up keys of 7
+    and 9 bytes in them as misaligned words."""
+    epochs = [{"k": ["20261205", "20261206"], "v": [1, 2]},
+              # joined, these read "20261205" "20261206": the first epoch's keys
+              {"k": ["2026120", "520261206"], "v": [10, 20]}]
+    with MemOnly(tmp_path) as store:
+        logic = Aggregate("k", {"v": ["sum"]}).build(store)
+        seen: list[pa.RecordBatch] = []
+        before: dict[Any, dict[str, Any]] = {}
+        for e, cols in enumerate(epochs, 1):
+            batch = pa.record_batch(cols)
+            seen.append(batch)
+            logic.process(batch)
+            after = model_aggregate(seen, "k", {"v": ["sum"]})
+            assert_rows_equal(rows_by_key(logic.on_barrier(e)), changed_rows(before, after))
+            before = after
