@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -270,24 +271,43 @@ def bulk_phases(n_keys: int, batch: int, eight: bool = False
             "mixed": batches(mixed_keys, 3)}
 
 
+PACKED = "-packed"  # a store name's suffix: ``multi_set_packed`` of the same batches
+
+
+def as_arrays(batch: dict[bytes, bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of 8-byte keys and fixed-size values as ``multi_set_packed`` takes it."""
+    words = np.frombuffer(b"".join(batch), ">u8").astype(np.uint64)
+    rows = np.frombuffer(b"".join(batch.values()), np.uint8).reshape(len(batch), -1)
+    return words, rows
+
+
+def _apply(write: Any, args: tuple[Any, ...]) -> None:
+    write(*args)
+
+
 def bulk_one(name: str, n_keys: int, batch: int, repeat: int = 2,
              profile: str | None = None, eight: bool = False) -> dict[str, Any]:
     """Rates of ``multi_set`` for the bulk workload on store ``name`` (default parameters).
 
     ``name`` may be ``dict``: ``dict.update`` of the same batches, the ceiling of any
-    engine whose index is a dict. Every phase gets new key objects (equal bytes), so no
+    engine whose index is a dict; ``ENGINE-packed``: ``multi_set_packed`` of the batches
+    as arrays (8-byte keys only). Every phase gets new key objects (equal bytes), so no
     lookup is helped by finding the very object it looks for. ``profile``: a phase whose
     first run is profiled (cProfile, cumulative times to stderr).
     """
     from raykv.engines import open_engine
 
-    phases = bulk_phases(n_keys, batch, eight)
+    phases: dict[str, list[Any]] = dict(bulk_phases(n_keys, batch, eight))
+    engine, packed = name.removesuffix(PACKED), name.endswith(PACKED)
+    if packed:  # the batches as arrays, built before the clock starts
+        phases = {p: [as_arrays(b) for b in bs] for p, bs in phases.items()}
     rates: dict[str, list[float]] = {p: [] for p in phases}
     cpu_rates: dict[str, list[float]] = {p: [] for p in phases}
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as tmp:
-            store: Any = {} if name == "dict" else open_engine(name, tmp)
-            write = store.update if name == "dict" else store.multi_set
+            store: Any = {} if name == "dict" else open_engine(engine, tmp)
+            write = (store.update if name == "dict" else
+                     partial(_apply, store.multi_set_packed) if packed else store.multi_set)
             for phase, bs in phases.items():
                 gc.collect()
                 profiler = cProfile.Profile() if phase == profile else None
@@ -298,7 +318,7 @@ def bulk_one(name: str, n_keys: int, batch: int, repeat: int = 2,
                     write(b)
                 if profiler is not None:
                     profiler.disable()
-                n = sum(map(len, bs))
+                n = sum(len(b[0]) if packed else len(b) for b in bs)
                 rates[phase].append(n / (time.perf_counter() - t))
                 cpu_rates[phase].append(n / (time.thread_time() - cpu))
                 if profiler is not None:  # the profile of the first run, to stderr
@@ -344,7 +364,16 @@ def fold_one(name: str, events: int, per_epoch: int) -> dict[str, Any]:
             secs["multi_set"] += clock() - t
             keys["multi_set"] += len(pairs)
 
+        put_packed = store.multi_set_packed
+
+        def multi_set_packed(words: Any, rows: Any) -> None:
+            t = clock()
+            put_packed(words, rows)
+            secs["multi_set"] += clock() - t
+            keys["multi_set"] += len(words)
+
         store.multi_get, store.multi_set = multi_get, multi_set
+        store.multi_set_packed = multi_set_packed
         logic = Aggregate("user", {"amount": ["sum", "count"]}).build(store)
         for i, b in enumerate(batches):
             t = clock()

@@ -1,6 +1,7 @@
 """The ``KVStore`` contract shared by every engine.
 
-Lifecycle: ``open -> (get | set | delete | multi_get | multi_set | items | seal)* -> close``.
+Lifecycle: ``open -> (get | set | delete | multi_get | multi_set | multi_set_packed | items |
+seal)* -> close``.
 
 Contract (every engine keeps it; ``tests/engines/contract.py`` checks it):
 
@@ -39,6 +40,9 @@ from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypedDict
+
+import numpy as np
+import numpy.typing as npt
 
 from raykv.engines.expiry import Expiry
 from raykv.engines.fileio import fsync_dir, fsync_files
@@ -165,6 +169,28 @@ class KVStore(Validation, ABC):
     @abstractmethod
     def multi_set(self, pairs: Pairs) -> None:
         """Apply ``(key, value)`` pairs in order (later pairs win); validated as a whole first."""
+
+    def multi_set_packed(self, words: npt.NDArray[np.uint64], rows: npt.NDArray[np.uint8]
+                         ) -> None:
+        """``multi_set`` of 8-byte keys and values of one size, given as two arrays.
+
+        ``words[i]`` is key ``i``'s 8 bytes read big-endian (words sort like the keys);
+        ``rows`` has shape ``(len(words), size)`` with ``size >= 1``: row ``i`` is key
+        ``i``'s value. Same result as ``multi_set`` of the pairs in order (later pairs
+        win); validated as a whole first (``_check_packed``). An operator's fold of
+        integer keys writes this way. Engines with a vectorized write path (HybridLog)
+        override it; this version builds one ``bytes`` per key and value for
+        ``multi_set``.
+        """
+        self._ensure_open()
+        size = self._check_packed(words, rows)
+        if not len(words):
+            return
+        kb = words.astype(">u8").tobytes()
+        vb = np.ascontiguousarray(rows).tobytes()
+        self.multi_set(dict(zip([kb[i : i + 8] for i in range(0, len(kb), 8)],
+                                [vb[i : i + size] for i in range(0, len(vb), size)],
+                                strict=True)))
 
     @abstractmethod
     def items(self) -> Iterator[tuple[bytes, bytes]]:

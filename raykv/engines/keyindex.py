@@ -294,6 +294,17 @@ class KeyIndex:
             d.update(zip(ks, [int(locs[i]) for i in other], strict=True))
         return live
 
+    def swap_words(self, words: np.ndarray, locs: np.ndarray, shift: int) -> int:
+        """:meth:`swap_count` of distinct 8-byte keys given as uint64 ``words``.
+
+        ``words``: the keys read little-endian; ``locs``: uint64 locations. Cost: the
+        table's rounds, no Python object per key.
+        """
+        if len(words) != len(locs):
+            msg = f"{len(words)} keys but {len(locs)} locations"
+            raise ValueError(msg)
+        return self._swap_words(words, locs, shift) if len(words) else 0
+
     def _swap_words(self, words: np.ndarray, locs: np.ndarray, shift: int) -> int:
         live = 0
         big = self._big

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from raykv.engines.stats import EngineStats
 
 DEFAULT_MAX_KEY_LEN = 1024
@@ -136,6 +138,36 @@ class Validation:
                     self._reject_value(k, v)
         self.stats.app_bytes += key_bytes + sum(vlens)
         return batch
+
+    def _check_packed(self, words: object, rows: object) -> int:
+        """Validate a packed batch (``KVStore.multi_set_packed``); return its value size.
+
+        Counts nothing in ``stats`` (the write path that applies the batch does).
+
+        Raises before any change: ``TypeError`` for arrays of the wrong kind or shape,
+        ``ValueError`` for 8-byte keys above ``max_key_len`` or values above
+        ``max_value_len`` or of size 0 (a delete: ``multi_set`` takes those).
+        """
+        if not (isinstance(words, np.ndarray) and words.dtype == np.uint64
+                and words.ndim == 1):
+            msg = ("multi_set_packed expects keys as a 1-d uint64 array (each key's 8 bytes "
+                   f"read big-endian), got {type(words).__name__} "
+                   f"{getattr(words, 'dtype', '')}")
+            raise TypeError(msg)
+        if not (isinstance(rows, np.ndarray) and rows.dtype == np.uint8 and rows.ndim == 2
+                and rows.shape[0] == len(words)):
+            msg = (f"multi_set_packed expects values as a uint8 array of shape ({len(words)}, "
+                   f"value size), got {type(rows).__name__} {getattr(rows, 'shape', '')}")
+            raise TypeError(msg)
+        size = int(rows.shape[1])
+        if len(words) and self.max_key_len < 8:
+            msg = f"8-byte keys exceed max_key_len={self.max_key_len}; raise max_key_len"
+            raise ValueError(msg)
+        if len(words) and not 0 < size <= self.max_value_len:
+            msg = (f"multi_set_packed values of {size} bytes: each must be 1..max_value_len="
+                   f"{self.max_value_len} bytes (deletes go through multi_set)")
+            raise ValueError(msg)
+        return size
 
     def _split_pairs(self, pairs: Pairs) -> tuple[Sequence[bytes], Sequence[bytes]]:
         """Validate a whole batch and return ``(keys, values)``; raises before any change.

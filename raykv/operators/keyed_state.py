@@ -58,6 +58,8 @@ from raykv.operators.packed import Packed, pack, sort_packed, unpack
 from raykv.operators.state_meta import StateMetadata
 from raykv.operators.ttl import ExpiryState
 
+PACKED_WRITE_MIN = 1024  # keys of a write worth packing (two joins) for the engine
+
 #: Default rows per chunk of :meth:`KeyedStateLogic.finish_chunks` (an operator's
 #: ``finish_chunk_rows`` overrides it): about 10-20 MB of Python objects and Arrow
 #: buffers per chunk for small aggregates.
@@ -364,6 +366,10 @@ class KeyedStateLogic(StateMetadata, OperatorLogic):
     ) -> None:
         """One ``multi_set`` of ``keys -> values`` (``b""`` deletes) plus metadata pairs.
 
+        At least ``PACKED_WRITE_MIN`` 8-byte keys with values of one size and nothing
+        else to write go as arrays (``KVStore.multi_set_packed``: HybridLog writes them
+        without a ``bytes`` per pair).
+
         With ``track``, the keys join the changed set (after the write succeeded). With a
         TTL, each value is stored behind its stamp from ``stamps`` (default: processing
         time now + span); ``extra`` pairs are written as given.
@@ -375,6 +381,14 @@ class KeyedStateLogic(StateMetadata, OperatorLogic):
             if stamps is None:
                 stamps = self.expiry.fresh_stamps(len(keys)).tolist()
             values = self.expiry.stamp(values, stamps)
+        if (len(keys) >= PACKED_WRITE_MIN and not (self._pending_meta or extra)
+                and self._packs_keys()):
+            packed = pack(keys, values)  # None: values of several sizes, or deletes
+            if packed is not None:
+                self.store.multi_set_packed(packed.words, packed.rows)
+                if track:
+                    self._changed.update(keys)
+                return
         # a dict (keys are distinct) is the cheapest batch form for KVStore.multi_set
         pairs = dict(zip(keys, values, strict=False))  # lengths checked above
         if self._pending_meta or extra:

@@ -40,10 +40,18 @@ from operator import not_, truth
 from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 
+from raykv.engines import keyindex
 from raykv.engines.base import Pairs
 from raykv.engines.hybridlog.regions import _WATERMARK, Regions, _Lookup
-from raykv.engines.hybridlog.runfile import LEN_SHIFT, value_ends
+from raykv.engines.hybridlog.runfile import (
+    LEN_FITS_U64,
+    LEN_SHIFT,
+    encode_run_columns,
+    segment_locs,
+    value_ends,
+)
 from raykv.engines.keyindex import KeyIndex, get_many, promoted, store
 
 _CHUNK = 4096  # keys per index lookup + store pass (fits the CPU cache)
@@ -101,6 +109,48 @@ class BulkWrites(Regions):
             self._live += added - sum(map(truth, olds))
         if len(mut) > self.ro_lag_interval:
             self._shift()
+
+    def multi_set_packed(self, words: npt.NDArray[np.uint64], rows: npt.NDArray[np.uint8]
+                         ) -> None:
+        """``KVStore.multi_set_packed``: a large batch on clean regions is one run, vectorized.
+
+        The array path, taken when the batch has at least ``ro_lag_interval`` distinct
+        keys, the regions hold no dirty record (as after ``seal()``: an operator's fold)
+        and the index is a ``KeyIndex`` (or the batch is large enough to promote it,
+        ``keyindex.py``): one run written straight from the arrays, the index updated
+        from the words; no ``bytes`` per key or value, no region dict. The cached region
+        is dropped (durable copies, some stale now) and the batch leaves nothing in
+        memory. Any other batch goes through ``multi_set``. Cost of the array path: a
+        sort of the words (distinctness), the run file, the index's rounds, then the due
+        merges.
+        """
+        self._ensure_open()
+        size = self._check_packed(words, rows)
+        n = len(words)
+        if (n < self.ro_lag_interval or size >= LEN_FITS_U64 or self._mut or self._n_ro
+                or self._pend or (type(self._index) is dict and n < keyindex.PROMOTE_MIN_KEYS)
+                or not _distinct(words)):
+            super().multi_set_packed(words, rows)
+            return
+        if self._maintenance:
+            self._maintain()
+        index = self._index
+        if not isinstance(index, KeyIndex):  # every key of the batch has 8 bytes
+            index = self._index = KeyIndex.of(index)
+        ends = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(size)
+        data = encode_run_columns(np.full(n, 8, dtype=np.int64), words.astype(">u8").tobytes(),
+                                  np.ascontiguousarray(rows).tobytes(), ends)
+        run = self._write_encoded(data, presync=True)
+        # the run is written: from here on nothing can fail half-way
+        self.stats.app_bytes += (8 + size) * n
+        self._runs.append(run)
+        frozen = self._frozen  # clean: the cached records and the watermark
+        frozen.clear()
+        frozen[_WATERMARK] = None
+        locs = segment_locs([(run.slot, 0, 0, n)], ends)  # uint64: size < LEN_FITS_U64
+        assert isinstance(locs, np.ndarray)
+        self._live += n - index.swap_words(words.byteswap(), locs, LEN_SHIFT)  # keys read LE
+        self._maintain()
 
     def _bulk_append(self, batch: dict[bytes, bytes]) -> bool:
         """Apply ``batch`` (validated, no deletes) with one run write; ``False``: too small.
@@ -212,6 +262,12 @@ class BulkWrites(Regions):
             live += sum(map(truth, olds))
             index.update(zip(chunk, locs[a : a + _CHUNK], strict=True))
         return live
+
+
+def _distinct(words: np.ndarray) -> bool:
+    """No word repeats in ``words`` (a sort)."""
+    s = np.sort(words)
+    return not bool((s[1:] == s[:-1]).any())
 
 
 def _pick(locs: list[int] | np.ndarray, mask: list[bool]) -> list[int] | np.ndarray:
