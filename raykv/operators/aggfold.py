@@ -16,15 +16,17 @@ per key when it did). Min/max multisets over a changelog and TTL stamps fold in 
 Cost: per slice one ``multi_get`` and one ``multi_set``; the keys encoded twice (Arrow to
 bytes, vectorized for fixed-width keys); the combine in numpy (``aggkernels.py``).
 
-The previous epoch's values: an epoch's changes (8-byte keys, fixed-size values, no TTL,
-min/max or changelog input: what :class:`~raykv.operators.packed.Packed` holds) are
-what the engine holds for those keys until the next fold writes, so the barrier keeps
-them sorted (:meth:`AggregateFold._remember`, at most ``CACHE_MAX_KEYS``) and the next
-fold reads its keys there first: a numpy ``searchsorted`` instead of the engine's
-validation, index lookup and value read (about 0.9 us a key on HybridLog) for the keys
-that changed in both epochs, most of them under a skewed key distribution. The next fold
-consumes them (any fold after it reads the engine), and anything else that writes the
-engine rebuilds the logic (rebalancing, a rollback, a restore).
+The values written so far: what the folds wrote (8-byte keys, fixed-size values, no TTL,
+min/max or changelog input: what :class:`~raykv.operators.packed.Packed` holds) is what
+the engine holds for those keys, as nothing else writes them, so each barrier merges the
+epoch's changes into a sorted cache of every key written since the logic was built
+(:meth:`AggregateFold._remember`, at most ``CACHE_MAX_KEYS``; beyond it the epoch's
+changes alone, or nothing) and a fold reads its keys there first: a numpy
+``searchsorted`` instead of the engine's validation, index lookup and value read (about
+0.9 us a key on HybridLog); only keys never written reach the engine. A fold consumes
+the cache (any fold after it in the epoch reads the engine; the barrier merges the
+epoch's changes into the cache as the epoch found it), and anything else that writes the
+engine rebuilds the logic (rebalancing, a rollback, a restore), which drops it.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ if TYPE_CHECKING:
 #: slice's (``multi_get`` internals, the combine's arrays), not the fold's.
 FOLD_SLICE_KEYS = 65_536
 
-#: Most keys of an epoch's changes kept for the next fold's reads (24 MiB with a 16-byte
-#: value; an epoch that changed more keys keeps none).
+#: Most keys of the cache of values written (24 MiB with a 16-byte value, 32 MiB
+#: while a barrier merges into it; module docstring).
 CACHE_MAX_KEYS = 1 << 20
 
 
@@ -69,14 +71,16 @@ class AggregateFold:
         _epoch_deleted: set[bytes]
         _changes: EpochChanges
         _read_stamps: list[int]
-        _cache: Packed | None  # the last epoch's changes, sorted (module docstring)
+        _cache: Packed | None  # the values of the keys written so far, sorted (docstring)
+        _cache_base: Packed | None  # the cache this epoch's first fold consumed
 
         def _state_keys(self, key_values: pa.Array | pa.ChunkedArray,
                         suffixes: Sequence[bytes] | None = None) -> list[bytes]: ...
         def _read(self, keys: Sequence[bytes]) -> list[bytes]: ...
         def _write(self, keys: Sequence[bytes], values: Sequence[bytes], *,
                    track: bool = True, extra: Sequence[tuple[bytes, bytes]] = (),
-                   stamps: Sequence[int] | None = None) -> None: ...
+                   stamps: Sequence[int] | None = None, packed: Packed | None = None
+                   ) -> None: ...
         def _note_before(self, keys: Sequence[bytes], old: Sequence[bytes]) -> None: ...
         def _name(self) -> str: ...
         def _packs_keys(self) -> bool: ...
@@ -105,6 +109,8 @@ class AggregateFold:
             index = encoded.indices.to_numpy(zero_copy_only=False)
         n = len(key_col)
         cache, self._cache = self._cache, None  # this fold's alone: it writes the engine
+        if cache is not None:  # the barrier adds the epoch's changes to it
+            self._cache_base = cache
         whole = self._minmax is not None or self.expiry is not None
         step = max(1, n) if whole else FOLD_SLICE_KEYS
         keep_old = self._minmax is not None or self.keep_before_images
@@ -169,17 +175,30 @@ class AggregateFold:
         return chunks
 
     def _remember(self, chunks: list[Chunk]) -> None:
-        """Keep ``chunks`` as the cache when they qualify (:meth:`_sorted_changes`)."""
-        self._cache = None
+        """Add ``chunks`` to the cache when they qualify (:meth:`_sorted_changes`).
+
+        The cache as the epoch found it (consumed by its first fold, if any) with the
+        epoch's changes merged in, while that fits ``CACHE_MAX_KEYS`` (and the values
+        have the cache's size: variable-size fields can pack one epoch at a time); else
+        the changes alone if they fit; else nothing.
+        """
+        base = self._cache if self._cache is not None else self._cache_base
+        self._cache = self._cache_base = None
         if (self.expiry is not None or self._minmax is not None or self._retract
                 or not self._packs_keys()  # every key 8 bytes by its type, not by chance
-                or not chunks or not all(isinstance(c, Packed) for c in chunks)):
+                or not all(isinstance(c, Packed) for c in chunks)):
             return
         packed = cast(list[Packed], chunks)
-        if sum(map(len, packed)) > CACHE_MAX_KEYS:
+        new = (None if not packed else packed[0] if len(packed) == 1 else Packed(
+            np.concatenate([p.words for p in packed]), np.concatenate([p.rows for p in packed])))
+        if new is not None and len(new) > CACHE_MAX_KEYS:
             return
-        self._cache = packed[0] if len(packed) == 1 else Packed(
-            np.concatenate([p.words for p in packed]), np.concatenate([p.rows for p in packed]))
+        if base is None or (new is not None and (
+                len(base) + len(new) > CACHE_MAX_KEYS  # (or values of another size:
+                or base.rows.shape[1] != new.rows.shape[1])):  # variable-size fields)
+            self._cache = new
+        else:
+            self._cache = base if new is None else merged(base, new)
 
     def _write_slice(self, keys: list[bytes], new: list[bytes], changed: np.ndarray,
                      old: list[bytes] | None, tmax: list[pa.Table]) -> None:
@@ -205,16 +224,18 @@ class AggregateFold:
         if self._retract:
             assert self.layout is not None
             new = drop_empty(self.layout, keys, new, self._epoch_deleted)
-        # the epoch's changes are kept by ``_changes`` (not the base class's changed set)
-        self._write(keys, new, track=False, extra=extra, stamps=stamps)
         layout = self.layout
         assert layout is not None
+        # the epoch's changes are kept by ``_changes`` (not the base class's changed set)
         if self._packs_keys() and not (self._minmax or self._retract or layout.var_fields):
-            # 8-byte keys and fixed-size values by construction: packed without checks
-            self._changes.add_packed(Packed(
+            # 8-byte keys and fixed-size values by construction: packed once, no checks
+            packed = Packed(
                 key_words(keys),
-                np.frombuffer(b"".join(new), np.uint8).reshape(len(new), layout.size)))
+                np.frombuffer(b"".join(new), np.uint8).reshape(len(new), layout.size))
+            self._write(keys, new, track=False, extra=extra, stamps=stamps, packed=packed)
+            self._changes.add_packed(packed)
         else:
+            self._write(keys, new, track=False, extra=extra, stamps=stamps)
             self._changes.add(keys, new)
 
 
@@ -235,6 +256,24 @@ class AggregateFold:
         fresh = expiry.fresh_stamps(len(keys), times)
         out: list[int] = np.maximum(fresh, np.asarray(self._read_stamps, dtype=np.int64)).tolist()
         return out
+
+
+def merged(old: Packed, new: Packed) -> Packed:
+    """Sorted ``old`` with the pairs of sorted ``new`` put in (a key of both: ``new``'s).
+
+    Cost: a ``searchsorted`` of ``new`` in ``old`` and one copy of both, O(n + m).
+    """
+    pos = np.searchsorted(old.words, new.words)
+    inside = pos < len(old)
+    hit = np.zeros(len(new), dtype=bool)
+    hit[inside] = old.words[pos[inside]] == new.words[inside]
+    rows = old.rows.copy()
+    rows[pos[hit]] = new.rows[hit]
+    if hit.all():
+        return Packed(old.words, rows)
+    miss = ~hit
+    return Packed(np.insert(old.words, pos[miss], new.words[miss]),
+                  np.insert(rows, pos[miss], new.rows[miss], axis=0))
 
 
 def _describer(col: pa.Array | pa.ChunkedArray) -> Callable[[int], str]:

@@ -191,7 +191,8 @@ class AggregateLogic(AggregateFold, KeyedStateLogic):
         # an epoch's partials moved aside by detach(), folded by the next on_barrier
         self._detached: tuple[list[pa.Table], list[pa.Table], list[list[pa.Table]]] | None = None
         self._key_counts: tuple[pa.Array | pa.ChunkedArray, np.ndarray] | None = None
-        self._cache: Packed | None = None  # the last epoch's changes (aggfold.py)
+        self._cache: Packed | None = None  # the values written so far (aggfold.py)
+        self._cache_base: Packed | None = None
         #: Set by the shard when epochs end on its epoch thread: returns once that thread
         #: is idle. Called before this logic touches the engine outside ``on_barrier``.
         self.fence: Callable[[], None] = _no_fence

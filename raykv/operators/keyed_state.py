@@ -363,12 +363,14 @@ class KeyedStateLogic(StateMetadata, OperatorLogic):
         track: bool = True,
         extra: Sequence[tuple[bytes, bytes]] = (),
         stamps: Sequence[int] | None = None,
+        packed: Packed | None = None,
     ) -> None:
         """One ``multi_set`` of ``keys -> values`` (``b""`` deletes) plus metadata pairs.
 
         At least ``PACKED_WRITE_MIN`` 8-byte keys with values of one size and nothing
         else to write go as arrays (``KVStore.multi_set_packed``: HybridLog writes them
-        without a ``bytes`` per pair).
+        without a ``bytes`` per pair); ``packed``: the same pairs packed by a caller that
+        has them so (no TTL), not packed again.
 
         With ``track``, the keys join the changed set (after the write succeeded). With a
         TTL, each value is stored behind its stamp from ``stamps`` (default: processing
@@ -383,7 +385,8 @@ class KeyedStateLogic(StateMetadata, OperatorLogic):
             values = self.expiry.stamp(values, stamps)
         if (len(keys) >= PACKED_WRITE_MIN and not (self._pending_meta or extra)
                 and self._packs_keys()):
-            packed = pack(keys, values)  # None: values of several sizes, or deletes
+            if packed is None or self.expiry is not None:  # (stamped values: packed here)
+                packed = pack(keys, values)  # None: values of several sizes, or deletes
             if packed is not None:
                 self.store.multi_set_packed(packed.words, packed.rows)
                 if track:

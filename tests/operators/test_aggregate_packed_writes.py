@@ -1,4 +1,5 @@
-"""An ``Aggregate`` fold written as arrays (``KVStore.multi_set_packed``) stays exact.
+"""An ``Aggregate`` fold written as arrays (``KVStore.multi_set_packed``) stays exact;
+its cache of the values written merges sorted pairs exactly.
 
 The fold of 8-byte keys with fixed-size values goes to the engine as two arrays; HybridLog
 writes it as one run when its regions are clean (after the previous epoch's seal). The
@@ -11,6 +12,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -61,3 +63,26 @@ def test_folds_written_as_arrays_match_a_reference_and_survive_a_reopen(
         store.close()
         ref_store.close()
     assert fast, f"no fold took HybridLog's array path (seed {seed})"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_merged_caches_match_a_dict(seed: int) -> None:
+    """``aggfold.merged``: sorted pairs with later pairs put in, against a dict."""
+    from raykv.operators.aggfold import merged
+    from raykv.operators.packed import Packed
+
+    rng = random.Random(seed)
+
+    def sorted_pairs(n: int, tag: int) -> tuple[Packed, dict[int, bytes]]:
+        words = sorted(set(rng.choice([rng.randrange(40), rng.randrange(1 << 64)])
+                           for _ in range(n)))
+        rows = np.array([[tag, w % 251, 7] for w in words], dtype=np.uint8).reshape(-1, 3)
+        return (Packed(np.array(words, dtype=np.uint64), rows),
+                {w: rows[i].tobytes() for i, w in enumerate(words)})
+
+    old, model = sorted_pairs(rng.randrange(1, 30), 1)
+    new, more = sorted_pairs(rng.randrange(1, 30), 2)
+    out = merged(old, new)
+    model |= more
+    assert out.words.tolist() == sorted(model)
+    assert [r.tobytes() for r in out.rows] == [model[w] for w in sorted(model)]
