@@ -33,13 +33,24 @@ AL_PARAMS: dict[str, Any] = {"threshold": 16 << 10, "max_runs_per_level": 4}
 
 @pytest.fixture
 def small_big(monkeypatch: pytest.MonkeyPatch) -> None:
-    """HybridLog: runs of 256+ records count as big; AppendLog: runs of 16+ KiB."""
+    """HybridLog: runs of 256+ records count as big, in stores of as many records;
+    AppendLog: runs of 16+ KiB."""
     monkeypatch.setattr(hl_merge, "BIG_RUN_RECORDS", 256)
+    monkeypatch.setattr(hl_merge, "SPACE_FLOOR_RUNS", 1)
     monkeypatch.setattr(al_merge, "BIG_RUN_BYTES", 16 << 10)
 
 
 def _disk_records(store: Any) -> int:
     return sum(r.count for r in store._runs)
+
+
+def test_stores_under_the_floor_are_merged_by_count_only() -> None:
+    """50,000 live keys rewritten every epoch (runs of 43,000): no space merge until the
+    disk holds ``SPACE_FLOOR_RUNS`` x ``BIG_RUN_RECORDS`` records (1,048,576)."""
+    assert hl_merge.SPACE_FLOOR_RUNS * hl_merge.BIG_RUN_RECORDS == 1 << 20
+    assert not over_space([43_000] * 3, 50_000)
+    assert not over_space([43_000] * 24, 50_000)  # 1,032,000 records
+    assert over_space([43_000] * 25, 50_000)
 
 
 def test_policy_functions(small_big: None) -> None:
