@@ -52,9 +52,11 @@ if TYPE_CHECKING:
 #: slice's (``multi_get`` internals, the combine's arrays), not the fold's.
 FOLD_SLICE_KEYS = 65_536
 
-#: Most keys of the cache of values written (24 MiB with a 16-byte value, 32 MiB
-#: while a barrier merges into it; module docstring).
-CACHE_MAX_KEYS = 1 << 20
+#: Most keys of the cache of values written (6 MiB with a 16-byte value, three times
+#: that while a barrier merges into it; module docstring). Sized for the shards of a
+#: state of about a million keys that changes every epoch; kept well under the memory
+#: a shard of 40M distinct keys may take (``benchmarks/memory.py``).
+CACHE_MAX_KEYS = 1 << 18
 
 
 class AggregateFold:
