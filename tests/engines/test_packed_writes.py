@@ -11,6 +11,10 @@ HybridLog paths meet every region state. A failing seed is in the assertion mess
 from __future__ import annotations
 
 import random
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +183,36 @@ def test_a_large_packed_batch_after_a_seal_is_one_run_and_survives_a_reopen(
             store._check()
     finally:
         store.close()
+
+
+def test_a_kill_after_packed_batches_keeps_the_sealed_state(tmp_path: Path) -> None:
+    """A real SIGKILL after array-path batches (and their merges) past the last seal:
+    reopening holds at least the sealed state, never garbage."""
+    script = textwrap.dedent(f"""
+        import os, signal
+        import numpy as np
+        from raykv.engines import HybridLog
+        s = HybridLog({str(tmp_path)!r}, **{SMALL_PARAMS["hybridlog"]!r})
+        s.multi_set({{b"meta": b"m"}})
+        def batch(lo, hi, tag):
+            words = np.arange(lo, hi, dtype=np.uint64)
+            rows = np.zeros((hi - lo, 9), np.uint8)
+            rows[:, 0] = tag
+            rows[:, 1:] = words.astype(">u8").view(np.uint8).reshape(-1, 8)
+            s.multi_set_packed(words, rows)
+        for tag in range(1, 6):
+            batch(0, 5000, tag)  # promotes the index; each batch one run
+        s.seal()
+        for tag in range(6, 20):
+            batch(tag * 100, 6000 + tag * 100, tag)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    with open_small("hybridlog", tmp_path) as s:
+        got = dict(s.items())
+        s._check()
+    assert got.pop(b"meta") == b"m"
+    assert set(range(5000)) <= {int.from_bytes(k, "big") for k in got}
+    for k, v in got.items():
+        assert v[1:] == k and (v[0] == 5 or 6 <= v[0] < 20), (k, v)
