@@ -46,6 +46,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+# re-exported for the operators (its home is in engines/, which may not import this module)
+from raykv.engines.keyindex import split_fixed as split_fixed
+
 _SIGN = np.uint64(1 << 63)
 _ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 _NAN_BITS = np.uint64(0x7FF8_0000_0000_0000)
@@ -127,14 +130,6 @@ def _int64_storage(arr: pa.Array) -> pa.Array:
 def _first_null(arr: pa.Array) -> int:
     mask = arr.is_null().to_numpy(zero_copy_only=False)
     return int(np.flatnonzero(mask)[0])
-
-
-def split_fixed(buf: bytes, width: int) -> list[bytes]:
-    """Slice ``buf`` into ``width``-byte ``bytes`` objects (one C-level pass).
-
-    About 4x faster than a list comprehension of slices; trailing zero bytes are kept.
-    """
-    return np.frombuffer(buf, dtype=f"V{width}").tolist()  # type: ignore[no-any-return]
 
 
 def canonical_key_array(array: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -47,6 +47,7 @@ import numpy.typing as npt
 from raykv.engines.expiry import Expiry
 from raykv.engines.fileio import fsync_dir, fsync_files
 from raykv.engines.filename import MANIFEST_KIND, TMP_SUFFIX, FileNumbers, parse_file_name
+from raykv.engines.keyindex import split_fixed
 from raykv.engines.manifest import Manifest, find_latest_manifest, write_manifest
 from raykv.engines.stats import EngineStats
 from raykv.engines.validation import (
@@ -186,10 +187,8 @@ class KVStore(Validation, ABC):
         size = self._check_packed(words, rows)
         if not len(words):
             return
-        kb = words.astype(">u8").tobytes()
-        vb = np.ascontiguousarray(rows).tobytes()
-        self.multi_set(dict(zip([kb[i : i + 8] for i in range(0, len(kb), 8)],
-                                [vb[i : i + size] for i in range(0, len(vb), size)],
+        self.multi_set(dict(zip(split_fixed(words.astype(">u8").tobytes(), 8),
+                                split_fixed(np.ascontiguousarray(rows).tobytes(), size),
                                 strict=True)))
 
     @abstractmethod
