@@ -5,9 +5,9 @@ insert, update and mixed phases in batches of 10,000 and 100,000 pairs, on Hybri
 AppendLog next to ``dict.update`` of the same batches, once with keys of 8-16 random bytes
 (a ``dict`` index) and once with keys of 8 bytes (what an operator keyed by an integer or
 time column writes: HybridLog and AppendLog then index them in a ``KeyIndex``,
-``raykv/engines/keyindex.py``; ``hybridlog-packed`` writes the same batches as arrays
-with ``multi_set_packed``, as an ``Aggregate`` fold does). Each (store, batch) runs in a
-fresh subprocess. Target (issue 15): ``multi_set`` >= 1M keys/s.
+``raykv/engines/keyindex.py``; ``hybridlog-packed`` and ``appendlog-packed`` write the
+same batches as arrays with ``multi_set_packed``, as an ``Aggregate`` fold does). Each
+(store, batch) runs in a fresh subprocess. Target (issue 15): ``multi_set`` >= 1M keys/s.
 
     python -m benchmarks.report --only bulk     # results/report_bulk.json, REPORT.md
 """
@@ -22,6 +22,7 @@ from benchmarks.engines import run_bulk
 
 TARGET = 1_000_000  # keys/s (issue 15)
 STORES = ["dict", "hybridlog", "appendlog"]
+PACKED_STORES = ["hybridlog-packed", "appendlog-packed"]  # 8-byte keys only
 PHASES = ("insert", "update", "mixed")
 
 
@@ -32,7 +33,7 @@ def report_run(quick: bool, out_dir: Path) -> dict[str, Any]:
     if quick:
         n, batches, repeat = (20_000, [5_000], 1) if tiny() else (100_000, [10_000], 1)
     return {"target": TARGET, "runs": [
-        run_bulk(STORES + (["hybridlog-packed"] if eight else []), n, batches, repeat, eight)
+        run_bulk(STORES + (PACKED_STORES if eight else []), n, batches, repeat, eight)
         for eight in (False, True)]}
 
 

@@ -72,6 +72,16 @@ def _to_bytes(words: np.ndarray) -> list[bytes]:
     return split_fixed(words.astype("<u8", copy=False).tobytes(), 8)
 
 
+def distinct_words(words: np.ndarray) -> bool:
+    """No word repeats in ``words``. Cost: a sort (about 1.5 ms for 40,000 words).
+
+    An engine's array path (``multi_set_packed``) asks it first: a batch with a key
+    twice must keep its later row, which the batch paths of ``multi_set`` do.
+    """
+    s = np.sort(words)
+    return not bool((s[1:] == s[:-1]).any())
+
+
 def _loc_array(locs: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """``locs`` as uint64, and the mask of those beyond a uint64 (``None``: none is).
 
@@ -417,4 +427,4 @@ def count_set(index: Index, shift: int) -> int:
 
 
 __all__ = ["PROMOTE_MIN_KEYS", "Index", "KeyIndex", "count_set", "delete_many", "dict_sizeof",
-           "get_many", "new_index", "promoted", "store"]
+           "distinct_words", "get_many", "new_index", "promoted", "split_fixed", "store"]

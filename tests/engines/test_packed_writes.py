@@ -1,11 +1,14 @@
 """``multi_set_packed`` (8-byte keys and values of one size as arrays) against a dict model.
 
-Every engine takes the arrays; HybridLog writes a large batch on clean regions as one
-run straight from them (``bulk.py``), and every other batch through ``multi_set``. The
-sequences below mix packed batches (repeated keys, sizes on both sides of
-``ro_lag_interval``, values on both sides of the 256 bytes a uint64 location holds) with
-``multi_set`` of other keys and deletes, single writes, seals and reopens, so that both
-HybridLog paths meet every region state. A failing seed is in the assertion message.
+Every engine takes the arrays. HybridLog writes a large batch on clean regions as one
+run straight from them, AppendLog appends the records of a batch of distinct keys
+assembled from them (each engine's ``bulk.py``); every other batch goes through
+``multi_set``. The sequences below mix packed batches (repeated keys, sizes on both
+sides of ``ro_lag_interval``, values on both sides of the 128 bytes of AppendLog's short
+header and the 256 bytes a uint64 location holds) with ``multi_set`` of other keys and
+deletes, single writes, seals and reopens, so that both paths of each engine meet every
+state (HybridLog's regions, AppendLog's dead keys and run closes). A failing seed is in
+the assertion message.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-import raykv.engines.hybridlog.bulk as bulk_module
+import raykv.engines.appendlog.bulk as appendlog_bulk
+import raykv.engines.hybridlog.bulk as hybridlog_bulk
 from raykv.engines import keyindex
 from raykv.engines.base import KVStore
 from tests.engines.test_bulk_writes import SMALL_PARAMS, _compare, _engine
 
-ENGINES = ["hybridlog", "hybridlog_table", "appendlog", "lsm", "memonly"]
+ENGINES = ["hybridlog", "hybridlog_table", "appendlog", "appendlog_table", "lsm", "memonly"]
+ARRAY_PATHS = {"hybridlog": hybridlog_bulk, "appendlog": appendlog_bulk}
 
 
 def _key(word: int) -> bytes:
@@ -37,7 +42,7 @@ def _packed(rng: random.Random, known: list[int], step: int
             ) -> tuple[np.ndarray, np.ndarray, dict[bytes, bytes]]:
     """A packed batch (some keys known, some new, a few repeated) and its pairs in order."""
     n = rng.choice([0, 3, 8, 9, 30, 80])
-    size = rng.choice([1, 16, 16, 255, 256])
+    size = rng.choice([1, 16, 16, 127, 128, 255, 256])
     words = []
     for _ in range(n):
         if known and rng.random() < 0.6:
@@ -58,12 +63,15 @@ def _packed(rng: random.Random, known: list[int], step: int
 @pytest.mark.parametrize("seed", range(3))
 def test_multi_set_packed_matches_a_dict(tmp_path: Path, name: str, seed: int,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    fast = []  # batches HybridLog wrote from the arrays (``_distinct`` is asked last)
-    real = bulk_module._distinct
-    monkeypatch.setattr(bulk_module, "_distinct", lambda w: fast.append(len(w)) or real(w))
+    fast = []  # batches the engine's array path took (it asks ``distinct_words`` last)
+    engine = name.split("_")[0]
+    if engine in ARRAY_PATHS:
+        real = keyindex.distinct_words
+        monkeypatch.setattr(ARRAY_PATHS[engine], "distinct_words",
+                            lambda w: fast.append(len(w)) or real(w))
     if name.endswith("_table"):  # a KeyIndex from the start
         monkeypatch.setattr(keyindex, "PROMOTE_MIN_KEYS", 0)
-    elif name == "hybridlog":  # a dict index, promoted by a packed batch of 80 keys
+    elif engine in ARRAY_PATHS:  # a dict index, promoted by a packed batch of 80 keys
         monkeypatch.setattr(keyindex, "PROMOTE_MIN_KEYS", 80)
     rng = random.Random(seed)
     model: dict[bytes, bytes] = {}
@@ -101,8 +109,8 @@ def test_multi_set_packed_matches_a_dict(tmp_path: Path, name: str, seed: int,
         _compare(store, model, list(map(_key, known)), seed)
     finally:
         store.close()
-    if name.startswith("hybridlog"):
-        assert fast, "no packed batch took HybridLog's array path"
+    if engine in ARRAY_PATHS:
+        assert fast, f"no packed batch took {engine}'s array path"
 
 
 @pytest.mark.parametrize("name", ["hybridlog", "appendlog", "lsm", "memonly"])
@@ -185,14 +193,15 @@ def test_a_large_packed_batch_after_a_seal_is_one_run_and_survives_a_reopen(
         store.close()
 
 
-def test_a_kill_after_packed_batches_keeps_the_sealed_state(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", sorted(ARRAY_PATHS))
+def test_a_kill_after_packed_batches_keeps_the_sealed_state(tmp_path: Path, name: str) -> None:
     """A real SIGKILL after array-path batches (and their merges) past the last seal:
     reopening holds at least the sealed state, never garbage."""
     script = textwrap.dedent(f"""
         import os, signal
         import numpy as np
-        from raykv.engines import HybridLog
-        s = HybridLog({str(tmp_path)!r}, **{SMALL_PARAMS["hybridlog"]!r})
+        from raykv.engines import open_engine
+        s = open_engine({name!r}, {str(tmp_path)!r}, **{SMALL_PARAMS[name]!r})
         s.multi_set({{b"meta": b"m"}})
         def batch(lo, hi, tag):
             words = np.arange(lo, hi, dtype=np.uint64)
@@ -209,7 +218,7 @@ def test_a_kill_after_packed_batches_keeps_the_sealed_state(tmp_path: Path) -> N
     """)
     proc = subprocess.run([sys.executable, "-c", script], check=False)
     assert proc.returncode == -signal.SIGKILL
-    with open_small("hybridlog", tmp_path) as s:
+    with open_small(name, tmp_path) as s:
         got = dict(s.items())
         s._check()
     assert got.pop(b"meta") == b"m"

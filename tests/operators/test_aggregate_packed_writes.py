@@ -2,7 +2,8 @@
 its cache of the values written merges sorted pairs exactly.
 
 The fold of 8-byte keys with fixed-size values goes to the engine as two arrays; HybridLog
-writes it as one run when its regions are clean (after the previous epoch's seal). The
+writes it as one run when its regions are clean (after the previous epoch's seal),
+AppendLog appends records assembled from the arrays (each engine's ``bulk.py``). The
 state after every barrier must be the bytes a ``MemOnly`` reference holds, the epoch
 output the same, and the state must survive a reopen (a restore) between epochs.
 """
@@ -16,29 +17,36 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import raykv.engines.hybridlog.bulk as bulk_module
+import raykv.engines.appendlog.bulk as appendlog_bulk
+import raykv.engines.hybridlog.bulk as hybridlog_bulk
 import raykv.operators.keyed_state as keyed_state_module
-from raykv.engines import HybridLog, MemOnly, keyindex
+from raykv.engines import AppendLog, HybridLog, MemOnly, keyindex
+from raykv.engines.base import KVStore
 from raykv.operators import Aggregate
 from tests.operators.helpers import assert_rows_equal, model_aggregate, random_batch, rows_by_key
 
 SMALL = {"ro_lag_interval": 8, "flush_interval": 8, "mem_segment_len": 32,
          "max_runs_per_level": 2}
+ENGINES = {"hybridlog": (HybridLog, SMALL, hybridlog_bulk),
+           "appendlog": (AppendLog, {"threshold": 2048, "max_runs_per_level": 2},
+                         appendlog_bulk)}
 
 
+@pytest.mark.parametrize("engine", sorted(ENGINES))
 @pytest.mark.parametrize("key_kind", ["int", "float", "ts"])
 def test_folds_written_as_arrays_match_a_reference_and_survive_a_reopen(
-        tmp_path: Path, key_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    fast = []  # folds HybridLog wrote from the arrays (``_distinct`` is asked last)
-    real = bulk_module._distinct
-    monkeypatch.setattr(bulk_module, "_distinct", lambda w: fast.append(len(w)) or real(w))
+        tmp_path: Path, key_kind: str, engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    cls, params, module = ENGINES[engine]
+    fast = []  # folds the engine wrote from the arrays (it asks ``distinct_words`` last)
+    real = keyindex.distinct_words
+    monkeypatch.setattr(module, "distinct_words", lambda w: fast.append(len(w)) or real(w))
     monkeypatch.setattr(keyed_state_module, "PACKED_WRITE_MIN", 8)
     monkeypatch.setattr(keyindex, "PROMOTE_MIN_KEYS", 16)  # the fold promotes the index
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     aggs = {"i": ["sum", "count", "first", "last"], "f": ["sum", "mean"], "u": ["sum"]}
     ref_store = MemOnly(tmp_path / "ref")
-    store = HybridLog(tmp_path / "hl", **SMALL)  # type: ignore[arg-type]
+    store: KVStore = cls(tmp_path / "hl", **params)  # type: ignore[arg-type]
     ref, logic = (Aggregate("k", aggs).build(s) for s in (ref_store, store))
     seen: list[pa.RecordBatch] = []
     try:
@@ -56,13 +64,13 @@ def test_folds_written_as_arrays_match_a_reference_and_survive_a_reopen(
             store._check()
             if epoch % 4 == 0:  # a restore: the engine reopened, the logic rebuilt
                 store.close()
-                store = HybridLog(tmp_path / "hl", **SMALL)  # type: ignore[arg-type]
+                store = cls(tmp_path / "hl", **params)  # type: ignore[arg-type]
                 logic = Aggregate("k", aggs).build(store)
         assert_rows_equal(rows_by_key(logic.finish()), model_aggregate(seen, "k", aggs))
     finally:
         store.close()
         ref_store.close()
-    assert fast, f"no fold took HybridLog's array path (seed {seed})"
+    assert fast, f"no fold took {engine}'s array path (seed {seed})"
 
 
 @pytest.mark.parametrize("seed", range(20))

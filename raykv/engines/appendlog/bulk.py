@@ -1,5 +1,8 @@
 """AppendLog bulk writes: ``multi_set`` appends a whole batch to the active run.
 
+``multi_set_packed`` appends a batch of distinct 8-byte keys given as arrays the same
+way, its records assembled from the arrays and its index entries set from the words.
+
 The batch is validated as a whole first (nothing changes if any pair is bad), a key
 repeated in it keeps its last value, and ``b""`` deletes (a tombstone record). The
 records are built and checksummed with C-level passes (numpy when every value has one
@@ -20,19 +23,29 @@ from itertools import accumulate, compress, pairwise, repeat
 from operator import lshift, not_, or_
 
 import numpy as np
+import numpy.typing as npt
 
+from raykv.engines import keyindex
 from raykv.engines.appendlog.active import ActiveRun
 from raykv.engines.appendlog.runfile import (
     N_FITS_U64,
     N_SHIFT,
     SLOT_BITS,
     encode_fixed_records,
+    encode_packed_records,
     encode_records,
 )
 from raykv.engines.base import Pairs
-from raykv.engines.keyindex import promoted, store
+from raykv.engines.keyindex import (
+    KeyIndex,
+    distinct_words,
+    promoted,
+    split_fixed,
+    store,
+)
 
 _GROUP_MIN = 256  # batches of varied key lengths at least this long are grouped by length
+_PACKED_MAX_VALUE = 127  # the array path's largest value (a 2-byte record header)
 
 
 class BulkWrites(ActiveRun):
@@ -67,6 +80,36 @@ class BulkWrites(ActiveRun):
         else:
             recs = encode_records(keys, values, klens, vlens)
             self._append_many(keys, b"".join(recs), list(map(len, recs)), klens, vlens)
+
+    def multi_set_packed(self, words: npt.NDArray[np.uint64], rows: npt.NDArray[np.uint8]
+                         ) -> None:
+        """``KVStore.multi_set_packed``: distinct keys appended straight from the arrays.
+
+        The array path, taken when the batch's keys are distinct, its values are under 128
+        bytes and the index is a ``KeyIndex`` (or the batch has at least
+        ``keyindex.PROMOTE_MIN_KEYS`` keys to promote it): the records are assembled
+        from the arrays (``encode_packed_records``) and the index is updated from the
+        words (``KeyIndex.swap_words``); a ``bytes`` per record for its crc, none per
+        key or value. Any other batch goes through ``multi_set``. Cost of the array path:
+        a sort of the words (distinctness), the records and their crcs, the index's
+        rounds; the keys as ``bytes`` only while some key of the store is deleted (its
+        dead-key set).
+        """
+        if self._closed:
+            self._ensure_open()
+        size = self._check_packed(words, rows)
+        n = len(words)
+        if (not n or size > _PACKED_MAX_VALUE
+                or (type(self._index) is dict and n < keyindex.PROMOTE_MIN_KEYS)
+                or not distinct_words(words)):
+            super().multi_set_packed(words, rows)
+            return
+        if not isinstance(self._index, KeyIndex):  # every key of the batch has 8 bytes
+            self._index = KeyIndex.of(self._index)
+        if self._slow:
+            self._before_write()
+        data = encode_packed_records(words, np.ascontiguousarray(rows))
+        self._append_fixed(words.byteswap(), data, 8, size)  # KeyIndex reads keys LE
 
     def _append_grouped(self, keys: Sequence[bytes], values: Sequence[bytes],
                         klens: list[int], vl: int) -> None:
@@ -107,11 +150,13 @@ class BulkWrites(ActiveRun):
         if vlens is not None:
             dead.update(compress(keys, map(not_, vlens)))
 
-    def _append_fixed(self, keys: Sequence[bytes], data: memoryview, kl: int, vl: int
-                      ) -> None:
+    def _append_fixed(self, keys: Sequence[bytes] | np.ndarray, data: memoryview, kl: int,
+                      vl: int) -> None:
         """Append records of keys of ``kl`` and values of ``vl`` bytes (``data``, in order).
 
-        ``vl == 0``: every record is a tombstone (else none is).
+        ``vl == 0``: every record is a tombstone (else none is). ``keys``: ``bytes``, or
+        (the array path: 8-byte keys, values, a ``KeyIndex``) uint64 words that read
+        the keys little-endian, as ``KeyIndex.swap_words`` takes them.
         """
         n = kl + vl + 6
         tombstones = not vl
@@ -127,10 +172,18 @@ class BulkWrites(ActiveRun):
                 self._grow(end)
             self._amm[pos:end] = data[i * n : (i + take) * n]
             first = self._abase | pos << SLOT_BITS | n << N_SHIFT
-            chunk = keys if take == count else keys[i : i + take]
-            if isinstance(index, dict) or n >= N_FITS_U64:
+            part = keys if take == count else keys[i : i + take]
+            chunk: Sequence[bytes]
+            if isinstance(part, np.ndarray):  # the array path (n < N_FITS_U64)
+                assert isinstance(index, KeyIndex)
+                index.swap_words(part, np.uint64(first) + np.arange(take, dtype=np.uint64)
+                                 * np.uint64(step), 0)
+                chunk = split_fixed(part.astype("<u8").tobytes(), 8) if self._dead else []
+            elif isinstance(index, dict) or n >= N_FITS_U64:
+                chunk = part
                 store(index, chunk, range(first, first + step * take, step))
             else:  # (numpy: no int per key)
+                chunk = part
                 store(index, chunk, np.uint64(first)
                       + np.arange(take, dtype=np.uint64) * np.uint64(step))
             self._mark_dead(chunk, None, tombstones)

@@ -19,9 +19,10 @@ rewritten); a merge of the oldest runs (a prefix) is where tombstones are droppe
 run on the write path, never inside ``seal()``: a seal that leaves a level full only
 marks a merge as due, and the next write performs it before appending.
 
-Modules: ``bulk.py`` (``multi_set``), ``active.py`` (the active run), ``runset.py`` (closed
-runs, slots and merges), ``merge.py`` (the merge policy and live records), ``runfile.py``
-(the bytes). ``AppendLog`` is the last of a chain of base classes, one per module.
+Modules: ``bulk.py`` (``multi_set``, ``multi_set_packed``), ``active.py`` (the active
+run), ``runset.py`` (closed runs, slots and merges), ``merge.py`` (the merge policy and
+live records), ``runfile.py`` (the bytes). ``AppendLog`` is the last of a chain of base
+classes, one per module.
 
 Restart reads each run's footer and index section (never its records one by one) and
 rebuilds the dict with C-level passes. After a crash the directory holds the state of the

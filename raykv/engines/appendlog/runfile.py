@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from raykv.engines.fileio import ReadableBuffer, crc32, decode_varint, encode_varint
+from raykv.engines.keyindex import split_fixed
 from raykv.errors import CorruptionError, FormatVersionError, RaykvError
 
 # ---------------------------------------------------------------------- on-disk format
@@ -375,13 +376,37 @@ def encode_fixed_records(keys: Sequence[bytes], values: Sequence[bytes], kl: int
     ``map`` (each record's crc continues the header's and the key's).
     """
     count = len(keys)
-    n = kl + vl + 6
     head = PACK_HDR2(kl, vl)
-    crcs = map(crc32, values, map(crc32, keys, repeat(crc32(head))))
-    recs = np.empty((count, n), dtype=np.uint8)
-    recs[:, :2] = np.frombuffer(head, dtype=np.uint8)
-    recs[:, 2 : 2 + kl] = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(count, kl)
-    recs[:, 2 + kl : n - 4] = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(count, vl)
-    recs[:, n - 4 :] = np.fromiter(crcs, dtype="<u4", count=count).view(np.uint8).reshape(
-        count, 4)
+    recs = _fixed_bodies(np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(count, kl),
+                         np.frombuffer(b"".join(values), dtype=np.uint8).reshape(count, vl))
+    return _with_crcs(recs, map(crc32, values, map(crc32, keys, repeat(crc32(head)))))
+
+
+def encode_packed_records(words: np.ndarray, rows: np.ndarray) -> memoryview:
+    """``encode_fixed_records`` of 8-byte keys and values of one size (< 128), as arrays.
+
+    ``words``: the keys read big-endian (``KVStore.multi_set_packed``); ``rows``: one
+    value per row. Cost: numpy assembles the records; one ``bytes`` per record for its
+    crc (C-level), none per key or value.
+    """
+    recs = _fixed_bodies(words.astype(">u8").view(np.uint8).reshape(len(words), 8), rows)
+    width = recs.shape[1] - 4
+    return _with_crcs(recs, map(crc32, split_fixed(recs[:, :width].tobytes(), width)))
+
+
+def _fixed_bodies(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Records of a key matrix and a value matrix (both < 128 bytes wide), crcs unset."""
+    count, kl = keys.shape
+    vl = values.shape[1]
+    recs = np.empty((count, kl + vl + 6), dtype=np.uint8)
+    recs[:, :2] = np.frombuffer(PACK_HDR2(kl, vl), dtype=np.uint8)
+    recs[:, 2 : 2 + kl] = keys
+    recs[:, 2 + kl : -4] = values
+    return recs
+
+
+def _with_crcs(recs: np.ndarray, crcs: Iterable[int]) -> memoryview:
+    """``recs`` with ``crcs`` (one per record) in their last 4 bytes, as one buffer."""
+    count = len(recs)
+    recs[:, -4:] = np.fromiter(crcs, dtype="<u4", count=count).view(np.uint8).reshape(count, 4)
     return recs.data.cast("B")

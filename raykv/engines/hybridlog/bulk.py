@@ -52,7 +52,7 @@ from raykv.engines.hybridlog.runfile import (
     segment_locs,
     value_ends,
 )
-from raykv.engines.keyindex import KeyIndex, get_many, promoted, store
+from raykv.engines.keyindex import KeyIndex, distinct_words, get_many, promoted, store
 
 _CHUNK = 4096  # keys per index lookup + store pass (fits the CPU cache)
 
@@ -129,7 +129,7 @@ class BulkWrites(Regions):
         n = len(words)
         if (n < self.ro_lag_interval or size >= LEN_FITS_U64 or self._mut or self._n_ro
                 or self._pend or (type(self._index) is dict and n < keyindex.PROMOTE_MIN_KEYS)
-                or not _distinct(words)):
+                or not distinct_words(words)):
             super().multi_set_packed(words, rows)
             return
         if self._maintenance:
@@ -262,12 +262,6 @@ class BulkWrites(Regions):
             live += sum(map(truth, olds))
             index.update(zip(chunk, locs[a : a + _CHUNK], strict=True))
         return live
-
-
-def _distinct(words: np.ndarray) -> bool:
-    """No word repeats in ``words`` (a sort)."""
-    s = np.sort(words)
-    return not bool((s[1:] == s[:-1]).any())
 
 
 def _pick(locs: list[int] | np.ndarray, mask: list[bool]) -> list[int] | np.ndarray:
