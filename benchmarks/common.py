@@ -48,6 +48,23 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds every core of this machine spent busy since boot (``/proc/stat``).
+
+    The difference over a run is the CPU the whole machine spent on it (and on anything
+    else running then), whichever processes did the work: what a run on saturated cores
+    pays in wall time. ``None`` where ``/proc/stat`` is missing.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + fields[4]  # idle, iowait
+    # user, nice, system, irq, softirq (guest time is in user; steal is not ours)
+    return (sum(fields[:7]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def loadavg() -> float:
     """The 1-minute load average."""
     return os.getloadavg()[0]

@@ -36,7 +36,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import loadavg, machine, machine_line, section_main, start_local_ray, tiny
+from benchmarks.common import (
+    loadavg,
+    machine,
+    machine_busy_seconds,
+    machine_line,
+    section_main,
+    start_local_ray,
+    tiny,
+)
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -141,13 +149,14 @@ def one_run(events: int, kills: int, standby: int, seed: int, expected: float = 
             **({} if max_inflight is None else {"max_inflight": max_inflight}), **pipeline)
         stop = threading.Event()
         thread = threading.Thread(target=killer, args=(stop,), daemon=True)
-        t0 = time.perf_counter()
+        t0, busy0 = time.perf_counter(), machine_busy_seconds()
         if kills:
             thread.start()
         summary = p.run()
-        seconds = time.perf_counter() - t0
+        seconds, busy1 = time.perf_counter() - t0, machine_busy_seconds()
         stop.set()
-    return {"seconds": seconds, "kills": len(killed), "restarts": summary.restarts,
+    cpu = None if busy0 is None or busy1 is None else busy1 - busy0
+    return {"seconds": seconds, "cpu_s": cpu, "kills": len(killed), "restarts": summary.restarts,
             "rows_out": summary.rows_out, "processing": summary.processing_time,
             "epochs": len(lags), "commit_lag_p50": _pct(lags, 50), "commit_lag_max":
             max(lags, default=None)}
@@ -166,12 +175,60 @@ def added(events: int, kills: int, standby: int, repeat: int = 2) -> dict[str, A
         expected = min(b["processing"] for b in bases)
         runs.append(one_run(events, kills, standby, seed=7 + i, expected=expected))
     base = min(b["seconds"] for b in bases)
-    per_run = [(r["seconds"] - base) / r["restarts"] for r in runs if r["restarts"]]
-    per_kill = sum(per_run) / len(per_run) if per_run else None
+    per_kill = _per_kill(runs, "seconds", base)
+    base_cpu = min((b["cpu_s"] for b in bases if b["cpu_s"] is not None), default=None)
+    cpu_per_kill = None if base_cpu is None else _per_kill(runs, "cpu_s", base_cpu)
     with_kills = {k: sum(r[k] for r in runs) / len(runs)
                   for k in ("seconds", "kills", "restarts", "rows_out", "processing")}
     return {"standby": standby, "events": events, "base_s": base, "load": loadavg(),
-            **{f"killed_{k}": v for k, v in with_kills.items()}, "added_per_kill_s": per_kill}
+            **{f"killed_{k}": v for k, v in with_kills.items()}, "added_per_kill_s": per_kill,
+            "base_cpu_s": base_cpu, "added_cpu_per_kill_s": cpu_per_kill}
+
+
+def _per_kill(runs: list[dict[str, Any]], key: str, base: float) -> float | None:
+    """The mean over the killed runs of ``(run[key] - base) / restarts``."""
+    per_run = [(r[key] - base) / r["restarts"] for r in runs
+               if r["restarts"] and r[key] is not None]
+    return sum(per_run) / len(per_run) if per_run else None
+
+
+def _starter() -> None:
+    """What a replacement shard's process does before it can answer (see ``process_start_cpu``)."""
+    import raykv.runtime.actors  # noqa: F401  (the shard's modules, as a ShardActor imports)
+    from raykv.runtime.shard_rollback import preload_lazy_imports
+
+    preload_lazy_imports()
+
+
+def process_start_cpu(repeat: int = 3) -> float | None:
+    """Machine CPU seconds from creating an actor process to its first answer (median).
+
+    The actor imports the shard's modules and pays pyarrow's lazy imports, as a standby
+    does before it can take a role. Run it alone on the machine: anything else that runs
+    meanwhile counts too. ``None`` without ``/proc/stat``.
+    """
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Starter:
+        def __init__(self) -> None:
+            _starter()
+
+        def ready(self) -> int:
+            return os.getpid()
+
+    costs = []
+    for _ in range(repeat):
+        time.sleep(1.0)  # let Ray's own work after the last kill settle
+        busy0 = machine_busy_seconds()
+        actor = Starter.remote()  # type: ignore[attr-defined]
+        ray.get(actor.ready.remote())
+        busy1 = machine_busy_seconds()
+        ray.kill(actor)
+        if busy0 is None or busy1 is None:
+            return None
+        costs.append(busy1 - busy0)
+    return sorted(costs)[len(costs) // 2]
 
 
 def report_run(quick: bool, out_dir: Path) -> dict[str, Any]:
@@ -190,7 +247,8 @@ def report_run(quick: bool, out_dir: Path) -> dict[str, Any]:
         res = {"machine": machine(),
                "drill": [drill(kills, s, events=drill_events) for s in standbys],
                "added": [added(events, run_kills, s, repeat=1 if quick else 2)
-                         for s in standbys]}
+                         for s in standbys],
+               "process_start_cpu_s": process_start_cpu(1 if quick else 3)}
     finally:
         if owned:
             import ray
@@ -226,14 +284,19 @@ def report_render(res: dict[str, Any], image_prefix: str) -> list[str]:
     lines += [
         "",
         "| standby | events | run without kills | with kills (restarts) | added per kill | "
-        "load |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "machine CPU added per kill | load |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for a in res["added"]:
         lines.append(
             f"| {a['standby']} | {a['events']:,} | {a['base_s']:.2f} s | "
             f"{a['killed_seconds']:.2f} s ({a['killed_restarts']:g}) | "
-            f"{_s(a['added_per_kill_s'])} s | {a['load']:.1f} |")
+            f"{_s(a['added_per_kill_s'])} s | {_s(a.get('added_cpu_per_kill_s'))} s | "
+            f"{a['load']:.1f} |")
+    start = res.get("process_start_cpu_s")
+    if start is not None:
+        lines += ["", f"One replacement process, from its creation to its first answer: "
+                      f"{start:.2f} CPU-s of the machine (`process_start_cpu`)."]
     lines.append("")
     return lines
 

@@ -175,6 +175,8 @@ def test_recovery_section_survives_its_kills_exactly(report: Path) -> None:
     for a in res["added"]:
         assert a["killed_rows_out"] == a["events"], a  # StatefulMap: one row per event
         assert a["killed_restarts"] >= 1, a
+        assert a["base_cpu_s"] > 0 and a["added_cpu_per_kill_s"] is not None, a
+    assert res["process_start_cpu_s"] > 0  # a process start is never free
     assert "Recovery: local rollback" in (report / "REPORT.md").read_text()
 
 
@@ -202,7 +204,8 @@ def test_bulk_section_measures_both_kinds_of_key(report: Path) -> None:
 
     res = json.loads((report / "report_bulk.json").read_text())
     assert [r["key_len"] for r in res["runs"]] == ["8-16", "8"]
-    for run, packed in zip(res["runs"], [set(), {"hybridlog-packed"}], strict=True):
+    for run, packed in zip(res["runs"], [set(), {"hybridlog-packed", "appendlog-packed"}],
+                           strict=True):
         assert {r["store"] for r in run["rows"]} == {"dict", "hybridlog", "appendlog"} | packed
         assert all("error" not in r and r["update_keys_s"] > 0 for r in run["rows"]), run
     assert "Bulk writes" in (report / "REPORT.md").read_text()
