@@ -145,13 +145,17 @@ class AggregateFold:
         """``_read(keys)``, with the values of the keys in ``cache`` taken from there.
 
         ``keys``: 8-byte state keys (``cache`` exists only for them). Cost: one ``join``
-        and a ``searchsorted`` of the key words, one ``bytes`` per key from the cached
+        and a sort of the key words, a ``searchsorted`` of them in sorted order (the
+        fold's keys come in arrival order: searched as they come, 50,000 of them took
+        5-9 ms against 2.5-3 ms sorted first), one ``bytes`` per key from the cached
         rows, and ``_read`` of the keys not found.
         """
         if not keys:
             return []
         words = key_words(keys)
-        pos = np.searchsorted(cache.words, words)
+        order = np.argsort(words)
+        pos = np.empty(len(words), dtype=np.intp)
+        pos[order] = np.searchsorted(cache.words, words[order])
         pos[pos == len(cache)] = 0
         hit = cache.words[pos] == words
         miss = np.flatnonzero(~hit)
