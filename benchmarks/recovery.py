@@ -192,14 +192,6 @@ def _per_kill(runs: list[dict[str, Any]], key: str, base: float) -> float | None
     return sum(per_run) / len(per_run) if per_run else None
 
 
-def _starter() -> None:
-    """What a replacement shard's process does before it can answer (see ``process_start_cpu``)."""
-    import raykv.runtime.actors  # noqa: F401  (the shard's modules, as a ShardActor imports)
-    from raykv.runtime.shard_rollback import preload_lazy_imports
-
-    preload_lazy_imports()
-
-
 def process_start_cpu(repeat: int = 3) -> float | None:
     """Machine CPU seconds from creating an actor process to its first answer (median).
 
@@ -211,8 +203,11 @@ def process_start_cpu(repeat: int = 3) -> float | None:
 
     @ray.remote(num_cpus=0)
     class Starter:
-        def __init__(self) -> None:
-            _starter()
+        def __init__(self) -> None:  # what a standby does before it can take a role
+            import raykv.runtime.actors  # noqa: F401  (the shard's modules)
+            from raykv.runtime.shard_rollback import preload_lazy_imports
+
+            preload_lazy_imports()
 
         def ready(self) -> int:
             return os.getpid()
