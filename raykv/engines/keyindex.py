@@ -229,6 +229,18 @@ class KeyIndex:
         for word, loc in list(self._big.items()):
             yield word.to_bytes(8, "little"), loc
 
+    def table_items(self) -> tuple[np.ndarray, np.ndarray]:
+        """The table's keys (uint64 words, read little-endian) and locations, slot order.
+
+        Every 8-byte key whose location fits a uint64. Cost: one numpy pass over the
+        table, no Python object per key.
+        """
+        return self._t.items()
+
+    def side_items(self) -> list[tuple[bytes, int]]:
+        """The entries outside the table: keys of other lengths, then ``_big``'s."""
+        return [*self._d.items(), *((w.to_bytes(8, "little"), loc) for w, loc in self._big.items())]
+
     def value_parts(self) -> tuple[list[int], np.ndarray, list[int]]:
         """The locations of the dict, the table (uint64) and ``_big``, in iteration order."""
         return list(self._d.values()), self._t.items()[1], list(self._big.values())
