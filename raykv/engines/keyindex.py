@@ -55,7 +55,7 @@ _MISSING = object()
 
 
 def _words(keys: list[bytes]) -> np.ndarray:
-    """8-byte ``keys`` as uint64 words (read-only; little-endian, like ``_to_bytes``)."""
+    """8-byte ``keys`` as uint64 words (read-only; little-endian, like ``word_keys``)."""
     return np.frombuffer(b"".join(keys), dtype="<u8").astype(np.uint64, copy=False)
 
 
@@ -67,8 +67,11 @@ def split_fixed(buf: bytes, width: int) -> list[bytes]:
     return np.frombuffer(buf, dtype=f"V{width}").tolist()  # type: ignore[no-any-return]
 
 
-def _to_bytes(words: np.ndarray) -> list[bytes]:
-    """The keys of ``words`` (the inverse of ``_words``)."""
+def word_keys(words: np.ndarray) -> list[bytes]:
+    """The 8-byte keys of ``words`` read little-endian, as a ``KeyIndex`` holds them.
+
+    The inverse of ``_words``. Cost: one C-level pass (``split_fixed``).
+    """
     return split_fixed(words.astype("<u8", copy=False).tobytes(), 8)
 
 
@@ -209,7 +212,7 @@ class KeyIndex:
         """Every key, in iteration order (module docstring). Cost: O(keys) objects."""
         t_keys = self._t.items()[0]
         big = np.fromiter(self._big, dtype=np.uint64, count=len(self._big))
-        return [*self._d, *_to_bytes(t_keys), *_to_bytes(big)]
+        return [*self._d, *word_keys(t_keys), *word_keys(big)]
 
     def values(self) -> Iterator[int]:
         """Every location, in iteration order."""
@@ -224,7 +227,7 @@ class KeyIndex:
         yield from self._d.items()
         t_keys, t_vals = self._t.items()
         for a in range(0, len(t_keys), _CHUNK):
-            yield from zip(_to_bytes(t_keys[a : a + _CHUNK]), t_vals[a : a + _CHUNK].tolist(),
+            yield from zip(word_keys(t_keys[a : a + _CHUNK]), t_vals[a : a + _CHUNK].tolist(),
                            strict=True)
         for word, loc in list(self._big.items()):
             yield word.to_bytes(8, "little"), loc
@@ -439,4 +442,5 @@ def count_set(index: Index, shift: int) -> int:
 
 
 __all__ = ["PROMOTE_MIN_KEYS", "Index", "KeyIndex", "count_set", "delete_many", "dict_sizeof",
-           "distinct_words", "get_many", "new_index", "promoted", "split_fixed", "store"]
+           "distinct_words", "get_many", "new_index", "promoted", "split_fixed", "store",
+           "word_keys"]

@@ -40,8 +40,8 @@ from raykv.engines.keyindex import (
     KeyIndex,
     distinct_words,
     promoted,
-    split_fixed,
     store,
+    word_keys,
 )
 
 _GROUP_MIN = 256  # batches of varied key lengths at least this long are grouped by length
@@ -178,7 +178,7 @@ class BulkWrites(ActiveRun):
                 assert isinstance(index, KeyIndex)
                 index.swap_words(part, np.uint64(first) + np.arange(take, dtype=np.uint64)
                                  * np.uint64(step), 0)
-                chunk = split_fixed(part.astype("<u8").tobytes(), 8) if self._dead else []
+                chunk = word_keys(part) if self._dead else []
             elif isinstance(index, dict) or n >= N_FITS_U64:
                 chunk = part
                 store(index, chunk, range(first, first + step * take, step))

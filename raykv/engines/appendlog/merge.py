@@ -45,7 +45,7 @@ from raykv.engines.appendlog.runfile import (
     pack_locs,
     parse_header,
 )
-from raykv.engines.keyindex import Index, KeyIndex, get_many, split_fixed
+from raykv.engines.keyindex import Index, KeyIndex, get_many, word_keys
 from raykv.engines.space import SPACE_AMP
 
 # every closed run is merged when the runs younger than the oldest hold this many times its
@@ -147,7 +147,7 @@ def _table_scan(index: KeyIndex, slots: set[int]) -> tuple[list[bytes], list[int
     offset = tlocs[pick] >> np.uint64(SLOT_BITS) & np.uint64(OFF_MASK)
     where = slot[pick] << np.uint64(OFF_MASK.bit_length()) | offset
     pick = pick[np.argsort(where)]
-    keys = split_fixed(words[pick].astype("<u8").tobytes(), 8)
+    keys = word_keys(words[pick])
     locs: list[int] = tlocs[pick].tolist()
     for key, loc in index.side_items():
         if loc & SLOT_MASK in slots:
