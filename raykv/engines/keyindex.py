@@ -1,88 +1,71 @@
-"""An engine's key index: byte keys to int locations, with 8-byte keys in a flat table.
+"""An engine's key index: byte keys to int locations, with short keys in flat tables.
 
-Why: HybridLog maps every key with a durable record to a packed int location. In a
-``dict`` of a million entries each store of a key already present misses the CPU cache
-several times: 0.58 µs a key, the floor under a bulk write (``benchmarks.index_ceiling``).
-Every integer and time key an operator writes is 8 bytes (``raykv.keys``), so
-``KeyIndex`` keeps those in a :class:`~raykv.engines.u64index.U64Index` (the key's bytes
-read as a little-endian uint64; numpy passes per batch) and only the others in a dict:
+Why: HybridLog and AppendLog map every key with a durable record to a packed int
+location. In a ``dict`` of a million entries each store of a key already present misses
+the CPU cache several times: 0.45-0.6 µs a key, the floor under a bulk write
+(``benchmarks.index_ceiling``), and a merge that scans the dict's values pays about 0.1
+µs an entry. Every integer and time key an operator writes is 8 bytes (``raykv.keys``),
+and names, codes and ids are mostly 16 bytes or less, so ``KeyIndex`` keeps those in
+tables whose probes numpy does a whole batch at a time, and only the others in a dict:
 
-* ``_d``: keys that are not 8 bytes long, as a ``dict`` (``bytes -> int``);
-* ``_t``: 8-byte keys whose location fits a uint64, in the table;
-* ``_big``: 8-byte keys whose location does not (HybridLog: values of 256 bytes or
-  more), by their uint64 word.
+* ``_d``: keys of more than 16 bytes, as a ``dict`` (``bytes -> int``);
+* ``_t``: 8-byte keys whose location fits a uint64, in a
+  :class:`~raykv.engines.u64index.U64Index` (the key read as a little-endian word);
+* ``_w``: other keys of 1-16 bytes whose location fits a uint64, in a
+  :class:`~raykv.engines.wideindex.WideIndex` (two words and the length);
+* ``_sbig`` and ``_big``: keys of 1-16 bytes whose location does not fit (HybridLog:
+  values of 256 bytes or more), by their bytes and by their uint64 word (8 bytes).
 
-A key is in exactly one of the three. ``KeyIndex`` answers the dict calls an engine makes
+A key is in exactly one of the five. ``KeyIndex`` answers the dict calls an engine makes
 one key at a time (``get``, ``in``, ``del``, ``len``, iteration) and adds batch calls:
 :meth:`~KeyIndex.get_many`, :meth:`~KeyIndex.swap_count`, :meth:`~KeyIndex.store`,
 :meth:`~KeyIndex.delete_many`, :meth:`~KeyIndex.value_parts`. The functions at the bottom
 take either a ``dict`` or a ``KeyIndex``: an engine's index stays a plain dict (C-level
-``map`` calls, fastest for one key at a time) until a large batch of 8-byte keys comes
-(:func:`should_promote`), then becomes a ``KeyIndex`` for good (until a reopen, which
-decides again from the keys it loads).
+``map`` calls, fastest for one key at a time) until a large batch of short keys comes
+(:func:`promoted`), then becomes a ``KeyIndex`` for good (until a reopen, which decides
+again from the keys it loads).
 
-Iteration order: the dict's keys, then the table's (slot order), then ``_big``'s; the
-same for ``keys()``, ``values()`` and ``items()`` while the index does not change (a
-merge pairs positions in ``value_parts()`` with ``list(index)``).
+Iteration order: ``_d``'s keys, then ``_t``'s and ``_w``'s (slot order), then ``_sbig``'s
+and ``_big``'s; the same for ``keys()``, ``values()`` and ``items()`` while the index does
+not change (a merge pairs positions in ``value_parts()`` with ``list(index)``).
 
 Cost per key of a batch of 8-byte keys: one ``len`` and one ``b"".join`` step (C-level),
-then the table's numpy rounds: about 0.1 µs for ``swap_count`` against 0.6 µs for a dict
-store at a million keys. A single ``get`` of an 8-byte key is a Python probe loop (0.3-0.5
-µs against 0.05 µs for a dict). Memory: 32-64 bytes per 8-byte key (two uint64 slots at a
-load of 1/4 to 1/2) against about 120 for a dict entry with its key and int objects.
+then the table's numpy rounds: about 0.1 µs for ``swap_count``; other short keys add a
+fixed-width conversion (about 35 ns) and wider rounds. A single ``get`` is a Python probe
+loop (0.3-1 µs against 0.05 µs for a dict). Memory: 32-64 bytes per 8-byte key and 50-100
+per other short key (slots at a load of 1/4 to 1/2) against about 120 for a dict entry
+with its key and int objects.
 """
 
 from __future__ import annotations
 
 import sys
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from itertools import islice, repeat
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import compress, islice, repeat
 from operator import and_, truth
 from typing import Any, overload
 
 import numpy as np
 
+from raykv.engines.keywords import (
+    distinct_words,
+    eight_words,
+    short_keys,
+    short_words,
+    split_fixed,
+    word_keys,
+)
 from raykv.engines.u64index import U64Index
+from raykv.engines.wideindex import MAX_LEN, WideIndex, pair_of
 
 PROMOTE_MIN_KEYS = 4096
 """Keys in a batch from which an engine's dict index becomes a ``KeyIndex`` (0: always)."""
 
-_SAMPLE = 64  # keys of a batch looked at to decide that its keys are 8 bytes
+_SAMPLE = 64  # keys of a batch looked at to decide that its keys are short
 _M64 = (1 << 64) - 1
 _CHUNK = 65_536  # table entries turned into bytes keys at a time by ``items()``
 _MISSING = object()
-
-
-def _words(keys: list[bytes]) -> np.ndarray:
-    """8-byte ``keys`` as uint64 words (read-only; little-endian, like ``word_keys``)."""
-    return np.frombuffer(b"".join(keys), dtype="<u8").astype(np.uint64, copy=False)
-
-
-def split_fixed(buf: bytes, width: int) -> list[bytes]:
-    """Slice ``buf`` into ``width``-byte ``bytes`` objects (one C-level pass).
-
-    About 4x faster than a list comprehension of slices; trailing zero bytes are kept.
-    """
-    return np.frombuffer(buf, dtype=f"V{width}").tolist()  # type: ignore[no-any-return]
-
-
-def word_keys(words: np.ndarray) -> list[bytes]:
-    """The 8-byte keys of ``words`` read little-endian, as a ``KeyIndex`` holds them.
-
-    The inverse of ``_words``. Cost: one C-level pass (``split_fixed``).
-    """
-    return split_fixed(words.astype("<u8", copy=False).tobytes(), 8)
-
-
-def distinct_words(words: np.ndarray) -> bool:
-    """No word repeats in ``words``. Cost: a sort (about 1.5 ms for 40,000 words).
-
-    An engine's array path (``multi_set_packed``) asks it first: a batch with a key
-    twice must keep its later row, which the batch paths of ``multi_set`` do.
-    """
-    s = np.sort(words)
-    return not bool((s[1:] == s[:-1]).any())
 
 
 def _loc_array(locs: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -98,6 +81,38 @@ def _loc_array(locs: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray
     except OverflowError:
         big = np.fromiter(map(_M64.__lt__, locs), dtype=bool, count=n)
         return np.fromiter(map(and_, locs, repeat(_M64)), dtype=np.uint64, count=n), big
+
+
+def _kinds(keys: list[bytes]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The keys' lengths, the mask of 8-byte keys and of other short ones (1-16 bytes).
+
+    A mask is ``None`` when every key is of its kind. Cost: a C-level ``len`` per key.
+    """
+    lens = np.fromiter(map(len, keys), dtype=np.intp, count=len(keys))
+    eight = lens == 8
+    if eight.all():
+        return lens, None, np.zeros(len(keys), dtype=bool)
+    short = (lens > 0) & (lens <= MAX_LEN) & ~eight
+    return lens, eight, None if short.all() else short
+
+
+def _with_misses(found: np.ndarray, vals: np.ndarray, default: int, side: dict[Any, int],
+                 side_keys: Callable[[], list[Any]]) -> list[int]:
+    """A table's answers as a list: where it did not find a key, ``side`` or ``default``.
+
+    ``side``: the keys of that table's kind whose locations exceed a uint64; ``side_keys``
+    gives the batch's keys as ``side`` holds them (called only when needed).
+    """
+    if found.all():
+        return vals.tolist()  # type: ignore[no-any-return]
+    if not side and 0 <= default <= _M64:
+        vals[~found] = default
+        return vals.tolist()  # type: ignore[no-any-return]
+    out: list[int] = vals.tolist()
+    keys = side_keys()
+    for i in np.flatnonzero(~found).tolist():
+        out[i] = side.get(keys[i], default)
+    return out
 
 
 def _set_above(found: np.ndarray, old: np.ndarray, shift: int) -> int:
@@ -116,26 +131,28 @@ def dict_sizeof(table: dict[Any, Any]) -> int:
 
 
 class KeyIndex:
-    """``bytes -> int`` index with 8-byte keys in a vectorized table (module docstring).
+    """``bytes -> int`` index with short keys in vectorized tables (module docstring).
 
     Keys of one batch call must be distinct (an engine's batches are). Locations are
-    non-negative ints of any size; a location that fits a uint64 is stored in the table.
+    non-negative ints of any size; a location that fits a uint64 is stored in a table.
 
     Example:
         >>> ix = KeyIndex()
-        >>> ix.swap_count([b"12345678", b"long key"], [7 << 8, 9], 8)
+        >>> ix.swap_count([b"12345678", b"short key", b"a key of 17 bytes"], [7 << 8, 9, 5], 8)
         0
-        >>> ix.get(b"12345678"), ix.get(b"long key"), len(ix)
-        (1792, 9, 2)
-        >>> ix.get_many([b"12345678", b"absent!!"], 0)
-        [1792, 0]
+        >>> ix.get(b"12345678"), ix.get(b"short key"), ix.get(b"a key of 17 bytes"), len(ix)
+        (1792, 9, 5, 3)
+        >>> ix.get_many([b"12345678", b"absent!!", b"short key"], 0)
+        [1792, 0, 9]
     """
 
-    __slots__ = ("_big", "_d", "_t")
+    __slots__ = ("_big", "_d", "_sbig", "_t", "_w")
 
     def __init__(self) -> None:
         self._d: dict[bytes, int] = {}
         self._t = U64Index()
+        self._w = WideIndex()
+        self._sbig: dict[bytes, int] = {}
         self._big: dict[int, int] = {}
 
     @classmethod
@@ -155,13 +172,19 @@ class KeyIndex:
 
     def get(self, key: bytes, default: int | None = None) -> int | None:
         """The location of ``key``, else ``default``. Cost: a dict probe or a table probe."""
-        if len(key) != 8:
-            return self._d.get(key, default)
-        word = int.from_bytes(key, "little")
-        loc = self._t.lookup(word)
-        if loc is None:
-            return self._big.get(word, default) if self._big else default
-        return loc
+        size = len(key)
+        if size == 8:
+            word = int.from_bytes(key, "little")
+            loc = self._t.lookup(word)
+            if loc is None:
+                return self._big.get(word, default) if self._big else default
+            return loc
+        if 0 < size <= MAX_LEN:
+            loc = self._w.lookup(*pair_of(key), size)
+            if loc is None:
+                return self._sbig.get(key, default) if self._sbig else default
+            return loc
+        return self._d.get(key, default)
 
     def __getitem__(self, key: bytes) -> int:
         loc = self.get(key)
@@ -172,15 +195,21 @@ class KeyIndex:
     def __contains__(self, key: object) -> bool:
         try:
             return self.get(key) is not None  # type: ignore[call-overload]
-        except TypeError:  # unhashable or without a length: like a dict, not held
+        except TypeError:  # unhashable or not bytes: like a dict, not held
             return False
 
     def __setitem__(self, key: bytes, loc: int) -> None:
-        if len(key) == 8 and 0 <= loc <= _M64:  # a Python probe (a batch call: 10-20 µs)
-            word = int.from_bytes(key, "little")
-            if self._big:
-                self._big.pop(word, None)
-            self._t.put(word, loc)
+        size = len(key)
+        if 0 <= loc <= _M64 and 0 < size <= MAX_LEN:  # a Python probe (a batch: 10-20 µs)
+            if size == 8:
+                word = int.from_bytes(key, "little")
+                if self._big:
+                    self._big.pop(word, None)
+                self._t.put(word, loc)
+            else:
+                if self._sbig:
+                    self._sbig.pop(key, None)
+                self._w.put(*pair_of(key), size, loc)
         else:
             self.store([key], [loc])
 
@@ -200,7 +229,11 @@ class KeyIndex:
         return loc
 
     def __len__(self) -> int:
-        return len(self._d) + len(self._t) + len(self._big)
+        return len(self._d) + len(self._t) + len(self._w) + len(self._sbig) + len(self._big)
+
+    def eight_keys(self) -> int:
+        """How many entries have 8-byte keys. O(1)."""
+        return len(self._t) + len(self._big)
 
     def __bool__(self) -> bool:
         return len(self) > 0
@@ -210,9 +243,9 @@ class KeyIndex:
 
     def keys(self) -> list[bytes]:
         """Every key, in iteration order (module docstring). Cost: O(keys) objects."""
-        t_keys = self._t.items()[0]
         big = np.fromiter(self._big, dtype=np.uint64, count=len(self._big))
-        return [*self._d, *word_keys(t_keys), *word_keys(big)]
+        return [*self._d, *word_keys(self._t.items()[0]), *short_keys(*self._w.items()[:3]),
+                *self._sbig, *word_keys(big)]
 
     def values(self) -> Iterator[int]:
         """Every location, in iteration order."""
@@ -229,74 +262,100 @@ class KeyIndex:
         for a in range(0, len(t_keys), _CHUNK):
             yield from zip(word_keys(t_keys[a : a + _CHUNK]), t_vals[a : a + _CHUNK].tolist(),
                            strict=True)
+        w0, w1, lens, w_vals = self._w.items()
+        for a in range(0, len(lens), _CHUNK):
+            part = slice(a, a + _CHUNK)
+            yield from zip(short_keys(w0[part], w1[part], lens[part]), w_vals[part].tolist(),
+                           strict=True)
+        yield from list(self._sbig.items())
         for word, loc in list(self._big.items()):
             yield word.to_bytes(8, "little"), loc
 
-    def table_items(self) -> tuple[np.ndarray, np.ndarray]:
-        """The table's keys (uint64 words, read little-endian) and locations, slot order.
+    def table_items(self) -> tuple[np.ndarray, Callable[[np.ndarray], list[bytes]]]:
+        """The tables' locations (uint64, iteration order) and their keys at given positions.
 
-        Every 8-byte key whose location fits a uint64. Cost: one numpy pass over the
-        table, no Python object per key.
+        Returns the locations of every table entry (8-byte keys, then other short ones:
+        ``value_parts()``'s middle part) and a function giving the ``bytes`` keys of the
+        entries at an array of positions into them, in that order. Cost: numpy passes over
+        the tables; a ``bytes`` per key asked for.
         """
-        return self._t.items()
+        t_keys, t_vals = self._t.items()
+        w0, w1, lens, w_vals = self._w.items()
+        n8 = len(t_keys)
+
+        def keys_at(at: np.ndarray) -> list[bytes]:
+            eight = at < n8
+            if eight.all():
+                return word_keys(t_keys[at])
+            wide = at[~eight] - n8
+            if not eight.any():
+                return short_keys(w0[wide], w1[wide], lens[wide])
+            out: list[bytes] = [b""] * len(at)
+            for mask, ks in ((eight, word_keys(t_keys[at[eight]])),
+                             (~eight, short_keys(w0[wide], w1[wide], lens[wide]))):
+                deque(map(out.__setitem__, np.flatnonzero(mask).tolist(), ks), maxlen=0)
+            return out
+
+        return np.concatenate([t_vals, w_vals]), keys_at
 
     def side_items(self) -> list[tuple[bytes, int]]:
-        """The entries outside the table: keys of other lengths, then ``_big``'s."""
-        return [*self._d.items(), *((w.to_bytes(8, "little"), loc) for w, loc in self._big.items())]
+        """The entries outside the tables: long keys, then short keys of big locations."""
+        return [*self._d.items(), *self._sbig.items(),
+                *((w.to_bytes(8, "little"), loc) for w, loc in self._big.items())]
 
     def value_parts(self) -> tuple[list[int], np.ndarray, list[int]]:
-        """The locations of the dict, the table (uint64) and ``_big``, in iteration order."""
-        return list(self._d.values()), self._t.items()[1], list(self._big.values())
+        """The locations outside the tables (long keys), in them (uint64), and the big ones.
+
+        In iteration order: ``_d``'s, the two tables' (``table_items()``), ``_sbig``'s and
+        ``_big``'s.
+        """
+        return (list(self._d.values()), np.concatenate([self._t.items()[1], self._w.items()[3]]),
+                [*self._sbig.values(), *self._big.values()])
 
     def __sizeof__(self) -> int:
-        """Bytes held: the table's arrays, the dicts and (sampled) their entries. O(1)."""
-        return (object.__sizeof__(self) + self._t.nbytes + dict_sizeof(self._d)
-                + dict_sizeof(self._big))
+        """Bytes held: the tables' arrays, the dicts and (sampled) their entries. O(1)."""
+        return (object.__sizeof__(self) + self._t.nbytes + self._w.nbytes
+                + dict_sizeof(self._d) + dict_sizeof(self._sbig) + dict_sizeof(self._big))
 
     # ------------------------------------------------------------ batches
-
-    @staticmethod
-    def _eight(keys: list[bytes]) -> np.ndarray | None:
-        """Mask of the 8-byte keys (``None``: all are). Cost: a C-level ``len`` per key."""
-        is8: np.ndarray = np.fromiter(map(len, keys), dtype=np.intp, count=len(keys)) == 8
-        return None if is8.all() else is8
 
     def get_many(self, keys: Sequence[bytes], default: int) -> list[int]:
         """The location of each key, ``default`` where absent."""
         keys = keys if isinstance(keys, list) else list(keys)
         if not keys:
             return []
-        is8 = self._eight(keys)
-        if is8 is None:
-            return self._get_words(_words(keys), default)
+        lens, eight, short = _kinds(keys)
+        if eight is None:
+            return self._get_words(eight_words(keys), default)
+        if short is None:
+            return self._get_short(keys, lens, default)
         out: list[int] = list(map(self._d.get, keys, repeat(default)))
-        at = np.flatnonzero(is8).tolist()
-        if at:
-            found = self._get_words(_words(list(map(keys.__getitem__, at))), default)
-            deque(map(out.__setitem__, at, found), maxlen=0)
+        for mask, get in ((eight, self._get_eight), (short, self._get_short)):
+            at = np.flatnonzero(mask)
+            if at.size:
+                found = get(list(map(keys.__getitem__, at.tolist())), lens[at], default)
+                deque(map(out.__setitem__, at.tolist(), found), maxlen=0)
         return out
+
+    def _get_eight(self, keys: list[bytes], lens: np.ndarray, default: int) -> list[int]:
+        del lens  # all 8
+        return self._get_words(eight_words(keys), default)
 
     def _get_words(self, words: np.ndarray, default: int) -> list[int]:
         found, vals = self._t.found(words)
-        if found.all():
-            return vals.tolist()  # type: ignore[no-any-return]
-        if not self._big and 0 <= default <= _M64:
-            vals[~found] = default
-            return vals.tolist()  # type: ignore[no-any-return]
-        out: list[int] = vals.tolist()
-        big = self._big
-        miss = np.flatnonzero(~found)
-        for i, word in zip(miss.tolist(), words[miss].tolist(), strict=True):
-            out[i] = big.get(word, default)
-        return out
+        return _with_misses(found, vals, default, self._big, words.tolist)
+
+    def _get_short(self, keys: list[bytes], lens: np.ndarray, default: int) -> list[int]:
+        found, vals = self._w.found(short_words(keys, lens))
+        return _with_misses(found, vals, default, self._sbig, lambda: keys)
 
     def swap_count(self, keys: Sequence[bytes], locs: Sequence[int] | np.ndarray,
                    shift: int) -> int:
         """Point each key at its location; return how many had a location ``>> shift`` != 0.
 
         (HybridLog: how many keys had a live durable record; a tombstone's location has
-        length 0 above ``shift``.) Cost: the table's rounds for the 8-byte keys whose
-        locations fit a uint64; a dict operation or two for each other key.
+        length 0 above ``shift``.) Cost: the tables' rounds for the keys of 1-16 bytes
+        whose locations fit a uint64; a dict operation or two for each other key.
         """
         keys = keys if isinstance(keys, list) else list(keys)
         if len(keys) != len(locs):
@@ -305,21 +364,30 @@ class KeyIndex:
         if not keys:
             return 0
         arr, big = _loc_array(locs)
-        is8 = self._eight(keys)
-        if is8 is None and big is None:
-            return self._swap_words(_words(keys), arr, shift)
-        eight = np.ones(len(keys), dtype=bool) if is8 is None else is8
-        fits = np.ones(len(keys), dtype=bool) if big is None else ~big
+        lens, eight, short = _kinds(keys)
+        if big is None and eight is None:
+            return self._swap_words(eight_words(keys), arr, shift)
+        if big is None and short is None:
+            return self._swap_short(keys, lens, arr, shift)
+        n = len(keys)
+        is8 = np.ones(n, dtype=bool) if eight is None else eight
+        wide = np.ones(n, dtype=bool) if short is None else short
+        fits = np.ones(n, dtype=bool) if big is None else ~big
         live = 0
-        tab = np.flatnonzero(eight & fits)
-        if tab.size:
-            live += self._swap_words(_words(list(map(keys.__getitem__, tab.tolist()))),
-                                     arr[tab], shift)
-        wide = np.flatnonzero(eight & ~fits).tolist()
-        if wide:
-            live += self._swap_big([keys[i] for i in wide], [int(locs[i]) for i in wide], shift)
-        if is8 is not None:
-            other = np.flatnonzero(~is8).tolist()
+        for mask, table in ((is8 & fits, True), (wide & fits, False)):
+            at = np.flatnonzero(mask)
+            if at.size:
+                ks = list(map(keys.__getitem__, at.tolist()))
+                live += (self._swap_words(eight_words(ks), arr[at], shift) if table
+                         else self._swap_short(ks, lens[at], arr[at], shift))
+        for mask, table in ((is8 & ~fits, True), (wide & ~fits, False)):
+            at = np.flatnonzero(mask)
+            if at.size:
+                ks = list(map(keys.__getitem__, at.tolist()))
+                live += self._swap_big(ks, lens[at], [int(locs[i]) for i in at.tolist()],
+                                       shift, table)
+        other = np.flatnonzero(~is8 & ~wide).tolist()
+        if other:
             ks = [keys[i] for i in other]
             d = self._d
             live += sum(map(truth, map(shift.__rrshift__, map(d.get, ks, repeat(0)))))
@@ -346,18 +414,30 @@ class KeyIndex:
                 live += truth(big.pop(word) >> shift)
         return live + _set_above(*self._t.swap(words, locs), shift)
 
-    def _swap_big(self, keys: list[bytes], locs: list[int], shift: int) -> int:
-        words = _words(keys)
-        found, old = self._t.found(words)
+    def _swap_short(self, keys: list[bytes], lens: np.ndarray, locs: np.ndarray,
+                    shift: int) -> int:
+        live = 0
+        if self._sbig:  # keys whose location fits again leave ``_sbig``
+            olds = [old for old in map(self._sbig.pop, keys, repeat(None)) if old is not None]
+            live += sum(map(truth, map(shift.__rrshift__, olds)))
+        return live + _set_above(*self._w.swap(short_words(keys, lens), locs), shift)
+
+    def _swap_big(self, keys: list[bytes], lens: np.ndarray, locs: list[int], shift: int,
+                  eight: bool) -> int:
+        """Keys of 1-16 bytes whose locations exceed a uint64: out of their table."""
+        words: Any = eight_words(keys) if eight else short_words(keys, lens)
+        found, old = (self._t if eight else self._w).found(words)
         live = _set_above(found, old, shift)
-        if found.any():
+        if found.any() and eight:
             self._t.delete(words[found])
-        big = self._big
-        for word, loc in zip(words.tolist(), locs, strict=True):
-            prev = big.get(word)
+        elif found.any():
+            self._w.delete((words[0][found], words[1][found], words[2][found]))
+        side: dict[Any, int] = self._big if eight else self._sbig
+        for key, loc in zip(words.tolist() if eight else keys, locs, strict=True):
+            prev = side.get(key)
             if prev is not None:
                 live += truth(prev >> shift)
-            big[word] = loc
+            side[key] = loc
         return live
 
     def store(self, keys: Sequence[bytes], locs: Sequence[int] | np.ndarray) -> None:
@@ -369,15 +449,24 @@ class KeyIndex:
         keys = list(keys)
         if not keys:
             return
-        is8 = self._eight(keys)
-        eight = keys if is8 is None else [k for k in keys if len(k) == 8]
-        if eight:
-            words = _words(eight)
+        lens, eight, short = _kinds(keys)
+        if eight is None or eight.any():
+            ks = keys if eight is None else list(compress(keys, eight.tolist()))
+            words = eight_words(ks)
             self._t.delete(words)
             if self._big:
                 deque(map(self._big.pop, words.tolist(), repeat(None)), maxlen=0)
-        if is8 is not None:
-            deque(map(self._d.pop, (k for k in keys if len(k) != 8), repeat(None)), maxlen=0)
+        if eight is None:
+            return
+        if short is None or short.any():
+            ks = keys if short is None else list(compress(keys, short.tolist()))
+            self._w.delete(short_words(ks, lens if short is None else lens[short]))
+            if self._sbig:
+                deque(map(self._sbig.pop, ks, repeat(None)), maxlen=0)
+        if short is not None:
+            other = ~eight & ~short
+            if other.any():
+                deque(map(self._d.pop, compress(keys, other.tolist()), repeat(None)), maxlen=0)
 
 
 Index = dict[bytes, int] | KeyIndex
@@ -393,16 +482,16 @@ def promoted(index: Index, keys: Iterable[bytes], n: int) -> Index:
     """``index``, or a ``KeyIndex`` of its entries to take a batch of ``n`` ``keys``.
 
     A ``KeyIndex`` when ``index`` is a dict, the batch holds at least
-    ``PROMOTE_MIN_KEYS`` keys and at least 3/4 of a sample of ``_SAMPLE`` of them are 8
-    bytes long (spread over the batch when it is a sequence, else its first ones): a
-    metadata key among integer keys does not keep them in a dict. Cost: O(_SAMPLE), plus
+    ``PROMOTE_MIN_KEYS`` keys and at least 3/4 of a sample of ``_SAMPLE`` of them are
+    1-16 bytes long (spread over the batch when it is a sequence, else its first ones):
+    a long metadata key among short keys does not keep them in a dict. Cost: O(_SAMPLE), plus
     one batch store of the dict's entries when it promotes.
     """
     if type(index) is not dict or n < PROMOTE_MIN_KEYS:
         return index
     sample = (keys[:: max(1, n // _SAMPLE)] if isinstance(keys, Sequence)
               else list(islice(keys, _SAMPLE)))
-    if 4 * sum(len(k) == 8 for k in sample) >= 3 * len(sample):
+    if 4 * sum(0 < len(k) <= MAX_LEN for k in sample) >= 3 * len(sample):
         return KeyIndex.of(index)
     return index
 
@@ -443,4 +532,4 @@ def count_set(index: Index, shift: int) -> int:
 
 __all__ = ["PROMOTE_MIN_KEYS", "Index", "KeyIndex", "count_set", "delete_many", "dict_sizeof",
            "distinct_words", "get_many", "new_index", "promoted", "split_fixed", "store",
-           "word_keys"]
+           "word_keys"]  # (distinct_words, split_fixed, word_keys: from ``keywords.py``)

@@ -54,6 +54,23 @@ def _as_words(a: np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
+def fresh_layout(home: np.ndarray, mask: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where linear probing puts distinct keys into an empty table, without probe rounds.
+
+    ``home``: each key's first slot; ``mask``: the capacity minus one. Sorted by home
+    slot, each key takes the first slot at or after its home that the keys before it
+    left free: ``pos[i] = max(home[i], pos[i-1] + 1)``, a running maximum of ``home - i``
+    plus ``i``. Returns ``(order, pos, fits)``: the keys in that order, the slot of each
+    that fits, and which fit (the others, pushed past the last slot, must wrap round
+    through a probing insert). Cost: one sort and a few passes.
+    """
+    order = np.argsort(home, kind="stable")
+    step = np.arange(len(home))
+    pos = np.maximum.accumulate(home[order] - step) + step
+    fits = pos <= mask
+    return order, pos[fits], fits
+
+
 class U64Index:
     """Open-addressing hash table ``uint64 -> uint64``, vectorized per probe round.
 
@@ -251,20 +268,14 @@ class U64Index:
     def _place_fresh(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Place distinct keys into an empty table, without probe rounds.
 
-        Sorted by home slot, each key takes the first slot at or after its home that the
-        keys before it left free: ``pos[i] = max(home[i], pos[i-1] + 1)``, a running
-        maximum of ``home - i`` plus ``i``. That is the layout linear probing builds
-        (every slot from a key's home to its own is taken), so lookups find each key.
-        The few pushed past the last slot wrap round through :meth:`_insert`. Cost: one
-        sort and a few passes (a third of the probe rounds' time at a million keys).
+        ``fresh_layout``: the layout linear probing builds (every slot from a key's home
+        to its own is taken), so lookups find each key. The few pushed past the last
+        slot wrap round through :meth:`_insert`. Cost: one sort and a few passes (a third
+        of the probe rounds' time at a million keys).
         """
         n = len(keys)
-        home = self._home(keys)
-        order = np.argsort(home, kind="stable")
-        step = np.arange(n)
-        pos = np.maximum.accumulate(home[order] - step) + step
-        fits = pos <= self._mask
-        at, where = order[fits], pos[fits]
+        order, where, fits = fresh_layout(self._home(keys), self._mask)
+        at = order[fits]
         self._keys[where] = keys[at]
         self._values[where] = values[at]
         self._size = len(at)
@@ -378,4 +389,4 @@ class U64Index:
         return keys, values
 
 
-__all__ = ["DELETED", "EMPTY", "U64Index"]
+__all__ = ["DELETED", "EMPTY", "U64Index", "fresh_layout"]

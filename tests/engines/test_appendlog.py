@@ -325,7 +325,8 @@ def test_merges_bound_runs_and_disk_under_overwrites(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("fmt", "per_key"), [
-    (b"key%06d", 80),  # 9-byte keys, a dict: its slot, the key object and the location
+    (b"a longer key%06d", 80),  # 18-byte keys, a dict: its slot, the key and the location
+    (b"key%06d", 25),  # 9-byte keys, a KeyIndex's wide table: 25-byte slots, load <= 1/2
     (b"key%05d", 16),  # 8-byte keys, a KeyIndex: two uint64 words, at load 1/2 or less
 ])
 def test_sizeof_grows_with_live_keys_not_overwrites(tmp_path: Path, fmt: bytes,
@@ -340,7 +341,7 @@ def test_sizeof_grows_with_live_keys_not_overwrites(tmp_path: Path, fmt: bytes,
         grown = s.__sizeof__()
         assert grown - base >= 5000 * per_key
         assert s.__sizeof__() == s.__sizeof__()  # estimate is deterministic
-        assert isinstance(s._index, dict) == (len(fmt % 0) != 8)
+        assert isinstance(s._index, dict) == (len(fmt % 0) > 16)
 
 
 def test_expired_bytes_of_the_whole_store_trigger_a_merge(tmp_path: Path) -> None:

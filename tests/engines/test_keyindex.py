@@ -17,7 +17,10 @@ SHIFT = 56
 # short alphabets make keys of one batch and across batches collide often
 keys_st = st.one_of(st.binary(min_size=8, max_size=8).map(lambda b: b[:1] * 7 + b[7:]),
                     st.binary(min_size=1, max_size=12).map(lambda b: b[:2] * (len(b) // 2 or 1)),
-                    st.sampled_from([b"\xff" * 8, b"\xfe" + b"\xff" * 7, b"\x00" * 8]))
+                    st.binary(min_size=15, max_size=18).map(lambda b: b[:1] * (len(b) - 1)
+                                                            + b[-1:]),
+                    st.sampled_from([b"\xff" * 8, b"\xfe" + b"\xff" * 7, b"\x00" * 8,
+                                     b"a", b"a\x00", b"a\x00\x00", b"\x00" * 16, b"\xff" * 16]))
 locs_st = st.one_of(st.integers(0, 1 << 20),
                     st.integers(0, 255).map(lambda n: n << SHIFT),  # tombstone-like: 0 length
                     st.integers(1 << 64, 1 << 70))  # beyond a uint64
@@ -84,17 +87,20 @@ def test_dict_calls_and_errors() -> None:
     assert ix.__sizeof__() > ix._t.nbytes and bool(ix) and not KeyIndex()
 
 
-def test_only_dicts_meeting_large_8_byte_batches_are_promoted(monkeypatch: pytest.MonkeyPatch
-                                                               ) -> None:
+def test_only_dicts_meeting_large_batches_of_short_keys_are_promoted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     eight = [b"%08d" % i for i in range(keyindex.PROMOTE_MIN_KEYS)]
-    old = {b"short": 1, b"12345678": 2}
+    old = {b"short": 1, b"12345678": 2, b"a key of 17 bytes": 3}
     new = keyindex.promoted(old, eight, len(eight))
     assert isinstance(new, KeyIndex) and dict(new.items()) == old
     assert keyindex.promoted(old, eight[:10], 10) is old
-    assert keyindex.promoted(old, [b"x" + k for k in eight], len(eight)) is old
-    mixed = [b"meta", *eight[1:]]  # a metadata key first: the sample decides
+    sixteen = [b"x" * 8 + k for k in eight]
+    assert isinstance(keyindex.promoted(old, sixteen, len(sixteen)), KeyIndex)
+    long = [b"y" + k for k in sixteen]  # 17 bytes: no table holds them
+    assert keyindex.promoted(old, long, len(long)) is old
+    mixed = [b"a long metadata key", *eight[1:]]  # a metadata key first: the sample decides
     assert isinstance(keyindex.promoted(old, mixed, len(mixed)), KeyIndex)
-    half = [k if i % 2 else b"x" + k for i, k in enumerate(eight)]
+    half = [k if i % 2 else b"y" + k for i, k in enumerate(sixteen)]
     assert keyindex.promoted(old, half, len(half)) is old
     assert keyindex.promoted(new, eight, len(eight)) is new
     assert type(keyindex.new_index()) is dict
@@ -103,11 +109,11 @@ def test_only_dicts_meeting_large_8_byte_batches_are_promoted(monkeypatch: pytes
 
 
 @pytest.mark.parametrize("name", ["hybridlog", "appendlog"])
-@pytest.mark.parametrize("width", [8, 9])
-def test_engines_promote_8_byte_keys_and_reopen_into_a_table(tmp_path: Path, name: str,
-                                                             width: int) -> None:
-    """A large batch of 8-byte keys moves the index to a table, a reopen loads it there;
-    other keys stay in a dict. Values, deletes and the live count survive both."""
+@pytest.mark.parametrize("width", [8, 9, 16, 17])
+def test_engines_promote_short_keys_and_reopen_into_a_table(tmp_path: Path, name: str,
+                                                            width: int) -> None:
+    """A large batch of keys of 1-16 bytes moves the index to tables, a reopen loads it
+    there; longer keys stay in a dict. Values, deletes and the live count survive both."""
     from raykv.engines import open_engine
 
     n = keyindex.PROMOTE_MIN_KEYS + 500
@@ -116,13 +122,13 @@ def test_engines_promote_8_byte_keys_and_reopen_into_a_table(tmp_path: Path, nam
         db.multi_set(model)
         db.multi_set({k: b"" for k in list(model)[:100]})  # deletes
         db.set(b"%0*d" % (width, n), b"single")  # one write beside the batches
-        assert isinstance(db._index, KeyIndex) == (width == 8)  # type: ignore[attr-defined]
+        assert isinstance(db._index, KeyIndex) == (width <= 16)  # type: ignore[attr-defined]
         db.seal()
     for k in list(model)[:100]:
         del model[k]
     model[b"%0*d" % (width, n)] = b"single"
     with open_engine(name, tmp_path) as db:
-        assert isinstance(db._index, KeyIndex) == (width == 8)  # type: ignore[attr-defined]
+        assert isinstance(db._index, KeyIndex) == (width <= 16)  # type: ignore[attr-defined]
         assert dict(db.items()) == model and db.live_keys() == len(model)
         probe = [*list(model)[:50], b"%0*d" % (width, 0), b"%0*d" % (width, n + 1)]
         assert db.multi_get(probe) == [model.get(k, b"") for k in probe]

@@ -45,7 +45,7 @@ from raykv.engines.appendlog.runfile import (
     pack_locs,
     parse_header,
 )
-from raykv.engines.keyindex import Index, KeyIndex, get_many, word_keys
+from raykv.engines.keyindex import Index, KeyIndex, get_many
 from raykv.engines.space import SPACE_AMP
 
 # every closed run is merged when the runs younger than the oldest hold this many times its
@@ -136,18 +136,18 @@ class LiveRecords(NamedTuple):
 def _table_scan(index: KeyIndex, slots: set[int]) -> tuple[list[bytes], list[int]]:
     """The entries of ``index`` in the runs at ``slots``: keys and locations.
 
-    The table's part in record order (run, then offset: the merge then reads adjacent
-    records as one slice), then the entries outside the table. Cost: numpy passes over
-    the table, a ``bytes`` and an int per selected entry, a Python step per entry
-    outside the table.
+    The tables' part in record order (run, then offset: the merge then reads adjacent
+    records as one slice), then the entries outside the tables. Cost: numpy passes over
+    the tables, a ``bytes`` and an int per selected entry, a Python step per entry
+    outside the tables.
     """
-    words, tlocs = index.table_items()
+    tlocs, keys_at = index.table_items()
     slot = tlocs & np.uint64(SLOT_MASK)
     pick = np.flatnonzero(np.isin(slot, np.fromiter(slots, dtype=np.uint64, count=len(slots))))
     offset = tlocs[pick] >> np.uint64(SLOT_BITS) & np.uint64(OFF_MASK)
     where = slot[pick] << np.uint64(OFF_MASK.bit_length()) | offset
     pick = pick[np.argsort(where)]
-    keys = word_keys(words[pick])
+    keys = keys_at(pick)
     locs: list[int] = tlocs[pick].tolist()
     for key, loc in index.side_items():
         if loc & SLOT_MASK in slots:

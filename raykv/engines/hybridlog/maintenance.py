@@ -346,20 +346,24 @@ class Maintenance(RunSet):
         nanoseconds to microseconds, against tens for a sequential step). The positions
         (in the index's iteration order) let a merge reuse a dict index's own key objects,
         whose stores then find the key by identity. ``None`` when per-record lookups are
-        cheaper: few records against a large index (for a ``KeyIndex``, whose lookups are
-        vectorized but need each record's key as ``bytes`` first, fewer than the index's
-        entries times the slots over ``_SCAN_RATIO``: its scan is a numpy pass per slot
-        over the table's values; on the fold of ``benchmarks.engines --fold``, 50,000
-        hot keys, a merge of 11 runs took 63 ms instead of 89, under cProfile, its
-        lookups by key gone). Entries of values of 256 bytes or
-        more (locations beyond a uint64) are held as ``NO_LOC``, which no record's
-        location equals; the caller asks the index by key about the runs holding such
-        values (``segment_locs`` gives no array for them). Before, one such entry (an
-        operator's metadata value) sent every merge to per-record lookups.
+        cheaper: fewer records than the index's entries over ``_SCAN_RATIO`` (for a
+        ``KeyIndex`` holding mostly 8-byte keys, whose lookups are vectorized and need no
+        fixed-width conversion, times the slots: its scan is a numpy pass per slot over
+        the tables' values; on the fold of ``benchmarks.engines --fold``, 50,000 hot keys,
+        a merge of 11 runs took 63 ms instead of 89, under cProfile, its lookups by key
+        gone; with the slot factor, keys of 8-16 bytes paid 15-20 % more on
+        ``benchmarks.engines --bulk`` at batches of 10,000, 8-byte keys 5-25 % less).
+        Entries of values of 256 bytes or more (locations beyond a uint64) are held as
+        ``NO_LOC``, which no record's location equals; the caller asks the index by key
+        about the runs holding such values (``segment_locs`` gives no array for them).
+        Before, one such entry (an operator's metadata value) sent every merge to
+        per-record lookups.
         """
         index = self._index
-        if records * _SCAN_RATIO < len(index) * (len(slots) if isinstance(index, KeyIndex)
-                                                 else 1):
+        # a numpy pass per slot; lookups of 8-byte keys are the cheapest (no conversion)
+        eight = isinstance(index, KeyIndex) and 2 * index.eight_keys() >= len(index)
+        factor = len(slots) if eight else 1
+        if records * _SCAN_RATIO < len(index) * factor:
             return None
         locs = _index_locs(index)[0]
         slot_of = locs & np.uint64(SLOT_MASK)

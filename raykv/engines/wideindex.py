@@ -1,0 +1,286 @@
+"""A hash index from short keys (1-16 bytes) to 8-byte locations, by numpy passes.
+
+Why: ``U64Index`` holds 8-byte keys (integer and time keys). Keys of other short
+lengths (names, codes, 16-byte ids) stayed in a ``dict``: at a million entries a store
+of a key already present cost 0.45-0.59 µs (the dict's cache misses), and a merge that
+scanned the dict's values paid about 0.1 µs per entry (one int object each, spread over
+the heap): the two largest parts of a ``multi_set`` of 8-16-byte keys (issue 15). This
+table is ``U64Index``'s layout widened to two words; ``keyindex.py`` puts it under the
+engines' index.
+
+Layout: a key is its bytes zero-padded to 16 and read as two ``uint64`` words, plus its
+length (which tells ``b"a"`` from ``b"a"`` and a zero byte). Four arrays of a power-of-two
+capacity: ``w0``, ``w1``, ``meta`` (``uint8``: the key's length 1-16, or ``EMPTY`` = 0,
+a slot never used that ends a probe, or ``DELETED`` = 255, a removed key that probes go
+past) and ``values``. Open addressing with linear probing from a multiplicative hash of
+the words and the length. Live plus deleted slots stay at most half the capacity, as in
+``U64Index`` (whose rebuild layout, ``fresh_layout``, this table shares).
+
+Keys come in batches as ``(w0, w1, lens)`` arrays (``keywords.short_words`` makes them
+from ``bytes``). Cost per key: a few numpy element operations per probe round (rounds
+average under 2), no Python per key; memory 25 bytes per slot, 50-100 per key. Keys of
+one call should be distinct: with duplicates the last value wins and the old value
+reported for a duplicate is unspecified.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raykv.engines.u64index import fresh_layout
+
+EMPTY = 0
+"""``meta`` of a slot never used."""
+
+DELETED = 255
+"""``meta`` of a slot whose key was removed."""
+
+MAX_LEN = 16
+"""The longest key the table holds."""
+
+_M1 = np.uint64(0xC2B2_AE3D_27D4_EB4F)  # odd constants: mix the first word, then both
+_MIX = np.uint64(0x9E37_79B9_7F4A_7C15)
+_M1_INT, _MIX_INT, _M64 = int(_M1), int(_MIX), (1 << 64) - 1
+_MIN_CAPACITY = 16
+
+Words = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""A batch of keys: ``(w0, w1, lens)``, uint64, uint64 and uint8 arrays of one length."""
+
+
+def pair_of(key: bytes) -> tuple[int, int]:
+    """The two words of one key of 1-16 bytes (Python ints, little-endian)."""
+    return (int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little"))
+
+
+class WideIndex:
+    """Open-addressing hash table ``(1-16 byte key) -> uint64``, vectorized per round.
+
+    See the module docstring. ``capacity``: slots to start with (rounded up to a power
+    of two, at least 16); the table grows by itself.
+
+    Example:
+        >>> import numpy as np
+        >>> w = (np.array([1, 2], dtype=np.uint64), np.zeros(2, dtype=np.uint64),
+        ...      np.array([3, 9], dtype=np.uint8))
+        >>> ix = WideIndex()
+        >>> found, old = ix.swap(w, np.array([10, 20], dtype=np.uint64))
+        >>> found.tolist(), len(ix), ix.lookup(1, 0, 3), ix.lookup(1, 0, 4)
+        ([False, False], 2, 10, None)
+        >>> ix.delete(w).tolist(), len(ix)
+        ([True, True], 0)
+    """
+
+    def __init__(self, capacity: int = _MIN_CAPACITY) -> None:
+        cap = _MIN_CAPACITY
+        while cap < capacity:
+            cap <<= 1
+        self._alloc(cap)
+        self._size = 0
+
+    def _alloc(self, capacity: int) -> None:
+        self._w0 = np.zeros(capacity, dtype=np.uint64)
+        self._w1 = np.zeros(capacity, dtype=np.uint64)
+        self._meta = np.zeros(capacity, dtype=np.uint8)
+        self._values = np.zeros(capacity, dtype=np.uint64)
+        self._mask = capacity - 1
+        self._shift = np.uint64(64 - (capacity.bit_length() - 1))
+        self._shift_int = int(self._shift)
+        self._deleted = 0
+
+    @property
+    def capacity(self) -> int:
+        """Slots of the table."""
+        return self._mask + 1
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the slot arrays."""
+        return int(self._w0.nbytes + self._w1.nbytes + self._meta.nbytes + self._values.nbytes)
+
+    def _home(self, w: Words) -> np.ndarray:
+        w0, w1, lens = w
+        x = (w0 * _M1) ^ w1 ^ lens.astype(np.uint64)
+        return ((x * _MIX) >> self._shift).astype(np.int64)
+
+    def _hits(self, slot: np.ndarray, w: Words, todo: np.ndarray, meta: np.ndarray
+              ) -> np.ndarray:
+        """Whether the slot of each pending key ``todo`` holds that key (``meta``: gathered)."""
+        w0, w1, lens = w
+        hit: np.ndarray = (meta == lens[todo]) & (self._w0[slot] == w0[todo])
+        hit &= self._w1[slot] == w1[todo]
+        return hit
+
+    def _find(self, w: Words) -> np.ndarray:
+        """The slot of each key (``-1``: absent)."""
+        n = len(w[0])
+        out = np.full(n, -1, dtype=np.int64)
+        slot, todo, mask = self._home(w), np.arange(n), self._mask
+        while todo.size:
+            meta = self._meta[slot]
+            hit = self._hits(slot, w, todo, meta)
+            out[todo[hit]] = slot[hit]
+            go = ~hit & (meta != EMPTY)
+            slot, todo = (slot[go] + 1) & mask, todo[go]
+        return out
+
+    def found(self, w: Words) -> tuple[np.ndarray, np.ndarray]:
+        """``(found, value)`` of each key (value 0 where absent). Cost: probe rounds."""
+        slots = self._find(w) if self._size else np.full(len(w[0]), -1, dtype=np.int64)
+        hit = slots >= 0
+        out = np.zeros(len(slots), dtype=np.uint64)
+        out[hit] = self._values[slots[hit]]
+        return hit, out
+
+    def _slot_of(self, w0: int, w1: int, length: int) -> tuple[int, int]:
+        """One key's slot if present, else ``-1``; and the first free slot on its probe."""
+        meta, mask = self._meta, self._mask
+        x = (((w0 * _M1_INT) & _M64) ^ w1 ^ length) * _MIX_INT & _M64
+        slot, free = x >> self._shift_int, -1
+        while True:
+            m = meta.item(slot)
+            if m == length and self._w0.item(slot) == w0 and self._w1.item(slot) == w1:
+                return slot, free
+            if m == EMPTY:
+                return -1, slot if free < 0 else free
+            if m == DELETED and free < 0:
+                free = slot
+            slot = (slot + 1) & mask
+
+    def lookup(self, w0: int, w1: int, length: int) -> int | None:
+        """The value of one key given as Python ints (``pair_of``), ``None`` if absent.
+
+        Cost: a Python probe loop, 0.5-1 µs: for an engine's single reads.
+        """
+        slot = self._slot_of(w0, w1, length)[0]
+        return None if slot < 0 else int(self._values.item(slot))
+
+    def put(self, w0: int, w1: int, length: int, value: int) -> None:
+        """Set one key to ``value`` (a uint64). Cost: a Python probe loop, as :meth:`lookup`."""
+        self._reserve(1)
+        slot, free = self._slot_of(w0, w1, length)
+        if slot >= 0:
+            self._values[slot] = value
+            return
+        if self._meta.item(free) == DELETED:
+            self._deleted -= 1
+        self._w0[free], self._w1[free], self._meta[free] = w0, w1, length
+        self._values[free] = value
+        self._size += 1
+
+    def swap(self, w: Words, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Set each key to its value; return ``(found, old)`` as they were before.
+
+        Grows the table first when the new keys could push it over half full. Cost:
+        probe rounds, plus a rebuild when it grows (every live key rehashed).
+        """
+        n = len(values)
+        found = np.zeros(n, dtype=bool)
+        old = np.zeros(n, dtype=np.uint64)
+        slots = self._find(w) if self._size else np.full(n, -1, dtype=np.int64)
+        hit = slots >= 0
+        if hit.any():
+            at = slots[hit]
+            found[hit] = True
+            old[hit] = self._values[at]
+            self._values[at] = values[hit]
+            if hit.all():
+                return found, old
+            miss = np.flatnonzero(~hit)
+            w, values = (w[0][miss], w[1][miss], w[2][miss]), values[miss]
+            self._reserve(len(miss))
+            f, o = self._insert(w, values, found[miss], old[miss])
+            found[miss], old[miss] = f, o
+            return found, old
+        self._reserve(n)
+        return self._insert(w, values, found, old)
+
+    def _insert(self, w: Words, values: np.ndarray, found: np.ndarray, old: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Place absent keys (which may repeat in the batch), with room for them all.
+
+        As ``U64Index._insert``: keys of a round that probe the same free slot all write
+        their position into its first word, in reverse, so the first of them takes it;
+        the others look at the slot again next round (a repeat of the key finds it).
+        """
+        todo = np.arange(len(values))
+        slot = self._home(w)
+        mask, meta_t = self._mask, self._meta
+        while todo.size:
+            meta = meta_t[slot]
+            free = (meta == EMPTY) | (meta == DELETED)
+            same = self._hits(slot, w, todo, meta)  # a repeat placed earlier in this call
+            if same.any():
+                at = slot[same]
+                found[todo[same]] = True
+                old[todo[same]] = self._values[at]
+                self._values[at] = values[todo[same]]
+            placed = same.copy()
+            if free.any():
+                cand = np.flatnonzero(free)
+                where = slot[cand]
+                mark = cand.astype(np.uint64)
+                self._w0[where[::-1]] = mark[::-1]  # the last write wins: the first of a repeat
+                won = self._w0[where] == mark
+                winners, claimed = cand[won], where[won]
+                self._deleted -= int(np.count_nonzero(meta[winners] == DELETED))
+                pick = todo[winners]
+                self._w0[claimed] = w[0][pick]
+                self._w1[claimed] = w[1][pick]
+                meta_t[claimed] = w[2][pick]
+                self._values[claimed] = values[pick]
+                self._size += len(claimed)
+                placed[winners] = True
+            step = ~placed & ~free  # the losers of a free slot look at it again
+            slot = np.where(step, (slot + 1) & mask, slot)
+            keep = ~placed
+            slot, todo = slot[keep], todo[keep]
+        return found, old
+
+    def _reserve(self, extra: int) -> None:
+        """Make room for ``extra`` more keys at load <= 1/2 (rebuild if needed)."""
+        if 2 * (self._size + self._deleted + extra) <= self.capacity:
+            return
+        cap = self.capacity
+        while 2 * (self._size + extra) > cap:
+            cap <<= 1
+        w0, w1, lens, values = self.items()
+        self._alloc(cap)
+        self._size = 0
+        if not len(values):
+            return
+        w = (w0, w1, lens)
+        order, where, fits = fresh_layout(self._home(w), self._mask)
+        at = order[fits]
+        self._w0[where], self._w1[where] = w0[at], w1[at]
+        self._meta[where], self._values[where] = lens[at], values[at]
+        self._size = len(at)
+        if len(at) < len(values):  # pushed past the last slot: wrap round
+            rest = order[~fits]
+            self._insert((w0[rest], w1[rest], lens[rest]), values[rest],
+                         np.zeros(len(rest), dtype=bool), np.zeros(len(rest), dtype=np.uint64))
+
+    def delete(self, w: Words) -> np.ndarray:
+        """Remove each key; return whether it was present. Cost: probe rounds.
+
+        The slots become ``DELETED``; a later :meth:`swap` that needs room rebuilds the
+        table without them.
+        """
+        slots = self._find(w) if self._size else np.full(len(w[0]), -1, dtype=np.int64)
+        hit = slots >= 0
+        at = np.unique(slots[hit])  # a key given twice is removed once
+        self._meta[at] = DELETED
+        self._values[at] = 0
+        self._size -= len(at)
+        self._deleted += len(at)
+        return hit
+
+    def items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every key and value held: ``(w0, w1, lens, values)`` in slot order."""
+        live = np.flatnonzero((self._meta != EMPTY) & (self._meta != DELETED))
+        return self._w0[live], self._w1[live], self._meta[live], self._values[live]
+
+
+__all__ = ["DELETED", "EMPTY", "MAX_LEN", "WideIndex", "Words", "pair_of"]
