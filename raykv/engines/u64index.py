@@ -287,13 +287,18 @@ class U64Index:
     def _upsert(self, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`swap` of keys that hold no marker value.
 
-        First the keys already present (updated where they are, wherever deleted slots
-        lie), then room for the others only (a batch of updates never grows the table),
-        then their insertion.
+        With no deleted slot and room for every key, one pass of :meth:`_insert`.
+        Otherwise first the keys already present (updated where they are, wherever
+        deleted slots lie), then room for the others only (a batch of updates never grows
+        the table), then their insertion.
         """
         n = len(keys)
         found = np.zeros(n, dtype=bool)
         old = np.zeros(n, dtype=np.uint64)
+        if not self._deleted and 2 * (self._size + n) <= self.capacity:
+            # no deleted slot: a key's probe meets the key before any empty slot, so one
+            # pass of ``_insert`` updates the keys present and places the others
+            return self._insert(keys, values, found, old)
         slots = self._find(keys) if self._size else np.full(n, -1, dtype=np.int64)
         hit = slots >= 0
         if hit.any():

@@ -174,11 +174,16 @@ class WideIndex:
         """Set each key to its value; return ``(found, old)`` as they were before.
 
         Grows the table first when the new keys could push it over half full. Cost:
-        probe rounds, plus a rebuild when it grows (every live key rehashed).
+        probe rounds (one pass when the table holds no deleted slot and has room for
+        every key of the batch), plus a rebuild when it grows (every live key rehashed).
         """
         n = len(values)
         found = np.zeros(n, dtype=bool)
         old = np.zeros(n, dtype=np.uint64)
+        if not self._deleted and 2 * (self._size + n) <= self.capacity:
+            # no deleted slot: a key's probe meets the key before any empty slot, so one
+            # pass of ``_insert`` updates the keys present and places the others
+            return self._insert(w, values, found, old)
         slots = self._find(w) if self._size else np.full(n, -1, dtype=np.int64)
         hit = slots >= 0
         if hit.any():
