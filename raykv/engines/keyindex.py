@@ -309,7 +309,7 @@ class KeyIndex:
         In iteration order: ``_d``'s, the two tables' (``table_items()``), ``_sbig``'s and
         ``_big``'s.
         """
-        return (list(self._d.values()), np.concatenate([self._t.items()[1], self._w.items()[3]]),
+        return (list(self._d.values()), np.concatenate([self._t.values(), self._w.values()]),
                 [*self._sbig.values(), *self._big.values()])
 
     def __sizeof__(self) -> int:

@@ -31,6 +31,9 @@ value wins, and the old value reported for a duplicate is unspecified.
 
 from __future__ import annotations
 
+import mmap
+from typing import Any
+
 import numpy as np
 
 EMPTY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
@@ -52,6 +55,26 @@ def _as_words(a: np.ndarray, what: str) -> np.ndarray:
         msg = f"{what} must be a 1-d numpy array of uint64, got {arr.dtype} of shape {arr.shape}"
         raise TypeError(msg)
     return arr
+
+
+_SMALL_PAGES_FROM = 4 << 20  # bytes: numpy asks for huge pages from here
+
+
+def table_zeros(n: int, dtype: Any) -> np.ndarray:
+    """A zeroed array of ``n`` elements for a table's slots, on 4 KiB pages when large.
+
+    Why: numpy asks the kernel for transparent huge pages for arrays of 4 MiB or more
+    (``madvise``). Where THP defragmentation is ``madvise`` (Ubuntu's default), the first
+    touch of such an array compacts memory synchronously when no huge page is free:
+    0.31-0.37 s for a 64 MiB slot array on the 2-core VM against 0.04 s on 4 KiB pages,
+    paid at every growth of a table. Probes cost 2-4 % more on small pages
+    (``benchmarks.index_ceiling``, alternated). A large array is its own anonymous
+    mapping (zeroed by the kernel, unmapped with the array).
+    """
+    nbytes = n * np.dtype(dtype).itemsize
+    if nbytes < _SMALL_PAGES_FROM:
+        return np.zeros(n, dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype)
 
 
 def fresh_layout(home: np.ndarray, mask: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,8 +122,9 @@ class U64Index:
         self._size = 0  # live keys in the table (not in _special)
 
     def _alloc(self, capacity: int) -> None:
-        self._keys = np.full(capacity, EMPTY, dtype=np.uint64)
-        self._values = np.zeros(capacity, dtype=np.uint64)
+        self._keys = table_zeros(capacity, np.uint64)
+        self._keys.fill(EMPTY)
+        self._values = table_zeros(capacity, np.uint64)
         self._mask = capacity - 1
         self._shift = np.uint64(64 - (capacity.bit_length() - 1))
         self._shift_int = int(self._shift)
@@ -383,6 +407,14 @@ class U64Index:
             found[table] = hit
         return found
 
+    def values(self) -> np.ndarray:
+        """Every value held, in the order of :meth:`items` (no keys gathered)."""
+        values = self._values[self._keys < DELETED]
+        if self._special:
+            values = np.concatenate(
+                [values, np.array(list(self._special.values()), dtype=np.uint64)])
+        return values
+
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """Every ``(key, value)`` held, as two arrays (slot order, marker keys last)."""
         live = self._keys < DELETED
@@ -394,4 +426,4 @@ class U64Index:
         return keys, values
 
 
-__all__ = ["DELETED", "EMPTY", "U64Index", "fresh_layout"]
+__all__ = ["DELETED", "EMPTY", "U64Index", "fresh_layout", "table_zeros"]

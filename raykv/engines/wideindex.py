@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from raykv.engines.u64index import fresh_layout
+from raykv.engines.u64index import fresh_layout, table_zeros
 
 EMPTY = 0
 """``meta`` of a slot never used."""
@@ -78,10 +78,10 @@ class WideIndex:
         self._size = 0
 
     def _alloc(self, capacity: int) -> None:
-        self._w0 = np.zeros(capacity, dtype=np.uint64)
-        self._w1 = np.zeros(capacity, dtype=np.uint64)
-        self._meta = np.zeros(capacity, dtype=np.uint8)
-        self._values = np.zeros(capacity, dtype=np.uint64)
+        self._w0 = table_zeros(capacity, np.uint64)
+        self._w1 = table_zeros(capacity, np.uint64)
+        self._meta = table_zeros(capacity, np.uint8)
+        self._values = table_zeros(capacity, np.uint64)
         self._mask = capacity - 1
         self._shift = np.uint64(64 - (capacity.bit_length() - 1))
         self._shift_int = int(self._shift)
@@ -282,9 +282,18 @@ class WideIndex:
         self._deleted += len(at)
         return hit
 
+    def _live(self) -> np.ndarray:
+        """The slots holding a key (lengths 1-16: ``meta - 1`` wraps EMPTY to 255)."""
+        return np.flatnonzero((self._meta - np.uint8(1)) < np.uint8(MAX_LEN))
+
+    def values(self) -> np.ndarray:
+        """Every value held, in slot order (no keys gathered)."""
+        values: np.ndarray = self._values[self._live()]
+        return values
+
     def items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every key and value held: ``(w0, w1, lens, values)`` in slot order."""
-        live = np.flatnonzero((self._meta != EMPTY) & (self._meta != DELETED))
+        live = self._live()
         return self._w0[live], self._w1[live], self._meta[live], self._values[live]
 
 
