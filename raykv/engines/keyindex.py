@@ -369,6 +369,15 @@ class KeyIndex:
             return self._swap_words(eight_words(keys), arr, shift)
         if big is None and short is None:
             return self._swap_short(keys, lens, arr, shift)
+        if big is None and eight is not None and short is not None and (eight | short).all():
+            # both tables: one conversion, no lists
+            w0, w1, ls = short_words(keys, lens)  # (an 8-byte key's first word is its word)
+            at8, at16 = np.flatnonzero(eight), np.flatnonzero(short)
+            live = self._swap_words(w0[at8], arr[at8], shift)
+            if self._sbig:
+                live += self._pop_sbig(list(map(keys.__getitem__, at16.tolist())), shift)
+            found, old = self._w.swap((w0[at16], w1[at16], ls[at16]), arr[at16])
+            return live + _set_above(found, old, shift)
         n = len(keys)
         is8 = np.ones(n, dtype=bool) if eight is None else eight
         wide = np.ones(n, dtype=bool) if short is None else short
@@ -416,11 +425,13 @@ class KeyIndex:
 
     def _swap_short(self, keys: list[bytes], lens: np.ndarray, locs: np.ndarray,
                     shift: int) -> int:
-        live = 0
-        if self._sbig:  # keys whose location fits again leave ``_sbig``
-            olds = [old for old in map(self._sbig.pop, keys, repeat(None)) if old is not None]
-            live += sum(map(truth, map(shift.__rrshift__, olds)))
+        live = self._pop_sbig(keys, shift) if self._sbig else 0
         return live + _set_above(*self._w.swap(short_words(keys, lens), locs), shift)
+
+    def _pop_sbig(self, keys: list[bytes], shift: int) -> int:
+        """Take ``keys`` out of ``_sbig`` (their locations fit again); count the live ones."""
+        olds = [old for old in map(self._sbig.pop, keys, repeat(None)) if old is not None]
+        return sum(map(truth, map(shift.__rrshift__, olds)))
 
     def _swap_big(self, keys: list[bytes], lens: np.ndarray, locs: list[int], shift: int,
                   eight: bool) -> int:
