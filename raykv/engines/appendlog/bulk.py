@@ -68,18 +68,20 @@ class BulkWrites(ActiveRun):
         self._index = promoted(self._index, keys, len(keys))  # 8-byte keys: keyindex.py
         if self._slow:
             self._before_write()
-        klens = list(map(len, keys))
-        vlens = list(map(len, values))
-        kmax = max(klens)
-        vmax = max(vlens)
-        one_vlen = min(vlens) == vmax
-        if kmax < 128 and vmax < 128 and min(klens) == kmax and one_vlen:
+        n = len(keys)  # the lengths as numpy arrays: min and max are then nearly free
+        klens = np.fromiter(map(len, keys), dtype=np.int64, count=n)
+        vlens = np.fromiter(map(len, values), dtype=np.int64, count=n)
+        kmax, vmax = int(klens.max()), int(vlens.max())
+        one_vlen = int(vlens.min()) == vmax
+        if kmax < 128 and vmax < 128 and int(klens.min()) == kmax and one_vlen:
             self._append_fixed(keys, encode_fixed_records(keys, values, kmax, vmax), kmax, vmax)
-        elif kmax < 128 and vmax < 128 and one_vlen and len(keys) >= _GROUP_MIN:
+        elif kmax < 128 and vmax < 128 and one_vlen and n >= _GROUP_MIN:
             self._append_grouped(keys, values, klens, vmax)
         else:
-            recs = encode_records(keys, values, klens, vlens)
-            self._append_many(keys, b"".join(recs), list(map(len, recs)), klens, vlens)
+            kls: list[int] = klens.tolist()
+            vls: list[int] = vlens.tolist()
+            recs = encode_records(keys, values, kls, vls)
+            self._append_many(keys, b"".join(recs), list(map(len, recs)), kls, vls)
 
     def multi_set_packed(self, words: npt.NDArray[np.uint64], rows: npt.NDArray[np.uint8]
                          ) -> None:
@@ -112,7 +114,7 @@ class BulkWrites(ActiveRun):
         self._append_fixed(words.byteswap(), data, 8, size)  # KeyIndex reads keys LE
 
     def _append_grouped(self, keys: Sequence[bytes], values: Sequence[bytes],
-                        klens: list[int], vl: int) -> None:
+                        klens: np.ndarray, vl: int) -> None:
         """Append records of keys under 128 bytes and values of ``vl`` bytes (< 128).
 
         The keys of a batch are distinct, so their records may go to the log in any
@@ -121,17 +123,17 @@ class BulkWrites(ActiveRun):
         two list gathers, then numpy per group and two crc32 calls per record (about
         0.7x the cost of ``encode_records``).
         """
-        lens = np.array(klens, dtype=np.int64)
+        lens = klens
         order = np.argsort(lens, kind="stable")
         pick = order.tolist()
         ks = list(map(keys.__getitem__, pick))
         vs = list(map(values.__getitem__, pick))
         lens = lens[order]
         cuts = [0, *(np.flatnonzero(np.diff(lens)) + 1).tolist(), len(ks)]
-        klens = lens.tolist()
-        data = b"".join([encode_fixed_records(ks[a:b], vs[a:b], klens[a], vl)
+        kls = lens.tolist()
+        data = b"".join([encode_fixed_records(ks[a:b], vs[a:b], kls[a], vl)
                          for a, b in pairwise(cuts)])
-        self._append_many(ks, data, (lens + (vl + 6)).tolist(), klens, [vl] * len(ks))
+        self._append_many(ks, data, (lens + (vl + 6)).tolist(), kls, [vl] * len(ks))
 
     def _mark_dead(self, keys: Sequence[bytes], vlens: Sequence[int] | None,
                    tombstones: bool = False) -> None:
