@@ -50,7 +50,8 @@ def report_render(res: dict[str, Any], image_prefix: str) -> list[str]:
         f"(mixed); best of {first['rows'][0].get('repeat', 1)} fresh stores, each in its own "
         "process; `dict` is `dict.update` of the same batches. Target (issue 15): "
         f">= {res['target']:,} keys/s. 8-byte keys are indexed in a table "
-        "(`raykv/engines/keyindex.py`), other keys in a dict.",
+        "(`raykv/engines/keyindex.py`), other keys of up to 16 bytes in a two-word table "
+        "(`wideindex.py`, stop 36), longer keys in a dict.",
         f"Machine: {first['machine']}; load average "
         f"{loads} at the end of each run.",
         "",

@@ -65,7 +65,7 @@ class BulkWrites(ActiveRun):
         keys, values = self._split_pairs(pairs)  # before any merge: a bad batch changes nothing
         if not keys:
             return
-        self._index = promoted(self._index, keys, len(keys))  # 8-byte keys: keyindex.py
+        self._index = promoted(self._index, keys, len(keys))  # keys of 1-16 bytes: keyindex.py
         if self._slow:
             self._before_write()
         n = len(keys)  # the lengths as numpy arrays: min and max are then nearly free

@@ -136,7 +136,7 @@ class AppendLog(BulkWrites):
 
     def _reset(self) -> None:
         """Empty in-memory state (no files touched)."""
-        self._index: Index = new_index()  # a KeyIndex once 8-byte keys come in bulk
+        self._index: Index = new_index()  # a KeyIndex once short keys come in bulk
         self._dead: set[bytes] = set()  # keys of the index whose latest record is a tombstone
         # slot -> a run's mmap or the active buffer (slot 0: the null record; free: b"")
         self._bufs: list[mmap.mmap | bytes] = [NULL_REC]

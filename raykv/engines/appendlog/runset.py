@@ -63,7 +63,7 @@ class RunSet(KVStore):
 
     threshold: int
     max_runs_per_level: int
-    _index: Index  # ``keyindex.py``: a dict, or a KeyIndex once 8-byte keys came in bulk
+    _index: Index  # ``keyindex.py``: a dict, or a KeyIndex once short keys came in bulk
     _dead: set[bytes]
     _bufs: list[mmap.mmap | bytes]
     _slot_names: list[str | None]

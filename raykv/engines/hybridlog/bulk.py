@@ -81,7 +81,7 @@ class BulkWrites(Regions):
         batch = self._check_batch(pairs)
         if not batch:
             return
-        self._index = promoted(self._index, batch, len(batch))  # 8-byte keys: keyindex.py
+        self._index = promoted(self._index, batch, len(batch))  # keys of 1-16 bytes: keyindex.py
         if self._maintenance:
             self._maintain()
         if b"" in batch.values():  # deletes (keys are distinct: order does not matter)

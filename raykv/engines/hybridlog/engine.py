@@ -18,8 +18,8 @@ The log is split by age into regions (newest first):
   ``mem_segment_len`` records.
 * **disk**: immutable run files; the hash index ``_index`` maps every key with a durable
   record to one packed int (run slot, value offset, value length). It is a dict, or a
-  ``KeyIndex`` (``keyindex.py``: 8-byte keys in a vectorized table) once a large batch
-  of 8-byte keys comes.
+  ``KeyIndex`` (``keyindex.py``: keys of 1-16 bytes in vectorized tables) once a large
+  batch of such keys comes.
 
 In memory, the read-only and cached regions share one dict, ``_frozen``, in log order:
 the cached records, then a watermark entry (``_WATERMARK``), then the read-only records.
@@ -96,9 +96,9 @@ class HybridLog(BulkWrites):
             (see ``KVStore``).
 
     Memory: O(live keys) for the index (about 120 bytes a key in a dict; 32-64 for an
-    8-byte key in a ``KeyIndex``) plus at most ``mem_segment_len`` records; an
-    overwrite never adds memory. ``items()`` yields pairs in no particular order.
-    Not thread-safe (one thread drives an engine).
+    8-byte key and 50-100 for another of up to 16 bytes in a ``KeyIndex``) plus at most
+    ``mem_segment_len`` records; an overwrite never adds memory. ``items()`` yields
+    pairs in no particular order. Not thread-safe (one thread drives an engine).
 
     Example:
         >>> import tempfile
@@ -154,7 +154,7 @@ class HybridLog(BulkWrites):
         # cached records, the watermark, then read-only records (see the module docstring)
         self._frozen: dict[bytes, bytes | None] = {_WATERMARK: None}
         self._n_ro = 0  # log records shifted into the read-only region since the last flush
-        self._index = new_index()  # a dict until 8-byte keys come in bulk (``keyindex.py``)
+        self._index = new_index()  # a dict until short keys come in bulk (``keyindex.py``)
         self._live = 0  # keys whose newest record holds a value (``live_keys``)
         self._pend: set[bytes] = set()  # keys counted as new, not yet settled (``regions.py``)
         self._runs: list[RunFile] = []

@@ -93,7 +93,7 @@ class RunSet(KVStore):
     max_runs_per_level: int
     compaction_enabled: bool
     _presyncer: ThreadPoolExecutor | None
-    _index: Index  # ``keyindex.py``: a dict, or a KeyIndex once 8-byte keys came in bulk
+    _index: Index  # ``keyindex.py``: a dict, or a KeyIndex once short keys came in bulk
     _runs: list[RunFile]
     _slots: list[RunFile | RunView]
     _free_slots: list[int]
