@@ -26,15 +26,16 @@ the 2-core VM; 7-13x a dict in the same run). Memory: 16 bytes per slot, 32-64 b
 per key.
 
 Keys of one call should be distinct (an engine's batch is): with duplicates the last
-value wins, and the old value reported for a duplicate is unspecified.
+value wins, and the old value reported for a duplicate is unspecified. The probe rounds,
+the upsert order, the capacity and the rebuild layout are ``probing.py``'s (shared with
+``WideIndex``); this class gives how a one-word key is stored and compared.
 """
 
 from __future__ import annotations
 
-import mmap
-from typing import Any
-
 import numpy as np
+
+from raykv.engines.probing import ProbeTable, fit_capacity, fresh_layout, table_zeros
 
 EMPTY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 """Marker of a slot never used (a probe for a key stops there)."""
@@ -45,7 +46,6 @@ DELETED = np.uint64(0xFFFF_FFFF_FFFF_FFFE)
 _MIX = np.uint64(0x9E37_79B9_7F4A_7C15)  # 2^64 / golden ratio: Fibonacci hashing
 _MIX_INT, _M64 = int(_MIX), (1 << 64) - 1
 _EMPTY_INT, _DELETED_INT = int(EMPTY), int(DELETED)
-_MIN_CAPACITY = 16
 
 
 def _as_words(a: np.ndarray, what: str) -> np.ndarray:
@@ -57,44 +57,7 @@ def _as_words(a: np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
-_SMALL_PAGES_FROM = 4 << 20  # bytes: numpy asks for huge pages from here
-
-
-def table_zeros(n: int, dtype: Any) -> np.ndarray:
-    """A zeroed array of ``n`` elements for a table's slots, on 4 KiB pages when large.
-
-    Why: numpy asks the kernel for transparent huge pages for arrays of 4 MiB or more
-    (``madvise``). Where THP defragmentation is ``madvise`` (Ubuntu's default), the first
-    touch of such an array compacts memory synchronously when no huge page is free:
-    0.31-0.37 s for a 64 MiB slot array on the 2-core VM against 0.04 s on 4 KiB pages,
-    paid at every growth of a table. Probes cost 2-4 % more on small pages
-    (``benchmarks.index_ceiling``, alternated). A large array is its own anonymous
-    mapping (zeroed by the kernel, unmapped with the array).
-    """
-    nbytes = n * np.dtype(dtype).itemsize
-    if nbytes < _SMALL_PAGES_FROM:
-        return np.zeros(n, dtype=dtype)
-    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype)
-
-
-def fresh_layout(home: np.ndarray, mask: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where linear probing puts distinct keys into an empty table, without probe rounds.
-
-    ``home``: each key's first slot; ``mask``: the capacity minus one. Sorted by home
-    slot, each key takes the first slot at or after its home that the keys before it
-    left free: ``pos[i] = max(home[i], pos[i-1] + 1)``, a running maximum of ``home - i``
-    plus ``i``. Returns ``(order, pos, fits)``: the keys in that order, the slot of each
-    that fits, and which fit (the others, pushed past the last slot, must wrap round
-    through a probing insert). Cost: one sort and a few passes.
-    """
-    order = np.argsort(home, kind="stable")
-    step = np.arange(len(home))
-    pos = np.maximum.accumulate(home[order] - step) + step
-    fits = pos <= mask
-    return order, pos[fits], fits
-
-
-class U64Index:
+class U64Index(ProbeTable[np.ndarray]):
     """Open-addressing hash table ``uint64 -> uint64``, vectorized per probe round.
 
     See the module docstring. ``capacity``: slots to start with (rounded up to a power
@@ -113,11 +76,8 @@ class U64Index:
         ([True], 1)
     """
 
-    def __init__(self, capacity: int = _MIN_CAPACITY) -> None:
-        cap = _MIN_CAPACITY
-        while cap < capacity:
-            cap <<= 1
-        self._alloc(cap)
+    def __init__(self, capacity: int = 16) -> None:
+        self._alloc(fit_capacity(capacity))
         self._special: dict[int, int] = {}  # keys equal to EMPTY or DELETED
         self._size = 0  # live keys in the table (not in _special)
 
@@ -125,15 +85,7 @@ class U64Index:
         self._keys = table_zeros(capacity, np.uint64)
         self._keys.fill(EMPTY)
         self._values = table_zeros(capacity, np.uint64)
-        self._mask = capacity - 1
-        self._shift = np.uint64(64 - (capacity.bit_length() - 1))
-        self._shift_int = int(self._shift)
-        self._deleted = 0
-
-    @property
-    def capacity(self) -> int:
-        """Slots of the table."""
-        return self._mask + 1
+        self._set_capacity(capacity)
 
     def __len__(self) -> int:
         return self._size + len(self._special)
@@ -159,18 +111,28 @@ class U64Index:
             return np.arange(len(keys)), np.empty(0, dtype=np.int64)
         return np.flatnonzero(~special), np.flatnonzero(special)
 
-    def _find(self, keys: np.ndarray) -> np.ndarray:
-        """The slot of each key (``-1``: absent). ``keys`` hold no marker value."""
-        out = np.full(len(keys), -1, dtype=np.int64)
-        slot, todo = self._home(keys), np.arange(len(keys))
-        mask, table = self._mask, self._keys
-        while todo.size:
-            held = table[slot]
-            hit = held == keys[todo]
-            out[todo[hit]] = slot[hit]
-            go = ~hit & (held != EMPTY)
-            slot, todo = (slot[go] + 1) & mask, todo[go]
+    # the probe steps of ``ProbeTable`` (``probing.py``), for keys that are one word
+    _EMPTY, _DELETED = EMPTY, DELETED
+
+    def _marks(self, slot: np.ndarray) -> np.ndarray:
+        out: np.ndarray = self._keys[slot]
         return out
+
+    def _same(self, marks: np.ndarray, slot: np.ndarray, keys: np.ndarray, todo: np.ndarray
+              ) -> np.ndarray:
+        out: np.ndarray = marks == keys[todo]
+        return out
+
+    def _claims(self) -> np.ndarray:
+        return self._keys  # (positions are below DELETED: never read as a marker)
+
+    def _place(self, slots: np.ndarray, keys: np.ndarray, pick: np.ndarray,
+               values: np.ndarray) -> None:
+        self._keys[slots] = keys[pick]
+        self._values[slots] = values[pick]
+
+    def _count(self, keys: np.ndarray) -> int:
+        return len(keys)
 
     def get(self, keys: np.ndarray, default: int = 0) -> np.ndarray:
         """The value of each key, ``default`` where it is absent. Cost: probe rounds."""
@@ -270,16 +232,6 @@ class U64Index:
         found[table], old[table] = f, o
         return found, old
 
-    def _reserve(self, extra: int) -> None:
-        """Make room for ``extra`` more keys at load <= 1/2 (rebuild if needed)."""
-        need = self._size + self._deleted + extra
-        if 2 * need <= self.capacity:
-            return
-        cap = self.capacity
-        while 2 * (self._size + extra) > cap:
-            cap <<= 1
-        self._rebuild(cap)
-
     def _rebuild(self, capacity: int) -> None:
         """Rehash every live key into a table of ``capacity`` slots (deleted slots go)."""
         live = self._keys < DELETED
@@ -308,80 +260,9 @@ class U64Index:
             self._insert(keys[rest], values[rest], np.zeros(len(rest), dtype=bool),
                          np.zeros(len(rest), dtype=np.uint64))
 
-    def _upsert(self, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`swap` of keys that hold no marker value.
-
-        With no deleted slot and room for every key, one pass of :meth:`_insert`.
-        Otherwise first the keys already present (updated where they are, wherever
-        deleted slots lie), then room for the others only (a batch of updates never grows
-        the table), then their insertion.
-        """
-        n = len(keys)
-        found = np.zeros(n, dtype=bool)
-        old = np.zeros(n, dtype=np.uint64)
-        if not self._deleted and 2 * (self._size + n) <= self.capacity:
-            # no deleted slot: a key's probe meets the key before any empty slot, so one
-            # pass of ``_insert`` updates the keys present and places the others
-            return self._insert(keys, values, found, old)
-        slots = self._find(keys) if self._size else np.full(n, -1, dtype=np.int64)
-        hit = slots >= 0
-        if hit.any():
-            at = slots[hit]
-            found[hit] = True
-            old[hit] = self._values[at]
-            self._values[at] = values[hit]
-            if hit.all():
-                return found, old
-            miss = np.flatnonzero(~hit)
-            keys, values = keys[miss], values[miss]
-            self._reserve(len(miss))
-            f, o = self._insert(keys, values, found[miss], old[miss])
-            found[miss], old[miss] = f, o
-            return found, old
-        self._reserve(n)
-        return self._insert(keys, values, found, old)
-
-    def _insert(self, keys: np.ndarray, values: np.ndarray, found: np.ndarray,
-                old: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Place keys that are absent (but may repeat in the batch), with room for them all.
-
-        Each key takes the first empty or deleted slot of its probe. Keys of a round that
-        probe the same free slot all write their position into it, in reverse, so the
-        first of them stays there and takes it (one scatter and one gather, no sort); the
-        others look at that slot again next round, where a repeat of the key finds it
-        placed and updates it (the last value of a repeated key wins).
-        """
-        todo = np.arange(len(keys))
-        slot = self._home(keys)
-        mask, table = self._mask, self._keys
-        while todo.size:
-            held = table[slot]
-            free = held >= DELETED
-            same = held == keys[todo]  # a repeat of a key placed earlier in this call
-            if same.any():
-                at = slot[same]
-                found[todo[same]] = True
-                old[todo[same]] = self._values[at]
-                self._values[at] = values[todo[same]]
-            placed = same.copy()
-            if free.any():
-                cand = np.flatnonzero(free)
-                where = slot[cand]
-                mark = cand.astype(np.uint64)  # (below DELETED: never read as a marker)
-                table[where[::-1]] = mark[::-1]  # the last write wins: the first of a repeat
-                won = table[where] == mark
-                winners, claimed = cand[won], where[won]
-                self._deleted -= int(np.count_nonzero(held[winners] == DELETED))
-                table[claimed] = keys[todo[winners]]
-                self._values[claimed] = values[todo[winners]]
-                self._size += len(claimed)
-                placed[winners] = True
-            # the losers of a free slot look at it again (it holds another key now)
-            step = ~placed & ~free
-            slot = np.where(step, (slot + 1) & mask, slot)
-            keep = ~placed
-            slot, todo = slot[keep], todo[keep]
-        return found, old
+    def _take(self, keys: np.ndarray, at: np.ndarray) -> np.ndarray:
+        out: np.ndarray = keys[at]
+        return out
 
     def delete(self, keys: np.ndarray) -> np.ndarray:
         """Remove each key; return whether it was present before the call. Cost: probe rounds.
@@ -426,4 +307,4 @@ class U64Index:
         return keys, values
 
 
-__all__ = ["DELETED", "EMPTY", "U64Index", "fresh_layout", "table_zeros"]
+__all__ = ["DELETED", "EMPTY", "U64Index"]

@@ -14,7 +14,8 @@ capacity: ``w0``, ``w1``, ``meta`` (``uint8``: the key's length 1-16, or ``EMPTY
 a slot never used that ends a probe, or ``DELETED`` = 255, a removed key that probes go
 past) and ``values``. Open addressing with linear probing from a multiplicative hash of
 the words and the length. Live plus deleted slots stay at most half the capacity, as in
-``U64Index`` (whose rebuild layout, ``fresh_layout``, this table shares).
+``U64Index``; both tables take their probe rounds, upsert order, capacity and rebuild
+layout from ``probing.py`` and give only how a key is stored and compared.
 
 Keys come in batches as ``(w0, w1, lens)`` arrays (``keywords.short_words`` makes them
 from ``bytes``). Cost per key: a few numpy element operations per probe round (rounds
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from raykv.engines.u64index import fresh_layout, table_zeros
+from raykv.engines.probing import ProbeTable, fit_capacity, fresh_layout, table_zeros
 
 EMPTY = 0
 """``meta`` of a slot never used."""
@@ -41,7 +42,6 @@ MAX_LEN = 16
 _M1 = np.uint64(0xC2B2_AE3D_27D4_EB4F)  # odd constants: mix the first word, then both
 _MIX = np.uint64(0x9E37_79B9_7F4A_7C15)
 _M1_INT, _MIX_INT, _M64 = int(_M1), int(_MIX), (1 << 64) - 1
-_MIN_CAPACITY = 16
 
 Words = tuple[np.ndarray, np.ndarray, np.ndarray]
 """A batch of keys: ``(w0, w1, lens)``, uint64, uint64 and uint8 arrays of one length."""
@@ -52,7 +52,7 @@ def pair_of(key: bytes) -> tuple[int, int]:
     return (int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little"))
 
 
-class WideIndex:
+class WideIndex(ProbeTable[Words]):
     """Open-addressing hash table ``(1-16 byte key) -> uint64``, vectorized per round.
 
     See the module docstring. ``capacity``: slots to start with (rounded up to a power
@@ -70,11 +70,8 @@ class WideIndex:
         ([True, True], 0)
     """
 
-    def __init__(self, capacity: int = _MIN_CAPACITY) -> None:
-        cap = _MIN_CAPACITY
-        while cap < capacity:
-            cap <<= 1
-        self._alloc(cap)
+    def __init__(self, capacity: int = 16) -> None:
+        self._alloc(fit_capacity(capacity))
         self._size = 0
 
     def _alloc(self, capacity: int) -> None:
@@ -82,15 +79,7 @@ class WideIndex:
         self._w1 = table_zeros(capacity, np.uint64)
         self._meta = table_zeros(capacity, np.uint8)
         self._values = table_zeros(capacity, np.uint64)
-        self._mask = capacity - 1
-        self._shift = np.uint64(64 - (capacity.bit_length() - 1))
-        self._shift_int = int(self._shift)
-        self._deleted = 0
-
-    @property
-    def capacity(self) -> int:
-        """Slots of the table."""
-        return self._mask + 1
+        self._set_capacity(capacity)
 
     def __len__(self) -> int:
         return self._size
@@ -105,26 +94,32 @@ class WideIndex:
         x = (w0 * _M1) ^ w1 ^ lens.astype(np.uint64)
         return ((x * _MIX) >> self._shift).astype(np.int64)
 
-    def _hits(self, slot: np.ndarray, w: Words, todo: np.ndarray, meta: np.ndarray
+    # the probe steps of ``ProbeTable`` (``probing.py``): ``meta`` marks the slots
+    _EMPTY, _DELETED = EMPTY, DELETED
+
+    def _marks(self, slot: np.ndarray) -> np.ndarray:
+        out: np.ndarray = self._meta[slot]
+        return out
+
+    def _same(self, marks: np.ndarray, slot: np.ndarray, w: Words, todo: np.ndarray
               ) -> np.ndarray:
-        """Whether the slot of each pending key ``todo`` holds that key (``meta``: gathered)."""
         w0, w1, lens = w
-        hit: np.ndarray = (meta == lens[todo]) & (self._w0[slot] == w0[todo])
+        hit: np.ndarray = (marks == lens[todo]) & (self._w0[slot] == w0[todo])
         hit &= self._w1[slot] == w1[todo]
         return hit
 
-    def _find(self, w: Words) -> np.ndarray:
-        """The slot of each key (``-1``: absent)."""
-        n = len(w[0])
-        out = np.full(n, -1, dtype=np.int64)
-        slot, todo, mask = self._home(w), np.arange(n), self._mask
-        while todo.size:
-            meta = self._meta[slot]
-            hit = self._hits(slot, w, todo, meta)
-            out[todo[hit]] = slot[hit]
-            go = ~hit & (meta != EMPTY)
-            slot, todo = (slot[go] + 1) & mask, todo[go]
-        return out
+    def _claims(self) -> np.ndarray:
+        return self._w0  # (the winner's key overwrites the positions)
+
+    def _place(self, slots: np.ndarray, w: Words, pick: np.ndarray, values: np.ndarray
+               ) -> None:
+        self._w0[slots] = w[0][pick]
+        self._w1[slots] = w[1][pick]
+        self._meta[slots] = w[2][pick]
+        self._values[slots] = values[pick]
+
+    def _count(self, w: Words) -> int:
+        return len(w[2])
 
     def found(self, w: Words) -> tuple[np.ndarray, np.ndarray]:
         """``(found, value)`` of each key (value 0 where absent). Cost: probe rounds."""
@@ -177,82 +172,15 @@ class WideIndex:
         probe rounds (one pass when the table holds no deleted slot and has room for
         every key of the batch), plus a rebuild when it grows (every live key rehashed).
         """
-        n = len(values)
-        found = np.zeros(n, dtype=bool)
-        old = np.zeros(n, dtype=np.uint64)
-        if not self._deleted and 2 * (self._size + n) <= self.capacity:
-            # no deleted slot: a key's probe meets the key before any empty slot, so one
-            # pass of ``_insert`` updates the keys present and places the others
-            return self._insert(w, values, found, old)
-        slots = self._find(w) if self._size else np.full(n, -1, dtype=np.int64)
-        hit = slots >= 0
-        if hit.any():
-            at = slots[hit]
-            found[hit] = True
-            old[hit] = self._values[at]
-            self._values[at] = values[hit]
-            if hit.all():
-                return found, old
-            miss = np.flatnonzero(~hit)
-            w, values = (w[0][miss], w[1][miss], w[2][miss]), values[miss]
-            self._reserve(len(miss))
-            f, o = self._insert(w, values, found[miss], old[miss])
-            found[miss], old[miss] = f, o
-            return found, old
-        self._reserve(n)
-        return self._insert(w, values, found, old)
+        return self._upsert(w, values)
 
-    def _insert(self, w: Words, values: np.ndarray, found: np.ndarray, old: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-        """Place absent keys (which may repeat in the batch), with room for them all.
+    def _take(self, w: Words, at: np.ndarray) -> Words:
+        return w[0][at], w[1][at], w[2][at]
 
-        As ``U64Index._insert``: keys of a round that probe the same free slot all write
-        their position into its first word, in reverse, so the first of them takes it;
-        the others look at the slot again next round (a repeat of the key finds it).
-        """
-        todo = np.arange(len(values))
-        slot = self._home(w)
-        mask, meta_t = self._mask, self._meta
-        while todo.size:
-            meta = meta_t[slot]
-            free = (meta == EMPTY) | (meta == DELETED)
-            same = self._hits(slot, w, todo, meta)  # a repeat placed earlier in this call
-            if same.any():
-                at = slot[same]
-                found[todo[same]] = True
-                old[todo[same]] = self._values[at]
-                self._values[at] = values[todo[same]]
-            placed = same.copy()
-            if free.any():
-                cand = np.flatnonzero(free)
-                where = slot[cand]
-                mark = cand.astype(np.uint64)
-                self._w0[where[::-1]] = mark[::-1]  # the last write wins: the first of a repeat
-                won = self._w0[where] == mark
-                winners, claimed = cand[won], where[won]
-                self._deleted -= int(np.count_nonzero(meta[winners] == DELETED))
-                pick = todo[winners]
-                self._w0[claimed] = w[0][pick]
-                self._w1[claimed] = w[1][pick]
-                meta_t[claimed] = w[2][pick]
-                self._values[claimed] = values[pick]
-                self._size += len(claimed)
-                placed[winners] = True
-            step = ~placed & ~free  # the losers of a free slot look at it again
-            slot = np.where(step, (slot + 1) & mask, slot)
-            keep = ~placed
-            slot, todo = slot[keep], todo[keep]
-        return found, old
-
-    def _reserve(self, extra: int) -> None:
-        """Make room for ``extra`` more keys at load <= 1/2 (rebuild if needed)."""
-        if 2 * (self._size + self._deleted + extra) <= self.capacity:
-            return
-        cap = self.capacity
-        while 2 * (self._size + extra) > cap:
-            cap <<= 1
+    def _rebuild(self, capacity: int) -> None:
+        """Rehash every live key into a table of ``capacity`` slots (deleted slots go)."""
         w0, w1, lens, values = self.items()
-        self._alloc(cap)
+        self._alloc(capacity)
         self._size = 0
         if not len(values):
             return
