@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 # re-exported for the operators (its home is in engines/, which may not import this module)
-from raykv.engines.keyindex import split_fixed as split_fixed
+from raykv.engines.keywords import split_fixed as split_fixed
 
 _SIGN = np.uint64(1 << 63)
 _ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)

@@ -47,7 +47,7 @@ import numpy.typing as npt
 from raykv.engines.expiry import Expiry
 from raykv.engines.fileio import fsync_dir, fsync_files
 from raykv.engines.filename import MANIFEST_KIND, TMP_SUFFIX, FileNumbers, parse_file_name
-from raykv.engines.keyindex import split_fixed
+from raykv.engines.keywords import split_fixed
 from raykv.engines.manifest import Manifest, find_latest_manifest, write_manifest
 from raykv.engines.stats import EngineStats
 from raykv.engines.validation import (

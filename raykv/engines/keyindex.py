@@ -43,17 +43,19 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress, islice, repeat
-from operator import and_, truth
+from operator import truth
 from typing import Any, overload
 
 import numpy as np
 
 from raykv.engines.keywords import (
-    distinct_words,
+    M64,
+    count_above,
     eight_words,
+    key_kinds,
+    loc_array,
     short_keys,
     short_words,
-    split_fixed,
     word_keys,
 )
 from raykv.engines.u64index import U64Index
@@ -63,37 +65,8 @@ PROMOTE_MIN_KEYS = 4096
 """Keys in a batch from which an engine's dict index becomes a ``KeyIndex`` (0: always)."""
 
 _SAMPLE = 64  # keys of a batch looked at to decide that its keys are short
-_M64 = (1 << 64) - 1
 _CHUNK = 65_536  # table entries turned into bytes keys at a time by ``items()``
 _MISSING = object()
-
-
-def _loc_array(locs: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """``locs`` as uint64, and the mask of those beyond a uint64 (``None``: none is).
-
-    Where the mask is set the array holds garbage: those locations go elsewhere.
-    """
-    if isinstance(locs, np.ndarray):
-        return locs.astype(np.uint64, copy=False), None
-    n = len(locs)
-    try:
-        return np.fromiter(locs, dtype=np.uint64, count=n), None
-    except OverflowError:
-        big = np.fromiter(map(_M64.__lt__, locs), dtype=bool, count=n)
-        return np.fromiter(map(and_, locs, repeat(_M64)), dtype=np.uint64, count=n), big
-
-
-def _kinds(keys: list[bytes]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """The keys' lengths, the mask of 8-byte keys and of other short ones (1-16 bytes).
-
-    A mask is ``None`` when every key is of its kind. Cost: a C-level ``len`` per key.
-    """
-    lens = np.fromiter(map(len, keys), dtype=np.intp, count=len(keys))
-    eight = lens == 8
-    if eight.all():
-        return lens, None, np.zeros(len(keys), dtype=bool)
-    short = (lens > 0) & (lens <= MAX_LEN) & ~eight
-    return lens, eight, None if short.all() else short
 
 
 def _with_misses(found: np.ndarray, vals: np.ndarray, default: int, side: dict[Any, int],
@@ -105,7 +78,7 @@ def _with_misses(found: np.ndarray, vals: np.ndarray, default: int, side: dict[A
     """
     if found.all():
         return vals.tolist()  # type: ignore[no-any-return]
-    if not side and 0 <= default <= _M64:
+    if not side and 0 <= default <= M64:
         vals[~found] = default
         return vals.tolist()  # type: ignore[no-any-return]
     out: list[int] = vals.tolist()
@@ -113,11 +86,6 @@ def _with_misses(found: np.ndarray, vals: np.ndarray, default: int, side: dict[A
     for i in np.flatnonzero(~found).tolist():
         out[i] = side.get(keys[i], default)
     return out
-
-
-def _set_above(found: np.ndarray, old: np.ndarray, shift: int) -> int:
-    """How many found keys had an old location nonzero above ``shift``."""
-    return int(np.count_nonzero(found & ((old >> np.uint64(shift)) != 0)))
 
 
 def dict_sizeof(table: dict[Any, Any]) -> int:
@@ -200,7 +168,7 @@ class KeyIndex:
 
     def __setitem__(self, key: bytes, loc: int) -> None:
         size = len(key)
-        if 0 <= loc <= _M64 and 0 < size <= MAX_LEN:  # a Python probe (a batch: 10-20 µs)
+        if 0 <= loc <= M64 and 0 < size <= MAX_LEN:  # a Python probe (a batch: 10-20 µs)
             if size == 8:
                 word = int.from_bytes(key, "little")
                 if self._big:
@@ -324,7 +292,7 @@ class KeyIndex:
         keys = keys if isinstance(keys, list) else list(keys)
         if not keys:
             return []
-        lens, eight, short = _kinds(keys)
+        lens, eight, short = key_kinds(keys)
         if eight is None:
             return self._get_words(eight_words(keys), default)
         if short is None:
@@ -363,8 +331,8 @@ class KeyIndex:
             raise ValueError(msg)
         if not keys:
             return 0
-        arr, big = _loc_array(locs)
-        lens, eight, short = _kinds(keys)
+        arr, big = loc_array(locs)
+        lens, eight, short = key_kinds(keys)
         if big is None and eight is None:
             return self._swap_words(eight_words(keys), arr, shift)
         if big is None and short is None:
@@ -377,7 +345,7 @@ class KeyIndex:
             if self._sbig:
                 live += self._pop_sbig(list(map(keys.__getitem__, at16.tolist())), shift)
             found, old = self._w.swap((w0[at16], w1[at16], ls[at16]), arr[at16])
-            return live + _set_above(found, old, shift)
+            return live + count_above(found, old, shift)
         n = len(keys)
         is8 = np.ones(n, dtype=bool) if eight is None else eight
         wide = np.ones(n, dtype=bool) if short is None else short
@@ -421,12 +389,12 @@ class KeyIndex:
             moving = np.isin(words, np.fromiter(big, dtype=np.uint64, count=len(big)))
             for word in words[moving].tolist():
                 live += truth(big.pop(word) >> shift)
-        return live + _set_above(*self._t.swap(words, locs), shift)
+        return live + count_above(*self._t.swap(words, locs), shift)
 
     def _swap_short(self, keys: list[bytes], lens: np.ndarray, locs: np.ndarray,
                     shift: int) -> int:
         live = self._pop_sbig(keys, shift) if self._sbig else 0
-        return live + _set_above(*self._w.swap(short_words(keys, lens), locs), shift)
+        return live + count_above(*self._w.swap(short_words(keys, lens), locs), shift)
 
     def _pop_sbig(self, keys: list[bytes], shift: int) -> int:
         """Take ``keys`` out of ``_sbig`` (their locations fit again); count the live ones."""
@@ -438,7 +406,7 @@ class KeyIndex:
         """Keys of 1-16 bytes whose locations exceed a uint64: out of their table."""
         words: Any = eight_words(keys) if eight else short_words(keys, lens)
         found, old = (self._t if eight else self._w).found(words)
-        live = _set_above(found, old, shift)
+        live = count_above(found, old, shift)
         if found.any() and eight:
             self._t.delete(words[found])
         elif found.any():
@@ -460,7 +428,7 @@ class KeyIndex:
         keys = list(keys)
         if not keys:
             return
-        lens, eight, short = _kinds(keys)
+        lens, eight, short = key_kinds(keys)
         if eight is None or eight.any():
             ks = keys if eight is None else list(compress(keys, eight.tolist()))
             words = eight_words(ks)
@@ -542,5 +510,4 @@ def count_set(index: Index, shift: int) -> int:
 
 
 __all__ = ["PROMOTE_MIN_KEYS", "Index", "KeyIndex", "count_set", "delete_many", "dict_sizeof",
-           "distinct_words", "get_many", "new_index", "promoted", "split_fixed", "store",
-           "word_keys"]  # (distinct_words, split_fixed, word_keys: from ``keywords.py``)
+           "get_many", "new_index", "promoted", "store"]

@@ -1,18 +1,25 @@
-"""Keys as numpy words: the conversions between ``bytes`` keys and index table columns.
+"""Keys and locations as numpy words: what ``KeyIndex`` converts a batch with.
 
 ``KeyIndex`` (``keyindex.py``) holds 8-byte keys as one little-endian ``uint64`` word
-(``U64Index``) and other keys of 1-16 bytes as two words and a length (``WideIndex``).
-These functions build those columns from a batch of ``bytes`` keys and give the keys
-back, each in C-level passes (no Python step per key).
+(``U64Index``) and other keys of 1-16 bytes as two words and a length (``WideIndex``),
+with their locations as ``uint64``. These functions sort a batch's keys by kind, build
+those columns from ``bytes`` keys and int locations and give the keys back, each in
+C-level passes (no Python step per key).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
+from itertools import repeat
+from operator import and_
 
 import numpy as np
 
-from raykv.engines.wideindex import Words
+from raykv.engines.wideindex import MAX_LEN, Words
+
+M64 = (1 << 64) - 1
+"""The largest location a table holds (a uint64)."""
 
 
 def split_fixed(buf: bytes, width: int) -> list[bytes]:
@@ -63,6 +70,39 @@ def short_keys(w0: np.ndarray, w1: np.ndarray, lens: np.ndarray) -> list[bytes]:
     return out
 
 
+def key_kinds(keys: list[bytes]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The keys' lengths, the mask of 8-byte keys and of other short ones (1-16 bytes).
+
+    A mask is ``None`` when every key is of its kind. Cost: a C-level ``len`` per key.
+    """
+    lens = np.fromiter(map(len, keys), dtype=np.intp, count=len(keys))
+    eight = lens == 8
+    if eight.all():
+        return lens, None, np.zeros(len(keys), dtype=bool)
+    short = (lens > 0) & (lens <= MAX_LEN) & ~eight
+    return lens, eight, None if short.all() else short
+
+
+def loc_array(locs: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``locs`` as uint64, and the mask of those beyond a uint64 (``None``: none is).
+
+    Where the mask is set the array holds garbage: those locations go elsewhere.
+    """
+    if isinstance(locs, np.ndarray):
+        return locs.astype(np.uint64, copy=False), None
+    n = len(locs)
+    try:
+        return np.fromiter(locs, dtype=np.uint64, count=n), None
+    except OverflowError:
+        big = np.fromiter(map(M64.__lt__, locs), dtype=bool, count=n)
+        return np.fromiter(map(and_, locs, repeat(M64)), dtype=np.uint64, count=n), big
+
+
+def count_above(found: np.ndarray, old: np.ndarray, shift: int) -> int:
+    """How many found keys had an old location nonzero above ``shift``."""
+    return int(np.count_nonzero(found & ((old >> np.uint64(shift)) != 0)))
+
+
 def distinct_words(words: np.ndarray) -> bool:
     """No word repeats in ``words``. Cost: a sort (about 1.5 ms for 40,000 words).
 
@@ -73,5 +113,5 @@ def distinct_words(words: np.ndarray) -> bool:
     return not bool((s[1:] == s[:-1]).any())
 
 
-__all__ = ["distinct_words", "eight_words", "short_keys", "short_words", "split_fixed",
-           "word_keys"]
+__all__ = ["M64", "count_above", "distinct_words", "eight_words", "key_kinds", "loc_array",
+           "short_keys", "short_words", "split_fixed", "word_keys"]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raykv.engines import keyindex
+from raykv.engines import keyindex, keywords
 from raykv.engines.keyindex import KeyIndex
 
 SHIFT = 56
@@ -41,7 +41,7 @@ def test_keyindex_matches_a_dict(ops: list[tuple[str, dict[bytes, int]]], as_arr
         if op == "swap":
             want = sum(_live(model.get(k)) for k in keys)
             arg = (np.array(locs, dtype=np.uint64)
-                   if as_array and all(v <= keyindex._M64 for v in locs) else locs)
+                   if as_array and all(v <= keywords.M64 for v in locs) else locs)
             assert ix.swap_count(keys, arg, SHIFT) == want
             model.update(batch)
         elif op == "store":

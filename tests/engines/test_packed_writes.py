@@ -26,7 +26,7 @@ import pytest
 
 import raykv.engines.appendlog.bulk as appendlog_bulk
 import raykv.engines.hybridlog.bulk as hybridlog_bulk
-from raykv.engines import keyindex
+from raykv.engines import keyindex, keywords
 from raykv.engines.base import KVStore
 from tests.engines.test_bulk_writes import SMALL_PARAMS, _compare, _engine
 
@@ -66,7 +66,7 @@ def test_multi_set_packed_matches_a_dict(tmp_path: Path, name: str, seed: int,
     fast = []  # batches the engine's array path took (it asks ``distinct_words`` last)
     engine = name.split("_")[0]
     if engine in ARRAY_PATHS:
-        real = keyindex.distinct_words
+        real = keywords.distinct_words
         monkeypatch.setattr(ARRAY_PATHS[engine], "distinct_words",
                             lambda w: fast.append(len(w)) or real(w))
     if name.endswith("_table"):  # a KeyIndex from the start

@@ -20,7 +20,7 @@ import pytest
 import raykv.engines.appendlog.bulk as appendlog_bulk
 import raykv.engines.hybridlog.bulk as hybridlog_bulk
 import raykv.operators.keyed_state as keyed_state_module
-from raykv.engines import AppendLog, HybridLog, MemOnly, keyindex
+from raykv.engines import AppendLog, HybridLog, MemOnly, keyindex, keywords
 from raykv.engines.base import KVStore
 from raykv.operators import Aggregate
 from tests.operators.helpers import assert_rows_equal, model_aggregate, random_batch, rows_by_key
@@ -38,7 +38,7 @@ def test_folds_written_as_arrays_match_a_reference_and_survive_a_reopen(
         tmp_path: Path, key_kind: str, engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
     cls, params, module = ENGINES[engine]
     fast = []  # folds the engine wrote from the arrays (it asks ``distinct_words`` last)
-    real = keyindex.distinct_words
+    real = keywords.distinct_words
     monkeypatch.setattr(module, "distinct_words", lambda w: fast.append(len(w)) or real(w))
     monkeypatch.setattr(keyed_state_module, "PACKED_WRITE_MIN", 8)
     monkeypatch.setattr(keyindex, "PROMOTE_MIN_KEYS", 16)  # the fold promotes the index

@@ -36,13 +36,8 @@ from raykv.engines.appendlog.runfile import (
     encode_records,
 )
 from raykv.engines.base import Pairs
-from raykv.engines.keyindex import (
-    KeyIndex,
-    distinct_words,
-    promoted,
-    store,
-    word_keys,
-)
+from raykv.engines.keyindex import KeyIndex, promoted, store
+from raykv.engines.keywords import distinct_words, word_keys
 
 _GROUP_MIN = 256  # batches of varied key lengths at least this long are grouped by length
 _PACKED_MAX_VALUE = 127  # the array path's largest value (a 2-byte record header)

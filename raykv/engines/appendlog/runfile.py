@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from raykv.engines.fileio import ReadableBuffer, crc32, decode_varint, encode_varint
-from raykv.engines.keyindex import split_fixed
+from raykv.engines.keywords import split_fixed
 from raykv.errors import CorruptionError, FormatVersionError, RaykvError
 
 # ---------------------------------------------------------------------- on-disk format

@@ -52,7 +52,8 @@ from raykv.engines.hybridlog.runfile import (
     segment_locs,
     value_ends,
 )
-from raykv.engines.keyindex import KeyIndex, distinct_words, get_many, promoted, store
+from raykv.engines.keyindex import KeyIndex, get_many, promoted, store
+from raykv.engines.keywords import distinct_words
 
 _CHUNK = 4096  # keys per index lookup + store pass (fits the CPU cache)
 
