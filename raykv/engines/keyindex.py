@@ -9,10 +9,8 @@ and names, codes and ids are mostly 16 bytes or less, so ``KeyIndex`` keeps thos
 tables whose probes numpy does a whole batch at a time, and only the others in a dict:
 
 * ``_d``: keys of more than 16 bytes, as a ``dict`` (``bytes -> int``);
-* ``_t``: 8-byte keys whose location fits a uint64, in a
-  :class:`~raykv.engines.u64index.U64Index` (the key read as a little-endian word);
-* ``_w``: other keys of 1-16 bytes whose location fits a uint64, in a
-  :class:`~raykv.engines.wideindex.WideIndex` (two words and the length);
+* ``_t``: 8-byte keys whose location fits a uint64, in a ``U64Index`` (one word);
+* ``_w``: other keys of 1-16 bytes whose location fits, in a ``WideIndex`` (two words);
 * ``_sbig`` and ``_big``: keys of 1-16 bytes whose location does not fit (HybridLog:
   values of 256 bytes or more), by their bytes and by their uint64 word (8 bytes).
 
@@ -25,16 +23,13 @@ take either a ``dict`` or a ``KeyIndex``: an engine's index stays a plain dict (
 (:func:`promoted`), then becomes a ``KeyIndex`` for good (until a reopen, which decides
 again from the keys it loads).
 
-Iteration order: ``_d``'s keys, then ``_t``'s and ``_w``'s (slot order), then ``_sbig``'s
-and ``_big``'s; the same for ``keys()``, ``values()`` and ``items()`` while the index does
-not change (a merge pairs positions in ``value_parts()`` with ``list(index)``).
+Iteration order (``keys()``, ``values()``, ``items()``, ``value_parts()``, while the index
+does not change): ``_d``, ``_t`` and ``_w`` (slot order), ``_sbig``, ``_big``.
 
-Cost per key of a batch of 8-byte keys: one ``len`` and one ``b"".join`` step (C-level),
-then the table's numpy rounds: about 0.1 µs for ``swap_count``; other short keys add a
-fixed-width conversion (about 35 ns) and wider rounds. A single ``get`` is a Python probe
-loop (0.3-1 µs against 0.05 µs for a dict). Memory: 32-64 bytes per 8-byte key and 50-100
-per other short key (slots at a load of 1/4 to 1/2) against about 120 for a dict entry
-with its key and int objects.
+Cost per key of a batch: a ``len`` and a conversion (C-level, ``keywords.py``), then the
+tables' numpy rounds: 0.1-0.15 µs for ``swap_count``. A single ``get`` is a Python probe
+loop (0.3-1 µs against 0.05 µs for a dict). Memory: 32-64 bytes per 8-byte key, 50-100
+per other short key (load 1/4 to 1/2), about 120 for a dict entry with its objects.
 """
 
 from __future__ import annotations
@@ -203,9 +198,6 @@ class KeyIndex:
         """How many entries have 8-byte keys. O(1)."""
         return len(self._t) + len(self._big)
 
-    def __bool__(self) -> bool:
-        return len(self) > 0
-
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.keys())
 
@@ -272,11 +264,7 @@ class KeyIndex:
                 *((w.to_bytes(8, "little"), loc) for w, loc in self._big.items())]
 
     def value_parts(self) -> tuple[list[int], np.ndarray, list[int]]:
-        """The locations outside the tables (long keys), in them (uint64), and the big ones.
-
-        In iteration order: ``_d``'s, the two tables' (``table_items()``), ``_sbig``'s and
-        ``_big``'s.
-        """
+        """The locations of ``_d``, of both tables (uint64) and of ``_sbig`` and ``_big``."""
         return (list(self._d.values()), np.concatenate([self._t.values(), self._w.values()]),
                 [*self._sbig.values(), *self._big.values()])
 
@@ -298,16 +286,14 @@ class KeyIndex:
         if short is None:
             return self._get_short(keys, lens, default)
         out: list[int] = list(map(self._d.get, keys, repeat(default)))
-        for mask, get in ((eight, self._get_eight), (short, self._get_short)):
+        for mask, wide in ((eight, False), (short, True)):
             at = np.flatnonzero(mask)
             if at.size:
-                found = get(list(map(keys.__getitem__, at.tolist())), lens[at], default)
+                ks = list(map(keys.__getitem__, at.tolist()))
+                found = (self._get_short(ks, lens[at], default) if wide
+                         else self._get_words(eight_words(ks), default))
                 deque(map(out.__setitem__, at.tolist(), found), maxlen=0)
         return out
-
-    def _get_eight(self, keys: list[bytes], lens: np.ndarray, default: int) -> list[int]:
-        del lens  # all 8
-        return self._get_words(eight_words(keys), default)
 
     def _get_words(self, words: np.ndarray, default: int) -> list[int]:
         found, vals = self._t.found(words)
