@@ -3,9 +3,9 @@
 Both index tables are open addressing with linear probing over power-of-two slot arrays,
 kept at most half full counting deleted slots, and probed a batch at a time (one numpy
 round per probe step). They differ in how a key is stored and compared (one word, or
-two words and a length). This module holds what does not depend on that: the order of
-an upsert and the capacity bookkeeping (:class:`ProbeTable`), where a rebuild puts the
-keys (:func:`fresh_layout`) and the slot arrays themselves (:func:`table_zeros`).
+two words and a length). This module holds what does not depend on that: the probe
+rounds, the order of an upsert and the capacity bookkeeping (:class:`ProbeTable`), where
+a rebuild puts the keys (:func:`fresh_layout`) and the slot arrays (:func:`table_zeros`).
 """
 
 from __future__ import annotations
