@@ -26,6 +26,8 @@ reported for a duplicate is unspecified.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 from raykv.engines.probing import ProbeTable, fit_capacity, fresh_layout, table_zeros
@@ -47,9 +49,12 @@ Words = tuple[np.ndarray, np.ndarray, np.ndarray]
 """A batch of keys: ``(w0, w1, lens)``, uint64, uint64 and uint8 arrays of one length."""
 
 
+_PAIR = struct.Struct("<QQ").unpack
+
+
 def pair_of(key: bytes) -> tuple[int, int]:
     """The two words of one key of 1-16 bytes (Python ints, little-endian)."""
-    return (int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little"))
+    return _PAIR(key.ljust(16, b"\0"))
 
 
 class WideIndex(ProbeTable[Words]):
@@ -131,12 +136,12 @@ class WideIndex(ProbeTable[Words]):
 
     def _slot_of(self, w0: int, w1: int, length: int) -> tuple[int, int]:
         """One key's slot if present, else ``-1``; and the first free slot on its probe."""
-        meta, mask = self._meta, self._mask
+        meta, k0, k1, mask = self._meta.item, self._w0.item, self._w1.item, self._mask
         x = (((w0 * _M1_INT) & _M64) ^ w1 ^ length) * _MIX_INT & _M64
         slot, free = x >> self._shift_int, -1
         while True:
-            m = meta.item(slot)
-            if m == length and self._w0.item(slot) == w0 and self._w1.item(slot) == w1:
+            m = meta(slot)
+            if m == length and k0(slot) == w0 and k1(slot) == w1:
                 return slot, free
             if m == EMPTY:
                 return -1, slot if free < 0 else free
@@ -147,7 +152,8 @@ class WideIndex(ProbeTable[Words]):
     def lookup(self, w0: int, w1: int, length: int) -> int | None:
         """The value of one key given as Python ints (``pair_of``), ``None`` if absent.
 
-        Cost: a Python probe loop, 0.5-1 µs: for an engine's single reads.
+        Cost: a Python probe loop, about 1 µs (1.7 µs for ``KeyIndex.get``): for an
+        engine's single reads.
         """
         slot = self._slot_of(w0, w1, length)[0]
         return None if slot < 0 else int(self._values.item(slot))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from raykv.engines import keyindex
 from raykv.engines.appendlog import AppendLog
 from raykv.engines.appendlog import runfile as al
 from raykv.engines.memonly import MemOnly
@@ -329,8 +330,9 @@ def test_merges_bound_runs_and_disk_under_overwrites(tmp_path: Path) -> None:
     (b"key%06d", 25),  # 9-byte keys, a KeyIndex's wide table: 25-byte slots, load <= 1/2
     (b"key%05d", 16),  # 8-byte keys, a KeyIndex: two uint64 words, at load 1/2 or less
 ])
-def test_sizeof_grows_with_live_keys_not_overwrites(tmp_path: Path, fmt: bytes,
-                                                    per_key: int) -> None:
+def test_sizeof_grows_with_live_keys_not_overwrites(tmp_path: Path, fmt: bytes, per_key: int,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keyindex, "PROMOTE_WIDE_MIN", 0)  # 9-byte keys: a table, though small
     with AppendLog(tmp_path, threshold=64 << 10) as s:
         s.multi_set({fmt % i: b"v" * 8 for i in range(5000)})
         base = s.__sizeof__()
