@@ -72,9 +72,10 @@ class ProbeTable(Generic[Batch]):
     array that tells empty and deleted slots, gathered at some slots: ``_EMPTY`` /
     ``_DELETED`` there), ``_same`` (whether a slot holds the key), ``_claims`` (a uint64
     slot array that a round may scribble positions into before ``_place`` overwrites
-    them), ``_place`` (write keys and values into claimed slots), ``_rebuild`` (rehash
-    the live keys into a new capacity), ``_take`` (a batch's keys at positions) and
-    ``_count`` (how many keys a batch holds).
+    them), ``_place`` (write keys and values into claimed slots), ``_alloc`` (fresh slot
+    arrays), ``_table_items`` (the live keys and values in the slots), ``_mark_deleted``
+    (mark slots deleted), ``_take`` (a batch's keys at positions) and ``_count`` (how
+    many keys a batch holds).
     """
 
     _size: int
@@ -113,7 +114,13 @@ class ProbeTable(Generic[Batch]):
                ) -> None:
         raise NotImplementedError
 
-    def _rebuild(self, capacity: int) -> None:
+    def _alloc(self, capacity: int) -> None:
+        raise NotImplementedError
+
+    def _table_items(self) -> tuple[Batch, np.ndarray]:
+        raise NotImplementedError
+
+    def _mark_deleted(self, slots: np.ndarray) -> None:
         raise NotImplementedError
 
     def _take(self, keys: Batch, at: np.ndarray) -> Batch:
@@ -207,6 +214,47 @@ class ProbeTable(Generic[Batch]):
             return found, old
         self._reserve(n)
         return self._insert(keys, values, found, old)
+
+    def _rebuild(self, capacity: int) -> None:
+        """Rehash every live key into a table of ``capacity`` slots (deleted slots go)."""
+        keys, values = self._table_items()
+        self._alloc(capacity)
+        self._size = 0
+        if len(values):
+            self._place_fresh(keys, values)
+
+    def _place_fresh(self, keys: Batch, values: np.ndarray) -> None:
+        """Place distinct keys into an empty table, without probe rounds.
+
+        ``fresh_layout``: the layout linear probing builds (every slot from a key's home
+        to its own is taken), so lookups find each key. The few pushed past the last
+        slot wrap round through :meth:`_insert`. Cost: one sort and a few passes (a third
+        of the probe rounds' time at a million keys).
+        """
+        order, where, fits = fresh_layout(self._home(keys), self._mask)
+        at = order[fits]
+        self._place(where, keys, at, values)
+        self._size = len(at)
+        if len(at) < len(values):
+            rest = order[~fits]
+            self._insert(self._take(keys, rest), values[rest], np.zeros(len(rest), dtype=bool),
+                         np.zeros(len(rest), dtype=np.uint64))
+
+    def _remove(self, keys: Batch) -> np.ndarray:
+        """Remove each key from the slots; return whether it was there. Cost: probe rounds.
+
+        The slots become deleted ones; a later upsert that needs room rebuilds the table
+        without them.
+        """
+        n = self._count(keys)
+        slots = self._find(keys) if self._size else np.full(n, -1, dtype=np.int64)
+        hit = slots >= 0
+        at = np.unique(slots[hit])  # a key given twice is removed once
+        self._mark_deleted(at)
+        self._values[at] = 0
+        self._size -= len(at)
+        self._deleted += len(at)
+        return hit
 
     def _reserve(self, extra: int) -> None:
         """Make room for ``extra`` more keys at load <= 1/2 (rebuild if needed)."""

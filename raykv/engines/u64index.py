@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from raykv.engines.probing import ProbeTable, fit_capacity, fresh_layout, table_zeros
+from raykv.engines.probing import ProbeTable, fit_capacity, table_zeros
 
 EMPTY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 """Marker of a slot never used (a probe for a key stops there)."""
@@ -232,33 +232,12 @@ class U64Index(ProbeTable[np.ndarray]):
         found[table], old[table] = f, o
         return found, old
 
-    def _rebuild(self, capacity: int) -> None:
-        """Rehash every live key into a table of ``capacity`` slots (deleted slots go)."""
+    def _table_items(self) -> tuple[np.ndarray, np.ndarray]:
         live = self._keys < DELETED
-        keys, values = self._keys[live], self._values[live]
-        self._alloc(capacity)
-        self._size = 0
-        if keys.size:
-            self._place_fresh(keys, values)
+        return self._keys[live], self._values[live]
 
-    def _place_fresh(self, keys: np.ndarray, values: np.ndarray) -> None:
-        """Place distinct keys into an empty table, without probe rounds.
-
-        ``fresh_layout``: the layout linear probing builds (every slot from a key's home
-        to its own is taken), so lookups find each key. The few pushed past the last
-        slot wrap round through :meth:`_insert`. Cost: one sort and a few passes (a third
-        of the probe rounds' time at a million keys).
-        """
-        n = len(keys)
-        order, where, fits = fresh_layout(self._home(keys), self._mask)
-        at = order[fits]
-        self._keys[where] = keys[at]
-        self._values[where] = values[at]
-        self._size = len(at)
-        if len(at) < n:
-            rest = order[~fits]
-            self._insert(keys[rest], values[rest], np.zeros(len(rest), dtype=bool),
-                         np.zeros(len(rest), dtype=np.uint64))
+    def _mark_deleted(self, slots: np.ndarray) -> None:
+        self._keys[slots] = DELETED
 
     def _take(self, keys: np.ndarray, at: np.ndarray) -> np.ndarray:
         out: np.ndarray = keys[at]
@@ -278,14 +257,7 @@ class U64Index(ProbeTable[np.ndarray]):
         for k in marked:
             self._special.pop(k, None)
         if table.size:
-            slots = self._find(keys[table])
-            hit = slots >= 0
-            at = np.unique(slots[hit])  # a key given twice is removed once
-            self._keys[at] = DELETED
-            self._values[at] = 0
-            self._size -= len(at)
-            self._deleted += len(at)
-            found[table] = hit
+            found[table] = self._remove(keys[table])
         return found
 
     def values(self) -> np.ndarray:

@@ -30,7 +30,7 @@ import struct
 
 import numpy as np
 
-from raykv.engines.probing import ProbeTable, fit_capacity, fresh_layout, table_zeros
+from raykv.engines.probing import ProbeTable, fit_capacity, table_zeros
 
 EMPTY = 0
 """``meta`` of a slot never used."""
@@ -183,23 +183,12 @@ class WideIndex(ProbeTable[Words]):
     def _take(self, w: Words, at: np.ndarray) -> Words:
         return w[0][at], w[1][at], w[2][at]
 
-    def _rebuild(self, capacity: int) -> None:
-        """Rehash every live key into a table of ``capacity`` slots (deleted slots go)."""
+    def _table_items(self) -> tuple[Words, np.ndarray]:
         w0, w1, lens, values = self.items()
-        self._alloc(capacity)
-        self._size = 0
-        if not len(values):
-            return
-        w = (w0, w1, lens)
-        order, where, fits = fresh_layout(self._home(w), self._mask)
-        at = order[fits]
-        self._w0[where], self._w1[where] = w0[at], w1[at]
-        self._meta[where], self._values[where] = lens[at], values[at]
-        self._size = len(at)
-        if len(at) < len(values):  # pushed past the last slot: wrap round
-            rest = order[~fits]
-            self._insert((w0[rest], w1[rest], lens[rest]), values[rest],
-                         np.zeros(len(rest), dtype=bool), np.zeros(len(rest), dtype=np.uint64))
+        return (w0, w1, lens), values
+
+    def _mark_deleted(self, slots: np.ndarray) -> None:
+        self._meta[slots] = DELETED
 
     def delete(self, w: Words) -> np.ndarray:
         """Remove each key; return whether it was present. Cost: probe rounds.
@@ -207,14 +196,7 @@ class WideIndex(ProbeTable[Words]):
         The slots become ``DELETED``; a later :meth:`swap` that needs room rebuilds the
         table without them.
         """
-        slots = self._find(w) if self._size else np.full(len(w[0]), -1, dtype=np.int64)
-        hit = slots >= 0
-        at = np.unique(slots[hit])  # a key given twice is removed once
-        self._meta[at] = DELETED
-        self._values[at] = 0
-        self._size -= len(at)
-        self._deleted += len(at)
-        return hit
+        return self._remove(w)
 
     def _live(self) -> np.ndarray:
         """The slots holding a key (lengths 1-16: ``meta - 1`` wraps EMPTY to 255)."""
