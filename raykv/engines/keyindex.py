@@ -301,12 +301,13 @@ class KeyIndex:
         return _with_misses(found, vals, default, self._sbig, lambda: keys)
 
     def swap_count(self, keys: Sequence[bytes], locs: Sequence[int] | np.ndarray,
-                   shift: int) -> int:
+                   shift: int, lens: np.ndarray | None = None) -> int:
         """Point each key at its location; return how many had a location ``>> shift`` != 0.
 
         (HybridLog: how many keys had a live durable record; a tombstone's location has
         length 0 above ``shift``.) Cost: the tables' rounds for the keys of 1-16 bytes
         whose locations fit a uint64; a dict operation or two for each other key.
+        ``lens``: the keys' lengths, when the caller has them (spares a pass).
         """
         keys = keys if isinstance(keys, list) else list(keys)
         if len(keys) != len(locs):
@@ -315,7 +316,7 @@ class KeyIndex:
         if not keys:
             return 0
         arr, big = loc_array(locs)
-        lens, eight, short = key_kinds(keys)
+        lens, eight, short = key_kinds(keys, lens)
         if big is None and eight is None:
             return self._swap_words(eight_words(keys), arr, shift)
         if big is None and short is None:
@@ -402,9 +403,10 @@ class KeyIndex:
             side[key] = loc
         return live
 
-    def store(self, keys: Sequence[bytes], locs: Sequence[int] | np.ndarray) -> None:
+    def store(self, keys: Sequence[bytes], locs: Sequence[int] | np.ndarray,
+              lens: np.ndarray | None = None) -> None:
         """Point each key at its location (:meth:`swap_count` without the count)."""
-        self.swap_count(keys, locs, 0)
+        self.swap_count(keys, locs, 0, lens)
 
     def delete_many(self, keys: Iterable[bytes]) -> None:
         """Remove each key (absent keys are skipped)."""
@@ -467,13 +469,14 @@ def get_many(index: Index, keys: Sequence[bytes], default: int) -> list[int]:
     return index.get_many(keys, default)
 
 
-def store(index: Index, keys: Sequence[bytes], locs: Sequence[int] | np.ndarray) -> None:
-    """Point each key of ``index`` at its location."""
+def store(index: Index, keys: Sequence[bytes], locs: Sequence[int] | np.ndarray,
+          lens: np.ndarray | None = None) -> None:
+    """Point each key of ``index`` at its location (``lens``: the keys' lengths, if known)."""
     if isinstance(index, dict):
         vals = locs.tolist() if isinstance(locs, np.ndarray) else locs
         index.update(zip(keys, vals, strict=True))
     else:
-        index.store(keys, locs)
+        index.store(keys, locs, lens)
 
 
 def delete_many(index: Index, keys: Iterable[bytes]) -> None:

@@ -70,12 +70,15 @@ def short_keys(w0: np.ndarray, w1: np.ndarray, lens: np.ndarray) -> list[bytes]:
     return out
 
 
-def key_kinds(keys: list[bytes]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+def key_kinds(keys: list[bytes], lens: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """The keys' lengths, the mask of 8-byte keys and of other short ones (1-16 bytes).
 
-    A mask is ``None`` when every key is of its kind. Cost: a C-level ``len`` per key.
+    A mask is ``None`` when every key is of its kind. ``lens``: the lengths when the
+    caller has them. Cost: a C-level ``len`` per key (none with ``lens``), numpy passes.
     """
-    lens = np.fromiter(map(len, keys), dtype=np.intp, count=len(keys))
+    if lens is None:
+        lens = np.fromiter(map(len, keys), dtype=np.intp, count=len(keys))
     eight = lens == 8
     if eight.all():
         return lens, None, np.zeros(len(keys), dtype=bool)

@@ -106,14 +106,12 @@ class MemOnly(KVStore):
     def multi_set(self, pairs: Pairs) -> None:
         """Apply a validated batch of pairs; ``b""`` values delete."""
         self._ensure_open()
-        keys, values = self._split_pairs(pairs)
-        if not keys:
-            return
+        batch = self._check_batch(pairs)
         data = self._data
-        if all(values):
-            data.update(zip(keys, values, strict=True))
+        if all(batch.values()):
+            data.update(batch)
         else:
-            for k, v in zip(keys, values, strict=True):
+            for k, v in batch.items():
                 if v:
                     data[k] = v
                 else:

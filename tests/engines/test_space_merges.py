@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -322,7 +323,7 @@ def test_appendlog_locations_of_small_and_large_records(tmp_path: Path) -> None:
     with AppendLog(tmp_path) as store:
         for ns in ([10, 20, 255, 6], [10, 300, 20], [1 << 20, 7]):
             pos = 12345
-            got = list(store._locs(ns, pos))
+            got = list(store._locs(np.array(ns), pos))
             want = []
             for n in ns:
                 want.append(store._abase | pos << al.SLOT_BITS | n << al.N_SHIFT)

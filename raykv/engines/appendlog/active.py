@@ -16,6 +16,8 @@ import mmap
 from array import array
 from operator import add
 
+import numpy as np
+
 from raykv.engines.appendlog.runfile import (
     FOOTER,
     RUN_KIND,
@@ -93,18 +95,19 @@ class ActiveRun(RunSet):
         assert self._pos
         self._flush_chunk()
         assert self._writer is not None and self._aname is not None
-        ns = self._alens.tolist()
+        count = len(self._alens)
         amm = self._amm
-        klens = self._aklens.tolist()
-        vlens = self._avlens.tolist()
+        # the columns read in place (the arrays are replaced, never resized, below)
+        klens: list[int] | np.ndarray = np.frombuffer(self._aklens, dtype=np.uint32)
+        vlens: list[int] | np.ndarray = np.frombuffer(self._avlens, dtype=np.uint32)
         keys: list[bytes] | None = None
         if keys_in_index(vlens):
-            klens, vlens, kstarts = record_columns(amm, ns)
+            klens, vlens, kstarts = record_columns(amm, self._alens.tolist())
             keys = list(map(amm.__getitem__, map(slice, kstarts, map(add, kstarts, klens))))
-        size = self._writer.finish(len(ns), encode_index(klens, vlens, keys))
+        size = self._writer.finish(count, encode_index(klens, vlens, keys))
         name = self._aname
         self._written(name, size)
-        run = Run(name, self._aslot, self._pos, size - self._pos - FOOTER.size, len(ns),
+        run = Run(name, self._aslot, self._pos, size - self._pos - FOOTER.size, count,
                    size, self._writer.crc, verified=True)
         self._bufs[self._aslot] = map_file(self.data_dir / name)
         self._slot_names[self._aslot] = name

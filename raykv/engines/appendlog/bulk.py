@@ -17,7 +17,6 @@ index store; amortized file writes, run closes and merges.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import accumulate, compress, pairwise, repeat
 from operator import lshift, not_, or_
@@ -57,15 +56,14 @@ class BulkWrites(ActiveRun):
         """
         if self._closed:
             self._ensure_open()
-        keys, values = self._split_pairs(pairs)  # before any merge: a bad batch changes nothing
-        if not keys:
+        # before any merge: a bad batch changes nothing; the lengths as numpy arrays
+        keys, values, klens, vlens = self._split_pairs(pairs)
+        n = len(keys)
+        if not n:
             return
-        self._index = promoted(self._index, keys, len(keys))  # keys of 1-16 bytes: keyindex.py
+        self._index = promoted(self._index, keys, n)  # keys of 1-16 bytes: keyindex.py
         if self._slow:
             self._before_write()
-        n = len(keys)  # the lengths as numpy arrays: min and max are then nearly free
-        klens = np.fromiter(map(len, keys), dtype=np.int64, count=n)
-        vlens = np.fromiter(map(len, values), dtype=np.int64, count=n)
         kmax, vmax = int(klens.max()), int(vlens.max())
         one_vlen = int(vlens.min()) == vmax
         if kmax < 128 and vmax < 128 and int(klens.min()) == kmax and one_vlen:
@@ -73,10 +71,9 @@ class BulkWrites(ActiveRun):
         elif kmax < 128 and vmax < 128 and one_vlen and n >= _GROUP_MIN:
             self._append_grouped(keys, values, klens, vmax)
         else:
-            kls: list[int] = klens.tolist()
-            vls: list[int] = vlens.tolist()
-            recs = encode_records(keys, values, kls, vls)
-            self._append_many(keys, b"".join(recs), list(map(len, recs)), kls, vls)
+            recs = encode_records(keys, values, klens.tolist(), vlens.tolist())
+            ns = np.fromiter(map(len, recs), dtype=np.int64, count=n)
+            self._append_many(keys, b"".join(recs), ns, klens, vlens)
 
     def multi_set_packed(self, words: npt.NDArray[np.uint64], rows: npt.NDArray[np.uint8]
                          ) -> None:
@@ -124,12 +121,11 @@ class BulkWrites(ActiveRun):
         vs = list(map(values.__getitem__, pick))
         lens = klens[order]
         cuts = [0, *(np.flatnonzero(np.diff(lens)) + 1).tolist(), len(ks)]
-        kls = lens.tolist()
-        data = b"".join([encode_fixed_records(ks[a:b], vs[a:b], kls[a], vl)
+        data = b"".join([encode_fixed_records(ks[a:b], vs[a:b], int(lens[a]), vl)
                          for a, b in pairwise(cuts)])
-        self._append_many(ks, data, (lens + (vl + 6)).tolist(), kls, [vl] * len(ks))
+        self._append_many(ks, data, lens + (vl + 6), lens, np.full(len(ks), vl))
 
-    def _mark_dead(self, keys: Sequence[bytes], vlens: Sequence[int] | None,
+    def _mark_dead(self, keys: Sequence[bytes], vlens: Sequence[int] | np.ndarray | None,
                    tombstones: bool = False) -> None:
         """Update the dead key set for ``keys`` just indexed (before any merge runs).
 
@@ -181,7 +177,8 @@ class BulkWrites(ActiveRun):
             else:  # (numpy: no int per key)
                 chunk = part
                 store(index, chunk, np.uint64(first)
-                      + np.arange(take, dtype=np.uint64) * np.uint64(step))
+                      + np.arange(take, dtype=np.uint64) * np.uint64(step),
+                      np.full(take, kl, dtype=np.int64))
             self._mark_dead(chunk, None, tombstones)
             self._alens.extend(repeat(n, take))
             self._aklens.extend(repeat(kl, take))
@@ -191,33 +188,35 @@ class BulkWrites(ActiveRun):
             if end >= self._flush_at:
                 self._after_append()
 
-    def _locs(self, ns: list[int], pos: int) -> list[int] | np.ndarray:
+    def _locs(self, ns: np.ndarray, pos: int) -> list[int] | np.ndarray:
         """Locations of records of lengths ``ns`` appended to the active run at ``pos``.
 
         Cost: numpy builds them when every record is shorter than ``N_FITS_U64`` bytes
         (the location fits a uint64): an array for a ``KeyIndex``, else one ``tolist``;
         otherwise three C-level maps.
         """
-        if max(ns) < N_FITS_U64:
-            lens = np.array(ns, dtype=np.uint64)
+        if int(ns.max()) < N_FITS_U64:
+            lens = ns.astype(np.uint64)
             offs = np.cumsum(lens) - lens + np.uint64(pos)
             locs = (offs << np.uint64(SLOT_BITS) | lens << np.uint64(N_SHIFT)
                     | np.uint64(self._abase))
             return locs.tolist() if isinstance(self._index, dict) else locs
-        return list(map(or_, map(or_, map(lshift, accumulate(ns[:-1], initial=pos),
+        nl: list[int] = ns.tolist()
+        return list(map(or_, map(or_, map(lshift, accumulate(nl[:-1], initial=pos),
                                      repeat(SLOT_BITS)),
-                            map(lshift, ns, repeat(N_SHIFT))), repeat(self._abase)))
+                            map(lshift, nl, repeat(N_SHIFT))), repeat(self._abase)))
 
-    def _append_many(self, keys: Sequence[bytes], data: bytes, ns: list[int],
-                     klens: list[int], vlens: list[int]) -> None:
+    def _append_many(self, keys: Sequence[bytes], data: bytes, ns: np.ndarray,
+                     klens: np.ndarray, vlens: np.ndarray) -> None:
         """Append records (``data``, lengths ``ns``), closing the active run at ``threshold``.
 
         ``klens``/``vlens``: the records' key and value lengths (kept for the run's index
-        section, so closing the run need not parse the records again).
+        section, so closing the run need not parse the records again; the index takes
+        ``klens`` too). All three are int64 arrays.
         """
-        ends = list(accumulate(ns))
+        ends = np.cumsum(ns)
         total = len(ns)
-        tombstones = not all(vlens)
+        tombstones = not vlens.all()
         view = memoryview(data)
         i = 0
         done = 0  # batch bytes before record i
@@ -225,22 +224,20 @@ class BulkWrites(ActiveRun):
         while i < total:
             pos = self._pos
             # the first record whose end reaches the threshold closes this run
-            j = min(bisect_left(ends, done + self.threshold - pos, i) + 1, total)
-            end = pos + ends[j - 1] - done
+            j = min(max(int(np.searchsorted(ends, done + self.threshold - pos)), i) + 1, total)
+            last = int(ends[j - 1])
+            end = pos + last - done
             if end > self._acap:
                 self._grow(end)
-            self._amm[pos:end] = view[done : ends[j - 1]]
-            # the batch's lists as they are when it fits this run (no copies), else slices
-            chunk, chunk_ns, chunk_k, chunk_v = (
-                (keys, ns, klens, vlens) if not i and j == total
-                else (keys[i:j], ns[i:j], klens[i:j], vlens[i:j]))
-            store(index, chunk, self._locs(chunk_ns, pos))
-            self._mark_dead(chunk, chunk_v if tombstones else None)
-            self._alens.extend(chunk_ns)
-            self._aklens.extend(chunk_k)
-            self._avlens.extend(chunk_v)
+            self._amm[pos:end] = view[done:last]
+            chunk = keys if not i and j == total else keys[i:j]
+            store(index, chunk, self._locs(ns[i:j], pos), klens[i:j])
+            self._mark_dead(chunk, vlens[i:j] if tombstones else None)
+            self._alens.frombytes(ns[i:j].astype(np.uint32).tobytes())
+            self._aklens.frombytes(klens[i:j].astype(np.uint32).tobytes())
+            self._avlens.frombytes(vlens[i:j].astype(np.uint32).tobytes())
             self._pos = end
-            done = ends[j - 1]
+            done = last
             i = j
             if end >= self._flush_at:
                 self._after_append()

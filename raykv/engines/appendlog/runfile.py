@@ -304,16 +304,17 @@ def decode_index(
 # ---------------------------------------------------------------------- index section
 
 
-def encode_column(values: Sequence[int]) -> bytes:
-    """One column of u32s: width byte 0 + one u32 if all equal, else width 1/2/4 + values."""
-    lo, hi = min(values), max(values)
+def encode_column(values: Sequence[int] | np.ndarray) -> bytes:
+    """One column of u32s: width byte 0 + one u32 if all equal, else width 1/2/4 + values.
+
+    Cost: numpy passes (an ``array("I")`` is read in place, a list converted once).
+    """
+    col = np.asarray(values, dtype=np.uint32)
+    lo, hi = int(col.min()), int(col.max())
     if lo == hi:
         return b"\x00" + _U32.pack(lo)
     width = 1 if hi < 1 << 8 else 2 if hi < 1 << 16 else 4
-    arr = array(_COLUMN_CODES[width], values)
-    if sys.byteorder == "big":
-        arr.byteswap()
-    return bytes((width,)) + arr.tobytes()
+    return bytes((width,)) + col.astype(f"<u{width}").tobytes()
 
 
 def decode_column(
@@ -336,12 +337,14 @@ def decode_column(
     return arr.tolist(), end, None
 
 
-def keys_in_index(vlens: list[int]) -> bool:
+def keys_in_index(vlens: Sequence[int] | np.ndarray) -> bool:
     """Whether a run's keys are copied into its index section (values average > 32 B)."""
-    return sum(vlens) > KEYS_IN_INDEX_MIN_VALUE * len(vlens)
+    total = int(vlens.sum()) if isinstance(vlens, np.ndarray) else sum(vlens)
+    return total > KEYS_IN_INDEX_MIN_VALUE * len(vlens)
 
 
-def encode_index(klens: list[int], vlens: list[int], keys: list[bytes] | None) -> bytes:
+def encode_index(klens: Sequence[int] | np.ndarray, vlens: Sequence[int] | np.ndarray,
+                 keys: list[bytes] | None) -> bytes:
     """Encode a run's index section (FORMAT.md): flags, length columns, keys if given."""
     head = bytes((INDEX_HAS_KEYS if keys is not None else 0,))
     parts = [head, encode_column(klens), encode_column(vlens)]

@@ -347,7 +347,7 @@ class LSMTree(LevelSet):
         one sorted insert per new key; then at most one flush and its merges.
         """
         self._ensure_open()
-        keys, values = self._split_pairs(pairs)
+        keys, values, _, _ = self._split_pairs(pairs)
         if not keys:
             return
         self._mem.put_many(keys, values)
