@@ -256,8 +256,8 @@ def test_batches_of_a_mutable_region_stay_on_the_bulk_path(
     taken: list[bool] = []
     real = BulkWrites._bulk_append
 
-    def spy(self: BulkWrites, batch: dict[bytes, bytes]) -> bool:
-        taken.append(real(self, batch))
+    def spy(self: BulkWrites, batch: dict[bytes, bytes], *lens: Any) -> bool:
+        taken.append(real(self, batch, *lens))
         return taken[-1]
 
     monkeypatch.setattr(BulkWrites, "_bulk_append", spy)

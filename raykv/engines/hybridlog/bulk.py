@@ -50,7 +50,6 @@ from raykv.engines.hybridlog.runfile import (
     LEN_SHIFT,
     encode_run_columns,
     segment_locs,
-    value_ends,
 )
 from raykv.engines.keyindex import KeyIndex, get_many, promoted, store
 from raykv.engines.keywords import distinct_words
@@ -79,19 +78,21 @@ class BulkWrites(Regions):
             ([b'3', b'2', b'4', b''], 1)
         """
         self._ensure_open()
-        batch = self._check_batch(pairs)
+        batch, klens, vlens = self._check_batch_lengths(pairs)
         if not batch:
             return
         self._index = promoted(self._index, batch, len(batch))  # keys of 1-16 bytes: keyindex.py
         if self._maintenance:
             self._maintain()
-        if b"" in batch.values():  # deletes (keys are distinct: order does not matter)
+        if not vlens.all():  # deletes (keys are distinct: order does not matter)
             for key in [k for k, v in batch.items() if not v]:
                 self._delete(key)
+            keep = vlens != 0
             batch = {k: v for k, v in batch.items() if v}
+            klens, vlens = klens[keep], vlens[keep]
             if not batch:
                 return
-        if len(batch) >= self.ro_lag_interval and self._bulk_append(batch):
+        if len(batch) >= self.ro_lag_interval and self._bulk_append(batch, klens, vlens):
             return
         frozen, mut, index = self._frozen, self._mut, self._index
         before = len(mut)
@@ -153,17 +154,21 @@ class BulkWrites(Regions):
         self._live += n - index.swap_words(words.byteswap(), locs, LEN_SHIFT)  # keys read LE
         self._maintain()
 
-    def _bulk_append(self, batch: dict[bytes, bytes]) -> bool:
+    def _bulk_append(self, batch: dict[bytes, bytes], klens: np.ndarray, vlens: np.ndarray
+                     ) -> bool:
         """Apply ``batch`` (validated, no deletes) with one run write; ``False``: too small.
 
-        See the module docstring. Returns ``False`` without changing anything when the
-        batch would not fill a flush (or appends fewer than ``ro_lag_interval`` records).
+        ``klens``/``vlens``: the lengths of its keys and values, in order. See the module
+        docstring. Returns ``False`` without changing anything when the batch would not
+        fill a flush (or appends fewer than ``ro_lag_interval`` records).
         """
         mut, frozen, lag = self._mut, self._frozen, self.ro_lag_interval
         in_mut = mut.keys() & batch.keys()
         if in_mut:
             new = list(filterfalse(in_mut.__contains__, batch))
             new_values = list(map(batch.__getitem__, new))
+            fresh = ~np.fromiter(map(in_mut.__contains__, batch), dtype=bool, count=len(batch))
+            klens, vlens = klens[fresh], vlens[fresh]
         else:  # the batch's own order: no lookup per key
             new, new_values = list(batch), list(batch.values())
         # the newest ``stay`` new records become the mutable region: ``lag`` of them, or
@@ -200,14 +205,20 @@ class BulkWrites(Regions):
         # the mutable region with this batch's in-place updates (its keys stay live)
         mut_values = map(batch.get, mut, mut.values()) if in_mut else mut.values()
         values = [*ro_values, *mut_values, *islice(new_values, len(out_new))]
-        run, locs = self._new_run(keys, b"".join(values), value_ends(values), presync=True)
+        # the lengths: the regions' counted here, the batch's known
+        lens = np.concatenate((np.fromiter(map(len, keys[:head]), dtype=np.int64, count=head),
+                               klens[: len(out_new)]))
+        ends = np.cumsum(np.concatenate((
+            np.fromiter(map(len, values[:head]), dtype=np.int64, count=head),
+            vlens[: len(out_new)])), dtype=np.uint64)
+        run, locs = self._new_run(keys, b"".join(values), ends, presync=True, klens=lens)
         # the run is written: from here on nothing can fail half-way
         self._runs.append(run)
         self._index_tombs |= tombs
         if stale:
             deque(map(frozen.__delitem__, stale), maxlen=0)
-        self._store_head(keys, locs, len(ro_keys), head)
-        was_live = stale_live + self._swap_index(out_new, locs[head:])
+        self._store_head(keys, locs, len(ro_keys), head, lens)
+        was_live = stale_live + self._swap_index(out_new, locs[head:], lens[head:])
         self._live += len(new) - was_live  # ``stay`` counted as new: pending (regions.py)
         self._mut = dict(zip(stay, new_values[len(out_new) :], strict=True))
         self._pend = set(stay)
@@ -219,28 +230,34 @@ class BulkWrites(Regions):
         return True
 
     def _store_head(self, keys: list[bytes], locs: list[int] | np.ndarray, n_ro: int,
-                    head: int) -> None:
+                    head: int, lens: np.ndarray) -> None:
         """Point the read-only and mutable records (``keys[:head]``) at the new run.
 
         The mutable region's pending keys (``regions.py``) are settled by these stores.
+        ``lens``: the lengths of ``keys``.
         """
         index, pend = self._index, self._pend
         if not pend:
-            store(index, keys[:head], locs[:head])
+            store(index, keys[:head], locs[:head], lens[:head])
             return
-        store(index, keys[:n_ro], locs[:n_ro])
-        mut_keys, mut_locs = keys[n_ro:head], locs[n_ro:head]
+        store(index, keys[:n_ro], locs[:n_ro], lens[:n_ro])
+        mut_keys, mut_locs, mut_lens = keys[n_ro:head], locs[n_ro:head], lens[n_ro:head]
         if len(pend) < len(mut_keys):  # some keys of the region are not pending
-            settled = list(map(pend.__contains__, mut_keys))
-            unsettled = list(map(not_, settled))
-            store(index, list(compress(mut_keys, unsettled)), _pick(mut_locs, unsettled))
+            settled = np.fromiter(map(pend.__contains__, mut_keys), dtype=bool,
+                                  count=len(mut_keys))
+            unsettled = ~settled
+            store(index, list(compress(mut_keys, unsettled)), _pick(mut_locs, unsettled),
+                  mut_lens[unsettled])
             mut_keys = list(compress(mut_keys, settled))
-            mut_locs = _pick(mut_locs, settled)
-        self._live -= self._swap_index(mut_keys, mut_locs)
+            mut_locs, mut_lens = _pick(mut_locs, settled), mut_lens[settled]
+        self._live -= self._swap_index(mut_keys, mut_locs, mut_lens)
         self._pend = set()
 
-    def _swap_index(self, keys: list[bytes], locs: list[int] | np.ndarray) -> int:
+    def _swap_index(self, keys: list[bytes], locs: list[int] | np.ndarray,
+                    lens: np.ndarray | None = None) -> int:
         """Point ``keys`` (distinct) at ``locs``; return how many had a live durable record.
+
+        ``lens``: the keys' lengths, if known (a ``KeyIndex`` then skips a pass).
 
         When the index holds no tombstone (``_index_tombs`` is false: no deletes reached
         the disk since the open or the last merge that dropped them), that is the number
@@ -250,7 +267,7 @@ class BulkWrites(Regions):
         """
         index = self._index
         if isinstance(index, KeyIndex):  # old locations come back from the stores
-            return index.swap_count(keys, locs, LEN_SHIFT)
+            return index.swap_count(keys, locs, LEN_SHIFT, lens)
         assert isinstance(locs, list)  # (``_locs``: a dict index gets lists)
         if not self._index_tombs:  # every entry is live: count the keys already there
             before = len(index)
@@ -265,8 +282,8 @@ class BulkWrites(Regions):
         return live
 
 
-def _pick(locs: list[int] | np.ndarray, mask: list[bool]) -> list[int] | np.ndarray:
-    """The locations where ``mask`` is true (an array stays an array)."""
+def _pick(locs: list[int] | np.ndarray, mask: np.ndarray) -> list[int] | np.ndarray:
+    """The locations where ``mask`` (bool) is true (an array stays an array)."""
     if isinstance(locs, np.ndarray):
-        return cast(np.ndarray, locs[np.asarray(mask, dtype=bool)])
+        return cast(np.ndarray, locs[mask])
     return list(compress(locs, mask))

@@ -80,14 +80,17 @@ def _width_for(largest: int) -> int:
     return 4 if largest < 1 << 32 else 8
 
 
-def encode_run(keys: Sequence[bytes], blob: bytes, ends: Sequence[int] | np.ndarray) -> bytes:
+def encode_run(keys: Sequence[bytes], blob: bytes, ends: Sequence[int] | np.ndarray,
+               klens: np.ndarray | None = None) -> bytes:
     """Encode one run file from its keys, their values concatenated, and the value ends.
 
     ``ends[i]`` is the offset in ``blob`` where value ``i`` ends (value ``i`` starts where
-    value ``i - 1`` ends). Cost: a few C-level passes over the records (joins, numpy),
-    one crc32 per 4 KiB of values and one over the index section.
+    value ``i - 1`` ends); ``klens``: the keys' lengths, if known. Cost: a few C-level
+    passes over the records (joins, numpy), one crc32 per 4 KiB of values and one over
+    the index section.
     """
-    klens = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+    if klens is None:
+        klens = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
     return encode_run_columns(klens, b"".join(keys), blob, ends)
 
 

@@ -208,14 +208,16 @@ class RunSet(KVStore):
         return segment_locs([(slot, 0, 0, len(ends))], np.asarray(ends, dtype=np.uint64))
 
     def _new_run(self, keys: list[bytes], blob: bytes, ends: Sequence[int] | np.ndarray,
-                 *, presync: bool = False) -> tuple[RunFile, list[int] | np.ndarray]:
+                 *, presync: bool = False, klens: np.ndarray | None = None
+                 ) -> tuple[RunFile, list[int] | np.ndarray]:
         """Write a new run file; return it and the packed locations of its values (``_locs``).
 
         The next commit fsyncs the file (durability never depends on anything else).
         ``presync=True`` (flushes) also starts that fsync now on a background thread, so
-        neither the write path nor the next ``seal()`` waits for the disk.
+        neither the write path nor the next ``seal()`` waits for the disk. ``klens``: the
+        keys' lengths, if known.
         """
-        run = self._write_encoded(encode_run(keys, blob, ends), presync=presync)
+        run = self._write_encoded(encode_run(keys, blob, ends, klens), presync=presync)
         return run, self._locs(run.slot, ends)
 
     def _write_encoded(self, data: bytes, *, presync: bool = False) -> RunFile:
