@@ -24,9 +24,8 @@ take either a ``dict`` or a ``KeyIndex``: an engine's index stays a plain dict (
 again from the keys it loads).
 
 Iteration order (``keys()``, ``values()``, ``items()``, ``value_parts()``, while the index
-does not change): ``_d``, ``_t`` and ``_w`` (slot order), ``_sbig``, ``_big``.
-
-Cost per key of a batch: a ``len`` and a conversion (C-level, ``keywords.py``), then the
+does not change): ``_d``, ``_t`` and ``_w`` (slot order), ``_sbig``, ``_big``. Cost per
+key of a batch: a ``len`` (none given the lengths), a conversion (``keywords.py``), the
 tables' numpy rounds: 0.1-0.15 µs for ``swap_count``. A single ``get`` is a Python probe
 loop: 1.0 (8 bytes) or 1.7 µs (others) against 0.2 µs for a dict. Memory: 32-64 bytes per
 8-byte key, 50-100 per other short key, about 120 for a dict entry with its objects.
