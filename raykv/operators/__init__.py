@@ -18,21 +18,56 @@ All are thin layers over :class:`KeyedStateLogic` (``keyed_state.py``), which ow
 state keys, the changed-key set and emission.
 """
 
-from raykv.operators.aggregate import Aggregate, AggregateLogic
-from raykv.operators.base import KeyedOperator, OperatorLogic
-from raykv.operators.codecs import Codec, JsonCodec, PickleCodec, RawCodec, get_codec
-from raykv.operators.dedup import Deduplicate, DeduplicateLogic
-from raykv.operators.joins import *  # noqa: F403  (the joins: their __all__)
-from raykv.operators.keyed_state import KeyedStateLogic
-from raykv.operators.map import Filter, Map, MapLogic
-from raykv.operators.pystate import PyStateLogic
-from raykv.operators.reduce import Reduce, ReduceLogic
-from raykv.operators.session import SessionWindow, SessionWindowLogic
-from raykv.operators.sliding import SlidingWindow, SlidingWindowLogic
-from raykv.operators.stateful_map import StatefulMap, StatefulMapLogic
-from raykv.operators.topn import TopN, TopNLogic
-from raykv.operators.ttl import TTL
-from raykv.operators.window import TumblingWindow, TumblingWindowLogic
+from typing import TYPE_CHECKING
+
+from raykv.lazy import exports
+
+if TYPE_CHECKING:
+    from raykv.operators.aggregate import Aggregate, AggregateLogic
+    from raykv.operators.base import KeyedOperator, OperatorLogic
+    from raykv.operators.codecs import Codec, JsonCodec, PickleCodec, RawCodec, get_codec
+    from raykv.operators.dedup import Deduplicate, DeduplicateLogic
+    from raykv.operators.joins import (
+        IntervalJoin,
+        IntervalJoinLogic,
+        Join,
+        LookupJoin,
+        LookupJoinLogic,
+        RegularJoinLogic,
+        WindowJoin,
+        WindowJoinLogic,
+    )
+    from raykv.operators.keyed_state import KeyedStateLogic
+    from raykv.operators.map import Filter, Map, MapLogic
+    from raykv.operators.pystate import PyStateLogic
+    from raykv.operators.reduce import Reduce, ReduceLogic
+    from raykv.operators.session import SessionWindow, SessionWindowLogic
+    from raykv.operators.sliding import SlidingWindow, SlidingWindowLogic
+    from raykv.operators.stateful_map import StatefulMap, StatefulMapLogic
+    from raykv.operators.topn import TopN, TopNLogic
+    from raykv.operators.ttl import TTL
+    from raykv.operators.window import TumblingWindow, TumblingWindowLogic
+
+# each name's module loads on first use (``raykv/lazy.py``): a shard imports its own only
+__getattr__, __dir__ = exports(__name__, {
+    "raykv.operators.aggregate": ("Aggregate", "AggregateLogic"),
+    "raykv.operators.base": ("KeyedOperator", "OperatorLogic"),
+    "raykv.operators.codecs": ("Codec", "JsonCodec", "PickleCodec", "RawCodec", "get_codec"),
+    "raykv.operators.dedup": ("Deduplicate", "DeduplicateLogic"),
+    "raykv.operators.joins": ("IntervalJoin", "IntervalJoinLogic", "Join", "LookupJoin",
+                              "LookupJoinLogic", "RegularJoinLogic", "WindowJoin",
+                              "WindowJoinLogic"),
+    "raykv.operators.keyed_state": ("KeyedStateLogic",),
+    "raykv.operators.map": ("Filter", "Map", "MapLogic"),
+    "raykv.operators.pystate": ("PyStateLogic",),
+    "raykv.operators.reduce": ("Reduce", "ReduceLogic"),
+    "raykv.operators.session": ("SessionWindow", "SessionWindowLogic"),
+    "raykv.operators.sliding": ("SlidingWindow", "SlidingWindowLogic"),
+    "raykv.operators.stateful_map": ("StatefulMap", "StatefulMapLogic"),
+    "raykv.operators.topn": ("TopN", "TopNLogic"),
+    "raykv.operators.ttl": ("TTL",),
+    "raykv.operators.window": ("TumblingWindow", "TumblingWindowLogic"),
+})
 
 __all__ = [
     "TTL",
@@ -42,9 +77,14 @@ __all__ = [
     "Deduplicate",
     "DeduplicateLogic",
     "Filter",
+    "IntervalJoin",
+    "IntervalJoinLogic",
+    "Join",
     "JsonCodec",
     "KeyedOperator",
     "KeyedStateLogic",
+    "LookupJoin",
+    "LookupJoinLogic",
     "Map",
     "MapLogic",
     "OperatorLogic",
@@ -53,6 +93,7 @@ __all__ = [
     "RawCodec",
     "Reduce",
     "ReduceLogic",
+    "RegularJoinLogic",
     "SessionWindow",
     "SessionWindowLogic",
     "SlidingWindow",
@@ -63,5 +104,7 @@ __all__ = [
     "TopNLogic",
     "TumblingWindow",
     "TumblingWindowLogic",
+    "WindowJoin",
+    "WindowJoinLogic",
     "get_codec",
 ]

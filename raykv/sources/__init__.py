@@ -11,21 +11,38 @@ in a folder or prefix, unbounded), a split per file; :class:`RayDataSource` (a R
 and bid streams, generated), a split per interleaved set of event-id blocks.
 """
 
-from raykv.sources.base import (
-    DEFAULT_BATCH_SIZE,
-    WHOLE,
-    Offset,
-    Source,
-    SourceReader,
-    Split,
-    StopSource,
-)
-from raykv.sources.directory import DirectorySource
-from raykv.sources.generator import GeneratorSource
-from raykv.sources.memory import ListSource, TableSource
-from raykv.sources.nexmark import NexmarkSource
-from raykv.sources.parquet import ParquetSource
-from raykv.sources.ray_data import RayDataSource
+from typing import TYPE_CHECKING
+
+from raykv.lazy import exports
+
+if TYPE_CHECKING:
+    from raykv.sources.base import (
+        DEFAULT_BATCH_SIZE,
+        WHOLE,
+        Offset,
+        Source,
+        SourceReader,
+        Split,
+        StopSource,
+    )
+    from raykv.sources.directory import DirectorySource
+    from raykv.sources.generator import GeneratorSource
+    from raykv.sources.memory import ListSource, TableSource
+    from raykv.sources.nexmark import NexmarkSource
+    from raykv.sources.parquet import ParquetSource
+    from raykv.sources.ray_data import RayDataSource
+
+# each name's module loads on first use (``raykv/lazy.py``): a reader imports its own only
+__getattr__, __dir__ = exports(__name__, {
+    "raykv.sources.base": ("DEFAULT_BATCH_SIZE", "WHOLE", "Offset", "Source", "SourceReader",
+                           "Split", "StopSource"),
+    "raykv.sources.directory": ("DirectorySource",),
+    "raykv.sources.generator": ("GeneratorSource",),
+    "raykv.sources.memory": ("ListSource", "TableSource"),
+    "raykv.sources.nexmark": ("NexmarkSource",),
+    "raykv.sources.parquet": ("ParquetSource",),
+    "raykv.sources.ray_data": ("RayDataSource",),
+})
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
