@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from itertools import compress, filterfalse, islice, repeat
+from itertools import compress, islice, repeat
 from operator import not_, truth
 from typing import cast
 
@@ -165,9 +165,9 @@ class BulkWrites(Regions):
         mut, frozen, lag = self._mut, self._frozen, self.ro_lag_interval
         in_mut = mut.keys() & batch.keys()
         if in_mut:
-            new = list(filterfalse(in_mut.__contains__, batch))
-            new_values = list(map(batch.__getitem__, new))
             fresh = ~np.fromiter(map(in_mut.__contains__, batch), dtype=bool, count=len(batch))
+            new = list(compress(batch, fresh.tolist()))
+            new_values = list(map(batch.__getitem__, new))
             klens, vlens = klens[fresh], vlens[fresh]
         else:  # the batch's own order: no lookup per key
             new, new_values = list(batch), list(batch.values())
@@ -206,10 +206,11 @@ class BulkWrites(Regions):
         mut_values = map(batch.get, mut, mut.values()) if in_mut else mut.values()
         values = [*ro_values, *mut_values, *islice(new_values, len(out_new))]
         # the lengths: the regions' counted here, the batch's known
-        lens = np.concatenate((np.fromiter(map(len, keys[:head]), dtype=np.int64, count=head),
-                               klens[: len(out_new)]))
+        lens = np.concatenate((
+            np.fromiter(map(len, islice(keys, head)), dtype=np.int64, count=head),
+            klens[: len(out_new)]))
         ends = np.cumsum(np.concatenate((
-            np.fromiter(map(len, values[:head]), dtype=np.int64, count=head),
+            np.fromiter(map(len, islice(values, head)), dtype=np.int64, count=head),
             vlens[: len(out_new)])), dtype=np.uint64)
         run, locs = self._new_run(keys, b"".join(values), ends, presync=True, klens=lens)
         # the run is written: from here on nothing can fail half-way
