@@ -279,3 +279,40 @@ def test_batches_of_a_mutable_region_stay_on_the_bulk_path(
         assert all(taken), taken
         assert dict(store.items()) == model and store.live_keys() == len(model)
         store._check()
+
+
+def test_bulk_batches_that_update_the_mutable_region_in_place_match_a_dict(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bulk path's lengths (from validation) stay aligned with its records when some
+    keys of a batch are updated in the mutable region and others are deleted."""
+    import random
+
+    from raykv.engines.hybridlog.bulk import BulkWrites
+
+    overlapping: list[bool] = []
+    real = BulkWrites._bulk_append
+
+    def spy(self: BulkWrites, batch: dict[bytes, bytes], *lens: Any) -> bool:
+        overlapping.append(bool(self._mut.keys() & batch.keys()))
+        return real(self, batch, *lens)
+
+    monkeypatch.setattr(BulkWrites, "_bulk_append", spy)
+    rng = random.Random(3)
+    model: dict[bytes, bytes] = {}
+    params = {"ro_lag_interval": 64, "flush_interval": 64, "mem_segment_len": 256}
+    with HybridLog(tmp_path, **params) as store:
+        for _ in range(60):
+            batch = {b"k%d" % rng.randrange(400): (b"v" * rng.randrange(1, 40)
+                                                    if rng.random() > 0.05 else b"")
+                     for _ in range(rng.randrange(64, 200))}
+            store.multi_set(list(batch.items()))
+            for k, v in batch.items():
+                if v:
+                    model[k] = v
+                else:
+                    model.pop(k, None)
+        assert sum(overlapping) >= 10, overlapping
+        keys = [b"k%d" % i for i in range(400)]
+        assert store.multi_get(keys) == [model.get(k, b"") for k in keys]
+        assert dict(store.items()) == model and store.live_keys() == len(model)
+        store._check()
