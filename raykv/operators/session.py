@@ -56,7 +56,8 @@ class SessionWindow(EventTimeWindow):
     Input: the ``key``, the ``time_column`` (signed integer or timestamp, no nulls,
     within +-2**62) and the aggregated columns. Output: the key column, ``window_start``
     and ``window_end`` (the time column's type), then ``{column}_{op}`` as for
-    ``Aggregate``; rows ordered by window start, then encoded key.
+    ``Aggregate``; rows ordered by window start, then encoded key, then window end (a
+    key may have a closed session and a later one that grew back to the same start).
 
     Cost per batch: one ``multi_get`` and one ``multi_set`` of the batch's distinct keys,
     a Python pass over the rows to assign sessions (O(sessions open for the row's key)
@@ -283,10 +284,10 @@ class SessionWindowLogic(EventTimeLogic):
         return out
 
     def _emit_sessions(self, rows: list[tuple[int, bytes, int, bytes]]) -> pa.RecordBatch | None:
-        """Output rows of sessions ``(first, state key, last, state)``, by start then key."""
+        """Output rows of sessions ``(first, state key, last, state)``, by start, key, end."""
         if not rows:
             return None
-        rows.sort(key=lambda r: (r[0], b"" if r[1] == EMPTY_KEY else r[1]))
+        rows.sort(key=lambda r: (r[0], b"" if r[1] == EMPTY_KEY else r[1], r[2]))
         self._times_out = ([r[0] for r in rows], [r[2] + self._gap for r in rows])
         try:
             return self._emit([r[1] for r in rows], [r[3] for r in rows])
