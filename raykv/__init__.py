@@ -17,24 +17,11 @@ See ``docs/runtime.md`` for the pipeline API, ``raykv.engines`` for the state en
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from raykv.lazy import exports
 
 __version__ = "0.1.0"
-
-_ATTRS = {
-    "Pipeline": "raykv.pipeline",
-    "RunSummary": "raykv.pipeline",
-    "ProgressEvent": "raykv.pipeline",
-    "TumblingWindow": "raykv.operators",
-    "SlidingWindow": "raykv.operators",
-    "SessionWindow": "raykv.operators",
-    "Watermark": "raykv.watermarks",
-}
-_SUBMODULES = frozenset(
-    {"sources", "sinks", "operators", "testing", "engines", "partitioning", "checkpointing",
-     "errors", "pipeline", "runtime", "hotkeys", "rebalance", "watermarks"}
-)
 
 if TYPE_CHECKING:
     from raykv import (
@@ -54,20 +41,14 @@ if TYPE_CHECKING:
     from raykv.watermarks import Watermark
 
 
-def __getattr__(name: str) -> Any:
-    if name in _ATTRS:
-        value = getattr(importlib.import_module(_ATTRS[name]), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"raykv.{name}")
-    else:
-        msg = f"module 'raykv' has no attribute {name!r}"
-        raise AttributeError(msg)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_ATTRS, *_SUBMODULES])
+# a name's module loads on first use (``raykv/lazy.py``): ``import raykv`` stays cheap
+__getattr__, __dir__ = exports(__name__, {
+    "raykv.pipeline": ("Pipeline", "ProgressEvent", "RunSummary"),
+    "raykv.operators": ("SessionWindow", "SlidingWindow", "TumblingWindow"),
+    "raykv.watermarks": ("Watermark",),
+}, submodules=("sources", "sinks", "operators", "testing", "engines", "partitioning",
+               "checkpointing", "errors", "pipeline", "runtime", "hotkeys", "rebalance",
+               "watermarks"))
 
 
 __all__ = [

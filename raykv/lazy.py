@@ -6,7 +6,8 @@ process 0.45-0.56 CPU-s for raykv's imports and pandas (which pyarrow imports on
 first conversion) against 0.36-0.46 s now (five fresh interpreters each, alternated,
 the 2-core VM), paid again by every replacement and standby a failure starts.
 
-Contract: :func:`exports` returns the package's ``__getattr__`` and ``__dir__``. The
+Contract: :func:`exports` returns the package's ``__getattr__`` and ``__dir__`` (``raykv``,
+``raykv.operators`` and ``raykv.sources`` use it). The
 first access of a name imports its module and caches the object on the package, so
 later accesses are plain attribute reads; ``from package import Name`` and ``import *``
 (through ``__all__``) work as with eager imports. A package keeps its names under
@@ -17,18 +18,22 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
-def exports(package: str, modules: Mapping[str, tuple[str, ...]]
+def exports(package: str, modules: Mapping[str, tuple[str, ...]],
+            submodules: Iterable[str] = ()
             ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``__getattr__`` and ``__dir__`` of ``package`` for ``{module: (name, ...)}``.
 
-    ``modules`` maps a module's full name to the names the package takes from it.
+    ``modules`` maps a module's full name to the names the package takes from it;
+    ``submodules``: the package's own submodules, imported as attributes on first use.
     Cost: one dict lookup and an import on a name's first access; nothing after.
     """
     where = {name: module for module, names in modules.items() for name in names}
+    where.update({name: f"{package}.{name}" for name in submodules})
+    subs = frozenset(submodules)
     pkg = sys.modules[package]
 
     def __getattr__(name: str) -> Any:
@@ -36,7 +41,8 @@ def exports(package: str, modules: Mapping[str, tuple[str, ...]]
         if module is None:
             msg = f"module {package!r} has no attribute {name!r}"
             raise AttributeError(msg)
-        value = getattr(importlib.import_module(module), name)
+        loaded = importlib.import_module(module)
+        value = loaded if name in subs else getattr(loaded, name)
         setattr(pkg, name, value)
         return value
 

@@ -1,4 +1,4 @@
-"""The lazy package exports of ``raykv.operators`` and ``raykv.sources`` (``raykv/lazy.py``).
+"""The lazy package exports of ``raykv``, ``raykv.operators`` and ``raykv.sources`` (``lazy.py``).
 
 A shard or reader process imports only the operator and source modules its run uses;
 every public name still resolves, through ``from ... import`` and ``import *`` too.
@@ -11,11 +11,12 @@ import sys
 
 import pytest
 
+import raykv
 import raykv.operators
 import raykv.sources
 
 
-@pytest.mark.parametrize("package", [raykv.operators, raykv.sources])
+@pytest.mark.parametrize("package", [raykv, raykv.operators, raykv.sources])
 def test_every_public_name_resolves_once_and_is_listed(package: object) -> None:
     names = package.__all__  # type: ignore[attr-defined]
     assert len(set(names)) == len(names)
